@@ -1,0 +1,92 @@
+"""Settings: the one typed, frozen configuration object, read from the environment once.
+
+No other module reads ``os.environ``. Names follow the seed module (``NATS_URL``,
+``WHISPER_*``, ``STT_*``, ``OTEL_*``, ``HYPERDX_*``); every variable is listed with its
+default in the README.
+"""
+
+from __future__ import annotations
+
+from pydantic import AliasChoices, Field, field_validator
+from pydantic_settings import BaseSettings, SettingsConfigDict
+
+# Whisper and webrtcvad both work on 16 kHz mono; everything is converted to this on arrival.
+SAMPLE_RATE_HZ = 16_000
+BYTES_PER_SAMPLE = 2
+
+
+class Settings(BaseSettings):
+    """Everything the worker can be told, with the seed's names and defaults."""
+
+    model_config = SettingsConfigDict(frozen=True, extra="ignore", populate_by_name=True)
+
+    # --- transport (seed) ---
+    nats_url: str = Field("nats://nats.ai-ml.svc.cluster.local:4222", alias="NATS_URL")
+    stream_subject: str = Field("ai.voice.stream.*", alias="STT_STREAM_SUBJECT")
+    transcription_subject_prefix: str = Field(
+        "ai.voice.transcription", alias="STT_TRANSCRIPTION_SUBJECT_PREFIX"
+    )
+
+    # --- engine (seed) ---
+    whisper_url: str = Field(
+        "http://whisper-predictor.ai-ml.svc.cluster.local", alias="WHISPER_URL"
+    )
+    # The seed defaults to `medium`, which needs a download; we default to the bundled model.
+    whisper_model_size: str = Field("tiny.en", alias="WHISPER_MODEL_SIZE")
+    # `auto` = CUDA when a GPU is visible, else CPU. The seed's `cuda` still works.
+    whisper_device: str = Field("auto", alias="WHISPER_DEVICE")
+    whisper_compute_type: str = Field("auto", alias="WHISPER_COMPUTE_TYPE")
+    whisper_cpu_threads: int = Field(0, alias="WHISPER_CPU_THREADS", ge=0)
+    whisper_language: str | None = Field(None, alias="WHISPER_LANGUAGE")
+    whisper_beam_size: int = Field(1, alias="WHISPER_BEAM_SIZE", ge=1, le=10)
+    whisper_model_cache_dir: str | None = Field(None, alias="WHISPER_MODEL_CACHE_DIR")
+
+    # --- buffering and VAD (seed) ---
+    buffer_size_bytes: int = Field(512_000, alias="STT_BUFFER_SIZE_BYTES", gt=0)
+    chunk_timeout_s: float = Field(2.0, alias="STT_CHUNK_TIMEOUT", gt=0)
+    enable_vad: bool = Field(True, alias="STT_ENABLE_VAD")
+    vad_aggressiveness: int = Field(2, alias="STT_VAD_AGGRESSIVENESS", ge=0, le=3)
+    enable_interrupt_detection: bool = Field(True, alias="STT_ENABLE_INTERRUPT_DETECTION")
+
+    # --- turn taking (new) ---
+    endpoint_silence_ms: int = Field(500, alias="STT_ENDPOINT_SILENCE_MS", ge=60)
+    partial_interval_ms: int = Field(1000, alias="STT_PARTIAL_INTERVAL_MS", ge=100)
+    speech_start_ms: int = Field(60, alias="STT_SPEECH_START_MS", ge=20)
+    preroll_ms: int = Field(300, alias="STT_PREROLL_MS", ge=0, le=2000)
+    interrupt_min_speech_ms: int = Field(250, alias="STT_INTERRUPT_MIN_SPEECH_MS", ge=20)
+
+    # --- bounds (new) ---
+    max_sessions: int = Field(1000, alias="STT_MAX_SESSIONS", ge=1)
+    max_chunk_bytes: int = Field(256_000, alias="STT_MAX_CHUNK_BYTES", ge=320)
+    max_utterance_s: float = Field(30.0, alias="STT_MAX_UTTERANCE_S", gt=1, le=30)
+    session_idle_timeout_s: float = Field(60.0, alias="STT_SESSION_IDLE_TIMEOUT_S", gt=0)
+    max_pending_finals: int = Field(256, alias="STT_MAX_PENDING_FINALS", ge=1)
+    max_concurrent_inferences: int = Field(1, alias="STT_MAX_CONCURRENT_INFERENCES", ge=1)
+    drain_timeout_s: float = Field(25.0, alias="STT_DRAIN_TIMEOUT_S", gt=0)
+    pending_msgs_limit: int = Field(65_536, alias="STT_PENDING_MSGS_LIMIT", ge=64)
+
+    # --- telemetry (seed; wired up by the operations issue) ---
+    otel_enabled: bool = Field(True, alias="OTEL_ENABLED")
+    hyperdx_enabled: bool = Field(False, alias="HYPERDX_ENABLED")
+    log_level: str = Field("INFO", validation_alias=AliasChoices("STT_LOG_LEVEL", "LOG_LEVEL"))
+
+    @field_validator("whisper_language")
+    @classmethod
+    def _empty_language_is_auto(cls, value: str | None) -> str | None:
+        return value or None
+
+    @property
+    def max_utterance_samples(self) -> int:
+        """Longest utterance kept before it is cut and finalised.
+
+        `STT_BUFFER_SIZE_BYTES` counts 16 kHz mono PCM16 bytes (32,000 per second), so the
+        seed's 512,000 is 16 s; Whisper's 30 s window is the hard ceiling.
+        """
+        by_buffer = self.buffer_size_bytes // BYTES_PER_SAMPLE
+        by_window = int(self.max_utterance_s * SAMPLE_RATE_HZ)
+        return max(SAMPLE_RATE_HZ, min(by_buffer, by_window))
+
+
+def load_settings(**overrides: object) -> Settings:
+    """Read the environment; keyword overrides (by field name) win, for the CLI and tests."""
+    return Settings(**overrides)  # type: ignore[arg-type]

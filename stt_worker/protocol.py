@@ -1,0 +1,187 @@
+"""Wire messages: the seed's msgpack protocol as typed structs, decoded once at the edge.
+
+Input on ``ai.voice.stream.{session_id}``: ``start``, ``chunk``, ``state_change``, ``end``.
+Output on ``ai.voice.transcription.{session_id}``: transcription results (the seed's fields
+plus additive ones), ``interrupt``, and the additive ``error`` and ``session_closed``.
+Unknown extra fields in input are ignored so that newer publishers keep working.
+"""
+
+from __future__ import annotations
+
+import binascii
+import enum
+from typing import Any, Literal
+
+import msgspec
+
+from stt_worker.errors import ProtocolError
+
+State = Literal["listening", "responding"]
+SpeakerId = str | int | None
+
+
+class ErrorCode(enum.StrEnum):
+    """Stable error codes published in ``error`` messages; clients may switch on them."""
+
+    MALFORMED_MSGPACK = "malformed_msgpack"
+    NOT_A_MAP = "not_a_map"
+    MISSING_TYPE = "missing_type"
+    UNKNOWN_TYPE = "unknown_type"
+    INVALID_FIELD = "invalid_field"
+    INVALID_AUDIO = "invalid_audio"
+    MISSING_AUDIO = "missing_audio"
+    UNSUPPORTED_AUDIO_FORMAT = "unsupported_audio_format"
+    CHUNK_TOO_LARGE = "chunk_too_large"
+    CHUNK_OUT_OF_ORDER = "chunk_out_of_order"
+    UNKNOWN_SESSION = "unknown_session"
+    AUDIO_DROPPED = "audio_dropped"
+    TOO_MANY_SESSIONS = "too_many_sessions"
+    OVERLOADED = "overloaded"
+    ENGINE_ERROR = "engine_error"
+    SHUTTING_DOWN = "shutting_down"
+
+
+# ---------------------------------------------------------------- input
+
+
+class Start(msgspec.Struct, tag="start", tag_field="type", frozen=True):
+    session_id: str | None = None
+    sample_rate: int = 16_000
+    channels: int = 1
+    state: State = "listening"
+    speaker_id: SpeakerId = None
+    language: str | None = None
+
+
+class Chunk(msgspec.Struct, tag="chunk", tag_field="type", frozen=True):
+    audio_b64: str | None = None
+    # Additive: raw PCM16 as msgpack bin, a third smaller and no base64 work.
+    audio: bytes | None = None
+    timestamp: float | None = None
+    # Additive: publisher's chunk counter; repeats and late chunks are reported, not mixed in.
+    seq: int | None = None
+
+
+class StateChange(msgspec.Struct, tag="state_change", tag_field="type", frozen=True):
+    state: State
+
+
+class End(msgspec.Struct, tag="end", tag_field="type", frozen=True):
+    pass
+
+
+ClientMessage = Start | Chunk | StateChange | End
+
+_decoder = msgspec.msgpack.Decoder(ClientMessage)
+_any_decoder = msgspec.msgpack.Decoder()
+_TYPES = {"start", "chunk", "state_change", "end"}
+
+
+def decode_client_message(payload: bytes) -> ClientMessage:
+    """Decode one input message or raise `ProtocolError` with a stable code."""
+    try:
+        return _decoder.decode(payload)
+    except msgspec.ValidationError as exc:
+        raise _classify(payload, exc) from exc
+    except msgspec.DecodeError as exc:
+        raise ProtocolError(
+            f"payload is not valid msgpack: {exc}", code=ErrorCode.MALFORMED_MSGPACK
+        ) from exc
+
+
+def _classify(payload: bytes, exc: msgspec.ValidationError) -> ProtocolError:
+    # Only the error path decodes twice: the typed decoder cannot say *why* a map was wrong.
+    raw: Any = _any_decoder.decode(payload)
+    if not isinstance(raw, dict):
+        return ProtocolError(
+            f"payload must be a msgpack map, got {type(raw).__name__}", code=ErrorCode.NOT_A_MAP
+        )
+    if "type" not in raw:
+        return ProtocolError("message has no 'type' field", code=ErrorCode.MISSING_TYPE)
+    if raw["type"] not in _TYPES:
+        return ProtocolError(
+            f"unknown message type {raw['type']!r}; expected one of {sorted(_TYPES)}",
+            code=ErrorCode.UNKNOWN_TYPE,
+        )
+    return ProtocolError(f"invalid {raw['type']} message: {exc}", code=ErrorCode.INVALID_FIELD)
+
+
+def chunk_pcm_bytes(chunk: Chunk) -> bytes:
+    """The chunk's little-endian PCM16 bytes, from ``audio`` or ``audio_b64``."""
+    if chunk.audio is not None:
+        return chunk.audio
+    if chunk.audio_b64 is None:
+        raise ProtocolError(
+            "chunk has neither 'audio_b64' nor 'audio'", code=ErrorCode.MISSING_AUDIO
+        )
+    try:
+        return binascii.a2b_base64(chunk.audio_b64, strict_mode=True)
+    except (binascii.Error, ValueError) as exc:
+        raise ProtocolError(
+            f"audio_b64 is not valid base64: {exc}", code=ErrorCode.INVALID_AUDIO
+        ) from exc
+
+
+# ---------------------------------------------------------------- output
+
+
+class Transcription(msgspec.Struct, frozen=True):
+    """A partial or final result. The first nine fields are the seed's, unchanged."""
+
+    session_id: str
+    transcript: str
+    sequence: int
+    is_partial: bool
+    is_final: bool
+    timestamp: float
+    speaker_id: SpeakerId
+    has_voice_activity: bool
+    state: State
+    # Additive fields.
+    type: str = "transcript"
+    utterance_id: int = 0
+    audio_start_s: float = 0.0
+    audio_end_s: float = 0.0
+    language: str | None = None
+    inference_ms: float = 0.0
+
+
+class Interrupt(msgspec.Struct, frozen=True):
+    session_id: str
+    timestamp: float
+    speaker_id: SpeakerId
+    type: str = "interrupt"
+    # Additive: the utterance whose speech triggered the barge-in.
+    utterance_id: int = 0
+
+
+class Error(msgspec.Struct, frozen=True):
+    session_id: str
+    code: str
+    message: str
+    timestamp: float
+    speaker_id: SpeakerId = None
+    type: str = "error"
+
+
+class SessionClosed(msgspec.Struct, frozen=True):
+    session_id: str
+    reason: Literal["end", "idle", "shutdown"]
+    timestamp: float
+    speaker_id: SpeakerId
+    utterances: int
+    type: str = "session_closed"
+
+
+ServerMessage = Transcription | Interrupt | Error | SessionClosed
+
+_encoder = msgspec.msgpack.Encoder()
+
+
+def encode_server_message(message: ServerMessage) -> bytes:
+    return _encoder.encode(message)
+
+
+def encode_client_message(message: ClientMessage) -> bytes:
+    """Used by our own publisher (`stt-streaming stream`) and tests."""
+    return _encoder.encode(message)

@@ -1,0 +1,143 @@
+"""Inference scheduler: bounded queues between sessions and the engine, finals first.
+
+- Finals wait in a FIFO bounded by `max_pending_finals`; a full queue raises
+  `OverloadedError` at submit time, so the session can tell its client at once.
+- Partials are at most one per session: a newer partial replaces the stale one in place
+  (keeping its place in line, so a chatty session cannot starve the others), and a final
+  for the session drops its pending partial.
+- At most `concurrency` inferences run at once. On 2 CPU cores one is right: CTranslate2
+  already uses every core for one decode, and two at once only interleave.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import collections
+import logging
+import time
+from collections.abc import Awaitable, Callable, Hashable
+from dataclasses import dataclass, field
+
+from stt_worker.audio import pcm16_to_float32
+from stt_worker.engines.base import DecodeOptions, Engine, Transcript
+from stt_worker.errors import EngineError, OverloadedError, SttError
+from stt_worker.session import Job
+
+logger = logging.getLogger(__name__)
+
+Outcome = Transcript | SttError
+DoneCallback = Callable[[Hashable, Job, Outcome, float], Awaitable[None]]
+
+
+@dataclass(slots=True)
+class _Entry:
+    key: Hashable
+    job: Job
+    options: DecodeOptions
+    enqueued_at: float = field(default_factory=time.perf_counter)
+
+
+class InferenceScheduler:
+    """Runs jobs on one engine; results go to `on_done(key, job, outcome, queue_wait_s)`."""
+
+    def __init__(
+        self,
+        engine: Engine,
+        on_done: DoneCallback,
+        *,
+        concurrency: int = 1,
+        max_pending_finals: int = 256,
+    ) -> None:
+        self._engine = engine
+        self._on_done = on_done
+        self._concurrency = concurrency
+        self._max_pending_finals = max_pending_finals
+        self._finals: collections.deque[_Entry] = collections.deque()
+        self._partials: collections.OrderedDict[Hashable, _Entry] = collections.OrderedDict()
+        self._wakeup = asyncio.Event()
+        self._running = 0
+        self._idle = asyncio.Event()
+        self._idle.set()
+
+    def submit(self, key: Hashable, job: Job, options: DecodeOptions) -> None:
+        entry = _Entry(key, job, options)
+        if job.is_final:
+            if len(self._finals) >= self._max_pending_finals:
+                raise OverloadedError(
+                    f"{len(self._finals)} finals already queued; utterance {job.utterance_id} "
+                    "was not transcribed"
+                )
+            self._finals.append(entry)
+            self._partials.pop(key, None)
+        else:
+            self._partials[key] = entry  # replaces a stale partial, keeping its place
+        self._idle.clear()
+        self._wakeup.set()
+
+    def forget(self, key: Hashable) -> None:
+        """Drop a session's pending partial (its session closed)."""
+        self._partials.pop(key, None)
+        self._update_idle()
+
+    @property
+    def pending_finals(self) -> int:
+        return len(self._finals)
+
+    @property
+    def pending(self) -> int:
+        return len(self._finals) + len(self._partials)
+
+    async def wait_idle(self) -> None:
+        """Until nothing is queued or running (used by drain)."""
+        await self._idle.wait()
+
+    async def run(self) -> None:
+        async with asyncio.TaskGroup() as group:
+            for index in range(self._concurrency):
+                group.create_task(self._serve(), name=f"inference-{index}")
+
+    async def _serve(self) -> None:
+        while True:
+            entry = self._next()
+            if entry is None:
+                self._wakeup.clear()
+                await self._wakeup.wait()
+                continue
+            self._running += 1
+            try:
+                await self._run_one(entry)
+            finally:
+                self._running -= 1
+                self._update_idle()
+
+    def _next(self) -> _Entry | None:
+        if self._finals:
+            return self._finals.popleft()
+        if self._partials:
+            return self._partials.popitem(last=False)[1]
+        return None
+
+    async def _run_one(self, entry: _Entry) -> None:
+        wait_s = time.perf_counter() - entry.enqueued_at
+        outcome: Outcome
+        try:
+            # Joining and scaling up to 30 s of samples is CPU work: keep it off the loop.
+            audio = await asyncio.to_thread(pcm16_to_float32, entry.job.pcm)
+            outcome = await self._engine.transcribe(audio, entry.options)
+        except asyncio.CancelledError:
+            raise
+        except SttError as exc:
+            outcome = exc
+        except Exception as exc:  # an engine that broke its contract must not kill the loop
+            logger.exception("engine raised an unmapped exception")
+            outcome = EngineError(f"unexpected engine failure: {exc!r}")
+        try:
+            await self._on_done(entry.key, entry.job, outcome, wait_s)
+        except asyncio.CancelledError:
+            raise
+        except Exception:
+            logger.exception("result handler failed")
+
+    def _update_idle(self) -> None:
+        if not self._finals and not self._partials and self._running == 0:
+            self._idle.set()

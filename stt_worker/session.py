@@ -1,0 +1,420 @@
+"""Per-session state machine: VAD frames and control events in, actions out. No I/O.
+
+A `Session` never awaits, never reads the clock (callers pass ``now``, wall-clock seconds)
+and never touches NATS or a model. It segments speech into utterances, asks for partial and
+final transcriptions (`Transcribe`), turns results into messages (`Publish`), detects
+barge-in, and says when it is finished (`Close`). `worker.py` carries the actions out.
+
+Conversation states and what moves between them live in `TRANSITIONS`, as in h11.
+"""
+
+from __future__ import annotations
+
+import collections
+import enum
+import logging
+from collections.abc import Sequence
+from dataclasses import dataclass, field
+from typing import Literal
+
+from stt_worker.audio import Pcm16
+from stt_worker.config import SAMPLE_RATE_HZ
+from stt_worker.errors import SttError
+from stt_worker.protocol import (
+    Error,
+    Interrupt,
+    ServerMessage,
+    SessionClosed,
+    SpeakerId,
+    State,
+    Transcription,
+)
+from stt_worker.vad import FRAME_MS, FRAME_SAMPLES, Frames
+
+logger = logging.getLogger(__name__)
+
+CloseReason = Literal["end", "idle", "shutdown"]
+
+
+class Trigger(enum.Enum):
+    TO_LISTENING = "state_change:listening"
+    TO_RESPONDING = "state_change:responding"
+    BARGE_IN = "barge_in"
+
+
+# (state, trigger) -> next state; a pair that is absent leaves the state unchanged.
+TRANSITIONS: dict[tuple[State, Trigger], State] = {
+    ("listening", Trigger.TO_RESPONDING): "responding",
+    ("responding", Trigger.TO_LISTENING): "listening",
+    ("responding", Trigger.BARGE_IN): "listening",
+}
+
+
+@dataclass(frozen=True, slots=True)
+class SessionConfig:
+    """The knobs a session needs, in frames and samples (derived from `Settings`)."""
+
+    enable_vad: bool = True
+    enable_interrupt_detection: bool = True
+    endpoint_silence_ms: int = 500
+    partial_interval_ms: int = 1000
+    speech_start_ms: int = 60
+    preroll_ms: int = 300
+    interrupt_min_speech_ms: int = 250
+    max_utterance_samples: int = 30 * SAMPLE_RATE_HZ
+    chunk_timeout_s: float = 2.0
+    idle_timeout_s: float = 60.0
+
+    @property
+    def endpoint_frames(self) -> int:
+        return max(1, self.endpoint_silence_ms // FRAME_MS)
+
+    @property
+    def start_frames(self) -> int:
+        return max(1, self.speech_start_ms // FRAME_MS)
+
+    @property
+    def preroll_frames(self) -> int:
+        return self.preroll_ms // FRAME_MS
+
+    @property
+    def interrupt_frames(self) -> int:
+        return max(1, self.interrupt_min_speech_ms // FRAME_MS)
+
+    @property
+    def partial_interval_samples(self) -> int:
+        return self.partial_interval_ms * SAMPLE_RATE_HZ // 1000
+
+
+# ---------------------------------------------------------------- actions
+
+
+@dataclass(frozen=True, slots=True)
+class Job:
+    """One transcription request: the audio of an utterance so far (partial) or whole (final)."""
+
+    utterance_id: int
+    is_final: bool
+    pcm: tuple[Pcm16, ...]
+    audio_start_s: float
+    audio_end_s: float
+    has_voice_activity: bool
+    language: str | None = None
+
+    @property
+    def audio_s(self) -> float:
+        return self.audio_end_s - self.audio_start_s
+
+
+@dataclass(frozen=True, slots=True)
+class Transcribe:
+    job: Job
+
+
+@dataclass(frozen=True, slots=True)
+class Publish:
+    message: ServerMessage
+
+
+@dataclass(frozen=True, slots=True)
+class Close:
+    reason: CloseReason
+
+
+Action = Transcribe | Publish | Close
+
+
+# ---------------------------------------------------------------- session
+
+
+@dataclass(slots=True)
+class _Utterance:
+    utterance_id: int
+    start_sample: int
+    pcm: list[Pcm16] = field(default_factory=list)
+    samples: int = 0
+    voiced_frames: int = 0
+    silence_run: int = 0
+    samples_at_last_partial: int = 0
+    # Speech heard while the assistant talks, not yet confirmed as a barge-in.
+    candidate: bool = False
+
+    def append(self, frame: Pcm16, is_speech: bool) -> None:
+        self.pcm.append(frame)
+        self.samples += frame.size
+        if is_speech:
+            self.voiced_frames += 1
+            self.silence_run = 0
+        else:
+            self.silence_run += 1
+
+
+class Session:
+    """One live audio stream's state. Feed it events; carry out the actions it returns."""
+
+    def __init__(
+        self,
+        session_id: str,
+        config: SessionConfig,
+        *,
+        now: float,
+        state: State = "listening",
+        speaker_id: SpeakerId = None,
+        language: str | None = None,
+    ) -> None:
+        self.session_id = session_id
+        self.config = config
+        self.state: State = state
+        self.speaker_id = speaker_id
+        self.language = language
+        self.closing: CloseReason | None = None
+        self.closed = False
+        self._sequence = 0
+        self._next_utterance_id = 1
+        self._samples_seen = 0
+        self._utterance: _Utterance | None = None
+        # The onset window plus the pre-roll before it, so the first phoneme is kept.
+        self._preroll: collections.deque[tuple[Pcm16, bool]] = collections.deque(
+            maxlen=config.preroll_frames + config.start_frames + 2
+        )
+        self._pending_finals: set[int] = set()
+        self._finalized_up_to = 0
+        # Last published partial text per open utterance; a key means a partial went out.
+        self._last_partial: dict[int, str] = {}
+        self._recent_speech: collections.deque[bool] = collections.deque(
+            maxlen=config.start_frames + 2
+        )
+        self._last_audio_at = now
+        self._last_activity_at = now
+
+    # ------------------------------------------------------------ events
+
+    def update(
+        self, *, now: float, state: State, speaker_id: SpeakerId, language: str | None
+    ) -> list[Action]:
+        """A repeated `start`: close the open utterance, then take the new parameters."""
+        actions = self._finalize(now)
+        self.speaker_id = speaker_id
+        self.language = language
+        actions += self.change_state(state, now=now)
+        return actions
+
+    def audio(self, frames: Frames, *, now: float) -> list[Action]:
+        """Classified 20 ms frames of the stream, in order."""
+        self._last_audio_at = self._last_activity_at = now
+        actions: list[Action] = []
+        for index, is_speech in enumerate(frames.speech):
+            actions += self._frame(frames.frame(index), is_speech, now)
+        if self._utterance is not None and not self._utterance.candidate:
+            actions += self._maybe_partial()
+        return actions
+
+    def change_state(self, state: State, *, now: float) -> list[Action]:
+        self._last_activity_at = now
+        trigger = Trigger.TO_RESPONDING if state == "responding" else Trigger.TO_LISTENING
+        actions: list[Action] = []
+        if trigger is Trigger.TO_RESPONDING and self._utterance is not None:
+            # The pipeline decided the user's turn is over: settle it now.
+            actions += self._finalize(now)
+        if trigger is Trigger.TO_LISTENING and self._utterance is not None:
+            # A not-yet-confirmed barge-in becomes ordinary user speech.
+            self._utterance.candidate = False
+        self.state = TRANSITIONS.get((self.state, trigger), self.state)
+        return actions
+
+    def end(self, *, now: float, reason: CloseReason = "end") -> list[Action]:
+        """Flush: finalise what is open, then close once every final is published."""
+        if self.closing is not None:
+            return []
+        actions = self._finalize(now)
+        self.closing = reason
+        return actions + self._maybe_close(now)
+
+    def tick(self, *, now: float) -> list[Action]:
+        """Timeouts: a publisher that stops sending mid-utterance, or goes away entirely."""
+        if self.closing is not None:
+            return []
+        if now - self._last_activity_at >= self.config.idle_timeout_s:
+            logger.info("session idle, evicting", extra={"session_id": self.session_id})
+            return self.end(now=now, reason="idle")
+        if self._utterance is not None and now - self._last_audio_at >= self.config.chunk_timeout_s:
+            return self._finalize(now)
+        return []
+
+    def result(
+        self, job: Job, text: str, *, now: float, language: str | None, inference_s: float
+    ) -> list[Action]:
+        """An engine result for `job`; stale partials are dropped here."""
+        if job.is_final:
+            self._pending_finals.discard(job.utterance_id)
+            promised = self._last_partial.pop(job.utterance_id, None) is not None
+            if not text and not promised:
+                # Nothing was said and no partial promised anything: publish nothing.
+                return self._maybe_close(now)
+            actions: list[Action] = [self._transcription(job, text, now, language, inference_s)]
+            return actions + self._maybe_close(now)
+        if job.utterance_id <= self._finalized_up_to or not text:
+            return []
+        if self._last_partial.get(job.utterance_id) == text:
+            return []
+        self._last_partial[job.utterance_id] = text
+        return [self._transcription(job, text, now, language, inference_s)]
+
+    def failed(self, job: Job, error: SttError, *, now: float) -> list[Action]:
+        """The engine failed on `job`: the client hears about it, the session goes on."""
+        if not job.is_final:
+            return []  # a later partial or the final will cover the same audio
+        self._pending_finals.discard(job.utterance_id)
+        message = f"utterance {job.utterance_id} ({job.audio_s:.2f} s) failed: {error.message}"
+        return [Publish(self.error(error.code, message, now=now)), *self._maybe_close(now)]
+
+    def error(self, code: str, message: str, *, now: float) -> Error:
+        return Error(self.session_id, code, message, now, self.speaker_id)
+
+    @property
+    def pending_finals(self) -> int:
+        return len(self._pending_finals)
+
+    @property
+    def in_utterance(self) -> bool:
+        return self._utterance is not None
+
+    # ------------------------------------------------------------ internals
+
+    def _frame(self, frame: Pcm16, is_speech: bool, now: float) -> list[Action]:
+        start_sample = self._samples_seen
+        self._samples_seen += frame.size
+        if self.state == "responding" and not self.config.enable_interrupt_detection:
+            return []  # the assistant is talking and barge-in is off: not the user's turn
+        if not self.config.enable_vad:
+            return self._frame_without_vad(frame, is_speech, start_sample, now)
+        utterance = self._utterance
+        if utterance is None:
+            self._preroll.append((frame, is_speech))
+            self._recent_speech.append(is_speech)
+            # Hysteresis: onset needs start_frames voiced among the last start_frames + 2.
+            if sum(self._recent_speech) >= self.config.start_frames:
+                self._open_utterance(start_sample + frame.size)
+            return []
+        utterance.append(frame, is_speech)
+        actions: list[Action] = []
+        if utterance.candidate:
+            if utterance.voiced_frames >= self.config.interrupt_frames:
+                actions += self._barge_in(utterance, now)
+            elif utterance.silence_run >= self.config.endpoint_frames:
+                # A short noise while the assistant talks: not an interruption.
+                self._utterance = None
+                return actions
+        if utterance.silence_run >= self.config.endpoint_frames:
+            actions += self._finalize(now)
+        elif utterance.samples >= self.config.max_utterance_samples:
+            actions += self._finalize(now)
+            self._open_utterance(self._samples_seen, with_preroll=False)
+        return actions
+
+    def _frame_without_vad(
+        self, frame: Pcm16, is_speech: bool, start_sample: int, now: float
+    ) -> list[Action]:
+        # The seed's plain mode: everything is buffered; size, timeout or end close a segment.
+        if self._utterance is None:
+            self._utterance = _Utterance(self._take_utterance_id(), start_sample)
+        self._utterance.append(frame, is_speech)
+        if self._utterance.samples >= self.config.max_utterance_samples:
+            return self._finalize(now)
+        return []
+
+    def _open_utterance(self, end_sample: int, *, with_preroll: bool = True) -> None:
+        frames = list(self._preroll) if with_preroll else []
+        self._preroll.clear()
+        self._recent_speech.clear()
+        start_sample = end_sample - sum(frame.size for frame, _ in frames)
+        utterance = _Utterance(self._take_utterance_id(), start_sample)
+        for frame, is_speech in frames:
+            utterance.append(frame, is_speech)
+        utterance.silence_run = 0
+        utterance.candidate = self.state == "responding"
+        self._utterance = utterance
+
+    def _barge_in(self, utterance: _Utterance, now: float) -> list[Action]:
+        utterance.candidate = False
+        self.state = TRANSITIONS[(self.state, Trigger.BARGE_IN)]
+        logger.info("barge-in detected", extra={"session_id": self.session_id})
+        interrupt = Interrupt(
+            self.session_id, now, self.speaker_id, utterance_id=utterance.utterance_id
+        )
+        return [Publish(interrupt)]
+
+    def _maybe_partial(self) -> list[Action]:
+        utterance = self._utterance
+        assert utterance is not None
+        if (
+            utterance.samples - utterance.samples_at_last_partial
+            < self.config.partial_interval_samples
+        ):
+            return []
+        utterance.samples_at_last_partial = utterance.samples
+        return [Transcribe(self._job(utterance, is_final=False))]
+
+    def _finalize(self, now: float) -> list[Action]:
+        utterance, self._utterance = self._utterance, None
+        if utterance is None or utterance.candidate:
+            return []  # an unconfirmed candidate was never the user's turn
+        self._finalized_up_to = utterance.utterance_id
+        if utterance.voiced_frames == 0 and self.config.enable_vad:
+            return []
+        self._pending_finals.add(utterance.utterance_id)
+        return [Transcribe(self._job(utterance, is_final=True))]
+
+    def _maybe_close(self, now: float) -> list[Action]:
+        if self.closing is None or self._pending_finals or self.closed:
+            return []
+        self.closed = True
+        closed = SessionClosed(
+            self.session_id, self.closing, now, self.speaker_id, self._next_utterance_id - 1
+        )
+        return [Publish(closed), Close(self.closing)]
+
+    def _job(self, utterance: _Utterance, *, is_final: bool) -> Job:
+        return Job(
+            utterance_id=utterance.utterance_id,
+            is_final=is_final,
+            pcm=tuple(utterance.pcm),
+            audio_start_s=utterance.start_sample / SAMPLE_RATE_HZ,
+            audio_end_s=(utterance.start_sample + utterance.samples) / SAMPLE_RATE_HZ,
+            has_voice_activity=utterance.voiced_frames > 0,
+            language=self.language,
+        )
+
+    def _take_utterance_id(self) -> int:
+        utterance_id = self._next_utterance_id
+        self._next_utterance_id += 1
+        return utterance_id
+
+    def _transcription(
+        self, job: Job, text: str, now: float, language: str | None, inference_s: float
+    ) -> Publish:
+        message = Transcription(
+            session_id=self.session_id,
+            transcript=text,
+            sequence=self._sequence,
+            is_partial=not job.is_final,
+            is_final=job.is_final,
+            timestamp=now,
+            speaker_id=self.speaker_id,
+            has_voice_activity=job.has_voice_activity,
+            state=self.state,
+            utterance_id=job.utterance_id,
+            audio_start_s=round(job.audio_start_s, 3),
+            audio_end_s=round(job.audio_end_s, 3),
+            language=language,
+            inference_ms=round(inference_s * 1000, 1),
+        )
+        self._sequence += 1
+        return Publish(message)
+
+
+def frames_of(samples: Pcm16, speech: Sequence[bool]) -> Frames:
+    """Build `Frames` from samples and per-frame flags (tests and replays)."""
+    if samples.size != len(speech) * FRAME_SAMPLES:
+        raise ValueError("samples must hold exactly len(speech) frames")
+    return Frames(samples, tuple(speech))

@@ -1,0 +1,209 @@
+"""The session state machine on its own: frames and events in, actions out, no NATS."""
+
+from __future__ import annotations
+
+import dataclasses
+
+import numpy as np
+
+from stt_worker.errors import EngineError
+from stt_worker.protocol import Error, Interrupt, SessionClosed, Transcription
+from stt_worker.session import Close, Job, Publish, Session, SessionConfig, Transcribe, frames_of
+from stt_worker.vad import FRAME_SAMPLES
+
+CONFIG = SessionConfig(
+    endpoint_silence_ms=200,
+    partial_interval_ms=400,
+    speech_start_ms=60,
+    preroll_ms=100,
+    interrupt_min_speech_ms=200,
+    max_utterance_samples=16_000 * 3,
+    chunk_timeout_s=2.0,
+    idle_timeout_s=10.0,
+)
+
+
+def frames(pattern: str):
+    """'s' = a speech frame, '.' = a silent frame, 20 ms each; samples carry the frame index."""
+    samples = np.repeat(np.arange(len(pattern), dtype=np.int16), FRAME_SAMPLES)
+    return frames_of(samples, [c == "s" for c in pattern])
+
+
+def feed(session: Session, pattern: str, now: float = 0.0):
+    actions = []
+    for index in range(len(pattern)):
+        actions += session.audio(frames(pattern[index]), now=now)
+    return actions
+
+
+def jobs(actions, *, final: bool | None = None) -> list[Job]:
+    found = [a.job for a in actions if isinstance(a, Transcribe)]
+    return [j for j in found if final is None or j.is_final == final]
+
+
+def published(actions, kind):
+    return [a.message for a in actions if isinstance(a, Publish) and isinstance(a.message, kind)]
+
+
+def new_session(config: SessionConfig = CONFIG, **kwargs) -> Session:
+    return Session("s1", config, now=0.0, **kwargs)
+
+
+def test_silence_alone_asks_for_nothing():
+    session = new_session()
+    assert feed(session, "." * 200) == []
+    assert session.end(now=1.0) == [
+        Publish(SessionClosed("s1", "end", 1.0, None, 0)),
+        Close("end"),
+    ]
+
+
+def test_utterance_ends_after_trailing_silence_with_preroll():
+    session = new_session()
+    actions = feed(session, "....." + "sss" + "s" * 10 + "." * 10)
+    (final,) = jobs(actions, final=True)
+    # Pre-roll: the 100 ms before the first voiced frame are kept, so no phoneme is cut.
+    assert final.audio_start_s == 0.0
+    assert final.audio_end_s == 28 * 0.02
+    assert final.has_voice_activity
+    assert sum(p.size for p in final.pcm) == 28 * FRAME_SAMPLES
+
+
+def test_isolated_voiced_frames_do_not_start_speech():
+    session = new_session()
+    assert jobs(feed(session, "s...s...s..." * 20)) == []
+
+
+def test_partials_follow_the_cadence_and_results_get_sequences():
+    session = new_session()
+    actions = feed(session, "s" * 50)  # 1 s of speech, partial every 400 ms
+    partials = jobs(actions, final=False)
+    assert len(partials) == 2
+    first = session.result(partials[0], "hello", now=1.0, language="en", inference_s=0.1)
+    second = session.result(partials[1], "hello world", now=1.1, language="en", inference_s=0.1)
+    messages = published(first + second, Transcription)
+    assert [m.sequence for m in messages] == [0, 1]
+    assert all(m.is_partial and not m.is_final for m in messages)
+    (final,) = jobs(feed(session, "." * 10), final=True)
+    out = published(
+        session.result(final, "hello world.", now=2.0, language="en", inference_s=0.2),
+        Transcription,
+    )
+    assert [(m.sequence, m.is_final, m.transcript) for m in out] == [(2, True, "hello world.")]
+
+
+def test_partial_arriving_after_its_final_is_dropped():
+    session = new_session()
+    (partial,) = jobs(feed(session, "s" * 25), final=False)
+    (final,) = jobs(feed(session, "." * 10), final=True)
+    assert session.result(partial, "late", now=1.0, language=None, inference_s=0.1) == []
+    assert published(
+        session.result(final, "on time", now=1.0, language=None, inference_s=0.1), Transcription
+    )
+
+
+def test_empty_final_is_published_only_when_a_partial_promised_text():
+    session = new_session()
+    (final,) = jobs(feed(session, "sss" + "." * 10), final=True)
+    assert session.result(final, "", now=1.0, language=None, inference_s=0.1) == []
+    session2 = new_session()
+    (partial,) = jobs(feed(session2, "s" * 25), final=False)
+    session2.result(partial, "uh", now=1.0, language=None, inference_s=0.1)
+    (final2,) = jobs(feed(session2, "." * 10), final=True)
+    (message,) = published(
+        session2.result(final2, "", now=1.0, language=None, inference_s=0.1), Transcription
+    )
+    assert message.is_final and message.transcript == ""
+
+
+def test_barge_in_interrupts_first_then_transcribes_the_speech():
+    session = new_session(state="responding")
+    actions = feed(session, "...." + "s" * 30 + "." * 10)
+    kinds = [type(a).__name__ for a in actions]
+    assert "Publish" in kinds
+    first_interrupt = kinds.index("Publish")
+    assert isinstance(actions[first_interrupt].message, Interrupt)
+    assert all(not isinstance(a, Transcribe) for a in actions[:first_interrupt])
+    assert len(published(actions, Interrupt)) == 1
+    assert session.state == "listening"
+    (final,) = jobs(actions, final=True)
+    assert final.audio_start_s <= 4 * 0.02  # the barge-in words, pre-roll included
+
+
+def test_short_noise_while_responding_is_not_an_interrupt():
+    session = new_session(state="responding")
+    actions = feed(session, "...." + "sssss" + "." * 20)  # 100 ms < 200 ms threshold
+    assert actions == []
+    assert session.state == "responding"
+
+
+def test_no_interrupt_detection_means_responding_audio_is_ignored():
+    config = dataclasses.replace(CONFIG, enable_interrupt_detection=False)
+    session = new_session(config, state="responding")
+    assert feed(session, "s" * 60 + "." * 20) == []
+    session.change_state("listening", now=1.0)
+    assert jobs(feed(session, "s" * 10 + "." * 20), final=True)
+
+
+def test_switch_to_responding_finalises_the_open_utterance():
+    session = new_session()
+    feed(session, "s" * 10)
+    actions = session.change_state("responding", now=1.0)
+    assert len(jobs(actions, final=True)) == 1
+    assert session.state == "responding"
+
+
+def test_end_flushes_then_closes_after_the_final_is_published():
+    session = new_session(speaker_id="spk")
+    feed(session, "s" * 10)
+    actions = session.end(now=1.0)
+    (final,) = jobs(actions, final=True)
+    assert not any(isinstance(a, Close) for a in actions)
+    out = session.result(final, "bye", now=2.0, language=None, inference_s=0.1)
+    assert isinstance(out[-1], Close)
+    (closed,) = published(out, SessionClosed)
+    assert closed.utterances == 1 and closed.speaker_id == "spk"
+    (message,) = published(out, Transcription)
+    assert message.speaker_id == "spk"
+
+
+def test_failed_final_publishes_an_error_and_still_closes():
+    session = new_session()
+    feed(session, "s" * 10)
+    (final,) = jobs(session.end(now=1.0), final=True)
+    out = session.failed(final, EngineError("boom"), now=2.0)
+    (error,) = published(out, Error)
+    assert error.code == "engine_error" and "boom" in error.message
+    assert isinstance(out[-1], Close)
+
+
+def test_long_speech_is_cut_at_the_bound_without_losing_audio():
+    session = new_session()
+    actions = feed(session, "s" * 400 + "." * 10)  # 8 s of speech, bound 3 s
+    finals = jobs(actions, final=True)
+    assert len(finals) == 3
+    covered = sum(sum(p.size for p in j.pcm) for j in finals)
+    assert covered == 410 * FRAME_SAMPLES  # every frame is in exactly one final
+    for earlier, later in zip(finals, finals[1:], strict=False):
+        assert later.audio_start_s == earlier.audio_end_s
+
+
+def test_chunk_timeout_and_idle_eviction():
+    session = new_session()
+    feed(session, "s" * 10, now=0.0)
+    assert session.tick(now=1.0) == []
+    (final,) = jobs(session.tick(now=2.5), final=True)
+    assert session.tick(now=20.0) == []  # evicted, but its final is still due
+    closing = session.result(final, "text", now=21.0, language=None, inference_s=0.1)
+    assert published(closing, Transcription)[0].transcript == "text"
+    assert closing[-1] == Close("idle")
+
+
+def test_without_vad_everything_is_buffered_and_cut_by_size():
+    config = dataclasses.replace(CONFIG, enable_vad=False)
+    session = new_session(config)
+    actions = feed(session, "." * 160)  # 3.2 s of silence, bound 3 s
+    (final,) = jobs(actions, final=True)
+    assert not final.has_voice_activity
+    assert final.audio_start_s == 0.0 and final.audio_end_s == 3.0
+    assert len(jobs(session.end(now=1.0), final=True)) == 1
