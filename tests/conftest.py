@@ -1,0 +1,38 @@
+"""Shared fixtures: one real nats-server for the whole run, and a connected client per test.
+
+The server is a plain (sync) session fixture: `NatsServer` drives its process from a thread,
+not from an event loop, so it outlives pytest-asyncio's function-scoped loops safely.
+"""
+
+from __future__ import annotations
+
+from collections.abc import AsyncIterator, Iterator
+
+import nats
+import pytest
+from nats.aio.client import Client
+
+from stt_worker.nats_server import NatsServer
+
+# The worker fixtures (`engine`, `make_worker`, `worker`) live beside the worker tests.
+pytest_plugins = ["tests.worker_fixtures"]
+
+
+@pytest.fixture(scope="session")
+def nats_server() -> Iterator[NatsServer]:
+    with NatsServer() as server:
+        yield server
+
+
+@pytest.fixture(scope="session")
+def nats_url(nats_server: NatsServer) -> str:
+    return nats_server.url
+
+
+@pytest.fixture
+async def nc(nats_url: str) -> AsyncIterator[Client]:
+    client = await nats.connect(nats_url, name="pytest", connect_timeout=5)
+    yield client
+    # close, not drain: a fault-injection test may have left the server down.
+    if not client.is_closed:
+        await client.close()

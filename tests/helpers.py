@@ -1,0 +1,60 @@
+"""Test helpers: the shared speech clips and an inbox for a session's published messages."""
+
+from __future__ import annotations
+
+import asyncio
+import json
+from collections.abc import Callable
+from functools import cache
+from pathlib import Path
+
+import msgpack
+from nats.aio.client import Client
+
+REPO = Path(__file__).resolve().parent.parent
+SPEECH_DIR = REPO.parent / "shared" / "speech"
+
+
+@cache
+def _manifest() -> dict[str, str]:
+    lines = (SPEECH_DIR / "manifest.jsonl").read_text().splitlines()
+    return {entry["file"]: entry["text"] for entry in map(json.loads, lines)}
+
+
+def manifest_text(file: str) -> str:
+    return _manifest()[file]
+
+
+class Inbox:
+    """Everything published on one session's transcription subject, in arrival order."""
+
+    def __init__(self) -> None:
+        self.received: list[dict] = []
+        self._queue: asyncio.Queue[dict] = asyncio.Queue()
+
+    @classmethod
+    async def open(cls, nc: Client, session_id: str) -> Inbox:
+        inbox = cls()
+
+        async def on_message(msg) -> None:
+            message = msgpack.unpackb(msg.data, raw=False)
+            inbox.received.append(message)
+            inbox._queue.put_nowait(message)
+
+        await nc.subscribe(f"ai.voice.transcription.{session_id}", cb=on_message)
+        await nc.flush()
+        return inbox
+
+    async def until(self, predicate: Callable[[dict], bool], within_s: float = 30) -> dict:
+        """The next message matching `predicate` (earlier ones stay in `received`)."""
+        async with asyncio.timeout(within_s):
+            while True:
+                message = await self._queue.get()
+                if predicate(message):
+                    return message
+
+    async def until_closed(self, within_s: float = 30) -> list[dict]:
+        """Messages up to and including `session_closed`, from where the last wait stopped."""
+        start = len(self.received) - self._queue.qsize()
+        await self.until(lambda m: m.get("type") == "session_closed", within_s)
+        return self.received[start:]
