@@ -29,6 +29,7 @@ from nats.errors import NoServersError
 from stt_worker.config import Settings, load_settings
 from stt_worker.console import format_message
 from stt_worker.engines import ENGINE_FACTORIES, create_engine
+from stt_worker.errors import SttError
 from stt_worker.nats_server import NatsServer, NatsServerError
 from stt_worker.publisher import StreamStats, WavFormatError, stream_file
 from stt_worker.worker import Worker
@@ -55,7 +56,7 @@ def main(argv: list[str] | None = None) -> int:
     except CliError as exc:
         print(f"stt-streaming {args.command}: {exc}", file=sys.stderr)
         return exc.status
-    except (NatsServerError, NoServersError, WavFormatError, OSError) as exc:
+    except (NatsServerError, NoServersError, WavFormatError, OSError, SttError) as exc:
         print(f"stt-streaming {args.command}: {exc or type(exc).__name__}", file=sys.stderr)
         return 1
     except KeyboardInterrupt:

@@ -82,16 +82,25 @@ def decode_client_message(payload: bytes) -> ClientMessage:
     try:
         return _decoder.decode(payload)
     except msgspec.ValidationError as exc:
-        raise _classify(payload, exc) from exc
-    except msgspec.DecodeError as exc:
-        raise ProtocolError(
-            f"payload is not valid msgpack: {exc}", code=ErrorCode.MALFORMED_MSGPACK
-        ) from exc
+        # Only the error path decodes twice: the typed decoder cannot say *why* it failed.
+        try:
+            raw = _any_decoder.decode(payload)
+        except _MALFORMED as malformed:
+            raise _malformed(malformed) from exc
+        raise _classify(raw, exc) from exc
+    except _MALFORMED as exc:
+        raise _malformed(exc) from exc
 
 
-def _classify(payload: bytes, exc: msgspec.ValidationError) -> ProtocolError:
-    # Only the error path decodes twice: the typed decoder cannot say *why* a map was wrong.
-    raw: Any = _any_decoder.decode(payload)
+# msgspec raises UnicodeDecodeError, not DecodeError, for a str that is not UTF-8.
+_MALFORMED = (msgspec.DecodeError, UnicodeDecodeError)
+
+
+def _malformed(exc: Exception) -> ProtocolError:
+    return ProtocolError(f"payload is not valid msgpack: {exc}", code=ErrorCode.MALFORMED_MSGPACK)
+
+
+def _classify(raw: Any, exc: msgspec.ValidationError) -> ProtocolError:
     if not isinstance(raw, dict):
         return ProtocolError(
             f"payload must be a msgpack map, got {type(raw).__name__}", code=ErrorCode.NOT_A_MAP

@@ -114,6 +114,7 @@ class Worker:
             max_pending_finals=settings.max_pending_finals,
         )
         self._nc: Client | None = None
+        self._closing = False
 
     @property
     def session_count(self) -> int:
@@ -131,8 +132,8 @@ class Worker:
             max_reconnect_attempts=-1,  # a worker waits for its bus forever
             reconnect_time_wait=0.5,
             error_cb=self._on_nats_error,
-            disconnected_cb=_log_event("disconnected from NATS"),
-            reconnected_cb=_log_event("reconnected to NATS"),
+            disconnected_cb=self._on_disconnected,
+            reconnected_cb=self._on_reconnected,
         )
         await self.engine.warmup()
         sub = await self._nc.subscribe(
@@ -153,7 +154,8 @@ class Worker:
             await self._drain(sub)
             scheduler.cancel()
             ticker.cancel()
-        await self._nc.drain()
+        self._closing = True
+        await self._nc.drain()  # flushes every publish, then closes
 
     async def _drain(self, sub: object) -> None:
         """SIGTERM: take no new audio, finish what was accepted, publish every final."""
@@ -366,6 +368,13 @@ class Worker:
             # While NATS is away the client buffers; past its limit we can only log.
             logger.exception("publish failed", extra={"subject": subject})
 
+    async def _on_disconnected(self) -> None:
+        if not self._closing:  # nats-py reports its own close() as a disconnect too
+            logger.warning("disconnected from NATS; reconnecting")
+
+    async def _on_reconnected(self) -> None:
+        logger.warning("reconnected to NATS")
+
     async def _on_nats_error(self, exc: Exception) -> None:
         if isinstance(exc, SlowConsumerError) and exc.subject.startswith(self._prefix):
             session_id = exc.subject[len(self._prefix) :]
@@ -376,13 +385,6 @@ class Worker:
             await self._reject(session_id, self._live.get(session_id), error, time.time())
             return
         logger.warning("NATS error: %r", exc)
-
-
-def _log_event(text: str):
-    async def callback() -> None:
-        logger.warning(text)
-
-    return callback
 
 
 def _install_signal_handlers(stop: asyncio.Event) -> None:

@@ -19,8 +19,17 @@ def _faster_whisper(settings: Settings) -> Engine:
     return FasterWhisperEngine(settings)
 
 
+def _http(settings: Settings) -> Engine:
+    # Named here so `stt_streaming.py` fails with a reason, not an argparse error.
+    raise EngineError(
+        f"the HTTP engine (WHISPER_URL={settings.whisper_url}) is not available in this "
+        "version yet; run stt_streaming_local.py (engine faster-whisper) instead"
+    )
+
+
 ENGINE_FACTORIES: dict[str, Callable[[Settings], Engine]] = {
     "faster-whisper": _faster_whisper,
+    "http": _http,
 }
 
 
