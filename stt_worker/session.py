@@ -35,6 +35,8 @@ logger = logging.getLogger(__name__)
 
 CloseReason = Literal["end", "idle", "shutdown"]
 
+PAUSE_FRAMES = 3  # 60 ms of unvoiced frames: the speaker paused
+
 
 class Trigger(enum.Enum):
     TO_LISTENING = "state_change:listening"

@@ -322,7 +322,7 @@ class Worker:
             del self._live[stream.session.session_id]  # a new start may now open a fresh one
 
     async def _submit(self, stream: _Stream, job: Job) -> None:
-        options = DecodeOptions(language=job.language)
+        options = DecodeOptions(language=job.language, full_window_retry=job.is_final)
         try:
             self._scheduler.submit(stream.key, job, options)
         except OverloadedError as exc:

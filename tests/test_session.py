@@ -93,6 +93,14 @@ def test_partials_follow_the_cadence_and_results_get_sequences():
     assert [(m.sequence, m.is_final, m.transcript) for m in out] == [(2, True, "hello world.")]
 
 
+def test_no_partial_is_asked_for_during_a_pause():
+    session = new_session()
+    assert len(jobs(feed(session, "s" * 15), final=False)) == 0
+    assert jobs(feed(session, "s" * 2 + "." * 8), final=False) == []  # due, but paused
+    (partial,) = jobs(feed(session, "s"), final=False)  # speech resumes: now it comes
+    assert partial.audio_end_s == 26 * 0.02
+
+
 def test_partial_arriving_after_its_final_is_dropped():
     session = new_session()
     (partial,) = jobs(feed(session, "s" * 25), final=False)

@@ -28,6 +28,9 @@ class DecodeOptions:
     language: str | None = None
     # Text of the session's recent finals, to condition decoding (Whisper's initial prompt).
     prompt: str | None = None
+    # A short window that loops may be decoded again at 30 s: worth it for a final, not for a
+    # partial that the next partial or the final replaces anyway.
+    full_window_retry: bool = True
 
 
 @dataclass(frozen=True, slots=True)

@@ -159,7 +159,7 @@ class FasterWhisperEngine(LocalEngine):
         # 30 s windows, each prompted with the previous window's text for continuity.
         for start in range(0, max(content_frames, 1), WINDOW_FRAMES):
             chunk = mel[:, start : min(start + WINDOW_FRAMES, content_frames)]
-            result = self._decode_window(chunk, language, prompt)
+            result = self._decode_window(chunk, language, prompt, options.full_window_retry)
             language = language or result.language
             prompt = result.text or prompt
             results.append(result)
@@ -180,11 +180,11 @@ class FasterWhisperEngine(LocalEngine):
         )
 
     def _decode_window(
-        self, chunk: np.ndarray, language: str | None, prompt: str | None
+        self, chunk: np.ndarray, language: str | None, prompt: str | None, retry: bool
     ) -> _WindowResult:
         frames = self._window.frames(chunk.shape[-1])
         result = self._decode_frames(chunk, frames, language, prompt)
-        if frames < WINDOW_FRAMES and collapse_loops(result.text) != result.text:
+        if retry and frames < WINDOW_FRAMES and collapse_loops(result.text) != result.text:
             # Short windows occasionally make Whisper re-read the utterance; the 30 s window
             # it was trained on does not, so pay for it only then.
             logger.debug("Decoding loop in a short window; retrying with 30 s")
