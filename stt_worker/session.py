@@ -354,6 +354,10 @@ class Session:
             < self.config.partial_interval_samples
         ):
             return []
+        if self.config.enable_vad and utterance.silence_run >= PAUSE_FRAMES:
+            # In a pause a partial adds no words, and if the pause becomes the endpoint the
+            # final would wait behind it: ask again when speech resumes.
+            return []
         utterance.samples_at_last_partial = utterance.samples
         return [Transcribe(self._job(utterance, is_final=False))]
 
