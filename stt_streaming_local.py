@@ -1,6 +1,7 @@
 """Local-model variant of the seed: the worker with Whisper running in this process.
 
-Same as ``stt-streaming serve --engine faster-whisper``; configured by the environment
+``stt-streaming serve --engine local``: PyTorch openai-whisper (ROCm/CUDA) when torch is
+installed, else CTranslate2; ``STT_ENGINE`` overrides. Configured by the environment
 (``NATS_URL``, ``WHISPER_MODEL_SIZE``, ``WHISPER_DEVICE``, ``STT_*``; see the README).
 """
 
@@ -9,4 +10,4 @@ import sys
 from stt_worker.cli import main
 
 if __name__ == "__main__":
-    sys.exit(main(["serve", "--engine", "faster-whisper", *sys.argv[1:]]))
+    sys.exit(main(["serve", "--engine", "local", *sys.argv[1:]]))

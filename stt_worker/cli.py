@@ -28,7 +28,7 @@ from nats.errors import NoServersError
 
 from stt_worker.config import Settings, load_settings
 from stt_worker.console import format_message
-from stt_worker.engines import ENGINE_FACTORIES, create_engine
+from stt_worker.engines import ENGINE_FACTORIES, LOCAL, create_engine
 from stt_worker.errors import SttError
 from stt_worker.nats_server import NatsServer, NatsServerError
 from stt_worker.publisher import StreamStats, WavFormatError, stream_file
@@ -70,7 +70,12 @@ def _parser() -> argparse.ArgumentParser:
     commands = parser.add_subparsers(dest="command", required=True, metavar="COMMAND")
 
     serve = commands.add_parser("serve", help="run the worker (NATS_URL etc. from the environment)")
-    serve.add_argument("--engine", choices=sorted(ENGINE_FACTORIES), default="faster-whisper")
+    serve.add_argument(
+        "--engine",
+        choices=[*sorted(ENGINE_FACTORIES), LOCAL],
+        help="default: STT_ENGINE; `local`: openai-whisper if PyTorch is installed, else "
+        "faster-whisper",
+    )
     serve.add_argument("--model", help="Whisper model (WHISPER_MODEL_SIZE), e.g. tiny.en")
     serve.add_argument("--device", help="cpu, cuda or auto (WHISPER_DEVICE)")
     serve.add_argument("--nats-url", help="NATS server (NATS_URL)")

@@ -7,7 +7,7 @@ default in the README.
 
 from __future__ import annotations
 
-from pydantic import AliasChoices, Field, field_validator
+from pydantic import AliasChoices, Field, SecretStr, field_validator
 from pydantic_settings import BaseSettings, SettingsConfigDict
 
 # Whisper and webrtcvad both work on 16 kHz mono; everything is converted to this on arrival.
@@ -28,6 +28,8 @@ class Settings(BaseSettings):
     )
 
     # --- engine (seed) ---
+    # faster-whisper | openai-whisper | http; the entry scripts pick their variant's engine.
+    engine: str = Field("faster-whisper", alias="STT_ENGINE")
     whisper_url: str = Field(
         "http://whisper-predictor.ai-ml.svc.cluster.local", alias="WHISPER_URL"
     )
@@ -40,6 +42,27 @@ class Settings(BaseSettings):
     whisper_language: str | None = Field(None, alias="WHISPER_LANGUAGE")
     whisper_beam_size: int = Field(1, alias="WHISPER_BEAM_SIZE", ge=1, le=10)
     whisper_model_cache_dir: str | None = Field(None, alias="WHISPER_MODEL_CACHE_DIR")
+
+    # --- HTTP engine (new): an OpenAI-compatible /v1/audio/transcriptions service ---
+    whisper_http_path: str = Field("/v1/audio/transcriptions", alias="WHISPER_HTTP_PATH")
+    whisper_http_model: str = Field("whisper-1", alias="WHISPER_HTTP_MODEL")
+    whisper_api_key: SecretStr | None = Field(None, alias="WHISPER_API_KEY")
+    whisper_http_response_format: str = Field("verbose_json", alias="WHISPER_HTTP_RESPONSE_FORMAT")
+    whisper_http_connect_timeout_s: float = Field(5.0, alias="WHISPER_HTTP_CONNECT_TIMEOUT_S", gt=0)
+    whisper_http_timeout_s: float = Field(30.0, alias="WHISPER_HTTP_TIMEOUT_S", gt=0)
+    whisper_http_max_concurrency: int = Field(4, alias="WHISPER_HTTP_MAX_CONCURRENCY", ge=1)
+    whisper_http_retries: int = Field(3, alias="WHISPER_HTTP_RETRIES", ge=0, le=10)
+    whisper_http_backoff_s: float = Field(0.2, alias="WHISPER_HTTP_BACKOFF_S", gt=0)
+    whisper_http_max_backoff_s: float = Field(5.0, alias="WHISPER_HTTP_MAX_BACKOFF_S", gt=0)
+
+    # --- our Whisper server (new): `stt-streaming whisper-server` ---
+    whisper_server_host: str = Field("0.0.0.0", alias="WHISPER_SERVER_HOST")
+    whisper_server_port: int = Field(8000, alias="WHISPER_SERVER_PORT", ge=0, le=65535)
+    whisper_server_max_concurrency: int = Field(1, alias="WHISPER_SERVER_MAX_CONCURRENCY", ge=1)
+    whisper_server_max_queue: int = Field(32, alias="WHISPER_SERVER_MAX_QUEUE", ge=0)
+    whisper_server_max_upload_bytes: int = Field(
+        25 * 1024 * 1024, alias="WHISPER_SERVER_MAX_UPLOAD_BYTES", ge=1024
+    )
 
     # --- buffering and VAD (seed) ---
     buffer_size_bytes: int = Field(512_000, alias="STT_BUFFER_SIZE_BYTES", gt=0)

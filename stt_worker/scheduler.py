@@ -113,6 +113,10 @@ class InferenceScheduler:
     def _next(self) -> _Entry | None:
         if self._finals:
             return self._finals.popleft()
+        if self._partials and not self._engine.healthy:
+            # A failing backend gets only finals: partials are the work we can lose.
+            logger.warning("engine unhealthy: shedding %d partials", len(self._partials))
+            self._partials.clear()
         if self._partials:
             return self._partials.popitem(last=False)[1]
         return None

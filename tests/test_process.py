@@ -14,7 +14,12 @@ from tests.textnorm import wer
 
 
 async def test_sigterm_mid_utterance_publishes_the_final_and_exits_zero(nats_url, nc):
-    env = {**os.environ, "NATS_URL": nats_url, "STT_LOG_LEVEL": "INFO"}
+    env = {
+        **os.environ,
+        "NATS_URL": nats_url,
+        "STT_LOG_LEVEL": "INFO",
+        "STT_ENGINE": "faster-whisper",
+    }
     process = await asyncio.create_subprocess_exec(
         sys.executable,
         str(REPO / "stt_streaming_local.py"),

@@ -6,6 +6,7 @@ Engine modules are imported lazily so a deployment pays only for the engine it r
 
 from __future__ import annotations
 
+import importlib.util
 from collections.abc import Callable
 
 from stt_worker.config import Settings
@@ -20,21 +21,46 @@ def _faster_whisper(settings: Settings) -> Engine:
 
 
 def _http(settings: Settings) -> Engine:
-    # Named here so `stt_streaming.py` fails with a reason, not an argparse error.
-    raise EngineError(
-        f"the HTTP engine (WHISPER_URL={settings.whisper_url}) is not available in this "
-        "version yet; run stt_streaming_local.py (engine faster-whisper) instead"
-    )
+    from stt_worker.engines.http import HttpEngine
+
+    return HttpEngine(settings)
+
+
+def _openai_whisper(settings: Settings) -> Engine:
+    try:
+        from stt_worker.engines.openai_whisper import OpenAIWhisperEngine
+    except ImportError as exc:  # torch is an optional extra
+        raise EngineError(
+            f"the openai-whisper engine needs PyTorch and openai-whisper ({exc}); install "
+            "the extra with `pip install '.[torch]'` (or a ROCm/CUDA torch build first), "
+            "or set STT_ENGINE=faster-whisper"
+        ) from exc
+    return OpenAIWhisperEngine(settings)
 
 
 ENGINE_FACTORIES: dict[str, Callable[[Settings], Engine]] = {
     "faster-whisper": _faster_whisper,
     "http": _http,
+    "openai-whisper": _openai_whisper,
 }
 
 
-def create_engine(settings: Settings, engine: str = "faster-whisper") -> Engine:
-    """Build the engine named `engine` from `settings`; raises EngineError for unknown kinds."""
+LOCAL = "local"
+
+
+def resolve_engine_kind(requested: str, settings: Settings) -> str:
+    """`local` (the seed's local variant) means: `STT_ENGINE` when it is set, else the
+    openai-whisper engine when PyTorch is installed (the ROCm/CUDA image), else CTranslate2."""
+    if requested != LOCAL:
+        return requested
+    if "engine" in settings.model_fields_set:
+        return settings.engine
+    return "openai-whisper" if importlib.util.find_spec("torch") else "faster-whisper"
+
+
+def create_engine(settings: Settings, engine: str | None = None) -> Engine:
+    """Build the engine named `engine` (default `STT_ENGINE`); EngineError for unknown kinds."""
+    engine = resolve_engine_kind(engine or settings.engine, settings)
     factory = ENGINE_FACTORIES.get(engine)
     if factory is None:
         raise EngineError(

@@ -69,6 +69,11 @@ class Engine(abc.ABC):
     async def transcribe(self, audio: Audio, options: DecodeOptions) -> Transcript:
         """Transcribe `audio`; raise `EngineError` (never a library exception) on failure."""
 
+    @property
+    def healthy(self) -> bool:
+        """False while the engine's backend is failing; the scheduler then sheds partials."""
+        return True
+
     async def warmup(self) -> None:  # noqa: B027 - optional hook
         """Run once before the worker reports ready, so the first user waits for nothing."""
 
