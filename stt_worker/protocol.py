@@ -170,6 +170,8 @@ class Error(msgspec.Struct, frozen=True):
     message: str
     timestamp: float
     speaker_id: SpeakerId = None
+    # Additive: set when a transcription failed, so the client knows which speech is missing.
+    utterance_id: int | None = None
     type: str = "error"
 
 

@@ -267,11 +267,15 @@ class Session:
         if not job.is_final:
             return []  # a later partial or the final will cover the same audio
         self._pending_finals.discard(job.utterance_id)
+        self._last_partial.pop(job.utterance_id, None)
         message = f"utterance {job.utterance_id} ({job.audio_s:.2f} s) failed: {error.message}"
-        return [Publish(self.error(error.code, message, now=now)), *self._maybe_close(now)]
+        error_message = self.error(error.code, message, now=now, utterance_id=job.utterance_id)
+        return [Publish(error_message), *self._maybe_close(now)]
 
-    def error(self, code: str, message: str, *, now: float) -> Error:
-        return Error(self.session_id, code, message, now, self.speaker_id)
+    def error(
+        self, code: str, message: str, *, now: float, utterance_id: int | None = None
+    ) -> Error:
+        return Error(self.session_id, code, message, now, self.speaker_id, utterance_id)
 
     @property
     def pending_finals(self) -> int:
@@ -367,6 +371,7 @@ class Session:
             return []  # an unconfirmed candidate was never the user's turn
         self._finalized_up_to = utterance.utterance_id
         if utterance.voiced_frames == 0 and self.config.enable_vad:
+            self._last_partial.pop(utterance.utterance_id, None)
             return []
         self._pending_finals.add(utterance.utterance_id)
         return [Transcribe(self._job(utterance, is_final=True))]
