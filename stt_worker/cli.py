@@ -1,8 +1,9 @@
-"""The ``stt-streaming`` command: ``serve``, ``demo``, ``stream`` and ``tail``.
+"""The ``stt-streaming`` command: ``serve``, ``demo``, ``stream``, ``tail``, ``whisper-server``.
 
 ``serve`` runs the worker; ``demo`` runs everything in one process (an embedded nats-server,
 the worker, a publisher streaming a WAV file at real time and a subscriber printing results);
 ``stream`` and ``tail`` are the publisher and subscriber alone, for a worker running elsewhere.
+``whisper-server`` is our OpenAI-compatible Whisper HTTP service (``whisper-predictor``).
 """
 
 from __future__ import annotations
@@ -32,6 +33,7 @@ from stt_worker.engines import ENGINE_FACTORIES, LOCAL, create_engine
 from stt_worker.errors import SttError
 from stt_worker.nats_server import NatsServer, NatsServerError
 from stt_worker.publisher import StreamStats, WavFormatError, stream_file
+from stt_worker.whisper_server import run_server
 from stt_worker.worker import Worker
 
 logger = logging.getLogger(__name__)
@@ -113,6 +115,21 @@ def _parser() -> argparse.ArgumentParser:
     tail.add_argument("--subject", help="default: <STT_TRANSCRIPTION_SUBJECT_PREFIX>.>")
     tail.add_argument("--json", action="store_true", help="one JSON object per line")
     tail.set_defaults(handler=_run_async(_tail))
+
+    server = commands.add_parser(
+        "whisper-server", help="serve Whisper over HTTP (OpenAI /v1/audio/transcriptions)"
+    )
+    server.add_argument("--host", help="listen address (WHISPER_SERVER_HOST, default 0.0.0.0)")
+    server.add_argument("--port", type=int, help="listen port (WHISPER_SERVER_PORT, default 8000)")
+    server.add_argument(
+        "--engine",
+        choices=("faster-whisper", "openai-whisper"),
+        default="faster-whisper",
+        help="default: faster-whisper (CTranslate2); openai-whisper needs PyTorch",
+    )
+    server.add_argument("--model", help="Whisper model (WHISPER_MODEL_SIZE), e.g. tiny.en")
+    server.add_argument("--device", help="cpu, cuda or auto (WHISPER_DEVICE)")
+    server.set_defaults(handler=_whisper_server)
     return parser
 
 
@@ -137,11 +154,15 @@ def _serve(args: argparse.Namespace) -> int:
     logger.info(
         "engine %s, model %s on %s", engine.info.name, engine.info.model, engine.info.device
     )
-    try:
-        asyncio.run(Worker(settings, engine).run())
-    finally:
-        engine.close()
+    asyncio.run(_run_worker(Worker(settings, engine)))
     return 0
+
+
+async def _run_worker(worker: Worker) -> None:
+    try:
+        await worker.run()
+    finally:
+        await worker.engine.aclose()
 
 
 def _setup_logging(level: str) -> None:
@@ -376,6 +397,32 @@ def _decode(data: bytes) -> dict[str, Any]:
     except msgspec.DecodeError:
         return {"type": "undecodable", "size_bytes": len(data)}
     return decoded if isinstance(decoded, dict) else {"type": "non_map", "value": decoded}
+
+
+# ---------------------------------------------------------------- whisper-server
+
+
+def _whisper_server(args: argparse.Namespace) -> int:
+    settings = load_settings(
+        **_given(
+            whisper_server_host=args.host,
+            whisper_server_port=args.port,
+            whisper_model_size=args.model,
+            whisper_device=args.device,
+        )
+    )
+    _setup_logging(settings.log_level)
+    engine = create_engine(settings, args.engine)
+    logger.info(
+        "engine %s, model %s on %s", engine.info.name, engine.info.model, engine.info.device
+    )
+    try:
+        run_server(
+            settings, engine, host=settings.whisper_server_host, port=settings.whisper_server_port
+        )
+    finally:
+        engine.close()
+    return 0
 
 
 if __name__ == "__main__":

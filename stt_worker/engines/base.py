@@ -20,6 +20,15 @@ from stt_worker.errors import EngineError, SttError
 
 Audio = npt.NDArray[np.float32]
 
+# Whisper's silence rule (openai/whisper `transcribe`): both must hold to call it silence.
+NO_SPEECH_THRESHOLD = 0.6
+LOG_PROB_THRESHOLD = -1.0
+
+
+def is_silence(no_speech_prob: float, avg_logprob: float) -> bool:
+    """Whisper's own test for a window it decoded although nobody spoke."""
+    return no_speech_prob > NO_SPEECH_THRESHOLD and avg_logprob < LOG_PROB_THRESHOLD
+
 
 @dataclass(frozen=True, slots=True)
 class DecodeOptions:
@@ -79,6 +88,10 @@ class Engine(abc.ABC):
 
     def close(self) -> None:  # noqa: B027 - optional hook
         """Release the model and threads."""
+
+    async def aclose(self) -> None:
+        """Release from inside the running loop (network clients need their loop)."""
+        self.close()
 
 
 class LocalEngine(Engine):

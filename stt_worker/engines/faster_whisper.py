@@ -53,6 +53,7 @@ from stt_worker.engines.base import (
     LocalEngine,
     Segment,
     Transcript,
+    is_silence,
 )
 from stt_worker.errors import EngineError
 from stt_worker.models import resolve_model_path
@@ -63,10 +64,6 @@ HOP_SAMPLES = 160
 FRAMES_PER_S = SAMPLE_RATE_HZ // HOP_SAMPLES
 WINDOW_FRAMES = 3000  # Whisper's 30 s window, the encoder's positional-embedding limit
 MAX_LENGTH_TOKENS = 448  # Whisper decoder context, prompt included
-
-# Whisper's silence rule (openai/whisper `transcribe`): both must hold to call it silence.
-NO_SPEECH_THRESHOLD = 0.6
-LOG_PROB_THRESHOLD = -1.0
 
 # Fast speech is ~4-5 tokens/s; the cap stops a looping decoder early instead of at 448.
 MAX_TOKENS_PER_S = 12
@@ -221,7 +218,7 @@ class FasterWhisperEngine(LocalEngine):
         # len + 1 to count the end-of-text token.
         avg_logprob = result.scores[0] * len(tokens) / (len(tokens) + 1)
         text = tokenizer.decode(tokens).strip()
-        if result.no_speech_prob > NO_SPEECH_THRESHOLD and avg_logprob < LOG_PROB_THRESHOLD:
+        if is_silence(result.no_speech_prob, avg_logprob):
             text = ""
         return _WindowResult(
             text=text,

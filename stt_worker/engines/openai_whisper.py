@@ -1,0 +1,229 @@
+"""OpenAIWhisperEngine: openai-whisper on PyTorch, for GPUs CTranslate2 does not drive.
+
+CTranslate2 runs on CPUs and NVIDIA GPUs only; PyTorch also runs on AMD GPUs (ROCm builds
+expose them as ``cuda`` through HIP), so this engine is the GPU path there. Decoding follows
+openai-whisper's ``transcribe`` in consecutive 3000-frame (30 s) windows, the only length its
+encoder accepts, greedy or beam search at temperature 0; features, padding, silence rule,
+loop collapse and token caps are the faster-whisper engine's, so both engines answer alike.
+
+Models never download: a local ``.pt``; a bundled CTranslate2 model (``tiny.en``, ``base``) or
+CTranslate2 folder, converted once by `stt_worker.ct2_convert`; or an openai-whisper name
+whose ``.pt`` is already on disk.
+"""
+
+from __future__ import annotations
+
+import logging
+import math
+from pathlib import Path
+
+import numpy as np
+import torch
+import whisper
+from whisper.audio import N_FRAMES
+from whisper.model import ModelDimensions, Whisper
+
+from stt_worker.config import Settings
+from stt_worker.ct2_convert import ensure_converted
+from stt_worker.engines.base import (
+    Audio,
+    DecodeOptions,
+    EngineInfo,
+    LocalEngine,
+    Segment,
+    Transcript,
+    is_silence,
+)
+from stt_worker.engines.faster_whisper import (
+    FRAMES_PER_S,
+    HOP_SAMPLES,
+    MAX_LENGTH_TOKENS,
+    MAX_TOKENS_PER_S,
+    MIN_NEW_TOKENS,
+    collapse_loops,
+)
+from stt_worker.errors import EngineError, ModelNotFoundError
+from stt_worker.models import BUNDLED_MODELS
+
+logger = logging.getLogger(__name__)
+
+# openai-whisper's default download root; we only ever read from it.
+WHISPER_DOWNLOAD_ROOT = Path("~/.cache/whisper")
+
+
+class OpenAIWhisperEngine(LocalEngine):
+    """Whisper on PyTorch: fp16 on a GPU, fp32 on CPU, one 30 s window at a time."""
+
+    def __init__(self, settings: Settings, *, checkpoint: Path | None = None) -> None:
+        super().__init__()
+        self._beam_size = settings.whisper_beam_size
+        self._language = settings.whisper_language
+        self._device = pick_device(settings.whisper_device)
+        if settings.whisper_cpu_threads and self._device == "cpu":
+            torch.set_num_threads(settings.whisper_cpu_threads)
+        path = checkpoint or resolve_checkpoint(
+            settings.whisper_model_size, settings.whisper_model_cache_dir
+        )
+        self._model = load_checkpoint(path, self._device)
+        # Half precision halves GPU memory and time; CPUs have no fast fp16 matmul.
+        self._fp16 = self._device != "cpu"
+        extra = {
+            "dtype": "float16" if self._fp16 else "float32",
+            "torch": torch.__version__,
+            "checkpoint": str(path),
+        }
+        if self._device != "cpu":
+            extra["gpu"] = torch.cuda.get_device_name(self._device)
+        self.info = EngineInfo(
+            name="openai-whisper",
+            model=settings.whisper_model_size,
+            device=self._device,
+            extra=extra,
+        )
+        logger.info(
+            "openai-whisper model loaded on %s",
+            self._device,
+            extra={"device": self._device, **extra},
+        )
+
+    def close(self) -> None:
+        super().close()
+        if getattr(self, "_model", None) is None:
+            return  # closed already
+        self._model = None
+        if self._device != "cpu":
+            torch.cuda.empty_cache()
+
+    def _decode(self, audio: Audio, options: DecodeOptions) -> Transcript:
+        samples = torch.from_numpy(np.array(audio, dtype=np.float32))
+        # One mel over the whole utterance (log-mel clamping uses the clip's maximum) with
+        # faster-whisper's one-hop padding, so both engines see the same features.
+        mel = whisper.log_mel_spectrogram(
+            samples, self._model.dims.n_mels, padding=HOP_SAMPLES, device=self._device
+        )
+        content_frames = mel.shape[-1] - 1
+        language = options.language or self._language
+        if not self._model.is_multilingual:
+            language = "en"
+        prompt = options.prompt
+        segments: list[Segment] = []
+        languages: list[str] = []
+        # Longer audio goes in consecutive 30 s windows, each prompted with the previous text.
+        for start in range(0, max(content_frames, 1), N_FRAMES):
+            window_frames = min(N_FRAMES, content_frames - start)
+            # Pad with log-mel 0 as faster-whisper does. whisper.transcribe pads with silent
+            # audio instead, and then tiny.en reads pure silence as "you" (avg_logprob -0.38,
+            # no_speech_prob 0.95), which the silence rule lets through.
+            window = whisper.pad_or_trim(mel[:, start : start + window_frames], N_FRAMES)
+            result = whisper.decode(
+                self._model,
+                window,
+                whisper.DecodingOptions(
+                    task="transcribe",
+                    language=language,
+                    prompt=prompt,
+                    without_timestamps=True,
+                    fp16=self._fp16,
+                    beam_size=self._beam_size if self._beam_size > 1 else None,
+                    sample_len=_max_new_tokens(window_frames),
+                ),
+            )
+            text = result.text.strip()
+            if is_silence(result.no_speech_prob, result.avg_logprob):
+                text = ""
+            text = collapse_loops(text)
+            language = language or result.language
+            languages.append(result.language)
+            prompt = text or prompt
+            segments.append(
+                Segment(
+                    start_s=start / FRAMES_PER_S,
+                    end_s=(start + window_frames) / FRAMES_PER_S,
+                    text=text,
+                    avg_logprob=result.avg_logprob,
+                    no_speech_prob=result.no_speech_prob,
+                )
+            )
+        return Transcript(
+            text=" ".join(s.text for s in segments if s.text),
+            segments=tuple(s for s in segments if s.text),
+            language=languages[0],
+            no_speech_prob=min(s.no_speech_prob for s in segments),
+        )
+
+
+def _max_new_tokens(window_frames: int) -> int:
+    # The faster-whisper engine's cap: stops a looping decoder early instead of at 224.
+    wanted = MIN_NEW_TOKENS + math.ceil(max(window_frames, 0) / FRAMES_PER_S * MAX_TOKENS_PER_S)
+    return min(MAX_LENGTH_TOKENS // 2, wanted)
+
+
+def pick_device(requested: str) -> str:
+    """The torch device for WHISPER_DEVICE (auto, cpu, cuda, cuda:N); CPU if no GPU is seen."""
+    requested = requested.lower()
+    if requested == "cpu":
+        return "cpu"
+    if requested == "auto":
+        return "cuda" if torch.cuda.is_available() else "cpu"
+    if requested == "cuda" or requested.startswith("cuda:"):
+        if torch.cuda.is_available():
+            return requested
+        logger.warning(
+            "WHISPER_DEVICE=%s but PyTorch %s sees no GPU (built for CUDA %s, ROCm %s); "
+            "running openai-whisper on CPU in float32, which is much slower",
+            requested,
+            torch.__version__,
+            torch.version.cuda or "-",
+            getattr(torch.version, "hip", None) or "-",
+        )
+        return "cpu"
+    raise EngineError(f"WHISPER_DEVICE must be auto, cpu, cuda or cuda:N, not {requested!r}")
+
+
+def resolve_checkpoint(name_or_path: str, cache_dir: str | None = None) -> Path:
+    """The local openai-whisper checkpoint for WHISPER_MODEL_SIZE; never downloads.
+
+    Order: a ``.pt`` file; a bundled model or CTranslate2 folder (converted once into the
+    cache); ``<name>.pt`` in the cache or openai-whisper's download root.
+    """
+    local = Path(name_or_path).expanduser()
+    if local.is_file():
+        return local
+    if name_or_path in BUNDLED_MODELS or (local / "model.bin").is_file():
+        return ensure_converted(name_or_path, cache_dir)
+    roots = [Path(cache_dir).expanduser()] if cache_dir else []
+    roots.append(WHISPER_DOWNLOAD_ROOT.expanduser())
+    for root in roots:
+        candidate = root / f"{name_or_path}.pt"
+        if candidate.is_file():
+            return candidate
+    where = " or ".join(str(r / f"{name_or_path}.pt") for r in roots)
+    raise ModelNotFoundError(
+        f"openai-whisper model {name_or_path!r} is not on disk ({where} does not exist) and "
+        "this worker never downloads models. Provide it: on a machine with internet run "
+        f"`python -c \"import whisper; whisper.load_model('{name_or_path}')\"` and copy "
+        f"~/.cache/whisper/{name_or_path}.pt to one of those paths, or set "
+        "WHISPER_MODEL_SIZE to a .pt file or a CTranslate2 model folder, or use a bundled "
+        f"model: {', '.join(BUNDLED_MODELS)}."
+    )
+
+
+def load_checkpoint(path: Path, device: str) -> Whisper:
+    """Load an openai-whisper checkpoint as `whisper.load_model` does, plus alignment heads.
+
+    By path only: `whisper.load_model(name)` would download a missing or altered file.
+    """
+    try:
+        checkpoint = torch.load(path, map_location="cpu", weights_only=True)
+        model = Whisper(ModelDimensions(**checkpoint["dims"]))
+        model.load_state_dict(checkpoint["model_state_dict"])
+    except (OSError, RuntimeError, KeyError, TypeError, ValueError) as exc:
+        raise EngineError(f"Cannot load openai-whisper checkpoint {str(path)!r}: {exc}") from exc
+    heads = checkpoint.get("alignment_heads")
+    if heads:
+        # Converted checkpoints carry the source's heads (used by word timestamps only).
+        mask = torch.zeros(model.dims.n_text_layer, model.dims.n_text_head, dtype=torch.bool)
+        for layer, head in heads:
+            mask[layer, head] = True
+        model.register_buffer("alignment_heads", mask.to_sparse(), persistent=False)
+    return model.to(device)
