@@ -38,6 +38,7 @@ class Settings(BaseSettings):
     # `auto` = CUDA when a GPU is visible, else CPU. The seed's `cuda` still works.
     whisper_device: str = Field("auto", alias="WHISPER_DEVICE")
     whisper_compute_type: str = Field("auto", alias="WHISPER_COMPUTE_TYPE")
+    # Threads per decode; 0 = cores / STT_MAX_CONCURRENT_INFERENCES.
     whisper_cpu_threads: int = Field(0, alias="WHISPER_CPU_THREADS", ge=0)
     whisper_language: str | None = Field(None, alias="WHISPER_LANGUAGE")
     whisper_beam_size: int = Field(1, alias="WHISPER_BEAM_SIZE", ge=1, le=10)
@@ -84,7 +85,8 @@ class Settings(BaseSettings):
     max_utterance_s: float = Field(30.0, alias="STT_MAX_UTTERANCE_S", gt=1, le=30)
     session_idle_timeout_s: float = Field(60.0, alias="STT_SESSION_IDLE_TIMEOUT_S", gt=0)
     max_pending_finals: int = Field(256, alias="STT_MAX_PENDING_FINALS", ge=1)
-    max_concurrent_inferences: int = Field(1, alias="STT_MAX_CONCURRENT_INFERENCES", ge=1)
+    # Parallel decodes of the local CTranslate2 engine (each with cores/N threads).
+    max_concurrent_inferences: int = Field(2, alias="STT_MAX_CONCURRENT_INFERENCES", ge=1)
     drain_timeout_s: float = Field(25.0, alias="STT_DRAIN_TIMEOUT_S", gt=0)
     pending_msgs_limit: int = Field(65_536, alias="STT_PENDING_MSGS_LIMIT", ge=64)
 

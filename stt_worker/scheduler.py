@@ -5,8 +5,10 @@
 - Partials are at most one per session: a newer partial replaces the stale one in place
   (keeping its place in line, so a chatty session cannot starve the others), and a final
   for the session drops its pending partial.
-- At most `concurrency` inferences run at once. On 2 CPU cores one is right: CTranslate2
-  already uses every core for one decode, and two at once only interleave.
+- Exactly the engine's `parallelism` inferences run at once, so nothing queues unseen inside
+  the engine and the finals-first order is the order work starts in.
+- While the engine reports itself unhealthy (a failing HTTP backend), pending partials are
+  dropped: the work we can lose goes first, finals keep their place.
 """
 
 from __future__ import annotations
@@ -56,6 +58,7 @@ class InferenceScheduler:
         self._partials: collections.OrderedDict[Hashable, _Entry] = collections.OrderedDict()
         self._wakeup = asyncio.Event()
         self._running = 0
+        self._busy: set[Hashable] = set()
         self._idle = asyncio.Event()
         self._idle.set()
 
@@ -100,25 +103,35 @@ class InferenceScheduler:
         while True:
             entry = self._next()
             if entry is None:
+                self._update_idle()  # `_next` may have shed the last partials
                 self._wakeup.clear()
                 await self._wakeup.wait()
                 continue
             self._running += 1
+            self._busy.add(entry.key)
             try:
                 await self._run_one(entry)
             finally:
                 self._running -= 1
+                self._busy.discard(entry.key)
+                self._wakeup.set()  # that session's next job may run now
                 self._update_idle()
 
     def _next(self) -> _Entry | None:
-        if self._finals:
-            return self._finals.popleft()
+        # One job per session at a time: its results then arrive in utterance order, and one
+        # talkative session cannot hold every slot.
+        for index, entry in enumerate(self._finals):
+            if entry.key not in self._busy:
+                del self._finals[index]
+                return entry
         if self._partials and not self._engine.healthy:
             # A failing backend gets only finals: partials are the work we can lose.
             logger.warning("engine unhealthy: shedding %d partials", len(self._partials))
             self._partials.clear()
-        if self._partials:
-            return self._partials.popitem(last=False)[1]
+        for key, entry in self._partials.items():
+            if key not in self._busy:
+                del self._partials[key]
+                return entry
         return None
 
     async def _run_one(self, entry: _Entry) -> None:

@@ -110,7 +110,7 @@ class Worker:
         self._scheduler = InferenceScheduler(
             engine,
             self._on_outcome,
-            concurrency=settings.max_concurrent_inferences,
+            concurrency=engine.parallelism,
             max_pending_finals=settings.max_pending_finals,
         )
         self._nc: Client | None = None

@@ -1,8 +1,8 @@
 """The engine interface every speech engine implements, and what it returns.
 
 An engine turns float32 16 kHz mono audio into a `Transcript`. Local engines run their
-synchronous `_decode` on their own single-thread executor (one model, one thread: the model
-uses every core it is given), so the event loop never waits on inference.
+synchronous `_decode` on their own executor, one thread per parallel decode, so the event
+loop never waits on inference.
 """
 
 from __future__ import annotations
@@ -73,6 +73,9 @@ class Engine(abc.ABC):
     """One speech engine. `transcribe` may be awaited from any number of tasks."""
 
     info: EngineInfo
+    # How many `transcribe` calls make progress at once; the scheduler runs exactly this many
+    # so that its finals-first order is the order work really starts in.
+    parallelism: int = 1
 
     @abc.abstractmethod
     async def transcribe(self, audio: Audio, options: DecodeOptions) -> Transcript:
@@ -95,11 +98,12 @@ class Engine(abc.ABC):
 
 
 class LocalEngine(Engine):
-    """An engine whose model runs in this process, on a dedicated single-thread executor."""
+    """An engine whose model runs in this process, on its own executor."""
 
-    def __init__(self) -> None:
+    def __init__(self, parallelism: int = 1) -> None:
+        self.parallelism = parallelism
         self._executor = concurrent.futures.ThreadPoolExecutor(
-            max_workers=1, thread_name_prefix=f"engine-{type(self).__name__}"
+            max_workers=parallelism, thread_name_prefix=f"engine-{type(self).__name__}"
         )
 
     @abc.abstractmethod

@@ -155,6 +155,7 @@ class HttpEngine(Engine):
         )
         self._check_timeout = httpx.Timeout(settings.whisper_http_connect_timeout_s)
         self._max_concurrency = settings.whisper_http_max_concurrency
+        self.parallelism = self._max_concurrency
         self._attempts = settings.whisper_http_retries + 1
         self._backoff_s = settings.whisper_http_backoff_s
         self._max_backoff_s = settings.whisper_http_max_backoff_s

@@ -1,0 +1,102 @@
+"""The inference scheduler's ordering rules, with an engine whose decodes the test releases."""
+
+from __future__ import annotations
+
+import asyncio
+
+import numpy as np
+
+from stt_worker.engines.base import DecodeOptions, Engine, EngineInfo, Transcript
+from stt_worker.errors import OverloadedError
+from stt_worker.scheduler import InferenceScheduler
+from stt_worker.session import Job
+
+
+class GatedEngine(Engine):
+    """Each decode waits until the test releases it; records what started, in order."""
+
+    def __init__(self, parallelism: int) -> None:
+        self.info = EngineInfo("gated", "none", "cpu")
+        self.parallelism = parallelism
+        self.started: list[float] = []
+        self.release = asyncio.Semaphore(0)
+        self.running = 0
+        self.most_running = 0
+        self.is_healthy = True
+
+    @property
+    def healthy(self) -> bool:
+        return self.is_healthy
+
+    async def transcribe(self, audio, options: DecodeOptions) -> Transcript:
+        self.running += 1
+        self.most_running = max(self.most_running, self.running)
+        self.started.append(len(audio) / 16_000)
+        await self.release.acquire()
+        self.running -= 1
+        return Transcript(text=f"{len(audio) / 16_000:g}")
+
+
+def job(utterance_id: int, seconds: float, *, final: bool) -> Job:
+    pcm = (np.zeros(int(seconds * 16_000), np.int16),)
+    return Job(utterance_id, final, pcm, 0.0, seconds, True)
+
+
+class Results:
+    """What the scheduler delivered, with a way to wait for the n-th result."""
+
+    def __init__(self) -> None:
+        self.done: list[tuple] = []
+        self._changed = asyncio.Condition()
+
+    async def on_done(self, key, job_: Job, outcome, wait_s: float) -> None:
+        async with self._changed:
+            self.done.append((key, job_.audio_end_s, job_.is_final))
+            self._changed.notify_all()
+
+    async def release_and_wait(self, engine: GatedEngine, count: int) -> None:
+        for _ in range(count):
+            engine.release.release()
+        async with asyncio.timeout(5), self._changed:
+            await self._changed.wait_for(lambda: len(self.done) >= count)
+
+
+async def test_finals_first_one_job_per_session_results_in_order():
+    engine = GatedEngine(parallelism=2)
+    results = Results()
+    scheduler = InferenceScheduler(engine, results.on_done, concurrency=2)
+    runner = asyncio.create_task(scheduler.run())
+    scheduler.submit("a", job(1, 1.0, final=False), DecodeOptions())
+    scheduler.submit("a", job(1, 2.0, final=False), DecodeOptions())  # replaces the stale one
+    scheduler.submit("a", job(1, 3.0, final=True), DecodeOptions())  # drops a's partial
+    scheduler.submit("a", job(2, 4.0, final=True), DecodeOptions())
+    scheduler.submit("b", job(1, 5.0, final=False), DecodeOptions())
+    await results.release_and_wait(engine, 3)
+    await scheduler.wait_idle()
+    runner.cancel()
+    done = results.done
+    assert [d for d in done if d[0] == "a"] == [("a", 3.0, True), ("a", 4.0, True)]
+    assert ("b", 5.0, False) in done and len(done) == 3
+    assert engine.most_running <= 2
+    # a's two finals never ran side by side: b's partial took the second slot first.
+    assert engine.started[:2] == [3.0, 5.0]
+
+
+async def test_full_finals_queue_is_refused_and_unhealthy_engine_sheds_partials():
+    engine = GatedEngine(parallelism=1)
+    engine.is_healthy = False
+    results = Results()
+    scheduler = InferenceScheduler(engine, results.on_done, concurrency=1, max_pending_finals=1)
+    scheduler.submit("a", job(1, 1.0, final=True), DecodeOptions())
+    try:
+        scheduler.submit("b", job(1, 1.0, final=True), DecodeOptions())
+    except OverloadedError as exc:
+        assert exc.code == "overloaded"
+    else:
+        raise AssertionError("a second final should not fit")
+    scheduler.submit("c", job(1, 1.0, final=False), DecodeOptions())
+    runner = asyncio.create_task(scheduler.run())
+    await results.release_and_wait(engine, 1)
+    await scheduler.wait_idle()
+    runner.cancel()
+    assert results.done == [("a", 1.0, True)]  # c's partial was shed while the engine was unhealthy
