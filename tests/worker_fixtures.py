@@ -25,9 +25,17 @@ def engine() -> Engine:
 async def make_worker(nats_url: str, engine: Engine) -> AsyncIterator:
     """Start a worker with settings overrides; every worker is drained when the test ends."""
     running: list[tuple[asyncio.Event, asyncio.Task]] = []
+    own_engines: list[Engine] = []
 
-    async def start(*, return_handles: bool = False, **overrides: object):
-        worker = Worker(load_settings(nats_url=nats_url, **overrides), engine)
+    async def start(
+        *, return_handles: bool = False, engine_factory: object = None, **overrides: object
+    ):
+        settings = load_settings(nats_url=nats_url, **overrides)
+        # `engine_factory(settings)` builds another engine (HTTP, torch) for this worker only.
+        worker_engine = engine_factory(settings) if callable(engine_factory) else engine
+        if worker_engine is not engine:
+            own_engines.append(worker_engine)
+        worker = Worker(settings, worker_engine)
         stop = asyncio.Event()
         task = asyncio.create_task(worker.run(stop))
         ready = asyncio.create_task(worker.ready.wait())
@@ -43,6 +51,8 @@ async def make_worker(nats_url: str, engine: Engine) -> AsyncIterator:
         stop.set()
     for _, task in running:
         await asyncio.wait_for(task, 60)
+    for each in own_engines:
+        await each.aclose()
 
 
 @pytest.fixture
