@@ -1,7 +1,8 @@
 """The ``stt-streaming`` command: ``serve``, ``demo``, ``stream``, ``tail``, ``whisper-server``.
 
 ``serve`` runs the worker; ``demo`` runs everything in one process (an embedded nats-server,
-the worker, a publisher streaming a WAV file at real time and a subscriber printing results);
+the worker, a publisher streaming a WAV file at real time and a subscriber printing results;
+``--engine http`` adds an in-process whisper-server for the worker's HTTP engine to call);
 ``stream`` and ``tail`` are the publisher and subscriber alone, for a worker running elsewhere.
 ``whisper-server`` is our OpenAI-compatible Whisper HTTP service (``whisper-predictor``).
 """
@@ -18,28 +19,31 @@ import statistics
 import sys
 import time
 import uuid
-from collections.abc import Callable, Coroutine
+from collections.abc import AsyncIterator, Callable, Coroutine, Iterator
 from pathlib import Path
 from typing import Any
 
 import msgspec
 import nats
+import uvicorn
 from nats.aio.client import Client as NatsClient
 from nats.errors import NoServersError
 
 from stt_worker.config import Settings, load_settings
 from stt_worker.console import format_message
 from stt_worker.engines import ENGINE_FACTORIES, LOCAL, create_engine
+from stt_worker.engines.base import Engine
 from stt_worker.errors import SttError
 from stt_worker.nats_server import NatsServer, NatsServerError
 from stt_worker.publisher import StreamStats, WavFormatError, stream_file
-from stt_worker.whisper_server import run_server
+from stt_worker.whisper_server import create_app, run_server
 from stt_worker.worker import Worker
 
 logger = logging.getLogger(__name__)
 
 DEFAULT_SAMPLE = "conv_3utt_2s_1s.wav"
 SAMPLE_ENV = "STT_SAMPLE_AUDIO"
+DEMO_ENGINES = ("faster-whisper", "openai-whisper", "http")
 _READY_TIMEOUT_S = 180.0
 
 
@@ -91,6 +95,16 @@ def _parser() -> argparse.ArgumentParser:
     )
     demo.add_argument("--speed", type=float, default=1.0, help="x real time; 0 = no pacing")
     demo.add_argument("--nats-url", help="use this NATS instead of an embedded nats-server")
+    demo.add_argument(
+        "--engine",
+        choices=DEMO_ENGINES,
+        default="faster-whisper",
+        help="default: faster-whisper; openai-whisper needs PyTorch; http: the worker's HTTP "
+        "engine against an in-process whisper-server (faster-whisper), or --whisper-url",
+    )
+    demo.add_argument(
+        "--whisper-url", help="with --engine http: this OpenAI-compatible server instead"
+    )
     demo.add_argument("--model", help="Whisper model (WHISPER_MODEL_SIZE)")
     demo.add_argument("--state", choices=("listening", "responding"), default="listening")
     demo.add_argument("--no-vad", action="store_true", help="disable voice activity detection")
@@ -185,6 +199,8 @@ async def _demo(args: argparse.Namespace) -> int:
     path = args.file or find_sample_audio()
     if not path.is_file():
         raise CliError(f"no such file: {path}", status=2)
+    if args.whisper_url and args.engine != "http":
+        raise CliError("--whisper-url needs --engine http", status=2)
     _setup_logging("WARNING")  # the demo's output is the transcript, not the worker's logs
 
     async with contextlib.AsyncExitStack() as stack:
@@ -194,10 +210,7 @@ async def _demo(args: argparse.Namespace) -> int:
             nats_url=url,
             **_given(whisper_model_size=args.model, enable_vad=False if args.no_vad else None),
         )
-        engine = await asyncio.to_thread(create_engine, settings)  # ~1 s of model loading
-        stack.callback(engine.close)
-        print(f"engine   {engine.info.name} {engine.info.model} on {engine.info.device}")
-
+        engine = await stack.enter_async_context(_demo_engine(args, settings))
         worker = Worker(settings, engine)
         stop = asyncio.Event()
         # If the worker fails, the TaskGroup cancels the session and raises the worker's error.
@@ -210,6 +223,69 @@ async def _demo(args: argparse.Namespace) -> int:
             finally:
                 stop.set()
     return status
+
+
+@contextlib.asynccontextmanager
+async def _demo_engine(args: argparse.Namespace, settings: Settings) -> AsyncIterator[Engine]:
+    """The engine `--engine` names; `http` talks to `--whisper-url` or to a whisper-server
+    started here on a local faster-whisper engine."""
+    async with contextlib.AsyncExitStack() as stack:
+        if args.engine == "http":
+            url = args.whisper_url or await stack.enter_async_context(
+                _in_process_whisper_server(settings)
+            )
+            settings = settings.model_copy(update={"whisper_url": url})
+        # Off the loop: loading a model takes about 1 s (the first openai-whisper run also
+        # converts the bundled model once into the cache).
+        engine = await asyncio.to_thread(create_engine, settings, args.engine)
+        stack.push_async_callback(engine.aclose)  # the HTTP client must close on its own loop
+        print(f"engine   {engine.info.name} {engine.info.model} on {engine.info.device}")
+        yield engine
+
+
+@contextlib.asynccontextmanager
+async def _in_process_whisper_server(settings: Settings) -> AsyncIterator[str]:
+    """`whisper-server` on faster-whisper, served in this loop on 127.0.0.1 and a port the OS
+    picks; yields its base URL and stops it on exit."""
+    engine = await asyncio.to_thread(create_engine, settings, "faster-whisper")
+    try:
+        app = create_app(
+            engine,
+            model_name=engine.info.model,
+            max_concurrency=settings.whisper_server_max_concurrency,
+            max_queue=settings.whisper_server_max_queue,
+            max_upload_bytes=settings.whisper_server_max_upload_bytes,
+        )
+        # log_config=None: uvicorn's records go through the demo's logging setup.
+        config = uvicorn.Config(app, host="127.0.0.1", port=0, lifespan="on", log_config=None)
+        server = _InProcessServer(config)
+        serving = asyncio.create_task(server.serve())
+        try:
+            # uvicorn offers a `started` flag but no event; a failed warm-up ends serve() early.
+            async with asyncio.timeout(_READY_TIMEOUT_S):
+                while not server.started:
+                    await asyncio.wait({serving}, timeout=0.01)
+                    if serving.done():
+                        serving.result()
+                        raise SttError("the in-process whisper server did not start")
+            port = server.servers[0].sockets[0].getsockname()[1]
+            url = f"http://127.0.0.1:{port}"
+            info = engine.info
+            print(f"whisper  {info.name} {info.model} on {info.device} at {url}  (in-process)")
+            yield url
+        finally:
+            server.should_exit = True
+            await serving
+    finally:
+        engine.close()
+
+
+class _InProcessServer(uvicorn.Server):
+    """uvicorn inside the demo's loop: Ctrl-C stays the demo's (asyncio.run cancels it)."""
+
+    @contextlib.contextmanager
+    def capture_signals(self) -> Iterator[None]:
+        yield
 
 
 async def _demo_session(args: argparse.Namespace, path: Path, settings: Settings) -> int:

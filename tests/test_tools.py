@@ -349,6 +349,37 @@ async def test_demo_end_to_end_on_an_embedded_server(capsys: pytest.CaptureFixtu
     assert "2 final(s) from 10.3 s of audio" in out and "latency  " in out
 
 
+@pytest.mark.parametrize(
+    ("engine", "shown"),
+    [
+        pytest.param("http", "engine   http whisper-1 on http://127.0.0.1:", id="http"),
+        pytest.param("openai-whisper", "engine   openai-whisper tiny.en on ", id="openai-whisper"),
+    ],
+)
+async def test_demo_runs_the_other_engines_end_to_end(
+    engine: str, shown: str, capsys: pytest.CaptureFixture[str]
+):
+    """`demo --engine http` serves whisper-server in-process; openai-whisper needs PyTorch."""
+    if engine == "openai-whisper":
+        pytest.importorskip("torch")
+    clip = SPEECH_DIR / "ls_1089-134691-0000.wav"
+    started = time.monotonic()
+    status = await asyncio.to_thread(main, ["demo", str(clip), "--engine", engine, "--speed", "0"])
+    out = capsys.readouterr().out
+    assert status == 0, out
+    assert shown in out and "■ session closed  (end, 1 utterances)" in out
+    if engine == "http":
+        assert "whisper  faster-whisper tiny.en on " in out and "(in-process)" in out
+    text = next(line for line in out.splitlines() if line.startswith("text     "))
+    assert "he could wait no longer" in text.lower()
+    assert time.monotonic() - started < 30
+
+
+def test_demo_whisper_url_needs_the_http_engine(capsys: pytest.CaptureFixture[str]):
+    assert main(["demo", "--whisper-url", "http://127.0.0.1:1"]) == 2
+    assert "--whisper-url needs --engine http" in capsys.readouterr().err
+
+
 def test_demo_sample_audio_is_found_or_overridden(tmp_path: Path, monkeypatch: pytest.MonkeyPatch):
     assert find_sample_audio().name == "conv_3utt_2s_1s.wav"
     monkeypatch.setenv("STT_SAMPLE_AUDIO", str(tmp_path / "mine.wav"))
