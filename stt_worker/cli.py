@@ -19,13 +19,12 @@ import statistics
 import sys
 import time
 import uuid
-from collections.abc import AsyncIterator, Callable, Coroutine, Iterator
+from collections.abc import AsyncIterator, Callable, Coroutine
 from pathlib import Path
 from typing import Any
 
 import msgspec
 import nats
-import uvicorn
 from nats.aio.client import Client as NatsClient
 from nats.errors import NoServersError
 
@@ -36,7 +35,7 @@ from stt_worker.engines.base import Engine
 from stt_worker.errors import SttError
 from stt_worker.nats_server import NatsServer, NatsServerError
 from stt_worker.publisher import StreamStats, WavFormatError, stream_file
-from stt_worker.whisper_server import create_app, run_server
+from stt_worker.whisper_server import app_for, run_server, serving_in_loop
 from stt_worker.worker import Worker
 
 logger = logging.getLogger(__name__)
@@ -249,43 +248,12 @@ async def _in_process_whisper_server(settings: Settings) -> AsyncIterator[str]:
     picks; yields its base URL and stops it on exit."""
     engine = await asyncio.to_thread(create_engine, settings, "faster-whisper")
     try:
-        app = create_app(
-            engine,
-            model_name=engine.info.model,
-            max_concurrency=settings.whisper_server_max_concurrency,
-            max_queue=settings.whisper_server_max_queue,
-            max_upload_bytes=settings.whisper_server_max_upload_bytes,
-        )
-        # log_config=None: uvicorn's records go through the demo's logging setup.
-        config = uvicorn.Config(app, host="127.0.0.1", port=0, lifespan="on", log_config=None)
-        server = _InProcessServer(config)
-        serving = asyncio.create_task(server.serve())
-        try:
-            # uvicorn offers a `started` flag but no event; a failed warm-up ends serve() early.
-            async with asyncio.timeout(_READY_TIMEOUT_S):
-                while not server.started:
-                    await asyncio.wait({serving}, timeout=0.01)
-                    if serving.done():
-                        serving.result()
-                        raise SttError("the in-process whisper server did not start")
-            port = server.servers[0].sockets[0].getsockname()[1]
-            url = f"http://127.0.0.1:{port}"
+        async with serving_in_loop(app_for(settings, engine)) as url:
             info = engine.info
             print(f"whisper  {info.name} {info.model} on {info.device} at {url}  (in-process)")
             yield url
-        finally:
-            server.should_exit = True
-            await serving
     finally:
         engine.close()
-
-
-class _InProcessServer(uvicorn.Server):
-    """uvicorn inside the demo's loop: Ctrl-C stays the demo's (asyncio.run cancels it)."""
-
-    @contextlib.contextmanager
-    def capture_signals(self) -> Iterator[None]:
-        yield
 
 
 async def _demo_session(args: argparse.Namespace, path: Path, settings: Settings) -> int:
