@@ -153,6 +153,9 @@ class Transcription(msgspec.Struct, frozen=True):
     audio_end_s: float = 0.0
     language: str | None = None
     inference_ms: float = 0.0
+    # How many leading characters of `transcript` will not change in later partials or,
+    # normally, in the final (LocalAgreement); a final's is its whole length.
+    stable_chars: int = 0
 
 
 class Interrupt(msgspec.Struct, frozen=True):

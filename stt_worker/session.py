@@ -29,6 +29,7 @@ from stt_worker.protocol import (
     State,
     Transcription,
 )
+from stt_worker.streaming import LocalAgreement
 from stt_worker.vad import FRAME_MS, FRAME_SAMPLES, Frames
 
 logger = logging.getLogger(__name__)
@@ -138,6 +139,8 @@ class _Utterance:
     voiced_frames: int = 0
     silence_run: int = 0
     samples_at_last_partial: int = 0
+    agreement: LocalAgreement = field(default_factory=LocalAgreement)
+    published: str | None = None  # the last partial text sent for this utterance
     # Speech heard while the assistant talks, not yet confirmed as a barge-in.
     candidate: bool = False
 
@@ -180,9 +183,8 @@ class Session:
             maxlen=config.preroll_frames + config.start_frames + 2
         )
         self._pending_finals: set[int] = set()
-        self._finalized_up_to = 0
-        # Last published partial text per open utterance; a key means a partial went out.
-        self._last_partial: dict[int, str] = {}
+        # Utterances with a partial out: their final is published even when empty.
+        self._promised: set[int] = set()
         self._recent_speech: collections.deque[bool] = collections.deque(
             maxlen=config.start_frames + 2
         )
@@ -249,25 +251,31 @@ class Session:
         """An engine result for `job`; stale partials are dropped here."""
         if job.is_final:
             self._pending_finals.discard(job.utterance_id)
-            promised = self._last_partial.pop(job.utterance_id, None) is not None
+            promised = job.utterance_id in self._promised
+            self._promised.discard(job.utterance_id)
             if not text and not promised:
                 # Nothing was said and no partial promised anything: publish nothing.
                 return self._maybe_close(now)
-            actions: list[Action] = [self._transcription(job, text, now, language, inference_s)]
-            return actions + self._maybe_close(now)
-        if job.utterance_id <= self._finalized_up_to or not text:
+            final = self._transcription(job, text, len(text), now, language, inference_s)
+            return [final, *self._maybe_close(now)]
+        utterance = self._utterance
+        if utterance is None or utterance.utterance_id != job.utterance_id or not text:
+            return []  # that utterance was finalised meanwhile, or nothing was heard yet
+        partial = utterance.agreement.update(text)
+        if partial.text == utterance.published:
             return []
-        if self._last_partial.get(job.utterance_id) == text:
-            return []
-        self._last_partial[job.utterance_id] = text
-        return [self._transcription(job, text, now, language, inference_s)]
+        utterance.published = partial.text
+        self._promised.add(job.utterance_id)
+        return [
+            self._transcription(job, partial.text, partial.stable_chars, now, language, inference_s)
+        ]
 
     def failed(self, job: Job, error: SttError, *, now: float) -> list[Action]:
         """The engine failed on `job`: the client hears about it, the session goes on."""
         if not job.is_final:
             return []  # a later partial or the final will cover the same audio
         self._pending_finals.discard(job.utterance_id)
-        self._last_partial.pop(job.utterance_id, None)
+        self._promised.discard(job.utterance_id)
         message = f"utterance {job.utterance_id} ({job.audio_s:.2f} s) failed: {error.message}"
         error_message = self.error(error.code, message, now=now, utterance_id=job.utterance_id)
         return [Publish(error_message), *self._maybe_close(now)]
@@ -369,9 +377,8 @@ class Session:
         utterance, self._utterance = self._utterance, None
         if utterance is None or utterance.candidate:
             return []  # an unconfirmed candidate was never the user's turn
-        self._finalized_up_to = utterance.utterance_id
         if utterance.voiced_frames == 0 and self.config.enable_vad:
-            self._last_partial.pop(utterance.utterance_id, None)
+            self._promised.discard(utterance.utterance_id)
             return []
         self._pending_finals.add(utterance.utterance_id)
         return [Transcribe(self._job(utterance, is_final=True))]
@@ -402,7 +409,13 @@ class Session:
         return utterance_id
 
     def _transcription(
-        self, job: Job, text: str, now: float, language: str | None, inference_s: float
+        self,
+        job: Job,
+        text: str,
+        stable_chars: int,
+        now: float,
+        language: str | None,
+        inference_s: float,
     ) -> Publish:
         message = Transcription(
             session_id=self.session_id,
@@ -419,6 +432,7 @@ class Session:
             audio_end_s=round(job.audio_end_s, 3),
             language=language,
             inference_ms=round(inference_s * 1000, 1),
+            stable_chars=stable_chars,
         )
         self._sequence += 1
         return Publish(message)

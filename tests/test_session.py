@@ -85,12 +85,16 @@ def test_partials_follow_the_cadence_and_results_get_sequences():
     messages = published(first + second, Transcription)
     assert [m.sequence for m in messages] == [0, 1]
     assert all(m.is_partial and not m.is_final for m in messages)
+    # Two hypotheses agree on "hello": it is stable from the second partial on.
+    assert [m.stable_chars for m in messages] == [0, len("hello")]
     (final,) = jobs(feed(session, "." * 10), final=True)
     out = published(
         session.result(final, "hello world.", now=2.0, language="en", inference_s=0.2),
         Transcription,
     )
-    assert [(m.sequence, m.is_final, m.transcript) for m in out] == [(2, True, "hello world.")]
+    assert [(m.sequence, m.is_final, m.transcript, m.stable_chars) for m in out] == [
+        (2, True, "hello world.", len("hello world."))
+    ]
 
 
 def test_no_partial_is_asked_for_during_a_pause():

@@ -1,0 +1,70 @@
+"""Stable partials: LocalAgreement over consecutive hypotheses of one utterance. No I/O.
+
+Each partial re-decodes the utterance so far, so its last words are often guesses at a word
+that is still being spoken. A word becomes *stable* once two consecutive hypotheses agree on
+it and on every word before it (LocalAgreement-2, as in ufal/whisper_streaming). Stable
+words never change in later partials: a later hypothesis that disagrees only changes the
+unstable tail. Words are compared case- and punctuation-insensitively.
+"""
+
+from __future__ import annotations
+
+import difflib
+import re
+from dataclasses import dataclass
+
+_KEY = re.compile(r"[^\w']+")
+
+
+def _key(word: str) -> str:
+    return _KEY.sub("", word.lower())
+
+
+@dataclass(frozen=True, slots=True)
+class Partial:
+    """What to publish: the text, and how many of its leading characters are stable."""
+
+    text: str
+    stable_chars: int
+
+
+class LocalAgreement:
+    """Commits the longest common word prefix of the last two hypotheses."""
+
+    def __init__(self) -> None:
+        self._stable: list[str] = []
+        self._previous: list[str] = []
+
+    @property
+    def stable_text(self) -> str:
+        return " ".join(self._stable)
+
+    def update(self, hypothesis: str) -> Partial:
+        tail = self._after_stable(hypothesis.split())
+        previous_tail = self._previous[len(self._stable) :]
+        agreed = 0
+        for mine, theirs in zip(tail, previous_tail, strict=False):
+            if _key(mine) != _key(theirs):
+                break
+            agreed += 1
+        self._stable += tail[:agreed]
+        self._previous = self._stable + tail[agreed:]
+        stable = " ".join(self._stable)
+        rest = " ".join(tail[agreed:])
+        text = f"{stable} {rest}".strip() if stable else rest
+        return Partial(text=text, stable_chars=len(stable))
+
+    def _after_stable(self, words: list[str]) -> list[str]:
+        """The hypothesis's words after the stable prefix, which stays as promised."""
+        keys = [_key(word) for word in words]
+        stable_keys = [_key(word) for word in self._stable]
+        if keys[: len(stable_keys)] == stable_keys:
+            return words[len(stable_keys) :]
+        # The model revised a stable word ("stuff it" -> "stuffered"): align the two and
+        # continue after the last stable word the hypothesis still has.
+        blocks = difflib.SequenceMatcher(None, stable_keys, keys, autojunk=False)
+        matched = [block for block in blocks.get_matching_blocks() if block.size]
+        if not matched:
+            return words[len(stable_keys) :]
+        last = matched[-1]
+        return words[last.b + last.size :]
