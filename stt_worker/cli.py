@@ -55,6 +55,9 @@ class CliError(Exception):
 
 
 def main(argv: list[str] | None = None) -> int:
+    argv = sys.argv[1:] if argv is None else argv
+    if argv[:1] == ["eval"]:  # all of its arguments, --help included, are the harness's
+        return _eval(argv[1:])
     args = _parser().parse_args(argv)
     try:
         return args.handler(args)
@@ -143,7 +146,21 @@ def _parser() -> argparse.ArgumentParser:
     server.add_argument("--model", help="Whisper model (WHISPER_MODEL_SIZE), e.g. tiny.en")
     server.add_argument("--device", help="cpu, cuda or auto (WHISPER_DEVICE)")
     server.set_defaults(handler=_whisper_server)
+
+    evaluate = commands.add_parser(
+        "eval",
+        help="stream a manifest of clips through the real worker; WER, latency, stability",
+        add_help=False,  # `stt-streaming eval --help` is the harness's own
+    )
+    evaluate.add_argument("args", nargs=argparse.REMAINDER, help="see `stt-streaming eval -h`")
     return parser
+
+
+def _eval(argv: list[str]) -> int:
+    # Imported here: scoring and plots need the `eval` extra, which a worker image omits.
+    from stt_worker.evaluation import main as evaluation_main
+
+    return evaluation_main(argv, prog="stt-streaming eval")
 
 
 def _run_async(

@@ -32,11 +32,13 @@ from __future__ import annotations
 
 import argparse
 import asyncio
+import difflib
 import json
 import logging
 import math
 import os
 import platform
+import re
 import shlex
 import statistics
 import string
@@ -82,6 +84,7 @@ PARTIAL_CHANGE_TARGET = 0.10  # fewer than 10 % of words shown in partials later
 # Float noise only: corpus WERs are ratios of word counts.
 _WER_TOLERANCE = 1e-9
 _PUNCTUATION = string.punctuation + "\u201c\u201d\u2018\u2019\u2026"
+_WORD_BREAK = re.compile(r"[\s\-\u2010-\u2015]+")  # white space, hyphens and dashes
 
 
 # ---------------------------------------------------------------- options and results
@@ -160,6 +163,9 @@ class Stability:
     revised_partials: int = 0  # of those, partials with at least one changed word
     words_shown: int = 0
     words_changed: int = 0
+    # Informational: words not kept by a word alignment with the next hypothesis (difflib),
+    # so one substituted word costs one word, not every word after it as in `words_changed`.
+    words_edited: int = 0
     # Within each partial's `stable_chars` prefix, when messages carry it.
     stable_partials: int = 0
     stable_words: int = 0
@@ -175,7 +181,7 @@ class Stability:
 
     @property
     def stable_change_rate(self) -> float | None:
-        return self.stable_words_changed / self.stable_words if self.stable_partials else None
+        return self.stable_words_changed / self.stable_words if self.stable_words else None
 
 
 @dataclass(slots=True)
@@ -322,13 +328,14 @@ def trailing_silence_frames(clip: Clip, start_s: float, end_s: float) -> int:
 
 
 def display_words(text: str) -> list[str]:
-    """Words as a reader sees them, ignoring case and the punctuation around them.
+    """Words as a reader sees them, ignoring case, punctuation and hyphens ("fat-mutton" is
+    "fat mutton": Whisper hyphenates one decode and not the next).
 
     Not Whisper's normaliser: it rewrites across word boundaries ("twenty five" -> "25"), so
     a prefix of a text would not normalise to a prefix of its normalised form; and a switch
     from "ten" to "10" is a change the reader sees.
     """
-    words = (word.strip(_PUNCTUATION).lower() for word in text.split())
+    words = (word.strip(_PUNCTUATION).lower() for word in _WORD_BREAK.split(text))
     return [word for word in words if word]
 
 
@@ -339,6 +346,12 @@ def _common_prefix(a: Sequence[str], b: Sequence[str]) -> int:
             break
         count += 1
     return count
+
+
+def _aligned(a: Sequence[str], b: Sequence[str]) -> int:
+    """Words of `a` kept, in order, in `b` (difflib's matching blocks)."""
+    blocks = difflib.SequenceMatcher(None, a, b, autojunk=False).get_matching_blocks()
+    return sum(block.size for block in blocks)
 
 
 def _stable_words(message: Mapping[str, Any]) -> list[str] | None:
@@ -367,6 +380,10 @@ def partial_stability(messages: Iterable[Mapping[str, Any]]) -> Stability:
     Rates are changed words / words shown, over all counted partials, so a word shown by
     three partials counts three times: it was on screen three times.
 
+    Position-wise is strict: one substituted word also changes every word after it, as a
+    reader of a re-rendered line sees. `words_edited` counts only the words a word alignment
+    does not keep, to tell a flip-flop on one word from a rewrite.
+
     Words within a partial's `stable_chars` prefix (when the worker sends it) are a promise,
     so they are compared with *every* later hypothesis: one change anywhere counts.
     """
@@ -389,7 +406,7 @@ def partial_stability(messages: Iterable[Mapping[str, Any]]) -> Stability:
 
 def _utterance_stability(hypotheses: Sequence[Mapping[str, Any]]) -> Stability:
     words = [display_words(str(h.get("transcript", ""))) for h in hypotheses]
-    partials = revised = shown = changed = 0
+    partials = revised = shown = changed = edited = 0
     stable_partials = stable_shown = stable_changed = 0
     for index, hypothesis in enumerate(hypotheses[:-1]):
         if hypothesis.get("is_final"):
@@ -399,6 +416,7 @@ def _utterance_stability(hypotheses: Sequence[Mapping[str, Any]]) -> Stability:
         shown += len(words[index])
         changed += len(words[index]) - kept
         revised += kept < len(words[index])
+        edited += len(words[index]) - _aligned(words[index], words[index + 1])
         stable = _stable_words(hypothesis)
         if stable is not None:
             kept = min(_common_prefix(stable, later) for later in words[index + 1 :])
@@ -406,7 +424,7 @@ def _utterance_stability(hypotheses: Sequence[Mapping[str, Any]]) -> Stability:
             stable_shown += len(stable)
             stable_changed += len(stable) - kept
     return Stability(
-        partials, revised, shown, changed, stable_partials, stable_shown, stable_changed
+        partials, revised, shown, changed, edited, stable_partials, stable_shown, stable_changed
     )
 
 
@@ -712,7 +730,8 @@ def check_targets(summary: Summary, settings: Settings, speed: float) -> list[Ta
             f"< {PARTIAL_CHANGE_TARGET}",
             None if rate is None else rate < PARTIAL_CHANGE_TARGET,
             f"{stability.words_changed} / {stability.words_shown} words; "
-            f"{stability.revised_partials} / {stability.partials} partials revised",
+            f"{stability.revised_partials} / {stability.partials} partials revised; "
+            f"{stability.words_edited} words edited (aligned)",
         )
     )
     stable_rate = summary.stable_change_rate
@@ -723,8 +742,9 @@ def check_targets(summary: Summary, settings: Settings, speed: float) -> list[Ta
             "0",
             None if stable_rate is None else stability.stable_words_changed == 0,
             "messages carry no stable_chars"
-            if stable_rate is None
-            else f"{stability.stable_words_changed} / {stability.stable_words} words",
+            if not stability.stable_partials
+            else f"{stability.stable_words_changed} / {stability.stable_words} words in "
+            f"{stability.stable_partials} partials",
         )
     )
     return checks
@@ -812,7 +832,7 @@ def render_markdown(report: EvalReport) -> str:
         "speech*) its last voiced frame, found with the worker's VAD (webrtcvad) run over the "
         "clip. *msg inf*: the message's `inference_ms`; *bare inf*: `transcribe_blocking` on "
         "the same slice, same engine, after the session. *changed*: words shown in partials "
-        "that the next hypothesis changed / words shown. Times in ms.",
+        "that the next hypothesis changed / words shown (words edited by alignment). Times in ms.",
         "",
         "| clip | dur s | finals | partials | stream WER | offline WER | offline inf "
         "| last-chunk lat | end-of-speech lat | msg inf | bare inf | changed |",
@@ -826,7 +846,8 @@ def render_markdown(report: EvalReport) -> str:
             f"| {_each(f.latency_speech_end_ms for f in r.finals)} "
             f"| {_each(f.inference_ms for f in r.finals)} "
             f"| {_each(f.bare_inference_ms for f in r.finals)} "
-            f"| {r.stability.words_changed}/{r.stability.words_shown} |"
+            f"| {r.stability.words_changed}/{r.stability.words_shown} "
+            f"({r.stability.words_edited}) |"
         )
     lines += [
         "",
@@ -856,8 +877,9 @@ def render_markdown(report: EvalReport) -> str:
         f"{_spread(summary.partial_latency_ms)} |",
         "| partial interval within an utterance p50 / p95 / mean / max "
         f"| {_spread(summary.partial_interval_ms)} |",
-        f"| partial words changed / shown; partials revised | "
+        "| partial words changed / shown; edited (aligned); partials revised | "
         f"{summary.stability.words_changed} / {summary.stability.words_shown}; "
+        f"{summary.stability.words_edited}; "
         f"{summary.stability.revised_partials} / {summary.stability.partials} |",
         f"| sessions without session_closed | {summary.sessions_not_closed or 'none'} |",
         f"| clips without a final | {summary.clips_without_final or 'none'} |",

@@ -53,6 +53,7 @@ def test_display_words_ignore_case_and_punctuation() -> None:
         "americans",
     ]
     assert display_words("Don't stop.") == ["don't", "stop"]
+    assert display_words("fat-mutton pieces \u2014 ladled") == ["fat", "mutton", "pieces", "ladled"]
 
 
 def test_growing_partials_change_nothing() -> None:
@@ -80,6 +81,18 @@ def test_rewritten_and_dropped_words_are_changes() -> None:
     assert (stability.words_shown, stability.words_changed) == (8, 4)
     assert (stability.partials, stability.revised_partials) == (2, 2)
     assert stability.change_rate == 0.5
+    # Aligned, only "stuffered" and the dropped "his" were edited.
+    assert stability.words_edited == 2
+
+
+def test_one_flipped_word_changes_the_words_after_it_but_edits_one() -> None:
+    stability = partial_stability(
+        [
+            transcript("we are at present concerned differs from most"),
+            transcript("we are at present concern differs from most if not", final=True),
+        ]
+    )
+    assert (stability.words_shown, stability.words_changed, stability.words_edited) == (8, 4, 1)
 
 
 def test_utterances_are_compared_separately_and_unfinished_partials_skipped() -> None:
@@ -110,6 +123,8 @@ def test_stable_prefix_is_checked_against_every_later_hypothesis() -> None:
     assert (
         partial_stability([transcript("a"), transcript("a", final=True)]).stable_change_rate is None
     )
+    nothing_promised = [transcript("a", stable_chars=0), transcript("b", final=True)]
+    assert partial_stability(nothing_promised).stable_change_rate is None
 
 
 # ---------------------------------------------------------------- the real harness
