@@ -31,6 +31,7 @@ than 30 s gets wrong, padding up to 10 s included; base shows no gap. [*] The de
 
 from __future__ import annotations
 
+import asyncio
 import logging
 import math
 import os
@@ -113,6 +114,7 @@ class FasterWhisperEngine(LocalEngine):
         # audio of one decode on two threads, and a lone decode is no slower on one thread.
         super().__init__(parallelism=settings.max_concurrent_inferences)
         self._window = window or WindowPolicy()
+        self._warmed = False
         self._beam_size = settings.whisper_beam_size
         self._language = settings.whisper_language
         device = _pick_device(settings.whisper_device)
@@ -145,6 +147,26 @@ class FasterWhisperEngine(LocalEngine):
     def close(self) -> None:
         super().close()
         self._model.unload_model()
+
+    async def warmup(self) -> None:
+        """Decode once per window size: CTranslate2's first run at a new input shape costs
+        about twice a later one, which would otherwise land on a live user's final."""
+        if self._warmed:
+            return
+        loop = asyncio.get_running_loop()
+        sizes = sorted({self._window.frames(frames) for frames in range(1, WINDOW_FRAMES + 1)})
+        # Each executor thread is warmed (inter_threads replicas keep their own buffers).
+        for frames in sizes:
+            audio = np.zeros(
+                frames * HOP_SAMPLES - round(self._window.pad_s * SAMPLE_RATE_HZ), dtype=np.float32
+            )
+            await asyncio.gather(
+                *(
+                    loop.run_in_executor(self._executor, self._decode, audio, DecodeOptions())
+                    for _ in range(self.parallelism)
+                )
+            )
+        self._warmed = True
 
     def _decode(self, audio: Audio, options: DecodeOptions) -> Transcript:
         # Mel over the whole utterance once, as faster-whisper does: log-mel clamping uses
