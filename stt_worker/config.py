@@ -43,6 +43,9 @@ class Settings(BaseSettings):
     whisper_language: str | None = Field(None, alias="WHISPER_LANGUAGE")
     whisper_beam_size: int = Field(1, alias="WHISPER_BEAM_SIZE", ge=1, le=10)
     whisper_model_cache_dir: str | None = Field(None, alias="WHISPER_MODEL_CACHE_DIR")
+    # Encoder window = utterance + at least this much padding, in 2 s steps; 30 = Whisper's
+    # fixed 30 s window (the slowest, the reference for accuracy).
+    whisper_window_pad_s: float = Field(2.0, alias="WHISPER_WINDOW_PAD_S", ge=0, le=30)
 
     # --- HTTP engine (new): an OpenAI-compatible /v1/audio/transcriptions service ---
     whisper_http_path: str = Field("/v1/audio/transcriptions", alias="WHISPER_HTTP_PATH")
@@ -78,6 +81,8 @@ class Settings(BaseSettings):
     speech_start_ms: int = Field(60, alias="STT_SPEECH_START_MS", ge=20)
     preroll_ms: int = Field(300, alias="STT_PREROLL_MS", ge=0, le=2000)
     interrupt_min_speech_ms: int = Field(250, alias="STT_INTERRUPT_MIN_SPEECH_MS", ge=20)
+    # Condition each utterance on the session's recent finals (Whisper prompt), in characters.
+    context_chars: int = Field(0, alias="STT_CONTEXT_CHARS", ge=0, le=1000)
 
     # --- bounds (new) ---
     max_sessions: int = Field(1000, alias="STT_MAX_SESSIONS", ge=1)

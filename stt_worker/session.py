@@ -67,6 +67,8 @@ class SessionConfig:
     max_utterance_samples: int = 30 * SAMPLE_RATE_HZ
     chunk_timeout_s: float = 2.0
     idle_timeout_s: float = 60.0
+    # Characters of recent final text passed to the model as context; 0 = none.
+    context_chars: int = 0
 
     @property
     def endpoint_frames(self) -> int:
@@ -103,6 +105,8 @@ class Job:
     audio_end_s: float
     has_voice_activity: bool
     language: str | None = None
+    # Recent finals of the session, to condition decoding (empty when context is off).
+    prompt: str | None = None
 
     @property
     def audio_s(self) -> float:
@@ -183,6 +187,7 @@ class Session:
             maxlen=config.preroll_frames + config.start_frames + 2
         )
         self._pending_finals: set[int] = set()
+        self._context = ""
         # Utterances with a partial out: their final is published even when empty.
         self._promised: set[int] = set()
         self._recent_speech: collections.deque[bool] = collections.deque(
@@ -257,6 +262,7 @@ class Session:
                 # Nothing was said and no partial promised anything: publish nothing.
                 return self._maybe_close(now)
             final = self._transcription(job, text, len(text), now, language, inference_s)
+            self._remember(text)
             return [final, *self._maybe_close(now)]
         utterance = self._utterance
         if utterance is None or utterance.utterance_id != job.utterance_id or not text:
@@ -401,7 +407,16 @@ class Session:
             audio_end_s=(utterance.start_sample + utterance.samples) / SAMPLE_RATE_HZ,
             has_voice_activity=utterance.voiced_frames > 0,
             language=self.language,
+            prompt=self._context or None,
         )
+
+    def _remember(self, text: str) -> None:
+        if self.config.context_chars and text:
+            # Whole words from the end, so the prompt never starts mid-word.
+            context = f"{self._context} {text}".strip()
+            while len(context) > self.config.context_chars and " " in context:
+                context = context.split(" ", 1)[1]
+            self._context = context[-self.config.context_chars :]
 
     def _take_utterance_id(self) -> int:
         utterance_id = self._next_utterance_id

@@ -68,6 +68,7 @@ def session_config(settings: Settings) -> SessionConfig:
         max_utterance_samples=settings.max_utterance_samples,
         chunk_timeout_s=settings.chunk_timeout_s,
         idle_timeout_s=settings.session_idle_timeout_s,
+        context_chars=settings.context_chars,
     )
 
 
@@ -322,7 +323,9 @@ class Worker:
             del self._live[stream.session.session_id]  # a new start may now open a fresh one
 
     async def _submit(self, stream: _Stream, job: Job) -> None:
-        options = DecodeOptions(language=job.language, full_window_retry=job.is_final)
+        options = DecodeOptions(
+            language=job.language, prompt=job.prompt, full_window_retry=job.is_final
+        )
         try:
             self._scheduler.submit(stream.key, job, options)
         except OverloadedError as exc:

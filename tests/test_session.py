@@ -220,3 +220,13 @@ def test_without_vad_everything_is_buffered_and_cut_by_size():
     assert not final.has_voice_activity
     assert final.audio_start_s == 0.0 and final.audio_end_s == 3.0
     assert len(jobs(session.end(now=1.0), final=True)) == 1
+
+
+def test_context_carries_recent_finals_as_the_prompt_within_its_bound():
+    session = new_session(dataclasses.replace(CONFIG, context_chars=20))
+    (first,) = jobs(feed(session, "s" * 10 + "." * 10), final=True)
+    assert first.prompt is None
+    session.result(first, "the quick brown fox jumps", now=1.0, language=None, inference_s=0.1)
+    (second,) = jobs(feed(session, "s" * 10 + "." * 10), final=True)
+    assert second.prompt == "brown fox jumps"  # whole words, at most 20 characters
+    assert jobs(feed(new_session(), "s" * 10 + "." * 10), final=True)[0].prompt is None

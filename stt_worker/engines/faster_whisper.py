@@ -113,7 +113,7 @@ class FasterWhisperEngine(LocalEngine):
         # Measured here (bench/concurrency.py): two decodes with one thread each carry 1.6x the
         # audio of one decode on two threads, and a lone decode is no slower on one thread.
         super().__init__(parallelism=settings.max_concurrent_inferences)
-        self._window = window or WindowPolicy()
+        self._window = window or WindowPolicy(pad_s=settings.whisper_window_pad_s)
         self._warmed = False
         self._beam_size = settings.whisper_beam_size
         self._language = settings.whisper_language
@@ -158,7 +158,8 @@ class FasterWhisperEngine(LocalEngine):
         # Each executor thread is warmed (inter_threads replicas keep their own buffers).
         for frames in sizes:
             audio = np.zeros(
-                frames * HOP_SAMPLES - round(self._window.pad_s * SAMPLE_RATE_HZ), dtype=np.float32
+                max(HOP_SAMPLES, frames * HOP_SAMPLES - round(self._window.pad_s * SAMPLE_RATE_HZ)),
+                dtype=np.float32,
             )
             await asyncio.gather(
                 *(

@@ -1,0 +1,114 @@
+"""Non-speech audio must never produce a transcript: silence, noise, tones, hum, breathing.
+
+The set is generated here with numpy (fixed seeds, 16 kHz int16, 3-6 s each), so CI needs
+no sox and no committed files. Each item goes through the engine directly (tiny.en and the
+multilingual base, which hallucinates more readily) and through the worker over the real
+nats-server, with VAD on and off.
+"""
+
+from __future__ import annotations
+
+import uuid
+from collections.abc import Callable, Iterator
+from pathlib import Path
+
+import numpy as np
+import pytest
+
+from stt_worker.config import load_settings
+from stt_worker.engines.base import DecodeOptions, Engine
+from stt_worker.engines.faster_whisper import FasterWhisperEngine
+from stt_worker.publisher import publish_pcm
+from tests.helpers import Inbox
+
+SAMPLE_RATE_HZ = 16_000
+FULL_SCALE = 32767
+
+
+def _seconds(duration_s: float) -> np.ndarray:
+    return np.arange(round(duration_s * SAMPLE_RATE_HZ)) / SAMPLE_RATE_HZ
+
+
+def _white(seed: int, duration_s: float) -> np.ndarray:
+    return np.random.default_rng(seed).standard_normal(round(duration_s * SAMPLE_RATE_HZ))
+
+
+def _coloured(seed: int, duration_s: float, exponent: float) -> np.ndarray:
+    """White noise shaped to a 1/f**exponent power spectrum (pink: 1, brown: 2) by FFT."""
+    spectrum = np.fft.rfft(_white(seed, duration_s))
+    freqs_hz = np.fft.rfftfreq(round(duration_s * SAMPLE_RATE_HZ), 1 / SAMPLE_RATE_HZ)
+    # Amplitude goes as f**(-exponent / 2); below 20 Hz held flat so DC does not dominate.
+    spectrum *= np.maximum(freqs_hz, 20.0) ** (-exponent / 2)
+    return np.fft.irfft(spectrum, n=round(duration_s * SAMPLE_RATE_HZ))
+
+
+def _band_passed(signal: np.ndarray, low_hz: float, high_hz: float) -> np.ndarray:
+    spectrum = np.fft.rfft(signal)
+    freqs_hz = np.fft.rfftfreq(len(signal), 1 / SAMPLE_RATE_HZ)
+    spectrum[(freqs_hz < low_hz) | (freqs_hz > high_hz)] = 0
+    return np.fft.irfft(spectrum, n=len(signal))
+
+
+def _at_rms_dbfs(signal: np.ndarray, rms_dbfs: float) -> np.ndarray:
+    """Scale to an RMS level in dBFS (0 dBFS: a full-scale square wave)."""
+    rms = np.sqrt(np.mean(signal**2))
+    return signal / rms * 10 ** (rms_dbfs / 20)
+
+
+def _breathing(seed: int, duration_s: float) -> np.ndarray:
+    """Breath-like bursts: 300-2000 Hz noise, ~0.6 s on with soft edges, ~1 s off."""
+    noise = _band_passed(_white(seed, duration_s), 300, 2000)
+    t = _seconds(duration_s)
+    phase_s = t % 1.6
+    # A raised-cosine burst over the first 0.6 s of every 1.6 s.
+    envelope = np.where(phase_s < 0.6, np.sin(np.pi * phase_s / 0.6) ** 2, 0.0)
+    return noise * envelope
+
+
+def _clicks(duration_s: float) -> np.ndarray:
+    """A short decaying impulse every 300 ms."""
+    signal = np.zeros(round(duration_s * SAMPLE_RATE_HZ))
+    click = np.exp(-np.arange(32) / 6.0) * np.array([1, -1] * 16)
+    for start in range(0, len(signal) - len(click), round(0.3 * SAMPLE_RATE_HZ)):
+        signal[start : start + len(click)] = click
+    return signal
+
+
+def _to_pcm16(signal: np.ndarray) -> np.ndarray:
+    return np.clip(np.round(signal * FULL_SCALE), -FULL_SCALE, FULL_SCALE).astype(np.int16)
+
+
+# name -> float signal in [-1, 1]; levels are RMS dBFS: -30 moderate, -12 loud.
+NONSPEECH: dict[str, Callable[[], np.ndarray]] = {
+    "digital_silence": lambda: np.zeros(4 * SAMPLE_RATE_HZ),
+    # +-1 LSB triangular dither, as a converter's noise floor.
+    "dither": lambda: (
+        np.random.default_rng(1).triangular(-1, 0, 1, 4 * SAMPLE_RATE_HZ) / FULL_SCALE
+    ),
+    "white_moderate": lambda: _at_rms_dbfs(_white(2, 4), -30),
+    "white_loud": lambda: _at_rms_dbfs(_white(3, 4), -12),
+    "pink_moderate": lambda: _at_rms_dbfs(_coloured(4, 4, 1.0), -30),
+    "pink_loud": lambda: _at_rms_dbfs(_coloured(5, 4, 1.0), -12),
+    "brown": lambda: _at_rms_dbfs(_coloured(6, 4, 2.0), -20),
+    "tone_440hz": lambda: 0.3 * np.sin(2 * np.pi * 440 * _seconds(3)),
+    # 1 kHz with a slow 0.5 Hz swell, so its level keeps changing like a voice would.
+    "tone_1khz_swell": lambda: (
+        0.3 * np.sin(np.pi * 0.5 * _seconds(4)) ** 2 * np.sin(2 * np.pi * 1000 * _seconds(4))
+    ),
+    "hum_50hz": lambda: sum(
+        0.2 / k * np.sin(2 * np.pi * 50 * k * _seconds(4) + k) for k in range(1, 6)
+    ),
+    "breathing": lambda: _at_rms_dbfs(_breathing(7, 5), -30),
+    "clicks": lambda: 0.5 * _clicks(4),
+}
+
+
+def nonspeech_pcm16(name: str) -> np.ndarray:
+    return _to_pcm16(NONSPEECH[name]())
+
+
+def as_float32(pcm: np.ndarray) -> np.ndarray:
+    return pcm.astype(np.float32) / 32768.0
+
+
+ITEMS = sorted(NONSPEECH)
