@@ -17,6 +17,8 @@ from collections.abc import Sequence
 from dataclasses import dataclass, field
 from typing import Literal
 
+import numpy as np
+
 from stt_worker.audio import Pcm16
 from stt_worker.config import SAMPLE_RATE_HZ
 from stt_worker.errors import SttError
@@ -138,7 +140,8 @@ Action = Transcribe | Publish | Close
 class _Utterance:
     utterance_id: int
     start_sample: int
-    pcm: list[Pcm16] = field(default_factory=list)
+    pcm: list[Pcm16] = field(default_factory=list)  # one 20 ms frame per item
+    speech: list[bool] = field(default_factory=list)  # VAD flag of each frame
     samples: int = 0
     voiced_frames: int = 0
     silence_run: int = 0
@@ -150,6 +153,7 @@ class _Utterance:
 
     def append(self, frame: Pcm16, is_speech: bool) -> None:
         self.pcm.append(frame)
+        self.speech.append(is_speech)
         self.samples += frame.size
         if is_speech:
             self.voiced_frames += 1
@@ -328,8 +332,23 @@ class Session:
         if utterance.silence_run >= self.config.endpoint_frames:
             actions += self._finalize(now)
         elif utterance.samples >= self.config.max_utterance_samples:
-            actions += self._finalize(now)
-            self._open_utterance(self._samples_seen, with_preroll=False)
+            actions += self._cut(utterance, now)
+        return actions
+
+    def _cut(self, utterance: _Utterance, now: float) -> list[Action]:
+        """Long speech: end the utterance at its quietest point near the bound, not mid-word,
+        and carry the frames after it into the next utterance (none lost, none repeated)."""
+        at = _quietest_cut(utterance)
+        head = _Utterance(utterance.utterance_id, utterance.start_sample)
+        tail = _Utterance(self._take_utterance_id(), utterance.start_sample)
+        for index, (frame, is_speech) in enumerate(
+            zip(utterance.pcm, utterance.speech, strict=True)
+        ):
+            (head if index < at else tail).append(frame, is_speech)
+        tail.start_sample += head.samples
+        self._utterance = head
+        actions = self._finalize(now)
+        self._utterance = tail
         return actions
 
     def _frame_without_vad(
@@ -451,6 +470,31 @@ class Session:
         )
         self._sequence += 1
         return Publish(message)
+
+
+CUT_SEARCH_FRAMES = 75  # look for a pause in the last 1.5 s before the length bound
+
+
+def _quietest_cut(utterance: _Utterance) -> int:
+    """Index of the frame to start the next utterance at: the middle of the longest unvoiced
+    run in the search window, else the frame with the least energy."""
+    first = max(1, len(utterance.pcm) - CUT_SEARCH_FRAMES)
+    best_start, best_length, run_start = 0, 0, None
+    for index in range(first, len(utterance.pcm) + 1):
+        unvoiced = index < len(utterance.pcm) and not utterance.speech[index]
+        if unvoiced and run_start is None:
+            run_start = index
+        elif not unvoiced and run_start is not None:
+            if index - run_start > best_length:
+                best_start, best_length = run_start, index - run_start
+            run_start = None
+    if best_length:
+        return best_start + best_length // 2
+    energy = [
+        float(np.mean(utterance.pcm[index].astype(np.float32) ** 2))
+        for index in range(first, len(utterance.pcm))
+    ]
+    return first + int(np.argmin(energy))
 
 
 def frames_of(samples: Pcm16, speech: Sequence[bool]) -> Frames:

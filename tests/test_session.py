@@ -3,9 +3,9 @@
 from __future__ import annotations
 
 import dataclasses
-import itertools
 
 import numpy as np
+import pytest
 
 from stt_worker.errors import EngineError
 from stt_worker.protocol import Error, Interrupt, SessionClosed, Transcription
@@ -190,15 +190,27 @@ def test_failed_final_publishes_an_error_and_still_closes():
     assert isinstance(out[-1], Close)
 
 
-def test_long_speech_is_cut_at_the_bound_without_losing_audio():
+def test_long_speech_is_cut_in_a_pause_near_the_bound_without_losing_audio():
     session = new_session()
-    actions = feed(session, "s" * 400 + "." * 10)  # 8 s of speech, bound 3 s
-    finals = jobs(actions, final=True)
-    assert len(finals) == 3
+    # 2.8 s of speech, a 60 ms pause, more speech: the bound (3 s) falls after the pause.
+    pattern = "s" * 140 + "..." + "s" * 100 + "." * 10
+    finals = jobs(feed(session, pattern), final=True)
+    assert len(finals) == 2
+    assert finals[0].audio_end_s == pytest.approx(141 * 0.02)  # mid-pause, not at the bound
+    assert finals[1].audio_start_s == finals[0].audio_end_s
     covered = sum(sum(p.size for p in j.pcm) for j in finals)
-    assert covered == 410 * FRAME_SAMPLES  # every frame is in exactly one final
-    for earlier, later in itertools.pairwise(finals):
-        assert later.audio_start_s == earlier.audio_end_s
+    assert covered == len(pattern) * FRAME_SAMPLES  # every frame in exactly one final
+
+
+def test_without_a_pause_the_cut_takes_the_quietest_frame():
+    session = new_session()
+    actions = []
+    for index in range(160):
+        level = 5 if index == 140 else 3000  # one quiet frame inside the search window
+        samples = np.full(FRAME_SAMPLES, level, dtype=np.int16)
+        actions += session.audio(frames_of(samples, [True]), now=0.0)
+    (final,) = jobs(actions, final=True)
+    assert final.audio_end_s == pytest.approx(140 * 0.02)
 
 
 def test_chunk_timeout_and_idle_eviction():
