@@ -30,7 +30,7 @@ from nats.errors import NoServersError
 
 from stt_worker.config import Settings, load_settings
 from stt_worker.console import format_message
-from stt_worker.engines import ENGINE_FACTORIES, LOCAL, create_engine
+from stt_worker.engines import ENGINE_FACTORIES, LOCAL, create_engine, create_partial_engine
 from stt_worker.engines.base import Engine
 from stt_worker.errors import SttError
 from stt_worker.nats_server import NatsServer, NatsServerError
@@ -181,10 +181,10 @@ def _serve(args: argparse.Namespace) -> int:
     )
     _setup_logging(settings.log_level)
     engine = create_engine(settings, args.engine)
-    logger.info(
-        "engine %s, model %s on %s", engine.info.name, engine.info.model, engine.info.device
-    )
-    asyncio.run(_run_worker(Worker(settings, engine)))
+    partial_engine = create_partial_engine(settings, args.engine)
+    for each in filter(None, (engine, partial_engine)):
+        logger.info("engine %s, model %s on %s", each.info.name, each.info.model, each.info.device)
+    asyncio.run(_run_worker(Worker(settings, engine, partial_engine)))
     return 0
 
 
@@ -192,7 +192,8 @@ async def _run_worker(worker: Worker) -> None:
     try:
         await worker.run()
     finally:
-        await worker.engine.aclose()
+        for engine in filter(None, (worker.engine, worker.partial_engine)):
+            await engine.aclose()
 
 
 def _setup_logging(level: str) -> None:

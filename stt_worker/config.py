@@ -35,6 +35,8 @@ class Settings(BaseSettings):
     )
     # The seed defaults to `medium`, which needs a download; we default to the bundled model.
     whisper_model_size: str = Field("tiny.en", alias="WHISPER_MODEL_SIZE")
+    # Dual model: a faster model for partials only (e.g. tiny.en while finals use base).
+    partial_model: str | None = Field(None, alias="STT_PARTIAL_MODEL")
     # `auto` = CUDA when a GPU is visible, else CPU. The seed's `cuda` still works.
     whisper_device: str = Field("auto", alias="WHISPER_DEVICE")
     whisper_compute_type: str = Field("auto", alias="WHISPER_COMPUTE_TYPE")

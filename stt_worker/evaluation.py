@@ -59,7 +59,7 @@ from nats.aio.client import Client as NatsClient
 
 from stt_worker.audio import Pcm16, pcm16_to_float32
 from stt_worker.config import SAMPLE_RATE_HZ, Settings, load_settings
-from stt_worker.engines import ENGINE_FACTORIES, create_engine
+from stt_worker.engines import ENGINE_FACTORIES, create_engine, create_partial_engine
 from stt_worker.engines.base import DecodeOptions, LocalEngine
 from stt_worker.errors import EngineError
 from stt_worker.nats_server import NatsServer
@@ -463,6 +463,7 @@ async def evaluate(options: EvalOptions) -> EvalReport:
                 "vad_aggressiveness": settings.vad_aggressiveness,
                 "max_utterance_s": settings.max_utterance_samples / SAMPLE_RATE_HZ,
                 "max_concurrent_inferences": settings.max_concurrent_inferences,
+                "partial_model": settings.partial_model or settings.whisper_model_size,
                 "speed": options.speed,
             }
             results = await _run_worker_and_stream(engine, settings, clips, options.speed)
@@ -481,7 +482,9 @@ async def evaluate(options: EvalOptions) -> EvalReport:
 async def _run_worker_and_stream(
     engine: LocalEngine, settings: Settings, clips: Sequence[Clip], speed: float
 ) -> list[ClipResult]:
-    worker = Worker(settings, engine)
+    # Dual model (STT_PARTIAL_MODEL): partials from a faster model; baselines use the main one.
+    partial_engine = await asyncio.to_thread(create_partial_engine, settings, engine.info.name)
+    worker = Worker(settings, engine, partial_engine)
     stop = asyncio.Event()
     results: list[ClipResult] = []
     try:
@@ -508,6 +511,9 @@ async def _run_worker_and_stream(
         if len(group.exceptions) == 1:
             raise group.exceptions[0] from None
         raise
+    finally:
+        if partial_engine is not None:
+            partial_engine.close()
     return results
 
 

@@ -49,8 +49,10 @@ class InferenceScheduler:
         *,
         concurrency: int = 1,
         max_pending_finals: int = 256,
+        partial_engine: Engine | None = None,
     ) -> None:
         self._engine = engine
+        self._partial_engine = partial_engine or engine
         self._on_done = on_done
         self._concurrency = concurrency
         self._max_pending_finals = max_pending_finals
@@ -140,7 +142,8 @@ class InferenceScheduler:
         try:
             # Joining and scaling up to 30 s of samples is CPU work: keep it off the loop.
             audio = await asyncio.to_thread(pcm16_to_float32, entry.job.pcm)
-            outcome = await self._engine.transcribe(audio, entry.options)
+            engine = self._engine if entry.job.is_final else self._partial_engine
+            outcome = await engine.transcribe(audio, entry.options)
         except asyncio.CancelledError:
             raise
         except SttError as exc:

@@ -97,9 +97,12 @@ class _Stream:
 class Worker:
     """Serves `ai.voice.stream.*` until stopped, then drains."""
 
-    def __init__(self, settings: Settings, engine: Engine) -> None:
+    def __init__(
+        self, settings: Settings, engine: Engine, partial_engine: Engine | None = None
+    ) -> None:
         self.settings = settings
         self.engine = engine
+        self.partial_engine = partial_engine
         self.ready = asyncio.Event()
         self._config = session_config(settings)
         self._prefix = settings.stream_subject.rsplit(".", 1)[0] + "."
@@ -113,6 +116,7 @@ class Worker:
             self._on_outcome,
             concurrency=engine.parallelism,
             max_pending_finals=settings.max_pending_finals,
+            partial_engine=partial_engine,
         )
         self._nc: Client | None = None
         self._closing = False
@@ -137,6 +141,8 @@ class Worker:
             reconnected_cb=self._on_reconnected,
         )
         await self.engine.warmup()
+        if self.partial_engine is not None:
+            await self.partial_engine.warmup()
         sub = await self._nc.subscribe(
             self.settings.stream_subject,
             cb=self._on_message,

@@ -54,18 +54,18 @@ class Results:
 
     def __init__(self) -> None:
         self.done: list[tuple] = []
-        self._changed = asyncio.Condition()
+        self.changed = asyncio.Condition()
 
     async def on_done(self, key, job_: Job, outcome, wait_s: float) -> None:
-        async with self._changed:
+        async with self.changed:
             self.done.append((key, job_.audio_end_s, job_.is_final))
-            self._changed.notify_all()
+            self.changed.notify_all()
 
     async def release_and_wait(self, engine: GatedEngine, count: int) -> None:
         for _ in range(count):
             engine.release.release()
-        async with asyncio.timeout(5), self._changed:
-            await self._changed.wait_for(lambda: len(self.done) >= count)
+        async with asyncio.timeout(5), self.changed:
+            await self.changed.wait_for(lambda: len(self.done) >= count)
 
 
 async def test_finals_first_one_job_per_session_results_in_order():
@@ -108,3 +108,20 @@ async def test_full_finals_queue_is_refused_and_unhealthy_engine_sheds_partials(
     await scheduler.wait_idle()
     runner.cancel()
     assert results.done == [("a", 1.0, True)]  # c's partial was shed while the engine was unhealthy
+
+
+async def test_dual_model_partials_go_to_the_partial_engine():
+    finals_engine, partials_engine = GatedEngine(parallelism=1), GatedEngine(parallelism=1)
+    results = Results()
+    scheduler = InferenceScheduler(
+        finals_engine, results.on_done, concurrency=1, partial_engine=partials_engine
+    )
+    runner = asyncio.create_task(scheduler.run())
+    scheduler.submit("a", job(1, 1.0, final=False), DecodeOptions())
+    scheduler.submit("b", job(1, 2.0, final=True), DecodeOptions())
+    finals_engine.release.release()
+    partials_engine.release.release()
+    async with asyncio.timeout(5), results.changed:
+        await results.changed.wait_for(lambda: len(results.done) == 2)
+    runner.cancel()
+    assert finals_engine.started == [2.0] and partials_engine.started == [1.0]

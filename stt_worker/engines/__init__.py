@@ -58,6 +58,14 @@ def resolve_engine_kind(requested: str, settings: Settings) -> str:
     return "openai-whisper" if importlib.util.find_spec("torch") else "faster-whisper"
 
 
+def create_partial_engine(settings: Settings, engine: str | None = None) -> Engine | None:
+    """The dual-model partials engine (`STT_PARTIAL_MODEL`), or None to use the main one."""
+    if not settings.partial_model or settings.partial_model == settings.whisper_model_size:
+        return None
+    update = {"whisper_model_size": settings.partial_model}
+    return create_engine(settings.model_copy(update=update), engine)
+
+
 def create_engine(settings: Settings, engine: str | None = None) -> Engine:
     """Build the engine named `engine` (default `STT_ENGINE`); EngineError for unknown kinds."""
     engine = resolve_engine_kind(engine or settings.engine, settings)
