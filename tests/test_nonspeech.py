@@ -10,7 +10,6 @@ from __future__ import annotations
 
 import uuid
 from collections.abc import Callable, Iterator
-from pathlib import Path
 
 import numpy as np
 import pytest
@@ -112,3 +111,49 @@ def as_float32(pcm: np.ndarray) -> np.ndarray:
 
 
 ITEMS = sorted(NONSPEECH)
+
+# Both decode paths the worker uses: finals (with the 30 s loop retry) and partials.
+OPTIONS = {
+    "final": DecodeOptions(),
+    "partial": DecodeOptions(full_window_retry=False),
+}
+
+
+@pytest.fixture(scope="module")
+def base(tmp_path_factory: pytest.TempPathFactory) -> Iterator[FasterWhisperEngine]:
+    cache = tmp_path_factory.mktemp("model-cache")
+    engine = FasterWhisperEngine(
+        load_settings(whisper_model_size="base", whisper_model_cache_dir=str(cache))
+    )
+    yield engine
+    engine.close()
+
+
+@pytest.mark.parametrize("kind", sorted(OPTIONS))
+@pytest.mark.parametrize("name", ITEMS)
+def test_tiny_en_gives_no_text(engine: Engine, name: str, kind: str) -> None:
+    result = engine.transcribe_blocking(as_float32(nonspeech_pcm16(name)), OPTIONS[kind])
+    assert result.text == "", result
+
+
+@pytest.mark.parametrize("kind", sorted(OPTIONS))
+@pytest.mark.parametrize("name", ITEMS)
+def test_base_gives_no_text(base: FasterWhisperEngine, name: str, kind: str) -> None:
+    result = base.transcribe_blocking(as_float32(nonspeech_pcm16(name)), OPTIONS[kind])
+    assert result.text == "", result
+
+
+@pytest.mark.parametrize("enable_vad", [True, False], ids=["vad", "no_vad"])
+@pytest.mark.parametrize("name", ITEMS)
+async def test_worker_publishes_no_words(make_worker, nc, name: str, enable_vad: bool) -> None:
+    await make_worker(enable_vad=enable_vad)
+    session = f"t-{uuid.uuid4().hex[:10]}"
+    inbox = await Inbox.open(nc, session)
+    await publish_pcm(nc, session, nonspeech_pcm16(name), speed=0)
+    messages = await inbox.until_closed(within_s=60)
+    # An empty final after a partial is allowed by the protocol; words are not.
+    words = [m["transcript"] for m in messages if m.get("type") == "transcript"]
+    assert [w for w in words if w.strip()] == [], words
+    assert [m["type"] for m in messages if m.get("type") != "transcript"] == ["session_closed"], (
+        messages
+    )

@@ -10,7 +10,9 @@ from __future__ import annotations
 import abc
 import asyncio
 import concurrent.futures
+import re
 import time
+import zlib
 from dataclasses import dataclass, field
 
 import numpy as np
@@ -23,11 +25,59 @@ Audio = npt.NDArray[np.float32]
 # Whisper's silence rule (openai/whisper `transcribe`): both must hold to call it silence.
 NO_SPEECH_THRESHOLD = 0.6
 LOG_PROB_THRESHOLD = -1.0
+# Whisper's loop test (openai/whisper `compression_ratio_threshold`): text that zlib shrinks
+# more than this repeats itself.
+COMPRESSION_RATIO_THRESHOLD = 2.4
+# A second, stricter pair for what Whisper's rule lets through: on non-speech the multilingual
+# base model writes whole sentences at no_speech_prob 0.51-0.58 with avg_logprob -1.76 to -2.78
+# (tests/test_nonspeech.py: breathing, a swelling tone); real speech in our corpus decodes at
+# avg_logprob >= -1.1, except 0.6 s onsets that give junk such as "1.".
+DOUBTFUL_NO_SPEECH_THRESHOLD = 0.5
+VERY_LOW_LOG_PROB_THRESHOLD = -1.5
+# What Whisper writes for a breath or a tone when it hears no words (measured: "Ah!", "Ahh!",
+# "Ah...", "I", "you"). Dropped only when the decode is also unsure (avg_logprob < -1.0); tiny.en
+# wrote "Ah!" for a breath at no_speech_prob 0.35, so the no-speech rules alone miss it.
+NON_LEXICAL_TEXT = re.compile(r"a+h+|i|you")
+# Whisper's log-mel scaling is relative to the clip's own maximum, so it hears +-1 LSB dither
+# as loudly as speech (base wrote "I am a man who is a man who is" at avg_logprob -0.18). No
+# speech peaks this low: -70 dBFS is about 10 LSB of PCM16.
+INAUDIBLE_PEAK_DBFS = -70.0
 
 
 def is_silence(no_speech_prob: float, avg_logprob: float) -> bool:
     """Whisper's own test for a window it decoded although nobody spoke."""
     return no_speech_prob > NO_SPEECH_THRESHOLD and avg_logprob < LOG_PROB_THRESHOLD
+
+
+def compression_ratio(text: str) -> float:
+    """How much zlib shrinks the text's UTF-8 bytes, as openai/whisper computes it."""
+    data = text.encode("utf-8")
+    return len(data) / len(zlib.compress(data)) if data else 0.0
+
+
+def is_hallucination(text: str, no_speech_prob: float, avg_logprob: float) -> bool:
+    """Whether a window's decoded `text` is Whisper writing words for audio without speech.
+
+    Whisper's silence rule, then the same rule with a loop (compression ratio) standing in for
+    low confidence, since Whisper would retry such a decode at a higher temperature; then a
+    stricter pair for the base model, and lone non-lexical words decoded without confidence.
+    """
+    if is_silence(no_speech_prob, avg_logprob):
+        return True
+    looping = compression_ratio(text) > COMPRESSION_RATIO_THRESHOLD
+    if no_speech_prob > NO_SPEECH_THRESHOLD and looping:
+        return True
+    if no_speech_prob > DOUBTFUL_NO_SPEECH_THRESHOLD and avg_logprob < VERY_LOW_LOG_PROB_THRESHOLD:
+        return True
+    words = " ".join(re.findall(r"[\w']+", text.lower()))
+    return avg_logprob < LOG_PROB_THRESHOLD and NON_LEXICAL_TEXT.fullmatch(words) is not None
+
+
+def is_inaudible(audio: Audio) -> bool:
+    """Whether `audio` is too quiet to hold speech (digital silence, dither)."""
+    if len(audio) == 0:
+        return True
+    return float(np.max(np.abs(audio))) < 10 ** (INAUDIBLE_PEAK_DBFS / 20)
 
 
 @dataclass(frozen=True, slots=True)

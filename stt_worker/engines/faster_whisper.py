@@ -54,7 +54,8 @@ from stt_worker.engines.base import (
     LocalEngine,
     Segment,
     Transcript,
-    is_silence,
+    is_hallucination,
+    is_inaudible,
 )
 from stt_worker.errors import EngineError
 from stt_worker.models import resolve_model_path
@@ -156,6 +157,7 @@ class FasterWhisperEngine(LocalEngine):
         loop = asyncio.get_running_loop()
         sizes = sorted({self._window.frames(frames) for frames in range(1, WINDOW_FRAMES + 1)})
         # Each executor thread is warmed (inter_threads replicas keep their own buffers).
+        # `_decode_audio`, not `_decode`: the latter skips silence without decoding.
         for frames in sizes:
             audio = np.zeros(
                 max(HOP_SAMPLES, frames * HOP_SAMPLES - round(self._window.pad_s * SAMPLE_RATE_HZ)),
@@ -163,13 +165,22 @@ class FasterWhisperEngine(LocalEngine):
             )
             await asyncio.gather(
                 *(
-                    loop.run_in_executor(self._executor, self._decode, audio, DecodeOptions())
+                    loop.run_in_executor(self._executor, self._decode_audio, audio, DecodeOptions())
                     for _ in range(self.parallelism)
                 )
             )
         self._warmed = True
 
     def _decode(self, audio: Audio, options: DecodeOptions) -> Transcript:
+        # No decode for audio too quiet to hold speech: Whisper would write words for it.
+        if is_inaudible(audio):
+            language = options.language or self._language
+            return Transcript(
+                text="", language=language if self._multilingual else "en", no_speech_prob=1.0
+            )
+        return self._decode_audio(audio, options)
+
+    def _decode_audio(self, audio: Audio, options: DecodeOptions) -> Transcript:
         # Mel over the whole utterance once, as faster-whisper does: log-mel clamping uses
         # the clip's maximum, so per-window features would differ from the baseline's.
         mel = self._features(np.asarray(audio, dtype=np.float32))
@@ -244,7 +255,8 @@ class FasterWhisperEngine(LocalEngine):
         # len + 1 to count the end-of-text token.
         avg_logprob = result.scores[0] * len(tokens) / (len(tokens) + 1)
         text = tokenizer.decode(tokens).strip()
-        if is_silence(result.no_speech_prob, avg_logprob):
+        # Checked before `collapse_loops`: a loop's compression ratio is one of the signs.
+        if is_hallucination(text, result.no_speech_prob, avg_logprob):
             text = ""
         return _WindowResult(
             text=text,
