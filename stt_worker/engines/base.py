@@ -177,7 +177,9 @@ class LocalEngine(Engine):
         return _with_timing(self._decode(audio, options), audio, time.perf_counter() - started)
 
     async def warmup(self) -> None:
-        await self.transcribe(np.zeros(16_000, dtype=np.float32), DecodeOptions())
+        # Quiet noise, not zeros: digital silence is skipped before the model (`is_inaudible`).
+        noise = np.random.default_rng(0).normal(0.0, 0.01, 16_000).astype(np.float32)
+        await self.transcribe(noise, DecodeOptions())
 
     def close(self) -> None:
         self._executor.shutdown(wait=False, cancel_futures=True)

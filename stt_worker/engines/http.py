@@ -50,7 +50,7 @@ from stt_worker.engines.base import (
     EngineInfo,
     Segment,
     Transcript,
-    is_silence,
+    is_hallucination,
 )
 from stt_worker.errors import EngineError
 
@@ -430,7 +430,7 @@ def _transcript_from_json(body: dict[str, object]) -> Transcript:
         if (
             no_speech_prob is not None
             and avg_logprob is not None
-            and is_silence(no_speech_prob, avg_logprob)
+            and is_hallucination(raw["text"], no_speech_prob, avg_logprob)
         ):
             continue  # silence the server decoded anyway: publishing it would invent speech
         segment = Segment(

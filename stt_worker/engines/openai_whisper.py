@@ -32,7 +32,8 @@ from stt_worker.engines.base import (
     LocalEngine,
     Segment,
     Transcript,
-    is_silence,
+    is_hallucination,
+    is_inaudible,
 )
 from stt_worker.engines.faster_whisper import (
     FRAMES_PER_S,
@@ -95,6 +96,8 @@ class OpenAIWhisperEngine(LocalEngine):
             torch.cuda.empty_cache()
 
     def _decode(self, audio: Audio, options: DecodeOptions) -> Transcript:
+        if is_inaudible(audio):  # Whisper would normalise dither up to speech level
+            return Transcript(text="", no_speech_prob=1.0)
         samples = torch.from_numpy(np.array(audio, dtype=np.float32))
         # One mel over the whole utterance (log-mel clamping uses the clip's maximum) with
         # faster-whisper's one-hop padding, so both engines see the same features.
@@ -129,7 +132,7 @@ class OpenAIWhisperEngine(LocalEngine):
                 ),
             )
             text = result.text.strip()
-            if is_silence(result.no_speech_prob, result.avg_logprob):
+            if is_hallucination(text, result.no_speech_prob, result.avg_logprob):
                 text = ""
             text = collapse_loops(text)
             language = language or result.language
