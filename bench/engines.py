@@ -34,15 +34,12 @@ import contextlib
 import json
 import logging
 import os
-import platform
 import shlex
 import statistics
-import subprocess
 import sys
 import time
 from collections.abc import AsyncIterator
 from dataclasses import asdict, dataclass, field
-from datetime import UTC, datetime
 from pathlib import Path
 from typing import Any
 
@@ -55,6 +52,7 @@ from stt_worker.config import SAMPLE_RATE_HZ, Settings, load_settings
 from stt_worker.engines import create_engine
 from stt_worker.engines.base import Audio, DecodeOptions, Engine, Transcript
 from stt_worker.errors import EngineError
+from stt_worker.evaluation import machine_info as evaluation_machine_info
 from stt_worker.publisher import read_wav
 from stt_worker.whisper_server import create_app, serving_in_loop
 
@@ -331,30 +329,8 @@ def summarise(run: EngineRun) -> dict[str, Any]:
 
 
 def machine_info() -> dict[str, Any]:
-    cpu = "unknown"
-    with open("/proc/cpuinfo") as cpuinfo:
-        for line in cpuinfo:
-            if line.startswith("model name"):
-                cpu = line.split(":", 1)[1].strip()
-                break
-    try:
-        commit = subprocess.run(
-            ["git", "-C", str(ROOT), "describe", "--always", "--dirty"],
-            capture_output=True,
-            text=True,
-            check=True,
-        ).stdout.strip()
-    except (OSError, subprocess.CalledProcessError):
-        commit = "unknown"
-    return {
-        "date": datetime.now(UTC).isoformat(timespec="seconds"),
-        "nproc": len(os.sched_getaffinity(0)),
-        "cpu": cpu,
-        "python": platform.python_version(),
-        "commit": commit,
-        # Other work on the machine inflates times; the load average says how much there was.
-        "loadavg_start": [round(x, 2) for x in os.getloadavg()],
-    }
+    # Other work on the machine inflates times; the load average says how much there was.
+    return {**evaluation_machine_info(), "loadavg_start": [round(x, 2) for x in os.getloadavg()]}
 
 
 def render_markdown(
