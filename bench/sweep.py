@@ -11,6 +11,7 @@ Run: `.venv/bin/python bench/sweep.py [--speed 1] [--endpoints 300,500,700,1000]
 from __future__ import annotations
 
 import argparse
+import dataclasses
 import asyncio
 import json
 from pathlib import Path
@@ -21,7 +22,7 @@ OUT = Path(__file__).resolve().parent / "results" / "sweep"
 
 
 def row(label: str, report: EvalReport) -> dict[str, object]:
-    summary = report.summary
+    summary = dataclasses.asdict(report.summary)
     eos = summary["latency_speech_end_ms"]
     partial = summary["partial_latency_ms"]
     return {

@@ -385,7 +385,10 @@ def partial_stability(messages: Iterable[Mapping[str, Any]]) -> Stability:
     does not keep, to tell a flip-flop on one word from a rewrite.
 
     Words within a partial's `stable_chars` prefix (when the worker sends it) are a promise,
-    so they are compared with *every* later hypothesis: one change anywhere counts.
+    so they are compared with *every* later hypothesis: a stable word that a word alignment
+    does not find in any one of them counts as changed. Alignment, not position, because a
+    later hypothesis may add a word before the stable ones ("engraved and in" -> "engraved
+    in") without changing the words the promise covered after it.
     """
     by_utterance: dict[Any, list[Mapping[str, Any]]] = {}
     finished: set[Any] = set()
@@ -419,7 +422,7 @@ def _utterance_stability(hypotheses: Sequence[Mapping[str, Any]]) -> Stability:
         edited += len(words[index]) - _aligned(words[index], words[index + 1])
         stable = _stable_words(hypothesis)
         if stable is not None:
-            kept = min(_common_prefix(stable, later) for later in words[index + 1 :])
+            kept = min(_aligned(stable, later) for later in words[index + 1 :])
             stable_partials += 1
             stable_shown += len(stable)
             stable_changed += len(stable) - kept
