@@ -11,8 +11,8 @@ Run: `.venv/bin/python bench/sweep.py [--speed 1] [--endpoints 300,500,700,1000]
 from __future__ import annotations
 
 import argparse
-import dataclasses
 import asyncio
+import dataclasses
 import json
 from pathlib import Path
 
