@@ -69,6 +69,7 @@ class Settings(BaseSettings):
     whisper_server_max_upload_bytes: int = Field(
         25 * 1024 * 1024, alias="WHISPER_SERVER_MAX_UPLOAD_BYTES", ge=1024
     )
+    whisper_server_max_audio_s: float = Field(1800.0, alias="WHISPER_SERVER_MAX_AUDIO_S", gt=0)
 
     # --- buffering and VAD (seed) ---
     buffer_size_bytes: int = Field(512_000, alias="STT_BUFFER_SIZE_BYTES", gt=0)

@@ -35,10 +35,11 @@ import zlib
 from collections.abc import AsyncGenerator, AsyncIterator, Iterator
 from typing import Any
 
+import av
 import numpy as np
+import numpy.typing as npt
 import soxr
 import uvicorn
-from faster_whisper.audio import decode_audio
 from faster_whisper.tokenizer import _LANGUAGE_CODES
 from starlette.applications import Starlette
 from starlette.datastructures import FormData, UploadFile
@@ -87,7 +88,13 @@ class RequestError(Exception):
 
 
 def create_app(
-    engine: Engine, *, model_name: str, max_concurrency: int, max_queue: int, max_upload_bytes: int
+    engine: Engine,
+    *,
+    model_name: str,
+    max_concurrency: int,
+    max_queue: int,
+    max_upload_bytes: int,
+    max_audio_s: float = 1800.0,
 ) -> Starlette:
     """The ASGI app; its lifespan warms the engine up, so it answers only once it is fast."""
     service = _Service(
@@ -96,6 +103,7 @@ def create_app(
         max_concurrency=max_concurrency,
         max_queue=max_queue,
         max_upload_bytes=max_upload_bytes,
+        max_audio_s=max_audio_s,
     )
 
     @contextlib.asynccontextmanager
@@ -137,8 +145,11 @@ class _Service:
         max_concurrency: int,
         max_queue: int,
         max_upload_bytes: int,
+        max_audio_s: float,
     ) -> None:
         self._engine = engine
+        # Compressed bytes do not bound decoded audio (low-bitrate Opus: hours in 25 MiB).
+        self._max_samples = int(max_audio_s * SAMPLE_RATE_HZ)
         self._model_name = model_name
         self._capacity = max_concurrency + max_queue
         self._admitted = 0
@@ -206,7 +217,7 @@ class _Service:
         finally:
             await form.close()
 
-        audio = await asyncio.to_thread(decode_upload, data)
+        audio = await asyncio.to_thread(decode_upload, data, self._max_samples)
         async with self._inference:
             transcript = await self._run_engine(audio, options)
         headers = {INFERENCE_TIME_HEADER: f"{transcript.inference_s * 1000:.1f}"}
@@ -296,13 +307,14 @@ def _language(form: FormData) -> str | None:
 # ---------------------------------------------------------------- audio
 
 
-def decode_upload(data: bytes) -> Audio:
-    """Float32 16 kHz mono from an uploaded file; blocking (run it off the event loop)."""
+def decode_upload(data: bytes, max_samples: int = 1800 * SAMPLE_RATE_HZ) -> Audio:
+    """Float32 16 kHz mono from an uploaded file, at most `max_samples` long; blocking (run
+    it off the event loop)."""
     if not data:
         raise RequestError(400, "The uploaded file is empty.", param="file", code="empty_audio")
-    audio = _decode_wav_pcm16(data)
+    audio = _decode_wav_pcm16(data, max_samples)
     if audio is None:
-        audio = _decode_with_ffmpeg(data)
+        audio = _decode_with_av(data, max_samples)
     if audio.size == 0:
         raise RequestError(
             400, "The uploaded file contains no audio samples.", param="file", code="empty_audio"
@@ -310,7 +322,17 @@ def decode_upload(data: bytes) -> Audio:
     return audio
 
 
-def _decode_wav_pcm16(data: bytes) -> Audio | None:
+def _too_long(max_samples: int) -> RequestError:
+    return RequestError(
+        413,
+        f"The audio is longer than {max_samples // SAMPLE_RATE_HZ} s "
+        "(WHISPER_SERVER_MAX_AUDIO_S); split it.",
+        param="file",
+        code="audio_too_long",
+    )
+
+
+def _decode_wav_pcm16(data: bytes, max_samples: int) -> Audio | None:
     """The fast path for 16-bit PCM WAV (what our clients send); None for anything else."""
     if data[:4] != b"RIFF" or data[8:12] != b"WAVE":
         return None
@@ -319,6 +341,8 @@ def _decode_wav_pcm16(data: bytes) -> Audio | None:
             if wav.getsampwidth() != 2:
                 return None  # 8/24/32-bit and float WAV go through FFmpeg
             sample_rate_hz, channels = wav.getframerate(), wav.getnchannels()
+            if sample_rate_hz and wav.getnframes() / sample_rate_hz * SAMPLE_RATE_HZ > max_samples:
+                raise _too_long(max_samples)
             pcm = wav.readframes(wav.getnframes())
     except (wave.Error, EOFError):
         return None  # e.g. WAVE_FORMAT_EXTENSIBLE, which `wave` rejects and FFmpeg reads
@@ -338,9 +362,11 @@ def _decode_wav_pcm16(data: bytes) -> Audio | None:
     return np.ascontiguousarray(samples, dtype=np.float32)
 
 
-def _decode_with_ffmpeg(data: bytes) -> Audio:
+def _decode_with_av(data: bytes, max_samples: int) -> Audio:
     try:
-        audio = decode_audio(io.BytesIO(data), sampling_rate=SAMPLE_RATE_HZ)
+        pieces = list(_decoded_pcm16(data, max_samples))
+    except RequestError:
+        raise
     # PyAV raises a zoo of types (InvalidDataError, IndexError for "no audio stream", ...)
     # for bad input; all of them mean "not audio we can read", mapped here in one place.
     except Exception as exc:
@@ -351,7 +377,32 @@ def _decode_with_ffmpeg(data: bytes) -> Audio:
             param="file",
             code="invalid_audio",
         ) from exc
-    return np.asarray(audio, dtype=np.float32)
+    if not pieces:
+        return np.zeros(0, dtype=np.float32)
+    return np.concatenate(pieces).astype(np.float32) / 32768.0
+
+
+def _decoded_pcm16(data: bytes, max_samples: int) -> Iterator[npt.NDArray[np.int16]]:
+    """16 kHz mono int16 pieces of the first audio stream, stopping past `max_samples`."""
+    resampler = av.audio.resampler.AudioResampler(format="s16", layout="mono", rate=SAMPLE_RATE_HZ)
+    total = 0
+    with av.open(io.BytesIO(data), mode="r", metadata_errors="ignore") as container:
+        frames = container.decode(audio=0)
+        while True:
+            try:
+                frame = next(frames)
+            except StopIteration:
+                frame = None
+            except av.error.InvalidDataError:
+                continue  # a damaged packet; the rest of the file may be fine
+            for out in resampler.resample(frame):
+                pcm = out.to_ndarray().reshape(-1)
+                total += pcm.size
+                if total > max_samples:
+                    raise _too_long(max_samples)
+                yield pcm
+            if frame is None:
+                return
 
 
 # ---------------------------------------------------------------- responses
@@ -427,6 +478,7 @@ def app_for(settings: Settings, engine: Engine) -> Starlette:
         max_concurrency=settings.whisper_server_max_concurrency,
         max_queue=settings.whisper_server_max_queue,
         max_upload_bytes=settings.whisper_server_max_upload_bytes,
+        max_audio_s=settings.whisper_server_max_audio_s,
     )
 
 

@@ -37,6 +37,7 @@ def make_app(
     max_concurrency: int = 1,
     max_queue: int = 8,
     max_upload_bytes: int = 25 * 1024 * 1024,
+    max_audio_s: float = 1800.0,
 ) -> Starlette:
     return create_app(
         engine,
@@ -44,6 +45,7 @@ def make_app(
         max_concurrency=max_concurrency,
         max_queue=max_queue,
         max_upload_bytes=max_upload_bytes,
+        max_audio_s=max_audio_s,
     )
 
 
@@ -279,6 +281,21 @@ async def test_oversized_upload_is_413_and_the_server_goes_on(engine: Engine) ->
 
         small = wav_bytes(clip_pcm16()[: 16_000 * 2], 16_000)  # 2 s, 64 KB
         assert (await post_audio(client, small)).status_code == 200
+
+
+async def test_audio_longer_than_the_limit_is_413_whatever_its_size(engine: Engine) -> None:
+    """A few KB of low-bitrate Opus can hold hours; the decoded duration is what is bounded."""
+    app = make_app(engine, max_audio_s=5.0)
+    pcm = clip_pcm16()  # 11 s
+    async with serving(app) as url, httpx.AsyncClient(base_url=url, timeout=60) as client:
+        for data, name in [
+            (wav_bytes(pcm, 16_000), "long.wav"),
+            (encode_with_av(pcm, "ogg", "libopus", 48_000), "long.ogg"),
+        ]:
+            too_long = await post_audio(client, data, filename=name)
+            assert assert_openai_error(too_long, 413)["code"] == "audio_too_long"
+        short = encode_with_av(pcm[: 16_000 * 4], "ogg", "libopus", 48_000)
+        assert (await post_audio(client, short, filename="short.ogg")).status_code == 200
 
 
 # ---------------------------------------------------------------- bounds and failures
