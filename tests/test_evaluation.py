@@ -10,15 +10,14 @@ import json
 from pathlib import Path
 
 from stt_worker.evaluation import (
-    WER_RATIO_TARGET,
     EvalOptions,
-    Stability,
-    display_words,
     evaluate,
     partial_stability,
     render_markdown,
     write_outputs,
 )
+from stt_worker.evaluation.results import WER_RATIO_TARGET, Stability
+from stt_worker.evaluation.stability import display_words
 from tests.helpers import SPEECH_DIR
 
 # Three short clips (9 s of audio, 35 reference words), so the run stays well under 40 s.

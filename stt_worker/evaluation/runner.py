@@ -1,0 +1,416 @@
+"""Streaming each clip through the real worker and measuring it."""
+
+from __future__ import annotations
+
+import asyncio
+import logging
+import math
+import os
+import platform
+import shlex
+import subprocess
+import sys
+import time
+from collections.abc import Sequence
+from datetime import UTC, datetime
+from typing import Any
+
+import msgspec
+import nats
+from nats.aio.client import Client as NatsClient
+
+from stt_worker.audio import pcm16_to_float32
+from stt_worker.config import SAMPLE_RATE_HZ, Settings, load_settings
+from stt_worker.engines import create_engine, create_partial_engine
+from stt_worker.engines.base import DecodeOptions, LocalEngine
+from stt_worker.errors import EngineError
+from stt_worker.evaluation.clips import audio_slice, load_clips, trailing_silence_frames
+from stt_worker.evaluation.results import (
+    _WER_TOLERANCE,
+    EOS_INFERENCE_FACTOR,
+    PARTIAL_CHANGE_TARGET,
+    READY_TIMEOUT_S,
+    RESULTS_TIMEOUT_S,
+    ROOT,
+    WER_RATIO_TARGET,
+    Clip,
+    ClipResult,
+    EvalOptions,
+    EvalReport,
+    FinalResult,
+    PartialResult,
+    Received,
+    Spread,
+    Stability,
+    Summary,
+    TargetCheck,
+)
+from stt_worker.evaluation.stability import partial_stability
+from stt_worker.nats_server import NatsServer
+from stt_worker.publisher import StreamStats, stream_file
+from stt_worker.textnorm import corpus_wer, wer
+from stt_worker.vad import FRAME_MS
+from stt_worker.worker import Worker
+
+logger = logging.getLogger(__name__)
+
+
+async def evaluate(options: EvalOptions) -> EvalReport:
+    """Run the whole evaluation on its own nats-server and worker; both are gone on return."""
+    overrides = {**options.settings, "whisper_model_size": options.model}
+    base_settings = load_settings(**overrides)
+    clips = await asyncio.to_thread(
+        load_clips,
+        options.manifest,
+        base_settings.vad_aggressiveness,
+        files=options.files,
+        limit=options.limit,
+    )
+    if not clips:
+        raise FileNotFoundError(f"{options.manifest}: no clips selected")
+    async with NatsServer() as server:
+        settings = load_settings(**overrides, nats_url=server.url)
+        engine = await asyncio.to_thread(create_engine, settings, options.engine)
+        try:
+            if not isinstance(engine, LocalEngine):
+                raise EngineError(
+                    f"{engine.info.name} runs elsewhere: the offline and bare-inference "
+                    "baselines need a local engine (faster-whisper or openai-whisper)"
+                )
+            setup = {
+                "engine": engine.info.name,
+                "model": engine.info.model,
+                "device": engine.info.device,
+                **engine.info.extra,
+                "endpoint_silence_ms": settings.endpoint_silence_ms,
+                "partial_interval_ms": settings.partial_interval_ms,
+                "vad_aggressiveness": settings.vad_aggressiveness,
+                "max_utterance_s": settings.max_utterance_samples / SAMPLE_RATE_HZ,
+                "max_concurrent_inferences": settings.max_concurrent_inferences,
+                "partial_model": settings.partial_model or settings.whisper_model_size,
+                "speed": options.speed,
+            }
+            results = await _run_worker_and_stream(engine, settings, clips, options.speed)
+        finally:
+            engine.close()
+    summary = summarise(results, settings)
+    return EvalReport(
+        meta=machine_info(),
+        setup={k: v if isinstance(v, int | float | bool) else str(v) for k, v in setup.items()},
+        clips=results,
+        summary=summary,
+        targets=check_targets(summary, settings, options.speed),
+    )
+
+
+async def _run_worker_and_stream(
+    engine: LocalEngine, settings: Settings, clips: Sequence[Clip], speed: float
+) -> list[ClipResult]:
+    # Dual model (STT_PARTIAL_MODEL): partials from a faster model; baselines use the main one.
+    partial_engine = await asyncio.to_thread(create_partial_engine, settings, engine.info.name)
+    worker = Worker(settings, engine, partial_engine)
+    stop = asyncio.Event()
+    results: list[ClipResult] = []
+    try:
+        # A failing worker cancels the streaming through the TaskGroup and raises its error.
+        async with asyncio.TaskGroup() as tasks:
+            tasks.create_task(worker.run(stop), name="worker")
+            try:
+                async with asyncio.timeout(READY_TIMEOUT_S):
+                    await worker.ready.wait()
+                nc = await nats.connect(settings.nats_url, name="stt-eval", connect_timeout=5)
+                try:
+                    for index, clip in enumerate(clips):
+                        logger.info("clip %d/%d %s", index + 1, len(clips), clip.name)
+                        session_id = f"eval-{index:03d}-{time.time_ns() % 10**6:06d}"
+                        results.append(
+                            await measure_clip(nc, engine, settings, clip, session_id, speed)
+                        )
+                finally:
+                    await nc.close()
+            finally:
+                stop.set()  # the worker drains and returns; the TaskGroup waits for it
+    except ExceptionGroup as group:
+        # One failure (usually the worker's) reads better than a group of one.
+        if len(group.exceptions) == 1:
+            raise group.exceptions[0] from None
+        raise
+    finally:
+        if partial_engine is not None:
+            partial_engine.close()
+    return results
+
+
+async def stream_clip(
+    nc: NatsClient, settings: Settings, clip: Clip, session_id: str, speed: float
+) -> tuple[StreamStats, list[Received], bool]:
+    """Stream one clip as one session; every message until session_closed, and whether it came."""
+    sub = await nc.subscribe(f"{settings.transcription_subject_prefix}.{session_id}")
+    await nc.flush()  # subscribed before the first chunk leaves
+    stats = StreamStats()
+    received: list[Received] = []
+
+    async def collect() -> bool:
+        async for msg in sub.messages:
+            message = msgspec.msgpack.decode(msg.data)
+            received.append(Received(message, time.time()))
+            if message.get("type") == "session_closed":
+                return True
+        return False
+
+    # The worker subscribes to e.g. "ai.voice.stream.*"; publishers send to prefix + id.
+    prefix = settings.stream_subject.removesuffix(".*").removesuffix(".>")
+    try:
+        async with asyncio.TaskGroup() as tasks:
+            collector = tasks.create_task(collect())
+            await stream_file(
+                nc, session_id, clip.path, speed=speed, subject_prefix=prefix, stats=stats
+            )
+            try:
+                async with asyncio.timeout(RESULTS_TIMEOUT_S):
+                    closed = await collector
+            except TimeoutError:
+                closed = False
+    finally:
+        await sub.unsubscribe()
+    return stats, received, closed
+
+
+async def measure_clip(
+    nc: NatsClient,
+    engine: LocalEngine,
+    settings: Settings,
+    clip: Clip,
+    session_id: str,
+    speed: float,
+) -> ClipResult:
+    """Stream `clip`, then decode it offline and each final's slice bare on the idle engine."""
+    stats, received, closed = await stream_clip(nc, settings, clip, session_id, speed)
+    endpoint_frames = max(1, settings.endpoint_silence_ms // FRAME_MS)
+    finals: list[FinalResult] = []
+    partials: list[PartialResult] = []
+    errors: list[str] = []
+    for item in received:
+        message = item.message
+        if message.get("type") == "error":
+            errors.append(f"{message.get('code')}: {message.get('message')}")
+        if message.get("type") != "transcript":
+            continue
+        start_s, end_s = float(message["audio_start_s"]), float(message["audio_end_s"])
+        sent = stats.send_time_for(end_s)
+        if sent is None:
+            errors.append(f"no chunk sent for audio_end_s={end_s}")
+            continue
+        latency_ms = (item.received_at - sent) * 1000
+        text = str(message["transcript"]).strip()
+        if not message["is_final"]:
+            partials.append(
+                PartialResult(
+                    int(message["utterance_id"]),
+                    end_s,
+                    latency_ms,
+                    float(message["inference_ms"]),
+                    item.received_at,
+                    text,
+                )
+            )
+            continue
+        silence = trailing_silence_frames(clip, start_s, end_s)
+        if silence >= endpoint_frames:
+            ended_by = "endpoint"
+        elif end_s >= stats.audio_s - 1e-3:
+            ended_by = "end"
+        else:
+            ended_by = "cut"
+        speech_end_s = end_s - silence * FRAME_MS / 1000
+        speech_sent = stats.send_time_for(speech_end_s) or sent
+        eos_latency_ms = (item.received_at - speech_sent) * 1000
+        # Engine time for exactly this audio, on the now idle engine (off the event loop).
+        bare = await asyncio.to_thread(
+            engine.transcribe_blocking, audio_slice(clip, start_s, end_s), DecodeOptions()
+        )
+        bare_ms = bare.inference_s * 1000
+        # The worker waited the endpoint silence, or less when `end` or the length cap came
+        # first: subtract what it actually waited, so such finals do not look faster. Faster
+        # than real time, that audio also took less wall time to arrive.
+        waited_ms = _wall_ms(min(silence * FRAME_MS, settings.endpoint_silence_ms), speed)
+        endpoint_ms = _wall_ms(settings.endpoint_silence_ms, speed)
+        finals.append(
+            FinalResult(
+                utterance_id=int(message["utterance_id"]),
+                audio_start_s=start_s,
+                audio_end_s=end_s,
+                ended_by=ended_by,
+                trailing_silence_s=silence * FRAME_MS / 1000,
+                speech_end_s=round(speech_end_s, 3),
+                latency_last_chunk_ms=latency_ms,
+                latency_speech_end_ms=eos_latency_ms,
+                inference_ms=float(message["inference_ms"]),
+                bare_inference_ms=bare_ms,
+                eos_bound_ms=endpoint_ms + EOS_INFERENCE_FACTOR * bare_ms,
+                eos_over_bare=(eos_latency_ms - waited_ms) / bare_ms if bare_ms else math.inf,
+                text=text,
+                bare_text=bare.text.strip(),
+            )
+        )
+    offline = await asyncio.to_thread(
+        engine.transcribe_blocking, pcm16_to_float32([clip.pcm]), DecodeOptions()
+    )
+    stream_text = " ".join(f.text for f in finals if f.text)
+    return ClipResult(
+        name=clip.name,
+        duration_s=clip.duration_s,
+        reference=clip.reference,
+        stream_text=stream_text,
+        offline_text=offline.text.strip(),
+        stream_wer=wer(clip.reference, stream_text),
+        offline_wer=wer(clip.reference, offline.text),
+        offline_inference_ms=offline.inference_s * 1000,
+        closed=closed,
+        stability=partial_stability(item.message for item in received),
+        finals=finals,
+        partials=partials,
+        errors=errors,
+    )
+
+
+def _wall_ms(audio_ms: float, speed: float) -> float:
+    """Wall time that `audio_ms` of audio took to send at `speed` (0: no time at all)."""
+    return audio_ms / speed if speed > 0 else 0.0
+
+
+def summarise(results: Sequence[ClipResult], settings: Settings) -> Summary:
+    finals = [f for r in results for f in r.finals]
+    partials = [p for r in results for p in r.partials]
+    stream = corpus_wer((r.reference, r.stream_text) for r in results)
+    offline = corpus_wer((r.reference, r.offline_text) for r in results)
+    stability = sum((r.stability for r in results), Stability())
+    return Summary(
+        clips=len(results),
+        audio_s=round(sum(r.duration_s for r in results), 3),
+        finals=len(finals),
+        finals_by_ending={
+            kind: sum(f.ended_by == kind for f in finals) for kind in ("endpoint", "end", "cut")
+        },
+        partials=len(partials),
+        stream_wer=stream,
+        offline_wer=offline,
+        wer_ratio=stream / offline if offline else (1.0 if stream == 0 else None),
+        latency_last_chunk_ms=Spread.of([f.latency_last_chunk_ms for f in finals]),
+        latency_speech_end_ms=Spread.of([f.latency_speech_end_ms for f in finals]),
+        partial_latency_ms=Spread.of([p.latency_ms for p in partials]),
+        partial_interval_ms=Spread.of(_partial_intervals(results)),
+        inference_ms=Spread.of([f.inference_ms for f in finals]),
+        bare_inference_ms=Spread.of([f.bare_inference_ms for f in finals]),
+        offline_inference_ms=Spread.of([r.offline_inference_ms for r in results]),
+        eos_over_bare=Spread.of([f.eos_over_bare for f in finals]),
+        finals_within_eos_bound=sum(f.latency_speech_end_ms <= f.eos_bound_ms for f in finals),
+        finals_matching_bare_text=sum(f.text == f.bare_text for f in finals),
+        stability=stability,
+        partial_change_rate=stability.change_rate,
+        stable_change_rate=stability.stable_change_rate,
+        sessions_not_closed=[r.name for r in results if not r.closed],
+        clips_without_final=[r.name for r in results if not r.finals],
+    )
+
+
+def check_targets(summary: Summary, settings: Settings, speed: float) -> list[TargetCheck]:
+    """Issue 5's targets, each with its measured value and PASS / FAIL / not measured."""
+    ratio = summary.wer_ratio
+    checks = [
+        TargetCheck(
+            "streaming WER / offline WER (corpus)",
+            "-" if ratio is None else f"{ratio:.3f}",
+            f"<= {WER_RATIO_TARGET}",
+            summary.stream_wer <= WER_RATIO_TARGET * summary.offline_wer + _WER_TOLERANCE,
+            f"{summary.stream_wer:.4f} vs {summary.offline_wer:.4f}",
+        )
+    ]
+    eos = summary.eos_over_bare
+    if speed != 1:
+        checks.append(
+            TargetCheck(
+                "end of speech -> final: (latency - silence waited) / bare inference, p95",
+                "-" if eos.p95 is None else f"{eos.p95:.2f}",
+                f"<= {EOS_INFERENCE_FACTOR}",
+                None,
+                f"not measured: speed {speed:g}, latency is only meaningful at speed 1",
+            )
+        )
+    else:
+        checks.append(
+            TargetCheck(
+                "end of speech -> final: (latency - silence waited) / bare inference, p95",
+                "-" if eos.p95 is None else f"{eos.p95:.2f}",
+                f"<= {EOS_INFERENCE_FACTOR}",
+                None if eos.p95 is None else eos.p95 <= EOS_INFERENCE_FACTOR,
+                f"{summary.finals_within_eos_bound} / {summary.finals} finals within "
+                f"{settings.endpoint_silence_ms} ms + {EOS_INFERENCE_FACTOR} x bare inference",
+            )
+        )
+    stability = summary.stability
+    rate = summary.partial_change_rate
+    checks.append(
+        TargetCheck(
+            "partial words later changed",
+            "-" if rate is None else f"{rate:.3f}",
+            f"< {PARTIAL_CHANGE_TARGET}",
+            None if rate is None else rate < PARTIAL_CHANGE_TARGET,
+            f"{stability.words_changed} / {stability.words_shown} words; "
+            f"{stability.revised_partials} / {stability.partials} partials revised; "
+            f"{stability.words_edited} words edited (aligned)",
+        )
+    )
+    stable_rate = summary.stable_change_rate
+    checks.append(
+        TargetCheck(
+            "words within stable_chars later changed",
+            "-" if stable_rate is None else f"{stable_rate:.3f}",
+            "0",
+            None if stable_rate is None else stability.stable_words_changed == 0,
+            "messages carry no stable_chars"
+            if not stability.stable_partials
+            else f"{stability.stable_words_changed} / {stability.stable_words} words in "
+            f"{stability.stable_partials} partials",
+        )
+    )
+    return checks
+
+
+def _partial_intervals(results: Sequence[ClipResult]) -> list[float]:
+    """Receive-time gaps between consecutive partials of the same utterance."""
+    gaps = []
+    for result in results:
+        for a, b in zip(result.partials, result.partials[1:], strict=False):
+            if a.utterance_id == b.utterance_id:
+                gaps.append((b.received_at - a.received_at) * 1000)
+    return gaps
+
+
+def machine_info() -> dict[str, Any]:
+    cpu = "unknown"
+    try:
+        with open("/proc/cpuinfo") as cpuinfo:
+            for line in cpuinfo:
+                if line.startswith("model name"):
+                    cpu = line.split(":", 1)[1].strip()
+                    break
+    except OSError:
+        pass  # not Linux: the CPU model is only informative
+    try:
+        commit = subprocess.run(
+            ["git", "-C", str(ROOT), "describe", "--always", "--dirty"],
+            capture_output=True,
+            text=True,
+            check=True,
+        ).stdout.strip()
+    except (OSError, subprocess.CalledProcessError):
+        commit = "unknown"
+    return {
+        "date": datetime.now(UTC).isoformat(timespec="seconds"),
+        "nproc": len(os.sched_getaffinity(0)),
+        "cpu": cpu,
+        "python": platform.python_version(),
+        "commit": commit,
+        "command": shlex.join(sys.orig_argv),
+    }
