@@ -15,6 +15,7 @@ import time
 import wave
 from dataclasses import dataclass, field
 from pathlib import Path
+from typing import TypedDict, Unpack
 
 import numpy as np
 import numpy.typing as npt
@@ -96,39 +97,27 @@ def read_wav(path: Path) -> tuple[Pcm16, int]:
     return samples, sample_rate_hz
 
 
+class PublishOptions(TypedDict, total=False):
+    """The keyword options of `publish_pcm` that `stream_file` passes through."""
+
+    chunk_ms: int
+    speed: float
+    state: State
+    speaker_id: SpeakerId
+    raw_audio: bool
+    send_start: bool
+    send_end: bool
+    subject_prefix: str
+    stats: StreamStats | None
+
+
 async def stream_file(
-    nc: NatsClient,
-    session_id: str,
-    path: Path,
-    *,
-    chunk_ms: int = 20,
-    speed: float = 1.0,
-    state: State = "listening",
-    speaker_id: SpeakerId = None,
-    raw_audio: bool = False,
-    send_start: bool = True,
-    send_end: bool = True,
-    subject_prefix: str = "ai.voice.stream",
-    stats: StreamStats | None = None,
+    nc: NatsClient, session_id: str, path: Path, **options: Unpack[PublishOptions]
 ) -> StreamStats:
     """Stream a PCM16 WAV file (any rate and channel count) as one session; see `publish_pcm`."""
     # A worker may share this event loop (the demo, the tests): read off the loop.
     samples, sample_rate_hz = await asyncio.to_thread(read_wav, path)
-    return await publish_pcm(
-        nc,
-        session_id,
-        samples,
-        sample_rate_hz=sample_rate_hz,
-        chunk_ms=chunk_ms,
-        speed=speed,
-        state=state,
-        speaker_id=speaker_id,
-        raw_audio=raw_audio,
-        send_start=send_start,
-        send_end=send_end,
-        subject_prefix=subject_prefix,
-        stats=stats,
-    )
+    return await publish_pcm(nc, session_id, samples, sample_rate_hz=sample_rate_hz, **options)
 
 
 async def publish_pcm(
