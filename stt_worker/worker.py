@@ -20,6 +20,7 @@ from dataclasses import dataclass
 import nats
 from nats.aio.client import Client
 from nats.aio.msg import Msg
+from nats.aio.subscription import Subscription
 from nats.errors import SlowConsumerError
 
 from stt_worker.audio import AudioNormalizer, check_format
@@ -164,12 +165,14 @@ class Worker:
         self._closing = True
         await self._nc.drain()  # flushes every publish, then closes
 
-    async def _drain(self, sub: object) -> None:
+    async def _drain(self, sub: Subscription) -> None:
         """SIGTERM: take no new audio, finish what was accepted, publish every final."""
         self.ready.clear()
         logger.info("draining", extra={"sessions": len(self._live)})
-        with contextlib.suppress(Exception):
-            await sub.drain()  # type: ignore[attr-defined]  # handles messages already received
+        try:
+            await sub.drain()  # handles the messages already received, then unsubscribes
+        except nats.errors.Error as exc:  # e.g. the connection is already closed
+            logger.warning("could not drain the subscription: %r", exc)
         now = time.time()
         for stream in list(self._live.values()):
             await self._apply(
