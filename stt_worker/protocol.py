@@ -17,6 +17,12 @@ import msgspec
 from stt_worker.errors import ProtocolError
 
 State = Literal["listening", "responding"]
+# Why an utterance's final was cut where it was: trailing silence (the endpoint), the length
+# bound, the session's `end`, idle eviction, worker shutdown (drain), no audio for the chunk
+# timeout, a `state_change` to responding, or a repeated `start`.
+EndReason = Literal[
+    "silence", "size", "end", "idle", "shutdown", "timeout", "responding", "restart"
+]
 SpeakerId = str | int | None
 
 
@@ -156,6 +162,7 @@ class Transcription(msgspec.Struct, frozen=True):
     # How many leading characters of `transcript` will not change in later partials or,
     # normally, in the final (LocalAgreement); a final's is its whole length.
     stable_chars: int = 0
+    end_reason: EndReason | None = None  # finals only
 
 
 class Interrupt(msgspec.Struct, frozen=True):

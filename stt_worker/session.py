@@ -23,6 +23,7 @@ from stt_worker.audio import Pcm16
 from stt_worker.config import SAMPLE_RATE_HZ
 from stt_worker.errors import SttError
 from stt_worker.protocol import (
+    EndReason,
     Error,
     Interrupt,
     ServerMessage,
@@ -109,6 +110,7 @@ class Job:
     language: str | None = None
     # Recent finals of the session, to condition decoding (empty when context is off).
     prompt: str | None = None
+    end_reason: EndReason | None = None  # set on finals: why the utterance ended
 
     @property
     def audio_s(self) -> float:
@@ -206,7 +208,7 @@ class Session:
         self, *, now: float, state: State, speaker_id: SpeakerId, language: str | None
     ) -> list[Action]:
         """A repeated `start`: close the open utterance, then take the new parameters."""
-        actions = self._finalize(now)
+        actions = self._finalize(now, "restart")
         self.speaker_id = speaker_id
         self.language = language
         actions += self.change_state(state, now=now)
@@ -228,7 +230,7 @@ class Session:
         actions: list[Action] = []
         if trigger is Trigger.TO_RESPONDING and self._utterance is not None:
             # The pipeline decided the user's turn is over: settle it now.
-            actions += self._finalize(now)
+            actions += self._finalize(now, "responding")
         if trigger is Trigger.TO_LISTENING and self._utterance is not None:
             # A not-yet-confirmed barge-in becomes ordinary user speech.
             self._utterance.candidate = False
@@ -239,7 +241,7 @@ class Session:
         """Flush: finalise what is open, then close once every final is published."""
         if self.closing is not None:
             return []
-        actions = self._finalize(now)
+        actions = self._finalize(now, reason)
         self.closing = reason
         return actions + self._maybe_close(now)
 
@@ -251,7 +253,7 @@ class Session:
             logger.info("session idle, evicting", extra={"session_id": self.session_id})
             return self.end(now=now, reason="idle")
         if self._utterance is not None and now - self._last_audio_at >= self.config.chunk_timeout_s:
-            return self._finalize(now)
+            return self._finalize(now, "timeout")
         return []
 
     def result(
@@ -330,7 +332,7 @@ class Session:
                 self._utterance = None
                 return actions
         if utterance.silence_run >= self.config.endpoint_frames:
-            actions += self._finalize(now)
+            actions += self._finalize(now, "silence")
         elif utterance.samples >= self.config.max_utterance_samples:
             actions += self._cut(utterance, now)
         return actions
@@ -347,7 +349,7 @@ class Session:
             (head if index < at else tail).append(frame, is_speech)
         tail.start_sample += head.samples
         self._utterance = head
-        actions = self._finalize(now)
+        actions = self._finalize(now, "size")
         self._utterance = tail
         return actions
 
@@ -359,7 +361,7 @@ class Session:
             self._utterance = _Utterance(self._take_utterance_id(), start_sample)
         self._utterance.append(frame, is_speech)
         if self._utterance.samples >= self.config.max_utterance_samples:
-            return self._finalize(now)
+            return self._finalize(now, "size")
         return []
 
     def _open_utterance(self, end_sample: int, *, with_preroll: bool = True) -> None:
@@ -395,10 +397,17 @@ class Session:
             # In a pause a partial adds no words, and if the pause becomes the endpoint the
             # final would wait behind it: ask again when speech resumes.
             return []
+        if (
+            utterance.samples + self.config.partial_interval_samples
+            >= self.config.max_utterance_samples
+        ):
+            # The length cut comes before the next partial would: its final must not queue
+            # behind a partial decode of audio it is about to cover anyway.
+            return []
         utterance.samples_at_last_partial = utterance.samples
-        return [Transcribe(self._job(utterance, is_final=False))]
+        return [Transcribe(self._job(utterance))]
 
-    def _finalize(self, now: float) -> list[Action]:
+    def _finalize(self, now: float, reason: EndReason) -> list[Action]:
         utterance, self._utterance = self._utterance, None
         if utterance is None or utterance.candidate:
             return []  # an unconfirmed candidate was never the user's turn
@@ -406,7 +415,7 @@ class Session:
             self._promised.discard(utterance.utterance_id)
             return []
         self._pending_finals.add(utterance.utterance_id)
-        return [Transcribe(self._job(utterance, is_final=True))]
+        return [Transcribe(self._job(utterance, end_reason=reason))]
 
     def _maybe_close(self, now: float) -> list[Action]:
         if self.closing is None or self._pending_finals or self.closed:
@@ -417,16 +426,18 @@ class Session:
         )
         return [Publish(closed), Close(self.closing)]
 
-    def _job(self, utterance: _Utterance, *, is_final: bool) -> Job:
+    def _job(self, utterance: _Utterance, *, end_reason: EndReason | None = None) -> Job:
+        """A partial's job, or with `end_reason` the final's."""
         return Job(
             utterance_id=utterance.utterance_id,
-            is_final=is_final,
+            is_final=end_reason is not None,
             pcm=tuple(utterance.pcm),
             audio_start_s=utterance.start_sample / SAMPLE_RATE_HZ,
             audio_end_s=(utterance.start_sample + utterance.samples) / SAMPLE_RATE_HZ,
             has_voice_activity=utterance.voiced_frames > 0,
             language=self.language,
             prompt=self._context or None,
+            end_reason=end_reason,
         )
 
     def _remember(self, text: str) -> None:
@@ -467,6 +478,7 @@ class Session:
             language=language,
             inference_ms=round(inference_s * 1000, 1),
             stable_chars=stable_chars,
+            end_reason=job.end_reason,
         )
         self._sequence += 1
         return Publish(message)

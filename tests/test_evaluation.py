@@ -126,6 +126,25 @@ def test_stable_prefix_is_checked_against_every_later_hypothesis() -> None:
     assert partial_stability(nothing_promised).stable_change_rate is None
 
 
+def test_stable_words_moved_by_a_length_cut_are_found_in_the_next_final() -> None:
+    def messages(reason: str) -> list[dict]:
+        return [
+            transcript("in the middle of the", stable_chars=17),  # "in the middle of"
+            transcript("in the middle of", final=True, end_reason=reason),
+            transcript("of the fifteenth century", final=True, utterance=2),
+        ]
+
+    # Cut at the size bound: "of" moved to the next line, it was not contradicted.
+    assert partial_stability(messages("size")).stable_words_changed == 0
+    # Ended by silence: the next utterance is new speech, so the promise is this final's.
+    assert partial_stability(messages("silence")).stable_words_changed == 0
+    broken = messages("silence")
+    broken[1] = transcript("in the middle", final=True, end_reason="silence")
+    assert partial_stability(broken).stable_words_changed == 1
+    broken[1]["end_reason"] = "size"
+    assert partial_stability(broken).stable_words_changed == 0
+
+
 # ---------------------------------------------------------------- the real harness
 
 

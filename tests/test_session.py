@@ -66,7 +66,7 @@ def test_utterance_ends_after_trailing_silence_with_preroll():
     # Pre-roll: the 100 ms before the first voiced frame are kept, so no phoneme is cut.
     assert final.audio_start_s == 0.0
     assert final.audio_end_s == 28 * 0.02
-    assert final.has_voice_activity
+    assert final.has_voice_activity and final.end_reason == "silence"
     assert sum(p.size for p in final.pcm) == 28 * FRAME_SAMPLES
 
 
@@ -84,7 +84,7 @@ def test_partials_follow_the_cadence_and_results_get_sequences():
     second = session.result(partials[1], "hello world", now=1.1, language="en", inference_s=0.1)
     messages = published(first + second, Transcription)
     assert [m.sequence for m in messages] == [0, 1]
-    assert all(m.is_partial and not m.is_final for m in messages)
+    assert all(m.is_partial and not m.is_final and m.end_reason is None for m in messages)
     # Two hypotheses agree on "hello": it is stable from the second partial on.
     assert [m.stable_chars for m in messages] == [0, len("hello")]
     (final,) = jobs(feed(session, "." * 10), final=True)
@@ -162,7 +162,7 @@ def test_switch_to_responding_finalises_the_open_utterance():
     session = new_session()
     feed(session, "s" * 10)
     actions = session.change_state("responding", now=1.0)
-    assert len(jobs(actions, final=True)) == 1
+    assert [j.end_reason for j in jobs(actions, final=True)] == ["responding"]
     assert session.state == "responding"
 
 
@@ -177,7 +177,7 @@ def test_end_flushes_then_closes_after_the_final_is_published():
     (closed,) = published(out, SessionClosed)
     assert closed.utterances == 1 and closed.speaker_id == "spk"
     (message,) = published(out, Transcription)
-    assert message.speaker_id == "spk"
+    assert message.speaker_id == "spk" and message.end_reason == "end"
 
 
 def test_failed_final_publishes_an_error_and_still_closes():
@@ -195,11 +195,18 @@ def test_long_speech_is_cut_in_a_pause_near_the_bound_without_losing_audio():
     # 2.8 s of speech, a 60 ms pause, more speech: the bound (3 s) falls after the pause.
     pattern = "s" * 140 + "..." + "s" * 100 + "." * 10
     finals = jobs(feed(session, pattern), final=True)
-    assert len(finals) == 2
+    assert [j.end_reason for j in finals] == ["size", "silence"]
     assert finals[0].audio_end_s == pytest.approx(141 * 0.02)  # mid-pause, not at the bound
     assert finals[1].audio_start_s == finals[0].audio_end_s
     covered = sum(sum(p.size for p in j.pcm) for j in finals)
     assert covered == len(pattern) * FRAME_SAMPLES  # every frame in exactly one final
+
+
+def test_no_partial_is_asked_for_within_one_interval_of_the_length_bound():
+    session = new_session()
+    partials = jobs(feed(session, "s" * 149), final=False)  # bound: 150 frames
+    # One every 0.4 s; the one due at 2.8 s is skipped: the cut at 3.0 s comes first.
+    assert [round(j.audio_end_s, 2) for j in partials] == [0.4, 0.8, 1.2, 1.6, 2.0, 2.4]
 
 
 def test_without_a_pause_the_cut_takes_the_quietest_frame():
@@ -218,6 +225,7 @@ def test_chunk_timeout_and_idle_eviction():
     feed(session, "s" * 10, now=0.0)
     assert session.tick(now=1.0) == []
     (final,) = jobs(session.tick(now=2.5), final=True)
+    assert final.end_reason == "timeout"
     assert session.tick(now=20.0) == []  # evicted, but its final is still due
     closing = session.result(final, "text", now=21.0, language=None, inference_s=0.1)
     assert published(closing, Transcription)[0].transcript == "text"

@@ -94,6 +94,8 @@ def render_markdown(report: EvalReport) -> str:
         f"| inference_ms in messages (finals) p50 / p95 / mean / max "
         f"| {_spread(summary.inference_ms)} |",
         f"| bare inference, same slices | {_spread(summary.bare_inference_ms)} |",
+        "| pipeline overhead: last-chunk latency - message inference "
+        f"| {_spread(summary.pipeline_overhead_ms)} |",
         f"| offline inference per clip | {_spread(summary.offline_inference_ms)} |",
         f"| finals whose text equals the bare decode | {summary.finals_matching_bare_text}"
         f" / {summary.finals} |",

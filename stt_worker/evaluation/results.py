@@ -24,6 +24,7 @@ RESULTS_TIMEOUT_S = 60.0
 WER_RATIO_TARGET = 1.05  # streaming corpus WER <= 1.05 x offline corpus WER
 EOS_INFERENCE_FACTOR = 1.15  # end of speech -> final <= endpoint silence + 1.15 x bare inference
 PARTIAL_CHANGE_TARGET = 0.10  # fewer than 10 % of words shown in partials later change
+BARE_RUNS = 3  # bare decodes per final; the median is the bound's inference time
 # Float noise only: corpus WERs are ratios of word counts.
 _WER_TOLERANCE = 1e-9
 
@@ -68,7 +69,7 @@ class FinalResult:
     utterance_id: int
     audio_start_s: float
     audio_end_s: float
-    ended_by: str  # "endpoint", "end" (flushed by the end message) or "cut" (max length)
+    ended_by: str  # the final's end_reason: "silence" (endpoint), "end" (message), "size" (cut)
     trailing_silence_s: float
     speech_end_s: float
     latency_last_chunk_ms: float
@@ -171,6 +172,8 @@ class Summary:
     partial_interval_ms: Spread
     inference_ms: Spread  # the finals' messages
     bare_inference_ms: Spread
+    # Last-chunk latency minus the message's own inference time: what the pipeline adds.
+    pipeline_overhead_ms: Spread
     offline_inference_ms: Spread
     eos_over_bare: Spread
     finals_within_eos_bound: int

@@ -75,7 +75,8 @@ def partial_stability(messages: Iterable[Mapping[str, Any]]) -> Stability:
     so they are compared with *every* later hypothesis: a stable word that a word alignment
     does not find in any one of them counts as changed. Alignment, not position, because a
     later hypothesis may add a word before the stable ones ("engraved and in" -> "engraved
-    in") without changing the words the promise covered after it.
+    in") without changing the words the promise covered after it. At a length cut
+    (`end_reason` "size") the final is read together with the next utterance's final.
     """
     by_utterance: dict[Any, list[Mapping[str, Any]]] = {}
     finished: set[Any] = set()
@@ -89,13 +90,34 @@ def partial_stability(messages: Iterable[Mapping[str, Any]]) -> Stability:
         if message.get("is_final"):
             finished.add(utterance)
     total = Stability()
-    for hypotheses in by_utterance.values():
-        total += _utterance_stability(hypotheses)
+    utterances = list(by_utterance.values())
+    for index, hypotheses in enumerate(utterances):
+        following = utterances[index + 1] if index + 1 < len(utterances) else []
+        total += _utterance_stability(hypotheses, _continuation(hypotheses, following))
     return total
 
 
-def _utterance_stability(hypotheses: Sequence[Mapping[str, Any]]) -> Stability:
+def _continuation(
+    hypotheses: Sequence[Mapping[str, Any]], following: Sequence[Mapping[str, Any]]
+) -> list[str]:
+    """Words that a length cut moved into the next utterance: the next final's, when this
+    utterance's final says it was cut at the size bound. Such words were not contradicted:
+    the reader sees them again, in order, at the start of the next line."""
+    if not hypotheses or hypotheses[-1].get("end_reason") != "size":
+        return []
+    finals = [h for h in following if h.get("is_final")]
+    return display_words(str(finals[0].get("transcript", ""))) if finals else []
+
+
+def _utterance_stability(
+    hypotheses: Sequence[Mapping[str, Any]], continuation: Sequence[str] = ()
+) -> Stability:
     words = [display_words(str(h.get("transcript", ""))) for h in hypotheses]
+    if hypotheses and hypotheses[-1].get("is_final"):
+        # Only the stable-prefix promise looks across the cut; plain partial churn does not.
+        promise_words = [*words[:-1], words[-1] + list(continuation)]
+    else:
+        promise_words = words
     partials = revised = shown = changed = edited = 0
     stable_partials = stable_shown = stable_changed = 0
     for index, hypothesis in enumerate(hypotheses[:-1]):
@@ -109,7 +131,7 @@ def _utterance_stability(hypotheses: Sequence[Mapping[str, Any]]) -> Stability:
         edited += len(words[index]) - _aligned(words[index], words[index + 1])
         stable = _stable_words(hypothesis)
         if stable is not None:
-            kept = min(_aligned(stable, later) for later in words[index + 1 :])
+            kept = min(_aligned(stable, later) for later in promise_words[index + 1 :])
             stable_partials += 1
             stable_shown += len(stable)
             stable_changed += len(stable) - kept
