@@ -28,6 +28,7 @@ import nats
 from nats.aio.client import Client as NatsClient
 from nats.errors import NoServersError
 
+from stt_worker.asgi import serving_in_loop
 from stt_worker.config import Settings, load_settings
 from stt_worker.console import format_message
 from stt_worker.engines import ENGINE_FACTORIES, LOCAL, create_engine, create_partial_engine
@@ -35,7 +36,8 @@ from stt_worker.engines.base import Engine
 from stt_worker.errors import SttError
 from stt_worker.nats_server import NatsServer, NatsServerError
 from stt_worker.publisher import StreamStats, WavFormatError, stream_file
-from stt_worker.whisper_server import app_for, run_server, serving_in_loop
+from stt_worker.telemetry import Telemetry
+from stt_worker.telemetry.logs import setup_logging
 from stt_worker.worker import Worker
 
 logger = logging.getLogger(__name__)
@@ -179,12 +181,16 @@ def _serve(args: argparse.Namespace) -> int:
     settings = load_settings(
         **_given(nats_url=args.nats_url, whisper_model_size=args.model, whisper_device=args.device)
     )
-    _setup_logging(settings.log_level)
+    setup_logging(settings.log_level, settings.log_format)
     engine = create_engine(settings, args.engine)
     partial_engine = create_partial_engine(settings, args.engine)
     for each in filter(None, (engine, partial_engine)):
         logger.info("engine %s, model %s on %s", each.info.name, each.info.model, each.info.device)
-    asyncio.run(_run_worker(Worker(settings, engine, partial_engine)))
+    telemetry = Telemetry.from_settings(settings)
+    try:
+        asyncio.run(_run_worker(Worker(settings, engine, partial_engine, telemetry)))
+    finally:
+        telemetry.shutdown()
     return 0
 
 
@@ -194,14 +200,6 @@ async def _run_worker(worker: Worker) -> None:
     finally:
         for engine in filter(None, (worker.engine, worker.partial_engine)):
             await engine.aclose()
-
-
-def _setup_logging(level: str) -> None:
-    logging.basicConfig(
-        level=level.upper(),
-        format="%(asctime)s %(levelname)-7s %(name)s: %(message)s",
-        datefmt="%H:%M:%S",
-    )
 
 
 def _given(**overrides: object) -> dict[str, object]:
@@ -218,7 +216,8 @@ async def _demo(args: argparse.Namespace) -> int:
         raise CliError(f"no such file: {path}", status=2)
     if args.whisper_url and args.engine != "http":
         raise CliError("--whisper-url needs --engine http", status=2)
-    _setup_logging("WARNING")  # the demo's output is the transcript, not the worker's logs
+    # The demo's output is the transcript, not the worker's logs.
+    setup_logging("WARNING", "text")
 
     async with contextlib.AsyncExitStack() as stack:
         url = args.nats_url or (await stack.enter_async_context(NatsServer())).url
@@ -227,6 +226,9 @@ async def _demo(args: argparse.Namespace) -> int:
             nats_url=url,
             **_given(whisper_model_size=args.model, enable_vad=False if args.no_vad else None),
         )
+        if "http_port" not in settings.model_fields_set:
+            # A demo must not fail because something else holds port 8080.
+            settings = settings.model_copy(update={"http_port": 0})
         engine = await stack.enter_async_context(_demo_engine(args, settings))
         worker = Worker(settings, engine)
         stop = asyncio.Event()
@@ -264,6 +266,9 @@ async def _demo_engine(args: argparse.Namespace, settings: Settings) -> AsyncIte
 async def _in_process_whisper_server(settings: Settings) -> AsyncIterator[str]:
     """`whisper-server` on faster-whisper, served in this loop on 127.0.0.1 and a port the OS
     picks; yields its base URL and stops it on exit."""
+    # Imported here: the server needs the local extra, which the HTTP image leaves out.
+    from stt_worker.whisper_server import app_for
+
     engine = await asyncio.to_thread(create_engine, settings, "faster-whisper")
     try:
         async with serving_in_loop(app_for(settings, engine)) as url:
@@ -465,6 +470,8 @@ def _decode(data: bytes) -> dict[str, Any]:
 
 
 def _whisper_server(args: argparse.Namespace) -> int:
+    from stt_worker.whisper_server import run_server  # needs the local extra
+
     settings = load_settings(
         **_given(
             whisper_server_host=args.host,
@@ -473,7 +480,7 @@ def _whisper_server(args: argparse.Namespace) -> int:
             whisper_device=args.device,
         )
     )
-    _setup_logging(settings.log_level)
+    setup_logging(settings.log_level, settings.log_format)
     engine = create_engine(settings, args.engine)
     logger.info(
         "engine %s, model %s on %s", engine.info.name, engine.info.model, engine.info.device

@@ -7,6 +7,8 @@ default in the README.
 
 from __future__ import annotations
 
+from typing import Literal
+
 from pydantic import AliasChoices, Field, SecretStr, field_validator
 from pydantic_settings import BaseSettings, SettingsConfigDict
 
@@ -98,10 +100,46 @@ class Settings(BaseSettings):
     drain_timeout_s: float = Field(25.0, alias="STT_DRAIN_TIMEOUT_S", gt=0)
     pending_msgs_limit: int = Field(65_536, alias="STT_PENDING_MSGS_LIMIT", ge=64)
 
-    # --- telemetry (seed; wired up by the operations issue) ---
-    otel_enabled: bool = Field(True, alias="OTEL_ENABLED")
-    hyperdx_enabled: bool = Field(False, alias="HYPERDX_ENABLED")
+    # --- horizontal scaling (new): NATS subject-mapping partitions, see k8s/README.md ---
+    # The partition count of the server's `partition(N, 1)` mapping; 0 = not partitioned,
+    # the worker subscribes to STT_STREAM_SUBJECT as the seed does.
+    partitions: int = Field(0, alias="STT_PARTITIONS", ge=0, le=1024)
+    # Workers sharing the partitions (0 = STT_PARTITIONS); worker i takes p % replicas == i.
+    replicas: int = Field(0, alias="STT_REPLICAS", ge=0, le=1024)
+    # This worker's index; -1 = the StatefulSet ordinal at the end of HOSTNAME ("stt-2" -> 2).
+    replica_index: int = Field(-1, alias="STT_REPLICA_INDEX", ge=-1)
+    hostname: str = Field("", alias="HOSTNAME")
+    partition_subject: str = Field(
+        "ai.voice.partitioned.{partition}.*", alias="STT_PARTITION_SUBJECT"
+    )
+
+    # --- operations (new): /healthz /readyz /metrics, logs ---
+    http_host: str = Field("0.0.0.0", alias="STT_HTTP_HOST")
+    # 0 = a free port the OS picks (tests); -1 = no HTTP endpoint at all.
+    http_port: int = Field(8080, alias="STT_HTTP_PORT", ge=-1, le=65535)
     log_level: str = Field("INFO", validation_alias=AliasChoices("STT_LOG_LEVEL", "LOG_LEVEL"))
+    # auto = human-readable text on a terminal, one JSON object per line otherwise.
+    log_format: Literal["auto", "json", "text"] = Field("auto", alias="STT_LOG_FORMAT")
+
+    # --- tracing (seed names; the OTLP exporters also read the standard OTEL_* variables) ---
+    otel_enabled: bool = Field(True, alias="OTEL_ENABLED")
+    otel_service_name: str = Field("stt-streaming", alias="OTEL_SERVICE_NAME")
+    # grpc or http/protobuf (the OTel default for new SDKs is http/protobuf).
+    otel_exporter_otlp_protocol: str = Field(
+        "http/protobuf",
+        validation_alias=AliasChoices(
+            "OTEL_EXPORTER_OTLP_TRACES_PROTOCOL", "OTEL_EXPORTER_OTLP_PROTOCOL"
+        ),
+    )
+    otel_exporter_otlp_endpoint: str | None = Field(
+        None,
+        validation_alias=AliasChoices(
+            "OTEL_EXPORTER_OTLP_TRACES_ENDPOINT", "OTEL_EXPORTER_OTLP_ENDPOINT"
+        ),
+    )
+    hyperdx_enabled: bool = Field(False, alias="HYPERDX_ENABLED")
+    hyperdx_api_key: SecretStr | None = Field(None, alias="HYPERDX_API_KEY")
+    hyperdx_otlp_endpoint: str = Field("https://in-otel.hyperdx.io", alias="HYPERDX_OTLP_ENDPOINT")
 
     @field_validator("whisper_language")
     @classmethod
@@ -118,6 +156,33 @@ class Settings(BaseSettings):
         by_buffer = self.buffer_size_bytes // BYTES_PER_SAMPLE
         by_window = int(self.max_utterance_s * SAMPLE_RATE_HZ)
         return max(SAMPLE_RATE_HZ, min(by_buffer, by_window))
+
+    def stream_subjects(self) -> list[str]:
+        """What this worker subscribes to: the seed subject, or its share of the partitions."""
+        if not self.partitions:
+            return [self.stream_subject]
+        replicas = self.replicas or self.partitions
+        index = self.replica_index if self.replica_index >= 0 else _ordinal(self.hostname)
+        if index >= replicas:
+            raise ValueError(
+                f"replica index {index} is not below STT_REPLICAS={replicas}: set "
+                "STT_REPLICA_INDEX, or scale the StatefulSet and STT_REPLICAS together"
+            )
+        return [
+            self.partition_subject.format(partition=partition)
+            for partition in range(index, self.partitions, replicas)
+        ]
+
+
+def _ordinal(hostname: str) -> int:
+    """The StatefulSet ordinal: `stt-streaming-2` -> 2."""
+    tail = hostname.rsplit("-", 1)[-1]
+    if not tail.isdigit():
+        raise ValueError(
+            f"STT_PARTITIONS is set but HOSTNAME {hostname!r} has no StatefulSet ordinal: "
+            "set STT_REPLICA_INDEX"
+        )
+    return int(tail)
 
 
 def load_settings(**overrides: object) -> Settings:

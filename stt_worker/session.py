@@ -11,6 +11,7 @@ Conversation states and what moves between them live in `TRANSITIONS`, as in h11
 from __future__ import annotations
 
 import collections
+import dataclasses
 import enum
 import logging
 from collections.abc import Sequence
@@ -111,6 +112,10 @@ class Job:
     # Recent finals of the session, to condition decoding (empty when context is off).
     prompt: str | None = None
     end_reason: EndReason | None = None  # set on finals: why the utterance ended
+    # Finals: when the utterance was ended (the caller's clock) and the trailing silence
+    # already waited by then, so end of speech -> final can be measured downstream.
+    ended_at: float | None = None
+    trailing_silence_s: float = 0.0
 
     @property
     def audio_s(self) -> float:
@@ -415,7 +420,9 @@ class Session:
             self._promised.discard(utterance.utterance_id)
             return []
         self._pending_finals.add(utterance.utterance_id)
-        return [Transcribe(self._job(utterance, end_reason=reason))]
+        job = self._job(utterance, end_reason=reason)
+        silence_s = utterance.silence_run * FRAME_MS / 1000 if self.config.enable_vad else 0.0
+        return [Transcribe(dataclasses.replace(job, ended_at=now, trailing_silence_s=silence_s))]
 
     def _maybe_close(self, now: float) -> list[Action]:
         if self.closing is None or self._pending_finals or self.closed:

@@ -482,39 +482,6 @@ def app_for(settings: Settings, engine: Engine) -> Starlette:
     )
 
 
-class _LoopServer(uvicorn.Server):
-    """uvicorn inside someone else's loop: signals stay with the host program."""
-
-    @contextlib.contextmanager
-    def capture_signals(self) -> Iterator[None]:
-        yield
-
-
-@contextlib.asynccontextmanager
-async def serving_in_loop(app: Any, *, startup_timeout_s: float = 120.0) -> AsyncIterator[str]:
-    """Serve `app` in the running loop on 127.0.0.1 and a port the OS picks; yield its URL.
-
-    For the demo, benchmarks and tests: the model is warmed up (lifespan) before it yields.
-    """
-    # log_config=None: uvicorn's records go through the host program's logging setup.
-    config = uvicorn.Config(app, host="127.0.0.1", port=0, lifespan="on", log_config=None)
-    server = _LoopServer(config)
-    task = asyncio.create_task(server.serve())
-    try:
-        # uvicorn has a `started` flag but no event; a failed warm-up ends serve() early.
-        async with asyncio.timeout(startup_timeout_s):
-            while not server.started:
-                await asyncio.wait({task}, timeout=0.01)
-                if task.done():
-                    task.result()
-                    raise SttError("the in-process whisper server did not start")
-        port = server.servers[0].sockets[0].getsockname()[1]
-        yield f"http://127.0.0.1:{port}"
-    finally:
-        server.should_exit = True
-        await asyncio.wait_for(task, 30)
-
-
 def run_server(settings: Settings, engine: Engine, *, host: str, port: int) -> None:
     """Serve until SIGTERM/SIGINT, then finish in-flight requests within `drain_timeout_s`."""
     app = app_for(settings, engine)

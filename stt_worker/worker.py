@@ -15,27 +15,35 @@ import logging
 import signal
 import time
 from collections.abc import Hashable, Iterable
-from dataclasses import dataclass
+from dataclasses import dataclass, field
 
 import nats
 from nats.aio.client import Client
 from nats.aio.msg import Msg
 from nats.aio.subscription import Subscription
 from nats.errors import SlowConsumerError
+from opentelemetry import trace
+from opentelemetry.context import Context
+from opentelemetry.trace import Span, Status, StatusCode
 
+from stt_worker.asgi import serving_in_loop
 from stt_worker.audio import AudioNormalizer, check_format
-from stt_worker.config import Settings
+from stt_worker.config import BYTES_PER_SAMPLE, Settings
 from stt_worker.engines.base import DecodeOptions, Engine, Transcript
 from stt_worker.errors import OverloadedError, ProtocolError, SttError
+from stt_worker.probes import create_probe_app
 from stt_worker.protocol import (
     Chunk,
     ClientMessage,
     End,
     Error,
     ErrorCode,
+    Interrupt,
     ServerMessage,
+    SessionClosed,
     Start,
     StateChange,
+    Transcription,
     chunk_pcm_bytes,
     decode_client_message,
     encode_server_message,
@@ -50,6 +58,9 @@ from stt_worker.session import (
     SessionConfig,
     Transcribe,
 )
+from stt_worker.telemetry import Telemetry
+from stt_worker.telemetry.logs import session_context
+from stt_worker.telemetry.tracing import extract, inject
 from stt_worker.vad import VoiceActivityDetector
 
 logger = logging.getLogger(__name__)
@@ -75,14 +86,24 @@ def session_config(settings: Settings) -> SessionConfig:
 
 @dataclass(slots=True)
 class _Stream:
-    """A live session with its audio pipeline: state machine, resampler, VAD."""
+    """A live session with its audio pipeline (state machine, resampler, VAD) and its spans."""
 
     key: int
     subject: str
     session: Session
     normalizer: AudioNormalizer
     vad: VoiceActivityDetector
+    span: Span
     last_seq: int | None = None
+    # The trace context the publisher sent last (`traceparent`): utterances hang under it.
+    parent: Context | None = None
+    # Open utterance spans, by utterance id: at most the open utterance plus pending finals.
+    utterances: dict[int, Span] = field(default_factory=dict)
+
+    @property
+    def trace_id(self) -> str | None:
+        context = self.span.get_span_context()
+        return format(context.trace_id, "032x") if context.is_valid else None
 
     def feed(self, pcm: bytes, now: float) -> list[Action]:
         frames = self.vad.push(self.normalizer.push(pcm))
@@ -96,17 +117,28 @@ class _Stream:
 
 
 class Worker:
-    """Serves `ai.voice.stream.*` until stopped, then drains."""
+    """Serves `ai.voice.stream.*` (or its partitions) until stopped, then drains."""
 
     def __init__(
-        self, settings: Settings, engine: Engine, partial_engine: Engine | None = None
+        self,
+        settings: Settings,
+        engine: Engine,
+        partial_engine: Engine | None = None,
+        telemetry: Telemetry | None = None,
     ) -> None:
         self.settings = settings
         self.engine = engine
         self.partial_engine = partial_engine
+        self.telemetry = telemetry or Telemetry()
         self.ready = asyncio.Event()
+        # The probe server's URL once it listens (STT_HTTP_PORT; None when switched off).
+        self.probe_url: str | None = None
+        self._subjects = settings.stream_subjects()  # fails early on a bad partition setup
         self._config = session_config(settings)
-        self._prefix = settings.stream_subject.rsplit(".", 1)[0] + "."
+        self._metrics = self.telemetry.metrics
+        self._tracer = self.telemetry.tracer
+        self._warmed = False
+        self._draining = False
         self._live: dict[str, _Stream] = {}  # session id -> stream still taking audio
         self._streams: dict[Hashable, _Stream] = {}  # key -> stream, closing ones included
         self._keys = itertools.count(1)
@@ -121,10 +153,51 @@ class Worker:
         )
         self._nc: Client | None = None
         self._closing = False
+        self._watch_metrics()
 
     @property
     def session_count(self) -> int:
         return len(self._live)
+
+    def readiness(self) -> dict[str, str | None]:
+        """What /readyz reports: each check is None when fine, else the reason."""
+        engines = [e for e in (self.engine, self.partial_engine) if e is not None]
+        return {
+            "nats": None if self._nc is not None and self._nc.is_connected else "not connected",
+            "engine": None
+            if self._warmed and all(e.healthy for e in engines)
+            else ("failing" if self._warmed else "loading"),
+            "draining": "draining" if self._draining else None,
+        }
+
+    def _watch_metrics(self) -> None:
+        metrics = self._metrics
+        metrics.watch("stt_sessions_active", "Sessions taking audio", lambda: len(self._live))
+        metrics.watch(
+            "stt_inference_queue_depth",
+            "Transcriptions waiting for an engine slot",
+            lambda: {
+                "final": self._scheduler.pending_finals,
+                "partial": self._scheduler.pending - self._scheduler.pending_finals,
+            },
+            label="kind",
+        )
+        engines = [e for e in (self.engine, self.partial_engine) if e is not None]
+        metrics.watch(
+            "stt_backend_retries",
+            "Requests to the Whisper backend retried",
+            lambda: sum(e.retries for e in engines),
+            counter=True,
+        )
+        metrics.watch(
+            "stt_nats_connected",
+            "1 while connected to NATS",
+            lambda: float(self._nc is not None and self._nc.is_connected),
+        )
+        metrics.watch("stt_ready", "1 while /readyz answers ready", lambda: float(self._is_ready()))
+
+    def _is_ready(self) -> bool:
+        return all(why is None for why in self.readiness().values())
 
     # ------------------------------------------------------------ lifecycle
 
@@ -132,6 +205,22 @@ class Worker:
         if stop is None:  # run as the program: SIGTERM and Ctrl-C start the drain
             stop = asyncio.Event()
             _install_signal_handlers(stop)
+        async with contextlib.AsyncExitStack() as stack:
+            if self.settings.http_port >= 0:
+                # Up before the model loads: /healthz answers and /readyz says "loading".
+                app = create_probe_app(self.readiness, self._metrics.registry)
+                self.probe_url = await stack.enter_async_context(
+                    serving_in_loop(
+                        app,
+                        host=self.settings.http_host,
+                        port=self.settings.http_port,
+                        lifespan="off",
+                    )
+                )
+                logger.info("probes and metrics at %s", self.probe_url)
+            await self._serve(stop)
+
+    async def _serve(self, stop: asyncio.Event) -> None:
         self._nc = await nats.connect(
             self.settings.nats_url,
             name="stt-streaming",
@@ -144,35 +233,41 @@ class Worker:
         await self.engine.warmup()
         if self.partial_engine is not None:
             await self.partial_engine.warmup()
-        sub = await self._nc.subscribe(
-            self.settings.stream_subject,
-            cb=self._on_message,
-            pending_msgs_limit=self.settings.pending_msgs_limit,
-            pending_bytes_limit=self.settings.pending_msgs_limit * 4096,
-        )
+        self._warmed = True
+        subs = [
+            await self._nc.subscribe(
+                subject,
+                cb=self._on_message,
+                pending_msgs_limit=self.settings.pending_msgs_limit,
+                pending_bytes_limit=self.settings.pending_msgs_limit * 4096,
+            )
+            for subject in self._subjects
+        ]
         logger.info(
             "worker ready",
-            extra={"subject": self.settings.stream_subject, "engine": self.engine.info.name},
+            extra={"subjects": ",".join(self._subjects), "engine": self.engine.info.name},
         )
         self.ready.set()
         async with asyncio.TaskGroup() as group:
             scheduler = group.create_task(self._scheduler.run(), name="scheduler")
             ticker = group.create_task(self._tick_forever(), name="ticker")
             await stop.wait()
-            await self._drain(sub)
+            await self._drain(subs)
             scheduler.cancel()
             ticker.cancel()
         self._closing = True
         await self._nc.drain()  # flushes every publish, then closes
 
-    async def _drain(self, sub: Subscription) -> None:
+    async def _drain(self, subs: list[Subscription]) -> None:
         """SIGTERM: take no new audio, finish what was accepted, publish every final."""
         self.ready.clear()
+        self._draining = True
         logger.info("draining", extra={"sessions": len(self._live)})
-        try:
-            await sub.drain()  # handles the messages already received, then unsubscribes
-        except nats.errors.Error as exc:  # e.g. the connection is already closed
-            logger.warning("could not drain the subscription: %r", exc)
+        for sub in subs:
+            try:
+                await sub.drain()  # handles the messages already received, then unsubscribes
+            except nats.errors.Error as exc:  # e.g. the connection is already closed
+                logger.warning("could not drain the subscription: %r", exc)
         now = time.time()
         for stream in list(self._live.values()):
             await self._apply(
@@ -193,36 +288,45 @@ class Worker:
     # ------------------------------------------------------------ input
 
     async def _on_message(self, msg: Msg) -> None:
-        session_id = msg.subject[len(self._prefix) :]
+        # The session id is the subject's last token, partitioned or not.
+        session_id = msg.subject.rsplit(".", 1)[-1]
         now = time.time()
         stream = self._live.get(session_id)
-        try:
-            message = decode_client_message(msg.data)
-            stream, actions = self._dispatch(session_id, stream, message, now)
-        except SttError as exc:
-            await self._reject(session_id, stream, exc, now)
-            return
-        except Exception as exc:
-            logger.exception(
-                "unexpected failure handling a message", extra={"session_id": session_id}
-            )
-            await self._reject(session_id, stream, SttError(f"internal error: {exc!r}"), now)
-            return
-        if stream is not None:
-            await self._apply(stream, actions)
+        parent = extract(msg.headers)
+        trace_id = stream.trace_id if stream else _trace_id_of(parent)
+        with session_context(session_id, trace_id):
+            try:
+                message = decode_client_message(msg.data)
+                stream, actions = self._dispatch(session_id, stream, message, now, parent)
+            except SttError as exc:
+                await self._reject(session_id, stream, exc, now)
+                return
+            except Exception as exc:
+                logger.exception("unexpected failure handling a message")
+                await self._reject(session_id, stream, SttError(f"internal error: {exc!r}"), now)
+                return
+            if stream is not None:
+                if parent is not None:
+                    stream.parent = parent  # the publisher's current turn
+                await self._apply(stream, actions)
 
     def _dispatch(
-        self, session_id: str, stream: _Stream | None, message: ClientMessage, now: float
+        self,
+        session_id: str,
+        stream: _Stream | None,
+        message: ClientMessage,
+        now: float,
+        parent: Context | None,
     ) -> tuple[_Stream | None, list[Action]]:
         match message:
             case Start():
-                return self._start(session_id, stream, message, now)
+                return self._start(session_id, stream, message, now, parent)
             case Chunk():
-                return self._chunk(session_id, stream, message, now)
+                return self._chunk(session_id, stream, message, now, parent)
             case StateChange(state=state):
                 if stream is None:
-                    logger.info("state_change opened a session", extra={"session_id": session_id})
-                    stream = self._open(session_id, Start(state=state), now)
+                    logger.info("state_change opened a session")
+                    stream = self._open(session_id, Start(state=state), now, parent)
                     return stream, []
                 return stream, stream.session.change_state(state, now=now)
             case End():
@@ -234,12 +338,17 @@ class Worker:
         raise AssertionError(f"unhandled message {message!r}")
 
     def _start(
-        self, session_id: str, stream: _Stream | None, start: Start, now: float
+        self,
+        session_id: str,
+        stream: _Stream | None,
+        start: Start,
+        now: float,
+        parent: Context | None,
     ) -> tuple[_Stream, list[Action]]:
         check_format(start.sample_rate, start.channels)
         if stream is None:
-            return self._open(session_id, start, now), []
-        logger.info("repeated start updates the session", extra={"session_id": session_id})
+            return self._open(session_id, start, now, parent), []
+        logger.info("repeated start updates the session")
         actions: list[Action] = []
         if (start.sample_rate, start.channels) != (
             stream.normalizer.sample_rate_hz,
@@ -253,14 +362,19 @@ class Worker:
         return stream, actions
 
     def _chunk(
-        self, session_id: str, stream: _Stream | None, chunk: Chunk, now: float
+        self,
+        session_id: str,
+        stream: _Stream | None,
+        chunk: Chunk,
+        now: float,
+        parent: Context | None,
     ) -> tuple[_Stream, list[Action]]:
         if stream is None:
-            logger.info(
-                "chunk without start: opening with defaults", extra={"session_id": session_id}
-            )
-            stream = self._open(session_id, Start(), now)
+            logger.info("chunk without start: opening with defaults")
+            stream = self._open(session_id, Start(), now, parent)
         pcm = chunk_pcm_bytes(chunk)
+        self._metrics.chunks.inc()
+        self._metrics.chunk_bytes.inc(len(pcm))
         if len(pcm) > self.settings.max_chunk_bytes:
             raise ProtocolError(
                 f"chunk of {len(pcm)} bytes exceeds STT_MAX_CHUNK_BYTES="
@@ -275,9 +389,12 @@ class Worker:
                     code=ErrorCode.CHUNK_OUT_OF_ORDER,
                 )
             stream.last_seq = chunk.seq
+        normalizer = stream.normalizer
+        bytes_per_s = normalizer.sample_rate_hz * normalizer.channels * BYTES_PER_SAMPLE
+        self._metrics.audio_seconds.inc(len(pcm) / bytes_per_s)
         return stream, stream.feed(pcm, now)
 
-    def _open(self, session_id: str, start: Start, now: float) -> _Stream:
+    def _open(self, session_id: str, start: Start, now: float, parent: Context | None) -> _Stream:
         if len(self._live) >= self.settings.max_sessions:
             raise OverloadedError(
                 f"{len(self._live)} sessions open (STT_MAX_SESSIONS); session refused",
@@ -291,17 +408,34 @@ class Worker:
             speaker_id=start.speaker_id,
             language=start.language or self.settings.whisper_language,
         )
+        # The publisher's trace when it sent one, else a trace of our own per session.
+        span = self._tracer.start_span(
+            "stt.session",
+            context=parent,
+            kind=trace.SpanKind.CONSUMER,
+            attributes={
+                "stt.session_id": session_id,
+                "stt.speaker_id": str(start.speaker_id or ""),
+                "stt.engine": self.engine.info.name,
+                "stt.model": self.engine.info.model,
+                "stt.device": self.engine.info.device,
+                "stt.sample_rate_hz": start.sample_rate,
+            },
+        )
         stream = _Stream(
             key=next(self._keys),
             subject=f"{self.settings.transcription_subject_prefix}.{session_id}",
             session=session,
             normalizer=AudioNormalizer(start.sample_rate, start.channels),
             vad=VoiceActivityDetector(self.settings.vad_aggressiveness),
+            span=span,
+            parent=parent,
         )
         self._live[session_id] = stream
         self._streams[stream.key] = stream
         self._all_closed.clear()
-        logger.info("session opened", extra={"session_id": session_id})
+        self._metrics.sessions_opened.inc()
+        logger.info("session opened", extra={"trace_id": stream.trace_id})
         return stream
 
     async def _reject(
@@ -312,41 +446,106 @@ class Worker:
         )
         speaker = stream.session.speaker_id if stream else None
         error = Error(session_id, exc.code, exc.message, now, speaker)
-        await self._publish(f"{self.settings.transcription_subject_prefix}.{session_id}", error)
+        if stream is not None:
+            stream.span.add_event("rejected", {"stt.error_code": exc.code})
+        subject = f"{self.settings.transcription_subject_prefix}.{session_id}"
+        await self._publish(subject, error, stream.span if stream else None)
 
     # ------------------------------------------------------------ actions
 
-    async def _apply(self, stream: _Stream, actions: Iterable[Action]) -> None:
+    async def _apply(
+        self, stream: _Stream, actions: Iterable[Action], job: Job | None = None
+    ) -> None:
+        """Carry out `actions`; `job` is the transcription they answer, if any."""
         for action in actions:
             match action:
                 case Publish(message=message):
-                    await self._publish(stream.subject, message)
-                case Transcribe(job=job):
-                    await self._submit(stream, job)
-                case Close():
-                    self._close(stream)
+                    await self._publish(stream.subject, message, self._span_for(stream, message))
+                    self._published(stream, message, job)
+                case Transcribe(job=queued):
+                    await self._submit(stream, queued)
+                case Close(reason=reason):
+                    self._close(stream, reason)
         if (
             stream.session.closing is not None
             and self._live.get(stream.session.session_id) is stream
         ):
             del self._live[stream.session.session_id]  # a new start may now open a fresh one
 
+    def _span_for(self, stream: _Stream, message: ServerMessage) -> Span:
+        """The span a published message continues: its utterance's, else the session's."""
+        utterance_id = getattr(message, "utterance_id", None)
+        return stream.utterances.get(utterance_id, stream.span) if utterance_id else stream.span
+
+    def _published(self, stream: _Stream, message: ServerMessage, job: Job | None) -> None:
+        """Count what went out; a final (or its error) also closes its utterance span."""
+        metrics = self._metrics
+        match message:
+            case Transcription(is_final=True, utterance_id=utterance_id):
+                metrics.transcripts.labels("final").inc()
+                if job is not None and job.ended_at is not None:
+                    latency_s = time.time() - job.ended_at + job.trailing_silence_s
+                    metrics.final_latency.observe(latency_s)
+                self._end_utterance(stream, utterance_id)
+            case Transcription():
+                metrics.transcripts.labels("partial").inc()
+            case Interrupt():
+                metrics.interrupts.inc()
+                stream.span.add_event("interrupt", {"stt.utterance_id": message.utterance_id})
+            case Error(code=code, utterance_id=utterance_id):
+                metrics.errors.labels(code).inc()
+                if utterance_id is not None:
+                    span = stream.utterances.get(utterance_id)
+                    if span is not None:
+                        span.set_status(Status(StatusCode.ERROR, code))
+                    self._end_utterance(stream, utterance_id)
+            case SessionClosed():
+                pass
+
+    def _end_utterance(self, stream: _Stream, utterance_id: int) -> None:
+        span = stream.utterances.pop(utterance_id, None)
+        if span is not None:
+            span.end()
+
     async def _submit(self, stream: _Stream, job: Job) -> None:
+        if job.utterance_id not in stream.utterances:
+            # Under the publisher's latest trace context when it sends one (one trace per
+            # turn), else under the session span.
+            parent = stream.parent or trace.set_span_in_context(stream.span)
+            stream.utterances[job.utterance_id] = self._tracer.start_span(
+                "stt.utterance",
+                context=parent,
+                attributes={
+                    "stt.session_id": stream.session.session_id,
+                    "stt.speaker_id": str(stream.session.speaker_id or ""),
+                    "stt.utterance_id": job.utterance_id,
+                },
+            )
+        if job.is_final:
+            self._metrics.utterances.labels(job.end_reason or "unknown").inc()
+            span = stream.utterances[job.utterance_id]
+            span.set_attribute("stt.audio_s", round(job.audio_s, 3))
+            span.set_attribute("stt.end_reason", job.end_reason or "unknown")
         options = DecodeOptions(
             language=job.language, prompt=job.prompt, full_window_retry=job.is_final
         )
         try:
             self._scheduler.submit(stream.key, job, options)
         except OverloadedError as exc:
-            logger.error("scheduler full", extra={"session_id": stream.session.session_id})
-            await self._apply(stream, stream.session.failed(job, exc, now=time.time()))
+            logger.error("scheduler full")
+            await self._apply(stream, stream.session.failed(job, exc, now=time.time()), job)
 
-    def _close(self, stream: _Stream) -> None:
+    def _close(self, stream: _Stream, reason: str) -> None:
         self._streams.pop(stream.key, None)
         if self._live.get(stream.session.session_id) is stream:
             del self._live[stream.session.session_id]
         self._scheduler.forget(stream.key)
-        logger.info("session closed", extra={"session_id": stream.session.session_id})
+        for utterance_id in list(stream.utterances):
+            self._end_utterance(stream, utterance_id)  # e.g. speech that held no words
+        stream.span.set_attribute("stt.close_reason", reason)
+        stream.span.end()
+        self._metrics.sessions_closed.labels(reason).inc()
+        logger.info("session closed", extra={"reason": reason})
         if not self._streams:
             self._all_closed.set()
 
@@ -355,27 +554,69 @@ class Worker:
         if stream is None:
             return  # the session closed while this partial ran
         now = time.time()
-        if isinstance(outcome, Transcript):
-            actions = stream.session.result(
-                job,
-                outcome.text,
-                now=now,
-                language=outcome.language,
-                inference_s=outcome.inference_s,
-            )
-        else:
-            logger.error(
-                "transcription failed: %s",
-                outcome.message,
-                extra={"session_id": stream.session.session_id, "code": outcome.code},
-            )
-            actions = stream.session.failed(job, outcome, now=now)
-        await self._apply(stream, actions)
+        with session_context(stream.session.session_id, stream.trace_id):
+            self._record_inference(stream, job, outcome, wait_s, now)
+            if isinstance(outcome, Transcript):
+                actions = stream.session.result(
+                    job,
+                    outcome.text,
+                    now=now,
+                    language=outcome.language,
+                    inference_s=outcome.inference_s,
+                )
+            else:
+                logger.error(
+                    "transcription failed: %s", outcome.message, extra={"code": outcome.code}
+                )
+                actions = stream.session.failed(job, outcome, now=now)
+            await self._apply(stream, actions, job)
 
-    async def _publish(self, subject: str, message: ServerMessage) -> None:
+    def _record_inference(
+        self, stream: _Stream, job: Job, outcome: Outcome, wait_s: float, now: float
+    ) -> None:
+        """Metrics and the `stt.inference` span of one engine call, after the fact (the
+        scheduler knows nothing of telemetry)."""
+        kind = "final" if job.is_final else "partial"
+        engine = self.engine if job.is_final or self.partial_engine is None else self.partial_engine
+        self._metrics.queue_wait.labels(kind).observe(wait_s)
+        inference_s = outcome.inference_s if isinstance(outcome, Transcript) else 0.0
+        attributes: dict[str, str | int | float | bool] = {
+            "stt.session_id": stream.session.session_id,
+            "stt.speaker_id": str(stream.session.speaker_id or ""),
+            "stt.utterance_id": job.utterance_id,
+            "stt.final": job.is_final,
+            "stt.engine": engine.info.name,
+            "stt.model": engine.info.model,
+            "stt.device": engine.info.device,
+            "stt.audio_s": round(job.audio_s, 3),
+            "stt.queue_wait_s": round(wait_s, 4),
+        }
+        if isinstance(outcome, Transcript):
+            rtf = inference_s / job.audio_s if job.audio_s > 0 else 0.0
+            self._metrics.inference_seconds.labels(engine.info.name, kind).observe(inference_s)
+            self._metrics.real_time_factor.labels(engine.info.name, kind).observe(rtf)
+            attributes["stt.inference_s"] = round(inference_s, 4)
+            attributes["stt.real_time_factor"] = round(rtf, 4)
+        parent = stream.utterances.get(job.utterance_id, stream.span)
+        end_ns = int(now * 1e9)
+        span = self._tracer.start_span(
+            "stt.inference",
+            context=trace.set_span_in_context(parent),
+            start_time=end_ns - int((inference_s + wait_s) * 1e9),
+            attributes=attributes,
+        )
+        if not isinstance(outcome, Transcript):
+            span.record_exception(outcome)
+            span.set_status(Status(StatusCode.ERROR, outcome.code))
+        span.end(end_time=end_ns)
+
+    async def _publish(
+        self, subject: str, message: ServerMessage, span: Span | None = None
+    ) -> None:
         assert self._nc is not None
+        headers = inject(span) if span is not None else None
         try:
-            await self._nc.publish(subject, encode_server_message(message))
+            await self._nc.publish(subject, encode_server_message(message), headers=headers)
         except Exception:
             # While NATS is away the client buffers; past its limit we can only log.
             logger.exception("publish failed", extra={"subject": subject})
@@ -385,11 +626,12 @@ class Worker:
             logger.warning("disconnected from NATS; reconnecting")
 
     async def _on_reconnected(self) -> None:
+        self._metrics.nats_reconnects.inc()
         logger.warning("reconnected to NATS")
 
     async def _on_nats_error(self, exc: Exception) -> None:
-        if isinstance(exc, SlowConsumerError) and exc.subject.startswith(self._prefix):
-            session_id = exc.subject[len(self._prefix) :]
+        if isinstance(exc, SlowConsumerError):
+            session_id = exc.subject.rsplit(".", 1)[-1]
             error = SttError(
                 "worker too slow: a message on this session was dropped by the NATS client",
                 code=ErrorCode.AUDIO_DROPPED,
@@ -397,6 +639,13 @@ class Worker:
             await self._reject(session_id, self._live.get(session_id), error, time.time())
             return
         logger.warning("NATS error: %r", exc)
+
+
+def _trace_id_of(context: Context | None) -> str | None:
+    if context is None:
+        return None
+    span_context = trace.get_current_span(context).get_span_context()
+    return format(span_context.trace_id, "032x") if span_context.is_valid else None
 
 
 def _install_signal_handlers(stop: asyncio.Event) -> None:

@@ -6,6 +6,7 @@ not from an event loop, so it outlives pytest-asyncio's function-scoped loops sa
 
 from __future__ import annotations
 
+import os
 from collections.abc import AsyncIterator, Iterator
 
 import nats
@@ -13,6 +14,10 @@ import pytest
 from nats.aio.client import Client
 
 from stt_worker.nats_server import NatsServer
+
+# Every worker a test starts (in process or as a subprocess) serves its probes on a port the
+# OS picks, so tests never collide on 8080 with each other or with anything else running.
+os.environ.setdefault("STT_HTTP_PORT", "0")
 
 # The worker fixtures (`engine`, `make_worker`, `worker`) live beside the worker tests.
 pytest_plugins = ["tests.worker_fixtures"]

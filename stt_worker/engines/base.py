@@ -126,6 +126,8 @@ class Engine(abc.ABC):
     # How many `transcribe` calls make progress at once; the scheduler runs exactly this many
     # so that its finals-first order is the order work really starts in.
     parallelism: int = 1
+    # Requests to a backend that were retried (HTTP engine), for the metrics.
+    retries: int = 0
 
     @abc.abstractmethod
     async def transcribe(self, audio: Audio, options: DecodeOptions) -> Transcript:

@@ -290,6 +290,7 @@ class HttpEngine(Engine):
                 cause = outcome if isinstance(outcome, Exception) else None
                 raise self._error(failure, attempt) from cause
             delay_s = self._delay_s(failure, attempt)
+            self.retries += 1
             logger.warning(
                 "Whisper backend %s: %s; retry %d of %d in %.2f s",
                 self._public_url,

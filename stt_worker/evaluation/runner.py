@@ -128,7 +128,8 @@ async def _worker_process(settings: Settings, engine_kind: str) -> AsyncIterator
     """`stt-streaming serve` in its own process, as deployments run it: in this process the
     publisher and subscriber would share its CPU and GIL (measured: in-worker inference ~7%
     slower at the median, up to 1.6x, than the same decode alone)."""
-    env = {**os.environ, **settings_env(settings)}
+    # Probes on a free port unless asked otherwise: the harness must not need 8080.
+    env = {"STT_HTTP_PORT": "0", **os.environ, **settings_env(settings)}
     process = await asyncio.create_subprocess_exec(
         sys.executable,
         "-m",

