@@ -133,6 +133,7 @@ class Worker:
         self.ready = asyncio.Event()
         # The probe server's URL once it listens (STT_HTTP_PORT; None when switched off).
         self.probe_url: str | None = None
+        self.probes_up = asyncio.Event()
         self._subjects = settings.stream_subjects()  # fails early on a bad partition setup
         self._config = session_config(settings)
         self._metrics = self.telemetry.metrics
@@ -217,6 +218,7 @@ class Worker:
                         lifespan="off",
                     )
                 )
+                self.probes_up.set()
                 logger.info("probes and metrics at %s", self.probe_url)
             await self._serve(stop)
 

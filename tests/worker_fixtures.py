@@ -10,6 +10,7 @@ import pytest
 from stt_worker.config import load_settings
 from stt_worker.engines import create_engine
 from stt_worker.engines.base import Engine
+from stt_worker.telemetry import Telemetry
 from stt_worker.worker import Worker
 
 
@@ -28,14 +29,18 @@ async def make_worker(nats_url: str, engine: Engine) -> AsyncIterator:
     own_engines: list[Engine] = []
 
     async def start(
-        *, return_handles: bool = False, engine_factory: object = None, **overrides: object
+        *,
+        return_handles: bool = False,
+        engine_factory: object = None,
+        telemetry: Telemetry | None = None,
+        **overrides: object,
     ):
         settings = load_settings(nats_url=nats_url, **overrides)
         # `engine_factory(settings)` builds another engine (HTTP, torch) for this worker only.
         worker_engine = engine_factory(settings) if callable(engine_factory) else engine
         if worker_engine is not engine:
             own_engines.append(worker_engine)
-        worker = Worker(settings, worker_engine)
+        worker = Worker(settings, worker_engine, telemetry=telemetry)
         stop = asyncio.Event()
         task = asyncio.create_task(worker.run(stop))
         ready = asyncio.create_task(worker.ready.wait())

@@ -19,9 +19,10 @@ SHUTDOWN_FLUSH_MS = 5_000
 
 @dataclass(slots=True)
 class Telemetry:
-    """Tracing off by default (a no-op tracer costs next to nothing); metrics always on."""
+    """Metrics always; spans always made but exported only where configured, so trace ids
+    (a publisher's or our own) still reach the published headers and the logs."""
 
-    tracer: trace.Tracer = field(default_factory=trace.NoOpTracer)
+    tracer: trace.Tracer = field(default_factory=lambda: TracerProvider().get_tracer(TRACER_NAME))
     metrics: Metrics = field(default_factory=Metrics)
     provider: TracerProvider | None = None
     exporters: list[QuietExporter] = field(default_factory=list)
