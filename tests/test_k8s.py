@@ -5,8 +5,9 @@ offline against one pinned Kubernetes version's strict schemas (kubernetes-valid
 invariants the worker depends on are asserted on what would really be applied: drain within
 the grace period, probes on the worker's port, the security context, StatefulSet replicas
 equal to STT_REPLICAS, STT_PARTITIONS equal to the NATS mapping's partition count, images.
-The NATS config is then run on the real nats-server: the partition mapping must deliver each
-session's audio exactly once, to one stable partition, and so to one worker replica.
+The rendered settings are loaded by the worker's own `Settings`, which also computes each
+pod's partition subjects. The NATS config is then run on the real nats-server: the mapping
+must deliver each session's audio exactly once, to one stable partition, and so to one pod.
 """
 
 from __future__ import annotations
@@ -30,6 +31,7 @@ import pytest
 import yaml
 from nats.aio.subscription import Subscription
 
+from stt_worker.config import Settings
 from stt_worker.nats_server import NatsServer
 
 K8S_DIR = Path(__file__).resolve().parent.parent / "k8s"
@@ -152,6 +154,15 @@ def port_number(container: Doc, port: int | str) -> int:
     return named[port]
 
 
+def pod_subjects(env: dict[str, str], replicas: int) -> dict[int, list[str]]:
+    """What each worker pod subscribes to, computed by the worker's own Settings from the
+    rendered environment and the pod's HOSTNAME (StatefulSet pod name)."""
+    return {
+        ordinal: Settings(**env, HOSTNAME=f"{WORKER}-{ordinal}").stream_subjects()
+        for ordinal in range(replicas)
+    }
+
+
 def startup_budget_s(probe: Doc) -> int:
     return probe.get("initialDelaySeconds", 0) + probe.get("periodSeconds", 10) * probe.get(
         "failureThreshold", 3
@@ -237,6 +248,22 @@ def test_worker_replicas_and_partitions_agree(target: str) -> None:
     assert "STT_PARTITION_SUBJECT" not in env or env["STT_PARTITION_SUBJECT"] == PARTITION_SUBJECT
     # The replica index is the ordinal in HOSTNAME, so nothing may pin it for all pods.
     assert "STT_REPLICA_INDEX" not in env
+
+
+@pytest.mark.parametrize("target", WORKER_TARGETS)
+def test_worker_pods_split_the_partitions_between_them(target: str) -> None:
+    """The rendered settings pass the worker's validation, and the pods, each by its own
+    ordinal, subscribe to every partition exactly once."""
+    docs = render(target)
+    env = worker_env(docs)
+    replicas = find(docs, "StatefulSet", WORKER)["spec"]["replicas"]
+    partitions = int(env["STT_PARTITIONS"])
+
+    taken = [s for subjects in pod_subjects(env, replicas).values() for s in subjects]
+    assert sorted(taken) == sorted(PARTITION_SUBJECT.format(partition=p) for p in range(partitions))
+    # A pod beyond STT_REPLICAS (e.g. after a bare `kubectl scale`) refuses to start.
+    with pytest.raises(ValueError):
+        Settings(**env, HOSTNAME=f"{WORKER}-{replicas}").stream_subjects()
 
 
 def test_replica_count_follows_a_users_overlay(tmp_path: Path) -> None:
@@ -459,23 +486,21 @@ SESSION_IDS = [f"session-{n}" for n in range(40)] + [
 ]
 
 
-async def partitions_seen(url: str, partitions: int, replicas: int) -> dict[str, int]:
+async def partitions_seen(url: str, subjects_by_pod: dict[int, list[str]]) -> dict[str, int]:
     """Publish one message per session id as a client would; return where each arrived.
 
-    Subscribes as the workers would (replica i: partition subjects p % replicas == i), plus
-    a wildcard over all partitions and the unmapped seed subject, all on one connection: once
-    `flush()` returns, the server has written every delivery of the publishes before it.
+    Subscribes as the worker pods would, plus a wildcard over all partitions and the unmapped
+    seed subject, all on one connection: once `flush()` returns, the server has written every
+    delivery of the publishes before it.
     """
+    replicas = len(subjects_by_pod)
     nc = await nats.connect(url, name="test-k8s-mapping", connect_timeout=5)
     try:
         everything = await nc.subscribe("ai.voice.partitioned.*.*")
         unmapped = await nc.subscribe(SEED_STREAM_SUBJECT)
         by_replica: dict[int, list[Subscription]] = {
-            replica: [
-                await nc.subscribe(PARTITION_SUBJECT.format(partition=p))
-                for p in range(replica, partitions, replicas)
-            ]
-            for replica in range(replicas)
+            replica: [await nc.subscribe(subject) for subject in subjects]
+            for replica, subjects in subjects_by_pod.items()
         }
         await nc.flush(timeout=5)
         for session_id in SESSION_IDS:
@@ -508,16 +533,19 @@ async def partitions_seen(url: str, partitions: int, replicas: int) -> dict[str,
 
 async def test_nats_config_partitions_sessions_on_the_real_server() -> None:
     _, _, partitions = nats_conf_mapping()
-    replicas = int(worker_env(render("base"))["STT_REPLICAS"])
+    docs = render("base")
+    subjects_by_pod = pod_subjects(
+        worker_env(docs), find(docs, "StatefulSet", WORKER)["spec"]["replicas"]
+    )
     # The config's own ports are overridden: -p -1 and -m -1 let the server pick free ones.
     config = ("-c", str(NATS_CONF), "-m", "-1")
 
     async with NatsServer(extra_args=config) as server:
-        first = await partitions_seen(server.url, partitions, replicas)
-        again = await partitions_seen(server.url, partitions, replicas)
+        first = await partitions_seen(server.url, subjects_by_pod)
+        again = await partitions_seen(server.url, subjects_by_pod)
     # A second server computes the same partitions, as every server of a cluster must.
     async with NatsServer(extra_args=config) as other:
-        elsewhere = await partitions_seen(other.url, partitions, replicas)
+        elsewhere = await partitions_seen(other.url, subjects_by_pod)
 
     assert set(first) == set(SESSION_IDS)
     assert all(0 <= partition < partitions for partition in first.values())
