@@ -90,3 +90,19 @@ async def test_three_workers_transcribe_each_of_thirty_sessions_exactly_once(eng
     ]
     assert sum(opened) == SESSIONS
     assert all(count > 0 for count in opened), f"a worker got no partition's sessions: {opened}"
+
+
+def test_each_replica_takes_every_nth_partition_and_bad_setups_fail_early():
+    def subjects(**overrides) -> list[str]:
+        return load_settings(**overrides).stream_subjects()
+
+    assert subjects() == ["ai.voice.stream.*"]  # the seed's subject when not partitioned
+    assert subjects(partitions=12, replicas=3, hostname="stt-streaming-1") == [
+        f"ai.voice.partitioned.{p}.*" for p in (1, 4, 7, 10)
+    ]
+    # One replica per partition by default; an explicit index beats the hostname.
+    assert subjects(partitions=4, replica_index=2, hostname="x-0") == ["ai.voice.partitioned.2.*"]
+    with pytest.raises(ValueError, match="STT_REPLICAS"):
+        subjects(partitions=12, replicas=3, hostname="stt-streaming-3")
+    with pytest.raises(ValueError, match="STT_REPLICA_INDEX"):
+        subjects(partitions=12, hostname="laptop")

@@ -341,3 +341,33 @@ def test_text_logs_on_a_terminal_name_the_session(capsys, restore_logging):
         logging.getLogger("stt_worker.test").info("hello")
     line = capsys.readouterr().err.strip()
     assert line.endswith("hello  session_id=abc trace_id=0af7651916cd43dd8448eb211c80319c")
+
+
+# ---------------------------------------------------------------- exporter selection
+
+
+def test_exporters_follow_the_protocol_and_hyperdx_switches(caplog):
+    from opentelemetry.exporter.otlp.proto.grpc.trace_exporter import OTLPSpanExporter as Grpc
+    from opentelemetry.exporter.otlp.proto.http.trace_exporter import OTLPSpanExporter as Http
+
+    from stt_worker.telemetry.tracing import create_tracer_provider
+
+    def inner_types(**overrides) -> list[type]:
+        provider, exporters = create_tracer_provider(load_settings(**overrides))
+        provider.shutdown()
+        return [type(exporter._inner) for exporter in exporters]
+
+    assert inner_types(otel_enabled=True) == [Http]
+    assert inner_types(otel_enabled=True, otel_exporter_otlp_protocol="grpc") == [Grpc]
+    assert inner_types(otel_enabled=False) == []
+    # HyperDX alone: no second exporter retrying a collector nobody configured.
+    assert inner_types(hyperdx_enabled=True, hyperdx_api_key="k") == [Http]
+    both = inner_types(
+        hyperdx_enabled=True, hyperdx_api_key="k", otel_exporter_otlp_endpoint="http://c:4318"
+    )
+    assert both == [Http, Http]
+    with caplog.at_level(logging.ERROR):
+        assert inner_types(hyperdx_enabled=True, otel_enabled=False) == []
+    assert "HYPERDX_API_KEY is empty" in caplog.text
+    with pytest.raises(ValueError, match="OTEL_EXPORTER_OTLP_PROTOCOL"):
+        inner_types(otel_exporter_otlp_protocol="http/json")
