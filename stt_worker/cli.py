@@ -238,6 +238,8 @@ async def _demo(args: argparse.Namespace) -> int:
             try:
                 async with asyncio.timeout(_READY_TIMEOUT_S):
                     await worker.ready.wait()
+                if worker.probe_url:
+                    print(f"metrics  {worker.probe_url}/metrics  (and /healthz, /readyz)")
                 status = await _demo_session(args, path, settings)
             finally:
                 stop.set()

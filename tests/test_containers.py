@@ -163,22 +163,25 @@ def lay_out_build_context(dockerfile: str, workdir: Path) -> Path:
 # --- running things ------------------------------------------------------------------------
 
 
-def clean_env(**extra: str) -> dict[str, str]:
-    env = {
-        k: v
-        for k, v in os.environ.items()
-        if k not in ("VIRTUAL_ENV", "PYTHONPATH", "PYTHONHOME", "PYTHONSTARTUP")
-    }
-    env.update(extra)
-    return env
+def clean_env() -> dict[str, str]:
+    """This environment without what would point a child Python at the test run's venv."""
+    unwanted = ("VIRTUAL_ENV", "PYTHONPATH", "PYTHONHOME", "PYTHONSTARTUP")
+    return {k: v for k, v in os.environ.items() if k not in unwanted}
+
+
+def execute(
+    command: list[str], *, cwd: Path | None = None, timeout_s: float = INSTALL_TIMEOUT_S
+) -> subprocess.CompletedProcess[str]:
+    return subprocess.run(
+        command, cwd=cwd, env=clean_env(), capture_output=True, text=True, timeout=timeout_s
+    )
 
 
 def run(
     command: list[str], *, cwd: Path | None = None, timeout_s: float = INSTALL_TIMEOUT_S
 ) -> subprocess.CompletedProcess[str]:
-    result = subprocess.run(
-        command, cwd=cwd, env=clean_env(), capture_output=True, text=True, timeout=timeout_s
-    )
+    """`execute`, asserting success with the end of the output when it fails."""
+    result = execute(command, cwd=cwd, timeout_s=timeout_s)
     assert result.returncode == 0, (
         f"{shlex.join(command)} exited {result.returncode}\n"
         f"--- stdout (end)\n{result.stdout[-4000:]}\n--- stderr (end)\n{result.stderr[-4000:]}"
@@ -243,12 +246,10 @@ def hadolint() -> str:
 @pytest.mark.parametrize("variant", sorted(VARIANTS))
 def test_hadolint_finds_nothing(variant: str) -> None:
     # Run from the root so a .hadolint.yaml there, if any, applies as it would for a person.
-    result = subprocess.run(
+    result = execute(
         [hadolint(), "--no-color", "--failure-threshold", "info", VARIANTS[variant].dockerfile],
         cwd=ROOT,
-        capture_output=True,
-        text=True,
-        timeout=60,
+        timeout_s=60,
     )
     assert result.returncode == 0 and not result.stdout.strip(), result.stdout + result.stderr
 
@@ -393,13 +394,7 @@ def test_install_script_rejects_bad_calls(tmp_path: Path) -> None:
         (["http"], "usage"),
         (["http", str(tmp_path)], "not an executable Python"),
     ]:
-        result = subprocess.run(
-            ["bash", str(ROOT / INSTALL_SCRIPT), *args],
-            env=clean_env(),
-            capture_output=True,
-            text=True,
-            timeout=30,
-        )
+        result = execute(["bash", str(ROOT / INSTALL_SCRIPT), *args], timeout_s=30)
         assert result.returncode != 0 and message in result.stderr, (args, result.stderr)
 
 
@@ -510,12 +505,9 @@ def test_venv_rocm_bake_refuses_names_it_cannot_serve(
     rocm_env: RocmEnv, tmp_path: Path, name: str
 ) -> None:
     # Bundled names resolve to our CTranslate2 models, never to a downloaded <name>.pt.
-    result = subprocess.run(
+    result = execute(
         ["bash", str(ROOT / BAKE_SCRIPT), "rocm", str(rocm_env.venv), str(tmp_path), name],
-        env=clean_env(),
-        capture_output=True,
-        text=True,
-        timeout=120,
+        timeout_s=120,
     )
     assert result.returncode != 0 and repr(name) in result.stderr, result.stderr
     assert not list(tmp_path.glob("*.pt"))
@@ -524,12 +516,6 @@ def test_venv_rocm_bake_refuses_names_it_cannot_serve(
 @pytest.mark.timeout(INSTALL_TIMEOUT_S)
 def test_venv_rocm_install_needs_a_torch_first(tmp_path: Path) -> None:
     venv = new_venv(tmp_path / "venv")
-    result = subprocess.run(
-        ["bash", str(ROOT / INSTALL_SCRIPT), "rocm-whisper", str(venv)],
-        env=clean_env(),
-        capture_output=True,
-        text=True,
-        timeout=120,
-    )
+    result = execute(["bash", str(ROOT / INSTALL_SCRIPT), "rocm-whisper", str(venv)], timeout_s=120)
     assert result.returncode != 0 and "needs PyTorch" in result.stderr, result.stderr
     assert "openai-whisper" not in installed_distributions(venv)
