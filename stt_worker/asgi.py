@@ -27,6 +27,7 @@ async def serving_in_loop(
     host: str = "127.0.0.1",
     port: int = 0,
     lifespan: Literal["on", "off"] = "on",
+    access_log: bool = True,
     startup_timeout_s: float = 120.0,
 ) -> AsyncIterator[str]:
     """Serve `app` in the running loop (port 0: one the OS picks); yield its URL.
@@ -34,7 +35,9 @@ async def serving_in_loop(
     With `lifespan="on"` the app's startup (e.g. a model warm-up) completes before it yields.
     """
     # log_config=None: uvicorn's records go through the host program's logging setup.
-    config = uvicorn.Config(app, host=host, port=port, lifespan=lifespan, log_config=None)
+    config = uvicorn.Config(
+        app, host=host, port=port, lifespan=lifespan, access_log=access_log, log_config=None
+    )
     server = _LoopServer(config)
     task = asyncio.create_task(server.serve())
     try:

@@ -101,6 +101,9 @@ def _concatenate_atomically(parts: Sequence[Path], dest: Path) -> None:
                     shutil.copyfileobj(src, out, _COPY_CHUNK_BYTES)
             out.flush()
             os.fsync(out.fileno())
+        # mkstemp makes the file 0600; a cache built by one user (an image build as root)
+        # must stay readable by the one that serves it.
+        os.chmod(tmp_name, 0o644)
         os.replace(tmp_name, dest)
     except BaseException:
         Path(tmp_name).unlink(missing_ok=True)

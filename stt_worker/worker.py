@@ -216,6 +216,7 @@ class Worker:
                         host=self.settings.http_host,
                         port=self.settings.http_port,
                         lifespan="off",
+                        access_log=False,  # probes every few seconds are not news
                     )
                 )
                 self.probes_up.set()

@@ -241,3 +241,19 @@ def test_conversion_is_cached(engine: OpenAIWhisperEngine, cache_dir: str) -> No
     assert engine.info.extra["checkpoint"] == str(first)
     # One checkpoint, no temp files left behind.
     assert [p.name for p in first.parent.iterdir()] == [first.name]
+
+
+def test_the_torch_engine_needs_neither_ctranslate2_nor_faster_whisper() -> None:
+    """A ROCm image may carry only torch and openai-whisper: the engine module must import
+    with the CTranslate2 stack absent (None in sys.modules blocks an import)."""
+    import subprocess
+    import sys
+
+    code = (
+        "import sys\n"
+        "sys.modules['ctranslate2'] = sys.modules['faster_whisper'] = None\n"
+        "import stt_worker.engines.openai_whisper\n"
+        "from stt_worker.engines import create_engine\n"
+    )
+    result = subprocess.run([sys.executable, "-c", code], capture_output=True, text=True)
+    assert result.returncode == 0, result.stderr

@@ -8,6 +8,7 @@ import json
 import logging
 import os
 import socket
+import time
 import uuid
 from collections.abc import Iterator
 
@@ -180,6 +181,17 @@ async def test_an_unreachable_collector_is_logged_once_and_sessions_go_on(
     warnings = [r for r in caplog.records if "cannot export traces" in r.getMessage()]
     assert len(warnings) == 1
     assert not [r for r in caplog.records if r.name.startswith("opentelemetry")]
+
+
+def test_a_dead_collector_cannot_hold_up_the_exit(monkeypatch):
+    """Its retry schedule (1 + 2 + 4 + 8 s within a 30 s timeout) is cut short at shutdown."""
+    monkeypatch.setenv("OTEL_EXPORTER_OTLP_ENDPOINT", f"http://127.0.0.1:{closed_port()}")
+    monkeypatch.setenv("OTEL_EXPORTER_OTLP_TIMEOUT", "30")
+    telemetry = Telemetry.from_settings(load_settings(otel_enabled=True))
+    telemetry.tracer.start_span("queued").end()
+    started = time.monotonic()
+    telemetry.shutdown()
+    assert time.monotonic() - started < 8  # SHUTDOWN_FLUSH_MS (2 s) plus slack
 
 
 # ---------------------------------------------------------------- probes and metrics

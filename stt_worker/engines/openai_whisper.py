@@ -35,7 +35,7 @@ from stt_worker.engines.base import (
     is_hallucination,
     is_inaudible,
 )
-from stt_worker.engines.faster_whisper import (
+from stt_worker.engines.decoding import (
     FRAMES_PER_S,
     HOP_SAMPLES,
     MAX_LENGTH_TOKENS,

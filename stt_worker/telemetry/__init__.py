@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import threading
 from dataclasses import dataclass, field
 
 from opentelemetry import trace
@@ -12,9 +13,9 @@ from stt_worker.telemetry.metrics import Metrics
 from stt_worker.telemetry.tracing import QuietExporter, create_tracer_provider
 
 TRACER_NAME = "stt_worker"
-# At exit, spans still queued get this long to leave (a collector that is down is not waited
-# for: QuietExporter gives up at once once it has failed).
-SHUTDOWN_FLUSH_MS = 5_000
+# At exit, spans still queued get this long to leave; a collector that has not taken them by
+# then is not waited for (its retries are cut short), so a drain is never held up by it.
+SHUTDOWN_FLUSH_MS = 2_000
 
 
 @dataclass(slots=True)
@@ -38,7 +39,15 @@ class Telemetry:
         """Flush what is queued (bounded), then stop the export threads."""
         if self.provider is None:
             return
-        for exporter in self.exporters:
-            exporter.closing()
-        self.provider.force_flush(SHUTDOWN_FLUSH_MS)
-        self.provider.shutdown()
+        provider = self.provider
+        # The SDK's force_flush exports in the calling thread and sits out the exporter's
+        # whole retry schedule (about 7 s against a closed port), whatever its timeout says;
+        # so flush on a side thread and cut the retries short if it takes too long.
+        flusher = threading.Thread(target=provider.force_flush, name="otel-flush", daemon=True)
+        flusher.start()
+        flusher.join(SHUTDOWN_FLUSH_MS / 1000)
+        if flusher.is_alive():
+            for exporter in self.exporters:
+                exporter.abort()
+            flusher.join()
+        provider.shutdown()

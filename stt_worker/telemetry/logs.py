@@ -15,8 +15,14 @@ from pythonjsonlogger.json import JsonFormatter
 _session_id: contextvars.ContextVar[str | None] = contextvars.ContextVar("session_id", default=None)
 _trace_id: contextvars.ContextVar[str | None] = contextvars.ContextVar("trace_id", default=None)
 
-# Attributes every LogRecord has; anything else on a record came from `extra=`.
-_STANDARD = set(vars(logging.makeLogRecord({}))) | {"message", "asctime", "taskName"}
+# Attributes every LogRecord has; anything else on a record came from `extra=`. uvicorn adds
+# `color_message`, the same text with terminal escapes.
+_STANDARD = set(vars(logging.makeLogRecord({}))) | {
+    "message",
+    "asctime",
+    "taskName",
+    "color_message",
+}
 
 
 @contextlib.contextmanager
@@ -71,6 +77,7 @@ def setup_logging(level: str, log_format: Literal["auto", "json", "text"] = "aut
                 style="{",
                 rename_fields={"levelname": "level", "name": "logger"},
                 timestamp="time",  # ISO 8601, UTC
+                reserved_attrs=sorted(_STANDARD - {"message"}),
             )
         )
     else:

@@ -88,18 +88,18 @@ def _http_exporter(
 
 
 class QuietExporter(SpanExporter):
-    """Wraps an exporter: logs the first failure and the recovery, nothing in between; at
-    shutdown a destination already failing is not waited for again."""
+    """Wraps an exporter: logs the first failure and the recovery, nothing in between; at exit
+    `abort` cuts short the retries of a destination that does not answer."""
 
     def __init__(self, inner: SpanExporter, name: str, target: str) -> None:
         self._inner = inner
         self._name = name
         self._target = target  # never holds a key: keys travel in headers
         self._failing = False
-        self._closing = threading.Event()
+        self._stopped = threading.Event()
 
     def export(self, spans: Sequence[ReadableSpan]) -> SpanExportResult:
-        if self._failing and self._closing.is_set():
+        if self._stopped.is_set():
             return SpanExportResult.FAILURE
         try:
             result = self._inner.export(spans)
@@ -119,11 +119,14 @@ class QuietExporter(SpanExporter):
             logger.info("trace export to %s works again", self._name)
         return result
 
-    def closing(self) -> None:
-        self._closing.set()
+    def abort(self) -> None:
+        """Stop now: an export waiting to retry returns at once, later ones are skipped."""
+        if not self._stopped.is_set():
+            self._stopped.set()
+            self._inner.shutdown()  # wakes the exporter's retry back-off
 
     def shutdown(self) -> None:
-        self._inner.shutdown()
+        self.abort()
 
     def force_flush(self, timeout_millis: int = 30_000) -> bool:
         return self._inner.force_flush(timeout_millis)
