@@ -12,6 +12,8 @@ from typing import Literal
 from pydantic import AliasChoices, Field, SecretStr, field_validator
 from pydantic_settings import BaseSettings, SettingsConfigDict
 
+from stt_worker.turns import DEFAULT_BACKCHANNELS
+
 # Whisper and webrtcvad both work on 16 kHz mono; everything is converted to this on arrival.
 SAMPLE_RATE_HZ = 16_000
 BYTES_PER_SAMPLE = 2
@@ -86,6 +88,12 @@ class Settings(BaseSettings):
     speech_start_ms: int = Field(60, alias="STT_SPEECH_START_MS", ge=20)
     preroll_ms: int = Field(300, alias="STT_PREROLL_MS", ge=0, le=2000)
     interrupt_min_speech_ms: int = Field(250, alias="STT_INTERRUPT_MIN_SPEECH_MS", ge=20)
+    # Barge-in while `responding`: `vad` = on voice activity (STT_INTERRUPT_MIN_SPEECH_MS);
+    # `words` = only once a quick transcription of that speech holds a word that is not a
+    # backchannel (STT_BACKCHANNELS), re-checked every STT_BARGE_IN_PROBE_MS of more speech.
+    barge_in_mode: Literal["vad", "words"] = Field("vad", alias="STT_BARGE_IN_MODE")
+    backchannels: str = Field(",".join(DEFAULT_BACKCHANNELS), alias="STT_BACKCHANNELS")
+    barge_in_probe_ms: int = Field(200, alias="STT_BARGE_IN_PROBE_MS", ge=20)
     # Condition each utterance on the session's recent finals (Whisper prompt), in characters.
     context_chars: int = Field(0, alias="STT_CONTEXT_CHARS", ge=0, le=1000)
 
@@ -145,6 +153,10 @@ class Settings(BaseSettings):
     @classmethod
     def _empty_language_is_auto(cls, value: str | None) -> str | None:
         return value or None
+
+    @property
+    def backchannel_phrases(self) -> list[str]:
+        return [phrase.strip() for phrase in self.backchannels.split(",") if phrase.strip()]
 
     @property
     def max_utterance_samples(self) -> int:

@@ -163,6 +163,9 @@ class Transcription(msgspec.Struct, frozen=True):
     # normally, in the final (LocalAgreement); a final's is its whole length.
     stable_chars: int = 0
     end_reason: EndReason | None = None  # finals only
+    # Finals only: speech heard while the assistant talked that held only backchannels
+    # ("yeah", "mm-hmm"): transcribed and published, but it did not take the turn.
+    backchannel: bool = False
 
 
 class Interrupt(msgspec.Struct, frozen=True):
@@ -170,8 +173,10 @@ class Interrupt(msgspec.Struct, frozen=True):
     timestamp: float
     speaker_id: SpeakerId
     type: str = "interrupt"
-    # Additive: the utterance whose speech triggered the barge-in.
+    # Additive: the utterance whose speech triggered the barge-in, and in word mode the
+    # words that confirmed it (None in voice-activity mode).
     utterance_id: int = 0
+    transcript: str | None = None
 
 
 class Error(msgspec.Struct, frozen=True):

@@ -1,5 +1,7 @@
 """Inference scheduler: bounded queues between sessions and the engine, finals first.
 
+- Barge-in probes (a quick transcription of speech heard while the assistant talks) go
+  first: at most one per session, short audio, and a turn decision waits on each.
 - Finals wait in a FIFO bounded by `max_pending_finals`; a full queue raises
   `OverloadedError` at submit time, so the session can tell its client at once.
 - Partials are at most one per session: a newer partial replaces the stale one in place
@@ -58,6 +60,7 @@ class InferenceScheduler:
         self._max_pending_finals = max_pending_finals
         self._finals: collections.deque[_Entry] = collections.deque()
         self._partials: collections.OrderedDict[Hashable, _Entry] = collections.OrderedDict()
+        self._probes: collections.OrderedDict[Hashable, _Entry] = collections.OrderedDict()
         self._wakeup = asyncio.Event()
         self._running = 0
         self._busy: set[Hashable] = set()
@@ -66,7 +69,9 @@ class InferenceScheduler:
 
     def submit(self, key: Hashable, job: Job, options: DecodeOptions) -> None:
         entry = _Entry(key, job, options)
-        if job.is_final:
+        if job.probe:
+            self._probes[key] = entry  # a newer probe of the same speech replaces the old
+        elif job.is_final:
             if len(self._finals) >= self._max_pending_finals:
                 raise OverloadedError(
                     f"{len(self._finals)} finals already queued; utterance {job.utterance_id} "
@@ -80,8 +85,9 @@ class InferenceScheduler:
         self._wakeup.set()
 
     def forget(self, key: Hashable) -> None:
-        """Drop a session's pending partial (its session closed)."""
+        """Drop a session's pending partial and probe (its session closed)."""
         self._partials.pop(key, None)
+        self._probes.pop(key, None)
         self._update_idle()
 
     @property
@@ -90,7 +96,7 @@ class InferenceScheduler:
 
     @property
     def pending(self) -> int:
-        return len(self._finals) + len(self._partials)
+        return len(self._finals) + len(self._partials) + len(self._probes)
 
     async def wait_idle(self) -> None:
         """Until nothing is queued or running (used by drain)."""
@@ -122,6 +128,10 @@ class InferenceScheduler:
     def _next(self) -> _Entry | None:
         # One job per session at a time: its results then arrive in utterance order, and one
         # talkative session cannot hold every slot.
+        for key, entry in self._probes.items():
+            if key not in self._busy:
+                del self._probes[key]
+                return entry
         for index, entry in enumerate(self._finals):
             if entry.key not in self._busy:
                 del self._finals[index]
@@ -159,5 +169,5 @@ class InferenceScheduler:
             logger.exception("result handler failed")
 
     def _update_idle(self) -> None:
-        if not self._finals and not self._partials and self._running == 0:
+        if not self._finals and not self._partials and not self._probes and self._running == 0:
             self._idle.set()

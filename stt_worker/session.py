@@ -34,6 +34,7 @@ from stt_worker.protocol import (
     Transcription,
 )
 from stt_worker.streaming import LocalAgreement
+from stt_worker.turns import Backchannels
 from stt_worker.vad import FRAME_MS, FRAME_SAMPLES, Frames
 
 logger = logging.getLogger(__name__)
@@ -73,6 +74,12 @@ class SessionConfig:
     idle_timeout_s: float = 60.0
     # Characters of recent final text passed to the model as context; 0 = none.
     context_chars: int = 0
+    # Barge-in: False = on voice activity alone; True = only once a quick transcription of
+    # the speech holds a word that is not a backchannel ("yeah", "mm-hmm").
+    barge_in_words: bool = False
+    backchannels: Backchannels = field(default_factory=Backchannels)
+    # Word mode: more voiced audio between two probes of the same speech.
+    probe_step_ms: int = 200
 
     @property
     def endpoint_frames(self) -> int:
@@ -89,6 +96,10 @@ class SessionConfig:
     @property
     def interrupt_frames(self) -> int:
         return max(1, self.interrupt_min_speech_ms // FRAME_MS)
+
+    @property
+    def probe_step_frames(self) -> int:
+        return max(1, self.probe_step_ms // FRAME_MS)
 
     @property
     def partial_interval_samples(self) -> int:
@@ -112,6 +123,10 @@ class Job:
     # Recent finals of the session, to condition decoding (empty when context is off).
     prompt: str | None = None
     end_reason: EndReason | None = None  # set on finals: why the utterance ended
+    # A quick transcription of speech heard while the assistant talks: does it take the turn?
+    probe: bool = False
+    # A final of speech heard while the assistant talked and never confirmed as a barge-in.
+    unconfirmed: bool = False
     # Finals: when the utterance was ended (the caller's clock) and the trailing silence
     # already waited by then, so end of speech -> final can be measured downstream.
     ended_at: float | None = None
@@ -157,6 +172,8 @@ class _Utterance:
     published: str | None = None  # the last partial text sent for this utterance
     # Speech heard while the assistant talks, not yet confirmed as a barge-in.
     candidate: bool = False
+    probing: bool = False  # word mode: a probe of this speech is out
+    voiced_at_last_probe: int = 0
 
     def append(self, frame: Pcm16, is_speech: bool) -> None:
         self.pcm.append(frame)
@@ -265,6 +282,8 @@ class Session:
         self, job: Job, text: str, *, now: float, language: str | None, inference_s: float
     ) -> list[Action]:
         """An engine result for `job`; stale partials are dropped here."""
+        if job.probe:
+            return self._probed(job, text, now)
         if job.is_final:
             self._pending_finals.discard(job.utterance_id)
             promised = job.utterance_id in self._promised
@@ -272,9 +291,23 @@ class Session:
             if not text and not promised:
                 # Nothing was said and no partial promised anything: publish nothing.
                 return self._maybe_close(now)
-            final = self._transcription(job, text, len(text), now, language, inference_s)
-            self._remember(text)
-            return [final, *self._maybe_close(now)]
+            actions: list[Action] = []
+            backchannel = False
+            if job.unconfirmed:
+                # Heard over the assistant and never confirmed: a late barge-in if it holds
+                # real words and the assistant still talks, else a backchannel, published
+                # as such (never dropped).
+                if self.config.backchannels.takes_turn(text):
+                    if self.state == "responding":
+                        actions += self._barge_in(job.utterance_id, now, text)
+                else:
+                    backchannel = bool(text)
+            final = self._transcription(
+                job, text, len(text), now, language, inference_s, backchannel=backchannel
+            )
+            if not backchannel:
+                self._remember(text)
+            return [*actions, final, *self._maybe_close(now)]
         utterance = self._utterance
         if utterance is None or utterance.utterance_id != job.utterance_id or not text:
             return []  # that utterance was finalised meanwhile, or nothing was heard yet
@@ -287,8 +320,23 @@ class Session:
             self._transcription(job, partial.text, partial.stable_chars, now, language, inference_s)
         ]
 
+    def _probed(self, job: Job, text: str, now: float) -> list[Action]:
+        utterance = self._utterance
+        if utterance is None or utterance.utterance_id != job.utterance_id:
+            return []  # that speech ended meanwhile; its final decides
+        utterance.probing = False
+        still_open = utterance.candidate and self.state == "responding"
+        if still_open and self.config.backchannels.takes_turn(text):
+            return self._barge_in(job.utterance_id, now, text)
+        return []
+
     def failed(self, job: Job, error: SttError, *, now: float) -> list[Action]:
         """The engine failed on `job`: the client hears about it, the session goes on."""
+        if job.probe:
+            utterance = self._utterance
+            if utterance is not None and utterance.utterance_id == job.utterance_id:
+                utterance.probing = False  # the next step of speech asks again
+            return []
         if not job.is_final:
             return []  # a later partial or the final will cover the same audio
         self._pending_finals.discard(job.utterance_id)
@@ -330,8 +378,10 @@ class Session:
         utterance.append(frame, is_speech)
         actions: list[Action] = []
         if utterance.candidate:
-            if utterance.voiced_frames >= self.config.interrupt_frames:
-                actions += self._barge_in(utterance, now)
+            if self.config.barge_in_words:
+                actions += self._maybe_probe(utterance)
+            elif utterance.voiced_frames >= self.config.interrupt_frames:
+                actions += self._barge_in(utterance.utterance_id, now)
             elif utterance.silence_run >= self.config.endpoint_frames:
                 # A short noise while the assistant talks: not an interruption.
                 self._utterance = None
@@ -381,14 +431,31 @@ class Session:
         utterance.candidate = self.state == "responding"
         self._utterance = utterance
 
-    def _barge_in(self, utterance: _Utterance, now: float) -> list[Action]:
-        utterance.candidate = False
+    def _barge_in(
+        self, utterance_id: int, now: float, transcript: str | None = None
+    ) -> list[Action]:
+        if self._utterance is not None and self._utterance.utterance_id == utterance_id:
+            self._utterance.candidate = False  # from here on it is the user's turn
         self.state = TRANSITIONS[(self.state, Trigger.BARGE_IN)]
         logger.info("barge-in detected", extra={"session_id": self.session_id})
         interrupt = Interrupt(
-            self.session_id, now, self.speaker_id, utterance_id=utterance.utterance_id
+            self.session_id, now, self.speaker_id, utterance_id=utterance_id, transcript=transcript
         )
         return [Publish(interrupt)]
+
+    def _maybe_probe(self, utterance: _Utterance) -> list[Action]:
+        """Word mode: once enough speech is heard, and again after each further step of it,
+        ask for a quick transcription of it (one at a time)."""
+        voiced = utterance.voiced_frames
+        if utterance.probing or voiced < self.config.interrupt_frames:
+            return []
+        if utterance.voiced_at_last_probe and (
+            voiced - utterance.voiced_at_last_probe < self.config.probe_step_frames
+        ):
+            return []
+        utterance.probing = True
+        utterance.voiced_at_last_probe = voiced
+        return [Transcribe(dataclasses.replace(self._job(utterance), probe=True))]
 
     def _maybe_partial(self) -> list[Action]:
         utterance = self._utterance
@@ -414,13 +481,17 @@ class Session:
 
     def _finalize(self, now: float, reason: EndReason) -> list[Action]:
         utterance, self._utterance = self._utterance, None
-        if utterance is None or utterance.candidate:
-            return []  # an unconfirmed candidate was never the user's turn
+        if utterance is None:
+            return []
+        if utterance.candidate and not self.config.barge_in_words:
+            return []  # voice mode: speech too short to interrupt was never the user's turn
         if utterance.voiced_frames == 0 and self.config.enable_vad:
             self._promised.discard(utterance.utterance_id)
             return []
         self._pending_finals.add(utterance.utterance_id)
-        job = self._job(utterance, end_reason=reason)
+        job = dataclasses.replace(
+            self._job(utterance, end_reason=reason), unconfirmed=utterance.candidate
+        )
         silence_s = utterance.silence_run * FRAME_MS / 1000 if self.config.enable_vad else 0.0
         return [Transcribe(dataclasses.replace(job, ended_at=now, trailing_silence_s=silence_s))]
 
@@ -468,6 +539,8 @@ class Session:
         now: float,
         language: str | None,
         inference_s: float,
+        *,
+        backchannel: bool = False,
     ) -> Publish:
         message = Transcription(
             session_id=self.session_id,
@@ -486,6 +559,7 @@ class Session:
             inference_ms=round(inference_s * 1000, 1),
             stable_chars=stable_chars,
             end_reason=job.end_reason,
+            backchannel=backchannel,
         )
         self._sequence += 1
         return Publish(message)

@@ -61,6 +61,7 @@ from stt_worker.session import (
 from stt_worker.telemetry import Telemetry
 from stt_worker.telemetry.logs import session_context
 from stt_worker.telemetry.tracing import extract, inject
+from stt_worker.turns import Backchannels
 from stt_worker.vad import VoiceActivityDetector
 
 logger = logging.getLogger(__name__)
@@ -81,6 +82,9 @@ def session_config(settings: Settings) -> SessionConfig:
         chunk_timeout_s=settings.chunk_timeout_s,
         idle_timeout_s=settings.session_idle_timeout_s,
         context_chars=settings.context_chars,
+        barge_in_words=settings.barge_in_mode == "words",
+        backchannels=Backchannels(settings.backchannel_phrases),
+        probe_step_ms=settings.barge_in_probe_ms,
     )
 
 
@@ -179,7 +183,7 @@ class Worker:
             "Transcriptions waiting for an engine slot",
             lambda: {
                 "final": self._scheduler.pending_finals,
-                "partial": self._scheduler.pending - self._scheduler.pending_finals,
+                "other": self._scheduler.pending - self._scheduler.pending_finals,
             },
             label="kind",
         )
@@ -579,7 +583,7 @@ class Worker:
     ) -> None:
         """Metrics and the `stt.inference` span of one engine call, after the fact (the
         scheduler knows nothing of telemetry)."""
-        kind = "final" if job.is_final else "partial"
+        kind = "probe" if job.probe else "final" if job.is_final else "partial"
         engine = self.engine if job.is_final or self.partial_engine is None else self.partial_engine
         self._metrics.queue_wait.labels(kind).observe(wait_s)
         inference_s = outcome.inference_s if isinstance(outcome, Transcript) else 0.0

@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import asyncio
+import dataclasses
 
 import numpy as np
 
@@ -125,3 +126,21 @@ async def test_dual_model_partials_go_to_the_partial_engine():
         await results.changed.wait_for(lambda: len(results.done) == 2)
     runner.cancel()
     assert finals_engine.started == [2.0] and partials_engine.started == [1.0]
+
+
+async def test_barge_in_probes_jump_ahead_of_finals_and_partials():
+    engine = GatedEngine(parallelism=1)
+    results = Results()
+    scheduler = InferenceScheduler(engine, results.on_done, concurrency=1)
+    # Queued before the scheduler runs, so only the order rule decides what starts first.
+    scheduler.submit("a", job(1, 4.0, final=True), DecodeOptions())
+    scheduler.submit("b", job(1, 3.0, final=False), DecodeOptions())
+    probe = dataclasses.replace(job(1, 0.4, final=False), probe=True)
+    scheduler.submit("c", probe, DecodeOptions())
+    scheduler.submit("c", dataclasses.replace(probe, audio_end_s=0.5), DecodeOptions())
+    assert scheduler.pending == 3  # the newer probe of c replaced the older
+    runner = asyncio.create_task(scheduler.run())
+    await results.release_and_wait(engine, 3)
+    runner.cancel()
+    assert [key for key, *_ in results.done] == ["c", "a", "b"]
+    assert results.done[0][1] == 0.5

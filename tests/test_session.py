@@ -150,6 +150,67 @@ def test_short_noise_while_responding_is_not_an_interrupt():
     assert session.state == "responding"
 
 
+WORDS = dataclasses.replace(CONFIG, barge_in_words=True, probe_step_ms=100)
+
+
+def probes(actions) -> list[Job]:
+    return [j for j in jobs(actions) if j.probe]
+
+
+def test_word_mode_probes_the_speech_and_a_backchannel_does_not_interrupt():
+    session = new_session(WORDS, state="responding")
+    actions = feed(session, "...." + "s" * 12)  # 200 ms voiced: the interrupt threshold
+    (probe,) = probes(actions)
+    assert not published(actions, Interrupt) and not probe.is_final
+    assert feed(session, "s" * 3) == []  # one probe at a time
+    assert session.result(probe, "Yeah.", now=1.0, language=None, inference_s=0.05) == []
+    assert session.state == "responding"
+    # More speech: probed again after each 100 ms step; still a backchannel.
+    (again,) = probes(feed(session, "s" * 5))
+    assert session.result(again, "Mm-hmm, okay.", now=1.1, language=None, inference_s=0.05) == []
+    # It ends: transcribed and published, marked as a backchannel, and the turn stays.
+    (final,) = jobs(feed(session, "." * 10), final=True)
+    assert final.unconfirmed and final.end_reason == "silence"
+    out = session.result(final, "Mm-hmm, okay.", now=1.5, language=None, inference_s=0.05)
+    (message,) = published(out, Transcription)
+    assert message.backchannel and message.transcript == "Mm-hmm, okay."
+    assert not published(out, Interrupt) and session.state == "responding"
+
+
+def test_word_mode_interrupts_when_the_probe_holds_real_words():
+    session = new_session(WORDS, state="responding")
+    (probe,) = probes(feed(session, "...." + "s" * 12))
+    out = session.result(probe, "Stop, wait.", now=1.0, language=None, inference_s=0.05)
+    (interrupt,) = published(out, Interrupt)
+    assert interrupt.transcript == "Stop, wait." and interrupt.utterance_id == probe.utterance_id
+    assert session.state == "listening"
+    # From here on it is the user's turn: partials and an ordinary final.
+    actions = feed(session, "s" * 30 + "." * 10)
+    (final,) = jobs(actions, final=True)
+    assert not final.unconfirmed
+    message = published(
+        session.result(final, "Stop, wait.", now=2.0, language=None, inference_s=0.1), Transcription
+    )[0]
+    assert not message.backchannel
+
+
+def test_word_mode_late_words_in_the_final_still_interrupt_and_noise_publishes_nothing():
+    session = new_session(WORDS, state="responding")
+    (probe,) = probes(feed(session, "...." + "s" * 12))
+    final_actions = feed(session, "." * 10)  # ends before the probe answers
+    (final,) = jobs(final_actions, final=True)
+    assert session.result(probe, "Stop", now=1.0, language=None, inference_s=0.05) == []
+    out = session.result(final, "Stop talking.", now=1.1, language=None, inference_s=0.05)
+    assert [type(a.message).__name__ for a in out if isinstance(a, Publish)] == [
+        "Interrupt",
+        "Transcription",
+    ]
+    # Speech that transcribes to nothing (a cough) publishes nothing at all.
+    session = new_session(WORDS, state="responding")
+    (final,) = jobs(feed(session, "...." + "s" * 12 + "." * 10), final=True)
+    assert session.result(final, "", now=1.0, language=None, inference_s=0.05) == []
+
+
 def test_no_interrupt_detection_means_responding_audio_is_ignored():
     config = dataclasses.replace(CONFIG, enable_interrupt_detection=False)
     session = new_session(config, state="responding")

@@ -1,0 +1,61 @@
+"""Turn-taking rules on text: which short replies are backchannels, not interruptions."""
+
+from __future__ import annotations
+
+import re
+from collections.abc import Iterable
+
+# What listeners say to show they follow without taking the turn. "no", "wait", "stop" are
+# deliberately absent: said over the assistant, they mean "stop talking".
+DEFAULT_BACKCHANNELS = (
+    "yeah",
+    "yes",
+    "yep",
+    "yup",
+    "uh-huh",
+    "mm-hmm",
+    "mhm",
+    "hmm",
+    "mm",
+    "okay",
+    "ok",
+    "right",
+    "sure",
+    "alright",
+    "i see",
+    "got it",
+    "oh",
+    "ah",
+    "uh",
+    "um",
+    "cool",
+    "nice",
+    "wow",
+)
+
+_NOT_LETTERS = re.compile(r"[^a-z' ]+")
+
+
+def words_of(text: str) -> list[str]:
+    """Lower-case words; hyphens and punctuation split or vanish ("Uh-huh." -> uh, huh)."""
+    return _NOT_LETTERS.sub(" ", text.lower().replace("-", " ")).split()
+
+
+class Backchannels:
+    """Tells a backchannel ("Yeah.", "Mm-hmm, okay.") from words that take the turn."""
+
+    def __init__(self, phrases: Iterable[str] = DEFAULT_BACKCHANNELS) -> None:
+        self._words: set[str] = set()
+        for phrase in phrases:
+            parts = words_of(phrase)
+            self._words.update(parts)
+            self._words.add("".join(parts))  # Whisper writes "mhm" as well as "mm-hmm"
+
+    def only(self, text: str) -> bool:
+        """True when `text` has words and every one of them is a backchannel word."""
+        words = words_of(text)
+        return bool(words) and all(word in self._words for word in words)
+
+    def takes_turn(self, text: str) -> bool:
+        """True when `text` holds at least one word that is not a backchannel."""
+        return any(word not in self._words for word in words_of(text))

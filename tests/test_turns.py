@@ -1,0 +1,89 @@
+"""Barge-in modes end to end: a real nats-server, the real model, real recorded words.
+
+Word mode must not stop the assistant for a backchannel ("right", "yes") but must for a
+real interruption ("stop", a sentence); voice-activity mode stops it for any speech. Clips
+are streamed at real-time pace so the quick transcriptions (probes) race the audio as they
+would live.
+"""
+
+from __future__ import annotations
+
+import uuid
+from pathlib import Path
+
+import numpy as np
+import pytest
+
+from stt_worker.publisher import publish_pcm, read_wav
+from tests.helpers import REPO, SPEECH_DIR, Inbox
+
+TURNS = REPO / "tests" / "data" / "turns"
+RATE = 16_000
+
+
+def sid() -> str:
+    return f"b-{uuid.uuid4().hex[:10]}"
+
+
+def padded(path: Path, before_s: float = 0.3, after_s: float = 0.8) -> np.ndarray:
+    samples, rate = read_wav(path)
+    assert rate == RATE
+    silence = np.zeros
+    return np.concatenate(
+        [
+            silence(int(before_s * RATE), np.int16),
+            samples.reshape(-1),
+            silence(int(after_s * RATE), np.int16),
+        ]
+    )
+
+
+async def said_while_responding(nc, samples: np.ndarray) -> list[dict]:
+    session = sid()
+    inbox = await Inbox.open(nc, session)
+    await publish_pcm(nc, session, samples, sample_rate_hz=RATE, speed=1, state="responding")
+    return await inbox.until_closed(within_s=60)
+
+
+def of_type(messages: list[dict], kind: str) -> list[dict]:
+    return [m for m in messages if m.get("type") == kind]
+
+
+@pytest.mark.parametrize("clip", ["right_03401e93_nohash_0.wav", "yes_0cb74144_nohash_1.wav"])
+async def test_word_mode_lets_a_backchannel_pass_and_still_publishes_it(make_worker, nc, clip):
+    await make_worker(barge_in_mode="words")
+    messages = await said_while_responding(nc, padded(TURNS / clip))
+    assert of_type(messages, "interrupt") == []
+    (final,) = of_type(messages, "transcript")
+    assert final["is_final"] and final["backchannel"] is True
+    assert final["state"] == "responding"  # the assistant keeps the turn
+    assert final["transcript"].strip(" .!").lower() == clip.split("_")[0]
+
+
+async def test_word_mode_interrupts_for_a_real_word(make_worker, nc):
+    await make_worker(barge_in_mode="words")
+    messages = await said_while_responding(nc, padded(TURNS / "stop_022cd682_nohash_0.wav"))
+    (interrupt,) = of_type(messages, "interrupt")
+    assert "stop" in interrupt["transcript"].lower()
+    (final,) = [m for m in of_type(messages, "transcript") if m["is_final"]]
+    assert final["backchannel"] is False and final["state"] == "listening"
+    assert messages.index(interrupt) < messages.index(final)
+
+
+async def test_word_mode_interrupts_a_sentence_before_its_final(make_worker, nc):
+    await make_worker(barge_in_mode="words")
+    samples = padded(SPEECH_DIR / "ls_1089-134691-0000.wav")  # "He could wait no longer."
+    messages = await said_while_responding(nc, samples)
+    (interrupt,) = of_type(messages, "interrupt")
+    finals = [m for m in of_type(messages, "transcript") if m["is_final"]]
+    assert finals and messages.index(interrupt) < messages.index(finals[0])
+    assert interrupt["transcript"]  # the words that confirmed it
+
+
+async def test_voice_mode_interrupts_for_the_same_backchannel(make_worker, nc):
+    await make_worker(barge_in_mode="vad")
+    messages = await said_while_responding(nc, padded(TURNS / "right_03401e93_nohash_0.wav"))
+    (interrupt,) = of_type(messages, "interrupt")
+    assert interrupt.get("transcript") is None  # voice activity alone decided
+    (final,) = [m for m in of_type(messages, "transcript") if m["is_final"]]
+    assert final["backchannel"] is False
