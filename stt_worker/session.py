@@ -34,7 +34,7 @@ from stt_worker.protocol import (
     Transcription,
 )
 from stt_worker.streaming import LocalAgreement
-from stt_worker.turns import Backchannels
+from stt_worker.turns import Backchannels, words_of
 from stt_worker.vad import FRAME_MS, FRAME_SAMPLES, Frames
 
 logger = logging.getLogger(__name__)
@@ -174,6 +174,8 @@ class _Utterance:
     candidate: bool = False
     probing: bool = False  # word mode: a probe of this speech is out
     voiced_at_last_probe: int = 0
+    reprobe: bool = False  # a pause began while a probe was out: probe again when it returns
+    last_probe_word: str | None = None  # the previous probe's last word
 
     def append(self, frame: Pcm16, is_speech: bool) -> None:
         self.pcm.append(frame)
@@ -325,9 +327,20 @@ class Session:
         if utterance is None or utterance.utterance_id != job.utterance_id:
             return []  # that speech ended meanwhile; its final decides
         utterance.probing = False
-        still_open = utterance.candidate and self.state == "responding"
-        if still_open and self.config.backchannels.takes_turn(text):
+        if not (utterance.candidate and self.state == "responding"):
+            return []
+        # Mid-speech, the last word may be cut ("Ri-" heard as "Run"): it counts once the
+        # speech has paused after it, or once two probes in a row end with it.
+        words = words_of(text)
+        last_word = words[-1] if words else None
+        whole = job.trailing_silence_s >= PROBE_PAUSE_FRAMES * FRAME_MS / 1000 or (
+            last_word is not None and last_word == utterance.last_probe_word
+        )
+        utterance.last_probe_word = last_word
+        if self.config.backchannels.takes_turn(text, last_word_whole=whole):
             return self._barge_in(job.utterance_id, now, text)
+        if utterance.reprobe or (utterance.silence_run >= PROBE_PAUSE_FRAMES and not whole):
+            return self._probe(utterance)  # the pause that makes the last word whole
         return []
 
     def failed(self, job: Job, error: SttError, *, now: float) -> list[Action]:
@@ -444,18 +457,33 @@ class Session:
         return [Publish(interrupt)]
 
     def _maybe_probe(self, utterance: _Utterance) -> list[Action]:
-        """Word mode: once enough speech is heard, and again after each further step of it,
-        ask for a quick transcription of it (one at a time)."""
+        """Word mode: once enough speech is heard, after each further step of it, and when
+        it pauses (its last word is then whole), ask for a quick transcription of it."""
         voiced = utterance.voiced_frames
-        if utterance.probing or voiced < self.config.interrupt_frames:
+        if voiced < self.config.interrupt_frames:
             return []
-        if utterance.voiced_at_last_probe and (
-            voiced - utterance.voiced_at_last_probe < self.config.probe_step_frames
-        ):
+        pause_begins = utterance.silence_run == PROBE_PAUSE_FRAMES
+        if utterance.probing:
+            utterance.reprobe = utterance.reprobe or pause_begins
             return []
+        stepped = (
+            not utterance.voiced_at_last_probe
+            or voiced - utterance.voiced_at_last_probe >= self.config.probe_step_frames
+        )
+        if not (stepped and utterance.silence_run == 0) and not pause_begins:
+            return []
+        return self._probe(utterance)
+
+    def _probe(self, utterance: _Utterance) -> list[Action]:
         utterance.probing = True
-        utterance.voiced_at_last_probe = voiced
-        return [Transcribe(dataclasses.replace(self._job(utterance), probe=True))]
+        utterance.reprobe = False
+        utterance.voiced_at_last_probe = utterance.voiced_frames
+        job = dataclasses.replace(
+            self._job(utterance),
+            probe=True,
+            trailing_silence_s=utterance.silence_run * FRAME_MS / 1000,
+        )
+        return [Transcribe(job)]
 
     def _maybe_partial(self) -> list[Action]:
         utterance = self._utterance
@@ -564,6 +592,9 @@ class Session:
         self._sequence += 1
         return Publish(message)
 
+
+# Word mode: a pause this long after a word means the word is whole (80 ms).
+PROBE_PAUSE_FRAMES = 4
 
 CUT_SEARCH_FRAMES = 75  # look for a pause in the last 1.5 s before the length bound
 

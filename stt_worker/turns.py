@@ -56,6 +56,10 @@ class Backchannels:
         words = words_of(text)
         return bool(words) and all(word in self._words for word in words)
 
-    def takes_turn(self, text: str) -> bool:
-        """True when `text` holds at least one word that is not a backchannel."""
-        return any(word not in self._words for word in words_of(text))
+    def takes_turn(self, text: str, *, last_word_whole: bool = True) -> bool:
+        """True when `text` holds at least one word that is not a backchannel; without
+        `last_word_whole` its last word (perhaps cut off mid-speech) is not judged."""
+        words = words_of(text)
+        if not last_word_whole:
+            words = words[:-1]
+        return any(word not in self._words for word in words)

@@ -194,6 +194,25 @@ def test_word_mode_interrupts_when_the_probe_holds_real_words():
     assert not message.backchannel
 
 
+def test_word_mode_judges_a_word_cut_off_mid_speech_only_after_a_pause():
+    session = new_session(WORDS, state="responding")
+    (probe,) = probes(feed(session, "...." + "s" * 12))
+    assert probe.trailing_silence_s == 0
+    # "Ri-" of "right", heard as "Run" while the word goes on: not judged yet.
+    assert session.result(probe, "Run.", now=1.0, language=None, inference_s=0.05) == []
+    (paused,) = probes(feed(session, "...."))  # 80 ms of pause: the word is whole
+    assert paused.trailing_silence_s == pytest.approx(0.08)
+    assert session.result(paused, "Right.", now=1.1, language=None, inference_s=0.05) == []
+    assert session.state == "responding"
+    # A pause that starts while a probe is out is probed again as soon as that one returns.
+    session = new_session(WORDS, state="responding")
+    (probe,) = probes(feed(session, "...." + "s" * 12))
+    assert probes(feed(session, "....")) == []
+    (again,) = probes(session.result(probe, "Sto", now=1.0, language=None, inference_s=0.05))
+    out = session.result(again, "Stop.", now=1.1, language=None, inference_s=0.05)
+    assert published(out, Interrupt)
+
+
 def test_word_mode_late_words_in_the_final_still_interrupt_and_noise_publishes_nothing():
     session = new_session(WORDS, state="responding")
     (probe,) = probes(feed(session, "...." + "s" * 12))
