@@ -84,6 +84,12 @@ class Settings(BaseSettings):
 
     # --- turn taking (new) ---
     endpoint_silence_ms: int = Field(500, alias="STT_ENDPOINT_SILENCE_MS", ge=60)
+    # End of turn: `fixed` = STT_ENDPOINT_SILENCE_MS of silence; `adaptive` = transcribe at
+    # STT_ENDPOINT_MIN_SILENCE_MS and end there after a finished sentence, wait up to
+    # STT_ENDPOINT_MAX_SILENCE_MS after a phrase that is not finished.
+    endpoint_mode: Literal["fixed", "adaptive"] = Field("fixed", alias="STT_ENDPOINT_MODE")
+    endpoint_min_silence_ms: int = Field(300, alias="STT_ENDPOINT_MIN_SILENCE_MS", ge=60)
+    endpoint_max_silence_ms: int = Field(1000, alias="STT_ENDPOINT_MAX_SILENCE_MS", ge=60)
     partial_interval_ms: int = Field(1000, alias="STT_PARTIAL_INTERVAL_MS", ge=100)
     speech_start_ms: int = Field(60, alias="STT_SPEECH_START_MS", ge=20)
     preroll_ms: int = Field(300, alias="STT_PREROLL_MS", ge=0, le=2000)

@@ -34,7 +34,7 @@ from stt_worker.protocol import (
     Transcription,
 )
 from stt_worker.streaming import LocalAgreement
-from stt_worker.turns import Backchannels, words_of
+from stt_worker.turns import Backchannels, sounds_finished, words_of
 from stt_worker.vad import FRAME_MS, FRAME_SAMPLES, Frames
 
 logger = logging.getLogger(__name__)
@@ -80,6 +80,12 @@ class SessionConfig:
     backchannels: Backchannels = field(default_factory=Backchannels)
     # Word mode: more voiced audio between two probes of the same speech.
     probe_step_ms: int = 200
+    # Adaptive end of turn: after `endpoint_min_ms` of silence the speech so far is
+    # transcribed at once; a finished sentence ends the turn there (with that text), one
+    # ending mid-phrase ("... and", "um") waits `endpoint_max_ms`, else `endpoint_silence_ms`.
+    adaptive_endpoint: bool = False
+    endpoint_min_ms: int = 300
+    endpoint_max_ms: int = 1000
 
     @property
     def endpoint_frames(self) -> int:
@@ -96,6 +102,14 @@ class SessionConfig:
     @property
     def interrupt_frames(self) -> int:
         return max(1, self.interrupt_min_speech_ms // FRAME_MS)
+
+    @property
+    def endpoint_min_frames(self) -> int:
+        return max(1, self.endpoint_min_ms // FRAME_MS)
+
+    @property
+    def endpoint_max_frames(self) -> int:
+        return max(1, self.endpoint_max_ms // FRAME_MS)
 
     @property
     def probe_step_frames(self) -> int:
@@ -127,6 +141,8 @@ class Job:
     probe: bool = False
     # A final of speech heard while the assistant talked and never confirmed as a barge-in.
     unconfirmed: bool = False
+    # Adaptive endpoint: the probe of a pause that may end the turn (its text then is final).
+    turn_check: bool = False
     # Finals: when the utterance was ended (the caller's clock) and the trailing silence
     # already waited by then, so end of speech -> final can be measured downstream.
     ended_at: float | None = None
@@ -176,6 +192,9 @@ class _Utterance:
     voiced_at_last_probe: int = 0
     reprobe: bool = False  # a pause began while a probe was out: probe again when it returns
     last_probe_word: str | None = None  # the previous probe's last word
+    checking: bool = False  # adaptive endpoint: a turn check of this pause is out
+    hold: bool = False  # adaptive endpoint: the words so far end mid-phrase: wait longer
+    voiced_at_check: int = 0
 
     def append(self, frame: Pcm16, is_speech: bool) -> None:
         self.pcm.append(frame)
@@ -284,6 +303,8 @@ class Session:
         self, job: Job, text: str, *, now: float, language: str | None, inference_s: float
     ) -> list[Action]:
         """An engine result for `job`; stale partials are dropped here."""
+        if job.turn_check:
+            return self._turn_checked(job, text, now, language, inference_s)
         if job.probe:
             return self._probed(job, text, now)
         if job.is_final:
@@ -321,6 +342,46 @@ class Session:
         return [
             self._transcription(job, partial.text, partial.stable_chars, now, language, inference_s)
         ]
+
+    def _maybe_check_turn(self, utterance: _Utterance, now: float) -> list[Action]:
+        if utterance.silence_run == 0:
+            utterance.hold = False  # speech goes on: the next pause is judged afresh
+        if utterance.silence_run != self.config.endpoint_min_frames or utterance.checking:
+            return []
+        utterance.checking = True
+        utterance.voiced_at_check = utterance.voiced_frames
+        job = dataclasses.replace(
+            self._job(utterance),
+            probe=True,
+            turn_check=True,
+            ended_at=now,
+            trailing_silence_s=utterance.silence_run * FRAME_MS / 1000,
+        )
+        return [Transcribe(job)]
+
+    def _turn_checked(
+        self, job: Job, text: str, now: float, language: str | None, inference_s: float
+    ) -> list[Action]:
+        utterance = self._utterance
+        if utterance is None or utterance.utterance_id != job.utterance_id:
+            return []  # the fixed endpoint (or `end`) came first
+        utterance.checking = False
+        if utterance.voiced_frames > utterance.voiced_at_check:
+            return []  # speaking again since the check: not the end of the turn
+        finished = sounds_finished(text)
+        if finished is False:
+            utterance.hold = True
+            return []
+        if not finished:
+            return []  # cannot tell: the fixed endpoint decides
+        # A finished sentence after a short pause: the turn ends here, with this very text
+        # (the audio since the check is silence), so no second decode is waited for.
+        self._utterance = None
+        self._pending_finals.add(job.utterance_id)
+        final = dataclasses.replace(
+            job, is_final=True, probe=False, turn_check=False, end_reason="silence"
+        )
+        return self.result(final, text, now=now, language=language, inference_s=inference_s)
 
     def _probed(self, job: Job, text: str, now: float) -> list[Action]:
         utterance = self._utterance
@@ -399,7 +460,12 @@ class Session:
                 # A short noise while the assistant talks: not an interruption.
                 self._utterance = None
                 return actions
-        if utterance.silence_run >= self.config.endpoint_frames:
+        endpoint_frames = self.config.endpoint_frames
+        if self.config.adaptive_endpoint and not utterance.candidate:
+            actions += self._maybe_check_turn(utterance, now)
+            if utterance.hold:
+                endpoint_frames = self.config.endpoint_max_frames
+        if utterance.silence_run >= endpoint_frames:
             actions += self._finalize(now, "silence")
         elif utterance.samples >= self.config.max_utterance_samples:
             actions += self._cut(utterance, now)

@@ -63,3 +63,53 @@ class Backchannels:
         if not last_word_whole:
             words = words[:-1]
         return any(word not in self._words for word in words)
+
+
+# Words a sentence almost never ends on: a pause after one is mid-phrase. Pronouns and
+# verbs are left out ("What time is it?", "I know you.").
+CONTINUATIONS = frozenset(
+    {
+        "and",
+        "or",
+        "but",
+        "so",
+        "because",
+        "um",
+        "uh",
+        "er",
+        "erm",
+        "the",
+        "a",
+        "an",
+        "to",
+        "of",
+        "with",
+        "for",
+        "from",
+        "by",
+        "as",
+        "than",
+        "which",
+        "whose",
+        "if",
+        "then",
+        "my",
+        "your",
+        "our",
+        "their",
+        "very",
+    }
+)
+
+
+def sounds_finished(text: str) -> bool | None:
+    """Does `text` end like a finished sentence? True: a sentence mark after a word that
+    can end one; False: a continuation word, a comma or dash, an ellipsis or no mark at
+    all; None: no words to judge."""
+    stripped = text.rstrip()
+    words = words_of(stripped)
+    if not words:
+        return None
+    if words[-1] in CONTINUATIONS or stripped.endswith(("...", "\u2026", ",", "-", "\u2014")):
+        return False
+    return stripped[-1] in ".?!"

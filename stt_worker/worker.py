@@ -85,6 +85,9 @@ def session_config(settings: Settings) -> SessionConfig:
         barge_in_words=settings.barge_in_mode == "words",
         backchannels=Backchannels(settings.backchannel_phrases),
         probe_step_ms=settings.barge_in_probe_ms,
+        adaptive_endpoint=settings.endpoint_mode == "adaptive",
+        endpoint_min_ms=settings.endpoint_min_silence_ms,
+        endpoint_max_ms=settings.endpoint_max_silence_ms,
     )
 
 
@@ -534,7 +537,10 @@ class Worker:
             span.set_attribute("stt.audio_s", round(job.audio_s, 3))
             span.set_attribute("stt.end_reason", job.end_reason or "unknown")
         options = DecodeOptions(
-            language=job.language, prompt=job.prompt, full_window_retry=job.is_final
+            # A turn check may become the final: it gets the finals' loop retry too.
+            language=job.language,
+            prompt=job.prompt,
+            full_window_retry=job.is_final or job.turn_check,
         )
         try:
             self._scheduler.submit(stream.key, job, options)

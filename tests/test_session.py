@@ -230,6 +230,51 @@ def test_word_mode_late_words_in_the_final_still_interrupt_and_noise_publishes_n
     assert session.result(final, "", now=1.0, language=None, inference_s=0.05) == []
 
 
+ADAPTIVE = dataclasses.replace(
+    CONFIG, adaptive_endpoint=True, endpoint_min_ms=200, endpoint_max_ms=600
+)
+
+
+def turn_checks(actions) -> list[Job]:
+    return [j for j in jobs(actions) if j.turn_check]
+
+
+def test_adaptive_endpoint_ends_a_finished_sentence_at_the_short_pause_with_its_text():
+    config = dataclasses.replace(ADAPTIVE, endpoint_silence_ms=400)
+    session = new_session(config)
+    actions = feed(session, "s" * 30 + "." * 10)  # 200 ms of pause: checked, not ended
+    (check,) = turn_checks(actions)
+    assert not jobs(actions, final=True) and check.trailing_silence_s == pytest.approx(0.2)
+    feed(session, "...")  # silence goes on while the check decodes
+    out = session.result(check, "He could wait no longer.", now=5.0, language="en", inference_s=0.1)
+    (final,) = published(out, Transcription)
+    assert final.is_final and final.end_reason == "silence"
+    assert final.transcript == "He could wait no longer."
+    assert not session.in_utterance  # no second decode: the turn is over
+    assert feed(session, "." * 30) == []
+
+
+def test_adaptive_endpoint_waits_longer_after_a_phrase_that_is_not_finished():
+    config = dataclasses.replace(ADAPTIVE, endpoint_silence_ms=400)
+    session = new_session(config)
+    (check,) = turn_checks(feed(session, "s" * 30 + "." * 10))
+    assert (
+        session.result(
+            check, "For a full hour he had paced up and", now=5.0, language=None, inference_s=0.1
+        )
+        == []
+    )
+    assert jobs(feed(session, "." * 15), final=True) == []  # past the usual 400 ms
+    (final,) = jobs(feed(session, "." * 5), final=True)  # 600 ms: the longer wait
+    assert final.end_reason == "silence"
+    # Speech that resumes during a check makes that check moot.
+    session = new_session(config)
+    (check,) = turn_checks(feed(session, "s" * 30 + "." * 10))
+    feed(session, "sss")
+    assert session.result(check, "He could.", now=5.0, language=None, inference_s=0.1) == []
+    assert session.in_utterance
+
+
 def test_no_interrupt_detection_means_responding_audio_is_ignored():
     config = dataclasses.replace(CONFIG, enable_interrupt_detection=False)
     session = new_session(config, state="responding")
