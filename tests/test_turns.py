@@ -87,3 +87,25 @@ async def test_voice_mode_interrupts_for_the_same_backchannel(make_worker, nc):
     assert interrupt.get("transcript") is None  # voice activity alone decided
     (final,) = [m for m in of_type(messages, "transcript") if m["is_final"]]
     assert final["backchannel"] is False
+
+
+async def test_adaptive_endpoint_ends_a_finished_sentence_before_the_fixed_silence(make_worker, nc):
+    """ "He could wait no longer." then silence: the turn check at 300 ms hears a finished
+    sentence and its text becomes the final, 200 ms of silence before the fixed rule would."""
+    samples = padded(SPEECH_DIR / "ls_1089-134691-0000.wav", after_s=1.5)
+    finals = {}
+    for mode in ("fixed", "adaptive"):
+        _, stop, task = await make_worker(
+            return_handles=True, endpoint_mode=mode, endpoint_silence_ms=500
+        )
+        session = sid()
+        inbox = await Inbox.open(nc, session)
+        await publish_pcm(nc, session, samples, sample_rate_hz=RATE, speed=1)
+        messages = await inbox.until_closed(within_s=60)
+        (finals[mode],) = [m for m in of_type(messages, "transcript") if m["is_final"]]
+        stop.set()
+        await task  # one worker at a time on the shared subject
+    assert finals["adaptive"]["end_reason"] == finals["fixed"]["end_reason"] == "silence"
+    assert "longer" in finals["adaptive"]["transcript"].lower()
+    waited_less_s = finals["fixed"]["audio_end_s"] - finals["adaptive"]["audio_end_s"]
+    assert waited_less_s == pytest.approx(0.2, abs=0.041)  # 500 ms vs 300 ms of silence
