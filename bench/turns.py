@@ -27,6 +27,7 @@ from dataclasses import asdict, dataclass
 from datetime import UTC, datetime
 from pathlib import Path
 
+import msgpack
 import nats
 import numpy as np
 
@@ -34,8 +35,8 @@ from stt_worker.config import load_settings
 from stt_worker.engines import create_engine
 from stt_worker.engines.base import Engine
 from stt_worker.nats_server import NatsServer
-from stt_worker.publisher import StreamStats, publish_pcm, read_wav
-from stt_worker.vad import FRAME_MS, FRAME_SAMPLES
+from stt_worker.publisher import read_wav
+from stt_worker.vad import FRAME_SAMPLES
 from stt_worker.worker import Worker
 from tests.helpers import Inbox
 
@@ -60,13 +61,18 @@ MODES = ("vad", "words")
 @dataclass(frozen=True)
 class Case:
     name: str
-    label: str  # "backchannel" or "interruption"
+    label: str  # "backchannel", "echo" (both must not interrupt) or "interruption"
     samples: np.ndarray
+    # What the assistant plays, sent as `playback` beside the microphone (echo cases).
+    played: np.ndarray | None = None
+    words_at_s: float = 0.0  # echo cases: where the user's own words start, if any
 
     @property
     def onset_s(self) -> float:
         """Where the words start: the first 20 ms frame with a tenth of the loudest frame's
         energy (webrtcvad also flags these clips' background noise as speech, earlier)."""
+        if self.played is not None:
+            return self.words_at_s
         usable = self.samples[: self.samples.size // FRAME_SAMPLES * FRAME_SAMPLES]
         frames = usable.astype(np.float64).reshape(-1, FRAME_SAMPLES)
         energy = (frames**2).mean(axis=1)
@@ -114,23 +120,51 @@ def labelled_set() -> list[Case]:
         Case(f"sentence:{name}", "interruption", _pad(_mono(SPEECH / name, SENTENCE_S)))
         for name in SENTENCES
     ]
+    return cases + echo_cases()
+
+
+def echo_cases() -> list[Case]:
+    """The assistant's voice (real sentences) played and heard back by the microphone at
+    realistic delays and levels (as sox `delay` and `vol` would mix it), alone or with the
+    user saying "stop" over it; every case sends the played audio as `playback`."""
+    rng = np.random.default_rng(11)
+    cases = []
+    for name, delay_ms, level_db in (
+        ("lj_LJ001-0006.wav", 80, -6),
+        ("ls_1089-134691-0001.wav", 150, -10),
+        ("ls_1089-134686-0002.wav", 250, -14),
+    ):
+        played = np.concatenate([_mono(SPEECH / name), np.zeros(RATE, np.int16)])
+        echo = np.zeros(played.size)
+        delay = delay_ms * RATE // 1000
+        echo[delay:] = played[: played.size - delay] * 10 ** (level_db / 20)
+        echo += rng.normal(0, 30, echo.size)  # room and microphone noise
+        label = f"echo:{name}@{delay_ms}ms{level_db}dB"
+        cases.append(Case(label, "echo", _clip16(echo), played))
+        stop = _mono(TURNS / "stop_105a0eea_nohash_0.wav").astype(np.float64)
+        at = int(2.0 * RATE)
+        with_user = echo.copy()
+        with_user[at : at + stop.size] += stop
+        onset = 2.0 + Case("", "", stop.astype(np.int16)).onset_s
+        cases.append(Case(label + "+stop", "interruption", _clip16(with_user), played, onset))
     return cases
+
+
+def _clip16(samples: np.ndarray) -> np.ndarray:
+    return np.clip(samples, -32768, 32767).astype(np.int16)
 
 
 async def _run_case(nc, mode: str, case: Case) -> Outcome:
     session = f"turns-{uuid.uuid4().hex[:8]}"
     inbox = await Inbox.open(nc, session)
-    stats = StreamStats()
-    await publish_pcm(
-        nc, session, case.samples, sample_rate_hz=RATE, speed=1, state="responding", stats=stats
-    )
+    sent = await _send(nc, session, case)
     await inbox.until_closed(within_s=60)
     messages = inbox.received
     interrupts = [m for m in messages if m.get("type") == "interrupt"]
     finals = [m for m in messages if m.get("type") == "transcript" and m.get("is_final")]
     latency_ms = None
     if interrupts:
-        onset_sent = stats.send_time_for(case.onset_s + FRAME_MS / 1000)
+        onset_sent = sent[min(len(sent) - 1, int(case.onset_s / CHUNK_S))]
         received = float(interrupts[0]["timestamp"])  # the worker's clock, same machine
         latency_ms = (received - onset_sent) * 1000 if onset_sent else None
     return Outcome(
@@ -165,24 +199,55 @@ async def measure(engine: Engine, cases: list[Case], modes: tuple[str, ...]) -> 
     return outcomes
 
 
+CHUNK_S = 0.02
+
+
+async def _send(nc, session: str, case: Case) -> list[float]:
+    """Publish like a live client in `responding` (20 ms chunks at real-time pace, each after
+    the playback of the same 20 ms when there is one); returns each chunk's send time."""
+    subject = f"ai.voice.stream.{session}"
+    pack = msgpack.packb
+    await nc.publish(subject, pack({"type": "start", "sample_rate": RATE, "state": "responding"}))
+    step = int(CHUNK_S * RATE)
+    started = time.monotonic()
+    sent: list[float] = []
+    for index, offset in enumerate(range(0, case.samples.size, step)):
+        await asyncio.sleep(max(0.0, started + index * CHUNK_S - time.monotonic()))
+        if case.played is not None:
+            played = case.played[offset : offset + step].astype("<i2").tobytes()
+            await nc.publish(subject, pack({"type": "playback", "audio": played}))
+        audio = case.samples[offset : offset + step].astype("<i2").tobytes()
+        await nc.publish(subject, pack({"type": "chunk", "audio": audio}))
+        sent.append(time.time())
+    await nc.publish(subject, pack({"type": "end"}))
+    return sent
+
+
 def summarise(outcomes: list[Outcome]) -> dict[str, dict[str, object]]:
     summary: dict[str, dict[str, object]] = {}
     for mode in sorted({o.mode for o in outcomes}):
         mine = [o for o in outcomes if o.mode == mode]
         real = [o for o in mine if o.label == "interruption"]
-        backchannels = [o for o in mine if o.label == "backchannel"]
+        backchannels = [o for o in mine if o.label in ("backchannel", "echo")]
         true_positive = sum(o.interrupted for o in real)
         false_positive = sum(o.interrupted for o in backchannels)
         latencies = sorted(o.latency_ms for o in real if o.latency_ms is not None)
         summary[mode] = {
             "interruptions": len(real),
-            "backchannels": len(backchannels),
+            "backchannels": sum(o.label == "backchannel" for o in backchannels),
+            "echoes": sum(o.label == "echo" for o in backchannels),
+            "false_interrupts_on_echo": sum(
+                o.interrupted for o in backchannels if o.label == "echo"
+            ),
             "recall": true_positive / len(real) if real else None,
             "precision": true_positive / (true_positive + false_positive)
             if true_positive + false_positive
             else None,
-            "false_interrupts_on_backchannels": false_positive,
-            "backchannels_published_as_such": sum(o.backchannel for o in backchannels),
+            "false_interrupts_on_backchannels": false_positive
+            - sum(o.interrupted for o in backchannels if o.label == "echo"),
+            "backchannels_published_as_such": sum(
+                o.backchannel for o in backchannels if o.label == "backchannel"
+            ),
             "latency_ms_p50": statistics.median(latencies) if latencies else None,
             "latency_ms_p95": latencies[min(len(latencies) - 1, round(0.95 * (len(latencies) - 1)))]
             if latencies
@@ -210,14 +275,15 @@ def report(outcomes: list[Outcome], summary: dict, meta: dict) -> str:
         f"Command: `{meta['command']}`  ",
         f"Machine: {meta['machine']}; {meta['date']}; load average before: {meta['load_before']}",
         "",
-        "| mode | interruptions | recall | backchannels | false interrupts | precision "
-        "| published as backchannel | latency from onset p50 / p95 ms |",
+        "| mode | interruptions | recall | false interrupts: backchannels | : echo "
+        "| precision | published as backchannel | latency from onset p50 / p95 ms |",
         "| --- | ---: | ---: | ---: | ---: | ---: | ---: | --- |",
     ]
     for mode, s in summary.items():
         lines.append(
-            f"| {mode} | {s['interruptions']} | {_fmt(s['recall'], 2)} | {s['backchannels']} "
-            f"| {s['false_interrupts_on_backchannels']} | {_fmt(s['precision'], 2)} "
+            f"| {mode} | {s['interruptions']} | {_fmt(s['recall'], 2)} "
+            f"| {s['false_interrupts_on_backchannels']} of {s['backchannels']} "
+            f"| {s['false_interrupts_on_echo']} of {s['echoes']} | {_fmt(s['precision'], 2)} "
             f"| {s['backchannels_published_as_such']} "
             f"| {_fmt(s['latency_ms_p50'])} / {_fmt(s['latency_ms_p95'])} |"
         )

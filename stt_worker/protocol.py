@@ -45,6 +45,7 @@ class ErrorCode(enum.StrEnum):
     OVERLOADED = "overloaded"
     ENGINE_ERROR = "engine_error"
     SHUTTING_DOWN = "shutting_down"
+    ECHO_CANCELLATION_UNAVAILABLE = "echo_cancellation_unavailable"
 
 
 # ---------------------------------------------------------------- input
@@ -68,6 +69,17 @@ class Chunk(msgspec.Struct, tag="chunk", tag_field="type", frozen=True):
     seq: int | None = None
 
 
+class Playback(msgspec.Struct, tag="playback", tag_field="type", frozen=True):
+    """Additive: the audio the assistant is playing, sent as it plays (PCM16, like a chunk;
+    the session's sample rate and channels unless given). The worker cancels its echo from
+    the microphone audio, so the assistant's own voice cannot barge in on itself."""
+
+    audio_b64: str | None = None
+    audio: bytes | None = None
+    sample_rate: int | None = None
+    channels: int | None = None
+
+
 class StateChange(msgspec.Struct, tag="state_change", tag_field="type", frozen=True):
     state: State
 
@@ -76,11 +88,11 @@ class End(msgspec.Struct, tag="end", tag_field="type", frozen=True):
     pass
 
 
-ClientMessage = Start | Chunk | StateChange | End
+ClientMessage = Start | Chunk | Playback | StateChange | End
 
 _decoder = msgspec.msgpack.Decoder(ClientMessage)
 _any_decoder = msgspec.msgpack.Decoder()
-_TYPES = {"start", "chunk", "state_change", "end"}
+_TYPES = {"start", "chunk", "playback", "state_change", "end"}
 
 
 def decode_client_message(payload: bytes) -> ClientMessage:
@@ -121,8 +133,8 @@ def _classify(raw: Any, exc: msgspec.ValidationError) -> ProtocolError:
     return ProtocolError(f"invalid {raw['type']} message: {exc}", code=ErrorCode.INVALID_FIELD)
 
 
-def chunk_pcm_bytes(chunk: Chunk) -> bytes:
-    """The chunk's little-endian PCM16 bytes, from ``audio`` or ``audio_b64``."""
+def chunk_pcm_bytes(chunk: Chunk | Playback) -> bytes:
+    """The message's little-endian PCM16 bytes, from ``audio`` or ``audio_b64``."""
     if chunk.audio is not None:
         return chunk.audio
     if chunk.audio_b64 is None:

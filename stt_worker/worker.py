@@ -18,6 +18,7 @@ from collections.abc import Hashable, Iterable
 from dataclasses import dataclass, field
 
 import nats
+import numpy as np
 from nats.aio.client import Client
 from nats.aio.msg import Msg
 from nats.aio.subscription import Subscription
@@ -27,8 +28,9 @@ from opentelemetry.context import Context
 from opentelemetry.trace import Span, Status, StatusCode
 
 from stt_worker.asgi import serving_in_loop
-from stt_worker.audio import AudioNormalizer, check_format
+from stt_worker.audio import AudioNormalizer, Pcm16, check_format
 from stt_worker.config import BYTES_PER_SAMPLE, Settings
+from stt_worker.echo import EchoCanceller
 from stt_worker.engines.base import DecodeOptions, Engine, Transcript
 from stt_worker.errors import OverloadedError, ProtocolError, SttError
 from stt_worker.probes import create_probe_app
@@ -39,6 +41,7 @@ from stt_worker.protocol import (
     Error,
     ErrorCode,
     Interrupt,
+    Playback,
     ServerMessage,
     SessionClosed,
     Start,
@@ -106,6 +109,9 @@ class _Stream:
     parent: Context | None = None
     # Open utterance spans, by utterance id: at most the open utterance plus pending finals.
     utterances: dict[int, Span] = field(default_factory=dict)
+    # From the first `playback`: the assistant's audio, and its echo taken out of the mic.
+    echo: EchoCanceller | None = None
+    playback: AudioNormalizer | None = None
 
     @property
     def trace_id(self) -> str | None:
@@ -113,14 +119,19 @@ class _Stream:
         return format(context.trace_id, "032x") if context.is_valid else None
 
     def feed(self, pcm: bytes, now: float) -> list[Action]:
-        frames = self.vad.push(self.normalizer.push(pcm))
+        frames = self.vad.push(self._cancel_echo(self.normalizer.push(pcm)))
         return self.session.audio(frames, now=now)
 
     def flush_audio(self, now: float) -> list[Action]:
         """Push the resampler tail and the last partial frame into the session."""
-        frames = self.vad.push(self.normalizer.flush())
-        actions = self.session.audio(frames, now=now)
+        audio = self._cancel_echo(self.normalizer.flush())
+        if self.echo is not None:
+            audio = np.concatenate([audio, self.echo.flush()])
+        actions = self.session.audio(self.vad.push(audio), now=now)
         return actions + self.session.audio(self.vad.flush(), now=now)
+
+    def _cancel_echo(self, samples: Pcm16) -> Pcm16:
+        return samples if self.echo is None else self.echo.process(samples)
 
 
 class Worker:
@@ -333,6 +344,8 @@ class Worker:
                 return self._start(session_id, stream, message, now, parent)
             case Chunk():
                 return self._chunk(session_id, stream, message, now, parent)
+            case Playback():
+                return self._playback(session_id, stream, message, now, parent), []
             case StateChange(state=state):
                 if stream is None:
                     logger.info("state_change opened a session")
@@ -403,6 +416,35 @@ class Worker:
         bytes_per_s = normalizer.sample_rate_hz * normalizer.channels * BYTES_PER_SAMPLE
         self._metrics.audio_seconds.inc(len(pcm) / bytes_per_s)
         return stream, stream.feed(pcm, now)
+
+    def _playback(
+        self,
+        session_id: str,
+        stream: _Stream | None,
+        playback: Playback,
+        now: float,
+        parent: Context | None,
+    ) -> _Stream:
+        """The assistant's audio: queued as the echo reference for this session's mic."""
+        if stream is None:
+            stream = self._open(session_id, Start(state="responding"), now, parent)
+        pcm = chunk_pcm_bytes(playback)
+        if len(pcm) > self.settings.max_chunk_bytes:
+            raise ProtocolError(
+                f"playback of {len(pcm)} bytes exceeds STT_MAX_CHUNK_BYTES="
+                f"{self.settings.max_chunk_bytes}; split it into smaller messages",
+                code=ErrorCode.CHUNK_TOO_LARGE,
+            )
+        if stream.playback is None:
+            stream.playback = AudioNormalizer(
+                playback.sample_rate or stream.normalizer.sample_rate_hz,
+                playback.channels or stream.normalizer.channels,
+            )
+        if stream.echo is None:
+            stream.echo = EchoCanceller()  # ProtocolError when the extra is missing
+            logger.info("echo cancellation on")
+        stream.echo.playback(stream.playback.push(pcm))
+        return stream
 
     def _open(self, session_id: str, start: Start, now: float, parent: Context | None) -> _Stream:
         if len(self._live) >= self.settings.max_sessions:

@@ -11,6 +11,7 @@ from __future__ import annotations
 import uuid
 from pathlib import Path
 
+import msgpack
 import numpy as np
 import pytest
 
@@ -109,3 +110,59 @@ async def test_adaptive_endpoint_ends_a_finished_sentence_before_the_fixed_silen
     assert "longer" in finals["adaptive"]["transcript"].lower()
     waited_less_s = finals["fixed"]["audio_end_s"] - finals["adaptive"]["audio_end_s"]
     assert waited_less_s == pytest.approx(0.2, abs=0.041)  # 500 ms vs 300 ms of silence
+
+
+# ---------------------------------------------------------------- echo
+
+
+def echo_mix(user: Path | None = None, at_s: float = 3.0) -> tuple[np.ndarray, np.ndarray]:
+    """The assistant's voice (a real sentence) as played, and the microphone: that voice
+    back 150 ms later at -8 dB, a little noise and, optionally, the user speaking over it."""
+    assistant, _ = read_wav(SPEECH_DIR / "lj_LJ001-0006.wav")
+    assistant = assistant.reshape(-1)
+    played = np.concatenate([assistant, np.zeros(RATE, np.int16)])
+    mic = np.zeros(played.size, np.float64)
+    delay = int(0.15 * RATE)
+    mic[delay:] += 0.4 * played[: played.size - delay]
+    mic += np.random.default_rng(7).normal(0, 30, mic.size)
+    if user is not None:
+        words, _ = read_wav(user)
+        start = int(at_s * RATE)
+        mic[start : start + words.size] += words.reshape(-1)
+    return played, np.clip(mic, -32768, 32767).astype(np.int16)
+
+
+async def stream_with_playback(nc, played: np.ndarray | None, mic: np.ndarray) -> list[dict]:
+    """A publisher that sends each 20 ms of what the speaker plays just before the 20 ms of
+    microphone audio recorded meanwhile (order is what matters, not pace)."""
+    session = sid()
+    inbox = await Inbox.open(nc, session)
+    subject = f"ai.voice.stream.{session}"
+    pack = msgpack.packb
+    await nc.publish(subject, pack({"type": "start", "sample_rate": RATE, "state": "responding"}))
+    step = RATE // 50
+    for offset in range(0, mic.size, step):
+        if played is not None:
+            audio = played[offset : offset + step].astype("<i2").tobytes()
+            await nc.publish(subject, pack({"type": "playback", "audio": audio}))
+        audio = mic[offset : offset + step].astype("<i2").tobytes()
+        await nc.publish(subject, pack({"type": "chunk", "audio": audio}))
+    await nc.publish(subject, pack({"type": "end"}))
+    return await inbox.until_closed(within_s=60)
+
+
+async def test_echo_of_the_assistant_interrupts_without_playback_and_not_with_it(worker, nc):
+    played, mic = echo_mix()
+    without = await stream_with_playback(nc, None, mic)
+    assert of_type(without, "interrupt"), "the echo alone should barge in: the test is void"
+    with_reference = await stream_with_playback(nc, played, mic)
+    assert of_type(with_reference, "interrupt") == []
+    assert of_type(with_reference, "error") == []
+
+
+async def test_the_user_still_interrupts_over_the_cancelled_echo(worker, nc):
+    played, mic = echo_mix(TURNS / "stop_022cd682_nohash_0.wav", at_s=3.0)
+    messages = await stream_with_playback(nc, played, mic)
+    assert len(of_type(messages, "interrupt")) == 1
+    finals = [m for m in of_type(messages, "transcript") if m["is_final"]]
+    assert any("stop" in m["transcript"].lower() for m in finals)
