@@ -315,7 +315,7 @@ def main() -> None:
         engine.close()
     summary = summarise(outcomes)
     meta = {
-        "command": "python -m bench.turns " + " ".join(f"--modes {m}" for m in args.modes),
+        "command": "python -m bench.turns --modes " + " ".join(args.modes),
         "machine": f"{os.cpu_count()} CPUs, {platform.processor() or platform.machine()}",
         "date": datetime.now(UTC).isoformat(timespec="seconds"),
         "load_before": round(load_before, 2),
