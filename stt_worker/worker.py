@@ -253,6 +253,8 @@ class Worker:
             )
             for subject in self._subjects
         ]
+        # SUB goes out asynchronously: ready means the server already routes audio to us.
+        await self._nc.flush()
         logger.info(
             "worker ready",
             extra={"subjects": ",".join(self._subjects), "engine": self.engine.info.name},
