@@ -329,14 +329,17 @@ class Worker:
         )
         await js.add_consumer(name, config)
         logger.info("durable mode", extra={"stream": name, "consumer": consumer})
+        # The server never has more than max_ack_pending out, so a buffer that large never
+        # drops a message (SlowConsumerError): back-pressure stays on the server, which keeps it.
+        limit = max(self.settings.pending_msgs_limit, self.settings.max_ack_pending)
         return await js.subscribe_bind(
             name,
             config,
             consumer,
             cb=self._on_message,
             manual_ack=True,
-            pending_msgs_limit=self.settings.pending_msgs_limit,
-            pending_bytes_limit=self.settings.pending_msgs_limit * 4096,
+            pending_msgs_limit=limit,
+            pending_bytes_limit=limit * 4096,
         )
 
     async def _drain(self, subs: list[Subscription]) -> None:
