@@ -5,6 +5,7 @@ acknowledged, and the publisher, unchanged, never knew."""
 from __future__ import annotations
 
 import asyncio
+import signal
 import uuid
 from collections.abc import AsyncIterator
 
@@ -17,7 +18,15 @@ from stt_worker.nats_server import NatsServer
 from stt_worker.publisher import StreamStats, publish_pcm, stream_file
 from stt_worker.worker import Worker
 from tests.helpers import SPEECH_DIR, Inbox, manifest_text, until
-from tests.test_process import CLIP, HEAD_WORD, finals, stream_head, stream_tail, worker_env
+from tests.test_process import (
+    CLIP,
+    DRAIN_TIMEOUT_S,
+    HEAD_WORD,
+    finals,
+    stream_head,
+    stream_tail,
+    worker_env,
+)
 from tests.textnorm import wer
 from tests.worker_process import WorkerProcess
 
@@ -57,6 +66,36 @@ async def test_sigkill_mid_utterance_then_restart_the_final_still_arrives(js_url
     assert final["source_seq_last"] > partial["source_seq_last"]
     # A new incarnation of the session: ids restart (source_seq_* tell replays apart).
     assert final["utterance_id"] == 1
+
+
+async def test_sigterm_in_durable_mode_hands_the_session_on_to_the_next_worker(js_url):
+    """A drained worker publishes its finals and acknowledges their audio, but leaves the
+    session's `start` in the stream: the next worker reopens the session with it (the
+    speaker id shows it) when the publisher goes on."""
+    nc = await nats.connect(js_url)
+    env = worker_env(js_url, STT_DURABLE="true")
+    session = f"handover-{uuid.uuid4().hex[:8]}"
+    js = nc.jetstream()
+    stream = load_settings().jetstream_stream
+    try:
+        inbox = await Inbox.open(nc, session)
+        async with WorkerProcess(env) as worker:
+            stats = await stream_head(nc, session, speaker_id="alice")
+            await inbox.until(lambda m: m.get("is_partial") is True, within_s=60)
+            worker.signal(signal.SIGTERM)
+            assert await worker.wait(DRAIN_TIMEOUT_S + 5) == 0
+        drained = await inbox.until_closed(within_s=5)
+        assert [m["end_reason"] for m in finals(drained)] == ["shutdown"]
+        await until(lambda: _stored_at_most(js, stream, 1), 10)  # only the `start` is left
+        await stream_tail(nc, session, stats)
+        async with WorkerProcess(env):
+            messages = await inbox.until_closed(within_s=60)
+            await until(lambda: _stored_at_most(js, stream, 0), 10)
+    finally:
+        await nc.close()
+    (final,) = finals(messages)
+    assert "sauce" in final["transcript"].lower(), final
+    assert final["speaker_id"] == "alice"  # reopened from the kept `start`
 
 
 async def test_a_partition_share_consumes_its_partitions_and_acknowledges_silence(engine, js_url):

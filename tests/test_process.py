@@ -31,11 +31,13 @@ def finals(messages: list[dict]) -> list[dict]:
     return [m for m in messages if m.get("type") == "transcript" and m["is_final"]]
 
 
-async def stream_head(nc, session: str) -> StreamStats:
+async def stream_head(nc, session: str, speaker_id: str | None = None) -> StreamStats:
     """The clip's first CUT_S seconds, as fast as possible, without `end`: an open utterance."""
     samples, rate = read_wav(SPEECH_DIR / CLIP)
     head = samples[: int(CUT_S * rate)]
-    return await publish_pcm(nc, session, head, sample_rate_hz=rate, speed=0, send_end=False)
+    return await publish_pcm(
+        nc, session, head, sample_rate_hz=rate, speed=0, send_end=False, speaker_id=speaker_id
+    )
 
 
 async def stream_tail(nc, session: str, stats: StreamStats) -> None:
