@@ -127,6 +127,18 @@ class Settings(BaseSettings):
         "ai.voice.partitioned.{partition}.*", alias="STT_PARTITION_SUBJECT"
     )
 
+    # --- durable mode (new): audio kept in a JetStream stream until its transcript is out ---
+    durable: bool = Field(False, alias="STT_DURABLE")
+    jetstream_stream: str = Field("STT_AUDIO", alias="STT_JETSTREAM_STREAM")
+    # The durable consumer's name; partitioned, one per replica: "{name}-{index}-of-{replicas}".
+    durable_consumer: str = Field("stt-streaming", alias="STT_DURABLE_CONSUMER")
+    # Redelivery timeout of a held message; held ones are marked in progress before it expires.
+    ack_wait_s: float = Field(30.0, alias="STT_ACK_WAIT_S", ge=2)
+    # Messages delivered and not yet acknowledged before the server pauses delivery.
+    max_ack_pending: int = Field(100_000, alias="STT_MAX_ACK_PENDING", ge=1_000)
+    # Audio nobody consumed is dropped from the stream after this long (a replica gone for good).
+    jetstream_max_age_s: float = Field(3600.0, alias="STT_JETSTREAM_MAX_AGE_S", gt=0)
+
     # --- operations (new): /healthz /readyz /metrics, logs ---
     http_host: str = Field("0.0.0.0", alias="STT_HTTP_HOST")
     # 0 = a free port the OS picks (tests); -1 = no HTTP endpoint at all.
@@ -179,6 +191,27 @@ class Settings(BaseSettings):
         """What this worker subscribes to: the seed subject, or its share of the partitions."""
         if not self.partitions:
             return [self.stream_subject]
+        index, replicas = self._share()
+        return [
+            self.partition_subject.format(partition=partition)
+            for partition in range(index, self.partitions, replicas)
+        ]
+
+    def jetstream_subjects(self) -> list[str]:
+        """What the durable mode's stream captures: every audio subject the workers take."""
+        if not self.partitions:
+            return [self.stream_subject]
+        return [self.partition_subject.format(partition="*")]
+
+    def consumer_name(self) -> str:
+        """This worker's durable consumer: one per partition share, named by its index."""
+        if not self.partitions:
+            return self.durable_consumer
+        index, replicas = self._share()
+        return f"{self.durable_consumer}-{index}-of-{replicas}"
+
+    def _share(self) -> tuple[int, int]:
+        """This worker's replica index and the replica count, when partitioned."""
         replicas = self.replicas or self.partitions
         index = self.replica_index if self.replica_index >= 0 else _ordinal(self.hostname)
         if index >= replicas:
@@ -186,10 +219,7 @@ class Settings(BaseSettings):
                 f"replica index {index} is not below STT_REPLICAS={replicas}: set "
                 "STT_REPLICA_INDEX, or scale the StatefulSet and STT_REPLICAS together"
             )
-        return [
-            self.partition_subject.format(partition=partition)
-            for partition in range(index, self.partitions, replicas)
-        ]
+        return index, replicas
 
 
 def _ordinal(hostname: str) -> int:

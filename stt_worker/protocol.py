@@ -178,6 +178,10 @@ class Transcription(msgspec.Struct, frozen=True):
     # Finals only: speech heard while the assistant talked that held only backchannels
     # ("yeah", "mm-hmm"): transcribed and published, but it did not take the turn.
     backchannel: bool = False
+    # Durable mode only (absent otherwise): JetStream stream sequences of the first and last
+    # audio messages this result was made from, so consumers can drop a replay's duplicates.
+    source_seq_first: int | msgspec.UnsetType = msgspec.UNSET
+    source_seq_last: int | msgspec.UnsetType = msgspec.UNSET
 
 
 class Interrupt(msgspec.Struct, frozen=True):

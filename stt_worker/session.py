@@ -235,7 +235,8 @@ class Session:
         self._preroll: collections.deque[tuple[Pcm16, bool]] = collections.deque(
             maxlen=config.preroll_frames + config.start_frames + 2
         )
-        self._pending_finals: set[int] = set()
+        # Finals asked for and not yet answered: utterance id -> its first sample.
+        self._pending_finals: dict[int, int] = {}
         self._context = ""
         # Utterances with a partial out: their final is published even when empty.
         self._promised: set[int] = set()
@@ -308,7 +309,7 @@ class Session:
         if job.probe:
             return self._probed(job, text, now)
         if job.is_final:
-            self._pending_finals.discard(job.utterance_id)
+            self._pending_finals.pop(job.utterance_id, None)
             promised = job.utterance_id in self._promised
             self._promised.discard(job.utterance_id)
             if not text and not promised:
@@ -377,7 +378,7 @@ class Session:
         # A finished sentence after a short pause: the turn ends here, with this very text
         # (the audio since the check is silence), so no second decode is waited for.
         self._utterance = None
-        self._pending_finals.add(job.utterance_id)
+        self._pending_finals[job.utterance_id] = utterance.start_sample
         final = dataclasses.replace(
             job, is_final=True, probe=False, turn_check=False, end_reason="silence"
         )
@@ -413,7 +414,7 @@ class Session:
             return []
         if not job.is_final:
             return []  # a later partial or the final will cover the same audio
-        self._pending_finals.discard(job.utterance_id)
+        self._pending_finals.pop(job.utterance_id, None)
         self._promised.discard(job.utterance_id)
         message = f"utterance {job.utterance_id} ({job.audio_s:.2f} s) failed: {error.message}"
         error_message = self.error(error.code, message, now=now, utterance_id=job.utterance_id)
@@ -431,6 +432,23 @@ class Session:
     @property
     def in_utterance(self) -> bool:
         return self._utterance is not None
+
+    @property
+    def samples_seen(self) -> int:
+        """16 kHz samples of this session's audio taken so far."""
+        return self._samples_seen
+
+    @property
+    def first_unsettled_sample(self) -> int:
+        """Where the audio that may still reach a published result begins: the first sample
+        of the oldest final not yet answered, of the open utterance, or of the pre-roll that
+        may still open one. Audio before it is settled: its result (or no result, for
+        silence) is final. Durable mode acknowledges audio up to here."""
+        held = list(self._pending_finals.values())
+        if self._utterance is not None:
+            held.append(self._utterance.start_sample)
+        held.append(self._samples_seen - sum(frame.size for frame, _ in self._preroll))
+        return min(held)
 
     # ------------------------------------------------------------ internals
 
@@ -582,7 +600,7 @@ class Session:
         if utterance.voiced_frames == 0 and self.config.enable_vad:
             self._promised.discard(utterance.utterance_id)
             return []
-        self._pending_finals.add(utterance.utterance_id)
+        self._pending_finals[utterance.utterance_id] = utterance.start_sample
         job = dataclasses.replace(
             self._job(utterance, end_reason=reason), unconfirmed=utterance.candidate
         )

@@ -17,19 +17,30 @@ import time
 from collections.abc import Hashable, Iterable
 from dataclasses import dataclass, field
 
+import msgspec
 import nats
 import numpy as np
 from nats.aio.client import Client
 from nats.aio.msg import Msg
 from nats.aio.subscription import Subscription
 from nats.errors import SlowConsumerError
+from nats.js.api import (
+    AckPolicy,
+    ConsumerConfig,
+    DeliverPolicy,
+    RetentionPolicy,
+    StorageType,
+    StreamConfig,
+)
+from nats.js.errors import NotFoundError
 from opentelemetry import trace
 from opentelemetry.context import Context
 from opentelemetry.trace import Span, Status, StatusCode
 
 from stt_worker.asgi import serving_in_loop
 from stt_worker.audio import AudioNormalizer, Pcm16, check_format
-from stt_worker.config import BYTES_PER_SAMPLE, Settings
+from stt_worker.config import BYTES_PER_SAMPLE, SAMPLE_RATE_HZ, Settings
+from stt_worker.durable import AckLedger, Held
 from stt_worker.echo import EchoCanceller
 from stt_worker.engines.base import DecodeOptions, Engine, Transcript
 from stt_worker.errors import OverloadedError, ProtocolError, SttError
@@ -112,6 +123,8 @@ class _Stream:
     # From the first `playback`: the assistant's audio, and its echo taken out of the mic.
     echo: EchoCanceller | None = None
     playback: AudioNormalizer | None = None
+    # Durable mode: the session's JetStream messages not yet acknowledged.
+    ledger: AckLedger | None = None
 
     @property
     def trace_id(self) -> str | None:
@@ -172,6 +185,10 @@ class Worker:
         )
         self._nc: Client | None = None
         self._closing = False
+        # Durable mode: the highest stream sequence taken, and the sequences held unacknowledged.
+        self._last_stream_seq = 0
+        self._held_seqs: set[int] = set()
+        self._progress_sweep_at = 0.0
         self._watch_metrics()
 
     @property
@@ -255,15 +272,20 @@ class Worker:
         if self.partial_engine is not None:
             await self.partial_engine.warmup()
         self._warmed = True
-        subs = [
-            await self._nc.subscribe(
-                subject,
-                cb=self._on_message,
-                pending_msgs_limit=self.settings.pending_msgs_limit,
-                pending_bytes_limit=self.settings.pending_msgs_limit * 4096,
-            )
-            for subject in self._subjects
-        ]
+        if self.settings.durable:
+            subs = [await self._subscribe_durable()]
+        else:
+            subs = [
+                await self._nc.subscribe(
+                    subject,
+                    cb=self._on_message,
+                    pending_msgs_limit=self.settings.pending_msgs_limit,
+                    pending_bytes_limit=self.settings.pending_msgs_limit * 4096,
+                )
+                for subject in self._subjects
+            ]
+        # SUB goes out asynchronously: ready means the server already routes audio to us.
+        await self._nc.flush()
         logger.info(
             "worker ready",
             extra={"subjects": ",".join(self._subjects), "engine": self.engine.info.name},
@@ -278,6 +300,58 @@ class Worker:
             ticker.cancel()
         self._closing = True
         await self._nc.drain()  # flushes every publish, then closes
+
+    async def _subscribe_durable(self) -> Subscription:
+        """Durable mode: a JetStream work-queue stream keeps each audio message until we
+        acknowledge it, and our durable consumer delivers this worker's share of it."""
+        assert self._nc is not None
+        js = self._nc.jetstream()
+        name = self.settings.jetstream_stream
+        try:
+            info = await js.stream_info(name)
+        except NotFoundError:
+            info = await js.add_stream(
+                StreamConfig(
+                    name=name,
+                    subjects=self.settings.jetstream_subjects(),
+                    retention=RetentionPolicy.WORK_QUEUE,
+                    storage=StorageType.FILE,
+                    max_age=self.settings.jetstream_max_age_s,
+                )
+            )
+        if info.config.retention != RetentionPolicy.WORK_QUEUE:
+            # Re-creating the consumer below would replay audio already transcribed.
+            raise SttError(f"JetStream stream {name!r} must have work-queue retention")
+        consumer = self.settings.consumer_name()
+        # Re-created at every start: what the previous process held unacknowledged then comes
+        # again at once and in order, rather than after ack_wait and behind newer audio. A
+        # work queue keeps only unacknowledged messages, so "deliver all" resumes exactly at
+        # the first unacknowledged chunk.
+        with contextlib.suppress(NotFoundError):
+            await js.delete_consumer(name, consumer)
+        config = ConsumerConfig(
+            durable_name=consumer,
+            deliver_subject=self._nc.new_inbox(),
+            deliver_policy=DeliverPolicy.ALL,
+            ack_policy=AckPolicy.EXPLICIT,
+            ack_wait=self.settings.ack_wait_s,
+            max_ack_pending=self.settings.max_ack_pending,
+            filter_subjects=self._subjects,
+        )
+        await js.add_consumer(name, config)
+        logger.info("durable mode", extra={"stream": name, "consumer": consumer})
+        # The server never has more than max_ack_pending out, so a buffer that large never
+        # drops a message (SlowConsumerError): back-pressure stays on the server, which keeps it.
+        limit = max(self.settings.pending_msgs_limit, self.settings.max_ack_pending)
+        return await js.subscribe_bind(
+            name,
+            config,
+            consumer,
+            cb=self._on_message,
+            manual_ack=True,
+            pending_msgs_limit=limit,
+            pending_bytes_limit=limit * 4096,
+        )
 
     async def _drain(self, subs: list[Subscription]) -> None:
         """SIGTERM: take no new audio, finish what was accepted, publish every final."""
@@ -305,10 +379,25 @@ class Worker:
             now = time.time()
             for stream in list(self._streams.values()):
                 await self._apply(stream, stream.session.tick(now=now))
+            if self.settings.durable and now >= self._progress_sweep_at:
+                await self._keep_in_progress(now)
+
+    async def _keep_in_progress(self, now: float) -> None:
+        """Tell the server that messages held for a long time (a session's `start`, audio
+        behind a slow backend) are still being worked on, so it does not redeliver them."""
+        ack_wait_s = self.settings.ack_wait_s
+        self._progress_sweep_at = now + ack_wait_s / 4
+        for stream in list(self._streams.values()):
+            if stream.ledger is not None:
+                for message in stream.ledger.stale(now, ack_wait_s / 2):
+                    with contextlib.suppress(nats.errors.Error):
+                        await message.in_progress()
 
     # ------------------------------------------------------------ input
 
     async def _on_message(self, msg: Msg) -> None:
+        if self.settings.durable and not await self._first_delivery(msg):
+            return
         # The session id is the subject's last token, partitioned or not.
         session_id = msg.subject.rsplit(".", 1)[-1]
         now = time.time()
@@ -321,15 +410,71 @@ class Worker:
                 stream, actions = self._dispatch(session_id, stream, message, now, parent)
             except SttError as exc:
                 await self._reject(session_id, stream, exc, now)
+                await self._ack_rejected(msg)
                 return
             except Exception as exc:
                 logger.exception("unexpected failure handling a message")
                 await self._reject(session_id, stream, SttError(f"internal error: {exc!r}"), now)
+                await self._ack_rejected(msg)
                 return
             if stream is not None:
                 if parent is not None:
                     stream.parent = parent  # the publisher's current turn
+                if self.settings.durable:
+                    await self._hold(stream, message, msg, now)
                 await self._apply(stream, actions)
+
+    # ------------------------------------------------------------ durable mode: acknowledgements
+
+    async def _first_delivery(self, msg: Msg) -> bool:
+        """Whether to take `msg`: a redelivery of what this process already took is not."""
+        seq = msg.metadata.sequence.stream
+        if seq > self._last_stream_seq:
+            self._last_stream_seq = seq
+            return True
+        # Still held: it is in progress. Not held: its audio was used, or dropped and
+        # reported (`audio_dropped`); either way it is done.
+        with contextlib.suppress(nats.errors.Error):
+            await (msg.in_progress() if seq in self._held_seqs else msg.ack())
+        return False
+
+    async def _hold(self, stream: _Stream, message: ClientMessage, msg: Msg, now: float) -> None:
+        if stream.ledger is None:
+            stream.ledger = AckLedger()
+        seq = msg.metadata.sequence.stream
+        self._held_seqs.add(seq)
+        normalizer = stream.normalizer
+        superseded = stream.ledger.hold(
+            message,
+            msg,
+            seq,
+            sample_rate_hz=normalizer.sample_rate_hz,
+            channels=normalizer.channels,
+            now=now,
+        )
+        await self._ack(superseded)
+
+    async def _ack(self, held: Iterable[Held]) -> None:
+        for each in held:
+            self._held_seqs.discard(each.stream_seq)
+            with contextlib.suppress(nats.errors.Error):
+                await each.message.ack()
+
+    async def _ack_rejected(self, msg: Msg) -> None:
+        """A rejected message would be rejected again: replaying it serves nobody."""
+        if self.settings.durable:
+            with contextlib.suppress(nats.errors.Error):
+                await msg.ack()
+
+    def _with_sources(self, stream: _Stream, message: ServerMessage) -> ServerMessage:
+        """Durable mode: stamp a transcript with the stream sequences of its audio."""
+        if stream.ledger is None or not isinstance(message, Transcription):
+            return message
+        start = round(message.audio_start_s * SAMPLE_RATE_HZ)
+        seqs = stream.ledger.source_seqs(start, round(message.audio_end_s * SAMPLE_RATE_HZ))
+        if seqs is None:
+            return message
+        return msgspec.structs.replace(message, source_seq_first=seqs[0], source_seq_last=seqs[1])
 
     def _dispatch(
         self,
@@ -512,17 +657,27 @@ class Worker:
         for action in actions:
             match action:
                 case Publish(message=message):
+                    message = self._with_sources(stream, message)
                     await self._publish(stream.subject, message, self._span_for(stream, message))
                     self._published(stream, message, job)
                 case Transcribe(job=queued):
                     await self._submit(stream, queued)
                 case Close(reason=reason):
                     self._close(stream, reason)
+                    if stream.ledger is not None:
+                        # After a drain, the session's rest (if the publisher goes on) is the
+                        # next worker's: it keeps the start and turn to reopen it with.
+                        keep = reason == "shutdown"
+                        await self._ack(stream.ledger.release_all(keep_config=keep))
         if (
             stream.session.closing is not None
             and self._live.get(stream.session.session_id) is stream
         ):
             del self._live[stream.session.session_id]  # a new start may now open a fresh one
+        if stream.ledger is not None:
+            # Every result this audio fed is out (published above, on the same connection,
+            # so the server sees it before these acknowledgements).
+            await self._ack(stream.ledger.settled(stream.session.first_unsettled_sample))
 
     def _span_for(self, stream: _Stream, message: ServerMessage) -> Span:
         """The span a published message continues: its utterance's, else the session's."""

@@ -58,3 +58,17 @@ class Inbox:
         start = len(self.received) - self._queue.qsize()
         await self.until(lambda m: m.get("type") == "session_closed", within_s)
         return self.received[start:]
+
+
+async def until(condition: Callable[[], object], within_s: float, every_s: float = 0.05) -> None:
+    """Wait for state that no event announces (the NATS client's connection, a counter)."""
+    async with asyncio.timeout(within_s):
+        while not await _holds(condition):  # noqa: ASYNC110 - nothing to await but the state
+            await asyncio.sleep(every_s)
+
+
+async def _holds(condition: Callable[[], object]) -> bool:
+    result = condition()
+    if asyncio.iscoroutine(result):
+        result = await result
+    return bool(result)

@@ -375,3 +375,20 @@ def test_context_carries_recent_finals_as_the_prompt_within_its_bound():
     (second,) = jobs(feed(session, "s" * 10 + "." * 10), final=True)
     assert second.prompt == "brown fox jumps"  # whole words, at most 20 characters
     assert jobs(feed(new_session(), "s" * 10 + "." * 10), final=True)[0].prompt is None
+
+
+def test_first_unsettled_sample_follows_the_preroll_the_utterance_and_its_final():
+    """Durable mode acknowledges audio before this point: it must never pass audio whose
+    result is still to come."""
+    session = new_session()
+    feed(session, "." * 50)  # silence: only the pre-roll window may still join speech
+    window = 5 + 3 + 2  # frames: pre-roll 100 ms, onset 60 ms, and the onset's 2 of slack
+    assert session.first_unsettled_sample == session.samples_seen - window * FRAME_SAMPLES
+    feed(session, "sss")
+    start = session.first_unsettled_sample
+    assert 0 < start < 50 * FRAME_SAMPLES  # the utterance, pre-roll included
+    (final,) = jobs(feed(session, "s" * 10 + "." * 10), final=True)
+    # Ended, but its final is not answered yet: its audio stays unsettled.
+    assert session.first_unsettled_sample == start == round(final.audio_start_s * 16_000)
+    session.result(final, "hello", now=1.0, language="en", inference_s=0.1)
+    assert session.first_unsettled_sample > final.audio_end_s * 16_000 - FRAME_SAMPLES

@@ -18,11 +18,11 @@ import pytest
 from prometheus_client.parser import text_string_to_metric_families
 
 from stt_worker.config import load_settings
-from stt_worker.engines.base import Audio, DecodeOptions, Engine, Transcript
 from stt_worker.publisher import publish_pcm, read_wav
 from stt_worker.telemetry import Telemetry
 from stt_worker.telemetry.logs import session_context, setup_logging
 from stt_worker.worker import Worker
+from tests.engines import GatedEngine
 from tests.helpers import SPEECH_DIR, Inbox
 from tests.otlp_receiver import otlp_receiver
 
@@ -246,26 +246,6 @@ async def test_metrics_and_probes_follow_a_session(make_worker, nc):
     assert value("stt_nats_connected") == 1 and value("stt_ready") == 1
     # No label ever carries a session id: the series count is bounded.
     assert session not in response.text
-
-
-class GatedEngine(Engine):
-    """The real engine behind gates the test opens: warm-up and each decode wait for them."""
-
-    def __init__(self, inner: Engine) -> None:
-        self.inner = inner
-        self.info = inner.info
-        self.parallelism = inner.parallelism
-        self.warm_gate = asyncio.Event()
-        self.decode_gate = asyncio.Event()
-        self.decoding = asyncio.Event()
-
-    async def warmup(self) -> None:
-        await self.warm_gate.wait()
-
-    async def transcribe(self, audio: Audio, options: DecodeOptions) -> Transcript:
-        self.decoding.set()
-        await self.decode_gate.wait()
-        return await self.inner.transcribe(audio, options)
 
 
 async def test_readiness_reports_loading_and_draining_while_liveness_holds(engine, nats_url, nc):

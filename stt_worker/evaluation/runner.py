@@ -13,6 +13,7 @@ import shlex
 import signal
 import subprocess
 import sys
+import tempfile
 import time
 from collections.abc import AsyncIterator, Sequence
 from datetime import UTC, datetime
@@ -72,7 +73,12 @@ async def evaluate(options: EvalOptions) -> EvalReport:
     )
     if not clips:
         raise FileNotFoundError(f"{options.manifest}: no clips selected")
-    async with NatsServer() as server:
+    async with contextlib.AsyncExitStack() as stack:
+        server_args: tuple[str, ...] = ()
+        if base_settings.durable:  # durable mode needs JetStream, on a store of its own
+            store = stack.enter_context(tempfile.TemporaryDirectory(prefix="stt-eval-js-"))
+            server_args = ("-js", "-sd", store)
+        server = await stack.enter_async_context(NatsServer(extra_args=server_args))
         settings = load_settings(**overrides, nats_url=server.url)
         engine = await asyncio.to_thread(create_engine, settings, options.engine)
         try:
