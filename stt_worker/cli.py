@@ -34,6 +34,7 @@ from stt_worker.console import format_message
 from stt_worker.engines import ENGINE_FACTORIES, LOCAL, create_engine, create_partial_engine
 from stt_worker.engines.base import Engine
 from stt_worker.errors import SttError
+from stt_worker.nats_auth import connect_options, redact_url
 from stt_worker.nats_server import NatsServer, NatsServerError
 from stt_worker.publisher import StreamStats, WavFormatError, stream_file
 from stt_worker.telemetry import Telemetry
@@ -221,7 +222,7 @@ async def _demo(args: argparse.Namespace) -> int:
 
     async with contextlib.AsyncExitStack() as stack:
         url = args.nats_url or (await stack.enter_async_context(NatsServer())).url
-        print(f"nats     {url}{'' if args.nats_url else '  (embedded nats-server)'}")
+        print(f"nats     {redact_url(url)}{'' if args.nats_url else '  (embedded nats-server)'}")
         settings = load_settings(
             nats_url=url,
             **_given(whisper_model_size=args.model, enable_vad=False if args.no_vad else None),
@@ -283,7 +284,7 @@ async def _in_process_whisper_server(settings: Settings) -> AsyncIterator[str]:
 
 async def _demo_session(args: argparse.Namespace, path: Path, settings: Settings) -> int:
     session_id = f"demo-{uuid.uuid4().hex[:8]}"
-    nc = await _connect(settings.nats_url, "stt-streaming demo")
+    nc = await _connect(settings, "stt-streaming demo")
     try:
         sub = await nc.subscribe(f"{settings.transcription_subject_prefix}.{session_id}")
         await nc.flush()  # subscribed before the first chunk leaves
@@ -375,7 +376,7 @@ def find_sample_audio() -> Path:
 async def _stream(args: argparse.Namespace) -> int:
     settings = load_settings(**_given(nats_url=args.nats_url))
     session_id = args.session or f"cli-{uuid.uuid4().hex[:8]}"
-    nc = await _connect(settings.nats_url, "stt-streaming stream")
+    nc = await _connect(settings, "stt-streaming stream")
     try:
         stats = await stream_file(
             nc,
@@ -402,7 +403,10 @@ def _stream_prefix(settings: Settings) -> str:
     return settings.stream_subject.removesuffix(".*").removesuffix(".>")
 
 
-async def _connect(url: str, name: str) -> NatsClient:
+async def _connect(settings: Settings, name: str) -> NatsClient:
+    """Connect as the worker does: NATS_URL with the same credentials and TLS settings."""
+    url = redact_url(settings.nats_url)
+
     # nats-py's default error callback prints a traceback per failed attempt; one line is enough.
     async def on_error(exc: Exception) -> None:
         logger.debug("nats: %r", exc)
@@ -412,15 +416,17 @@ async def _connect(url: str, name: str) -> NatsClient:
 
     try:
         return await nats.connect(
-            url,
+            settings.nats_url,
             name=name,
             connect_timeout=5,
             max_reconnect_attempts=3,
             reconnect_time_wait=1,
             error_cb=on_error,
             reconnected_cb=on_reconnect,
+            **connect_options(settings),
         )
-    except (NoServersError, OSError, TimeoutError) as exc:
+    except (NoServersError, OSError, TimeoutError, nats.errors.Error) as exc:
+        # nats.errors.Error: e.g. the server refused our credentials.
         raise CliError(f"cannot connect to NATS at {url}: {exc or type(exc).__name__}") from exc
 
 
@@ -430,7 +436,7 @@ async def _connect(url: str, name: str) -> NatsClient:
 async def _tail(args: argparse.Namespace) -> int:
     settings = load_settings(**_given(nats_url=args.nats_url))
     subject = args.subject or f"{settings.transcription_subject_prefix}.>"
-    nc = await _connect(settings.nats_url, "stt-streaming tail")
+    nc = await _connect(settings, "stt-streaming tail")
     stop = asyncio.Event()
     loop = asyncio.get_running_loop()
     for signum in (signal.SIGINT, signal.SIGTERM):
@@ -441,7 +447,10 @@ async def _tail(args: argparse.Namespace) -> int:
 
     try:
         await nc.subscribe(subject, cb=show)
-        print(f"listening on {subject} at {settings.nats_url}; Ctrl-C to stop", file=sys.stderr)
+        print(
+            f"listening on {subject} at {redact_url(settings.nats_url)}; Ctrl-C to stop",
+            file=sys.stderr,
+        )
         await stop.wait()
     finally:
         for signum in (signal.SIGINT, signal.SIGTERM):

@@ -9,7 +9,7 @@ from __future__ import annotations
 
 from typing import Literal
 
-from pydantic import AliasChoices, Field, SecretStr, field_validator
+from pydantic import AliasChoices, Field, FilePath, SecretStr, field_validator
 from pydantic_settings import BaseSettings, SettingsConfigDict
 
 from stt_worker.turns import DEFAULT_BACKCHANNELS
@@ -30,6 +30,20 @@ class Settings(BaseSettings):
     transcription_subject_prefix: str = Field(
         "ai.voice.transcription", alias="STT_TRANSCRIPTION_SUBJECT_PREFIX"
     )
+
+    # --- NATS authentication and TLS (new); nats-py takes each as is, see nats_auth.py ---
+    # A decentralised-auth .creds file (JWT + NKey seed), e.g. from `nsc generate creds`.
+    nats_creds_file: FilePath | None = Field(
+        None, validation_alias=AliasChoices("NATS_CREDS_FILE", "NATS_CREDS")
+    )
+    nats_nkey_seed_file: FilePath | None = Field(None, alias="NATS_NKEY_SEED_FILE")
+    nats_token: SecretStr | None = Field(None, alias="NATS_TOKEN")
+    nats_user: str | None = Field(None, alias="NATS_USER")
+    nats_password: SecretStr | None = Field(None, alias="NATS_PASSWORD")
+    # Any of these turns TLS on; the CA alone verifies the server, cert + key add client auth.
+    nats_tls_ca_file: FilePath | None = Field(None, alias="NATS_TLS_CA_FILE")
+    nats_tls_cert_file: FilePath | None = Field(None, alias="NATS_TLS_CERT_FILE")
+    nats_tls_key_file: FilePath | None = Field(None, alias="NATS_TLS_KEY_FILE")
 
     # --- engine (seed) ---
     # faster-whisper | openai-whisper | http; the entry scripts pick their variant's engine.
@@ -108,6 +122,11 @@ class Settings(BaseSettings):
     max_chunk_bytes: int = Field(256_000, alias="STT_MAX_CHUNK_BYTES", ge=320)
     max_utterance_s: float = Field(30.0, alias="STT_MAX_UTTERANCE_S", gt=1, le=30)
     session_idle_timeout_s: float = Field(60.0, alias="STT_SESSION_IDLE_TIMEOUT_S", gt=0)
+    # Wall-clock life of one session; past it the session is ended as by `end`.
+    max_session_s: float = Field(4 * 3600.0, alias="STT_MAX_SESSION_S", gt=0)
+    # Session ids longer than this are refused: they go into output subjects, and NATS
+    # closes a connection whose protocol line passes 4 KiB.
+    max_session_id_chars: int = Field(128, alias="STT_MAX_SESSION_ID_CHARS", ge=1, le=1024)
     max_pending_finals: int = Field(256, alias="STT_MAX_PENDING_FINALS", ge=1)
     # Parallel decodes of the local CTranslate2 engine (each with cores/N threads).
     max_concurrent_inferences: int = Field(2, alias="STT_MAX_CONCURRENT_INFERENCES", ge=1)
@@ -171,6 +190,22 @@ class Settings(BaseSettings):
     @classmethod
     def _empty_language_is_auto(cls, value: str | None) -> str | None:
         return value or None
+
+    @field_validator(
+        "nats_creds_file",
+        "nats_nkey_seed_file",
+        "nats_token",
+        "nats_user",
+        "nats_password",
+        "nats_tls_ca_file",
+        "nats_tls_cert_file",
+        "nats_tls_key_file",
+        mode="before",
+    )
+    @classmethod
+    def _empty_is_unset(cls, value: object) -> object:
+        # A ConfigMap or Secret key left empty means "not used", not "a file named ''".
+        return None if value == "" else value
 
     @property
     def backchannel_phrases(self) -> list[str]:

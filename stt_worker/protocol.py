@@ -10,20 +10,32 @@ from __future__ import annotations
 
 import binascii
 import enum
-from typing import Any, Literal
+import re
+from typing import Annotated, Any, Literal
 
 import msgspec
 
 from stt_worker.errors import ProtocolError
 
 State = Literal["listening", "responding"]
+# Why a session closed: `end`, idle eviction, worker shutdown (drain), or its life reached
+# STT_MAX_SESSION_S.
+CloseReason = Literal["end", "idle", "shutdown", "max_duration"]
 # Why an utterance's final was cut where it was: trailing silence (the endpoint), the length
-# bound, the session's `end`, idle eviction, worker shutdown (drain), no audio for the chunk
-# timeout, a `state_change` to responding, or a repeated `start`.
-EndReason = Literal[
-    "silence", "size", "end", "idle", "shutdown", "timeout", "responding", "restart"
-]
+# bound, a session close (as above), no audio for the chunk timeout, a `state_change` to
+# responding, or a repeated `start`.
+EndReason = Literal["silence", "size", "timeout", "responding", "restart"] | CloseReason
 SpeakerId = str | int | None
+
+# Echoed in every message of the session: bounded, so one `start` cannot inflate them all.
+MAX_SPEAKER_ID_CHARS = 256
+# Whisper's language codes are two or three lowercase letters ("en", "haw"); anything else
+# would reach the engine (or an HTTP backend's form) only to fail there.
+LANGUAGE_PATTERN = "^[a-z]{2,3}$"
+# Session ids become the last token of output subjects; these characters are safe in any
+# NATS subject, log line or span. NATS itself delivers `*`, `>` and control characters
+# published as literal tokens, so the worker cannot rely on the server to keep them out.
+SESSION_ID_PATTERN = re.compile(r"[A-Za-z0-9_\-:=@+]+")
 
 
 class ErrorCode(enum.StrEnum):
@@ -46,6 +58,8 @@ class ErrorCode(enum.StrEnum):
     ENGINE_ERROR = "engine_error"
     SHUTTING_DOWN = "shutting_down"
     ECHO_CANCELLATION_UNAVAILABLE = "echo_cancellation_unavailable"
+    INVALID_SESSION_ID = "invalid_session_id"
+    INTERNAL_ERROR = "internal_error"
 
 
 # ---------------------------------------------------------------- input
@@ -56,8 +70,8 @@ class Start(msgspec.Struct, tag="start", tag_field="type", frozen=True):
     sample_rate: int = 16_000
     channels: int = 1
     state: State = "listening"
-    speaker_id: SpeakerId = None
-    language: str | None = None
+    speaker_id: Annotated[str, msgspec.Meta(max_length=MAX_SPEAKER_ID_CHARS)] | int | None = None
+    language: Annotated[str, msgspec.Meta(pattern=LANGUAGE_PATTERN)] | None = None
 
 
 class Chunk(msgspec.Struct, tag="chunk", tag_field="type", frozen=True):
@@ -131,6 +145,21 @@ def _classify(raw: Any, exc: msgspec.ValidationError) -> ProtocolError:
             code=ErrorCode.UNKNOWN_TYPE,
         )
     return ProtocolError(f"invalid {raw['type']} message: {exc}", code=ErrorCode.INVALID_FIELD)
+
+
+def check_session_id(session_id: str, max_chars: int) -> None:
+    """Raise `ProtocolError` unless `session_id` is safe to put in a subject."""
+    if len(session_id) > max_chars:
+        raise ProtocolError(
+            f"session id of {len(session_id)} characters is longer than "
+            f"STT_MAX_SESSION_ID_CHARS={max_chars}",
+            code=ErrorCode.INVALID_SESSION_ID,
+        )
+    if not SESSION_ID_PATTERN.fullmatch(session_id):
+        raise ProtocolError(
+            f"session id {session_id!r} has characters outside A-Z a-z 0-9 _ - : = @ +",
+            code=ErrorCode.INVALID_SESSION_ID,
+        )
 
 
 def chunk_pcm_bytes(chunk: Chunk | Playback) -> bytes:
@@ -208,7 +237,7 @@ class Error(msgspec.Struct, frozen=True):
 
 class SessionClosed(msgspec.Struct, frozen=True):
     session_id: str
-    reason: Literal["end", "idle", "shutdown"]
+    reason: CloseReason
     timestamp: float
     speaker_id: SpeakerId
     utterances: int

@@ -16,7 +16,6 @@ import enum
 import logging
 from collections.abc import Sequence
 from dataclasses import dataclass, field
-from typing import Literal
 
 import numpy as np
 
@@ -24,6 +23,7 @@ from stt_worker.audio import Pcm16
 from stt_worker.config import SAMPLE_RATE_HZ
 from stt_worker.errors import SttError
 from stt_worker.protocol import (
+    CloseReason,
     EndReason,
     Error,
     Interrupt,
@@ -38,8 +38,6 @@ from stt_worker.turns import Backchannels, sounds_finished, words_of
 from stt_worker.vad import FRAME_MS, FRAME_SAMPLES, Frames
 
 logger = logging.getLogger(__name__)
-
-CloseReason = Literal["end", "idle", "shutdown"]
 
 PAUSE_FRAMES = 3  # 60 ms of unvoiced frames: the speaker paused
 
@@ -72,6 +70,7 @@ class SessionConfig:
     max_utterance_samples: int = 30 * SAMPLE_RATE_HZ
     chunk_timeout_s: float = 2.0
     idle_timeout_s: float = 60.0
+    max_session_s: float = 4 * 3600.0
     # Characters of recent final text passed to the model as context; 0 = none.
     context_chars: int = 0
     # Barge-in: False = on voice activity alone; True = only once a quick transcription of
@@ -243,6 +242,7 @@ class Session:
         self._recent_speech: collections.deque[bool] = collections.deque(
             maxlen=config.start_frames + 2
         )
+        self._opened_at = now
         self._last_audio_at = now
         self._last_activity_at = now
 
@@ -290,12 +290,16 @@ class Session:
         return actions + self._maybe_close(now)
 
     def tick(self, *, now: float) -> list[Action]:
-        """Timeouts: a publisher that stops sending mid-utterance, or goes away entirely."""
+        """Timeouts: a publisher that stops sending mid-utterance, goes away entirely, or
+        never ends its session."""
         if self.closing is not None:
             return []
         if now - self._last_activity_at >= self.config.idle_timeout_s:
             logger.info("session idle, evicting", extra={"session_id": self.session_id})
             return self.end(now=now, reason="idle")
+        if now - self._opened_at >= self.config.max_session_s:
+            logger.info("session too old, ending", extra={"session_id": self.session_id})
+            return self.end(now=now, reason="max_duration")
         if self._utterance is not None and now - self._last_audio_at >= self.config.chunk_timeout_s:
             return self._finalize(now, "timeout")
         return []
@@ -449,6 +453,13 @@ class Session:
             held.append(self._utterance.start_sample)
         held.append(self._samples_seen - sum(frame.size for frame, _ in self._preroll))
         return min(held)
+
+    @property
+    def buffered_samples(self) -> int:
+        """16 kHz samples this session holds: the open utterance (at most
+        `max_utterance_samples` before it is cut) and the pre-roll ring."""
+        held = sum(frame.size for frame, _ in self._preroll)
+        return held + (self._utterance.samples if self._utterance is not None else 0)
 
     # ------------------------------------------------------------ internals
 

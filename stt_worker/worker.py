@@ -44,6 +44,7 @@ from stt_worker.durable import AckLedger, Held
 from stt_worker.echo import EchoCanceller
 from stt_worker.engines.base import DecodeOptions, Engine, Transcript
 from stt_worker.errors import OverloadedError, ProtocolError, SttError
+from stt_worker.nats_auth import connect_options, describe, redact_url
 from stt_worker.probes import create_probe_app
 from stt_worker.protocol import (
     Chunk,
@@ -58,6 +59,7 @@ from stt_worker.protocol import (
     Start,
     StateChange,
     Transcription,
+    check_session_id,
     chunk_pcm_bytes,
     decode_client_message,
     encode_server_message,
@@ -95,6 +97,7 @@ def session_config(settings: Settings) -> SessionConfig:
         max_utterance_samples=settings.max_utterance_samples,
         chunk_timeout_s=settings.chunk_timeout_s,
         idle_timeout_s=settings.session_idle_timeout_s,
+        max_session_s=settings.max_session_s,
         context_chars=settings.context_chars,
         barge_in_words=settings.barge_in_mode == "words",
         backchannels=Backchannels(settings.backchannel_phrases),
@@ -259,14 +262,18 @@ class Worker:
             await self._serve(stop)
 
     async def _serve(self, stop: asyncio.Event) -> None:
+        settings = self.settings
+        url = redact_url(settings.nats_url)
+        logger.info("connecting to NATS at %s (%s)", url, describe(settings))
         self._nc = await nats.connect(
-            self.settings.nats_url,
+            settings.nats_url,
             name="stt-streaming",
             max_reconnect_attempts=-1,  # a worker waits for its bus forever
             reconnect_time_wait=0.5,
             error_cb=self._on_nats_error,
             disconnected_cb=self._on_disconnected,
             reconnected_cb=self._on_reconnected,
+            **connect_options(settings),
         )
         await self.engine.warmup()
         if self.partial_engine is not None:
@@ -406,6 +413,7 @@ class Worker:
         trace_id = stream.trace_id if stream else _trace_id_of(parent)
         with session_context(session_id, trace_id):
             try:
+                check_session_id(session_id, self.settings.max_session_id_chars)
                 message = decode_client_message(msg.data)
                 stream, actions = self._dispatch(session_id, stream, message, now, parent)
             except SttError as exc:
@@ -414,7 +422,8 @@ class Worker:
                 return
             except Exception as exc:
                 logger.exception("unexpected failure handling a message")
-                await self._reject(session_id, stream, SttError(f"internal error: {exc!r}"), now)
+                error = SttError(f"internal error: {exc!r}", code=ErrorCode.INTERNAL_ERROR)
+                await self._reject(session_id, stream, error, now)
                 await self._ack_rejected(msg)
                 return
             if stream is not None:
@@ -537,18 +546,18 @@ class Worker:
         now: float,
         parent: Context | None,
     ) -> tuple[_Stream, list[Action]]:
-        if stream is None:
-            logger.info("chunk without start: opening with defaults")
-            stream = self._open(session_id, Start(), now, parent)
+        # The audio is checked before a session is opened for it: a bad chunk costs nothing.
+        limit = self.settings.max_chunk_bytes
+        if chunk.audio_b64 is not None and len(chunk.audio_b64) // 4 * 3 > limit + 3:
+            raise _too_large(len(chunk.audio_b64) // 4 * 3, limit)  # not worth decoding
         pcm = chunk_pcm_bytes(chunk)
         self._metrics.chunks.inc()
         self._metrics.chunk_bytes.inc(len(pcm))
-        if len(pcm) > self.settings.max_chunk_bytes:
-            raise ProtocolError(
-                f"chunk of {len(pcm)} bytes exceeds STT_MAX_CHUNK_BYTES="
-                f"{self.settings.max_chunk_bytes}; split it into smaller chunks",
-                code=ErrorCode.CHUNK_TOO_LARGE,
-            )
+        if len(pcm) > limit:
+            raise _too_large(len(pcm), limit)
+        if stream is None:
+            logger.info("chunk without start: opening with defaults")
+            stream = self._open(session_id, Start(), now, parent)
         if chunk.seq is not None:
             if stream.last_seq is not None and chunk.seq <= stream.last_seq:
                 raise ProtocolError(
@@ -642,11 +651,19 @@ class Worker:
             "rejected message: %s", exc.message, extra={"session_id": session_id, "code": exc.code}
         )
         speaker = stream.session.speaker_id if stream else None
-        error = Error(session_id, exc.code, exc.message, now, speaker)
         if stream is not None:
             stream.span.add_event("rejected", {"stt.error_code": exc.code})
-        subject = f"{self.settings.transcription_subject_prefix}.{session_id}"
-        await self._publish(subject, error, stream.span if stream else None)
+        prefix = self.settings.transcription_subject_prefix
+        try:
+            check_session_id(session_id, self.settings.max_session_id_chars)
+        except ProtocolError:
+            # An id unfit for a subject is never put in one: its error goes to the bare
+            # prefix, which no session's subject equals, with the id cut to a safe length.
+            shown = session_id[: self.settings.max_session_id_chars]
+            await self._publish(prefix, Error(shown, exc.code, exc.message[:1024], now))
+            return
+        error = Error(session_id, exc.code, exc.message, now, speaker)
+        await self._publish(f"{prefix}.{session_id}", error, stream.span if stream else None)
 
     # ------------------------------------------------------------ actions
 
@@ -849,6 +866,13 @@ class Worker:
             await self._reject(session_id, self._live.get(session_id), error, time.time())
             return
         logger.warning("NATS error: %r", exc)
+
+
+def _too_large(size: int, limit: int) -> ProtocolError:
+    return ProtocolError(
+        f"chunk of {size} bytes exceeds STT_MAX_CHUNK_BYTES={limit}; split it into smaller chunks",
+        code=ErrorCode.CHUNK_TOO_LARGE,
+    )
 
 
 def _trace_id_of(context: Context | None) -> str | None:
