@@ -18,35 +18,9 @@ from stt_worker.protocol import (
     decode_client_message,
     encode_client_message,
 )
+from tests.strategies import typed_maps
 
 CODES = {code.value for code in ErrorCode}
-
-msgpack_values = st.recursive(
-    st.none()
-    | st.booleans()
-    | st.integers(-(2**63), 2**64 - 1)
-    | st.floats()
-    | st.text(max_size=20)
-    | st.binary(max_size=20),
-    lambda inner: (
-        st.lists(inner, max_size=4) | st.dictionaries(st.text(max_size=12), inner, max_size=4)
-    ),
-    max_leaves=12,
-)
-messages = st.fixed_dictionaries(
-    {"type": st.sampled_from(["start", "chunk", "state_change", "end", "other"])},
-    optional={
-        "sample_rate": msgpack_values,
-        "channels": msgpack_values,
-        "state": msgpack_values,
-        "speaker_id": msgpack_values,
-        "audio_b64": msgpack_values,
-        "audio": msgpack_values,
-        "timestamp": msgpack_values,
-        "seq": msgpack_values,
-        "session_id": msgpack_values,
-    },
-)
 
 
 def _decode(payload: bytes) -> None:
@@ -69,7 +43,7 @@ def test_random_bytes_raise_only_protocol_errors(payload):
 
 
 @settings(max_examples=1500, deadline=None)
-@given(messages)
+@given(typed_maps)
 def test_random_typed_maps_raise_only_protocol_errors(message):
     _decode(msgpack.packb(message, use_bin_type=True))
 
