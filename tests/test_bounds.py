@@ -1,0 +1,90 @@
+"""Resource bounds, each with its setting: sessions, session duration, audio held per session.
+
+(Chunk size and idle eviction are in tests/test_worker.py; a flood of sessions measured in a
+separate worker process is in tests/test_flood.py.)
+"""
+
+from __future__ import annotations
+
+import asyncio
+
+import msgpack
+import numpy as np
+
+from stt_worker.config import SAMPLE_RATE_HZ
+from stt_worker.publisher import stream_file
+from stt_worker.session import Session, SessionConfig, Transcribe, frames_of
+from stt_worker.vad import FRAME_SAMPLES
+from tests.helpers import SPEECH_DIR, Inbox, manifest_text
+from tests.test_worker import WER_BOUND, final_text, finals, sid
+from tests.textnorm import wer
+
+
+async def test_sessions_past_the_maximum_are_refused_and_open_ones_go_on(make_worker, nc):
+    await make_worker(max_sessions=2)
+    idle, healthy, refused = sid(), sid(), sid()
+    inboxes = {s: await Inbox.open(nc, s) for s in (idle, healthy, refused)}
+    await nc.publish(f"ai.voice.stream.{idle}", msgpack.packb({"type": "start"}))
+    clip = "lj_LJ001-0006.wav"
+    streaming = asyncio.create_task(stream_file(nc, healthy, SPEECH_DIR / clip, speed=4.0))
+    await inboxes[healthy].until(lambda m: m.get("type") == "transcript")  # both are open
+    await nc.publish(f"ai.voice.stream.{refused}", msgpack.packb({"type": "start"}))
+    error = await inboxes[refused].until(lambda m: m.get("type") == "error")
+    assert error["code"] == "too_many_sessions"
+    await streaming
+    messages = await inboxes[healthy].until_closed(within_s=60)
+    assert wer(manifest_text(clip), final_text(messages)) <= WER_BOUND
+    # A freed slot takes a new session.
+    await nc.publish(f"ai.voice.stream.{idle}", msgpack.packb({"type": "end"}))
+    await inboxes[idle].until_closed()
+    await stream_file(nc, refused, SPEECH_DIR / clip, speed=0)
+    after = await inboxes[refused].until_closed(within_s=60)
+    assert wer(manifest_text(clip), final_text(after)) <= WER_BOUND
+
+
+async def test_a_session_past_its_maximum_duration_is_ended_with_its_finals(make_worker, nc):
+    await make_worker(max_session_s=1.5)
+    session = sid()
+    inbox = await Inbox.open(nc, session)
+    clip = "ls_1089-134691-0001.wav"
+    # All audio at once and no `end`: only the duration bound closes this session.
+    await stream_file(nc, session, SPEECH_DIR / clip, speed=0, send_end=False)
+    messages = await inbox.until_closed(within_s=30)
+    closed = messages[-1]
+    assert closed["reason"] == "max_duration"
+    assert finals(messages)[-1]["end_reason"] == "max_duration"  # the utterance it cut short
+    assert wer(manifest_text(clip), final_text(messages)) <= WER_BOUND
+
+
+async def test_endless_speech_is_held_at_most_one_utterance_bound_at_a_time(make_worker, nc):
+    """36 s of continuous speech with no endpoint in reach: cut into finals of at most
+    STT_BUFFER_SIZE_BYTES of audio each, every word still transcribed."""
+    await make_worker(buffer_size_bytes=4 * 32_000, endpoint_silence_ms=10_000)
+    session = sid()
+    inbox = await Inbox.open(nc, session)
+    clip = "long_lj_LJ001-0001_to_0005.wav"
+    await stream_file(nc, session, SPEECH_DIR / clip, speed=0)
+    messages = await inbox.until_closed(within_s=120)
+    results = finals(messages)
+    assert len(results) >= 9
+    assert all(m["audio_end_s"] - m["audio_start_s"] <= 4.0 + 1e-3 for m in results)
+    assert {m["end_reason"] for m in results[:-1]} == {"size"}
+    assert wer(manifest_text(clip), final_text(messages)) <= 0.25
+
+
+def test_audio_held_by_a_session_never_exceeds_the_utterance_bound_and_preroll():
+    """Ten minutes of speech that never pauses, fed to the state machine alone."""
+    config = SessionConfig(preroll_ms=300, max_utterance_samples=3 * SAMPLE_RATE_HZ)
+    session = Session("s", config, now=0.0)
+    bound = config.max_utterance_samples + (config.preroll_frames + config.start_frames + 2) * (
+        FRAME_SAMPLES
+    )
+    second = frames_of(np.full(SAMPLE_RATE_HZ, 3000, np.int16), [True] * 50)
+    held, finals_s = [], 0.0
+    for _ in range(600):
+        for action in session.audio(second, now=0.0):
+            if isinstance(action, Transcribe) and action.job.is_final:
+                finals_s += action.job.audio_s
+        held.append(session.buffered_samples)
+    assert max(held) <= bound
+    assert finals_s + session.buffered_samples / SAMPLE_RATE_HZ == 600.0  # nothing dropped
