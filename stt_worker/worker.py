@@ -10,11 +10,14 @@ from __future__ import annotations
 
 import asyncio
 import contextlib
+import ctypes
+import ctypes.util
+import functools
 import itertools
 import logging
 import signal
 import time
-from collections.abc import Hashable, Iterable
+from collections.abc import Callable, Hashable, Iterable
 from dataclasses import dataclass, field
 
 import msgspec
@@ -83,6 +86,8 @@ from stt_worker.vad import VoiceActivityDetector
 logger = logging.getLogger(__name__)
 
 TICK_S = 0.1
+# Sessions closed before the freed heap is handed back to the OS (see `_release_free_heap`).
+TRIM_AFTER_CLOSES = 64
 
 
 def session_config(settings: Settings) -> SessionConfig:
@@ -192,6 +197,7 @@ class Worker:
         self._last_stream_seq = 0
         self._held_seqs: set[int] = set()
         self._progress_sweep_at = 0.0
+        self._closed_since_trim = 0
         self._watch_metrics()
 
     @property
@@ -388,6 +394,11 @@ class Worker:
                 await self._apply(stream, stream.session.tick(now=now))
             if self.settings.durable and now >= self._progress_sweep_at:
                 await self._keep_in_progress(now)
+            if self._closed_since_trim >= TRIM_AFTER_CLOSES or (
+                self._closed_since_trim and not self._streams
+            ):
+                self._closed_since_trim = 0
+                _release_free_heap()
 
     async def _keep_in_progress(self, now: float) -> None:
         """Tell the server that messages held for a long time (a session's `start`, audio
@@ -772,6 +783,7 @@ class Worker:
         stream.span.set_attribute("stt.close_reason", reason)
         stream.span.end()
         self._metrics.sessions_closed.labels(reason).inc()
+        self._closed_since_trim += 1
         logger.info("session closed", extra={"reason": reason})
         if not self._streams:
             self._all_closed.set()
@@ -873,6 +885,22 @@ def _too_large(size: int, limit: int) -> ProtocolError:
         f"chunk of {size} bytes exceeds STT_MAX_CHUNK_BYTES={limit}; split it into smaller chunks",
         code=ErrorCode.CHUNK_TOO_LARGE,
     )
+
+
+@functools.cache
+def _malloc_trim() -> Callable[[int], int] | None:
+    try:
+        return ctypes.CDLL(ctypes.util.find_library("c") or "libc.so.6").malloc_trim
+    except (OSError, AttributeError):  # not glibc: musl, macOS
+        return None
+
+
+def _release_free_heap() -> None:
+    """glibc keeps the memory of closed sessions for reuse, so after a burst of sessions the
+    process's RSS would stay at the peak; `malloc_trim` returns the free part to the OS."""
+    trim = _malloc_trim()
+    if trim is not None:
+        trim(0)
 
 
 def _trace_id_of(context: Context | None) -> str | None:
