@@ -35,7 +35,7 @@ async def make_worker(nats_url: str, engine: Engine) -> AsyncIterator:
         telemetry: Telemetry | None = None,
         **overrides: object,
     ):
-        settings = load_settings(nats_url=nats_url, **overrides)
+        settings = load_settings(**{"nats_url": nats_url, **overrides})  # a URL may override
         # `engine_factory(settings)` builds another engine (HTTP, torch) for this worker only.
         worker_engine = engine_factory(settings) if callable(engine_factory) else engine
         if worker_engine is not engine:
