@@ -28,6 +28,7 @@ import nats
 from nats.aio.client import Client as NatsClient
 from nats.errors import NoServersError
 
+from stt_worker import nats_parser
 from stt_worker.asgi import serving_in_loop
 from stt_worker.config import Settings, load_settings
 from stt_worker.console import format_message
@@ -414,6 +415,7 @@ async def _connect(settings: Settings, name: str) -> NatsClient:
     async def on_reconnect() -> None:
         print(f"nats: reconnected to {url}", file=sys.stderr)
 
+    nats_parser.harden()  # `tail` must survive odd subjects as the worker does
     try:
         return await nats.connect(
             settings.nats_url,

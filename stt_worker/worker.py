@@ -40,6 +40,7 @@ from opentelemetry import trace
 from opentelemetry.context import Context
 from opentelemetry.trace import Span, Status, StatusCode
 
+from stt_worker import nats_parser
 from stt_worker.asgi import serving_in_loop
 from stt_worker.audio import AudioNormalizer, Pcm16, check_format
 from stt_worker.config import BYTES_PER_SAMPLE, SAMPLE_RATE_HZ, Settings
@@ -271,6 +272,7 @@ class Worker:
         settings = self.settings
         url = redact_url(settings.nats_url)
         logger.info("connecting to NATS at %s (%s)", url, describe(settings))
+        nats_parser.harden()  # before any message can arrive: see nats_parser.py
         self._nc = await nats.connect(
             settings.nats_url,
             name="stt-streaming",

@@ -38,11 +38,10 @@ MAX_ID_CHARS = 128
 STABLE_CODES = {code.value for code in ErrorCode} - {ErrorCode.INTERNAL_ERROR}
 EXAMPLES = 1000  # per strategy; 3,000 cases through the worker in this module
 
-# Session-id tokens NATS accepts in a subject (no whitespace, no `.`), odd ones included:
-# `*`, `>`, control and non-ASCII characters, and ids far past the length bound. Not \x0b
-# or \x0c: nats-py's parser takes them for separators and drops its connection on such a
-# subject before any handler runs (tests/test_identity.py shows it; README, Reliability).
-_token_chars = st.characters(codec="utf-8", exclude_characters=" \t\r\n.\x0b\x0c", min_codepoint=1)
+# Session-id tokens NATS accepts in a subject (no space, tab, CR, LF or `.`), odd ones
+# included: `*`, `>`, control (\x0b and \x0c too: stt_worker/nats_parser.py) and non-ASCII
+# characters, and ids far past the length bound.
+_token_chars = st.characters(codec="utf-8", exclude_characters=" \t\r\n.", min_codepoint=1)
 session_ids = (
     st.none()  # a plain fresh id
     | st.text(_token_chars, min_size=1, max_size=40)
