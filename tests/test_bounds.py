@@ -1,7 +1,6 @@
-"""Resource bounds, each with its setting: sessions, session duration, audio held per session.
-
-(Chunk size and idle eviction are in tests/test_worker.py; a flood of sessions measured in a
-separate worker process is in tests/test_flood.py.)
+"""Resource bounds, each with its setting: sessions, idle and session duration, audio held
+per session. (Chunk size is in tests/test_worker.py; a flood of sessions measured in a
+worker process of its own is in tests/test_flood.py.)
 """
 
 from __future__ import annotations
@@ -10,6 +9,7 @@ import asyncio
 
 import msgpack
 import numpy as np
+import pytest
 
 from stt_worker.config import SAMPLE_RATE_HZ
 from stt_worker.publisher import stream_file
@@ -42,17 +42,21 @@ async def test_sessions_past_the_maximum_are_refused_and_open_ones_go_on(make_wo
     assert wer(manifest_text(clip), final_text(after)) <= WER_BOUND
 
 
-async def test_a_session_past_its_maximum_duration_is_ended_with_its_finals(make_worker, nc):
-    await make_worker(max_session_s=1.5)
+@pytest.mark.parametrize(
+    ("setting", "reason"),
+    [({"session_idle_timeout_s": 1.0}, "idle"), ({"max_session_s": 1.5}, "max_duration")],
+    ids=["idle_eviction", "max_duration"],
+)
+async def test_a_session_never_ended_is_closed_with_its_finals(make_worker, nc, setting, reason):
+    await make_worker(**setting)
     session = sid()
     inbox = await Inbox.open(nc, session)
     clip = "ls_1089-134691-0001.wav"
-    # All audio at once and no `end`: only the duration bound closes this session.
+    # All audio at once and no `end`: only the bound closes this session.
     await stream_file(nc, session, SPEECH_DIR / clip, speed=0, send_end=False)
     messages = await inbox.until_closed(within_s=30)
-    closed = messages[-1]
-    assert closed["reason"] == "max_duration"
-    assert finals(messages)[-1]["end_reason"] == "max_duration"  # the utterance it cut short
+    assert messages[-1]["reason"] == reason
+    assert finals(messages)[-1]["end_reason"] == reason  # the utterance it cut short
     assert wer(manifest_text(clip), final_text(messages)) <= WER_BOUND
 
 

@@ -325,14 +325,3 @@ async def test_drain_on_stop_publishes_the_open_utterance(make_worker, nc):
     closed = messages[-1]
     assert closed["type"] == "session_closed" and closed["reason"] == "shutdown"
     assert wer(manifest_text(clip), final_text(messages)) <= WER_BOUND
-
-
-async def test_idle_session_is_evicted_and_its_speech_finalised(make_worker, nc):
-    await make_worker(session_idle_timeout_s=1.0)
-    session = sid()
-    inbox = await Inbox.open(nc, session)
-    clip = "lj_LJ001-0008.wav"
-    await stream_file(nc, session, SPEECH_DIR / clip, speed=0, send_end=False)
-    messages = await inbox.until_closed(within_s=30)
-    assert messages[-1]["reason"] == "idle"
-    assert wer(manifest_text(clip), final_text(messages)) <= WER_BOUND
