@@ -424,7 +424,8 @@ class Worker:
         stream = self._live.get(session_id)
         parent = extract(msg.headers)
         trace_id = stream.trace_id if stream else _trace_id_of(parent)
-        with session_context(session_id, trace_id):
+        # Cut for the log too: a hostile 4 KB id must not make every log line 4 KB.
+        with session_context(session_id[: self.settings.max_session_id_chars], trace_id):
             try:
                 check_session_id(session_id, self.settings.max_session_id_chars)
                 message = decode_client_message(msg.data)
@@ -660,8 +661,11 @@ class Worker:
     async def _reject(
         self, session_id: str, stream: _Stream | None, exc: SttError, now: float
     ) -> None:
+        shown = session_id[: self.settings.max_session_id_chars]
         logger.warning(
-            "rejected message: %s", exc.message, extra={"session_id": session_id, "code": exc.code}
+            "rejected message: %s",
+            exc.message[:1024],
+            extra={"session_id": shown, "code": exc.code},
         )
         speaker = stream.session.speaker_id if stream else None
         if stream is not None:
@@ -672,7 +676,6 @@ class Worker:
         except ProtocolError:
             # An id unfit for a subject is never put in one: its error goes to the bare
             # prefix, which no session's subject equals, with the id cut to a safe length.
-            shown = session_id[: self.settings.max_session_id_chars]
             await self._publish(prefix, Error(shown, exc.code, exc.message[:1024], now))
             return
         error = Error(session_id, exc.code, exc.message, now, speaker)
