@@ -560,15 +560,9 @@ class Worker:
         now: float,
         parent: Context | None,
     ) -> tuple[_Stream, list[Action]]:
-        # The audio is checked before a session is opened for it: a bad chunk costs nothing.
-        limit = self.settings.max_chunk_bytes
-        if chunk.audio_b64 is not None and len(chunk.audio_b64) // 4 * 3 > limit + 3:
-            raise _too_large(len(chunk.audio_b64) // 4 * 3, limit)  # not worth decoding
-        pcm = chunk_pcm_bytes(chunk)
+        pcm = self._checked_pcm(chunk)
         self._metrics.chunks.inc()
         self._metrics.chunk_bytes.inc(len(pcm))
-        if len(pcm) > limit:
-            raise _too_large(len(pcm), limit)
         if stream is None:
             logger.info("chunk without start: opening with defaults")
             stream = self._open(session_id, Start(), now, parent)
@@ -594,15 +588,9 @@ class Worker:
         parent: Context | None,
     ) -> _Stream:
         """The assistant's audio: queued as the echo reference for this session's mic."""
+        pcm = self._checked_pcm(playback)
         if stream is None:
             stream = self._open(session_id, Start(state="responding"), now, parent)
-        pcm = chunk_pcm_bytes(playback)
-        if len(pcm) > self.settings.max_chunk_bytes:
-            raise ProtocolError(
-                f"playback of {len(pcm)} bytes exceeds STT_MAX_CHUNK_BYTES="
-                f"{self.settings.max_chunk_bytes}; split it into smaller messages",
-                code=ErrorCode.CHUNK_TOO_LARGE,
-            )
         if stream.playback is None:
             stream.playback = AudioNormalizer(
                 playback.sample_rate or stream.normalizer.sample_rate_hz,
@@ -613,6 +601,18 @@ class Worker:
             logger.info("echo cancellation on")
         stream.echo.playback(stream.playback.push(pcm))
         return stream
+
+    def _checked_pcm(self, message: Chunk | Playback) -> bytes:
+        """The message's audio within STT_MAX_CHUNK_BYTES, checked before any session opens
+        for it, so a bad message costs nothing; oversized base64 is not even decoded."""
+        limit = self.settings.max_chunk_bytes
+        encoded = message.audio_b64
+        if message.audio is None and encoded is not None and len(encoded) // 4 * 3 > limit + 3:
+            raise _too_large(len(encoded) // 4 * 3, limit)
+        pcm = chunk_pcm_bytes(message)
+        if len(pcm) > limit:
+            raise _too_large(len(pcm), limit)
+        return pcm
 
     def _open(self, session_id: str, start: Start, now: float, parent: Context | None) -> _Stream:
         if len(self._live) >= self.settings.max_sessions:

@@ -19,7 +19,7 @@ msgpack_values = st.recursive(
 
 # Any value in any field of any message type (and of an unknown one).
 typed_maps = st.fixed_dictionaries(
-    {"type": st.sampled_from(["start", "chunk", "state_change", "end", "other"])},
+    {"type": st.sampled_from(["start", "chunk", "playback", "state_change", "end", "other"])},
     optional={
         "sample_rate": msgpack_values,
         "channels": msgpack_values,

@@ -70,6 +70,15 @@ near_valid = st.one_of(
             "timestamp": st.floats(),
         },
     ),
+    st.fixed_dictionaries(
+        {"type": st.just("playback")},
+        optional={
+            "audio": _pcm,
+            "audio_b64": _pcm.map(lambda b: base64.b64encode(b).decode()) | st.text(max_size=40),
+            "sample_rate": st.integers(-1, 400_000) | st.none(),
+            "channels": st.integers(-1, 10) | st.none(),
+        },
+    ),
     st.fixed_dictionaries({"type": st.just("state_change")}, optional={"state": msgpack_values}),
     st.just({"type": "end"}),
 ).map(lambda message: msgpack.packb(message, use_bin_type=True))
