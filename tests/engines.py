@@ -31,7 +31,8 @@ class PoisonedEngine(Engine):
     """The real engine, except that it raises a library-style exception (not an EngineError)
     for the audio of sessions that asked for `language` == POISON: one bad utterance."""
 
-    POISON = "poison"
+    # Well formed (the protocol takes 2-3 lowercase letters) but no Whisper language.
+    POISON = "zzq"
 
     def __init__(self, inner: Engine) -> None:
         self.inner = inner
