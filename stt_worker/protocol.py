@@ -32,10 +32,11 @@ MAX_SPEAKER_ID_CHARS = 256
 # Whisper's language codes are two or three lowercase letters ("en", "haw"); anything else
 # would reach the engine (or an HTTP backend's form) only to fail there.
 LANGUAGE_PATTERN = "^[a-z]{2,3}$"
-# Session ids become the last token of output subjects; these characters are safe in any
-# NATS subject, log line or span. NATS itself delivers `*`, `>` and control characters
-# published as literal tokens, so the worker cannot rely on the server to keep them out.
-SESSION_ID_PATTERN = re.compile(r"[A-Za-z0-9_\-:=@+]+")
+# Session ids become the last token of output subjects: any printable ASCII but the
+# wildcards `*` and `>` (a publisher's ids such as "user#42/turn~3" keep working). NATS
+# itself delivers `*`, `>`, control and non-ASCII characters published as literal tokens,
+# so the worker cannot rely on the server to keep them out.
+SESSION_ID_PATTERN = re.compile(r"[!-)+-=?-~]+")
 
 
 class ErrorCode(enum.StrEnum):
@@ -157,7 +158,8 @@ def check_session_id(session_id: str, max_chars: int) -> None:
         )
     if not SESSION_ID_PATTERN.fullmatch(session_id):
         raise ProtocolError(
-            f"session id {session_id!r} has characters outside A-Z a-z 0-9 _ - : = @ +",
+            f"session id {session_id!r} has characters other than printable ASCII, or the "
+            "wildcards '*' or '>'",
             code=ErrorCode.INVALID_SESSION_ID,
         )
 

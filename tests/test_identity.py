@@ -125,3 +125,10 @@ async def test_message_fields_never_choose_a_subject(worker, nc, watch):
     assert messages[-1]["speaker_id"] == "../../$SYS.>"
     await watch.until_closed(session)
     assert watch.subjects == {f"{PREFIX}.{session}"}
+
+
+def test_ordinary_publisher_ids_are_accepted_whatever_their_punctuation():
+    from stt_worker.protocol import check_session_id
+
+    for session_id in ("user#42/turn~3", "a(b)c!d$e%f&g'h", "uuid-1234_x:y=z@w+v", "[x]{y}|z"):
+        check_session_id(session_id, 128)  # raises ProtocolError when refused
