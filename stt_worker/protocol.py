@@ -29,9 +29,17 @@ SpeakerId = str | int | None
 
 # Echoed in every message of the session: bounded, so one `start` cannot inflate them all.
 MAX_SPEAKER_ID_CHARS = 256
-# Whisper's language codes are two or three lowercase letters ("en", "haw"); anything else
+# Whisper's language codes are two or three letters ("en", "haw"); a BCP 47 tag such as
+# "en-US" is accepted and taken down to its language (`whisper_language`). Anything else
 # would reach the engine (or an HTTP backend's form) only to fail there.
-LANGUAGE_PATTERN = "^[a-z]{2,3}$"
+LANGUAGE_PATTERN = "^[A-Za-z]{2,3}([-_][A-Za-z0-9]{1,8})*$"
+
+
+def whisper_language(tag: str | None) -> str | None:
+    """ "en-US" -> "en": the part of a language tag Whisper knows."""
+    return tag.replace("_", "-").split("-", 1)[0].lower() if tag else None
+
+
 # Session ids become the last token of output subjects: any printable ASCII but the
 # wildcards `*` and `>` (a publisher's ids such as "user#42/turn~3" keep working). NATS
 # itself delivers `*`, `>`, control and non-ASCII characters published as literal tokens,

@@ -67,6 +67,7 @@ from stt_worker.protocol import (
     chunk_pcm_bytes,
     decode_client_message,
     encode_server_message,
+    whisper_language,
 )
 from stt_worker.scheduler import InferenceScheduler, Outcome
 from stt_worker.session import (
@@ -548,7 +549,10 @@ class Worker:
             actions += stream.flush_audio(now)
             stream.normalizer = AudioNormalizer(start.sample_rate, start.channels)
         actions += stream.session.update(
-            now=now, state=start.state, speaker_id=start.speaker_id, language=start.language
+            now=now,
+            state=start.state,
+            speaker_id=start.speaker_id,
+            language=whisper_language(start.language),
         )
         return stream, actions
 
@@ -626,7 +630,7 @@ class Worker:
             now=now,
             state=start.state,
             speaker_id=start.speaker_id,
-            language=start.language or self.settings.whisper_language,
+            language=whisper_language(start.language) or self.settings.whisper_language,
         )
         # The publisher's trace when it sent one, else a trace of our own per session.
         span = self._tracer.start_span(

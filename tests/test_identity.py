@@ -94,9 +94,9 @@ async def test_the_longest_id_of_every_allowed_character_works(worker, nc):
         {"speaker_id": "s" * 257},
         {"language": "../../../../etc/passwd"},
         {"language": "en.>"},
-        {"language": "EN"},
+        {"language": "english"},
     ],
-    ids=["long_speaker", "path_language", "subject_language", "upper_language"],
+    ids=["long_speaker", "path_language", "subject_language", "word_language"],
 )
 async def test_fields_that_could_reach_a_path_or_subject_are_refused(worker, nc, start):
     session = sid()
@@ -104,6 +104,15 @@ async def test_fields_that_could_reach_a_path_or_subject_are_refused(worker, nc,
     await nc.publish(f"ai.voice.stream.{session}", msgpack.packb({"type": "start", **start}))
     error = await inbox.until(lambda m: m.get("type") == "error")
     assert error["code"] == "invalid_field"
+
+
+def test_a_language_tag_is_taken_down_to_what_whisper_knows():
+    from stt_worker.protocol import Start, decode_client_message, whisper_language
+
+    for tag in ("en-US", "EN", "pt_BR", "zh-Hant-TW"):
+        start = decode_client_message(msgpack.packb({"type": "start", "language": tag}))
+        assert isinstance(start, Start)
+    assert [whisper_language(t) for t in ("en-US", "EN", "pt_BR", None)] == ["en", "en", "pt", None]
 
 
 async def test_message_fields_never_choose_a_subject(worker, nc, watch):
