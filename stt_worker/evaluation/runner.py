@@ -9,6 +9,7 @@ import logging
 import math
 import os
 import platform
+import re
 import shlex
 import signal
 import subprocess
@@ -16,6 +17,7 @@ import sys
 import tempfile
 import time
 from collections.abc import AsyncIterator, Sequence
+from dataclasses import dataclass
 from datetime import UTC, datetime
 from typing import Any
 
@@ -117,7 +119,7 @@ async def _run_worker_and_stream(
     engine: LocalEngine, settings: Settings, clips: Sequence[Clip], speed: float
 ) -> list[ClipResult]:
     results: list[ClipResult] = []
-    async with _worker_process(settings, engine.info.name):
+    async with worker_process(settings, engine.info.name):
         nc = await nats.connect(settings.nats_url, name="stt-eval", connect_timeout=5)
         try:
             for index, clip in enumerate(clips):
@@ -129,17 +131,35 @@ async def _run_worker_and_stream(
     return results
 
 
+@dataclass(slots=True)
+class WorkerProcess:
+    """A worker started by `worker_process`: its pid (for CPU and memory readings), the
+    probes and metrics URL it logged (None when it serves none), and its last log lines."""
+
+    pid: int
+    log: collections.deque[str]
+    probe_url: str | None = None
+
+
+_PROBE_URL = re.compile(r"probes and metrics at (http://[^\s\"]+)")
+
+
 @contextlib.asynccontextmanager
-async def _worker_process(settings: Settings, engine_kind: str) -> AsyncIterator[None]:
+async def worker_process(
+    settings: Settings, engine_kind: str, module: str = "stt_worker.cli"
+) -> AsyncIterator[WorkerProcess]:
     """`stt-streaming serve` in its own process, as deployments run it: in this process the
     publisher and subscriber would share its CPU and GIL (measured: in-worker inference ~7%
-    slower at the median, up to 1.6x, than the same decode alone)."""
+    slower at the median, up to 1.6x, than the same decode alone).
+
+    `module` runs another worker with the same command line (``-m MODULE serve --engine
+    KIND``) and readiness line ("worker ready"): the benchmarks' naive baseline."""
     # Probes on a free port unless asked otherwise: the harness must not need 8080.
     env = {"STT_HTTP_PORT": "0", **os.environ, **settings_env(settings)}
     process = await asyncio.create_subprocess_exec(
         sys.executable,
         "-m",
-        "stt_worker.cli",
+        module,
         "serve",
         "--engine",
         engine_kind,
@@ -149,11 +169,14 @@ async def _worker_process(settings: Settings, engine_kind: str) -> AsyncIterator
     )
     log: collections.deque[str] = collections.deque(maxlen=40)
     ready = asyncio.Event()
+    handle = WorkerProcess(process.pid, log)
 
     async def read_log() -> None:
         assert process.stderr is not None
         async for line in process.stderr:
             log.append(line.decode(errors="replace").rstrip())
+            if handle.probe_url is None and (found := _PROBE_URL.search(log[-1])):
+                handle.probe_url = found.group(1)
             if "worker ready" in log[-1]:
                 ready.set()
 
@@ -167,7 +190,7 @@ async def _worker_process(settings: Settings, engine_kind: str) -> AsyncIterator
         waiting.cancel()
         if not ready.is_set():
             raise RuntimeError("the worker did not become ready:\n" + "\n".join(log))
-        yield
+        yield handle
     finally:
         if process.returncode is None:
             process.send_signal(signal.SIGTERM)  # drain, as Kubernetes stops it
