@@ -53,6 +53,7 @@ from prometheus_client.parser import text_string_to_metric_families
 
 from bench.loadgen import (
     CHUNK_S,
+    BatchPublisher,
     LoadRun,
     SessionPlan,
     plan_sessions,
@@ -155,6 +156,7 @@ class Sample:
     rss_bytes: int
     loadavg_1m: float
     metrics: dict[str, float]  # a few of the worker's own (ours only)
+    others_cpu_s: dict[str, float]  # this process (the load generator) and nats-server
 
 
 class Sampler:
@@ -164,6 +166,11 @@ class Sampler:
         self._process = psutil.Process(worker.pid)
         self._url = f"{worker.probe_url}/metrics" if worker.probe_url else None
         self.samples: list[Sample] = []
+        me = psutil.Process()
+        self._others = {"generator": me}
+        for child in me.children():
+            if "nats-server" in child.name():
+                self._others["nats-server"] = child
 
     async def sample(self, client: httpx.AsyncClient) -> Sample:
         times = self._process.cpu_times()
@@ -171,7 +178,13 @@ class Sampler:
         metrics: dict[str, float] = {}
         if self._url is not None:
             metrics = parse_metrics((await client.get(self._url)).text)
-        sample = Sample(time.time(), times.user + times.system, rss, os.getloadavg()[0], metrics)
+        others = {}
+        for name, process in self._others.items():
+            other = process.cpu_times()
+            others[name] = other.user + other.system
+        sample = Sample(
+            time.time(), times.user + times.system, rss, os.getloadavg()[0], metrics, others
+        )
         self.samples.append(sample)
         return sample
 
@@ -202,6 +215,19 @@ class Sampler:
         if len(inside) < 2 or inside[-1].at <= inside[0].at:
             return None
         return (inside[-1].cpu_s - inside[0].cpu_s) / (inside[-1].at - inside[0].at)
+
+    def other_cores(self, start: float, end: float) -> dict[str, float]:
+        """Mean CPU cores of the load generator (this process) and nats-server."""
+        inside = self.window(start, end)
+        if len(inside) < 2 or inside[-1].at <= inside[0].at:
+            return {}
+        first, last = inside[0], inside[-1]
+        return {
+            name: round(
+                (last.others_cpu_s[name] - first.others_cpu_s[name]) / (last.at - first.at), 3
+            )
+            for name in last.others_cpu_s
+        }
 
     def rate(self, name: str, start: float, end: float) -> float | None:
         inside = [s for s in self.window(start, end) if name in s.metrics]
@@ -284,12 +310,13 @@ class Step:
     finals: int
     missing: int
     overhead: dict[str, Any] = field(default_factory=dict)
+    other_cores: dict[str, float] = field(default_factory=dict)
     final_list: list[Final] = field(default_factory=list)
 
 
 async def speech_step(
     system: str,
-    nc: nats.aio.client.Client,
+    nc: Connections,
     worker: WorkerProcess,
     settings: Settings,
     timelines: Callable[[int], Clip],
@@ -304,7 +331,8 @@ async def speech_step(
     grace_s = 10.0 + 2.0 * sessions if system == "ours" else 3.0
     async with sampler.running():
         run = await run_load(
-            nc,
+            nc.results,
+            nc.publisher,
             plans,
             duration_s,
             stream_prefix=settings.stream_subject.removesuffix(".*"),
@@ -323,6 +351,7 @@ async def speech_step(
     step.loadavg_before = round(loadavg_before, 2)
     step.loadavg_max = round(max((s.loadavg_1m for s in window), default=loadavg_before), 2)
     step.generator = run.lateness_summary()
+    step.other_cores = sampler.other_cores(run.started_at, run.ended_at)
     logger.info(
         "%s N=%d: %s (%s) p95 %s ms (bound %.0f), cores %s, load %.2f",
         system,
@@ -548,7 +577,7 @@ def _ratio(value: float | int | None) -> float | int | None:
 
 
 async def silent_steps(
-    nc: nats.aio.client.Client,
+    nc: Connections,
     worker: WorkerProcess,
     settings: Settings,
     counts: Sequence[int],
@@ -566,7 +595,8 @@ async def silent_steps(
             rss_before = sampler.samples[-1].rss_bytes
             plans = plan_sessions(count, ramp_s, f"silent{count}", [None] * count)
             run = await run_load(
-                nc,
+                nc.results,
+                nc.publisher,
                 plans,
                 ramp_s + SILENT_SETTLE_S + window_s,
                 stream_prefix=settings.stream_subject.removesuffix(".*"),
@@ -583,12 +613,16 @@ async def silent_steps(
                 for r in run.received
             )
             marginal = max(cores - idle_cores, 1e-9)
+            # Sessions' worth of real-time audio the worker actually took in: fewer than
+            # `count` when the generator or the worker fell behind.
+            carried = chunks_per_s * CHUNK_S
             rows.append(
                 {
                     "sessions": count,
                     "worker_cores": round(cores, 4),
-                    "cores_per_session": round(marginal / count, 6),
-                    "sessions_per_core": round(count / marginal),
+                    "cores_per_session": round(marginal / carried, 6) if carried else None,
+                    "sessions_per_core": round(carried / marginal),
+                    "real_time": chunks_per_s >= 0.97 * count / CHUNK_S,
                     "chunks_per_s": round(chunks_per_s),
                     "chunks_expected_per_s": round(count / CHUNK_S),
                     "chunks_per_s_per_core": round(chunks_per_s / cores) if cores else None,
@@ -596,6 +630,7 @@ async def silent_steps(
                     "rss_growth_bytes_per_session": round((rss - rss_before) / count),
                     "errors": dropped,
                     "generator": run.lateness_summary(),
+                    "other_cores": sampler.other_cores(start, run.ended_at),
                     "loadavg_before": round(loadavg_before, 2),
                     "loadavg_max": round(max((s.loadavg_1m for s in inside), default=0.0), 2),
                 }
@@ -668,12 +703,21 @@ async def search(
     return best, steps
 
 
+@dataclass(slots=True)
+class Connections:
+    results: nats.aio.client.Client  # subscribes to what the worker publishes
+    publisher: BatchPublisher  # the load
+
+
 @contextlib.asynccontextmanager
-async def _connected(url: str) -> AsyncIterator[nats.aio.client.Client]:
-    nc = await nats.connect(url, name="stt-capacity-load", pending_size=64 * 2**20)
+async def _connected(url: str) -> AsyncIterator[Connections]:
+    nc = await nats.connect(url, name="stt-capacity-results")
+    publisher = BatchPublisher()
     try:
-        yield nc
+        await publisher.connect(url)
+        yield Connections(nc, publisher)
     finally:
+        await publisher.close()
         await nc.close()
 
 

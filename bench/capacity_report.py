@@ -209,21 +209,28 @@ def render_markdown(result: dict[str, Any], command: str, plots: list[str]) -> s
         f"{silent['idle_cores']} cores. Per session: "
         "(worker cores - idle cores) / N; memory: RSS growth / N.",
         "",
-        "| sessions | worker CPU cores | sessions per core | chunks/s received (sent) | "
-        "chunks/s per core | RSS MB | RSS growth per session | generator pace, late ticks "
-        "| load avg before / max |",
-        "| ---: | ---: | ---: | --- | ---: | ---: | ---: | --- | --- |",
+        "| sessions | real time | worker CPU cores | sessions per core | chunks/s received "
+        "(sent) | chunks/s per core | RSS MB | RSS growth per session | generator pace, late "
+        "ticks | generator / nats-server cores | load avg before / max |",
+        "| ---: | --- | ---: | ---: | --- | ---: | ---: | ---: | --- | --- | --- |",
     ]
     for row in silent["steps"]:
-        gen = row["generator"]
+        gen, others = row["generator"], row.get("other_cores", {})
         lines.append(
-            f"| {row['sessions']} | {row['worker_cores']:.3f} | {row['sessions_per_core']} "
+            f"| {row['sessions']} | {'yes' if row['real_time'] else '**no**'} "
+            f"| {row['worker_cores']:.3f} | {row['sessions_per_core']} "
             f"| {row['chunks_per_s']} ({row['chunks_expected_per_s']}) "
             f"| {row['chunks_per_s_per_core']} | {row['rss_mb']} "
             f"| {row['rss_growth_bytes_per_session'] / 1024:.1f} KB "
             f"| {gen.get('pace')}, {gen.get('ticks_late_over_20ms')} / {gen.get('ticks')} "
+            f"| {others.get('generator', '-')} / {others.get('nats-server', '-')} "
             f"| {row['loadavg_before']} / {row['loadavg_max']} |"
         )
+    lines += [
+        "",
+        "*Sessions per core* counts the sessions' worth of audio the worker actually took in "
+        "(chunks/s / 50): where a step is not real time, it carried fewer than it was sent.",
+    ]
     if result["engines"]:
         lines += [
             "",
