@@ -6,19 +6,21 @@ CPU time and memory are read apart from the load generator's), the load from
 
 1. Latency at N = 1: end of speech -> final, partial cadence, and the bare inference of
    each final's audio on an idle engine in this process, measured after the step.
-2. Capacity of our worker (`stt-streaming serve`, defaults): N stepped up until a step is
-   not sustained; then one step between the last good N and the first bad one. Sustained:
-   p95 end of speech -> final within the endpoint silence + 1 s, also over the last third
-   of the step (a growing backlog fails there first), and every session closed within the
-   grace after ``end``.
+2. Capacity of our worker (`stt-streaming serve`, defaults): N stepped up while the worker
+   keeps up; then one step between the last sustained N and the first that was not.
+   Sustained: every session closed after ``end`` (nothing left behind), the latency not
+   climbing by more than 1 s from the first third of the step to the last (no growing
+   backlog), and p95 end of speech -> final within the endpoint silence + 1 s, over the
+   step and over its last third. *Throughput*: the largest N that kept up, latency aside.
 3. Latency at 75% of that capacity, as in 1.
 4. The same search for the naive baseline (`bench.naive_worker`: the seed's 16 s buffers,
-   30 s window, no VAD, no scheduling). It has no endpoint: its wait is the buffer, so its
-   bound is p95 buffer full (the chunk completing it) -> result within 1 s, the same
-   "+ 1 s" after its trigger; every full buffer's result must arrive.
-5. The non-inference path: 1, 100 and 1,000 silent sessions (room noise, real time) on a
-   fresh worker: its CPU per session (above its idle CPU), chunk messages per second per
-   core, and memory per session (RSS growth / sessions).
+   30 s window, no VAD, no scheduling), its sessions started at random phases over one
+   buffer's length. It has no endpoint: its wait is the buffer, so its bound is p95 buffer
+   full (the chunk completing it) -> result within 1 s, the same "+ 1 s" after its
+   trigger; every full buffer's result must arrive.
+5. The non-inference path: 1, 100 and 1,000 silent sessions (room noise, real time) on
+   our worker after its speech steps: its CPU per session (above its idle CPU), chunk
+   messages per second per core, and memory per session (RSS growth / sessions).
 6. Engines' real-time factor on the shared clips (`bench.engines`, after the workers exit).
 
 Writes ``<out>.md``, ``<out>.json``, ``<out>_latency.png`` and ``<out>_cpu.png``
@@ -88,6 +90,7 @@ class Plan:
 
     step_s: float
     ramp_s: float
+    baseline_step_s: float  # its starts spread over one buffer's duration: random phases
     latency_n1_s: float
     ours: tuple[int, ...]
     baseline: tuple[int, ...]
@@ -104,10 +107,11 @@ class Plan:
 
 
 FULL = Plan(
-    step_s=24.0,
+    step_s=20.0,
     ramp_s=4.0,
+    baseline_step_s=36.0,
     latency_n1_s=40.0,
-    ours=(1, 2, 4, 6, 8, 12, 16, 24, 32, 48, 64),
+    ours=(1, 2, 4, 8, 12, 16, 24, 32, 48, 64),
     baseline=(1, 2, 3, 4, 6, 8, 12, 16),
     refine=True,
     silent=(1, 100, 1000),
@@ -130,6 +134,7 @@ FULL = Plan(
 QUICK = Plan(
     step_s=8.0,
     ramp_s=0.5,
+    baseline_step_s=8.0,
     latency_n1_s=8.0,
     ours=(1,),
     baseline=(1,),
@@ -294,6 +299,8 @@ class Step:
     sessions: int
     duration_s: float
     sustained: bool
+    keeps_up: bool  # real-time throughput: no result missing, latency not climbing
+    growth_ms: float  # median latency, last third of the step - first third
     why: str
     bound_ms: float
     latency_ms: dict[str, Any]  # the criterion's latency: eos (ours) / trigger (baseline)
@@ -326,7 +333,8 @@ async def speech_step(
 ) -> Step:
     loadavg_before = os.getloadavg()[0]
     prefix = f"{system}{sessions}x{time.time_ns() % 10**6:06d}"
-    plans = plan_sessions(sessions, ramp_s, prefix, [timelines(i) for i in range(sessions)])
+    audio = [timelines(i) for i in range(sessions)]
+    plans = plan_sessions(sessions, ramp_s, prefix, audio, random=True)
     sampler = Sampler(worker)
     grace_s = 10.0 + 2.0 * sessions if system == "ours" else 3.0
     async with sampler.running():
@@ -502,19 +510,27 @@ def _judge(
     finals: list[Final],
     run: LoadRun,
 ) -> Step:
-    # The last third of the step by trigger time: a backlog that grows shows there first.
-    cut = run.started_at + (run.ended_at - run.started_at) * 2 / 3
-    late = [f.eos_latency_ms if system == "ours" else f.trigger_latency_ms for f in judged]
-    late = [value for f, value in zip(judged, late, strict=True) if f.sent_at >= cut]
+    # Thirds of the step by trigger time: a backlog that grows shows in the last one first.
+    span = run.ended_at - run.started_at
+    first_cut, last_cut = run.started_at + span / 3, run.started_at + span * 2 / 3
+    values = [f.eos_latency_ms if system == "ours" else f.trigger_latency_ms for f in judged]
+    early = [v for f, v in zip(judged, values, strict=True) if f.sent_at < first_cut]
+    late = [v for f, v in zip(judged, values, strict=True) if f.sent_at >= last_cut]
     whole, last = spread(latency), spread(late)
+    growth_ms = float(np.median(late) - np.median(early)) if early and late else 0.0
+    # Keeps up (real-time throughput, whatever the latency): every result came, and the
+    # latency did not climb by more than the margin from the first third to the last.
+    keeps_up = bool(latency) and not missing and growth_ms <= SUSTAIN_MARGIN_MS
     if not latency:
         sustained, why = False, "no results to judge"
     elif missing:
         sustained, why = False, f"{missing} results missing (backlog)"
+    elif not keeps_up:
+        sustained, why = False, f"latency grows {growth_ms:.0f} ms over the step (backlog)"
     elif (whole["p95"] or 0) > bound_ms:
         sustained, why = False, "p95 over the bound"
     elif last["p95"] is not None and last["p95"] > bound_ms:
-        sustained, why = False, "p95 of the last third over the bound (backlog grows)"
+        sustained, why = False, "p95 of the last third over the bound"
     else:
         sustained, why = True, "ok"
     return Step(
@@ -522,6 +538,8 @@ def _judge(
         sessions=sessions,
         duration_s=duration_s,
         sustained=sustained,
+        keeps_up=keeps_up,
+        growth_ms=round(growth_ms, 1),
         why=why,
         bound_ms=bound_ms,
         latency_ms=whole,
@@ -675,32 +693,45 @@ class Timelines:
         return self._cache[index]
 
 
+@dataclass(slots=True)
+class Search:
+    capacity: int  # largest N sustained: real time and within the latency bound
+    throughput: int  # largest N that kept up in real time, latency aside
+    steps: list[Step]
+
+
 async def search(
     system: str,
     ladder: Sequence[int],
     refine: bool,
     measure: Callable[[int], Any],
     known: dict[int, Step] | None = None,
-) -> tuple[int, list[Step]]:
-    """Step N up the ladder until a step fails; then once between the last good and it.
-    A step in `known` (same N, same duration) is not measured again."""
-    best, failed, steps = 0, None, []
+) -> Search:
+    """Step N up the ladder while the worker keeps up (so that both capacities are found);
+    then once between the last sustained N and the first that was not. A step in `known`
+    (same N, same duration) is not measured again."""
+    best, through, failed, steps = 0, 0, None, []
     known = known or {}
     for sessions in ladder:
         step = known.get(sessions) or await measure(sessions)
         steps.append(step)
-        if not step.sustained:
+        if step.sustained and failed is None:
+            best = sessions
+        elif failed is None:
             failed = sessions
+        if not step.keeps_up:
             break
-        best = sessions
+        through = sessions
     if refine and failed is not None and failed - best > 1:
         middle = (best + failed) // 2
         step = await measure(middle)
         steps.append(step)
         if step.sustained:
             best = middle
-    logger.info("%s capacity: %d", system, best)
-    return best, steps
+        if step.keeps_up:
+            through = max(through, middle)
+    logger.info("%s capacity: %d (keeps up to %d)", system, best, through)
+    return Search(best, through, steps)
 
 
 @dataclass(slots=True)
@@ -743,7 +774,8 @@ async def bench_ours(server: NatsServer, plan: Plan, timelines: Timelines) -> di
             n1 = await measure(1, plan.latency_n1_s)
             await asyncio.to_thread(add_bare_inference, n1, engine, timelines, plan.bare_max)
             known = {1: n1} if plan.latency_n1_s == plan.step_s else {}
-            capacity, steps = await search("ours", plan.ours, plan.refine, measure, known)
+            found = await search("ours", plan.ours, plan.refine, measure, known)
+            capacity = found.capacity
             at75 = None
             if capacity >= 1:
                 sessions = max(1, round(0.75 * capacity))
@@ -759,7 +791,8 @@ async def bench_ours(server: NatsServer, plan: Plan, timelines: Timelines) -> di
         engine.close()
     return {
         "capacity": capacity,
-        "steps": steps,
+        "throughput": found.throughput,
+        "steps": found.steps,
         "n1": n1,
         "at75": at75,
         "silent": silent,
@@ -774,16 +807,22 @@ async def bench_baseline(server: NatsServer, plan: Plan, timelines: Timelines) -
         whisper_window_pad_s=30.0,  # Whisper's fixed 30 s window
         max_concurrent_inferences=1,  # one decode at a time, on every core
     )
+    ramp_s = settings.buffer_size_bytes / (SAMPLE_RATE_HZ * BYTES_PER_SAMPLE)
     naive = worker_process(settings, "faster-whisper", module="bench.naive_worker")
     async with naive as worker, _connected(server.url) as nc:
 
         async def measure(sessions: int) -> Step:
             return await speech_step(
-                "baseline", nc, worker, settings, timelines, sessions, plan.step_s, plan.ramp_s
+                "baseline", nc, worker, settings, timelines, sessions, plan.baseline_step_s, ramp_s
             )
 
-        capacity, steps = await search("baseline", plan.baseline, plan.refine, measure)
-    return {"capacity": capacity, "steps": steps, "setup": _setup(settings)}
+        found = await search("baseline", plan.baseline, plan.refine, measure)
+    return {
+        "capacity": found.capacity,
+        "throughput": found.throughput,
+        "steps": found.steps,
+        "setup": _setup(settings),
+    }
 
 
 def _setup(settings: Settings) -> dict[str, Any]:
@@ -821,7 +860,7 @@ async def run_all(plan: Plan, engines: bool) -> dict[str, Any]:
     meta["loadavg_start"] = [round(x, 2) for x in os.getloadavg()]
     vad_level = load_settings().vad_aggressiveness
     clips = [c for c in load_clips(DEFAULT_MANIFEST, vad_level) if c.duration_s <= plan.clip_max_s]
-    longest = max(plan.step_s, plan.latency_n1_s) + 1.0
+    longest = max(plan.step_s, plan.latency_n1_s, plan.baseline_step_s) + 1.0
     timelines = Timelines(clips, longest, vad_level)
     started = time.monotonic()
     async with NatsServer() as server:

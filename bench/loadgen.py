@@ -126,14 +126,17 @@ class LoadRun:
 
 
 def plan_sessions(
-    count: int, ramp_s: float, prefix: str, audio: Sequence[Clip | None]
+    count: int, ramp_s: float, prefix: str, audio: Sequence[Clip | None], *, random: bool = False
 ) -> list[SessionPlan]:
-    """`count` sessions, starts spread evenly over `ramp_s`; `audio[i]` for session i."""
+    """`count` sessions, `audio[i]` for session i, starting over `ramp_s`: evenly spread, or
+    with `random` at seeded uniform offsets (session 0 at once), as independent clients
+    are, so that periodic work (the baseline's full buffers) falls at random phases."""
     ramp_ticks = round(ramp_s / CHUNK_S)
-    return [
-        SessionPlan(f"{prefix}-{i:04d}", ramp_ticks * i // max(1, count), audio[i])
-        for i in range(count)
-    ]
+    rng = np.random.default_rng(count)
+    starts = [ramp_ticks * i // max(1, count) for i in range(count)]
+    if random:
+        starts = [0, *sorted(int(t) for t in rng.integers(0, max(1, ramp_ticks), count - 1))]
+    return [SessionPlan(f"{prefix}-{i:04d}", starts[i], audio[i]) for i in range(count)]
 
 
 def _silent_payloads(seed: int = 7) -> list[bytes]:
