@@ -18,8 +18,8 @@ CPU time and memory are read apart from the load generator's), the load from
    buffer's length. It has no endpoint: its wait is the buffer, so its bound is p95 buffer
    full (the chunk completing it) -> result within 1 s, the same "+ 1 s" after its
    trigger; every full buffer's result must arrive.
-5. The non-inference path: 1, 100 and 1,000 silent sessions (room noise, real time) on
-   our worker after its speech steps: its CPU per session (above its idle CPU), chunk
+5. The non-inference path (measured first, on the fresh worker): 1, 100 and 1,000 silent
+   sessions (room noise, real time): its CPU per session (above its idle CPU), chunk
    messages per second per core, and memory per session (RSS growth / sessions).
 6. Engines' real-time factor on the shared clips (`bench.engines`, after the workers exit).
 
@@ -110,9 +110,9 @@ FULL = Plan(
     step_s=20.0,
     ramp_s=4.0,
     baseline_step_s=36.0,
-    latency_n1_s=40.0,
+    latency_n1_s=60.0,
     ours=(1, 2, 4, 8, 12, 16, 24, 32, 48, 64),
-    baseline=(1, 2, 3, 4, 6, 8, 12, 16),
+    baseline=(1, 2, 3, 4, 6, 8, 12, 16, 24),
     refine=True,
     silent=(1, 100, 1000),
     silent_window_s=8.0,
@@ -581,6 +581,9 @@ def add_bare_inference(
         "bare_ms": spread([f.bare_ms for f in measured if f.bare_ms is not None]),
         "worker_inference_ms": spread([f.inference_ms or 0.0 for f in measured]),
         "eos_ms": spread([f.eos_latency_ms for f in measured]),
+        # What the pipeline adds to the worker's own engine time: last chunk -> final minus
+        # the final's `inference_ms` (queue wait, NATS both ways, decode, publish).
+        "pipeline_ms": spread([f.trigger_latency_ms - (f.inference_ms or 0.0) for f in measured]),
         # (end of speech -> final - silence waited) / bare inference of the same audio
         "over_bare": {k: _ratio(v) for k, v in spread(ratios).items()},
         "within_bound": within,
@@ -753,8 +756,8 @@ async def _connected(url: str) -> AsyncIterator[Connections]:
 
 
 async def bench_ours(server: NatsServer, plan: Plan, timelines: Timelines) -> dict[str, Any]:
-    """Latency at N = 1, the capacity search, latency at 75% of it, then the silent sessions
-    (on the same worker: RSS and CPU are read against the moment before each step)."""
+    """The silent sessions, latency at N = 1, the capacity search and latency at 75% of it,
+    on one worker (CPU and RSS are read against the moment before each step)."""
     settings = load_settings(
         nats_url=server.url, otel_enabled=False, http_port=0, max_sessions=max(plan.silent) + 100
     )
@@ -771,6 +774,11 @@ async def bench_ours(server: NatsServer, plan: Plan, timelines: Timelines) -> di
                     "ours", nc, worker, settings, timelines, sessions, duration_s, plan.ramp_s
                 )
 
+            # Silent sessions first, on the fresh worker: RSS growth per session is then not
+            # hidden by memory the speech steps freed.
+            silent = await silent_steps(
+                nc, worker, settings, plan.silent, plan.silent_window_s, plan.silent_ramp_s
+            )
             n1 = await measure(1, plan.latency_n1_s)
             await asyncio.to_thread(add_bare_inference, n1, engine, timelines, plan.bare_max)
             known = {1: n1} if plan.latency_n1_s == plan.step_s else {}
@@ -784,9 +792,6 @@ async def bench_ours(server: NatsServer, plan: Plan, timelines: Timelines) -> di
                     await asyncio.to_thread(
                         add_bare_inference, at75, engine, timelines, plan.bare_max
                     )
-            silent = await silent_steps(
-                nc, worker, settings, plan.silent, plan.silent_window_s, plan.silent_ramp_s
-            )
     finally:
         engine.close()
     return {

@@ -185,13 +185,15 @@ def render_markdown(result: dict[str, Any], command: str, plots: list[str]) -> s
         "## Latency at N = 1 and at 75% of capacity",
         "",
         "Bare: the same final's audio decoded alone by the same engine settings in the bench "
-        "process after the step (worker idle). Overhead: (end of speech -> final - silence "
-        "waited) / bare.",
+        "process after the step (worker idle). Worker's inference: the final's own "
+        "`inference_ms`. Pipeline: last chunk -> final minus that (queue wait, NATS both "
+        "ways, publishing). Overhead: (end of speech -> final - silence waited) / bare.",
         "",
         "| N | finals | end of speech -> final p50 / p95 / p99 ms | bare p50 / p95 ms | "
-        "overhead p50 / p95 / p99 | within silence + 1.15 x bare | partial latency p50 / p95 ms"
-        " | partial interval p50 / p95 / p99 ms |",
-        "| ---: | ---: | --- | --- | --- | --- | --- | --- |",
+        "worker's inference p50 / p95 ms | pipeline p50 / p95 ms | overhead p50 / p95 / p99 | "
+        "within silence + 1.15 x bare | partial latency p50 / p95 ms | partial interval "
+        "p50 / p95 / p99 ms |",
+        "| ---: | ---: | --- | --- | --- | --- | --- | --- | --- | --- |",
     ]
     for step in (ours["n1"], ours["at75"]):
         if step is None or (step is ours["at75"] and step is ours["n1"]):
@@ -202,6 +204,8 @@ def render_markdown(result: dict[str, Any], command: str, plots: list[str]) -> s
             f"| {step.sessions} | {o.get('finals', 0)} "
             f"| {_ms(o['eos_ms'], 'p50')} / {_ms(o['eos_ms'], 'p95')} / {_ms(o['eos_ms'], 'p99')}"
             f" | {_ms(o['bare_ms'], 'p50')} / {_ms(o['bare_ms'], 'p95')} "
+            f"| {_ms(o['worker_inference_ms'], 'p50')} / {_ms(o['worker_inference_ms'], 'p95')} "
+            f"| {_ms(o['pipeline_ms'], 'p50')} / {_ms(o['pipeline_ms'], 'p95')} "
             f"| {_num(over.get('p50'), 2)} / {_num(over.get('p95'), 2)} / "
             f"{_num(over.get('p99'), 2)} | {o.get('within_bound')} / {o.get('finals')} "
             f"| {_ms(step.partial_latency_ms, 'p50')} / {_ms(step.partial_latency_ms, 'p95')} "
@@ -214,7 +218,7 @@ def render_markdown(result: dict[str, Any], command: str, plots: list[str]) -> s
         "## Non-inference path: silent real-time sessions",
         "",
         "Sessions streaming room noise (decode, base64, VAD, session state; nothing reaches "
-        "the model), on the same worker after the speech steps. Worker idle: "
+        "the model), on the fresh worker before the speech steps. Worker idle: "
         f"{silent['idle_cores']} cores. Per session: "
         "(worker cores - idle cores) / N; memory: RSS growth / N.",
         "",
