@@ -15,9 +15,11 @@ CPU time and memory are read apart from the load generator's), the load from
 3. Latency at 75% of that capacity, as in 1.
 4. The same search for the naive baseline (`bench.naive_worker`: the seed's 16 s buffers,
    30 s window, no VAD, no scheduling), its sessions started at random phases over one
-   buffer's length. It has no endpoint: its wait is the buffer, so its bound is p95 buffer
-   full (the chunk completing it) -> result within 1 s, the same "+ 1 s" after its
-   trigger; every full buffer's result must arrive.
+   buffer's length; interleaved with ours (at each N, one system right after the other),
+   so that other work on a shared machine disturbs both searches alike. It has no
+   endpoint: its wait is the buffer, so its bound is p95 buffer full (the chunk completing
+   it) -> result within 1 s, the same "+ 1 s" after its trigger; every full buffer's
+   result must arrive.
 5. The non-inference path (measured first, on the fresh worker): 1, 100 and 1,000 silent
    sessions (room noise, real time): its CPU per session (above its idle CPU), chunk
    messages per second per core, and memory per session (RSS growth / sessions).
@@ -42,7 +44,7 @@ import math
 import os
 import sys
 import time
-from collections.abc import AsyncIterator, Callable, Sequence
+from collections.abc import AsyncIterator, Awaitable, Callable, Sequence
 from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any
@@ -336,7 +338,9 @@ async def speech_step(
     audio = [timelines(i) for i in range(sessions)]
     plans = plan_sessions(sessions, ramp_s, prefix, audio, random=True)
     sampler = Sampler(worker)
-    grace_s = 10.0 + 2.0 * sessions if system == "ours" else 3.0
+    # Ours closes every session after its last final; the baseline does not: it gets the
+    # whole grace, room for the results of buffers that filled just before the end.
+    grace_s = 10.0 + 2.0 * sessions if system == "ours" else 3.0 + 0.5 * sessions
     async with sampler.running():
         run = await run_load(
             nc.results,
@@ -697,44 +701,48 @@ class Timelines:
 
 
 @dataclass(slots=True)
-class Search:
-    capacity: int  # largest N sustained: real time and within the latency bound
-    throughput: int  # largest N that kept up in real time, latency aside
-    steps: list[Step]
+class Ladder:
+    """One system's capacity search: the N it tries and what it found so far."""
 
+    system: str
+    rungs: tuple[int, ...]
+    measure: Callable[[int], Awaitable[Step]]
+    known: dict[int, Step] = field(default_factory=dict)  # same N and duration: reused
+    capacity: int = 0  # largest N sustained: real time and within the latency bound
+    throughput: int = 0  # largest N that kept up in real time, latency aside
+    failed: int | None = None  # first N not sustained
+    done: bool = False  # stopped keeping up: no larger N is tried
+    steps: list[Step] = field(default_factory=list)
 
-async def search(
-    system: str,
-    ladder: Sequence[int],
-    refine: bool,
-    measure: Callable[[int], Any],
-    known: dict[int, Step] | None = None,
-) -> Search:
-    """Step N up the ladder while the worker keeps up (so that both capacities are found);
-    then once between the last sustained N and the first that was not. A step in `known`
-    (same N, same duration) is not measured again."""
-    best, through, failed, steps = 0, 0, None, []
-    known = known or {}
-    for sessions in ladder:
-        step = known.get(sessions) or await measure(sessions)
-        steps.append(step)
-        if step.sustained and failed is None:
-            best = sessions
-        elif failed is None:
-            failed = sessions
-        if not step.keeps_up:
-            break
-        through = sessions
-    if refine and failed is not None and failed - best > 1:
-        middle = (best + failed) // 2
-        step = await measure(middle)
-        steps.append(step)
-        if step.sustained:
-            best = middle
+    def record(self, sessions: int, step: Step) -> None:
+        self.steps.append(step)
+        if step.sustained and (self.failed is None or sessions < self.failed):
+            self.capacity = max(self.capacity, sessions)
+        elif not step.sustained and self.failed is None:
+            self.failed = sessions
         if step.keeps_up:
-            through = max(through, middle)
-    logger.info("%s capacity: %d (keeps up to %d)", system, best, through)
-    return Search(best, through, steps)
+            self.throughput = max(self.throughput, sessions)
+        else:
+            self.done = True
+
+
+async def search(ladders: Sequence[Ladder], refine: bool) -> None:
+    """Step N up; at each N every system that still keeps up is measured, one right after
+    the other, so that other work on a shared machine disturbs both alike. Then, per
+    system, once between its last sustained N and the first that was not."""
+    for sessions in sorted({n for ladder in ladders for n in ladder.rungs}):
+        for ladder in ladders:
+            if not ladder.done and sessions in ladder.rungs:
+                step = ladder.known.get(sessions) or await ladder.measure(sessions)
+                ladder.record(sessions, step)
+    for ladder in ladders:
+        if refine and ladder.failed is not None and ladder.failed - ladder.capacity > 1:
+            middle = (ladder.capacity + ladder.failed) // 2
+            ladder.done = False
+            ladder.record(middle, await ladder.measure(middle))
+        logger.info(
+            "%s capacity: %d (keeps up to %d)", ladder.system, ladder.capacity, ladder.throughput
+        )
 
 
 @dataclass(slots=True)
@@ -755,38 +763,65 @@ async def _connected(url: str) -> AsyncIterator[Connections]:
         await nc.close()
 
 
-async def bench_ours(server: NatsServer, plan: Plan, timelines: Timelines) -> dict[str, Any]:
-    """The silent sessions, latency at N = 1, the capacity search and latency at 75% of it,
-    on one worker (CPU and RSS are read against the moment before each step)."""
-    settings = load_settings(
+async def bench_workers(
+    server: NatsServer, plan: Plan, timelines: Timelines
+) -> tuple[dict[str, Any], dict[str, Any], dict[str, Any]]:
+    """Ours and the baseline, each in its own process: the silent sessions (ours), latency
+    at N = 1, both capacity searches interleaved, latency at 75% of our capacity. CPU and
+    RSS are read against the moment before each step."""
+    ours = load_settings(
         nats_url=server.url, otel_enabled=False, http_port=0, max_sessions=max(plan.silent) + 100
     )
-    engine = await asyncio.to_thread(create_engine, settings, "faster-whisper")
+    naive = load_settings(
+        nats_url=server.url,
+        buffer_size_bytes=plan.baseline_buffer_bytes,
+        whisper_window_pad_s=30.0,  # Whisper's fixed 30 s window
+        max_concurrent_inferences=1,  # one decode at a time, on every core
+    )
+    # Its sessions start at random phases over one buffer: full buffers fall at random.
+    naive_ramp_s = naive.buffer_size_bytes / (SAMPLE_RATE_HZ * BYTES_PER_SAMPLE)
+    engine = await asyncio.to_thread(create_engine, ours, "faster-whisper")
     assert isinstance(engine, LocalEngine)
     try:
         async with (
-            worker_process(settings, "faster-whisper") as worker,
+            worker_process(ours, "faster-whisper") as worker,
             _connected(server.url) as nc,
         ):
-
-            async def measure(sessions: int, duration_s: float = plan.step_s) -> Step:
-                return await speech_step(
-                    "ours", nc, worker, settings, timelines, sessions, duration_s, plan.ramp_s
-                )
-
             # Silent sessions first, on the fresh worker: RSS growth per session is then not
             # hidden by memory the speech steps freed.
             silent = await silent_steps(
-                nc, worker, settings, plan.silent, plan.silent_window_s, plan.silent_ramp_s
+                nc, worker, ours, plan.silent, plan.silent_window_s, plan.silent_ramp_s
             )
+
+            async def measure(sessions: int, duration_s: float = plan.step_s) -> Step:
+                return await speech_step(
+                    "ours", nc, worker, ours, timelines, sessions, duration_s, plan.ramp_s
+                )
+
             n1 = await measure(1, plan.latency_n1_s)
             await asyncio.to_thread(add_bare_inference, n1, engine, timelines, plan.bare_max)
             known = {1: n1} if plan.latency_n1_s == plan.step_s else {}
-            found = await search("ours", plan.ours, plan.refine, measure, known)
-            capacity = found.capacity
+            ladder = Ladder("ours", plan.ours, measure, known)
+            baseline = worker_process(naive, "faster-whisper", module="bench.naive_worker")
+            async with baseline as naive_worker:
+
+                async def measure_naive(sessions: int) -> Step:
+                    return await speech_step(
+                        "baseline",
+                        nc,
+                        naive_worker,
+                        naive,
+                        timelines,
+                        sessions,
+                        plan.baseline_step_s,
+                        naive_ramp_s,
+                    )
+
+                naive_ladder = Ladder("baseline", plan.baseline, measure_naive)
+                await search([ladder, naive_ladder], plan.refine)
             at75 = None
-            if capacity >= 1:
-                sessions = max(1, round(0.75 * capacity))
+            if ladder.capacity >= 1:
+                sessions = max(1, round(0.75 * ladder.capacity))
                 at75 = known.get(sessions) or await measure(sessions)
                 if not at75.overhead:
                     await asyncio.to_thread(
@@ -794,40 +829,23 @@ async def bench_ours(server: NatsServer, plan: Plan, timelines: Timelines) -> di
                     )
     finally:
         engine.close()
-    return {
-        "capacity": capacity,
-        "throughput": found.throughput,
-        "steps": found.steps,
-        "n1": n1,
-        "at75": at75,
-        "silent": silent,
-        "setup": _setup(settings),
-    }
-
-
-async def bench_baseline(server: NatsServer, plan: Plan, timelines: Timelines) -> dict[str, Any]:
-    settings = load_settings(
-        nats_url=server.url,
-        buffer_size_bytes=plan.baseline_buffer_bytes,
-        whisper_window_pad_s=30.0,  # Whisper's fixed 30 s window
-        max_concurrent_inferences=1,  # one decode at a time, on every core
+    return (
+        {
+            "capacity": ladder.capacity,
+            "throughput": ladder.throughput,
+            "steps": ladder.steps,
+            "n1": n1,
+            "at75": at75,
+            "setup": _setup(ours),
+        },
+        {
+            "capacity": naive_ladder.capacity,
+            "throughput": naive_ladder.throughput,
+            "steps": naive_ladder.steps,
+            "setup": _setup(naive),
+        },
+        silent,
     )
-    ramp_s = settings.buffer_size_bytes / (SAMPLE_RATE_HZ * BYTES_PER_SAMPLE)
-    naive = worker_process(settings, "faster-whisper", module="bench.naive_worker")
-    async with naive as worker, _connected(server.url) as nc:
-
-        async def measure(sessions: int) -> Step:
-            return await speech_step(
-                "baseline", nc, worker, settings, timelines, sessions, plan.baseline_step_s, ramp_s
-            )
-
-        found = await search("baseline", plan.baseline, plan.refine, measure)
-    return {
-        "capacity": found.capacity,
-        "throughput": found.throughput,
-        "steps": found.steps,
-        "setup": _setup(settings),
-    }
 
 
 def _setup(settings: Settings) -> dict[str, Any]:
@@ -869,8 +887,7 @@ async def run_all(plan: Plan, engines: bool) -> dict[str, Any]:
     timelines = Timelines(clips, longest, vad_level)
     started = time.monotonic()
     async with NatsServer() as server:
-        ours = await bench_ours(server, plan, timelines)
-        baseline = await bench_baseline(server, plan, timelines)
+        ours, baseline, silent = await bench_workers(server, plan, timelines)
     engine_rows = await bench_engines(plan) if engines else []
     meta["loadavg_end"] = [round(x, 2) for x in os.getloadavg()]
     meta["wall_s"] = round(time.monotonic() - started, 1)
@@ -880,7 +897,7 @@ async def run_all(plan: Plan, engines: bool) -> dict[str, Any]:
         "meta": meta,
         "ours": ours,
         "baseline": baseline,
-        "silent": ours.pop("silent"),
+        "silent": silent,
         "engines": engine_rows,
     }
 
