@@ -777,6 +777,10 @@ async def bench_workers(
         buffer_size_bytes=plan.baseline_buffer_bytes,
         whisper_window_pad_s=30.0,  # Whisper's fixed 30 s window
         max_concurrent_inferences=1,  # one decode at a time, on every core
+        # Both workers run at once (the searches interleave): subjects of its own, or each
+        # would also take the other's sessions.
+        stream_subject="bench.baseline.stream.*",
+        transcription_subject_prefix="bench.baseline.transcription",
     )
     # Its sessions start at random phases over one buffer: full buffers fall at random.
     naive_ramp_s = naive.buffer_size_bytes / (SAMPLE_RATE_HZ * BYTES_PER_SAMPLE)

@@ -313,9 +313,12 @@ def write_plots(result: dict[str, Any], prefix: Path) -> list[Path]:
     if baseline:
         axis.axhline(baseline[0].bound_ms, color="C1", lw=0.8, ls=":", label="baseline: bound")
     axis.set_xlabel("concurrent speech sessions (N)")
-    axis.set_ylabel("ms (ours: end of speech -> final; baseline: buffer full -> result)")
+    axis.set_ylabel("latency (ms)")
     axis.set_yscale("log")
-    axis.set_title("Latency vs N")
+    axis.set_title(
+        "Latency vs N (ours: end of speech -> final; baseline: buffer full -> result)",
+        fontsize=9,
+    )
     axis.legend(fontsize=7)
     figure.tight_layout()
     figure.savefig(paths[0], dpi=110)
