@@ -275,6 +275,9 @@ async def test_k8s_accounts_conf_lets_each_user_touch_only_its_subjects(make_wor
         async def on_error(exc: Exception) -> None:
             violations.put_nowait(str(exc))
 
+        # Fresh clients for the permission checks, independent of the session's client.
+        await publisher.close()
+        publisher = await connect(server.url, **publisher_user)
         as_worker = await connect(server.url, error_cb=on_error, **worker_user)
         heard = await as_worker.subscribe("ai.voice.partitioned.>")  # allowed
         await as_worker.flush()
