@@ -18,6 +18,7 @@ from __future__ import annotations
 import argparse
 import asyncio
 import json
+import logging
 import os
 import platform
 import statistics
@@ -39,6 +40,8 @@ from stt_worker.publisher import read_wav
 from stt_worker.vad import FRAME_SAMPLES
 from stt_worker.worker import Worker
 from tests.helpers import Inbox
+
+logger = logging.getLogger("bench.turns")
 
 ROOT = Path(__file__).resolve().parents[1]
 TURNS = ROOT / "tests" / "data" / "turns"
@@ -123,22 +126,32 @@ def labelled_set() -> list[Case]:
     return cases + echo_cases()
 
 
+# The assistant's sentence, how late and how loud its echo comes back to the microphone.
+ECHO_PATHS = (
+    ("lj_LJ001-0006.wav", 80, -6),
+    ("ls_1089-134691-0001.wav", 150, -10),
+    ("ls_1089-134686-0002.wav", 250, -14),
+)
+
+
+def echo_of(name: str, delay_ms: int, level_db: int, rng: np.random.Generator):
+    """What the assistant plays (a real sentence and 1 s of silence) and its echo at the
+    microphone, as sox `delay` and `vol` would mix it, with room and microphone noise."""
+    played = np.concatenate([_mono(SPEECH / name), np.zeros(RATE, np.int16)])
+    echo = np.zeros(played.size)
+    delay = delay_ms * RATE // 1000
+    echo[delay:] = played[: played.size - delay] * 10 ** (level_db / 20)
+    echo += rng.normal(0, 30, echo.size)
+    return played, echo
+
+
 def echo_cases() -> list[Case]:
-    """The assistant's voice (real sentences) played and heard back by the microphone at
-    realistic delays and levels (as sox `delay` and `vol` would mix it), alone or with the
-    user saying "stop" over it; every case sends the played audio as `playback`."""
+    """Echo alone, or with the user saying "stop" over it 2 s in; every case sends the
+    played audio as `playback`."""
     rng = np.random.default_rng(11)
     cases = []
-    for name, delay_ms, level_db in (
-        ("lj_LJ001-0006.wav", 80, -6),
-        ("ls_1089-134691-0001.wav", 150, -10),
-        ("ls_1089-134686-0002.wav", 250, -14),
-    ):
-        played = np.concatenate([_mono(SPEECH / name), np.zeros(RATE, np.int16)])
-        echo = np.zeros(played.size)
-        delay = delay_ms * RATE // 1000
-        echo[delay:] = played[: played.size - delay] * 10 ** (level_db / 20)
-        echo += rng.normal(0, 30, echo.size)  # room and microphone noise
+    for name, delay_ms, level_db in ECHO_PATHS:
+        played, echo = echo_of(name, delay_ms, level_db, rng)
         label = f"echo:{name}@{delay_ms}ms{level_db}dB"
         cases.append(Case(label, "echo", _clip16(echo), played))
         stop = _mono(TURNS / "stop_105a0eea_nohash_0.wav").astype(np.float64)
@@ -167,6 +180,7 @@ async def _run_case(nc, mode: str, case: Case) -> Outcome:
         onset_sent = sent[min(len(sent) - 1, int(case.onset_s / CHUNK_S))]
         received = float(interrupts[0]["timestamp"])  # the worker's clock, same machine
         latency_ms = (received - onset_sent) * 1000 if onset_sent else None
+    logger.debug("%s: words began at %.3f", case.name, sent[int(case.onset_s / CHUNK_S)])
     return Outcome(
         mode,
         case.name,
@@ -305,12 +319,21 @@ def main() -> None:
     parser = argparse.ArgumentParser(description=__doc__.split("\n")[0])
     parser.add_argument("--modes", nargs="+", default=list(MODES), choices=MODES)
     parser.add_argument("--out", type=Path, default=OUT)
+    parser.add_argument("--only", help="cases whose name contains this (exploration)")
+    parser.add_argument(
+        "--trace", action="store_true", help="log each probe's words and timing to stderr"
+    )
     args = parser.parse_args()
+    if args.trace:
+        logging.basicConfig(format="%(created).3f %(name)s %(message)s")
+        for name in ("stt_worker.session", "bench.turns"):
+            logging.getLogger(name).setLevel(logging.DEBUG)
+    cases = [case for case in labelled_set() if not args.only or args.only in case.name]
     load_before = os.getloadavg()[0]
     engine = create_engine(load_settings())
     started = time.time()
     try:
-        outcomes = asyncio.run(measure(engine, labelled_set(), tuple(args.modes)))
+        outcomes = asyncio.run(measure(engine, cases, tuple(args.modes)))
     finally:
         engine.close()
     summary = summarise(outcomes)

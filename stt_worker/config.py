@@ -12,7 +12,7 @@ from typing import Literal
 from pydantic import AliasChoices, Field, FilePath, SecretStr, field_validator
 from pydantic_settings import BaseSettings, SettingsConfigDict
 
-from stt_worker.turns import DEFAULT_BACKCHANNELS
+from stt_worker.turns import DEFAULT_BACKCHANNELS, DEFAULT_COMMANDS
 
 # Whisper and webrtcvad both work on 16 kHz mono; everything is converted to this on arrival.
 SAMPLE_RATE_HZ = 16_000
@@ -114,6 +114,8 @@ class Settings(BaseSettings):
     barge_in_mode: Literal["vad", "words"] = Field("vad", alias="STT_BARGE_IN_MODE")
     backchannels: str = Field(",".join(DEFAULT_BACKCHANNELS), alias="STT_BACKCHANNELS")
     barge_in_probe_ms: int = Field(200, alias="STT_BARGE_IN_PROBE_MS", ge=20)
+    # Word mode: phrases that interrupt as soon as a probe hears them, even mid-word.
+    barge_in_commands: str = Field(",".join(DEFAULT_COMMANDS), alias="STT_BARGE_IN_COMMANDS")
     # Condition each utterance on the session's recent finals (Whisper prompt), in characters.
     context_chars: int = Field(0, alias="STT_CONTEXT_CHARS", ge=0, le=1000)
 
@@ -209,7 +211,11 @@ class Settings(BaseSettings):
 
     @property
     def backchannel_phrases(self) -> list[str]:
-        return [phrase.strip() for phrase in self.backchannels.split(",") if phrase.strip()]
+        return _phrases(self.backchannels)
+
+    @property
+    def command_phrases(self) -> list[str]:
+        return _phrases(self.barge_in_commands)
 
     @property
     def max_utterance_samples(self) -> int:
@@ -271,3 +277,8 @@ def _ordinal(hostname: str) -> int:
 def load_settings(**overrides: object) -> Settings:
     """Read the environment; keyword overrides (by field name) win, for the CLI and tests."""
     return Settings(**overrides)  # type: ignore[arg-type]
+
+
+def _phrases(listing: str) -> list[str]:
+    """A comma-separated setting as its non-empty phrases."""
+    return [phrase.strip() for phrase in listing.split(",") if phrase.strip()]

@@ -1,6 +1,9 @@
 """Echo cancellation: the assistant's own voice taken out of the microphone audio, so it
-cannot barge in on itself. WebRTC's AEC3 (LiveKit's bindings, the `echo` extra) does the
-work; this module only feeds it 10 ms frames of reference and microphone audio in step."""
+cannot barge in on itself. WebRTC's AEC3 (the `pywebrtc-audio` bindings) does the work; this
+module only keeps the reference (what the speaker played) in step with the microphone.
+
+The canceller is a plain object with no loop or lock: the worker calls `process` from its DSP
+thread, one session's calls in order (the bindings release the GIL while AEC3 runs)."""
 
 from __future__ import annotations
 
@@ -13,7 +16,7 @@ from stt_worker.config import SAMPLE_RATE_HZ
 from stt_worker.errors import ProtocolError
 from stt_worker.protocol import ErrorCode
 
-FRAME_SAMPLES = SAMPLE_RATE_HZ // 100  # the processing module works on 10 ms frames
+FRAME_SAMPLES = SAMPLE_RATE_HZ // 100  # AEC3 works on 10 ms frames
 # Playback queued ahead of the microphone; beyond it the oldest is dropped (the publisher
 # is sending far ahead of what is really playing, so it could not line up anyway).
 MAX_REFERENCE_S = 2.0
@@ -25,15 +28,15 @@ class EchoCanceller:
 
     def __init__(self) -> None:
         try:
-            from livekit import rtc
+            import pywebrtc_audio
         except ImportError as exc:
             raise ProtocolError(
                 "playback sent but echo cancellation is not installed on this worker "
-                "(pip install 'stt-streaming[echo]'); the playback is ignored",
+                "(pip install pywebrtc-audio); the playback is ignored",
                 code=ErrorCode.ECHO_CANCELLATION_UNAVAILABLE,
             ) from exc
-        self._rtc = rtc
-        self._apm = rtc.AudioProcessingModule(echo_cancellation=True, high_pass_filter=True)
+        # Delay 0: AEC3 finds the echo path's delay itself (80-250 ms in bench/turns.py).
+        self._aec = pywebrtc_audio.EchoCanceller(SAMPLE_RATE_HZ, 1, 0)
         self._reference: collections.deque[Pcm16] = collections.deque(
             maxlen=int(MAX_REFERENCE_S * 100)
         )
@@ -47,23 +50,18 @@ class EchoCanceller:
 
     def process(self, samples: Pcm16) -> Pcm16:
         frames, self._mic_tail = _frames(self._mic_tail, samples)
-        out = []
-        for frame in frames:
-            # In step: one reference frame per microphone frame, silence when none is due.
-            reference = self._reference.popleft() if self._reference else self._silence
-            self._apm.process_reverse_stream(self._frame(reference))
-            mic = self._frame(frame)
-            self._apm.process_stream(mic)  # in place
-            out.append(np.frombuffer(bytes(mic.data), np.int16))
-        return np.concatenate(out) if out else np.empty(0, np.int16)
+        if not frames:
+            return np.empty(0, np.int16)
+        # In step: one reference frame per microphone frame, silence when none is due.
+        reference = [
+            self._reference.popleft() if self._reference else self._silence for _ in frames
+        ]
+        return self._aec.process(np.concatenate(frames), np.concatenate(reference))
 
     def flush(self) -> Pcm16:
         """The last microphone samples short of a frame, unprocessed."""
         tail, self._mic_tail = self._mic_tail, np.empty(0, np.int16)
         return tail
-
-    def _frame(self, samples: Pcm16) -> object:
-        return self._rtc.AudioFrame(samples.tobytes(), SAMPLE_RATE_HZ, 1, FRAME_SAMPLES)
 
 
 def _frames(tail: Pcm16, samples: Pcm16) -> tuple[list[Pcm16], Pcm16]:

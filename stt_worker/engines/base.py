@@ -55,14 +55,17 @@ def compression_ratio(text: str) -> float:
     return len(data) / len(zlib.compress(data)) if data else 0.0
 
 
-def is_hallucination(text: str, no_speech_prob: float, avg_logprob: float) -> bool:
+def is_hallucination(
+    text: str, no_speech_prob: float, avg_logprob: float, *, speech_heard: bool = False
+) -> bool:
     """Whether a window's decoded `text` is Whisper writing words for audio without speech.
 
     Whisper's silence rule, then the same rule with a loop (compression ratio) standing in for
     low confidence, since Whisper would retry such a decode at a higher temperature; then a
     stricter pair for the base model, and lone non-lexical words decoded without confidence.
+    With `speech_heard` (see `DecodeOptions`) the plain silence rule is skipped.
     """
-    if is_silence(no_speech_prob, avg_logprob):
+    if not speech_heard and is_silence(no_speech_prob, avg_logprob):
         return True
     looping = compression_ratio(text) > COMPRESSION_RATIO_THRESHOLD
     if no_speech_prob > NO_SPEECH_THRESHOLD and looping:
@@ -90,6 +93,10 @@ class DecodeOptions:
     # A short window that loops may be decoded again at 30 s: worth it for a final, not for a
     # partial that the next partial or the final replaces anyway.
     full_window_retry: bool = True
+    # The caller's VAD already heard speech here (a barge-in probe). Whisper's plain silence
+    # rule, made for windows of a long recording, then blanks short real words ("stop" over
+    # cancelled echo: no_speech_prob 0.78, avg_logprob -1.04); the stricter rules still hold.
+    speech_heard: bool = False
 
 
 @dataclass(frozen=True, slots=True)

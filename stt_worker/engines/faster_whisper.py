@@ -189,7 +189,7 @@ class FasterWhisperEngine(LocalEngine):
         # 30 s windows, each prompted with the previous window's text for continuity.
         for start in range(0, max(content_frames, 1), WINDOW_FRAMES):
             chunk = mel[:, start : min(start + WINDOW_FRAMES, content_frames)]
-            result = self._decode_window(chunk, language, prompt, options.full_window_retry)
+            result = self._decode_window(chunk, language, prompt, options)
             language = language or result.language
             prompt = result.text or prompt
             results.append(result)
@@ -210,19 +210,29 @@ class FasterWhisperEngine(LocalEngine):
         )
 
     def _decode_window(
-        self, chunk: np.ndarray, language: str | None, prompt: str | None, retry: bool
+        self, chunk: np.ndarray, language: str | None, prompt: str | None, options: DecodeOptions
     ) -> _WindowResult:
         frames = self._window.frames(chunk.shape[-1])
-        result = self._decode_frames(chunk, frames, language, prompt)
-        if retry and frames < WINDOW_FRAMES and collapse_loops(result.text) != result.text:
+        heard = options.speech_heard
+        result = self._decode_frames(chunk, frames, language, prompt, heard)
+        if (
+            options.full_window_retry
+            and frames < WINDOW_FRAMES
+            and collapse_loops(result.text) != result.text
+        ):
             # Short windows occasionally make Whisper re-read the utterance; the 30 s window
             # it was trained on does not, so pay for it only then.
             logger.debug("Decoding loop in a short window; retrying with 30 s")
-            result = self._decode_frames(chunk, WINDOW_FRAMES, language, prompt)
+            result = self._decode_frames(chunk, WINDOW_FRAMES, language, prompt, heard)
         return replace(result, text=collapse_loops(result.text))
 
     def _decode_frames(
-        self, chunk: np.ndarray, frames: int, language: str | None, prompt: str | None
+        self,
+        chunk: np.ndarray,
+        frames: int,
+        language: str | None,
+        prompt: str | None,
+        speech_heard: bool,
     ) -> _WindowResult:
         # Pad in the log-mel domain with 0, exactly as faster-whisper's `pad_or_trim` does.
         padded = np.zeros((1, chunk.shape[0], frames), dtype=np.float32)
@@ -252,7 +262,7 @@ class FasterWhisperEngine(LocalEngine):
         avg_logprob = result.scores[0] * len(tokens) / (len(tokens) + 1)
         text = tokenizer.decode(tokens).strip()
         # Checked before `collapse_loops`: a loop's compression ratio is one of the signs.
-        if is_hallucination(text, result.no_speech_prob, avg_logprob):
+        if is_hallucination(text, result.no_speech_prob, avg_logprob, speech_heard=speech_heard):
             text = ""
         return _WindowResult(
             text=text,

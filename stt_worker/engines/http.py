@@ -265,7 +265,7 @@ class HttpEngine(Engine):
             form["prompt"] = options.prompt
         started = time.perf_counter()
         try:
-            result = await self._post(wav, form)
+            result = await self._post(wav, form, speech_heard=options.speech_heard)
         except EngineError:
             self._record(success=False)
             raise
@@ -277,12 +277,12 @@ class HttpEngine(Engine):
             inference_s=time.perf_counter() - started,
         )
 
-    async def _post(self, wav: bytes, form: dict[str, str]) -> Transcript:
+    async def _post(self, wav: bytes, form: dict[str, str], *, speech_heard: bool) -> Transcript:
         connection = self._connect()
         for attempt in range(1, self._attempts + 1):
             # The bound is on requests in flight; a backoff sleep does not hold a slot.
             async with connection.semaphore:
-                outcome = await self._attempt(connection.client, wav, form)
+                outcome = await self._attempt(connection.client, wav, form, speech_heard)
             if isinstance(outcome, Transcript):
                 return outcome
             failure = self._classify(outcome)
@@ -303,7 +303,7 @@ class HttpEngine(Engine):
         raise AssertionError("unreachable: the last attempt returns or raises")
 
     async def _attempt(
-        self, client: httpx.AsyncClient, wav: bytes, form: dict[str, str]
+        self, client: httpx.AsyncClient, wav: bytes, form: dict[str, str], speech_heard: bool
     ) -> Transcript | httpx.Response | Exception:
         try:
             response = await client.post(
@@ -314,7 +314,7 @@ class HttpEngine(Engine):
         if not response.is_success:
             return response
         try:
-            return parse_transcription(response, self._format)
+            return parse_transcription(response, self._format, speech_heard=speech_heard)
         except BadResponseError as exc:
             return exc
 
@@ -401,8 +401,11 @@ def encode_wav(audio: Audio) -> bytes:
     return buffer.getvalue()
 
 
-def parse_transcription(response: httpx.Response, response_format: str) -> Transcript:
-    """A 2xx body as a `Transcript`; `BadResponseError` when it is not one."""
+def parse_transcription(
+    response: httpx.Response, response_format: str, *, speech_heard: bool = False
+) -> Transcript:
+    """A 2xx body as a `Transcript`; `BadResponseError` when it is not one. `speech_heard`:
+    see `DecodeOptions`."""
     is_json = "json" in response.headers.get("content-type", "")
     if response_format == "text" and not is_json:
         return Transcript(text=response.text.strip())
@@ -412,10 +415,10 @@ def parse_transcription(response: httpx.Response, response_format: str) -> Trans
         raise BadResponseError(f"body is not JSON: {_snippet(response.text)}") from exc
     if not isinstance(body, dict) or not isinstance(body.get("text"), str):
         raise BadResponseError(f"no string 'text' in the body: {_snippet(response.text)}")
-    return _transcript_from_json(body)
+    return _transcript_from_json(body, speech_heard)
 
 
-def _transcript_from_json(body: dict[str, object]) -> Transcript:
+def _transcript_from_json(body: dict[str, object], speech_heard: bool) -> Transcript:
     raw_segments = body.get("segments") or []
     if not isinstance(raw_segments, list):
         raise BadResponseError("'segments' is not a list")
@@ -431,7 +434,9 @@ def _transcript_from_json(body: dict[str, object]) -> Transcript:
         if (
             no_speech_prob is not None
             and avg_logprob is not None
-            and is_hallucination(raw["text"], no_speech_prob, avg_logprob)
+            and is_hallucination(
+                raw["text"], no_speech_prob, avg_logprob, speech_heard=speech_heard
+            )
         ):
             continue  # silence the server decoded anyway: publishing it would invent speech
         segment = Segment(

@@ -132,7 +132,10 @@ class OpenAIWhisperEngine(LocalEngine):
                 ),
             )
             text = result.text.strip()
-            if is_hallucination(text, result.no_speech_prob, result.avg_logprob):
+            heard = options.speech_heard
+            if is_hallucination(
+                text, result.no_speech_prob, result.avg_logprob, speech_heard=heard
+            ):
                 text = ""
             text = collapse_loops(text)
             language = language or result.language

@@ -1,0 +1,57 @@
+"""The text rules of turn-taking and the probe's silence rule, without audio."""
+
+from __future__ import annotations
+
+import pytest
+
+from stt_worker.engines.base import is_hallucination
+from stt_worker.turns import Backchannels, Commands, sounds_finished
+
+
+def test_backchannels_are_judged_on_every_word():
+    backchannels = Backchannels()
+    assert backchannels.only("Mm-hmm, okay.") and backchannels.only("Mhm.")
+    assert not backchannels.only("") and not backchannels.only("Okay, stop.")
+    assert backchannels.takes_turn("Yeah, but no.")
+    # Mid-speech the last word may be cut off: it is not judged.
+    assert not backchannels.takes_turn("Yeah Ru", last_word_whole=False)
+
+
+@pytest.mark.parametrize(
+    ("text", "said"),
+    [
+        ("Stop.", True),
+        ("No, no.", True),
+        ("Okay, hold on", True),
+        ("Hold", False),  # half a phrase
+        ("Stopping by the woods", False),
+        ("Yeah.", False),
+        ("", False),
+    ],
+)
+def test_commands_are_whole_words_and_phrases(text: str, said: bool):
+    assert Commands().said(text) is said
+
+
+def test_commands_can_be_configured_away():
+    assert not Commands(()).said("Stop.")
+    assert Commands(["that's enough"]).said("Okay, that's enough!")
+
+
+@pytest.mark.parametrize(
+    ("text", "finished"),
+    [("He could wait no longer.", True), ("I went to the", False), ("and so,", False)],
+)
+def test_sounds_finished(text: str, finished: bool):
+    assert sounds_finished(text) is finished
+
+
+def test_a_probe_skips_whispers_plain_silence_rule_but_not_the_stricter_ones():
+    # "stop" over cancelled echo, as tiny.en decoded it (bench/turns.py, -10 dB echo).
+    assert is_hallucination("stop", 0.78, -1.04)
+    assert not is_hallucination("stop", 0.78, -1.04, speech_heard=True)
+    # Unsure non-speech ("you", a breath's "Ah!") and very unlikely decodes stay out.
+    assert is_hallucination("you", 0.4, -1.2, speech_heard=True)
+    assert is_hallucination("We'll be done.", 0.55, -2.0, speech_heard=True)
+    # A loop at a high no-speech probability, too.
+    assert is_hallucination("dot " * 40, 0.7, -0.1, speech_heard=True)
