@@ -113,7 +113,7 @@ class Settings(BaseSettings):
     # backchannel (STT_BACKCHANNELS), re-checked every STT_BARGE_IN_PROBE_MS of more speech.
     barge_in_mode: Literal["vad", "words"] = Field("vad", alias="STT_BARGE_IN_MODE")
     backchannels: str = Field(",".join(DEFAULT_BACKCHANNELS), alias="STT_BACKCHANNELS")
-    barge_in_probe_ms: int = Field(200, alias="STT_BARGE_IN_PROBE_MS", ge=20)
+    barge_in_probe_ms: int = Field(150, alias="STT_BARGE_IN_PROBE_MS", ge=20)
     # Word mode: phrases that interrupt as soon as a probe hears them, even mid-word.
     barge_in_commands: str = Field(",".join(DEFAULT_COMMANDS), alias="STT_BARGE_IN_COMMANDS")
     # Condition each utterance on the session's recent finals (Whisper prompt), in characters.

@@ -80,7 +80,7 @@ class SessionConfig:
     # Word mode: phrases that interrupt as soon as a probe hears them ("stop", "wait").
     commands: Commands = field(default_factory=Commands)
     # Word mode: more voiced audio between two probes of the same speech.
-    probe_step_ms: int = 200
+    probe_step_ms: int = 150
     # Adaptive end of turn: after `endpoint_min_ms` of silence the speech so far is
     # transcribed at once; a finished sentence ends the turn there (with that text), one
     # ending mid-phrase ("... and", "um") waits `endpoint_max_ms`, else `endpoint_silence_ms`.

@@ -88,6 +88,9 @@ from stt_worker.vad import Frames, VoiceActivityDetector
 
 logger = logging.getLogger(__name__)
 
+# A barge-in probe needs its first words only: "stop", "yeah, okay", a sentence's start.
+PROBE_MAX_NEW_TOKENS = 16
+
 TICK_S = 0.1
 # Sessions closed before the freed heap is handed back to the OS (see `_release_free_heap`).
 TRIM_AFTER_CLOSES = 64
@@ -792,6 +795,7 @@ class Worker:
             prompt=job.prompt,
             full_window_retry=job.is_final or job.turn_check,
             speech_heard=job.probe,
+            max_new_tokens=PROBE_MAX_NEW_TOKENS if job.probe else None,
         )
         try:
             self._scheduler.submit(stream.key, job, options)

@@ -62,6 +62,12 @@ def test_tiny_en_transcribes_jfk(tiny: FasterWhisperEngine, jfk: np.ndarray) -> 
     assert result.segments and result.segments[0].start_s == 0.0
 
 
+def test_a_token_cap_stops_the_decode_early(tiny: FasterWhisperEngine, jfk: np.ndarray) -> None:
+    # What a barge-in probe asks for: the first words only.
+    capped = tiny.transcribe_blocking(jfk[: 5 * 16_000], DecodeOptions(max_new_tokens=4)).text
+    assert 1 <= len(capped.split()) <= 4 and capped.lower().startswith("and so")
+
+
 def test_silence_gives_empty_text(tiny: FasterWhisperEngine) -> None:
     result = tiny.transcribe_blocking(np.zeros(SAMPLE_RATE_HZ, np.float32), DecodeOptions())
     assert result.text == ""

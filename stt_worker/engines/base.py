@@ -97,6 +97,9 @@ class DecodeOptions:
     # rule, made for windows of a long recording, then blanks short real words ("stop" over
     # cancelled echo: no_speech_prob 0.78, avg_logprob -1.04); the stricter rules still hold.
     speech_heard: bool = False
+    # A cap on the tokens decoded: a probe decides on its first words, and a loop ("No? No?
+    # ...") would otherwise run to the window's budget (200 ms instead of 40 on tiny.en).
+    max_new_tokens: int | None = None
 
 
 @dataclass(frozen=True, slots=True)

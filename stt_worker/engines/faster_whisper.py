@@ -213,8 +213,7 @@ class FasterWhisperEngine(LocalEngine):
         self, chunk: np.ndarray, language: str | None, prompt: str | None, options: DecodeOptions
     ) -> _WindowResult:
         frames = self._window.frames(chunk.shape[-1])
-        heard = options.speech_heard
-        result = self._decode_frames(chunk, frames, language, prompt, heard)
+        result = self._decode_frames(chunk, frames, language, prompt, options)
         if (
             options.full_window_retry
             and frames < WINDOW_FRAMES
@@ -223,7 +222,7 @@ class FasterWhisperEngine(LocalEngine):
             # Short windows occasionally make Whisper re-read the utterance; the 30 s window
             # it was trained on does not, so pay for it only then.
             logger.debug("Decoding loop in a short window; retrying with 30 s")
-            result = self._decode_frames(chunk, WINDOW_FRAMES, language, prompt, heard)
+            result = self._decode_frames(chunk, WINDOW_FRAMES, language, prompt, options)
         return replace(result, text=collapse_loops(result.text))
 
     def _decode_frames(
@@ -232,7 +231,7 @@ class FasterWhisperEngine(LocalEngine):
         frames: int,
         language: str | None,
         prompt: str | None,
-        speech_heard: bool,
+        options: DecodeOptions,
     ) -> _WindowResult:
         # Pad in the log-mel domain with 0, exactly as faster-whisper's `pad_or_trim` does.
         padded = np.zeros((1, chunk.shape[0], frames), dtype=np.float32)
@@ -246,6 +245,7 @@ class FasterWhisperEngine(LocalEngine):
         tokenizer, suppress_tokens = self._tokenizer(language)
         prompt_tokens = self._prompt(tokenizer, prompt)
         max_new = MIN_NEW_TOKENS + math.ceil(frames / FRAMES_PER_S * MAX_TOKENS_PER_S)
+        max_new = min(max_new, options.max_new_tokens or max_new)
         result = self._model.generate(
             encoded,
             [prompt_tokens],
@@ -262,7 +262,9 @@ class FasterWhisperEngine(LocalEngine):
         avg_logprob = result.scores[0] * len(tokens) / (len(tokens) + 1)
         text = tokenizer.decode(tokens).strip()
         # Checked before `collapse_loops`: a loop's compression ratio is one of the signs.
-        if is_hallucination(text, result.no_speech_prob, avg_logprob, speech_heard=speech_heard):
+        if is_hallucination(
+            text, result.no_speech_prob, avg_logprob, speech_heard=options.speech_heard
+        ):
             text = ""
         return _WindowResult(
             text=text,

@@ -128,7 +128,7 @@ class OpenAIWhisperEngine(LocalEngine):
                     without_timestamps=True,
                     fp16=self._fp16,
                     beam_size=self._beam_size if self._beam_size > 1 else None,
-                    sample_len=_max_new_tokens(window_frames),
+                    sample_len=_max_new_tokens(window_frames, options.max_new_tokens),
                 ),
             )
             text = result.text.strip()
@@ -158,10 +158,10 @@ class OpenAIWhisperEngine(LocalEngine):
         )
 
 
-def _max_new_tokens(window_frames: int) -> int:
+def _max_new_tokens(window_frames: int, cap: int | None) -> int:
     # The faster-whisper engine's cap: stops a looping decoder early instead of at 224.
     wanted = MIN_NEW_TOKENS + math.ceil(max(window_frames, 0) / FRAMES_PER_S * MAX_TOKENS_PER_S)
-    return min(MAX_LENGTH_TOKENS // 2, wanted)
+    return min(MAX_LENGTH_TOKENS // 2, wanted, cap or wanted)
 
 
 def pick_device(requested: str) -> str:
