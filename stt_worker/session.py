@@ -34,7 +34,13 @@ from stt_worker.protocol import (
     Transcription,
 )
 from stt_worker.streaming import LocalAgreement
-from stt_worker.turns import Backchannels, Commands, sounds_finished, words_of
+from stt_worker.turns import (
+    Backchannels,
+    Commands,
+    more_words_than_said,
+    sounds_finished,
+    words_of,
+)
 from stt_worker.vad import FRAME_MS, FRAME_SAMPLES, Frames
 
 logger = logging.getLogger(__name__)
@@ -397,6 +403,9 @@ class Session:
         utterance.probing = False
         if not (utterance.candidate and self.state == "responding"):
             return []
+        if more_words_than_said(text, job.audio_s):
+            logger.debug("probe of %.2f s heard %r: not said, ignored", job.audio_s, text)
+            text = ""
         # Mid-speech, the last word may be cut ("Ri-" heard as "Run"): it counts once the
         # speech has paused after it, or once two probes in a row end with it.
         words = words_of(text)

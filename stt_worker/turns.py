@@ -65,6 +65,17 @@ class Backchannels:
         return any(word not in self._words for word in words)
 
 
+# Fast conversational speech runs at about 3-4 words a second; Whisper decoding a probe
+# with no words in it can write a whole sentence ("I'm not gonna be a good one." for 0.8 s
+# holding one "stop").
+MAX_WORDS_PER_S = 5.0
+
+
+def more_words_than_said(text: str, audio_s: float) -> bool:
+    """True when `text` holds more words than anyone says in `audio_s` seconds."""
+    return len(words_of(text)) > MAX_WORDS_PER_S * audio_s + 1
+
+
 # What people say to stop a talking assistant. Heard in a probe they interrupt at once, even
 # as its last, perhaps unfinished word: waiting for a one-word command to be "whole" costs a
 # pause and a second decode (about 300 ms), and a backchannel cut short is heard as "Ye",

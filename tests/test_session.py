@@ -234,6 +234,15 @@ def test_word_mode_a_command_interrupts_at_once_even_as_an_unfinished_last_word(
     assert session.result(probe, "Stop", now=1.0, language=None, inference_s=0.05) == []
 
 
+def test_word_mode_ignores_a_probe_with_more_words_than_its_audio_can_hold():
+    session = new_session(WORDS, state="responding")
+    (probe,) = probes(feed(session, "...." + "s" * 12))
+    assert probe.audio_s < 0.5
+    heard = "I'm not gonna be a good one."  # Whisper, not the user
+    assert session.result(probe, heard, now=1.0, language=None, inference_s=0.05) == []
+    assert session.state == "responding"
+
+
 def test_word_mode_late_words_in_the_final_still_interrupt_and_noise_publishes_nothing():
     session = new_session(WORDS, state="responding")
     (probe,) = probes(feed(session, "...." + "s" * 12))

@@ -5,7 +5,7 @@ from __future__ import annotations
 import pytest
 
 from stt_worker.engines.base import is_hallucination
-from stt_worker.turns import Backchannels, Commands, sounds_finished
+from stt_worker.turns import Backchannels, Commands, more_words_than_said, sounds_finished
 
 
 def test_backchannels_are_judged_on_every_word():
@@ -55,3 +55,10 @@ def test_a_probe_skips_whispers_plain_silence_rule_but_not_the_stricter_ones():
     assert is_hallucination("We'll be done.", 0.55, -2.0, speech_heard=True)
     # A loop at a high no-speech probability, too.
     assert is_hallucination("dot " * 40, 0.7, -0.1, speech_heard=True)
+
+
+def test_a_probe_cannot_hold_more_words_than_anyone_says_in_its_time():
+    # Heard by tiny.en in 0.8 s holding one "stop" (bench/turns.py, stop_0fa1e7a9).
+    assert more_words_than_said("I'm not gonna be a good one.", 0.8)
+    assert not more_words_than_said("Stop, wait.", 0.8)
+    assert not more_words_than_said("For a full hour he had paced", 2.0)
