@@ -104,6 +104,10 @@ class Settings(BaseSettings):
     endpoint_mode: Literal["fixed", "adaptive"] = Field("fixed", alias="STT_ENDPOINT_MODE")
     endpoint_min_silence_ms: int = Field(300, alias="STT_ENDPOINT_MIN_SILENCE_MS", ge=60)
     endpoint_max_silence_ms: int = Field(1000, alias="STT_ENDPOINT_MAX_SILENCE_MS", ge=60)
+    # Adaptive: the decoder's probability that the words end at the pause; at least
+    # FINISHED ends the turn at the short silence, below UNFINISHED waits the long one.
+    endpoint_finished_prob: float = Field(0.75, alias="STT_ENDPOINT_FINISHED_PROB", ge=0, le=1)
+    endpoint_unfinished_prob: float = Field(0.5, alias="STT_ENDPOINT_UNFINISHED_PROB", ge=0, le=1)
     partial_interval_ms: int = Field(1000, alias="STT_PARTIAL_INTERVAL_MS", ge=100)
     speech_start_ms: int = Field(60, alias="STT_SPEECH_START_MS", ge=20)
     preroll_ms: int = Field(300, alias="STT_PREROLL_MS", ge=0, le=2000)

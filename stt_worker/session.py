@@ -38,7 +38,7 @@ from stt_worker.turns import (
     Backchannels,
     Commands,
     more_words_than_said,
-    sounds_finished,
+    turn_is_over,
     words_of,
 )
 from stt_worker.vad import FRAME_MS, FRAME_SAMPLES, Frames
@@ -93,6 +93,11 @@ class SessionConfig:
     adaptive_endpoint: bool = False
     endpoint_min_ms: int = 300
     endpoint_max_ms: int = 1000
+    # The decoder's probability that the text ends at the pause (`Transcript.end_prob`):
+    # at least `endpoint_finished_prob` ends the turn, below `endpoint_unfinished_prob` waits
+    # `endpoint_max_ms`, in between the fixed endpoint decides.
+    endpoint_finished_prob: float = 0.75
+    endpoint_unfinished_prob: float = 0.5
 
     @property
     def endpoint_frames(self) -> int:
@@ -313,11 +318,18 @@ class Session:
         return []
 
     def result(
-        self, job: Job, text: str, *, now: float, language: str | None, inference_s: float
+        self,
+        job: Job,
+        text: str,
+        *,
+        now: float,
+        language: str | None,
+        inference_s: float,
+        end_prob: float | None = None,
     ) -> list[Action]:
         """An engine result for `job`; stale partials are dropped here."""
         if job.turn_check:
-            return self._turn_checked(job, text, now, language, inference_s)
+            return self._turn_checked(job, text, now, language, inference_s, end_prob)
         if job.probe:
             return self._probed(job, text, now, inference_s)
         if job.is_final:
@@ -373,7 +385,13 @@ class Session:
         return [Transcribe(job)]
 
     def _turn_checked(
-        self, job: Job, text: str, now: float, language: str | None, inference_s: float
+        self,
+        job: Job,
+        text: str,
+        now: float,
+        language: str | None,
+        inference_s: float,
+        end_prob: float | None,
     ) -> list[Action]:
         utterance = self._utterance
         if utterance is None or utterance.utterance_id != job.utterance_id:
@@ -381,7 +399,19 @@ class Session:
         utterance.checking = False
         if utterance.voiced_frames > utterance.voiced_at_check:
             return []  # speaking again since the check: not the end of the turn
-        finished = sounds_finished(text)
+        finished = turn_is_over(
+            text,
+            end_prob,
+            finished_prob=self.config.endpoint_finished_prob,
+            unfinished_prob=self.config.endpoint_unfinished_prob,
+        )
+        logger.debug(
+            "turn check: %r, end probability %s: %s",
+            text,
+            end_prob,
+            {True: "ends", False: "holds", None: "fixed endpoint"}[finished],
+            extra={"session_id": self.session_id},
+        )
         if finished is False:
             utterance.hold = True
             return []

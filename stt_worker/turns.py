@@ -147,6 +147,9 @@ CONTINUATIONS = frozenset(
 )
 
 
+UNFINISHED_MARKS = ("...", "\u2026", ",", "-", "\u2014")
+
+
 def sounds_finished(text: str) -> bool | None:
     """Does `text` end like a finished sentence? True: a sentence mark after a word that
     can end one; False: a continuation word, a comma or dash, an ellipsis or no mark at
@@ -155,6 +158,32 @@ def sounds_finished(text: str) -> bool | None:
     words = words_of(stripped)
     if not words:
         return None
-    if words[-1] in CONTINUATIONS or stripped.endswith(("...", "\u2026", ",", "-", "\u2014")):
+    if words[-1] in CONTINUATIONS or stripped.endswith(UNFINISHED_MARKS):
         return False
     return stripped[-1] in ".?!"
+
+
+def turn_is_over(
+    text: str, end_prob: float | None, *, finished_prob: float, unfinished_prob: float
+) -> bool | None:
+    """Has the speaker finished their turn at this pause? True: end it now; False: they are
+    mid-phrase, wait longer; None: cannot tell (the fixed endpoint decides).
+
+    A continuation word or a trailing comma, dash or ellipsis means mid-phrase whatever the
+    decoder thinks. Otherwise the decoder's own probability that the text ends here
+    (`Transcript.end_prob`) decides; tiny.en writes a full stop at most pauses, so
+    punctuation alone is the fallback only for engines that cannot score it.
+    """
+    finished = sounds_finished(text)
+    if finished is None:
+        return None
+    if end_prob is None:
+        return finished
+    stripped = text.rstrip()
+    if words_of(stripped)[-1] in CONTINUATIONS or stripped.endswith(UNFINISHED_MARKS):
+        return False
+    if end_prob >= finished_prob:
+        return True
+    if end_prob < unfinished_prob:
+        return False
+    return None

@@ -117,6 +117,8 @@ def session_config(settings: Settings) -> SessionConfig:
         adaptive_endpoint=settings.endpoint_mode == "adaptive",
         endpoint_min_ms=settings.endpoint_min_silence_ms,
         endpoint_max_ms=settings.endpoint_max_silence_ms,
+        endpoint_finished_prob=settings.endpoint_finished_prob,
+        endpoint_unfinished_prob=settings.endpoint_unfinished_prob,
     )
 
 
@@ -789,13 +791,16 @@ class Worker:
             span = stream.utterances[job.utterance_id]
             span.set_attribute("stt.audio_s", round(job.audio_s, 3))
             span.set_attribute("stt.end_reason", job.end_reason or "unknown")
+        barge_in_probe = job.probe and not job.turn_check
         options = DecodeOptions(
             # A turn check may become the final: it gets the finals' loop retry too.
             language=job.language,
             prompt=job.prompt,
             full_window_retry=job.is_final or job.turn_check,
-            speech_heard=job.probe,
-            max_new_tokens=PROBE_MAX_NEW_TOKENS if job.probe else None,
+            # Barge-in probes only: a turn check's text may become the final itself.
+            speech_heard=barge_in_probe,
+            max_new_tokens=PROBE_MAX_NEW_TOKENS if barge_in_probe else None,
+            end_probability=job.turn_check,
         )
         try:
             self._scheduler.submit(stream.key, job, options)
@@ -832,6 +837,7 @@ class Worker:
                     now=now,
                     language=outcome.language,
                     inference_s=outcome.inference_s,
+                    end_prob=outcome.end_prob,
                 )
             else:
                 logger.error(

@@ -68,6 +68,22 @@ def test_a_token_cap_stops_the_decode_early(tiny: FasterWhisperEngine, jfk: np.n
     assert 1 <= len(capped.split()) <= 4 and capped.lower().startswith("and so")
 
 
+def test_the_decoder_scores_a_finished_sentence_above_one_cut_at_a_pause(
+    tiny: FasterWhisperEngine,
+) -> None:
+    pause = np.zeros(int(0.3 * SAMPLE_RATE_HZ), np.float32)
+    whole = load_clip("ls_1089-134691-0001.wav")
+    # Its quietest gap mid-sentence (bench/pauses.py): "... up and down waiting | but he ..."
+    cut = whole[: int(3.02 * SAMPLE_RATE_HZ)]
+    options = DecodeOptions(end_probability=True)
+    finished = tiny.transcribe_blocking(np.concatenate([whole, pause]), options)
+    unfinished = tiny.transcribe_blocking(np.concatenate([cut, pause]), options)
+    assert unfinished.text.endswith(".")  # punctuation alone cannot tell them apart
+    assert finished.end_prob is not None and unfinished.end_prob is not None
+    assert finished.end_prob > unfinished.end_prob + 0.15
+    assert tiny.transcribe_blocking(whole, DecodeOptions()).end_prob is None
+
+
 def test_silence_gives_empty_text(tiny: FasterWhisperEngine) -> None:
     result = tiny.transcribe_blocking(np.zeros(SAMPLE_RATE_HZ, np.float32), DecodeOptions())
     assert result.text == ""

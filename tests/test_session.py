@@ -305,6 +305,27 @@ def test_adaptive_endpoint_waits_longer_after_a_phrase_that_is_not_finished():
     assert session.in_utterance
 
 
+def test_adaptive_endpoint_follows_the_decoders_end_probability_over_punctuation():
+    config = dataclasses.replace(ADAPTIVE, endpoint_silence_ms=400)
+    text = "For a full hour he had paced up and down waiting."  # a full stop mid-sentence
+
+    def checked(end_prob: float) -> tuple[Session, list]:
+        session = new_session(config)
+        (check,) = turn_checks(feed(session, "s" * 30 + "." * 10))
+        out = session.result(
+            check, text, now=5.0, language=None, inference_s=0.1, end_prob=end_prob
+        )
+        return session, out
+
+    session, out = checked(0.9)  # likely over: ends now, with that text
+    assert published(out, Transcription)[0].transcript == text
+    session, out = checked(0.6)  # cannot tell: the fixed 400 ms rule
+    assert out == [] and jobs(feed(session, "." * 10), final=True)
+    session, out = checked(0.3)  # likely mid-sentence: the long wait
+    assert out == [] and jobs(feed(session, "." * 15), final=True) == []
+    assert jobs(feed(session, "." * 5), final=True)
+
+
 def test_no_interrupt_detection_means_responding_audio_is_ignored():
     config = dataclasses.replace(CONFIG, enable_interrupt_detection=False)
     session = new_session(config, state="responding")

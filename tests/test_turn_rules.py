@@ -5,7 +5,13 @@ from __future__ import annotations
 import pytest
 
 from stt_worker.engines.base import is_hallucination
-from stt_worker.turns import Backchannels, Commands, more_words_than_said, sounds_finished
+from stt_worker.turns import (
+    Backchannels,
+    Commands,
+    more_words_than_said,
+    sounds_finished,
+    turn_is_over,
+)
 
 
 def test_backchannels_are_judged_on_every_word():
@@ -62,3 +68,20 @@ def test_a_probe_cannot_hold_more_words_than_anyone_says_in_its_time():
     assert more_words_than_said("I'm not gonna be a good one.", 0.8)
     assert not more_words_than_said("Stop, wait.", 0.8)
     assert not more_words_than_said("For a full hour he had paced", 2.0)
+
+
+@pytest.mark.parametrize(
+    ("text", "end_prob", "over"),
+    [
+        ("He could wait no longer.", 0.9, True),
+        ("He could wait no longer.", 0.6, None),  # the fixed endpoint decides
+        ("For a full hour he had paced up and down waiting.", 0.35, False),
+        ("And so my fellow Americans,", 0.95, False),  # a comma: mid-phrase whatever
+        ("I went to the", 0.9, False),  # a continuation word
+        ("He could wait no longer.", None, True),  # no score: punctuation decides
+        ("has never been", None, False),
+        ("", 0.9, None),
+    ],
+)
+def test_turn_is_over(text: str, end_prob: float | None, over: bool | None):
+    assert turn_is_over(text, end_prob, finished_prob=0.75, unfinished_prob=0.5) is over

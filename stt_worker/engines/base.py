@@ -10,6 +10,7 @@ from __future__ import annotations
 import abc
 import asyncio
 import concurrent.futures
+import dataclasses
 import re
 import time
 import zlib
@@ -100,6 +101,8 @@ class DecodeOptions:
     # A cap on the tokens decoded: a probe decides on its first words, and a loop ("No? No?
     # ...") would otherwise run to the window's budget (200 ms instead of 40 on tiny.en).
     max_new_tokens: int | None = None
+    # Report `Transcript.end_prob` (engines that can; the others leave it None).
+    end_probability: bool = False
 
 
 @dataclass(frozen=True, slots=True)
@@ -119,6 +122,12 @@ class Transcript:
     no_speech_prob: float = 0.0
     audio_s: float = 0.0
     inference_s: float = 0.0
+    # How likely the decoder found it that the text ends where the audio does: the
+    # probability of a sentence mark or end of text right after the last word. Whisper's
+    # decoder is a language model too: "He could wait no longer" scores 0.90, "For a full
+    # hour he had paced up and down waiting" (cut mid-sentence) 0.60, although both get a
+    # full stop. None when not asked for or the engine cannot tell.
+    end_prob: float | None = None
 
 
 @dataclass(frozen=True, slots=True)
@@ -198,11 +207,4 @@ class LocalEngine(Engine):
 
 
 def _with_timing(result: Transcript, audio: Audio, inference_s: float) -> Transcript:
-    return Transcript(
-        text=result.text,
-        segments=result.segments,
-        language=result.language,
-        no_speech_prob=result.no_speech_prob,
-        audio_s=len(audio) / 16_000,
-        inference_s=inference_s,
-    )
+    return dataclasses.replace(result, audio_s=len(audio) / 16_000, inference_s=inference_s)

@@ -32,6 +32,7 @@ than 30 s gets wrong, padding up to 10 s included; base shows no gap. [*] The de
 from __future__ import annotations
 
 import asyncio
+import functools
 import logging
 import math
 import os
@@ -95,6 +96,7 @@ class _WindowResult:
     avg_logprob: float
     no_speech_prob: float
     language: str
+    end_prob: float | None = None
 
 
 class FasterWhisperEngine(LocalEngine):
@@ -207,6 +209,7 @@ class FasterWhisperEngine(LocalEngine):
             segments=tuple(s for s in segments if s.text),
             language=results[0].language,
             no_speech_prob=min(r.no_speech_prob for r in results),
+            end_prob=results[-1].end_prob,
         )
 
     def _decode_window(
@@ -253,6 +256,7 @@ class FasterWhisperEngine(LocalEngine):
             max_length=min(MAX_LENGTH_TOKENS, len(prompt_tokens) + max_new),
             return_scores=True,
             return_no_speech_prob=True,
+            return_logits_vocab=options.end_probability,
             suppress_blank=True,
             suppress_tokens=suppress_tokens,
         )[0]
@@ -266,11 +270,15 @@ class FasterWhisperEngine(LocalEngine):
             text, result.no_speech_prob, avg_logprob, speech_heard=options.speech_heard
         ):
             text = ""
+        end_prob = None
+        if options.end_probability and text:
+            end_prob = _end_probability(tokenizer, tokens, result.logits[0])
         return _WindowResult(
             text=text,
             avg_logprob=avg_logprob,
             no_speech_prob=result.no_speech_prob,
             language=language,
+            end_prob=end_prob,
         )
 
     def _tokenizer(self, language: str) -> tuple[Tokenizer, list[int]]:
@@ -295,6 +303,29 @@ class FasterWhisperEngine(LocalEngine):
             # Whisper keeps at most half its context for previous text.
             prompt = [tokenizer.sot_prev, *previous[-(MAX_LENGTH_TOKENS // 2 - 1) :]]
         return [*prompt, *tokenizer.sot_sequence, tokenizer.no_timestamps]
+
+
+def _end_probability(tokenizer: Tokenizer, tokens: list[int], logits: list) -> float | None:
+    """P(sentence mark or end of text) where the decoder chose what follows the last word."""
+    marks = _sentence_marks(tokenizer)
+    last_word = len(tokens)
+    while last_word and tokenizer.decode([tokens[last_word - 1]]).strip() in TRAILING_MARKS:
+        last_word -= 1
+    # The step after the last word; none when it was the end-of-text step (not returned).
+    if last_word == 0 or last_word >= len(logits):
+        return None
+    scores = np.asarray(logits[last_word], dtype=np.float64)
+    probs = np.exp(scores - scores.max())
+    return float(probs[marks].sum() / probs.sum())
+
+
+# Marks stripped before finding the last word; of them only . ? ! end a sentence.
+TRAILING_MARKS = frozenset({".", "?", "!", ",", "...", "\u2026", ";", ":", "-"})
+
+
+@functools.cache
+def _sentence_marks(tokenizer: Tokenizer) -> list[int]:
+    return [tokenizer.eot, *(tokenizer.encode(mark)[0] for mark in (".", "?", "!"))]
 
 
 def _pick_device(device: str) -> str:
