@@ -1,0 +1,373 @@
+"""Bridge: one WebSocket connection carried to worker sessions over NATS, and back.
+
+Frames in: audio becomes ``chunk`` messages (raw ``audio`` bytes and a ``seq``), controls
+become ``start`` / ``state_change`` / ``end``. A flush or reset ends the current worker session
+(the worker finalises its pending speech) and the next audio opens a new one, ``<id>-2``,
+``<id>-3``..., whose results come back on the same socket: the worker is not changed, and
+it never drops accepted audio.
+
+Results out: each session's ``ai.voice.transcription.{id}`` messages, rendered for the
+client's dialect and queued in a bounded `Outbox`; a sender task writes them as fast as the
+client reads. A client too slow to take its finals is closed with 1013 (see outbox.py).
+"""
+
+from __future__ import annotations
+
+import asyncio
+import contextlib
+import functools
+import logging
+from dataclasses import dataclass, field
+from typing import Any
+
+import msgspec
+import nats.errors
+from nats.aio.client import Client as NatsClient
+from nats.aio.msg import Msg
+from nats.aio.subscription import Subscription
+from starlette.websockets import WebSocket, WebSocketDisconnect, WebSocketState
+
+from stt_worker import protocol
+from stt_worker.audio import check_format
+from stt_worker.errors import OverloadedError, ProtocolError
+from stt_worker.gateway.control import (
+    Dialect,
+    End,
+    Flush,
+    GatewayErrorCode,
+    Reset,
+    Start,
+    dialect_of,
+    parse_binary,
+    parse_text,
+)
+from stt_worker.gateway.dialect import empty_final, error_frame, is_partial, render
+from stt_worker.gateway.outbox import Outbox
+
+logger = logging.getLogger(__name__)
+
+# WebSocket close codes (RFC 6455 section 7.4.1).
+CLOSE_NORMAL = 1000
+CLOSE_GOING_AWAY = 1001
+CLOSE_INTERNAL_ERROR = 1011
+CLOSE_TRY_AGAIN_LATER = 1013
+
+
+@dataclass(slots=True)
+class BridgeConfig:
+    """What a bridge needs of the worker's and the gateway's settings."""
+
+    stream_prefix: str
+    transcription_prefix: str
+    max_chunk_bytes: int
+    max_queue: int
+    max_pending_sessions: int
+    close_timeout_s: float
+
+
+@dataclass(slots=True)
+class GatewayStats:
+    """Counters over all connections, shown by /health."""
+
+    connections_total: int = 0
+    dropped_partials: int = 0
+    overflow_closes: int = 0
+
+
+@dataclass(slots=True, eq=False)
+class _Segment:
+    """One worker session of the connection."""
+
+    session_id: str
+    subscription: Subscription | None = None
+    next_seq: int = 0
+    # A flush asked for a final: answered by the worker's final with end_reason "end", else
+    # by an empty one when the session closes.
+    flush_pending: bool = False
+    closed: bool = False
+
+
+@dataclass(slots=True)
+class _StartTemplate:
+    """The connection's `start` fields, kept for every worker session it opens."""
+
+    sample_rate: int
+    channels: int = 1
+    state: protocol.State = "listening"
+    speaker_id: protocol.SpeakerId = None
+    language: str | None = None
+
+    def message(self, session_id: str) -> protocol.Start:
+        return protocol.Start(
+            session_id=session_id,
+            sample_rate=self.sample_rate,
+            channels=self.channels,
+            state=self.state,
+            speaker_id=self.speaker_id,
+            language=self.language,
+        )
+
+
+@dataclass(eq=False)
+class Bridge:
+    websocket: WebSocket
+    nc: NatsClient
+    config: BridgeConfig
+    stats: GatewayStats
+    session_id: str
+    sample_rate: int
+    dialect: Dialect | None = None
+    closed: asyncio.Event = field(default_factory=asyncio.Event)
+
+    def __post_init__(self) -> None:
+        self._start = _StartTemplate(self.sample_rate)
+        self._outbox = Outbox(self.config.max_queue)
+        self._wake = asyncio.Event()
+        self._segments: list[_Segment] = []
+        self._current: _Segment | None = None
+        self._opened = 0
+        self._ending = False
+        self._close: tuple[int, str] | None = None
+        self._sender: asyncio.Task[None] | None = None
+
+    # ------------------------------------------------------------ lifecycle
+
+    async def run(self) -> None:
+        """Serve the accepted socket until the client leaves or the session ends."""
+        self._sender = asyncio.create_task(self._send_frames())
+        receiver = asyncio.create_task(self._receive_frames())
+        try:
+            await asyncio.wait({self._sender, receiver}, return_when=asyncio.FIRST_COMPLETED)
+        finally:
+            for task in (self._sender, receiver):
+                task.cancel()
+            for task in (self._sender, receiver):
+                with contextlib.suppress(asyncio.CancelledError):
+                    await task  # re-raises a real failure, after the cleanup below
+            await self._end_all()
+            await self._close_socket()
+            self.closed.set()
+
+    async def end_session(self) -> None:
+        """Like the client's ``end``: finalise, send the last results, close with 1000."""
+        if self._ending:
+            return
+        self._ending = True
+        await self._end_current(flush=False)
+        self._close_when_done()
+
+    def abort(self, code: int, reason: str) -> None:
+        """Close now: queued frames are not sent."""
+        if self._close is None:
+            self._close = (code, reason)
+        if self._sender is not None:
+            self._sender.cancel()
+
+    async def _end_all(self) -> None:
+        """The socket is gone: end the open worker session, stop listening to all of them."""
+        with contextlib.suppress(nats.errors.Error):
+            await self._end_current(flush=False)
+        for segment in self._segments:
+            if segment.subscription is not None:
+                with contextlib.suppress(nats.errors.Error):
+                    await segment.subscription.unsubscribe()
+        self._segments.clear()
+
+    async def _close_socket(self) -> None:
+        ws = self.websocket
+        if WebSocketState.DISCONNECTED in (ws.client_state, ws.application_state):
+            return
+        code, reason = self._close or (CLOSE_NORMAL, "")
+        # A client that never reads holds the close frame back; do not wait for it forever.
+        with contextlib.suppress(RuntimeError, OSError, WebSocketDisconnect, TimeoutError):
+            await asyncio.wait_for(ws.close(code, reason), self.config.close_timeout_s)
+
+    # ------------------------------------------------------------ client -> worker
+
+    async def _receive_frames(self) -> None:
+        while True:
+            message = await self.websocket.receive()
+            if message["type"] == "websocket.disconnect":
+                return
+            try:
+                if self._ending:
+                    raise ProtocolError(
+                        "the session has ended; open a new connection",
+                        code=GatewayErrorCode.SESSION_ENDED,
+                    )
+                if message.get("text") is not None:
+                    await self._on_text(message["text"])
+                else:
+                    await self._on_binary(message.get("bytes") or b"")
+            except (ProtocolError, OverloadedError) as exc:
+                self._queue(error_frame(exc.code, exc.message, self._current_id))
+            except nats.errors.Error as exc:
+                logger.warning("gateway: publish failed: %r", exc)
+                self._queue(error_frame(GatewayErrorCode.NATS_UNAVAILABLE, f"NATS: {exc!r}", None))
+                self._close_after_sending(CLOSE_TRY_AGAIN_LATER, "NATS unavailable")
+                return
+
+    async def _on_text(self, text: str) -> None:
+        control = parse_text(text)
+        if self.dialect is None:
+            self.dialect = dialect_of(text, control)
+        await self._on_control(control)
+
+    async def _on_binary(self, data: bytes) -> None:
+        if len(data) > self.config.max_chunk_bytes:
+            raise ProtocolError(
+                f"audio frame of {len(data)} bytes is larger than "
+                f"STT_MAX_CHUNK_BYTES={self.config.max_chunk_bytes}",
+                code=protocol.ErrorCode.CHUNK_TOO_LARGE,
+            )
+        parsed = parse_binary(data)
+        if isinstance(parsed, bytes):
+            segment = await self._active()
+            chunk = protocol.Chunk(audio=parsed, seq=segment.next_seq)
+            segment.next_seq += 1
+            await self._publish(segment, chunk)
+            return
+        if self.dialect is None:
+            self.dialect = "parakeet"
+        await self._on_control(parsed)
+
+    async def _on_control(self, control: Any) -> None:
+        match control:
+            case Start():
+                sample_rate = control.sample_rate or self._start.sample_rate
+                check_format(sample_rate, control.channels)
+                self._start = _StartTemplate(
+                    sample_rate,
+                    control.channels,
+                    control.state,
+                    control.speaker_id,
+                    control.language,
+                )
+                await self._update(self._start.message(self._current_id or ""))
+            case protocol.StateChange():
+                self._start.state = control.state
+                await self._update(control)
+            case End():
+                await self.end_session()
+            case Flush():
+                await self._end_current(flush=True)
+            case Reset():
+                await self._end_current(flush=False)
+
+    async def _update(self, message: protocol.Start | protocol.StateChange) -> None:
+        """Opening a session sends the current `start`; an open one gets `message`."""
+        if self._current is None:
+            await self._active()
+        else:
+            await self._publish(self._current, message)
+
+    async def _active(self) -> _Segment:
+        """The open worker session; the first audio or control after a flush opens one."""
+        if self._current is not None:
+            return self._current
+        pending = [segment for segment in self._segments if not segment.closed]
+        if len(pending) >= self.config.max_pending_sessions:
+            raise OverloadedError(
+                f"{len(pending)} worker sessions of this connection are still finishing "
+                "(STT_GATEWAY_MAX_PENDING_SESSIONS); frame not used",
+                code=protocol.ErrorCode.OVERLOADED,
+            )
+        await self._reap()
+        self._opened += 1
+        session_id = self.session_id if self._opened == 1 else f"{self.session_id}-{self._opened}"
+        segment = _Segment(session_id)
+        # Subscribed before `start` leaves, so no result can be missed.
+        segment.subscription = await self.nc.subscribe(
+            f"{self.config.transcription_prefix}.{session_id}",
+            cb=functools.partial(self._on_result, segment),
+        )
+        await self.nc.flush()
+        self._segments.append(segment)
+        self._current = segment
+        await self._publish(segment, self._start.message(session_id))
+        return segment
+
+    async def _end_current(self, *, flush: bool) -> None:
+        segment, self._current = self._current, None
+        if segment is None:
+            if flush:  # nothing was said since the last flush: answer at once
+                self._queue(empty_final(self.session_id))
+            return
+        segment.flush_pending = flush
+        await self._publish(segment, protocol.End())
+
+    async def _publish(self, segment: _Segment, message: protocol.ClientMessage) -> None:
+        payload = protocol.encode_client_message(message)
+        await self.nc.publish(f"{self.config.stream_prefix}.{segment.session_id}", payload)
+
+    async def _reap(self) -> None:
+        """Stop listening to worker sessions that have closed."""
+        for segment in [each for each in self._segments if each.closed]:
+            self._segments.remove(segment)
+            if segment.subscription is not None:
+                await segment.subscription.unsubscribe()
+
+    @property
+    def _current_id(self) -> str | None:
+        return self._current.session_id if self._current else None
+
+    # ------------------------------------------------------------ worker -> client
+
+    async def _on_result(self, segment: _Segment, msg: Msg) -> None:
+        """NATS callback: never awaits, so results keep their order and nothing blocks."""
+        try:
+            message = msgspec.msgpack.decode(msg.data)
+        except msgspec.DecodeError:
+            logger.warning("gateway: undecodable result on %s", msg.subject)
+            return
+        if not isinstance(message, dict):
+            return
+        kind = message.get("type")
+        if kind == "transcript" and message.get("is_final") and message.get("end_reason") == "end":
+            segment.flush_pending = False
+        if kind == "session_closed":
+            if segment.flush_pending:
+                self._queue(empty_final(segment.session_id))
+            segment.flush_pending = False
+            segment.closed = True
+        self._queue(message)
+        if kind == "session_closed" and self._ending:
+            self._close_when_done()
+
+    def _queue(self, message: dict[str, Any]) -> None:
+        frame = render(message, self.dialect or "native")
+        if frame is None or self._close is not None:
+            return
+        dropped = self._outbox.dropped_partials
+        accepted = self._outbox.push(frame, partial=is_partial(message))
+        self.stats.dropped_partials += self._outbox.dropped_partials - dropped
+        if not accepted:
+            self.stats.overflow_closes += 1
+            logger.warning("gateway: client of session %s too slow; closing", self.session_id)
+            self.abort(
+                CLOSE_TRY_AGAIN_LATER,
+                f"client too slow: {self.config.max_queue} results unsent",
+            )
+            return
+        self._wake.set()
+
+    def _close_when_done(self, code: int = CLOSE_NORMAL, reason: str = "session ended") -> None:
+        """Close once every worker session has closed and the queued frames are sent."""
+        if self._current is None and all(segment.closed for segment in self._segments):
+            self._close_after_sending(code, reason)
+
+    def _close_after_sending(self, code: int, reason: str) -> None:
+        if self._close is None:
+            self._close = (code, reason)
+        self._wake.set()
+
+    async def _send_frames(self) -> None:
+        while True:
+            frame = self._outbox.pop()
+            if frame is None:
+                if self._close is not None:
+                    return
+                self._wake.clear()
+                await self._wake.wait()
+                continue
+            await self.websocket.send_text(frame)
