@@ -81,10 +81,13 @@ class _Segment:
     session_id: str
     subscription: Subscription | None = None
     next_seq: int = 0
-    # A flush asked for a final: answered by the worker's final with end_reason "end", else
-    # by an empty one when the session closes.
-    flush_pending: bool = False
+    # Finals owed to flushes: the worker's final with end_reason "end" pays one; an empty
+    # final pays each one left when the session closes.
+    owed_finals: int = 0
     closed: bool = False
+    # Results that arrived while an earlier session of the connection was still open: held
+    # so that the client reads results in the order it spoke.
+    held: list[dict[str, Any]] = field(default_factory=list)
 
 
 @dataclass(slots=True)
@@ -289,12 +292,16 @@ class Bridge:
 
     async def _end_current(self, *, flush: bool) -> None:
         segment, self._current = self._current, None
-        if segment is None:
-            if flush:  # nothing was said since the last flush: answer at once
+        if segment is not None:
+            segment.owed_finals += flush
+            await self._publish(segment, protocol.End())
+        elif flush:
+            # Nothing said since the last flush: answer after the sessions still finishing.
+            finishing = [each for each in self._segments if not each.closed]
+            if finishing:
+                finishing[-1].owed_finals += 1
+            else:
                 self._queue(empty_final(self.session_id))
-            return
-        segment.flush_pending = flush
-        await self._publish(segment, protocol.End())
 
     async def _publish(self, segment: _Segment, message: protocol.ClientMessage) -> None:
         payload = protocol.encode_client_message(message)
@@ -320,19 +327,37 @@ class Bridge:
         except msgspec.DecodeError:
             logger.warning("gateway: undecodable result on %s", msg.subject)
             return
-        if not isinstance(message, dict):
+        if not isinstance(message, dict) or segment.closed:
             return
+        if self._oldest_open() is segment:
+            self._deliver(segment, message)
+        elif len(segment.held) < self.config.max_queue:
+            segment.held.append(message)
+        else:
+            self._too_slow()
+
+    def _deliver(self, segment: _Segment, message: dict[str, Any]) -> None:
         kind = message.get("type")
         if kind == "transcript" and message.get("is_final") and message.get("end_reason") == "end":
-            segment.flush_pending = False
-        if kind == "session_closed":
-            if segment.flush_pending:
-                self._queue(empty_final(segment.session_id))
-            segment.flush_pending = False
-            segment.closed = True
+            segment.owed_finals = max(0, segment.owed_finals - 1)
+        if kind != "session_closed":
+            self._queue(message)
+            return
+        for _ in range(segment.owed_finals):
+            self._queue(empty_final(segment.session_id))
         self._queue(message)
-        if kind == "session_closed" and self._ending:
+        segment.closed = True
+        # The next session's results may flow now, up to one that is still open.
+        following = self._oldest_open()
+        if following is not None:
+            held, following.held = following.held, []
+            for each in held:
+                self._deliver(following, each)
+        elif self._ending:
             self._close_when_done()
+
+    def _oldest_open(self) -> _Segment | None:
+        return next((each for each in self._segments if not each.closed), None)
 
     def _queue(self, message: dict[str, Any]) -> None:
         frame = render(message, self.dialect or "native")
