@@ -98,12 +98,21 @@ def parse_text(text: str) -> Control:
     try:
         return _decoder.decode(stripped)
     except msgspec.ValidationError as exc:
-        raise _classify(_any_decoder.decode(stripped), exc) from exc
+        # The typed decoder may fail on the shape before it sees that the JSON is broken.
+        try:
+            raw = _any_decoder.decode(stripped)
+        except msgspec.DecodeError as malformed:
+            raise _malformed(malformed) from exc
+        raise _classify(raw, exc) from exc
     except msgspec.DecodeError as exc:
-        raise ProtocolError(
-            f"text frame is neither JSON nor a control word: {exc}",
-            code=GatewayErrorCode.MALFORMED_JSON,
-        ) from exc
+        raise _malformed(exc) from exc
+
+
+def _malformed(exc: msgspec.DecodeError) -> ProtocolError:
+    return ProtocolError(
+        f"text frame is neither JSON nor a control word: {exc}",
+        code=GatewayErrorCode.MALFORMED_JSON,
+    )
 
 
 def parse_binary(data: bytes) -> Control | bytes:
