@@ -134,7 +134,7 @@ class Gateway:
         bridges = list(self.bridges.values())
         for bridge in bridges:
             with contextlib.suppress(Exception):
-                await bridge.end_session()
+                await bridge.end_session(CLOSE_GOING_AWAY, "gateway shutting down")
         waits = [asyncio.create_task(bridge.closed.wait()) for bridge in bridges]
         if waits:
             _, late = await asyncio.wait(waits, timeout=self.gateway.close_timeout_s)

@@ -129,7 +129,8 @@ class Bridge:
         self._segments: list[_Segment] = []
         self._current: _Segment | None = None
         self._opened = 0
-        self._ending = False
+        # Set by `end`: the close that follows the last results.
+        self._ending: tuple[int, str] | None = None
         self._close: tuple[int, str] | None = None
         self._sender: asyncio.Task[None] | None = None
 
@@ -151,11 +152,11 @@ class Bridge:
             await self._close_socket()
             self.closed.set()
 
-    async def end_session(self) -> None:
-        """Like the client's ``end``: finalise, send the last results, close with 1000."""
-        if self._ending:
+    async def end_session(self, code: int = CLOSE_NORMAL, reason: str = "session ended") -> None:
+        """Like the client's ``end``: finalise, send the last results, then close."""
+        if self._ending is not None:
             return
-        self._ending = True
+        self._ending = (code, reason)
         await self._end_current(flush=False)
         self._close_when_done()
 
@@ -193,7 +194,7 @@ class Bridge:
             if message["type"] == "websocket.disconnect":
                 return
             try:
-                if self._ending:
+                if self._ending is not None:
                     raise ProtocolError(
                         "the session has ended; open a new connection",
                         code=GatewayErrorCode.SESSION_ENDED,
@@ -353,7 +354,7 @@ class Bridge:
             held, following.held = following.held, []
             for each in held:
                 self._deliver(following, each)
-        elif self._ending:
+        else:
             self._close_when_done()
 
     def _oldest_open(self) -> _Segment | None:
@@ -376,10 +377,11 @@ class Bridge:
             return
         self._wake.set()
 
-    def _close_when_done(self, code: int = CLOSE_NORMAL, reason: str = "session ended") -> None:
-        """Close once every worker session has closed and the queued frames are sent."""
-        if self._current is None and all(segment.closed for segment in self._segments):
-            self._close_after_sending(code, reason)
+    def _close_when_done(self) -> None:
+        """After `end`: close once every worker session has closed and its results are sent."""
+        ending = self._ending
+        if ending and self._current is None and all(each.closed for each in self._segments):
+            self._close_after_sending(*ending)
 
     def _close_after_sending(self, code: int, reason: str) -> None:
         if self._close is None:
