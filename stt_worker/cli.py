@@ -246,24 +246,30 @@ async def _demo(args: argparse.Namespace) -> int:
             nats_url=url,
             **_given(whisper_model_size=args.model, enable_vad=False if args.no_vad else None),
         )
-        if "http_port" not in settings.model_fields_set:
-            # A demo must not fail because something else holds port 8080.
-            settings = settings.model_copy(update={"http_port": 0})
-        engine = await stack.enter_async_context(_demo_engine(args, settings))
+        worker = await stack.enter_async_context(running_worker(args, settings))
+        if worker.probe_url:
+            print(f"metrics  {worker.probe_url}/metrics  (and /healthz, /readyz)")
+        return await _demo_session(args, path, settings)
+
+
+@contextlib.asynccontextmanager
+async def running_worker(args: argparse.Namespace, settings: Settings) -> AsyncIterator[Worker]:
+    """A worker in this loop on `--engine`'s engine, ready; drained on exit (`demo`,
+    `gateway`). If the worker fails, its TaskGroup cancels the body and raises its error."""
+    if "http_port" not in settings.model_fields_set:
+        # A demo must not fail because something else holds port 8080.
+        settings = settings.model_copy(update={"http_port": 0})
+    async with _demo_engine(args, settings) as engine:
         worker = Worker(settings, engine)
         stop = asyncio.Event()
-        # If the worker fails, the TaskGroup cancels the session and raises the worker's error.
         async with asyncio.TaskGroup() as tasks:
             tasks.create_task(worker.run(stop))
             try:
                 async with asyncio.timeout(_READY_TIMEOUT_S):
                     await worker.ready.wait()
-                if worker.probe_url:
-                    print(f"metrics  {worker.probe_url}/metrics  (and /healthz, /readyz)")
-                status = await _demo_session(args, path, settings)
+                yield worker
             finally:
                 stop.set()
-    return status
 
 
 @contextlib.asynccontextmanager

@@ -90,27 +90,6 @@ class _Segment:
     held: list[dict[str, Any]] = field(default_factory=list)
 
 
-@dataclass(slots=True)
-class _StartTemplate:
-    """The connection's `start` fields, kept for every worker session it opens."""
-
-    sample_rate: int
-    channels: int = 1
-    state: protocol.State = "listening"
-    speaker_id: protocol.SpeakerId = None
-    language: str | None = None
-
-    def message(self, session_id: str) -> protocol.Start:
-        return protocol.Start(
-            session_id=session_id,
-            sample_rate=self.sample_rate,
-            channels=self.channels,
-            state=self.state,
-            speaker_id=self.speaker_id,
-            language=self.language,
-        )
-
-
 @dataclass(eq=False)
 class Bridge:
     websocket: WebSocket
@@ -123,7 +102,8 @@ class Bridge:
     closed: asyncio.Event = field(default_factory=asyncio.Event)
 
     def __post_init__(self) -> None:
-        self._start = _StartTemplate(self.sample_rate)
+        # The connection's `start`, sent again for each worker session it opens.
+        self._start = protocol.Start(sample_rate=self.sample_rate)
         self._outbox = Outbox(self.config.max_queue)
         self._wake = asyncio.Event()
         self._segments: list[_Segment] = []
@@ -240,16 +220,10 @@ class Bridge:
             case Start():
                 sample_rate = control.sample_rate or self._start.sample_rate
                 check_format(sample_rate, control.channels)
-                self._start = _StartTemplate(
-                    sample_rate,
-                    control.channels,
-                    control.state,
-                    control.speaker_id,
-                    control.language,
-                )
-                await self._update(self._start.message(self._current_id or ""))
+                self._start = msgspec.structs.replace(control, sample_rate=sample_rate)
+                await self._update(self._start_for(self._current_id))
             case protocol.StateChange():
-                self._start.state = control.state
+                self._start = msgspec.structs.replace(self._start, state=control.state)
                 await self._update(control)
             case End():
                 await self.end_session()
@@ -288,7 +262,7 @@ class Bridge:
         await self.nc.flush()
         self._segments.append(segment)
         self._current = segment
-        await self._publish(segment, self._start.message(session_id))
+        await self._publish(segment, self._start_for(session_id))
         return segment
 
     async def _end_current(self, *, flush: bool) -> None:
@@ -314,6 +288,9 @@ class Bridge:
             self._segments.remove(segment)
             if segment.subscription is not None:
                 await segment.subscription.unsubscribe()
+
+    def _start_for(self, session_id: str | None) -> protocol.Start:
+        return msgspec.structs.replace(self._start, session_id=session_id)
 
     @property
     def _current_id(self) -> str | None:

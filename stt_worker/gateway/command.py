@@ -11,19 +11,15 @@ import argparse
 import asyncio
 import contextlib
 import signal
-from collections.abc import AsyncIterator
 
 from stt_worker.asgi import serving_in_loop
-from stt_worker.cli import _connect, _demo_engine, _given
-from stt_worker.config import Settings, load_settings
+from stt_worker.cli import _connect, _given, running_worker
+from stt_worker.config import load_settings
 from stt_worker.gateway.app import Gateway, create_app
 from stt_worker.gateway.settings import GatewaySettings
 from stt_worker.nats_auth import redact_url
 from stt_worker.nats_server import NatsServer
 from stt_worker.telemetry.logs import setup_logging
-from stt_worker.worker import Worker
-
-_READY_TIMEOUT_S = 180.0
 
 
 async def run_gateway(args: argparse.Namespace) -> int:
@@ -39,7 +35,8 @@ async def run_gateway(args: argparse.Namespace) -> int:
             settings.log_format,
         )
         if not args.nats_url:
-            await stack.enter_async_context(_embedded_worker(args, settings))
+            # Entered before the gateway, so it drains after the gateway ended its sessions.
+            await stack.enter_async_context(running_worker(args, settings))
         nc = await _connect(settings, "stt-streaming gateway")
         stack.push_async_callback(nc.drain)
         gateway = Gateway(settings, gateway_settings, nc)
@@ -61,25 +58,6 @@ async def run_gateway(args: argparse.Namespace) -> int:
             await stop.wait()
             await gateway.shutdown()
     return 0
-
-
-@contextlib.asynccontextmanager
-async def _embedded_worker(args: argparse.Namespace, settings: Settings) -> AsyncIterator[None]:
-    if "http_port" not in settings.model_fields_set:
-        # The gateway must not fail because something else holds port 8080.
-        settings = settings.model_copy(update={"http_port": 0})
-    async with _demo_engine(args, settings) as engine:
-        worker = Worker(settings, engine)
-        worker_stop = asyncio.Event()
-        async with asyncio.TaskGroup() as tasks:
-            tasks.create_task(worker.run(worker_stop))
-            try:
-                async with asyncio.timeout(_READY_TIMEOUT_S):
-                    await worker.ready.wait()
-                yield
-            finally:
-                # After the gateway's shutdown, so the sessions it ended get their finals.
-                worker_stop.set()
 
 
 def _stop_on_signals() -> asyncio.Event:

@@ -15,18 +15,13 @@ Audio is any other binary frame: PCM16, so it must hold whole samples.
 from __future__ import annotations
 
 import enum
-from typing import Annotated, Any, Literal
+from typing import Any, Literal
 
 import msgspec
 
+from stt_worker import protocol
 from stt_worker.errors import ProtocolError
-from stt_worker.protocol import (
-    LANGUAGE_PATTERN,
-    MAX_SPEAKER_ID_CHARS,
-    ErrorCode,
-    State,
-    StateChange,
-)
+from stt_worker.protocol import ErrorCode, StateChange
 
 Dialect = Literal["native", "parakeet", "onnx"]
 DIALECTS: tuple[Dialect, ...] = ("native", "parakeet", "onnx")
@@ -44,14 +39,10 @@ class GatewayErrorCode(enum.StrEnum):
     TOO_MANY_CONNECTIONS = "too_many_connections"
 
 
-class Start(msgspec.Struct, tag="start", tag_field="type", frozen=True):
-    """The seed's ``start``; a field left out keeps the connection's value (query or default)."""
+class Start(protocol.Start, frozen=True):
+    """The seed's ``start``; without ``sample_rate`` the connection's (query or 16 kHz) holds."""
 
-    sample_rate: int | None = None
-    channels: int = 1
-    state: State = "listening"
-    speaker_id: Annotated[str, msgspec.Meta(max_length=MAX_SPEAKER_ID_CHARS)] | int | None = None
-    language: Annotated[str, msgspec.Meta(pattern=LANGUAGE_PATTERN)] | None = None
+    sample_rate: int | None = None  # type: ignore[assignment]
 
 
 class End(msgspec.Struct, tag="end", tag_field="type", frozen=True):
