@@ -17,7 +17,7 @@ from websockets.asyncio.client import ClientConnection, connect
 from websockets.exceptions import ConnectionClosed
 
 from stt_worker.publisher import read_wav
-from tests.helpers import SPEECH_DIR, manifest_text
+from tests.helpers import SPEECH_DIR, Inbox, manifest_text, until
 from tests.test_worker import WER_BOUND
 from tests.textnorm import wer
 
@@ -183,6 +183,27 @@ async def test_flush_with_nothing_said_answers_an_empty_final(worker, make_gatew
     assert frame["type"] == "transcript" and frame["is_final"] and frame["text"] == ""
 
 
+@pytest.mark.parametrize("leave", ["close", "abort"])
+async def test_a_client_that_leaves_ends_its_worker_session(worker, make_gateway, nc, leave):
+    gateway = await make_gateway()
+    session = sid()
+    inbox = await Inbox.open(nc, session)
+    async with connect(f"{gateway.ws_url}?session_id={session}") as ws:
+        await send_audio(ws, pcm(CLIP))
+        await inbox.until(lambda message: message.get("type") == "transcript")
+        if leave == "abort":
+            ws.transport.abort()  # no closing handshake: the TCP connection just drops
+    messages = await inbox.until_closed()
+    # The gateway sent `end` for it: the pending speech was finalised, nothing lost.
+    assert messages[-1]["reason"] == "end"
+    assert wer(manifest_text(CLIP), " ".join(finals_of(inbox.received))) <= WER_BOUND
+    await until(lambda: not gateway.gateway.bridges, within_s=10)
+
+
+def finals_of(messages: list[dict]) -> list[str]:
+    return [m["transcript"] for m in messages if m.get("type") == "transcript" and m["is_final"]]
+
+
 # ---------------------------------------------------------------- bad input and access
 
 
@@ -197,6 +218,7 @@ async def test_bad_frames_get_error_frames_and_the_session_goes_on(worker, make_
             ('{"type": "state_change", "state": "sleeping"}', "invalid_field"),
             ("__CTRL__:REWIND", "unknown_type"),
             (b"\x00\x01\x02", "invalid_audio"),
+            (bytes(256_002), "chunk_too_large"),  # over STT_MAX_CHUNK_BYTES
             ('{"type": "start", "sample_rate": 1000}', "unsupported_audio_format"),
         ]:
             await ws.send(frame)
@@ -252,6 +274,16 @@ async def test_refused_connections_close_with_1008(
         async with connect(url, **accepted) as ws:
             await ws.send(json.dumps({"type": "final"}))
             assert is_final(await receive(ws))
+
+
+async def test_connections_past_the_bound_are_refused_with_1013(make_gateway) -> None:
+    gateway = await make_gateway(max_connections=1)
+    async with connect(gateway.ws_url) as first, connect(gateway.ws_url) as second:
+        error = await receive(second)
+        assert error["code"] == "too_many_connections"
+        assert await close_code(second) == 1013
+        await first.send(json.dumps({"type": "final"}))
+        assert is_final(await receive(first))
 
 
 async def test_health(worker, make_gateway) -> None:

@@ -46,6 +46,10 @@ from stt_worker.gateway.outbox import Outbox
 
 logger = logging.getLogger(__name__)
 
+# What a send or receive raises when the client has gone (uvicorn's ClientDisconnected is an
+# OSError).
+_GONE = (WebSocketDisconnect, OSError)
+
 # WebSocket close codes (RFC 6455 section 7.4.1).
 CLOSE_NORMAL = 1000
 CLOSE_GOING_AWAY = 1001
@@ -113,6 +117,7 @@ class Bridge:
         self._ending: tuple[int, str] | None = None
         self._close: tuple[int, str] | None = None
         self._sender: asyncio.Task[None] | None = None
+        self._finished = False
 
     # ------------------------------------------------------------ lifecycle
 
@@ -120,17 +125,23 @@ class Bridge:
         """Serve the accepted socket until the client leaves or the session ends."""
         self._sender = asyncio.create_task(self._send_frames())
         receiver = asyncio.create_task(self._receive_frames())
+        tasks = (self._sender, receiver)
         try:
-            await asyncio.wait({self._sender, receiver}, return_when=asyncio.FIRST_COMPLETED)
+            await asyncio.wait(tasks, return_when=asyncio.FIRST_COMPLETED)
         finally:
-            for task in (self._sender, receiver):
+            for task in tasks:
                 task.cancel()
-            for task in (self._sender, receiver):
-                with contextlib.suppress(asyncio.CancelledError):
-                    await task  # re-raises a real failure, after the cleanup below
-            await self._end_all()
-            await self._close_socket()
-            self.closed.set()
+            outcomes = await asyncio.gather(*tasks, return_exceptions=True)
+            self._finished = True  # late results are not queued for a socket nobody sends on
+            try:
+                await self._end_all()
+                await self._close_socket()
+            finally:
+                self.closed.set()
+        for outcome in outcomes:
+            # A client that vanished mid-frame is an ordinary end; anything else is a bug.
+            if isinstance(outcome, Exception) and not isinstance(outcome, _GONE):
+                raise outcome
 
     async def end_session(self, code: int = CLOSE_NORMAL, reason: str = "session ended") -> None:
         """Like the client's ``end``: finalise, send the last results, then close."""
@@ -305,7 +316,7 @@ class Bridge:
         except msgspec.DecodeError:
             logger.warning("gateway: undecodable result on %s", msg.subject)
             return
-        if not isinstance(message, dict) or segment.closed:
+        if not isinstance(message, dict) or segment.closed or self._finished:
             return
         if self._oldest_open() is segment:
             self._deliver(segment, message)
