@@ -286,6 +286,23 @@ async def test_connections_past_the_bound_are_refused_with_1013(make_gateway) ->
         assert is_final(await receive(first))
 
 
+async def test_lost_nats_is_an_error_frame_and_1013_and_health_says_so(make_gateway) -> None:
+    gateway = await make_gateway()
+    async with connect(gateway.ws_url) as ws:
+        await ws.send(json.dumps({"type": "start"}))
+        await gateway.gateway.nc.close()
+        await ws.send(silence(0.02))
+        error = await receive(ws)
+        assert (error["type"], error["code"]) == ("error", "nats_unavailable")
+        assert await close_code(ws) == 1013
+    async with httpx.AsyncClient() as client:
+        response = await client.get(f"{gateway.http_url}/health")
+    assert response.status_code == 503 and response.json()["nats_connected"] is False
+    async with connect(gateway.ws_url) as ws:  # new connections are told, not hung
+        assert (await receive(ws))["code"] == "nats_unavailable"
+        assert await close_code(ws) == 1013
+
+
 async def test_health(worker, make_gateway) -> None:
     gateway = await make_gateway()
     async with httpx.AsyncClient() as client, connect(gateway.ws_url):

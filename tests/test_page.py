@@ -68,7 +68,6 @@ async def test_page_captions_a_spoken_clip(worker, make_gateway, tmp_path: Path)
                 "--use-fake-device-for-media-stream",
                 # %noloop: play the file once, then silence (it loops by default).
                 f"--use-file-for-fake-audio-capture={microphone}%noloop",
-                "--autoplay-policy=no-user-gesture-required",
             ],
         )
         try:

@@ -184,6 +184,8 @@ class Bridge:
             message = await self.websocket.receive()
             if message["type"] == "websocket.disconnect":
                 return
+            if self._close is not None:
+                continue  # closing: the sender finishes what is queued, then closes
             try:
                 if self._ending is not None:
                     raise ProtocolError(
@@ -200,7 +202,6 @@ class Bridge:
                 logger.warning("gateway: publish failed: %r", exc)
                 self._queue(error_frame(GatewayErrorCode.NATS_UNAVAILABLE, f"NATS: {exc!r}", None))
                 self._close_after_sending(CLOSE_TRY_AGAIN_LATER, "NATS unavailable")
-                return
 
     async def _on_text(self, text: str) -> None:
         control = parse_text(text)

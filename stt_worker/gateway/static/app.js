@@ -40,6 +40,9 @@ function say(text) {
 async function start() {
   ui.microphone.disabled = true;
   say("Starting the microphone…");
+  // Made before the first await, while the click still counts as a user gesture: browsers
+  // start an AudioContext made later suspended (no audio would flow).
+  const context = new AudioContext();
   let stream;
   try {
     stream = await navigator.mediaDevices.getUserMedia({
@@ -47,10 +50,10 @@ async function start() {
     });
   } catch (error) {
     say(`No microphone: ${error.message}`);
+    context.close();
     ui.microphone.disabled = false;
     return;
   }
-  const context = new AudioContext();
   await context.audioWorklet.addModule("/static/worklet.js");
   const node = new AudioWorkletNode(context, "pcm16-capture", {
     processorOptions: { targetRate: TARGET_RATE, frameSamples: FRAME_SAMPLES },
