@@ -118,6 +118,7 @@ class Bridge:
         self._close: tuple[int, str] | None = None
         self._sender: asyncio.Task[None] | None = None
         self._finished = False
+        self._told_ended = False
 
     # ------------------------------------------------------------ lifecycle
 
@@ -186,12 +187,14 @@ class Bridge:
                 return
             if self._close is not None:
                 continue  # closing: the sender finishes what is queued, then closes
+            if len(self._outbox):
+                # Frames already received return without suspending: let the sender keep
+                # pace, or a burst of error frames would fill the outbox before it runs.
+                await asyncio.sleep(0)
             try:
                 if self._ending is not None:
-                    raise ProtocolError(
-                        "the session has ended; open a new connection",
-                        code=GatewayErrorCode.SESSION_ENDED,
-                    )
+                    self._refuse_after_end()
+                    continue
                 if message.get("text") is not None:
                     await self._on_text(message["text"])
                 else:
@@ -202,6 +205,15 @@ class Bridge:
                 logger.warning("gateway: publish failed: %r", exc)
                 self._queue(error_frame(GatewayErrorCode.NATS_UNAVAILABLE, f"NATS: {exc!r}", None))
                 self._close_after_sending(CLOSE_TRY_AGAIN_LATER, "NATS unavailable")
+
+    def _refuse_after_end(self) -> None:
+        """Frames after `end` (or shutdown) are not used: said once, not once per frame."""
+        if not self._told_ended:
+            self._told_ended = True
+            raise ProtocolError(
+                "the session has ended; frames after 'end' are not used",
+                code=GatewayErrorCode.SESSION_ENDED,
+            )
 
     async def _on_text(self, text: str) -> None:
         control = parse_text(text)
