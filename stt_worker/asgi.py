@@ -29,14 +29,22 @@ async def serving_in_loop(
     lifespan: Literal["on", "off"] = "on",
     access_log: bool = True,
     startup_timeout_s: float = 120.0,
+    **options: Any,
 ) -> AsyncIterator[str]:
     """Serve `app` in the running loop (port 0: one the OS picks); yield its URL.
 
     With `lifespan="on"` the app's startup (e.g. a model warm-up) completes before it yields.
+    `options` go to `uvicorn.Config` as they are (e.g. ``ws_max_size``).
     """
     # log_config=None: uvicorn's records go through the host program's logging setup.
     config = uvicorn.Config(
-        app, host=host, port=port, lifespan=lifespan, access_log=access_log, log_config=None
+        app,
+        host=host,
+        port=port,
+        lifespan=lifespan,
+        access_log=access_log,
+        log_config=None,
+        **options,
     )
     server = _LoopServer(config)
     task = asyncio.create_task(server.serve())

@@ -1,10 +1,13 @@
-"""The ``stt-streaming`` command: ``serve``, ``demo``, ``stream``, ``tail``, ``whisper-server``.
+"""The ``stt-streaming`` command: ``serve``, ``demo``, ``gateway``, ``stream``, ``tail``,
+``whisper-server``.
 
 ``serve`` runs the worker; ``demo`` runs everything in one process (an embedded nats-server,
 the worker, a publisher streaming a WAV file at real time and a subscriber printing results;
 ``--engine http`` adds an in-process whisper-server for the worker's HTTP engine to call);
 ``stream`` and ``tail`` are the publisher and subscriber alone, for a worker running elsewhere.
 ``whisper-server`` is our OpenAI-compatible Whisper HTTP service (``whisper-predictor``).
+``gateway`` (stt_worker/gateway/) serves a WebSocket bridge and a captioning page, in front of
+an embedded nats-server and worker as in ``demo``, or of ``--nats-url``.
 """
 
 from __future__ import annotations
@@ -119,6 +122,21 @@ def _parser() -> argparse.ArgumentParser:
     )
     demo.set_defaults(handler=_run_async(_demo))
 
+    gateway = commands.add_parser(
+        "gateway", help="WebSocket gateway and browser page (embedded nats-server + worker)"
+    )
+    gateway.add_argument("--host", help="listen address (STT_GATEWAY_HOST, default 127.0.0.1)")
+    gateway.add_argument("--port", type=int, help="listen port (STT_GATEWAY_PORT, default 8765)")
+    gateway.add_argument(
+        "--nats-url", help="bridge to this NATS and its workers; no embedded server or worker"
+    )
+    gateway.add_argument(
+        "--engine", choices=DEMO_ENGINES, default="faster-whisper", help="as for demo"
+    )
+    gateway.add_argument("--whisper-url", help="with --engine http, as for demo")
+    gateway.add_argument("--model", help="Whisper model (WHISPER_MODEL_SIZE)")
+    gateway.set_defaults(handler=_run_async(_gateway))
+
     stream = commands.add_parser("stream", help="publish a WAV file as a live client would")
     stream.add_argument("file", type=Path)
     stream.add_argument("--session", help="session id (default: random)")
@@ -228,24 +246,30 @@ async def _demo(args: argparse.Namespace) -> int:
             nats_url=url,
             **_given(whisper_model_size=args.model, enable_vad=False if args.no_vad else None),
         )
-        if "http_port" not in settings.model_fields_set:
-            # A demo must not fail because something else holds port 8080.
-            settings = settings.model_copy(update={"http_port": 0})
-        engine = await stack.enter_async_context(_demo_engine(args, settings))
+        worker = await stack.enter_async_context(running_worker(args, settings))
+        if worker.probe_url:
+            print(f"metrics  {worker.probe_url}/metrics  (and /healthz, /readyz)")
+        return await _demo_session(args, path, settings)
+
+
+@contextlib.asynccontextmanager
+async def running_worker(args: argparse.Namespace, settings: Settings) -> AsyncIterator[Worker]:
+    """A worker in this loop on `--engine`'s engine, ready; drained on exit (`demo`,
+    `gateway`). If the worker fails, its TaskGroup cancels the body and raises its error."""
+    if "http_port" not in settings.model_fields_set:
+        # A demo must not fail because something else holds port 8080.
+        settings = settings.model_copy(update={"http_port": 0})
+    async with _demo_engine(args, settings) as engine:
         worker = Worker(settings, engine)
         stop = asyncio.Event()
-        # If the worker fails, the TaskGroup cancels the session and raises the worker's error.
         async with asyncio.TaskGroup() as tasks:
             tasks.create_task(worker.run(stop))
             try:
                 async with asyncio.timeout(_READY_TIMEOUT_S):
                     await worker.ready.wait()
-                if worker.probe_url:
-                    print(f"metrics  {worker.probe_url}/metrics  (and /healthz, /readyz)")
-                status = await _demo_session(args, path, settings)
+                yield worker
             finally:
                 stop.set()
-    return status
 
 
 @contextlib.asynccontextmanager
@@ -369,6 +393,15 @@ def find_sample_audio() -> Path:
         f"{searched[0]} or {Path.cwd()}; pass a WAV file or set {SAMPLE_ENV}",
         status=2,
     )
+
+
+# ---------------------------------------------------------------- gateway
+
+
+async def _gateway(args: argparse.Namespace) -> int:
+    from stt_worker.gateway.command import run_gateway  # imports this module
+
+    return await run_gateway(args)
 
 
 # ---------------------------------------------------------------- stream

@@ -19,8 +19,9 @@ from stt_worker.nats_server import NatsServer
 # OS picks, so tests never collide on 8080 with each other or with anything else running.
 os.environ.setdefault("STT_HTTP_PORT", "0")
 
-# The worker fixtures (`engine`, `make_worker`, `worker`) live beside the worker tests.
-pytest_plugins = ["tests.worker_fixtures"]
+# The worker fixtures (`engine`, `make_worker`, `worker`) and the gateway's (`make_gateway`)
+# live beside their tests.
+pytest_plugins = ["tests.worker_fixtures", "tests.gateway_fixtures"]
 
 
 @pytest.fixture(scope="session")

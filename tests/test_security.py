@@ -250,7 +250,9 @@ async def test_worker_connects_over_mutual_tls_and_plain_clients_are_refused(mak
 
 
 async def test_k8s_accounts_conf_lets_each_user_touch_only_its_subjects(make_worker, monkeypatch):
-    worker_password, publisher_password = secrets.token_urlsafe(16), secrets.token_urlsafe(16)
+    # nats-server parses an env value as a config token: token_urlsafe's leading "-" (1 in
+    # 32 runs for two passwords) reads as a negative number and fails ("Expected a digit").
+    worker_password, publisher_password = (f"pw{secrets.token_hex(16)}" for _ in range(2))
     # The config reads the passwords from the server's environment, as in the pod.
     monkeypatch.setenv("STT_WORKER_NATS_PASSWORD", worker_password)
     monkeypatch.setenv("VOICE_PUBLISHER_NATS_PASSWORD", publisher_password)

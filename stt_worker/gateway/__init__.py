@@ -1,0 +1,12 @@
+"""The browser gateway: a WebSocket bridge from clients to worker sessions on NATS, and a page.
+
+control.py  text and binary frames -> controls (ours, Parakeet-TDT's, the ONNX server's)
+dialect.py  worker results -> the JSON each kind of client reads
+outbox.py   a connection's bounded queue of outgoing frames (drops partials first)
+access.py   Origin and token checks
+bridge.py   one connection <-> its worker sessions (the I/O)
+app.py      Starlette routes: the page, /health, the WebSocket
+settings.py STT_GATEWAY_* settings
+command.py  `stt-streaming gateway`
+static/     the page: HTML, JS (AudioWorklet), CSS
+"""

@@ -1,0 +1,401 @@
+"""Bridge: one WebSocket connection carried to worker sessions over NATS, and back.
+
+Frames in: audio becomes ``chunk`` messages (raw ``audio`` bytes and a ``seq``), controls
+become ``start`` / ``state_change`` / ``end``. A flush or reset ends the current worker session
+(the worker finalises its pending speech) and the next audio opens a new one, ``<id>-2``,
+``<id>-3``..., whose results come back on the same socket: the worker is not changed, and
+it never drops accepted audio.
+
+Results out: each session's ``ai.voice.transcription.{id}`` messages, rendered for the
+client's dialect and queued in a bounded `Outbox`; a sender task writes them as fast as the
+client reads. A client too slow to take its finals is closed with 1013 (see outbox.py).
+"""
+
+from __future__ import annotations
+
+import asyncio
+import contextlib
+import functools
+import logging
+from dataclasses import dataclass, field
+from typing import Any
+
+import msgspec
+import nats.errors
+from nats.aio.client import Client as NatsClient
+from nats.aio.msg import Msg
+from nats.aio.subscription import Subscription
+from starlette.websockets import WebSocket, WebSocketDisconnect, WebSocketState
+
+from stt_worker import protocol
+from stt_worker.audio import check_format
+from stt_worker.errors import OverloadedError, ProtocolError
+from stt_worker.gateway.control import (
+    Dialect,
+    End,
+    Flush,
+    GatewayErrorCode,
+    Reset,
+    Start,
+    dialect_of,
+    parse_binary,
+    parse_text,
+)
+from stt_worker.gateway.dialect import empty_final, error_frame, is_partial, render
+from stt_worker.gateway.outbox import Outbox
+
+logger = logging.getLogger(__name__)
+
+# What a send or receive raises when the client has gone (uvicorn's ClientDisconnected is an
+# OSError).
+_GONE = (WebSocketDisconnect, OSError)
+
+# WebSocket close codes (RFC 6455 section 7.4.1).
+CLOSE_NORMAL = 1000
+CLOSE_GOING_AWAY = 1001
+CLOSE_INTERNAL_ERROR = 1011
+CLOSE_TRY_AGAIN_LATER = 1013
+
+
+@dataclass(slots=True)
+class BridgeConfig:
+    """What a bridge needs of the worker's and the gateway's settings."""
+
+    stream_prefix: str
+    transcription_prefix: str
+    max_chunk_bytes: int
+    max_queue: int
+    max_pending_sessions: int
+    close_timeout_s: float
+
+
+@dataclass(slots=True)
+class GatewayStats:
+    """Counters over all connections, shown by /health."""
+
+    connections_total: int = 0
+    dropped_partials: int = 0
+    overflow_closes: int = 0
+
+
+@dataclass(slots=True, eq=False)
+class _Segment:
+    """One worker session of the connection."""
+
+    session_id: str
+    subscription: Subscription | None = None
+    next_seq: int = 0
+    # Finals owed to flushes: the worker's final with end_reason "end" pays one; an empty
+    # final pays each one left when the session closes.
+    owed_finals: int = 0
+    closed: bool = False
+    # Results that arrived while an earlier session of the connection was still open: held
+    # so that the client reads results in the order it spoke.
+    held: list[dict[str, Any]] = field(default_factory=list)
+
+
+@dataclass(eq=False)
+class Bridge:
+    websocket: WebSocket
+    nc: NatsClient
+    config: BridgeConfig
+    stats: GatewayStats
+    session_id: str
+    sample_rate: int
+    dialect: Dialect | None = None
+    closed: asyncio.Event = field(default_factory=asyncio.Event)
+
+    def __post_init__(self) -> None:
+        # The connection's `start`, sent again for each worker session it opens.
+        self._start = protocol.Start(sample_rate=self.sample_rate)
+        self._outbox = Outbox(self.config.max_queue)
+        self._wake = asyncio.Event()
+        self._segments: list[_Segment] = []
+        self._current: _Segment | None = None
+        self._opened = 0
+        # Set by `end`: the close that follows the last results.
+        self._ending: tuple[int, str] | None = None
+        self._close: tuple[int, str] | None = None
+        self._sender: asyncio.Task[None] | None = None
+        self._finished = False
+        self._told_ended = False
+
+    # ------------------------------------------------------------ lifecycle
+
+    async def run(self) -> None:
+        """Serve the accepted socket until the client leaves or the session ends."""
+        self._sender = asyncio.create_task(self._send_frames())
+        receiver = asyncio.create_task(self._receive_frames())
+        tasks = (self._sender, receiver)
+        try:
+            await asyncio.wait(tasks, return_when=asyncio.FIRST_COMPLETED)
+        finally:
+            for task in tasks:
+                task.cancel()
+            outcomes = await asyncio.gather(*tasks, return_exceptions=True)
+            self._finished = True  # late results are not queued for a socket nobody sends on
+            try:
+                await self._end_all()
+                await self._close_socket()
+            finally:
+                self.closed.set()
+        for outcome in outcomes:
+            # A client that vanished mid-frame is an ordinary end; anything else is a bug.
+            if isinstance(outcome, Exception) and not isinstance(outcome, _GONE):
+                raise outcome
+
+    async def end_session(self, code: int = CLOSE_NORMAL, reason: str = "session ended") -> None:
+        """Like the client's ``end``: finalise, send the last results, then close."""
+        if self._ending is not None:
+            return
+        self._ending = (code, reason)
+        await self._end_current(flush=False)
+        self._close_when_done()
+
+    def abort(self, code: int, reason: str) -> None:
+        """Close now: queued frames are not sent."""
+        if self._close is None:
+            self._close = (code, reason)
+        if self._sender is not None:
+            self._sender.cancel()
+
+    async def _end_all(self) -> None:
+        """The socket is gone: end the open worker session, stop listening to all of them."""
+        with contextlib.suppress(nats.errors.Error):
+            await self._end_current(flush=False)
+        for segment in self._segments:
+            if segment.subscription is not None:
+                with contextlib.suppress(nats.errors.Error):
+                    await segment.subscription.unsubscribe()
+        self._segments.clear()
+
+    async def _close_socket(self) -> None:
+        ws = self.websocket
+        if WebSocketState.DISCONNECTED in (ws.client_state, ws.application_state):
+            return
+        code, reason = self._close or (CLOSE_NORMAL, "")
+        # A client that never reads holds the close frame back; do not wait for it forever.
+        with contextlib.suppress(RuntimeError, OSError, WebSocketDisconnect, TimeoutError):
+            await asyncio.wait_for(ws.close(code, reason), self.config.close_timeout_s)
+
+    # ------------------------------------------------------------ client -> worker
+
+    async def _receive_frames(self) -> None:
+        while True:
+            message = await self.websocket.receive()
+            if message["type"] == "websocket.disconnect":
+                return
+            if self._close is not None:
+                continue  # closing: the sender finishes what is queued, then closes
+            if len(self._outbox):
+                # Frames already received return without suspending: let the sender keep
+                # pace, or a burst of error frames would fill the outbox before it runs.
+                await asyncio.sleep(0)
+            try:
+                if self._ending is not None:
+                    self._refuse_after_end()
+                    continue
+                if message.get("text") is not None:
+                    await self._on_text(message["text"])
+                else:
+                    await self._on_binary(message.get("bytes") or b"")
+            except (ProtocolError, OverloadedError) as exc:
+                self._queue(error_frame(exc.code, exc.message, self._current_id))
+            except nats.errors.Error as exc:
+                logger.warning("gateway: publish failed: %r", exc)
+                self._queue(error_frame(GatewayErrorCode.NATS_UNAVAILABLE, f"NATS: {exc!r}", None))
+                self._close_after_sending(CLOSE_TRY_AGAIN_LATER, "NATS unavailable")
+
+    def _refuse_after_end(self) -> None:
+        """Frames after `end` (or shutdown) are not used: said once, not once per frame."""
+        if not self._told_ended:
+            self._told_ended = True
+            raise ProtocolError(
+                "the session has ended; frames after 'end' are not used",
+                code=GatewayErrorCode.SESSION_ENDED,
+            )
+
+    async def _on_text(self, text: str) -> None:
+        control = parse_text(text)
+        if self.dialect is None:
+            self.dialect = dialect_of(text, control)
+        await self._on_control(control)
+
+    async def _on_binary(self, data: bytes) -> None:
+        if len(data) > self.config.max_chunk_bytes:
+            raise ProtocolError(
+                f"audio frame of {len(data)} bytes is larger than "
+                f"STT_MAX_CHUNK_BYTES={self.config.max_chunk_bytes}",
+                code=protocol.ErrorCode.CHUNK_TOO_LARGE,
+            )
+        parsed = parse_binary(data)
+        if isinstance(parsed, bytes):
+            segment = await self._active()
+            chunk = protocol.Chunk(audio=parsed, seq=segment.next_seq)
+            segment.next_seq += 1
+            await self._publish(segment, chunk)
+            return
+        if self.dialect is None:
+            self.dialect = "parakeet"
+        await self._on_control(parsed)
+
+    async def _on_control(self, control: Any) -> None:
+        match control:
+            case Start():
+                sample_rate = control.sample_rate or self._start.sample_rate
+                check_format(sample_rate, control.channels)
+                self._start = msgspec.structs.replace(control, sample_rate=sample_rate)
+                await self._update(self._start_for(self._current_id))
+            case protocol.StateChange():
+                self._start = msgspec.structs.replace(self._start, state=control.state)
+                await self._update(control)
+            case End():
+                await self.end_session()
+            case Flush():
+                await self._end_current(flush=True)
+            case Reset():
+                await self._end_current(flush=False)
+
+    async def _update(self, message: protocol.Start | protocol.StateChange) -> None:
+        """Opening a session sends the current `start`; an open one gets `message`."""
+        if self._current is None:
+            await self._active()
+        else:
+            await self._publish(self._current, message)
+
+    async def _active(self) -> _Segment:
+        """The open worker session; the first audio or control after a flush opens one."""
+        if self._current is not None:
+            return self._current
+        pending = [segment for segment in self._segments if not segment.closed]
+        if len(pending) >= self.config.max_pending_sessions:
+            raise OverloadedError(
+                f"{len(pending)} worker sessions of this connection are still finishing "
+                "(STT_GATEWAY_MAX_PENDING_SESSIONS); frame not used",
+                code=protocol.ErrorCode.OVERLOADED,
+            )
+        await self._reap()
+        self._opened += 1
+        session_id = self.session_id if self._opened == 1 else f"{self.session_id}-{self._opened}"
+        segment = _Segment(session_id)
+        # Subscribed before `start` leaves, so no result can be missed.
+        segment.subscription = await self.nc.subscribe(
+            f"{self.config.transcription_prefix}.{session_id}",
+            cb=functools.partial(self._on_result, segment),
+        )
+        await self.nc.flush()
+        self._segments.append(segment)
+        self._current = segment
+        await self._publish(segment, self._start_for(session_id))
+        return segment
+
+    async def _end_current(self, *, flush: bool) -> None:
+        segment, self._current = self._current, None
+        if segment is not None:
+            segment.owed_finals += flush
+            await self._publish(segment, protocol.End())
+        elif flush:
+            # Nothing said since the last flush: answer after the sessions still finishing.
+            finishing = [each for each in self._segments if not each.closed]
+            if finishing:
+                finishing[-1].owed_finals += 1
+            else:
+                self._queue(empty_final(self.session_id))
+
+    async def _publish(self, segment: _Segment, message: protocol.ClientMessage) -> None:
+        payload = protocol.encode_client_message(message)
+        await self.nc.publish(f"{self.config.stream_prefix}.{segment.session_id}", payload)
+
+    async def _reap(self) -> None:
+        """Stop listening to worker sessions that have closed."""
+        for segment in [each for each in self._segments if each.closed]:
+            self._segments.remove(segment)
+            if segment.subscription is not None:
+                await segment.subscription.unsubscribe()
+
+    def _start_for(self, session_id: str | None) -> protocol.Start:
+        return msgspec.structs.replace(self._start, session_id=session_id)
+
+    @property
+    def _current_id(self) -> str | None:
+        return self._current.session_id if self._current else None
+
+    # ------------------------------------------------------------ worker -> client
+
+    async def _on_result(self, segment: _Segment, msg: Msg) -> None:
+        """NATS callback: never awaits, so results keep their order and nothing blocks."""
+        try:
+            message = msgspec.msgpack.decode(msg.data)
+        except msgspec.DecodeError:
+            logger.warning("gateway: undecodable result on %s", msg.subject)
+            return
+        if not isinstance(message, dict) or segment.closed or self._finished:
+            return
+        if self._oldest_open() is segment:
+            self._deliver(segment, message)
+        elif len(segment.held) < self.config.max_queue:
+            segment.held.append(message)
+        else:
+            self._too_slow()
+
+    def _deliver(self, segment: _Segment, message: dict[str, Any]) -> None:
+        kind = message.get("type")
+        if kind == "transcript" and message.get("is_final") and message.get("end_reason") == "end":
+            segment.owed_finals = max(0, segment.owed_finals - 1)
+        if kind != "session_closed":
+            self._queue(message)
+            return
+        for _ in range(segment.owed_finals):
+            self._queue(empty_final(segment.session_id))
+        self._queue(message)
+        segment.closed = True
+        # The next session's results may flow now, up to one that is still open.
+        following = self._oldest_open()
+        if following is not None:
+            held, following.held = following.held, []
+            for each in held:
+                self._deliver(following, each)
+        else:
+            self._close_when_done()
+
+    def _oldest_open(self) -> _Segment | None:
+        return next((each for each in self._segments if not each.closed), None)
+
+    def _queue(self, message: dict[str, Any]) -> None:
+        frame = render(message, self.dialect or "native")
+        if frame is None or self._close is not None:
+            return
+        dropped = self._outbox.dropped_partials
+        accepted = self._outbox.push(frame, partial=is_partial(message))
+        self.stats.dropped_partials += self._outbox.dropped_partials - dropped
+        if not accepted:
+            self.stats.overflow_closes += 1
+            logger.warning("gateway: client of session %s too slow; closing", self.session_id)
+            self.abort(
+                CLOSE_TRY_AGAIN_LATER,
+                f"client too slow: {self.config.max_queue} results unsent",
+            )
+            return
+        self._wake.set()
+
+    def _close_when_done(self) -> None:
+        """After `end`: close once every worker session has closed and its results are sent."""
+        ending = self._ending
+        if ending and self._current is None and all(each.closed for each in self._segments):
+            self._close_after_sending(*ending)
+
+    def _close_after_sending(self, code: int, reason: str) -> None:
+        if self._close is None:
+            self._close = (code, reason)
+        self._wake.set()
+
+    async def _send_frames(self) -> None:
+        while True:
+            frame = self._outbox.pop()
+            if frame is None:
+                if self._close is not None:
+                    return
+                self._wake.clear()
+                await self._wake.wait()
+                continue
+            await self.websocket.send_text(frame)

@@ -1,0 +1,68 @@
+"""``stt-streaming gateway``: the WebSocket gateway and its page, by default with a worker.
+
+Without ``--nats-url`` everything runs in one process, as ``demo`` does: an embedded
+nats-server, the worker on the bundled model, and the gateway. With ``--nats-url`` the
+gateway runs alone, in front of the workers that serve that NATS.
+"""
+
+from __future__ import annotations
+
+import argparse
+import asyncio
+import contextlib
+import signal
+
+from stt_worker.asgi import serving_in_loop
+from stt_worker.cli import _connect, _given, running_worker
+from stt_worker.config import load_settings
+from stt_worker.gateway.app import Gateway, create_app
+from stt_worker.gateway.settings import GatewaySettings
+from stt_worker.nats_auth import redact_url
+from stt_worker.nats_server import NatsServer
+from stt_worker.telemetry.logs import setup_logging
+
+
+async def run_gateway(args: argparse.Namespace) -> int:
+    gateway_settings = GatewaySettings(**_given(host=args.host, port=args.port))
+    stop = _stop_on_signals()
+    async with contextlib.AsyncExitStack() as stack:
+        url = args.nats_url or (await stack.enter_async_context(NatsServer())).url
+        print(f"nats     {redact_url(url)}{'' if args.nats_url else '  (embedded nats-server)'}")
+        settings = load_settings(nats_url=url, **_given(whisper_model_size=args.model))
+        # The page is the output; the worker's INFO logs are noise unless asked for.
+        setup_logging(
+            settings.log_level if "log_level" in settings.model_fields_set else "WARNING",
+            settings.log_format,
+        )
+        if not args.nats_url:
+            # Entered before the gateway, so it drains after the gateway ended its sessions.
+            await stack.enter_async_context(running_worker(args, settings))
+        nc = await _connect(settings, "stt-streaming gateway")
+        stack.push_async_callback(nc.drain)
+        gateway = Gateway(settings, gateway_settings, nc)
+        async with serving_in_loop(
+            create_app(gateway),
+            host=gateway_settings.host,
+            port=gateway_settings.port,
+            lifespan="off",
+            access_log=False,
+            # Larger frames than the worker takes are refused by uvicorn (close 1009).
+            ws_max_size=settings.max_chunk_bytes + 1024,
+        ) as http_url:
+            token = gateway_settings.token
+            query = f"?token={token.get_secret_value()}" if token else ""
+            ws_url = http_url.replace("http://", "ws://", 1)
+            print(f"page     {http_url}/{query}")
+            print(f"ws       {ws_url}/ws  (health: {http_url}/health)")
+            print("Ctrl-C to stop", flush=True)
+            await stop.wait()
+            await gateway.shutdown()
+    return 0
+
+
+def _stop_on_signals() -> asyncio.Event:
+    stop = asyncio.Event()
+    loop = asyncio.get_running_loop()
+    for signum in (signal.SIGINT, signal.SIGTERM):
+        loop.add_signal_handler(signum, stop.set)
+    return stop

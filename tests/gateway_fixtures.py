@@ -1,0 +1,43 @@
+"""Fixtures for the browser gateway: the real app served in the test's loop on a real NATS."""
+
+from __future__ import annotations
+
+import contextlib
+from collections.abc import AsyncIterator
+from dataclasses import dataclass
+
+import nats
+import pytest
+
+from stt_worker.asgi import serving_in_loop
+from stt_worker.config import load_settings
+from stt_worker.gateway.app import Gateway, create_app
+from stt_worker.gateway.settings import GatewaySettings
+
+
+@dataclass
+class RunningGateway:
+    gateway: Gateway
+    http_url: str
+
+    @property
+    def ws_url(self) -> str:
+        return self.http_url.replace("http://", "ws://", 1) + "/ws"
+
+
+@pytest.fixture
+async def make_gateway(nats_url: str) -> AsyncIterator:
+    """Start a gateway with `GatewaySettings` overrides (field names); stopped at the end."""
+    async with contextlib.AsyncExitStack() as stack:
+
+        async def start(**overrides: object) -> RunningGateway:
+            nc = await nats.connect(nats_url, name="gateway-test", connect_timeout=5)
+            stack.push_async_callback(nc.close)
+            gateway = Gateway(load_settings(nats_url=nats_url), GatewaySettings(**overrides), nc)
+            stack.push_async_callback(gateway.shutdown)
+            url = await stack.enter_async_context(
+                serving_in_loop(create_app(gateway), lifespan="off", access_log=False)
+            )
+            return RunningGateway(gateway, url)
+
+        yield start
