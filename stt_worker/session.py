@@ -249,6 +249,10 @@ class Session:
         )
         # Finals asked for and not yet answered: utterance id -> its first sample.
         self._pending_finals: dict[int, int] = {}
+        # Adaptive endpoint: finals whose speech a turn check still decoding covers (no
+        # speech since it), and finals already published from such a check's text.
+        self._covered_by_check: set[int] = set()
+        self._superseded: set[int] = set()
         self._context = ""
         # Utterances with a partial out: their final is published even when empty.
         self._promised: set[int] = set()
@@ -333,6 +337,10 @@ class Session:
         if job.probe:
             return self._probed(job, text, now, inference_s)
         if job.is_final:
+            self._covered_by_check.discard(job.utterance_id)
+            if job.utterance_id in self._superseded:
+                self._superseded.discard(job.utterance_id)
+                return []  # published already, from the turn check of the same speech
             self._pending_finals.pop(job.utterance_id, None)
             promised = job.utterance_id in self._promised
             self._promised.discard(job.utterance_id)
@@ -395,7 +403,15 @@ class Session:
     ) -> list[Action]:
         utterance = self._utterance
         if utterance is None or utterance.utterance_id != job.utterance_id:
-            return []  # the fixed endpoint (or `end`) came first
+            if job.utterance_id not in self._covered_by_check:
+                return []  # speech resumed, or `end` came: its final decides
+            # The fixed endpoint came first (the check lost the race under load), with no
+            # speech since the check: this text is that final's, and here sooner.
+            self._covered_by_check.discard(job.utterance_id)
+            final = self._final_of_check(job)
+            actions = self.result(final, text, now=now, language=language, inference_s=inference_s)
+            self._superseded.add(job.utterance_id)
+            return actions
         utterance.checking = False
         if utterance.voiced_frames > utterance.voiced_at_check:
             return []  # speaking again since the check: not the end of the turn
@@ -421,10 +437,14 @@ class Session:
         # (the audio since the check is silence), so no second decode is waited for.
         self._utterance = None
         self._pending_finals[job.utterance_id] = utterance.start_sample
-        final = dataclasses.replace(
+        final = self._final_of_check(job)
+        return self.result(final, text, now=now, language=language, inference_s=inference_s)
+
+    @staticmethod
+    def _final_of_check(job: Job) -> Job:
+        return dataclasses.replace(
             job, is_final=True, probe=False, turn_check=False, end_reason="silence"
         )
-        return self.result(final, text, now=now, language=language, inference_s=inference_s)
 
     def _probed(self, job: Job, text: str, now: float, inference_s: float) -> list[Action]:
         utterance = self._utterance
@@ -463,12 +483,18 @@ class Session:
     def failed(self, job: Job, error: SttError, *, now: float) -> list[Action]:
         """The engine failed on `job`: the client hears about it, the session goes on."""
         if job.probe:
+            self._covered_by_check.discard(job.utterance_id)  # its final job goes on
             utterance = self._utterance
             if utterance is not None and utterance.utterance_id == job.utterance_id:
                 utterance.probing = False  # the next step of speech asks again
+                utterance.checking = False  # and the next pause is checked again
             return []
         if not job.is_final:
             return []  # a later partial or the final will cover the same audio
+        self._covered_by_check.discard(job.utterance_id)
+        if job.utterance_id in self._superseded:
+            self._superseded.discard(job.utterance_id)
+            return []  # its text was published from the turn check
         self._pending_finals.pop(job.utterance_id, None)
         self._promised.discard(job.utterance_id)
         message = f"utterance {job.utterance_id} ({job.audio_s:.2f} s) failed: {error.message}"
@@ -663,6 +689,9 @@ class Session:
             self._promised.discard(utterance.utterance_id)
             return []
         self._pending_finals[utterance.utterance_id] = utterance.start_sample
+        covered = utterance.checking and utterance.voiced_frames == utterance.voiced_at_check
+        if covered and reason == "silence":
+            self._covered_by_check.add(utterance.utterance_id)
         job = dataclasses.replace(
             self._job(utterance, end_reason=reason), unconfirmed=utterance.candidate
         )

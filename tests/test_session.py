@@ -326,6 +326,31 @@ def test_adaptive_endpoint_follows_the_decoders_end_probability_over_punctuation
     assert jobs(feed(session, "." * 5), final=True)
 
 
+def test_adaptive_endpoint_a_late_turn_check_still_gives_the_final_sooner():
+    """Under load the check (at 200 ms) can outlast the fixed endpoint (400 ms): the final
+    is asked for as usual, and whichever of the two answers first is published, once."""
+    config = dataclasses.replace(ADAPTIVE, endpoint_silence_ms=400)
+    text = "He could wait no longer."
+    for check_first in (True, False):
+        session = new_session(config)
+        (check,) = turn_checks(feed(session, "s" * 30 + "." * 10))
+        (final,) = jobs(feed(session, "." * 10), final=True)  # the fixed endpoint
+        first, second = (check, final) if check_first else (final, check)
+        out = session.result(first, text, now=5.0, language=None, inference_s=0.1)
+        (message,) = published(out, Transcription)
+        assert message.is_final and message.end_reason == "silence"
+        assert message.utterance_id == final.utterance_id and message.transcript == text
+        assert session.result(second, text, now=5.1, language=None, inference_s=0.1) == []
+        assert session.pending_finals == 0
+    # A check that fails leaves the final to its own decode.
+    session = new_session(config)
+    (check,) = turn_checks(feed(session, "s" * 30 + "." * 10))
+    (final,) = jobs(feed(session, "." * 10), final=True)
+    assert session.failed(check, EngineError("boom"), now=5.0) == []
+    out = session.result(final, text, now=5.1, language=None, inference_s=0.1)
+    assert published(out, Transcription)[0].transcript == text
+
+
 def test_no_interrupt_detection_means_responding_audio_is_ignored():
     config = dataclasses.replace(CONFIG, enable_interrupt_detection=False)
     session = new_session(config, state="responding")
