@@ -142,18 +142,32 @@ def _malformed(exc: Exception) -> ProtocolError:
 
 
 def _classify(raw: Any, exc: msgspec.ValidationError) -> ProtocolError:
+    return classify_invalid(raw, exc, types=sorted(_TYPES))
+
+
+def classify_invalid(
+    raw: Any,
+    exc: msgspec.ValidationError,
+    *,
+    types: list[str],
+    noun: str = "message",
+    container: str = "a msgpack map",
+    hint: str = "",
+) -> ProtocolError:
+    """Why a decoded `raw` payload is not a valid tagged message, with the stable code for
+    each case: not a map, no `type`, an unknown `type`, or a field that does not fit."""
     if not isinstance(raw, dict):
         return ProtocolError(
-            f"payload must be a msgpack map, got {type(raw).__name__}", code=ErrorCode.NOT_A_MAP
+            f"{noun} must be {container}, got {type(raw).__name__}", code=ErrorCode.NOT_A_MAP
         )
     if "type" not in raw:
-        return ProtocolError("message has no 'type' field", code=ErrorCode.MISSING_TYPE)
-    if raw["type"] not in _TYPES:
+        return ProtocolError(f"{noun} has no 'type' field", code=ErrorCode.MISSING_TYPE)
+    if raw["type"] not in types:
         return ProtocolError(
-            f"unknown message type {raw['type']!r}; expected one of {sorted(_TYPES)}",
+            f"unknown {noun} type {raw['type']!r}; expected one of {types}{hint}",
             code=ErrorCode.UNKNOWN_TYPE,
         )
-    return ProtocolError(f"invalid {raw['type']} message: {exc}", code=ErrorCode.INVALID_FIELD)
+    return ProtocolError(f"invalid {raw['type']} {noun}: {exc}", code=ErrorCode.INVALID_FIELD)
 
 
 def check_session_id(session_id: str, max_chars: int) -> None:

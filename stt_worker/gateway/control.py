@@ -21,7 +21,7 @@ import msgspec
 
 from stt_worker import protocol
 from stt_worker.errors import ProtocolError
-from stt_worker.protocol import ErrorCode, StateChange
+from stt_worker.protocol import ErrorCode, StateChange, classify_invalid
 
 Dialect = Literal["native", "parakeet", "onnx"]
 DIALECTS: tuple[Dialect, ...] = ("native", "parakeet", "onnx")
@@ -142,16 +142,11 @@ def dialect_of(text: str, control: Control) -> Dialect:
 
 
 def _classify(raw: Any, exc: msgspec.ValidationError) -> ProtocolError:
-    if not isinstance(raw, dict):
-        return ProtocolError(
-            f"control must be a JSON object, got {type(raw).__name__}", code=ErrorCode.NOT_A_MAP
-        )
-    if "type" not in raw:
-        return ProtocolError("control has no 'type' field", code=ErrorCode.MISSING_TYPE)
-    if raw["type"] not in _TYPES:
-        return ProtocolError(
-            f"unknown control type {raw['type']!r}; expected one of {list(_TYPES)} "
-            "(audio goes in binary frames)",
-            code=ErrorCode.UNKNOWN_TYPE,
-        )
-    return ProtocolError(f"invalid {raw['type']} control: {exc}", code=ErrorCode.INVALID_FIELD)
+    return classify_invalid(
+        raw,
+        exc,
+        types=list(_TYPES),
+        noun="control",
+        container="a JSON object",
+        hint=" (audio goes in binary frames)",
+    )
