@@ -137,7 +137,7 @@ async def test_parakeet_eos_flushes_and_session_goes_on(worker, make_gateway) ->
     assert wer(manifest_text(CLIP_2), final_text(second)) <= WER_BOUND, second
     # Each flush ends one worker session; later audio goes to the next.
     assert first[-1]["session_id"] == session
-    assert second[-1]["session_id"] == f"{session}-2"
+    assert second[-1]["session_id"] == f"{session}~2"
 
 
 @pytest.mark.parametrize("reset", ["RESET", "__CTRL__:RESET"])
@@ -155,7 +155,7 @@ async def test_parakeet_reset_finalises_and_starts_over(worker, make_gateway, re
     assert before[-1]["type"] == "final", "the first control word chose the parakeet dialect"
     assert wer(manifest_text(CLIP), final_text(before)) <= WER_BOUND, before
     assert wer(manifest_text(CLIP_2), final_text(after)) <= WER_BOUND, after
-    assert after[-1]["session_id"] == f"{session}-2"
+    assert after[-1]["session_id"] == f"{session}~2"
 
 
 async def test_onnx_final_and_reset(worker, make_gateway) -> None:
@@ -265,6 +265,8 @@ async def test_frames_after_end_are_refused(worker, make_gateway) -> None:
         ("?token=s3cret&protocol=klingon", {}, "invalid_field"),
         ("?token=s3cret&sample_rate=lots", {}, "invalid_field"),
         ("?token=s3cret&session_id=a*b", {}, "invalid_session_id"),
+        # Kept for a connection's later sessions ("abc~2"): no client may take one.
+        ("?token=s3cret&session_id=abc~2", {}, "invalid_session_id"),
     ],
 )
 async def test_refused_connections_close_with_1008(

@@ -63,7 +63,7 @@ async def test_gateway_command_serves_the_page_and_ends_sessions_on_ctrl_c() -> 
             # worker has heard some of it (a result of the next session), stop the gateway.
             await send_audio(ws, pcm(CLIP))
             heard = await frames_until(ws, lambda frame: frame["type"] == "transcript")
-            assert heard[-1]["session_id"].endswith("-2")
+            assert heard[-1]["session_id"].endswith("~2")
             process.send_signal(signal.SIGINT)
             frames = await frames_until(ws, lambda frame: frame["type"] == "session_closed")
             assert final_text(frames), frames

@@ -30,6 +30,7 @@ from stt_worker.gateway.access import check_origin, check_token, presented_token
 from stt_worker.gateway.bridge import (
     CLOSE_GOING_AWAY,
     CLOSE_TRY_AGAIN_LATER,
+    SEGMENT_MARK,
     Bridge,
     BridgeConfig,
     GatewayStats,
@@ -94,6 +95,12 @@ class Gateway:
             sample_rate = _sample_rate(query.get("sample_rate"))
             session_id = query.get("session_id") or f"ws-{uuid.uuid4().hex[:16]}"
             check_session_id(session_id, self.settings.max_session_id_chars - _SUFFIX_CHARS)
+            if SEGMENT_MARK in session_id:
+                raise ProtocolError(
+                    f"session id {session_id!r} holds {SEGMENT_MARK!r}, which the gateway "
+                    "keeps for a connection's later sessions",
+                    code=ErrorCode.INVALID_SESSION_ID,
+                )
             if session_id in self.bridges:
                 raise ProtocolError(
                     f"session id {session_id!r} is in use", code=ErrorCode.INVALID_SESSION_ID

@@ -2,8 +2,8 @@
 
 Frames in: audio becomes ``chunk`` messages (raw ``audio`` bytes and a ``seq``), controls
 become ``start`` / ``state_change`` / ``end``. A flush or reset ends the current worker session
-(the worker finalises its pending speech) and the next audio opens a new one, ``<id>-2``,
-``<id>-3``..., whose results come back on the same socket: the worker is not changed, and
+(the worker finalises its pending speech) and the next audio opens a new one, ``<id>~2``,
+``<id>~3``..., whose results come back on the same socket: the worker is not changed, and
 it never drops accepted audio.
 
 Results out: each session's ``ai.voice.transcription.{id}`` messages, rendered for the
@@ -49,6 +49,10 @@ logger = logging.getLogger(__name__)
 # What a send or receive raises when the client has gone (uvicorn's ClientDisconnected is an
 # OSError).
 _GONE = (WebSocketDisconnect, OSError)
+
+# Joins a connection's id and the number of its next worker session ("ws-1f3a~2"); client ids
+# may not hold it, so no client can pick another connection's later session.
+SEGMENT_MARK = "~"
 
 # WebSocket close codes (RFC 6455 section 7.4.1).
 CLOSE_NORMAL = 1000
@@ -276,7 +280,11 @@ class Bridge:
             )
         await self._reap()
         self._opened += 1
-        session_id = self.session_id if self._opened == 1 else f"{self.session_id}-{self._opened}"
+        session_id = (
+            self.session_id
+            if self._opened == 1
+            else f"{self.session_id}{SEGMENT_MARK}{self._opened}"
+        )
         segment = _Segment(session_id)
         # Subscribed before `start` leaves, so no result can be missed.
         segment.subscription = await self.nc.subscribe(
