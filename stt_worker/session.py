@@ -101,11 +101,11 @@ class SessionConfig:
 
     @property
     def endpoint_frames(self) -> int:
-        return max(1, self.endpoint_silence_ms // FRAME_MS)
+        return _frames(self.endpoint_silence_ms)
 
     @property
     def start_frames(self) -> int:
-        return max(1, self.speech_start_ms // FRAME_MS)
+        return _frames(self.speech_start_ms)
 
     @property
     def preroll_frames(self) -> int:
@@ -113,23 +113,28 @@ class SessionConfig:
 
     @property
     def interrupt_frames(self) -> int:
-        return max(1, self.interrupt_min_speech_ms // FRAME_MS)
+        return _frames(self.interrupt_min_speech_ms)
 
     @property
     def endpoint_min_frames(self) -> int:
-        return max(1, self.endpoint_min_ms // FRAME_MS)
+        return _frames(self.endpoint_min_ms)
 
     @property
     def endpoint_max_frames(self) -> int:
-        return max(1, self.endpoint_max_ms // FRAME_MS)
+        return _frames(self.endpoint_max_ms)
 
     @property
     def probe_step_frames(self) -> int:
-        return max(1, self.probe_step_ms // FRAME_MS)
+        return _frames(self.probe_step_ms)
 
     @property
     def partial_interval_samples(self) -> int:
         return self.partial_interval_ms * SAMPLE_RATE_HZ // 1000
+
+
+def _frames(ms: int) -> int:
+    """A duration setting in whole VAD frames, at least one."""
+    return max(1, ms // FRAME_MS)
 
 
 # ---------------------------------------------------------------- actions
@@ -337,10 +342,8 @@ class Session:
         if job.probe:
             return self._probed(job, text, now, inference_s)
         if job.is_final:
-            self._covered_by_check.discard(job.utterance_id)
-            if job.utterance_id in self._superseded:
-                self._superseded.discard(job.utterance_id)
-                return []  # published already, from the turn check of the same speech
+            if self._published_from_check(job.utterance_id):
+                return []
             self._pending_finals.pop(job.utterance_id, None)
             promised = job.utterance_id in self._promised
             self._promised.discard(job.utterance_id)
@@ -440,6 +443,15 @@ class Session:
         final = self._final_of_check(job)
         return self.result(final, text, now=now, language=language, inference_s=inference_s)
 
+    def _published_from_check(self, utterance_id: int) -> bool:
+        """A final's decode came back: was its text published already, from the turn check
+        of the same speech? Either way no check stands in for it any more."""
+        self._covered_by_check.discard(utterance_id)
+        if utterance_id not in self._superseded:
+            return False
+        self._superseded.discard(utterance_id)
+        return True
+
     @staticmethod
     def _final_of_check(job: Job) -> Job:
         return dataclasses.replace(
@@ -491,10 +503,8 @@ class Session:
             return []
         if not job.is_final:
             return []  # a later partial or the final will cover the same audio
-        self._covered_by_check.discard(job.utterance_id)
-        if job.utterance_id in self._superseded:
-            self._superseded.discard(job.utterance_id)
-            return []  # its text was published from the turn check
+        if self._published_from_check(job.utterance_id):
+            return []
         self._pending_finals.pop(job.utterance_id, None)
         self._promised.discard(job.utterance_id)
         message = f"utterance {job.utterance_id} ({job.audio_s:.2f} s) failed: {error.message}"

@@ -155,12 +155,18 @@ def sounds_finished(text: str) -> bool | None:
     can end one; False: a continuation word, a comma or dash, an ellipsis or no mark at
     all; None: no words to judge."""
     stripped = text.rstrip()
-    words = words_of(stripped)
-    if not words:
+    if not words_of(stripped):
         return None
-    if words[-1] in CONTINUATIONS or stripped.endswith(UNFINISHED_MARKS):
+    if ends_mid_phrase(stripped):
         return False
     return stripped[-1] in ".?!"
+
+
+def ends_mid_phrase(text: str) -> bool:
+    """A continuation word last ("and", "the", "um"), or a trailing comma, dash or ellipsis."""
+    stripped = text.rstrip()
+    words = words_of(stripped)
+    return bool(words) and (words[-1] in CONTINUATIONS or stripped.endswith(UNFINISHED_MARKS))
 
 
 def turn_is_over(
@@ -179,8 +185,7 @@ def turn_is_over(
         return None
     if end_prob is None:
         return finished
-    stripped = text.rstrip()
-    if words_of(stripped)[-1] in CONTINUATIONS or stripped.endswith(UNFINISHED_MARKS):
+    if ends_mid_phrase(text):
         return False
     if end_prob >= finished_prob:
         return True
