@@ -5,7 +5,7 @@ Same as ``stt-streaming serve --engine http``; configured by the environment (se
 
 import sys
 
-from stt_worker.cli import main
+from stt_worker.tools.cli import main
 
 if __name__ == "__main__":
     sys.exit(main(["serve", "--engine", "http", *sys.argv[1:]]))

@@ -7,7 +7,7 @@ installed, else CTranslate2; ``STT_ENGINE`` overrides. Configured by the environ
 
 import sys
 
-from stt_worker.cli import main
+from stt_worker.tools.cli import main
 
 if __name__ == "__main__":
     sys.exit(main(["serve", "--engine", "local", *sys.argv[1:]]))

@@ -64,14 +64,15 @@ from bench.loadgen import (
     run_load,
     speech_timeline,
 )
-from stt_worker.config import BYTES_PER_SAMPLE, SAMPLE_RATE_HZ, Settings, load_settings
+from stt_worker.config import Settings, load_settings
+from stt_worker.core.audio import BYTES_PER_SAMPLE, SAMPLE_RATE_HZ
+from stt_worker.core.vad import FRAME_MS
 from stt_worker.engines import create_engine
 from stt_worker.engines.base import DecodeOptions, LocalEngine
 from stt_worker.evaluation.clips import audio_slice, load_clips, trailing_silence_frames
 from stt_worker.evaluation.results import DEFAULT_MANIFEST, ROOT, Clip
 from stt_worker.evaluation.runner import WorkerProcess, machine_info, worker_process
-from stt_worker.nats_server import NatsServer
-from stt_worker.vad import FRAME_MS
+from stt_worker.runtime.nats_server import NatsServer
 
 logger = logging.getLogger("bench.capacity")
 

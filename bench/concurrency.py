@@ -27,7 +27,7 @@ import numpy as np
 from stt_worker.config import load_settings
 from stt_worker.engines.base import DecodeOptions
 from stt_worker.engines.faster_whisper import FasterWhisperEngine
-from stt_worker.publisher import read_wav
+from stt_worker.runtime.publisher import read_wav
 
 SPEECH = Path(__file__).resolve().parents[2] / "shared" / "speech"
 

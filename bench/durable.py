@@ -24,7 +24,7 @@ import nats
 from nats.js.api import AckPolicy, ConsumerConfig, RetentionPolicy, StreamConfig
 
 from stt_worker.evaluation import EvalOptions, evaluate, machine_info
-from stt_worker.nats_server import NatsServer
+from stt_worker.runtime.nats_server import NatsServer
 
 OUT = Path(__file__).resolve().parent / "results" / "durable"
 

@@ -2,7 +2,7 @@
 
 Each real "stop" and "no" (tests/data/turns) is said 2 s into each echo path of
 bench/turns.py (a real sentence back at 80 ms / -6 dB, 150 ms / -10 dB, 250 ms / -14 dB).
-The microphone goes through no canceller or through ours (stt_worker.echo, WebRTC AEC3), and
+The microphone goes through no canceller or through ours (stt_worker.core.echo, WebRTC AEC3), and
 tiny.en transcribes the 1.2 s around the word: a case counts when the word is heard. The
 cost of cancellation per 20 ms chunk is timed on the same audio.
 
@@ -25,10 +25,10 @@ import numpy as np
 
 from bench.turns import ECHO_PATHS, RATE, ROOT, TURNS, _clip16, _mono, echo_of
 from stt_worker.config import load_settings
-from stt_worker.echo import EchoCanceller
+from stt_worker.core.echo import EchoCanceller
+from stt_worker.core.turns import words_of
 from stt_worker.engines import create_engine
 from stt_worker.engines.base import DecodeOptions
-from stt_worker.turns import words_of
 
 OUT = ROOT / "bench" / "results" / "echo"
 CHUNK = RATE // 50

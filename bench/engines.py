@@ -47,14 +47,14 @@ import jiwer
 import numpy as np
 from whisper_normalizer.english import EnglishTextNormalizer
 
-from stt_worker.asgi import serving_in_loop
-from stt_worker.audio import pcm16_to_float32
-from stt_worker.config import SAMPLE_RATE_HZ, Settings, load_settings
+from stt_worker.config import Settings, load_settings
+from stt_worker.core.audio import SAMPLE_RATE_HZ, pcm16_to_float32
+from stt_worker.core.errors import EngineError
 from stt_worker.engines import create_engine
 from stt_worker.engines.base import Audio, DecodeOptions, Engine, Transcript
-from stt_worker.errors import EngineError
 from stt_worker.evaluation import machine_info as evaluation_machine_info
-from stt_worker.publisher import read_wav
+from stt_worker.runtime.asgi import serving_in_loop
+from stt_worker.runtime.publisher import read_wav
 from stt_worker.whisper_server import create_app
 
 logger = logging.getLogger("bench.engines")

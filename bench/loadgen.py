@@ -35,10 +35,10 @@ import numpy as np
 from nats.aio.client import Client as NatsClient
 from nats.aio.msg import Msg
 
-from stt_worker.config import SAMPLE_RATE_HZ
+from stt_worker.core.audio import SAMPLE_RATE_HZ
+from stt_worker.core.protocol import Chunk, End, Start, encode_client_message
+from stt_worker.core.vad import FRAME_MS, FRAME_SAMPLES, VoiceActivityDetector
 from stt_worker.evaluation.results import Clip
-from stt_worker.protocol import Chunk, End, Start, encode_client_message
-from stt_worker.vad import FRAME_MS, FRAME_SAMPLES, VoiceActivityDetector
 
 CHUNK_S = FRAME_MS / 1000  # one 20 ms VAD frame per chunk
 PAUSE_S = (1.0, 3.0)  # natural pause between two clips of a session

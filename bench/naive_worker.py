@@ -32,12 +32,13 @@ import nats
 import numpy as np
 from nats.aio.msg import Msg
 
-from stt_worker.config import BYTES_PER_SAMPLE, SAMPLE_RATE_HZ, Settings, load_settings
+from stt_worker.config import Settings, load_settings
+from stt_worker.core.audio import BYTES_PER_SAMPLE, SAMPLE_RATE_HZ
+from stt_worker.core.errors import SttError
+from stt_worker.core.protocol import Chunk, End, Start, StateChange, chunk_pcm_bytes
+from stt_worker.core.protocol import decode_client_message as decode
 from stt_worker.engines import create_engine
 from stt_worker.engines.base import DecodeOptions, Engine
-from stt_worker.errors import SttError
-from stt_worker.protocol import Chunk, End, Start, StateChange, chunk_pcm_bytes
-from stt_worker.protocol import decode_client_message as decode
 
 logger = logging.getLogger("bench.naive_worker")
 

@@ -19,8 +19,8 @@ from pathlib import Path
 
 import numpy as np
 
-from stt_worker.publisher import read_wav
-from stt_worker.vad import FRAME_SAMPLES
+from stt_worker.core.vad import FRAME_SAMPLES
+from stt_worker.runtime.publisher import read_wav
 
 ROOT = Path(__file__).resolve().parents[1]
 SPEECH = ROOT.parent / "shared" / "speech"

@@ -33,12 +33,12 @@ import nats
 import numpy as np
 
 from stt_worker.config import load_settings
+from stt_worker.core.vad import FRAME_SAMPLES
 from stt_worker.engines import create_engine
 from stt_worker.engines.base import Engine
-from stt_worker.nats_server import NatsServer
-from stt_worker.publisher import read_wav
-from stt_worker.vad import FRAME_SAMPLES
-from stt_worker.worker import Worker
+from stt_worker.runtime.nats_server import NatsServer
+from stt_worker.runtime.publisher import read_wav
+from stt_worker.runtime.worker import Worker
 from tests.helpers import Inbox
 
 logger = logging.getLogger("bench.turns")
@@ -326,7 +326,7 @@ def main() -> None:
     args = parser.parse_args()
     if args.trace:
         logging.basicConfig(format="%(created).3f %(name)s %(message)s")
-        for name in ("stt_worker.session", "bench.turns"):
+        for name in ("stt_worker.core.session", "bench.turns"):
             logging.getLogger(name).setLevel(logging.DEBUG)
     cases = [case for case in labelled_set() if not args.only or args.only in case.name]
     load_before = os.getloadavg()[0]

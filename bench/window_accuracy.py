@@ -33,7 +33,7 @@ from whisper_normalizer.english import EnglishTextNormalizer
 from stt_worker.config import load_settings
 from stt_worker.engines.base import DecodeOptions
 from stt_worker.engines.faster_whisper import FasterWhisperEngine, WindowPolicy
-from stt_worker.models import resolve_model_path
+from stt_worker.engines.models import resolve_model_path
 
 SPEECH_DIR = Path("/work/shared/speech")
 # Voice-assistant utterances; the 36 s clip's time is mostly its full first 30 s window.

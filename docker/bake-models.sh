@@ -28,7 +28,7 @@ case $variant in
         (($# == 3)) || die "the cpu variant bakes the bundled models only; no MODEL argument"
         "$python" -c '
 import sys
-from stt_worker.models import resolve_model_path
+from stt_worker.engines.models import resolve_model_path
 print(resolve_model_path("base", sys.argv[1]))
 ' "$cache_dir"
         ;;

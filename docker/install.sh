@@ -69,11 +69,11 @@ install_openai_whisper() {
 case $variant in
     http)
         pip_install "$src"
-        check_imports stt_worker.worker stt_worker.engines.http
+        check_imports stt_worker.runtime.worker stt_worker.engines.http
         ;;
     cpu)
         pip_install "$src[local]"
-        check_imports stt_worker.worker stt_worker.engines.faster_whisper
+        check_imports stt_worker.runtime.worker stt_worker.engines.faster_whisper
         ;;
     rocm-whisper)
         install_openai_whisper
@@ -81,7 +81,7 @@ case $variant in
         ;;
     rocm)
         install_openai_whisper
-        check_imports stt_worker.worker stt_worker.engines.openai_whisper
+        check_imports stt_worker.runtime.worker stt_worker.engines.openai_whisper
         ;;
     *)
         die "unknown variant '$variant' (http, cpu, rocm, rocm-whisper)"

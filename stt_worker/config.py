@@ -12,11 +12,8 @@ from typing import Literal
 from pydantic import AliasChoices, Field, FilePath, SecretStr, field_validator
 from pydantic_settings import BaseSettings, SettingsConfigDict
 
-from stt_worker.turns import DEFAULT_BACKCHANNELS, DEFAULT_COMMANDS
-
-# Whisper and webrtcvad both work on 16 kHz mono; everything is converted to this on arrival.
-SAMPLE_RATE_HZ = 16_000
-BYTES_PER_SAMPLE = 2
+from stt_worker.core.audio import BYTES_PER_SAMPLE, SAMPLE_RATE_HZ
+from stt_worker.core.turns import DEFAULT_BACKCHANNELS, DEFAULT_COMMANDS
 
 
 class Settings(BaseSettings):

@@ -49,10 +49,10 @@ from starlette.requests import ClientDisconnect, Request
 from starlette.responses import JSONResponse, PlainTextResponse, Response
 from starlette.routing import Route
 
-from stt_worker.audio import check_format
-from stt_worker.config import SAMPLE_RATE_HZ, Settings
+from stt_worker.config import Settings
+from stt_worker.core.audio import SAMPLE_RATE_HZ, check_format
+from stt_worker.core.errors import ProtocolError, SttError
 from stt_worker.engines.base import Audio, DecodeOptions, Engine, Transcript
-from stt_worker.errors import ProtocolError, SttError
 
 logger = logging.getLogger(__name__)
 

@@ -13,7 +13,7 @@ import nats
 import pytest
 from nats.aio.client import Client
 
-from stt_worker.nats_server import NatsServer
+from stt_worker.runtime.nats_server import NatsServer
 
 # Every worker a test starts (in process or as a subprocess) serves its probes on a port the
 # OS picks, so tests never collide on 8080 with each other or with anything else running.

@@ -9,10 +9,10 @@ from dataclasses import dataclass
 import nats
 import pytest
 
-from stt_worker.asgi import serving_in_loop
 from stt_worker.config import load_settings
 from stt_worker.gateway.app import Gateway, create_app
 from stt_worker.gateway.settings import GatewaySettings
+from stt_worker.runtime.asgi import serving_in_loop
 
 
 @dataclass

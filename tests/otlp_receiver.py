@@ -18,7 +18,7 @@ from starlette.requests import Request
 from starlette.responses import Response
 from starlette.routing import Route
 
-from stt_worker.asgi import serving_in_loop
+from stt_worker.runtime.asgi import serving_in_loop
 
 
 @dataclass(frozen=True)

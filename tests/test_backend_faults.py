@@ -18,8 +18,8 @@ import httpx
 from prometheus_client.parser import text_string_to_metric_families
 from starlette.responses import JSONResponse
 
-from stt_worker.asgi import serving_in_loop
-from stt_worker.publisher import stream_file
+from stt_worker.runtime.asgi import serving_in_loop
+from stt_worker.runtime.publisher import stream_file
 from stt_worker.whisper_server import create_app
 from tests.helpers import SPEECH_DIR, Inbox, manifest_text
 from tests.textnorm import wer

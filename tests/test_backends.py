@@ -17,7 +17,7 @@ from starlette.responses import JSONResponse
 from starlette.routing import Route
 
 from stt_worker.engines import create_engine
-from stt_worker.publisher import stream_file
+from stt_worker.runtime.publisher import stream_file
 from stt_worker.whisper_server import create_app
 from tests.asgi_server import serving
 from tests.helpers import SPEECH_DIR, Inbox, manifest_text

@@ -11,10 +11,11 @@ import msgpack
 import numpy as np
 import pytest
 
-from stt_worker.config import SAMPLE_RATE_HZ
-from stt_worker.publisher import stream_file
-from stt_worker.session import Session, SessionConfig, Transcribe, frames_of
-from stt_worker.vad import FRAME_SAMPLES
+from stt_worker.core.audio import SAMPLE_RATE_HZ
+from stt_worker.core.jobs import Transcribe
+from stt_worker.core.session import Session, SessionConfig, frames_of
+from stt_worker.core.vad import FRAME_SAMPLES
+from stt_worker.runtime.publisher import stream_file
 from tests.helpers import SPEECH_DIR, Inbox, manifest_text
 from tests.test_worker import WER_BOUND, final_text, finals, sid
 from tests.textnorm import wer

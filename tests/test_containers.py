@@ -26,7 +26,7 @@ from pathlib import Path
 
 import pytest
 
-from stt_worker.models import BUNDLED_MODELS
+from stt_worker.engines.models import BUNDLED_MODELS
 
 ROOT = Path(__file__).resolve().parent.parent
 INSTALL_SCRIPT = "docker/install.sh"
@@ -432,7 +432,7 @@ def rocm_env(tmp_path_factory: pytest.TempPathFactory) -> RocmEnv:
 
 @pytest.mark.timeout(INSTALL_TIMEOUT_S)
 def test_venv_http_has_the_worker_and_no_local_engine(http_venv: Path, tmp_path: Path) -> None:
-    python_in(http_venv, "import stt_worker.worker, stt_worker.engines.http")
+    python_in(http_venv, "import stt_worker.runtime.worker, stt_worker.engines.http")
     assert "usage" in run([str(http_venv / "bin" / "stt-streaming"), "serve", "--help"]).stdout
     entry = copy_entry_script("http", tmp_path / "app")
     assert "--engine" in run([str(http_venv / "bin" / "python3"), str(entry), "--help"]).stdout
@@ -447,7 +447,8 @@ def test_venv_http_has_the_worker_and_no_local_engine(http_venv: Path, tmp_path:
 def test_venv_cpu_serves_the_bundled_models_read_only(cpu_venv: Path, tmp_path: Path) -> None:
     tiny = python_in(
         cpu_venv,
-        "from stt_worker.models import resolve_model_path; print(resolve_model_path('tiny.en'))",
+        "from stt_worker.engines.models import resolve_model_path; "
+        "print(resolve_model_path('tiny.en'))",
     )
     assert (Path(tiny.strip()) / "model.bin").is_file()
 
@@ -464,7 +465,7 @@ def test_venv_cpu_serves_the_bundled_models_read_only(cpu_venv: Path, tmp_path: 
     before = tree_state(cache)
     python_in(
         cpu_venv,
-        "import sys, ctranslate2; from stt_worker.models import resolve_model_path; "
+        "import sys, ctranslate2; from stt_worker.engines.models import resolve_model_path; "
         "ctranslate2.models.Whisper(str(resolve_model_path('base', sys.argv[1])))",
         str(cache),
     )

@@ -14,9 +14,9 @@ import numpy as np
 import pytest
 
 from stt_worker.config import load_settings
-from stt_worker.nats_server import NatsServer
-from stt_worker.publisher import StreamStats, publish_pcm, stream_file
-from stt_worker.worker import Worker
+from stt_worker.runtime.nats_server import NatsServer
+from stt_worker.runtime.publisher import StreamStats, publish_pcm, stream_file
+from stt_worker.runtime.worker import Worker
 from tests.helpers import SPEECH_DIR, Inbox, manifest_text, until
 from tests.test_process import (
     CLIP,

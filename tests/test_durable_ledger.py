@@ -5,8 +5,8 @@ from __future__ import annotations
 import base64
 
 from stt_worker.config import load_settings
-from stt_worker.durable import AckLedger
-from stt_worker.protocol import Chunk, End, Playback, Start, StateChange
+from stt_worker.core.ledger import AckLedger
+from stt_worker.core.protocol import Chunk, End, Playback, Start, StateChange
 
 
 class Delivered:

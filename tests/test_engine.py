@@ -10,12 +10,12 @@ import numpy as np
 import pytest
 
 from stt_worker.config import load_settings
+from stt_worker.core.errors import EngineError, ModelNotFoundError
 from stt_worker.engines import create_engine
 from stt_worker.engines.base import DecodeOptions
 from stt_worker.engines.decoding import collapse_loops
 from stt_worker.engines.faster_whisper import FasterWhisperEngine, WindowPolicy
-from stt_worker.errors import EngineError, ModelNotFoundError
-from stt_worker.models import resolve_model_path
+from stt_worker.engines.models import resolve_model_path
 from tests.helpers import SPEECH_DIR, manifest_text
 from tests.textnorm import wer
 

@@ -21,10 +21,10 @@ import pytest
 from nats.js.api import StreamConfig
 
 from stt_worker.config import load_settings
-from stt_worker.nats_server import NatsServer
-from stt_worker.protocol import Start, encode_client_message
-from stt_worker.publisher import StreamStats, publish_pcm, read_wav, stream_file
-from stt_worker.worker import Worker
+from stt_worker.core.protocol import Start, encode_client_message
+from stt_worker.runtime.nats_server import NatsServer
+from stt_worker.runtime.publisher import StreamStats, publish_pcm, read_wav, stream_file
+from stt_worker.runtime.worker import Worker
 from tests.engines import GatedEngine, PoisonedEngine
 from tests.helpers import SPEECH_DIR, Inbox, manifest_text, until
 from tests.textnorm import wer

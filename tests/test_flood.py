@@ -42,7 +42,7 @@ async def worker_process(nats_url: str) -> AsyncIterator[psutil.Process]:
     process = await asyncio.create_subprocess_exec(
         sys.executable,
         "-m",
-        "stt_worker.cli",
+        "stt_worker.tools.cli",
         "serve",
         cwd=REPO,
         env=env,

@@ -24,9 +24,9 @@ from hypothesis import HealthCheck, given, settings
 from hypothesis import strategies as st
 from nats.aio.client import Client
 
-from stt_worker.errors import ProtocolError
-from stt_worker.protocol import ErrorCode, check_session_id, decode_client_message
-from stt_worker.publisher import stream_file
+from stt_worker.core.errors import ProtocolError
+from stt_worker.core.protocol import ErrorCode, check_session_id, decode_client_message
+from stt_worker.runtime.publisher import stream_file
 from tests.helpers import SPEECH_DIR, Inbox, manifest_text
 from tests.strategies import msgpack_values, typed_maps
 from tests.test_worker import WER_BOUND, final_text
@@ -39,7 +39,7 @@ STABLE_CODES = {code.value for code in ErrorCode} - {ErrorCode.INTERNAL_ERROR}
 EXAMPLES = 1000  # per strategy; 3,000 cases through the worker in this module
 
 # Session-id tokens NATS accepts in a subject (no space, tab, CR, LF or `.`), odd ones
-# included: `*`, `>`, control (\x0b and \x0c too: stt_worker/nats_parser.py) and non-ASCII
+# included: `*`, `>`, control (\x0b and \x0c too: stt_worker/runtime/nats_parser.py) and non-ASCII
 # characters, and ids far past the length bound.
 _token_chars = st.characters(codec="utf-8", exclude_characters=" \t\r\n.", min_codepoint=1)
 session_ids = (

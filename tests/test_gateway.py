@@ -16,7 +16,7 @@ import pytest
 from websockets.asyncio.client import ClientConnection, connect
 from websockets.exceptions import ConnectionClosed
 
-from stt_worker.publisher import read_wav
+from stt_worker.runtime.publisher import read_wav
 from tests.helpers import SPEECH_DIR, Inbox, manifest_text, until
 from tests.test_worker import WER_BOUND
 from tests.textnorm import wer

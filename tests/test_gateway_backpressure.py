@@ -16,7 +16,7 @@ from nats.aio.client import Client
 from websockets.asyncio.client import ClientConnection, connect
 from websockets.exceptions import ConnectionClosed
 
-from stt_worker.protocol import Transcription, encode_server_message
+from stt_worker.core.protocol import Transcription, encode_server_message
 from tests.helpers import until
 
 # 64 KB that permessage-deflate cannot shrink: the socket's buffers fill after some dozens.

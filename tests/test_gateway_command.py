@@ -31,7 +31,7 @@ async def test_gateway_command_serves_the_page_and_ends_sessions_on_ctrl_c() -> 
     process = await asyncio.create_subprocess_exec(
         sys.executable,
         "-m",
-        "stt_worker.cli",
+        "stt_worker.tools.cli",
         "gateway",
         "--port",
         "0",

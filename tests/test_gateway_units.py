@@ -9,7 +9,8 @@ import pytest
 from hypothesis import given
 from hypothesis import strategies as st
 
-from stt_worker.errors import ProtocolError
+from stt_worker.core.errors import ProtocolError
+from stt_worker.core.protocol import StateChange
 from stt_worker.gateway.access import check_origin, check_token, presented_token
 from stt_worker.gateway.control import (
     End,
@@ -23,7 +24,6 @@ from stt_worker.gateway.control import (
 )
 from stt_worker.gateway.dialect import render
 from stt_worker.gateway.outbox import Outbox
-from stt_worker.protocol import StateChange
 
 
 @pytest.mark.parametrize(

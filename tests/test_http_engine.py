@@ -28,9 +28,9 @@ from starlette.responses import JSONResponse, PlainTextResponse, Response
 from starlette.routing import Route
 
 from stt_worker.config import load_settings
+from stt_worker.core.errors import EngineError
 from stt_worker.engines.base import DecodeOptions
 from stt_worker.engines.http import HttpEngine, parse_retry_after
-from stt_worker.errors import EngineError
 
 API_KEY = "sk-test-DO-NOT-LEAK-5f3a9c"
 SECOND = np.zeros(16_000, dtype=np.float32)

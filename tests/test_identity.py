@@ -13,7 +13,7 @@ import asyncio
 import msgpack
 import pytest
 
-from stt_worker.publisher import stream_file
+from stt_worker.runtime.publisher import stream_file
 from tests.helpers import SPEECH_DIR, Inbox, manifest_text
 from tests.test_worker import WER_BOUND, final_text, sid
 from tests.textnorm import wer
@@ -28,7 +28,7 @@ ODD_IDS = [
     "tab\x01ctl",
     "x" * 129,
     "L" * 4000,  # past the 4 KiB protocol line once in an output subject: never echoed
-    "vt\x0bff\x0c",  # nats-py took \x0b and \x0c for separators (stt_worker/nats_parser.py)
+    "vt\x0bff\x0c",  # nats-py took \x0b and \x0c for separators (stt_worker/runtime/nats_parser.py)
 ]
 
 
@@ -107,7 +107,7 @@ async def test_fields_that_could_reach_a_path_or_subject_are_refused(worker, nc,
 
 
 def test_a_language_tag_is_taken_down_to_what_whisper_knows():
-    from stt_worker.protocol import Start, decode_client_message, whisper_language
+    from stt_worker.core.protocol import Start, decode_client_message, whisper_language
 
     for tag in ("en-US", "EN", "pt_BR", "zh-Hant-TW"):
         start = decode_client_message(msgpack.packb({"type": "start", "language": tag}))
@@ -137,7 +137,7 @@ async def test_message_fields_never_choose_a_subject(worker, nc, watch):
 
 
 def test_ordinary_publisher_ids_are_accepted_whatever_their_punctuation():
-    from stt_worker.protocol import check_session_id
+    from stt_worker.core.protocol import check_session_id
 
     for session_id in ("user#42/turn~3", "a(b)c!d$e%f&g'h", "uuid-1234_x:y=z@w+v", "[x]{y}|z"):
         check_session_id(session_id, 128)  # raises ProtocolError when refused

@@ -32,7 +32,7 @@ import yaml
 from nats.aio.subscription import Subscription
 
 from stt_worker.config import Settings
-from stt_worker.nats_server import NatsServer
+from stt_worker.runtime.nats_server import NatsServer
 
 K8S_DIR = Path(__file__).resolve().parent.parent / "k8s"
 NATS_CONF = K8S_DIR / "nats" / "nats.conf"

@@ -17,7 +17,7 @@ import pytest
 from stt_worker.config import load_settings
 from stt_worker.engines.base import DecodeOptions, Engine
 from stt_worker.engines.faster_whisper import FasterWhisperEngine
-from stt_worker.publisher import publish_pcm
+from stt_worker.runtime.publisher import publish_pcm
 from tests.helpers import Inbox
 
 SAMPLE_RATE_HZ = 16_000

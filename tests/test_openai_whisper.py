@@ -19,15 +19,14 @@ import pytest
 torch = pytest.importorskip("torch")
 whisper = pytest.importorskip("whisper")
 
-from stt_worker import ct2_convert  # noqa: E402
 from stt_worker.config import load_settings  # noqa: E402
-from stt_worker.engines import create_engine  # noqa: E402
+from stt_worker.core.errors import ModelNotFoundError  # noqa: E402
+from stt_worker.engines import create_engine, ct2_convert  # noqa: E402
 from stt_worker.engines import openai_whisper as engine_module  # noqa: E402
 from stt_worker.engines.base import DecodeOptions  # noqa: E402
 from stt_worker.engines.faster_whisper import FasterWhisperEngine, WindowPolicy  # noqa: E402
+from stt_worker.engines.models import resolve_model_path  # noqa: E402
 from stt_worker.engines.openai_whisper import OpenAIWhisperEngine  # noqa: E402
-from stt_worker.errors import ModelNotFoundError  # noqa: E402
-from stt_worker.models import resolve_model_path  # noqa: E402
 from tests.helpers import SPEECH_DIR, manifest_text  # noqa: E402
 from tests.textnorm import normalise, wer  # noqa: E402
 

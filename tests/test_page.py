@@ -18,7 +18,7 @@ import numpy as np
 import pytest
 import soxr
 
-from stt_worker.publisher import read_wav
+from stt_worker.runtime.publisher import read_wav
 from tests.helpers import REPO, SPEECH_DIR, manifest_text
 from tests.test_worker import WER_BOUND
 from tests.textnorm import wer

@@ -12,9 +12,9 @@ import nats
 import pytest
 
 from stt_worker.config import load_settings
-from stt_worker.nats_server import NatsServer
-from stt_worker.publisher import publish_pcm, read_wav
-from stt_worker.worker import Worker
+from stt_worker.runtime.nats_server import NatsServer
+from stt_worker.runtime.publisher import publish_pcm, read_wav
+from stt_worker.runtime.worker import Worker
 from tests.helpers import REPO, SPEECH_DIR, Inbox, manifest_text
 from tests.textnorm import wer
 

@@ -10,7 +10,7 @@ import signal
 import time
 import uuid
 
-from stt_worker.publisher import StreamStats, publish_pcm, read_wav
+from stt_worker.runtime.publisher import StreamStats, publish_pcm, read_wav
 from tests.helpers import SPEECH_DIR, Inbox, manifest_text
 from tests.textnorm import wer
 from tests.worker_process import WorkerProcess

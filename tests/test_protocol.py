@@ -7,8 +7,8 @@ import msgpack
 from hypothesis import given, settings
 from hypothesis import strategies as st
 
-from stt_worker.errors import ProtocolError
-from stt_worker.protocol import (
+from stt_worker.core.errors import ProtocolError
+from stt_worker.core.protocol import (
     Chunk,
     End,
     ErrorCode,

@@ -7,10 +7,10 @@ import dataclasses
 
 import numpy as np
 
+from stt_worker.core.errors import OverloadedError
+from stt_worker.core.jobs import Job, JobKind
 from stt_worker.engines.base import DecodeOptions, Engine, EngineInfo, Transcript
-from stt_worker.errors import OverloadedError
-from stt_worker.scheduler import InferenceScheduler
-from stt_worker.session import Job
+from stt_worker.runtime.scheduler import InferenceScheduler
 
 
 class GatedEngine(Engine):
@@ -47,7 +47,8 @@ class GatedEngine(Engine):
 
 def job(utterance_id: int, seconds: float, *, final: bool) -> Job:
     pcm = (np.zeros(int(seconds * 16_000), np.int16),)
-    return Job(utterance_id, final, pcm, 0.0, seconds, True)
+    kind = JobKind.FINAL if final else JobKind.PARTIAL
+    return Job(utterance_id, kind, pcm, 0.0, seconds, True)
 
 
 class Results:
@@ -74,11 +75,11 @@ async def test_finals_first_one_job_per_session_results_in_order():
     results = Results()
     scheduler = InferenceScheduler(engine, results.on_done, concurrency=2)
     runner = asyncio.create_task(scheduler.run())
-    scheduler.submit("a", job(1, 1.0, final=False), DecodeOptions())
-    scheduler.submit("a", job(1, 2.0, final=False), DecodeOptions())  # replaces the stale one
-    scheduler.submit("a", job(1, 3.0, final=True), DecodeOptions())  # drops a's partial
-    scheduler.submit("a", job(2, 4.0, final=True), DecodeOptions())
-    scheduler.submit("b", job(1, 5.0, final=False), DecodeOptions())
+    scheduler.submit("a", job(1, 1.0, final=False))
+    scheduler.submit("a", job(1, 2.0, final=False))  # replaces the stale one
+    scheduler.submit("a", job(1, 3.0, final=True))  # drops a's partial
+    scheduler.submit("a", job(2, 4.0, final=True))
+    scheduler.submit("b", job(1, 5.0, final=False))
     await engine.started_at_least(2)
     # a's second final may not run beside its first: b's partial takes the other slot.
     assert sorted(engine.started) == [3.0, 5.0]
@@ -96,14 +97,14 @@ async def test_full_finals_queue_is_refused_and_unhealthy_engine_sheds_partials(
     engine.is_healthy = False
     results = Results()
     scheduler = InferenceScheduler(engine, results.on_done, concurrency=1, max_pending_finals=1)
-    scheduler.submit("a", job(1, 1.0, final=True), DecodeOptions())
+    scheduler.submit("a", job(1, 1.0, final=True))
     try:
-        scheduler.submit("b", job(1, 1.0, final=True), DecodeOptions())
+        scheduler.submit("b", job(1, 1.0, final=True))
     except OverloadedError as exc:
         assert exc.code == "overloaded"
     else:
         raise AssertionError("a second final should not fit")
-    scheduler.submit("c", job(1, 1.0, final=False), DecodeOptions())
+    scheduler.submit("c", job(1, 1.0, final=False))
     runner = asyncio.create_task(scheduler.run())
     await results.release_and_wait(engine, 1)
     await scheduler.wait_idle()
@@ -118,8 +119,8 @@ async def test_dual_model_partials_go_to_the_partial_engine():
         finals_engine, results.on_done, concurrency=1, partial_engine=partials_engine
     )
     runner = asyncio.create_task(scheduler.run())
-    scheduler.submit("a", job(1, 1.0, final=False), DecodeOptions())
-    scheduler.submit("b", job(1, 2.0, final=True), DecodeOptions())
+    scheduler.submit("a", job(1, 1.0, final=False))
+    scheduler.submit("b", job(1, 2.0, final=True))
     finals_engine.release.release()
     partials_engine.release.release()
     async with asyncio.timeout(5), results.changed:
@@ -133,11 +134,11 @@ async def test_barge_in_probes_jump_ahead_of_finals_and_partials():
     results = Results()
     scheduler = InferenceScheduler(engine, results.on_done, concurrency=1)
     # Queued before the scheduler runs, so only the order rule decides what starts first.
-    scheduler.submit("a", job(1, 4.0, final=True), DecodeOptions())
-    scheduler.submit("b", job(1, 3.0, final=False), DecodeOptions())
-    probe = dataclasses.replace(job(1, 0.4, final=False), probe=True)
-    scheduler.submit("c", probe, DecodeOptions())
-    scheduler.submit("c", dataclasses.replace(probe, audio_end_s=0.5), DecodeOptions())
+    scheduler.submit("a", job(1, 4.0, final=True))
+    scheduler.submit("b", job(1, 3.0, final=False))
+    probe = dataclasses.replace(job(1, 0.4, final=False), kind=JobKind.BARGE_IN_PROBE)
+    scheduler.submit("c", probe)
+    scheduler.submit("c", dataclasses.replace(probe, audio_end_s=0.5))
     assert scheduler.pending == 3  # the newer probe of c replaced the older
     runner = asyncio.create_task(scheduler.run())
     await results.release_and_wait(engine, 3)

@@ -26,10 +26,10 @@ from cryptography.x509.oid import NameOID
 from nats.aio.client import Client
 
 from stt_worker.config import load_settings
-from stt_worker.nats_auth import connect_options, redact_url
-from stt_worker.nats_server import NatsServer
-from stt_worker.publisher import stream_file
-from stt_worker.worker import Worker
+from stt_worker.runtime.connection import connect_options, redact_url
+from stt_worker.runtime.nats_server import NatsServer
+from stt_worker.runtime.publisher import stream_file
+from stt_worker.runtime.worker import Worker
 from tests.helpers import REPO, SPEECH_DIR, Inbox, manifest_text
 from tests.test_worker import WER_BOUND, final_text, sid
 from tests.textnorm import wer
@@ -86,7 +86,14 @@ async def test_token_worker_and_cli_tools_connect_and_others_are_refused(make_wo
                 client = await connect(server.url, token=token)
                 inbox = await Inbox.open(client, session)
                 env = {**os.environ, "NATS_URL": server.url, "NATS_TOKEN": token}
-                argv = ["-m", "stt_worker.cli", "stream", str(SPEECH_DIR / CLIP), "--speed", "0"]
+                argv = [
+                    "-m",
+                    "stt_worker.tools.cli",
+                    "stream",
+                    str(SPEECH_DIR / CLIP),
+                    "--speed",
+                    "0",
+                ]
                 streamed = await asyncio.create_subprocess_exec(
                     sys.executable, *argv, "--session", session, env=env
                 )
@@ -101,7 +108,7 @@ async def test_token_worker_and_cli_tools_connect_and_others_are_refused(make_wo
         tail = await asyncio.create_subprocess_exec(
             sys.executable,
             "-m",
-            "stt_worker.cli",
+            "stt_worker.tools.cli",
             "tail",
             env=without,
             stderr=asyncio.subprocess.PIPE,

@@ -7,11 +7,12 @@ import dataclasses
 import numpy as np
 import pytest
 
-from stt_worker.errors import EngineError
-from stt_worker.protocol import Error, Interrupt, SessionClosed, Transcription
-from stt_worker.session import Close, Job, Publish, Session, SessionConfig, Transcribe, frames_of
-from stt_worker.turns import Commands
-from stt_worker.vad import FRAME_SAMPLES
+from stt_worker.core.errors import EngineError
+from stt_worker.core.jobs import Close, Job, JobKind, Publish, Transcribe
+from stt_worker.core.protocol import Error, Interrupt, SessionClosed, Transcription
+from stt_worker.core.session import Session, SessionConfig, frames_of
+from stt_worker.core.turns import Commands
+from stt_worker.core.vad import FRAME_SAMPLES
 
 CONFIG = SessionConfig(
     endpoint_silence_ms=200,
@@ -155,7 +156,7 @@ WORDS = dataclasses.replace(CONFIG, barge_in_words=True, probe_step_ms=100)
 
 
 def probes(actions) -> list[Job]:
-    return [j for j in jobs(actions) if j.probe]
+    return [j for j in jobs(actions) if j.kind is JobKind.BARGE_IN_PROBE]
 
 
 def test_word_mode_probes_the_speech_and_a_backchannel_does_not_interrupt():
@@ -171,7 +172,7 @@ def test_word_mode_probes_the_speech_and_a_backchannel_does_not_interrupt():
     assert session.result(again, "Mm-hmm, okay.", now=1.1, language=None, inference_s=0.05) == []
     # It ends: transcribed and published, marked as a backchannel, and the turn stays.
     (final,) = jobs(feed(session, "." * 10), final=True)
-    assert final.unconfirmed and final.end_reason == "silence"
+    assert final.kind is JobKind.CANDIDATE_FINAL and final.end_reason == "silence"
     out = session.result(final, "Mm-hmm, okay.", now=1.5, language=None, inference_s=0.05)
     (message,) = published(out, Transcription)
     assert message.backchannel and message.transcript == "Mm-hmm, okay."
@@ -188,7 +189,7 @@ def test_word_mode_interrupts_when_the_probe_holds_real_words():
     # From here on it is the user's turn: partials and an ordinary final.
     actions = feed(session, "s" * 30 + "." * 10)
     (final,) = jobs(actions, final=True)
-    assert not final.unconfirmed
+    assert final.kind is not JobKind.CANDIDATE_FINAL
     message = published(
         session.result(final, "Stop, wait.", now=2.0, language=None, inference_s=0.1), Transcription
     )[0]
@@ -266,7 +267,7 @@ ADAPTIVE = dataclasses.replace(
 
 
 def turn_checks(actions) -> list[Job]:
-    return [j for j in jobs(actions) if j.turn_check]
+    return [j for j in jobs(actions) if j.kind is JobKind.TURN_CHECK]
 
 
 def test_adaptive_endpoint_ends_a_finished_sentence_at_the_short_pause_with_its_text():

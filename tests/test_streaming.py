@@ -1,6 +1,6 @@
 """LocalAgreement on hand-made hypothesis sequences."""
 
-from stt_worker.streaming import LocalAgreement, Partial
+from stt_worker.core.streaming import LocalAgreement, Partial
 
 
 def test_words_become_stable_when_two_hypotheses_agree():

@@ -18,10 +18,10 @@ import pytest
 from prometheus_client.parser import text_string_to_metric_families
 
 from stt_worker.config import load_settings
-from stt_worker.publisher import publish_pcm, read_wav
-from stt_worker.telemetry import Telemetry
-from stt_worker.telemetry.logs import session_context, setup_logging
-from stt_worker.worker import Worker
+from stt_worker.runtime.publisher import publish_pcm, read_wav
+from stt_worker.runtime.telemetry import Telemetry
+from stt_worker.runtime.telemetry.logs import session_context, setup_logging
+from stt_worker.runtime.worker import Worker
 from tests.engines import GatedEngine
 from tests.helpers import SPEECH_DIR, Inbox
 from tests.otlp_receiver import otlp_receiver
@@ -342,7 +342,7 @@ def test_exporters_follow_the_protocol_and_hyperdx_switches(caplog):
     from opentelemetry.exporter.otlp.proto.grpc.trace_exporter import OTLPSpanExporter as Grpc
     from opentelemetry.exporter.otlp.proto.http.trace_exporter import OTLPSpanExporter as Http
 
-    from stt_worker.telemetry.tracing import create_tracer_provider
+    from stt_worker.runtime.telemetry.tracing import create_tracer_provider
 
     def inner_types(**overrides) -> list[type]:
         provider, exporters = create_tracer_provider(load_settings(**overrides))

@@ -23,10 +23,16 @@ from nats.aio.client import Client
 from nats.aio.msg import Msg
 from nats.aio.subscription import Subscription
 
-from stt_worker.cli import find_sample_audio, main, render_payload
-from stt_worker.console import format_message
-from stt_worker.nats_server import NatsServer, NatsServerError
-from stt_worker.publisher import StreamStats, WavFormatError, publish_pcm, read_wav, stream_file
+from stt_worker.runtime.nats_server import NatsServer, NatsServerError
+from stt_worker.runtime.publisher import (
+    StreamStats,
+    WavFormatError,
+    publish_pcm,
+    read_wav,
+    stream_file,
+)
+from stt_worker.tools.cli import find_sample_audio, main, render_payload
+from stt_worker.tools.console import format_message
 from tests.helpers import SPEECH_DIR
 
 

@@ -4,14 +4,14 @@ from __future__ import annotations
 
 import pytest
 
-from stt_worker.engines.base import is_hallucination
-from stt_worker.turns import (
+from stt_worker.core.turns import (
     Backchannels,
     Commands,
     more_words_than_said,
     sounds_finished,
     turn_is_over,
 )
+from stt_worker.engines.base import is_hallucination
 
 
 def test_backchannels_are_judged_on_every_word():

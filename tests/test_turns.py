@@ -15,8 +15,8 @@ import msgpack
 import numpy as np
 import pytest
 
-from stt_worker.publisher import publish_pcm, read_wav
-from stt_worker.turns import words_of
+from stt_worker.core.turns import words_of
+from stt_worker.runtime.publisher import publish_pcm, read_wav
 from tests.helpers import REPO, SPEECH_DIR, Inbox
 
 TURNS = REPO / "tests" / "data" / "turns"

@@ -5,8 +5,8 @@ from __future__ import annotations
 import numpy as np
 import webrtcvad
 
-from stt_worker.publisher import read_wav
-from stt_worker.vad import FRAME_SAMPLES, WARMUP_FRAMES, VoiceActivityDetector
+from stt_worker.core.vad import FRAME_SAMPLES, WARMUP_FRAMES, VoiceActivityDetector
+from stt_worker.runtime.publisher import read_wav
 from tests.helpers import SPEECH_DIR
 
 

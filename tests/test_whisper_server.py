@@ -20,8 +20,8 @@ import pytest
 import soxr
 from starlette.applications import Starlette
 
+from stt_worker.core.errors import EngineError
 from stt_worker.engines.base import Audio, DecodeOptions, Engine, Transcript
-from stt_worker.errors import EngineError
 from stt_worker.whisper_server import INFERENCE_TIME_HEADER, TRANSCRIPTIONS_PATH, create_app
 from tests.asgi_server import serving
 from tests.helpers import REPO, SPEECH_DIR, manifest_text
@@ -413,7 +413,7 @@ async def test_cli_whisper_server_serves_and_exits_zero_on_sigterm(tmp_path: Pat
         process = await asyncio.create_subprocess_exec(
             sys.executable,
             "-m",
-            "stt_worker.cli",
+            "stt_worker.tools.cli",
             "whisper-server",
             "--host",
             "127.0.0.1",

@@ -15,7 +15,7 @@ import numpy as np
 import pytest
 import soxr
 
-from stt_worker.publisher import publish_pcm, read_wav, stream_file
+from stt_worker.runtime.publisher import publish_pcm, read_wav, stream_file
 from tests.helpers import SPEECH_DIR, Inbox, manifest_text
 from tests.textnorm import wer
 

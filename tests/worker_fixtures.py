@@ -10,8 +10,8 @@ import pytest
 from stt_worker.config import load_settings
 from stt_worker.engines import create_engine
 from stt_worker.engines.base import Engine
-from stt_worker.telemetry import Telemetry
-from stt_worker.worker import Worker
+from stt_worker.runtime.telemetry import Telemetry
+from stt_worker.runtime.worker import Worker
 
 
 @pytest.fixture(scope="session")

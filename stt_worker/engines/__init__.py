@@ -10,8 +10,8 @@ import importlib.util
 from collections.abc import Callable
 
 from stt_worker.config import Settings
+from stt_worker.core.errors import EngineError
 from stt_worker.engines.base import Engine
-from stt_worker.errors import EngineError
 
 
 def _faster_whisper(settings: Settings) -> Engine:

@@ -19,7 +19,7 @@ from dataclasses import dataclass, field
 import numpy as np
 import numpy.typing as npt
 
-from stt_worker.errors import EngineError, SttError
+from stt_worker.core.errors import EngineError, SttError
 
 Audio = npt.NDArray[np.float32]
 

@@ -5,7 +5,7 @@ from __future__ import annotations
 
 import re
 
-from stt_worker.config import SAMPLE_RATE_HZ
+from stt_worker.core.audio import SAMPLE_RATE_HZ
 
 HOP_SAMPLES = 160
 FRAMES_PER_S = SAMPLE_RATE_HZ // HOP_SAMPLES

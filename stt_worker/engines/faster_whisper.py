@@ -46,7 +46,9 @@ from faster_whisper.feature_extractor import FeatureExtractor
 from faster_whisper.tokenizer import Tokenizer
 from faster_whisper.transcribe import get_suppressed_tokens
 
-from stt_worker.config import SAMPLE_RATE_HZ, Settings
+from stt_worker.config import Settings
+from stt_worker.core.audio import SAMPLE_RATE_HZ
+from stt_worker.core.errors import EngineError
 from stt_worker.engines.base import (
     Audio,
     DecodeOptions,
@@ -66,8 +68,7 @@ from stt_worker.engines.decoding import (
     WINDOW_FRAMES,
     collapse_loops,
 )
-from stt_worker.errors import EngineError
-from stt_worker.models import resolve_model_path
+from stt_worker.engines.models import resolve_model_path
 
 logger = logging.getLogger(__name__)
 

@@ -42,7 +42,9 @@ from datetime import UTC, datetime
 import httpx
 import numpy as np
 
-from stt_worker.config import SAMPLE_RATE_HZ, Settings
+from stt_worker.config import Settings
+from stt_worker.core.audio import SAMPLE_RATE_HZ
+from stt_worker.core.errors import EngineError
 from stt_worker.engines.base import (
     Audio,
     DecodeOptions,
@@ -52,7 +54,6 @@ from stt_worker.engines.base import (
     Transcript,
     is_hallucination,
 )
-from stt_worker.errors import EngineError
 
 logger = logging.getLogger(__name__)
 

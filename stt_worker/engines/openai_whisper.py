@@ -7,7 +7,7 @@ encoder accepts, greedy or beam search at temperature 0; features, padding, sile
 loop collapse and token caps are the faster-whisper engine's, so both engines answer alike.
 
 Models never download: a local ``.pt``; a bundled CTranslate2 model (``tiny.en``, ``base``) or
-CTranslate2 folder, converted once by `stt_worker.ct2_convert`; or an openai-whisper name
+CTranslate2 folder, converted once by `stt_worker.engines.ct2_convert`; or an openai-whisper name
 whose ``.pt`` is already on disk.
 """
 
@@ -24,7 +24,7 @@ from whisper.audio import N_FRAMES
 from whisper.model import ModelDimensions, Whisper
 
 from stt_worker.config import Settings
-from stt_worker.ct2_convert import ensure_converted
+from stt_worker.core.errors import EngineError, ModelNotFoundError
 from stt_worker.engines.base import (
     Audio,
     DecodeOptions,
@@ -35,6 +35,7 @@ from stt_worker.engines.base import (
     is_hallucination,
     is_inaudible,
 )
+from stt_worker.engines.ct2_convert import ensure_converted
 from stt_worker.engines.decoding import (
     FRAMES_PER_S,
     HOP_SAMPLES,
@@ -43,8 +44,7 @@ from stt_worker.engines.decoding import (
     MIN_NEW_TOKENS,
     collapse_loops,
 )
-from stt_worker.errors import EngineError, ModelNotFoundError
-from stt_worker.models import BUNDLED_MODELS
+from stt_worker.engines.models import BUNDLED_MODELS
 
 logger = logging.getLogger(__name__)
 

@@ -18,7 +18,7 @@ times it, 0 = as fast as possible), ``end``. From wall-clock receive times it me
 After each session closes (the worker is idle then) the same engine decodes the whole clip
 (the offline baseline streaming must equal) and each final's exact audio slice (*bare
 inference*, the engine time the final's latency is compared with). WER is jiwer after
-Whisper's English normaliser (`stt_worker.textnorm`), corpus-level over clips.
+Whisper's English normaliser (`stt_worker.evaluation.textnorm`), corpus-level over clips.
 
 Latency is only meaningful at ``speed == 1``: faster, chunks queue up behind inference.
 

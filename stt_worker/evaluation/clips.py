@@ -9,11 +9,10 @@ from pathlib import Path
 import numpy as np
 import numpy.typing as npt
 
-from stt_worker.audio import pcm16_to_float32
-from stt_worker.config import SAMPLE_RATE_HZ
+from stt_worker.core.audio import SAMPLE_RATE_HZ, pcm16_to_float32
+from stt_worker.core.vad import FRAME_MS, VoiceActivityDetector
 from stt_worker.evaluation.results import Clip
-from stt_worker.publisher import WavFormatError, read_wav
-from stt_worker.vad import FRAME_MS, VoiceActivityDetector
+from stt_worker.runtime.publisher import WavFormatError, read_wav
 
 
 def load_clips(

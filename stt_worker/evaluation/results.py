@@ -10,8 +10,7 @@ from typing import Any
 
 import numpy as np
 
-from stt_worker.audio import Pcm16
-from stt_worker.config import SAMPLE_RATE_HZ
+from stt_worker.core.audio import SAMPLE_RATE_HZ, Pcm16
 
 ROOT = Path(__file__).resolve().parents[2]
 DEFAULT_MANIFEST = ROOT.parent / "shared" / "speech" / "manifest.jsonl"

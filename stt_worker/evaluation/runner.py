@@ -22,15 +22,15 @@ from datetime import UTC, datetime
 from typing import Any
 
 import msgspec
-import nats
 from nats.aio.client import Client as NatsClient
 from pydantic import SecretStr
 
-from stt_worker.audio import pcm16_to_float32
-from stt_worker.config import SAMPLE_RATE_HZ, Settings, load_settings
+from stt_worker.config import Settings, load_settings
+from stt_worker.core.audio import SAMPLE_RATE_HZ, pcm16_to_float32
+from stt_worker.core.errors import EngineError
+from stt_worker.core.vad import FRAME_MS
 from stt_worker.engines import create_engine
 from stt_worker.engines.base import DecodeOptions, LocalEngine
-from stt_worker.errors import EngineError
 from stt_worker.evaluation.clips import audio_slice, load_clips, trailing_silence_frames
 from stt_worker.evaluation.results import (
     _WER_TOLERANCE,
@@ -54,10 +54,10 @@ from stt_worker.evaluation.results import (
     TargetCheck,
 )
 from stt_worker.evaluation.stability import partial_stability
-from stt_worker.nats_server import NatsServer
-from stt_worker.publisher import StreamStats, stream_file
-from stt_worker.textnorm import corpus_wer, wer
-from stt_worker.vad import FRAME_MS
+from stt_worker.evaluation.textnorm import corpus_wer, wer
+from stt_worker.runtime.connection import TOOL, connect
+from stt_worker.runtime.nats_server import NatsServer
+from stt_worker.runtime.publisher import StreamStats, stream_file
 
 logger = logging.getLogger(__name__)
 
@@ -120,7 +120,7 @@ async def _run_worker_and_stream(
 ) -> list[ClipResult]:
     results: list[ClipResult] = []
     async with worker_process(settings, engine.info.name):
-        nc = await nats.connect(settings.nats_url, name="stt-eval", connect_timeout=5)
+        nc = await connect(settings, "stt-eval", TOOL)
         try:
             for index, clip in enumerate(clips):
                 logger.info("clip %d/%d %s", index + 1, len(clips), clip.name)
@@ -146,7 +146,7 @@ _PROBE_URL = re.compile(r"probes and metrics at (http://[^\s\"]+)")
 
 @contextlib.asynccontextmanager
 async def worker_process(
-    settings: Settings, engine_kind: str, module: str = "stt_worker.cli"
+    settings: Settings, engine_kind: str, module: str = "stt_worker.tools.cli"
 ) -> AsyncIterator[WorkerProcess]:
     """`stt-streaming serve` in its own process, as deployments run it: in this process the
     publisher and subscriber would share its CPU and GIL (measured: in-worker inference ~7%

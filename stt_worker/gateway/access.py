@@ -10,7 +10,7 @@ import hmac
 from collections.abc import Mapping
 from urllib.parse import urlsplit
 
-from stt_worker.errors import ProtocolError
+from stt_worker.core.errors import ProtocolError
 from stt_worker.gateway.control import GatewayErrorCode
 
 TOKEN_SUBPROTOCOL_PREFIX = "token."

@@ -23,9 +23,10 @@ from starlette.routing import Mount, Route, WebSocketRoute
 from starlette.staticfiles import StaticFiles
 from starlette.websockets import WebSocket
 
-from stt_worker.audio import check_format
 from stt_worker.config import Settings
-from stt_worker.errors import ProtocolError
+from stt_worker.core.audio import check_format
+from stt_worker.core.errors import ProtocolError
+from stt_worker.core.protocol import ErrorCode, check_session_id
 from stt_worker.gateway.access import check_origin, check_token, presented_token
 from stt_worker.gateway.bridge import (
     CLOSE_GOING_AWAY,
@@ -38,7 +39,6 @@ from stt_worker.gateway.bridge import (
 from stt_worker.gateway.control import GatewayErrorCode, parse_dialect
 from stt_worker.gateway.dialect import error_frame
 from stt_worker.gateway.settings import GatewaySettings
-from stt_worker.protocol import ErrorCode, check_session_id
 
 logger = logging.getLogger(__name__)
 

@@ -27,9 +27,9 @@ from nats.aio.msg import Msg
 from nats.aio.subscription import Subscription
 from starlette.websockets import WebSocket, WebSocketDisconnect, WebSocketState
 
-from stt_worker import protocol
-from stt_worker.audio import check_format
-from stt_worker.errors import OverloadedError, ProtocolError
+from stt_worker.core import protocol
+from stt_worker.core.audio import check_format
+from stt_worker.core.errors import OverloadedError, ProtocolError
 from stt_worker.gateway.control import (
     Dialect,
     End,

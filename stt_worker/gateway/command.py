@@ -12,14 +12,14 @@ import asyncio
 import contextlib
 import signal
 
-from stt_worker.asgi import serving_in_loop
-from stt_worker.cli import _connect, _given, running_worker
 from stt_worker.config import load_settings
 from stt_worker.gateway.app import Gateway, create_app
 from stt_worker.gateway.settings import GatewaySettings
-from stt_worker.nats_auth import redact_url
-from stt_worker.nats_server import NatsServer
-from stt_worker.telemetry.logs import setup_logging
+from stt_worker.runtime.asgi import serving_in_loop
+from stt_worker.runtime.connection import redact_url
+from stt_worker.runtime.nats_server import NatsServer
+from stt_worker.runtime.telemetry.logs import setup_logging
+from stt_worker.tools.cli import _connect, _given, running_worker
 
 
 async def run_gateway(args: argparse.Namespace) -> int:

@@ -19,9 +19,9 @@ from typing import Any, Literal
 
 import msgspec
 
-from stt_worker import protocol
-from stt_worker.errors import ProtocolError
-from stt_worker.protocol import ErrorCode, StateChange, classify_invalid
+from stt_worker.core import protocol
+from stt_worker.core.errors import ProtocolError
+from stt_worker.core.protocol import ErrorCode, StateChange, classify_invalid
 
 Dialect = Literal["native", "parakeet", "onnx"]
 DIALECTS: tuple[Dialect, ...] = ("native", "parakeet", "onnx")

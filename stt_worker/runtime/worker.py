@@ -41,17 +41,19 @@ from opentelemetry import trace
 from opentelemetry.context import Context
 from opentelemetry.trace import Span, Status, StatusCode
 
-from stt_worker import nats_parser
-from stt_worker.asgi import serving_in_loop
-from stt_worker.audio import AudioNormalizer, Pcm16, check_format
-from stt_worker.config import BYTES_PER_SAMPLE, SAMPLE_RATE_HZ, Settings
-from stt_worker.durable import AckLedger, Held
-from stt_worker.echo import EchoCanceller
-from stt_worker.engines.base import DecodeOptions, Engine, Transcript
-from stt_worker.errors import OverloadedError, ProtocolError, SttError
-from stt_worker.nats_auth import connect_options, describe, redact_url
-from stt_worker.probes import create_probe_app
-from stt_worker.protocol import (
+from stt_worker.config import Settings
+from stt_worker.core.audio import (
+    BYTES_PER_SAMPLE,
+    SAMPLE_RATE_HZ,
+    AudioNormalizer,
+    Pcm16,
+    check_format,
+)
+from stt_worker.core.echo import EchoCanceller
+from stt_worker.core.errors import OverloadedError, ProtocolError, SttError
+from stt_worker.core.jobs import Action, Close, Job, Publish, Transcribe
+from stt_worker.core.ledger import AckLedger, Held
+from stt_worker.core.protocol import (
     Chunk,
     ClientMessage,
     End,
@@ -70,26 +72,20 @@ from stt_worker.protocol import (
     encode_server_message,
     whisper_language,
 )
-from stt_worker.scheduler import InferenceScheduler, Outcome
-from stt_worker.session import (
-    Action,
-    Close,
-    Job,
-    Publish,
-    Session,
-    SessionConfig,
-    Transcribe,
-)
-from stt_worker.telemetry import Telemetry
-from stt_worker.telemetry.logs import session_context
-from stt_worker.telemetry.tracing import extract, inject
-from stt_worker.turns import Backchannels, Commands
-from stt_worker.vad import Frames, VoiceActivityDetector
+from stt_worker.core.session import Session, SessionConfig
+from stt_worker.core.turns import Backchannels, Commands
+from stt_worker.core.vad import Frames, VoiceActivityDetector
+from stt_worker.engines.base import Engine, Transcript
+from stt_worker.runtime.asgi import serving_in_loop
+from stt_worker.runtime.connection import SERVICE, connect
+from stt_worker.runtime.decode_plan import plan
+from stt_worker.runtime.probes import create_probe_app
+from stt_worker.runtime.scheduler import InferenceScheduler, Outcome
+from stt_worker.runtime.telemetry import Telemetry
+from stt_worker.runtime.telemetry.logs import session_context
+from stt_worker.runtime.telemetry.tracing import extract, inject
 
 logger = logging.getLogger(__name__)
-
-# A barge-in probe needs its first words only: "stop", "yeah, okay", a sentence's start.
-PROBE_MAX_NEW_TOKENS = 16
 
 TICK_S = 0.1
 # Sessions closed before the freed heap is handed back to the OS (see `_release_free_heap`).
@@ -286,18 +282,13 @@ class Worker:
 
     async def _serve(self, stop: asyncio.Event) -> None:
         settings = self.settings
-        url = redact_url(settings.nats_url)
-        logger.info("connecting to NATS at %s (%s)", url, describe(settings))
-        nats_parser.harden()  # before any message can arrive: see nats_parser.py
-        self._nc = await nats.connect(
-            settings.nats_url,
-            name="stt-streaming",
-            max_reconnect_attempts=-1,  # a worker waits for its bus forever
-            reconnect_time_wait=0.5,
+        self._nc = await connect(
+            settings,
+            "stt-streaming",
+            SERVICE,
             error_cb=self._on_nats_error,
             disconnected_cb=self._on_disconnected,
             reconnected_cb=self._on_reconnected,
-            **connect_options(settings),
         )
         await self.engine.warmup()
         if self.partial_engine is not None:
@@ -791,19 +782,8 @@ class Worker:
             span = stream.utterances[job.utterance_id]
             span.set_attribute("stt.audio_s", round(job.audio_s, 3))
             span.set_attribute("stt.end_reason", job.end_reason or "unknown")
-        barge_in_probe = job.probe and not job.turn_check
-        options = DecodeOptions(
-            # A turn check may become the final: it gets the finals' loop retry too.
-            language=job.language,
-            prompt=job.prompt,
-            full_window_retry=job.is_final or job.turn_check,
-            # Barge-in probes only: a turn check's text may become the final itself.
-            speech_heard=barge_in_probe,
-            max_new_tokens=PROBE_MAX_NEW_TOKENS if barge_in_probe else None,
-            end_probability=job.turn_check,
-        )
         try:
-            self._scheduler.submit(stream.key, job, options)
+            self._scheduler.submit(stream.key, job)
         except OverloadedError as exc:
             logger.error("scheduler full")
             await self._apply(stream, stream.session.failed(job, exc, now=time.time()), job)
@@ -851,8 +831,9 @@ class Worker:
     ) -> None:
         """Metrics and the `stt.inference` span of one engine call, after the fact (the
         scheduler knows nothing of telemetry)."""
-        kind = "probe" if job.probe else "final" if job.is_final else "partial"
-        engine = self.engine if job.is_final or self.partial_engine is None else self.partial_engine
+        decode = plan(job)
+        kind = decode.label
+        engine = self._scheduler.engine_for(decode.engine)
         self._metrics.queue_wait.labels(kind).observe(wait_s)
         inference_s = outcome.inference_s if isinstance(outcome, Transcript) else 0.0
         attributes: dict[str, str | int | float | bool] = {

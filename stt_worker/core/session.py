@@ -19,29 +19,28 @@ from dataclasses import dataclass, field
 
 import numpy as np
 
-from stt_worker.audio import Pcm16
-from stt_worker.config import SAMPLE_RATE_HZ
-from stt_worker.errors import SttError
-from stt_worker.protocol import (
+from stt_worker.core.audio import SAMPLE_RATE_HZ, Pcm16
+from stt_worker.core.errors import SttError
+from stt_worker.core.jobs import Action, Close, Job, JobKind, Publish, Transcribe
+from stt_worker.core.protocol import (
     CloseReason,
     EndReason,
     Error,
     Interrupt,
-    ServerMessage,
     SessionClosed,
     SpeakerId,
     State,
     Transcription,
 )
-from stt_worker.streaming import LocalAgreement
-from stt_worker.turns import (
+from stt_worker.core.streaming import LocalAgreement
+from stt_worker.core.turns import (
     Backchannels,
     Commands,
     more_words_than_said,
     turn_is_over,
     words_of,
 )
-from stt_worker.vad import FRAME_MS, FRAME_SAMPLES, Frames
+from stt_worker.core.vad import FRAME_MS, FRAME_SAMPLES, Frames
 
 logger = logging.getLogger(__name__)
 
@@ -135,57 +134,6 @@ class SessionConfig:
 def _frames(ms: int) -> int:
     """A duration setting in whole VAD frames, at least one."""
     return max(1, ms // FRAME_MS)
-
-
-# ---------------------------------------------------------------- actions
-
-
-@dataclass(frozen=True, slots=True)
-class Job:
-    """One transcription request: the audio of an utterance so far (partial) or whole (final)."""
-
-    utterance_id: int
-    is_final: bool
-    pcm: tuple[Pcm16, ...]
-    audio_start_s: float
-    audio_end_s: float
-    has_voice_activity: bool
-    language: str | None = None
-    # Recent finals of the session, to condition decoding (empty when context is off).
-    prompt: str | None = None
-    end_reason: EndReason | None = None  # set on finals: why the utterance ended
-    # A quick transcription of speech heard while the assistant talks: does it take the turn?
-    probe: bool = False
-    # A final of speech heard while the assistant talked and never confirmed as a barge-in.
-    unconfirmed: bool = False
-    # Adaptive endpoint: the probe of a pause that may end the turn (its text then is final).
-    turn_check: bool = False
-    # Finals: when the utterance was ended (the caller's clock) and the trailing silence
-    # already waited by then, so end of speech -> final can be measured downstream.
-    ended_at: float | None = None
-    trailing_silence_s: float = 0.0
-
-    @property
-    def audio_s(self) -> float:
-        return self.audio_end_s - self.audio_start_s
-
-
-@dataclass(frozen=True, slots=True)
-class Transcribe:
-    job: Job
-
-
-@dataclass(frozen=True, slots=True)
-class Publish:
-    message: ServerMessage
-
-
-@dataclass(frozen=True, slots=True)
-class Close:
-    reason: CloseReason
-
-
-Action = Transcribe | Publish | Close
 
 
 # ---------------------------------------------------------------- session
@@ -337,9 +285,9 @@ class Session:
         end_prob: float | None = None,
     ) -> list[Action]:
         """An engine result for `job`; stale partials are dropped here."""
-        if job.turn_check:
+        if job.kind is JobKind.TURN_CHECK:
             return self._turn_checked(job, text, now, language, inference_s, end_prob)
-        if job.probe:
+        if job.kind is JobKind.BARGE_IN_PROBE:
             return self._probed(job, text, now, inference_s)
         if job.is_final:
             if self._published_from_check(job.utterance_id):
@@ -352,7 +300,7 @@ class Session:
                 return self._maybe_close(now)
             actions: list[Action] = []
             backchannel = False
-            if job.unconfirmed:
+            if job.kind is JobKind.CANDIDATE_FINAL:
                 # Heard over the assistant and never confirmed: a late barge-in if it holds
                 # real words and the assistant still talks, else a backchannel, published
                 # as such (never dropped).
@@ -388,8 +336,7 @@ class Session:
         utterance.voiced_at_check = utterance.voiced_frames
         job = dataclasses.replace(
             self._job(utterance),
-            probe=True,
-            turn_check=True,
+            kind=JobKind.TURN_CHECK,
             ended_at=now,
             trailing_silence_s=utterance.silence_run * FRAME_MS / 1000,
         )
@@ -454,9 +401,7 @@ class Session:
 
     @staticmethod
     def _final_of_check(job: Job) -> Job:
-        return dataclasses.replace(
-            job, is_final=True, probe=False, turn_check=False, end_reason="silence"
-        )
+        return dataclasses.replace(job, kind=JobKind.FINAL, end_reason="silence")
 
     def _probed(self, job: Job, text: str, now: float, inference_s: float) -> list[Action]:
         utterance = self._utterance
@@ -494,7 +439,7 @@ class Session:
 
     def failed(self, job: Job, error: SttError, *, now: float) -> list[Action]:
         """The engine failed on `job`: the client hears about it, the session goes on."""
-        if job.probe:
+        if job.kind in (JobKind.BARGE_IN_PROBE, JobKind.TURN_CHECK):
             self._covered_by_check.discard(job.utterance_id)  # its final job goes on
             utterance = self._utterance
             if utterance is not None and utterance.utterance_id == job.utterance_id:
@@ -662,7 +607,7 @@ class Session:
         utterance.voiced_at_last_probe = utterance.voiced_frames
         job = dataclasses.replace(
             self._job(utterance),
-            probe=True,
+            kind=JobKind.BARGE_IN_PROBE,
             trailing_silence_s=utterance.silence_run * FRAME_MS / 1000,
         )
         return [Transcribe(job)]
@@ -702,9 +647,9 @@ class Session:
         covered = utterance.checking and utterance.voiced_frames == utterance.voiced_at_check
         if covered and reason == "silence":
             self._covered_by_check.add(utterance.utterance_id)
-        job = dataclasses.replace(
-            self._job(utterance, end_reason=reason), unconfirmed=utterance.candidate
-        )
+        job = self._job(utterance, end_reason=reason)
+        if utterance.candidate:
+            job = dataclasses.replace(job, kind=JobKind.CANDIDATE_FINAL)
         silence_s = utterance.silence_run * FRAME_MS / 1000 if self.config.enable_vad else 0.0
         return [Transcribe(dataclasses.replace(job, ended_at=now, trailing_silence_s=silence_s))]
 
@@ -721,7 +666,7 @@ class Session:
         """A partial's job, or with `end_reason` the final's."""
         return Job(
             utterance_id=utterance.utterance_id,
-            is_final=end_reason is not None,
+            kind=JobKind.PARTIAL if end_reason is None else JobKind.FINAL,
             pcm=tuple(utterance.pcm),
             audio_start_s=utterance.start_sample / SAMPLE_RATE_HZ,
             audio_end_s=(utterance.start_sample + utterance.samples) / SAMPLE_RATE_HZ,

@@ -15,7 +15,7 @@ import tempfile
 from collections.abc import Sequence
 from pathlib import Path
 
-from stt_worker.errors import ModelNotFoundError
+from stt_worker.core.errors import ModelNotFoundError
 
 logger = logging.getLogger(__name__)
 

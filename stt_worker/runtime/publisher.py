@@ -21,7 +21,7 @@ import numpy as np
 import numpy.typing as npt
 from nats.aio.client import Client as NatsClient
 
-from stt_worker.protocol import Chunk, End, SpeakerId, Start, State, encode_client_message
+from stt_worker.core.protocol import Chunk, End, SpeakerId, Start, State, encode_client_message
 
 Pcm16 = npt.NDArray[np.int16]
 

@@ -23,7 +23,7 @@ dequantisation. Nothing is downloaded.
 
     string = uint16 length (including a trailing NUL), the UTF-8 bytes, NUL
 
-Usage: ``python -m stt_worker.ct2_convert SRC_DIR OUT.pt``.
+Usage: ``python -m stt_worker.engines.ct2_convert SRC_DIR OUT.pt``.
 """
 
 from __future__ import annotations
@@ -41,7 +41,7 @@ from typing import Any
 
 import numpy as np
 
-from stt_worker.models import BUNDLED_MODELS, DEFAULT_CACHE_DIR, resolve_model_path
+from stt_worker.engines.models import BUNDLED_MODELS, DEFAULT_CACHE_DIR, resolve_model_path
 
 logger = logging.getLogger(__name__)
 
@@ -318,7 +318,7 @@ def ensure_converted(name_or_ct2_dir: str | Path, cache_dir: str | None = None) 
 def main(argv: Sequence[str] | None = None) -> int:
     args = list(sys.argv[1:] if argv is None else argv)
     if len(args) != 2 or args[0] in ("-h", "--help"):
-        sys.stderr.write("usage: python -m stt_worker.ct2_convert SRC_DIR OUT.pt\n")
+        sys.stderr.write("usage: python -m stt_worker.engines.ct2_convert SRC_DIR OUT.pt\n")
         return 2
     out = convert(Path(args[0]), Path(args[1]))
     sys.stdout.write(f"{out}\n")

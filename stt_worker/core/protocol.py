@@ -15,7 +15,7 @@ from typing import Annotated, Any, Literal
 
 import msgspec
 
-from stt_worker.errors import ProtocolError
+from stt_worker.core.errors import ProtocolError
 
 State = Literal["listening", "responding"]
 # Why a session closed: `end`, idle eviction, worker shutdown (drain), or its life reached

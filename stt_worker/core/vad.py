@@ -7,8 +7,7 @@ from dataclasses import dataclass
 import numpy as np
 import webrtcvad
 
-from stt_worker.audio import Pcm16
-from stt_worker.config import SAMPLE_RATE_HZ
+from stt_worker.core.audio import SAMPLE_RATE_HZ, Pcm16
 
 # webrtcvad accepts only 10, 20 or 30 ms frames of 16-bit mono PCM; 20 ms matches the
 # usual publisher chunk, so most chunks are exactly one frame.

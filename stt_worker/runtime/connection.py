@@ -1,17 +1,91 @@
-"""NATS credentials and TLS from `Settings`, as keyword arguments for ``nats.connect``.
+"""How every part of the project connects to NATS: `connect()`, and what it is built from.
 
-The worker and the CLI tools (`stream`, `tail`, `demo`) connect the same way. Secrets stay
-`SecretStr` until this point and are never logged: `describe` names the method, not the value,
-and `redact_url` strips credentials written into ``NATS_URL`` (``nats://user:pass@host``).
+The worker, the CLI tools (`stream`, `tail`, `demo`), the gateway and the evaluation all call
+`connect()`, so all of them authenticate, use TLS and survive odd subjects the same way
+(`nats_parser.harden`). Secrets stay `SecretStr` until this point and are never logged:
+`describe` names the method, not the value, and `redact_url` strips credentials written into
+``NATS_URL`` (``nats://user:pass@host``).
 """
 
 from __future__ import annotations
 
+import logging
 import ssl
+from collections.abc import Awaitable, Callable
+from dataclasses import dataclass
 from typing import Any
 from urllib.parse import urlsplit, urlunsplit
 
+import nats
+from nats.aio.client import Client
+from nats.errors import NoServersError
+
 from stt_worker.config import Settings
+from stt_worker.core.errors import SttError
+from stt_worker.runtime import nats_parser
+
+logger = logging.getLogger(__name__)
+
+ErrorCallback = Callable[[Exception], Awaitable[None]]
+Callback = Callable[[], Awaitable[None]]
+
+
+@dataclass(frozen=True, slots=True)
+class Reconnect:
+    """How hard a client holds on to NATS: attempts (-1 = forever) and the wait between."""
+
+    attempts: int
+    wait_s: float
+    connect_timeout_s: float = 5.0
+
+
+# A worker or gateway waits for its bus forever; a command-line tool gives up and says so.
+SERVICE = Reconnect(attempts=-1, wait_s=0.5)
+TOOL = Reconnect(attempts=3, wait_s=1.0)
+
+
+class ConnectError(SttError):
+    """NATS could not be reached, or refused our credentials."""
+
+    code = "nats_unavailable"
+
+
+async def connect(
+    settings: Settings,
+    name: str,
+    reconnect: Reconnect = SERVICE,
+    *,
+    error_cb: ErrorCallback | None = None,
+    disconnected_cb: Callback | None = None,
+    reconnected_cb: Callback | None = None,
+) -> Client:
+    """A client on ``NATS_URL`` with the configured credentials and TLS."""
+    url = redact_url(settings.nats_url)
+    logger.info("connecting to NATS at %s (%s)", url, describe(settings))
+    nats_parser.harden()  # before any message can arrive: see nats_parser.py
+    callbacks: dict[str, Any] = {"error_cb": error_cb or _log_error}
+    if disconnected_cb is not None:
+        callbacks["disconnected_cb"] = disconnected_cb
+    if reconnected_cb is not None:
+        callbacks["reconnected_cb"] = reconnected_cb
+    try:
+        return await nats.connect(
+            settings.nats_url,
+            name=name,
+            connect_timeout=reconnect.connect_timeout_s,
+            max_reconnect_attempts=reconnect.attempts,
+            reconnect_time_wait=reconnect.wait_s,
+            **callbacks,
+            **connect_options(settings),
+        )
+    except (NoServersError, OSError, TimeoutError, nats.errors.Error) as exc:
+        # nats.errors.Error: e.g. the server refused our credentials.
+        raise ConnectError(f"cannot connect to NATS at {url}: {exc or type(exc).__name__}") from exc
+
+
+async def _log_error(exc: Exception) -> None:
+    # nats-py's default error callback prints a traceback per failed attempt; one line is enough.
+    logger.debug("nats: %r", exc)
 
 
 def connect_options(settings: Settings) -> dict[str, Any]:

@@ -27,23 +27,21 @@ from pathlib import Path
 from typing import Any
 
 import msgspec
-import nats
 from nats.aio.client import Client as NatsClient
 from nats.errors import NoServersError
 
-from stt_worker import nats_parser
-from stt_worker.asgi import serving_in_loop
 from stt_worker.config import Settings, load_settings
-from stt_worker.console import format_message
+from stt_worker.core.errors import SttError
 from stt_worker.engines import ENGINE_FACTORIES, LOCAL, create_engine, create_partial_engine
 from stt_worker.engines.base import Engine
-from stt_worker.errors import SttError
-from stt_worker.nats_auth import connect_options, redact_url
-from stt_worker.nats_server import NatsServer, NatsServerError
-from stt_worker.publisher import StreamStats, WavFormatError, stream_file
-from stt_worker.telemetry import Telemetry
-from stt_worker.telemetry.logs import setup_logging
-from stt_worker.worker import Worker
+from stt_worker.runtime.asgi import serving_in_loop
+from stt_worker.runtime.connection import TOOL, ConnectError, connect, redact_url
+from stt_worker.runtime.nats_server import NatsServer, NatsServerError
+from stt_worker.runtime.publisher import StreamStats, WavFormatError, stream_file
+from stt_worker.runtime.telemetry import Telemetry
+from stt_worker.runtime.telemetry.logs import setup_logging
+from stt_worker.runtime.worker import Worker
+from stt_worker.tools.console import format_message
 
 logger = logging.getLogger(__name__)
 
@@ -438,31 +436,16 @@ def _stream_prefix(settings: Settings) -> str:
 
 
 async def _connect(settings: Settings, name: str) -> NatsClient:
-    """Connect as the worker does: NATS_URL with the same credentials and TLS settings."""
+    """Connect as the worker does, but give up after a few attempts and say why."""
     url = redact_url(settings.nats_url)
-
-    # nats-py's default error callback prints a traceback per failed attempt; one line is enough.
-    async def on_error(exc: Exception) -> None:
-        logger.debug("nats: %r", exc)
 
     async def on_reconnect() -> None:
         print(f"nats: reconnected to {url}", file=sys.stderr)
 
-    nats_parser.harden()  # `tail` must survive odd subjects as the worker does
     try:
-        return await nats.connect(
-            settings.nats_url,
-            name=name,
-            connect_timeout=5,
-            max_reconnect_attempts=3,
-            reconnect_time_wait=1,
-            error_cb=on_error,
-            reconnected_cb=on_reconnect,
-            **connect_options(settings),
-        )
-    except (NoServersError, OSError, TimeoutError, nats.errors.Error) as exc:
-        # nats.errors.Error: e.g. the server refused our credentials.
-        raise CliError(f"cannot connect to NATS at {url}: {exc or type(exc).__name__}") from exc
+        return await connect(settings, name, TOOL, reconnected_cb=on_reconnect)
+    except ConnectError as exc:
+        raise CliError(exc.message) from exc
 
 
 # ---------------------------------------------------------------- tail

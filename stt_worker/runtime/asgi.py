@@ -9,7 +9,7 @@ from typing import Any, Literal
 
 import uvicorn
 
-from stt_worker.errors import SttError
+from stt_worker.core.errors import SttError
 
 
 class _LoopServer(uvicorn.Server):

@@ -22,10 +22,11 @@ import time
 from collections.abc import Awaitable, Callable, Hashable
 from dataclasses import dataclass, field
 
-from stt_worker.audio import pcm16_to_float32
-from stt_worker.engines.base import DecodeOptions, Engine, Transcript
-from stt_worker.errors import EngineError, OverloadedError, SttError
-from stt_worker.session import Job
+from stt_worker.core.audio import pcm16_to_float32
+from stt_worker.core.errors import EngineError, OverloadedError, SttError
+from stt_worker.core.jobs import Job
+from stt_worker.engines.base import Engine, Transcript
+from stt_worker.runtime.decode_plan import DecodePlan, EngineRole, Lane, plan
 
 logger = logging.getLogger(__name__)
 
@@ -37,7 +38,7 @@ DoneCallback = Callable[[Hashable, Job, Outcome, float], Awaitable[None]]
 class _Entry:
     key: Hashable
     job: Job
-    options: DecodeOptions
+    plan: DecodePlan
     enqueued_at: float = field(default_factory=time.perf_counter)
 
 
@@ -67,11 +68,11 @@ class InferenceScheduler:
         self._idle = asyncio.Event()
         self._idle.set()
 
-    def submit(self, key: Hashable, job: Job, options: DecodeOptions) -> None:
-        entry = _Entry(key, job, options)
-        if job.probe:
+    def submit(self, key: Hashable, job: Job) -> None:
+        entry = _Entry(key, job, plan(job))
+        if entry.plan.lane is Lane.URGENT:
             self._probes[key] = entry  # a newer probe of the same speech replaces the old
-        elif job.is_final:
+        elif entry.plan.lane is Lane.FINAL:
             if len(self._finals) >= self._max_pending_finals:
                 raise OverloadedError(
                     f"{len(self._finals)} finals already queued; utterance {job.utterance_id} "
@@ -83,6 +84,9 @@ class InferenceScheduler:
             self._partials[key] = entry  # replaces a stale partial, keeping its place
         self._idle.clear()
         self._wakeup.set()
+
+    def engine_for(self, role: EngineRole) -> Engine:
+        return self._engine if role is EngineRole.FINAL else self._partial_engine
 
     def forget(self, key: Hashable) -> None:
         """Drop a session's pending partial and probe (its session closed)."""
@@ -152,8 +156,8 @@ class InferenceScheduler:
         try:
             # Joining and scaling up to 30 s of samples is CPU work: keep it off the loop.
             audio = await asyncio.to_thread(pcm16_to_float32, entry.job.pcm)
-            engine = self._engine if entry.job.is_final else self._partial_engine
-            outcome = await engine.transcribe(audio, entry.options)
+            engine = self.engine_for(entry.plan.engine)
+            outcome = await engine.transcribe(audio, entry.plan.options)
         except asyncio.CancelledError:
             raise
         except SttError as exc:

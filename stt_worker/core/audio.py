@@ -11,11 +11,14 @@ import numpy as np
 import numpy.typing as npt
 import soxr
 
-from stt_worker.config import SAMPLE_RATE_HZ
-from stt_worker.errors import ProtocolError
-from stt_worker.protocol import ErrorCode
+from stt_worker.core.errors import ProtocolError
+from stt_worker.core.protocol import ErrorCode
 
 Pcm16 = npt.NDArray[np.int16]
+
+# Whisper and webrtcvad both work on 16 kHz mono; everything is converted to this on arrival.
+SAMPLE_RATE_HZ = 16_000
+BYTES_PER_SAMPLE = 2
 
 MIN_SAMPLE_RATE_HZ = 8_000
 MAX_SAMPLE_RATE_HZ = 192_000

@@ -28,8 +28,8 @@ from collections.abc import Iterator
 from dataclasses import dataclass
 from typing import Literal, Protocol
 
-from stt_worker.config import BYTES_PER_SAMPLE, SAMPLE_RATE_HZ
-from stt_worker.protocol import Chunk, ClientMessage, End, Playback, Start, StateChange
+from stt_worker.core.audio import BYTES_PER_SAMPLE, SAMPLE_RATE_HZ
+from stt_worker.core.protocol import Chunk, ClientMessage, End, Playback, Start, StateChange
 
 
 class Ackable(Protocol):

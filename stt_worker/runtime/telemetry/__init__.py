@@ -9,8 +9,8 @@ from opentelemetry import trace
 from opentelemetry.sdk.trace import TracerProvider
 
 from stt_worker.config import Settings
-from stt_worker.telemetry.metrics import Metrics
-from stt_worker.telemetry.tracing import QuietExporter, create_tracer_provider
+from stt_worker.runtime.telemetry.metrics import Metrics
+from stt_worker.runtime.telemetry.tracing import QuietExporter, create_tracer_provider
 
 TRACER_NAME = "stt_worker"
 # At exit, spans still queued get this long to leave; a collector that has not taken them by

@@ -11,10 +11,9 @@ import collections
 
 import numpy as np
 
-from stt_worker.audio import Pcm16
-from stt_worker.config import SAMPLE_RATE_HZ
-from stt_worker.errors import ProtocolError
-from stt_worker.protocol import ErrorCode
+from stt_worker.core.audio import SAMPLE_RATE_HZ, Pcm16
+from stt_worker.core.errors import ProtocolError
+from stt_worker.core.protocol import ErrorCode
 
 FRAME_SAMPLES = SAMPLE_RATE_HZ // 100  # AEC3 works on 10 ms frames
 # Playback queued ahead of the microphone; beyond it the oldest is dropped (the publisher

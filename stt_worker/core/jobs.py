@@ -1,0 +1,82 @@
+"""Transcription jobs and the actions a session returns: what the runtime carries out.
+
+A `Job` is one request to an engine, and its `JobKind` says everything about how it is
+treated downstream: which queue it waits in (`runtime/scheduler.py`), which engine and which
+decode options it gets (`runtime/decode_plan.py`), and what the session does with the text
+(`Session.result`). Nothing else about a job forks behaviour.
+"""
+
+from __future__ import annotations
+
+import enum
+from dataclasses import dataclass
+
+from stt_worker.core.audio import Pcm16
+from stt_worker.core.protocol import CloseReason, EndReason, ServerMessage
+
+
+class JobKind(enum.Enum):
+    """What a transcription is for."""
+
+    # The utterance so far, for a partial transcript.
+    PARTIAL = "partial"
+    # A whole utterance: its text is the final transcript.
+    FINAL = "final"
+    # A whole utterance heard while the assistant talked and never confirmed as a barge-in:
+    # its text is a late barge-in if it holds real words, else a backchannel.
+    CANDIDATE_FINAL = "candidate_final"
+    # Word-mode barge-in: a quick look at speech heard while the assistant talks.
+    BARGE_IN_PROBE = "barge_in_probe"
+    # Adaptive end of turn: the speech before a short pause; a finished sentence is the final.
+    TURN_CHECK = "turn_check"
+
+    @property
+    def is_final(self) -> bool:
+        """Its text is published as a final (a turn check's may become one)."""
+        return self in (JobKind.FINAL, JobKind.CANDIDATE_FINAL)
+
+
+@dataclass(frozen=True, slots=True)
+class Job:
+    """One transcription request: the audio of an utterance so far, or whole."""
+
+    utterance_id: int
+    kind: JobKind
+    pcm: tuple[Pcm16, ...]
+    audio_start_s: float
+    audio_end_s: float
+    has_voice_activity: bool
+    language: str | None = None
+    # Recent finals of the session, to condition decoding (empty when context is off).
+    prompt: str | None = None
+    end_reason: EndReason | None = None  # set on finals: why the utterance ended
+    # Finals and turn checks: when the utterance was ended (the caller's clock) and the
+    # trailing silence already waited by then, so end of speech -> final can be measured.
+    ended_at: float | None = None
+    trailing_silence_s: float = 0.0
+
+    @property
+    def is_final(self) -> bool:
+        return self.kind.is_final
+
+    @property
+    def audio_s(self) -> float:
+        return self.audio_end_s - self.audio_start_s
+
+
+@dataclass(frozen=True, slots=True)
+class Transcribe:
+    job: Job
+
+
+@dataclass(frozen=True, slots=True)
+class Publish:
+    message: ServerMessage
+
+
+@dataclass(frozen=True, slots=True)
+class Close:
+    reason: CloseReason
+
+
+Action = Transcribe | Publish | Close
