@@ -118,19 +118,7 @@ class OpenAIWhisperEngine(LocalEngine):
             # audio instead, and then tiny.en reads pure silence as "you" (avg_logprob -0.38,
             # no_speech_prob 0.95), which the silence rule lets through.
             window = whisper.pad_or_trim(mel[:, start : start + window_frames], N_FRAMES)
-            result = whisper.decode(
-                self._model,
-                window,
-                whisper.DecodingOptions(
-                    task="transcribe",
-                    language=language,
-                    prompt=prompt,
-                    without_timestamps=True,
-                    fp16=self._fp16,
-                    beam_size=self._beam_size if self._beam_size > 1 else None,
-                    sample_len=_max_new_tokens(window_frames, options.max_new_tokens),
-                ),
-            )
+            result = self._decode_window(window, window_frames, language, prompt, options)
             text = result.text.strip()
             heard = options.speech_heard
             if is_hallucination(
@@ -155,6 +143,29 @@ class OpenAIWhisperEngine(LocalEngine):
             segments=tuple(s for s in segments if s.text),
             language=languages[0],
             no_speech_prob=min(s.no_speech_prob for s in segments),
+        )
+
+    def _decode_window(
+        self,
+        window: torch.Tensor,
+        window_frames: int,
+        language: str | None,
+        prompt: str | None,
+        options: DecodeOptions,
+    ) -> whisper.DecodingResult:
+        """One 30 s log-mel window, greedy or beam search, capped to its audio's tokens."""
+        return whisper.decode(
+            self._model,
+            window,
+            whisper.DecodingOptions(
+                task="transcribe",
+                language=language,
+                prompt=prompt,
+                without_timestamps=True,
+                fp16=self._fp16,
+                beam_size=self._beam_size if self._beam_size > 1 else None,
+                sample_len=_max_new_tokens(window_frames, options.max_new_tokens),
+            ),
         )
 
 
