@@ -228,8 +228,9 @@ class Settings(BaseSettings):
         None,
         "WHISPER_MODEL_CACHE_DIR",
         group=Group.ENGINE,
-        description="Where `base` is reassembled and the PyTorch engine keeps converted and "
-        "looks for `.pt` checkpoints; unset: `~/.cache/stt-streaming/models`.",
+        description="Model cache: where `base` is reassembled and models are converted for "
+        "the PyTorch engine, which also looks there for `<name>.pt` (then in "
+        "`~/.cache/whisper`); unset: `~/.cache/stt-streaming/models`.",
     )
     whisper_window_pad_s: float = setting(
         2.0,
@@ -409,7 +410,8 @@ class Settings(BaseSettings):
         "STT_BUFFER_SIZE_BYTES",
         group=Group.UTTERANCES,
         description="Longest utterance, in 16 kHz mono PCM16 bytes (the default is 16 s), "
-        "cut where the speaker is quietest; `STT_MAX_UTTERANCE_S` caps it.",
+        "cut where the speaker is quietest; `STT_MAX_UTTERANCE_S` caps it. With VAD off, "
+        "audio is transcribed whenever this much is buffered.",
         gt=0,
     )
     max_utterance_s: float = setting(
@@ -439,8 +441,8 @@ class Settings(BaseSettings):
         500,
         "STT_ENDPOINT_SILENCE_MS",
         group=Group.END_OF_TURN,
-        description="Trailing silence that ends an utterance (`fixed` mode, and `adaptive` "
-        "mode between the two probabilities).",
+        description="Trailing silence that ends an utterance; in `adaptive` mode, the wait "
+        "when the end probability falls between the two thresholds.",
         ge=60,
     )
     endpoint_mode: Literal["fixed", "adaptive"] = setting(
@@ -470,8 +472,8 @@ class Settings(BaseSettings):
         0.75,
         "STT_ENDPOINT_FINISHED_PROB",
         group=Group.END_OF_TURN,
-        description="Adaptive mode: the decoder's probability that the words end at the "
-        "pause at or above which the turn ends at the short pause.",
+        description="Adaptive mode: at or above this decoder probability that the words end "
+        "at the pause, the turn ends at the short pause.",
         ge=0,
         le=1,
     )
@@ -479,7 +481,8 @@ class Settings(BaseSettings):
         0.5,
         "STT_ENDPOINT_UNFINISHED_PROB",
         group=Group.END_OF_TURN,
-        description="Adaptive mode: the probability below which the turn waits the long pause.",
+        description="Adaptive mode: below this probability (or after a continuation word, a "
+        "comma or an ellipsis) the turn waits the long pause.",
         ge=0,
         le=1,
     )
