@@ -1,193 +1,764 @@
 """Settings: the one typed, frozen configuration object, read from the environment once.
 
 No other module reads ``os.environ``. Names follow the seed module (``NATS_URL``,
-``WHISPER_*``, ``STT_*``, ``OTEL_*``, ``HYPERDX_*``); every variable is listed with its
-default in the README.
+``WHISPER_*``, ``STT_*``, ``OTEL_*``, ``HYPERDX_*``). Each field is declared with `setting`,
+which keeps its environment variable(s), group and description as data:
+``python -m stt_worker.tools.configuration_docs --write`` renders them as
+docs/configuration.md, and tests/test_configuration_docs.py fails when that file is stale or a
+field lacks a description or a group.
 """
 
 from __future__ import annotations
 
-from typing import Literal
+from enum import StrEnum
+from typing import Any, Literal
 
 from pydantic import AliasChoices, Field, FilePath, SecretStr, field_validator
+from pydantic.fields import FieldInfo
 from pydantic_settings import BaseSettings, SettingsConfigDict
 
 from stt_worker.core.audio import BYTES_PER_SAMPLE, SAMPLE_RATE_HZ
 from stt_worker.core.turns import DEFAULT_BACKCHANNELS, DEFAULT_COMMANDS
 
+_GROUP_KEY = "group"
+
+
+def setting(
+    default: Any,
+    env: str | AliasChoices,
+    *,
+    group: str,
+    description: str,
+    **constraints: Any,
+) -> Any:
+    """A settings field read from `env`, with its group and description kept as data.
+
+    A plain name becomes the field's alias, as ``Field(alias=...)`` would make it;
+    `AliasChoices` (several names, the first set one wins) becomes its validation alias.
+    `constraints` are pydantic's (``ge``, ``le``, ``gt``, ...).
+    """
+    names = {"alias": env} if isinstance(env, str) else {"validation_alias": env}
+    return Field(
+        default,
+        description=description,
+        json_schema_extra={_GROUP_KEY: str(group)},
+        **names,
+        **constraints,
+    )
+
+
+def group_of(field: FieldInfo) -> str | None:
+    """The group `setting` gave a field; None for a field declared some other way."""
+    extra = field.json_schema_extra
+    group = extra.get(_GROUP_KEY) if isinstance(extra, dict) else None
+    return group if isinstance(group, str) else None
+
+
+class Group(StrEnum):
+    """The worker's settings by concern, in the order the source and the docs list them."""
+
+    TRANSPORT = "Transport"
+    NATS_AUTH = "NATS authentication and TLS"
+    ENGINE = "Engine and model"
+    HTTP_ENGINE = "HTTP engine"
+    WHISPER_SERVER = "Whisper server"
+    AUDIO = "Audio and VAD"
+    UTTERANCES = "Utterances and partials"
+    END_OF_TURN = "End of turn"
+    BARGE_IN = "Barge-in"
+    LIMITS = "Limits and bounds"
+    PARTITIONS = "Partitions"
+    DURABILITY = "Durability"
+    OPERATIONS = "Probes and logs"
+    TRACING = "Tracing"
+
 
 class Settings(BaseSettings):
-    """Everything the worker can be told, with the seed's names and defaults."""
+    """The worker's settings: one frozen object, read from the environment once at start.
+
+    The CLI tools, `whisper-server` and the gateway read the same variables for what they
+    share with the worker: the NATS connection, its credentials and subjects, the engine and
+    its model.
+    """
 
     model_config = SettingsConfigDict(frozen=True, extra="ignore", populate_by_name=True)
 
-    # --- transport (seed) ---
-    nats_url: str = Field("nats://nats.ai-ml.svc.cluster.local:4222", alias="NATS_URL")
-    stream_subject: str = Field("ai.voice.stream.*", alias="STT_STREAM_SUBJECT")
-    transcription_subject_prefix: str = Field(
-        "ai.voice.transcription", alias="STT_TRANSCRIPTION_SUBJECT_PREFIX"
+    nats_url: str = setting(
+        "nats://nats.ai-ml.svc.cluster.local:4222",
+        "NATS_URL",
+        group=Group.TRANSPORT,
+        description="NATS server (`tls://` for TLS with the system's CAs); credentials "
+        "written into the URL are redacted in logs.",
+    )
+    stream_subject: str = setting(
+        "ai.voice.stream.*",
+        "STT_STREAM_SUBJECT",
+        group=Group.TRANSPORT,
+        description="Input subject: audio and control messages, one session per last token.",
+    )
+    transcription_subject_prefix: str = setting(
+        "ai.voice.transcription",
+        "STT_TRANSCRIPTION_SUBJECT_PREFIX",
+        group=Group.TRANSPORT,
+        description="Output subject prefix; results go to `{prefix}.{session_id}`.",
     )
 
-    # --- NATS authentication and TLS (new); nats-py takes each as is, see nats_auth.py ---
-    # A decentralised-auth .creds file (JWT + NKey seed), e.g. from `nsc generate creds`.
-    nats_creds_file: FilePath | None = Field(
-        None, validation_alias=AliasChoices("NATS_CREDS_FILE", "NATS_CREDS")
-    )
-    nats_nkey_seed_file: FilePath | None = Field(None, alias="NATS_NKEY_SEED_FILE")
-    nats_token: SecretStr | None = Field(None, alias="NATS_TOKEN")
-    nats_user: str | None = Field(None, alias="NATS_USER")
-    nats_password: SecretStr | None = Field(None, alias="NATS_PASSWORD")
-    # Any of these turns TLS on; the CA alone verifies the server, cert + key add client auth.
-    nats_tls_ca_file: FilePath | None = Field(None, alias="NATS_TLS_CA_FILE")
-    nats_tls_cert_file: FilePath | None = Field(None, alias="NATS_TLS_CERT_FILE")
-    nats_tls_key_file: FilePath | None = Field(None, alias="NATS_TLS_KEY_FILE")
-
-    # --- engine (seed) ---
-    # faster-whisper | openai-whisper | http; the entry scripts pick their variant's engine.
-    engine: str = Field("faster-whisper", alias="STT_ENGINE")
-    whisper_url: str = Field(
-        "http://whisper-predictor.ai-ml.svc.cluster.local", alias="WHISPER_URL"
-    )
-    # The seed defaults to `medium`, which needs a download; we default to the bundled model.
-    whisper_model_size: str = Field("tiny.en", alias="WHISPER_MODEL_SIZE")
-    # Dual model: a faster model for partials only (e.g. tiny.en while finals use base).
-    partial_model: str | None = Field(None, alias="STT_PARTIAL_MODEL")
-    # `auto` = CUDA when a GPU is visible, else CPU. The seed's `cuda` still works.
-    whisper_device: str = Field("auto", alias="WHISPER_DEVICE")
-    whisper_compute_type: str = Field("auto", alias="WHISPER_COMPUTE_TYPE")
-    # Threads per decode; 0 = cores / STT_MAX_CONCURRENT_INFERENCES.
-    whisper_cpu_threads: int = Field(0, alias="WHISPER_CPU_THREADS", ge=0)
-    whisper_language: str | None = Field(None, alias="WHISPER_LANGUAGE")
-    whisper_beam_size: int = Field(1, alias="WHISPER_BEAM_SIZE", ge=1, le=10)
-    whisper_model_cache_dir: str | None = Field(None, alias="WHISPER_MODEL_CACHE_DIR")
-    # Encoder window = utterance + at least this much padding, in 2 s steps; 30 = Whisper's
-    # fixed 30 s window (the slowest, the reference for accuracy).
-    whisper_window_pad_s: float = Field(2.0, alias="WHISPER_WINDOW_PAD_S", ge=0, le=30)
-
-    # --- HTTP engine (new): an OpenAI-compatible /v1/audio/transcriptions service ---
-    whisper_http_path: str = Field("/v1/audio/transcriptions", alias="WHISPER_HTTP_PATH")
-    whisper_http_model: str = Field("whisper-1", alias="WHISPER_HTTP_MODEL")
-    whisper_api_key: SecretStr | None = Field(None, alias="WHISPER_API_KEY")
-    whisper_http_response_format: str = Field("verbose_json", alias="WHISPER_HTTP_RESPONSE_FORMAT")
-    whisper_http_connect_timeout_s: float = Field(5.0, alias="WHISPER_HTTP_CONNECT_TIMEOUT_S", gt=0)
-    whisper_http_timeout_s: float = Field(30.0, alias="WHISPER_HTTP_TIMEOUT_S", gt=0)
-    whisper_http_max_concurrency: int = Field(4, alias="WHISPER_HTTP_MAX_CONCURRENCY", ge=1)
-    whisper_http_retries: int = Field(3, alias="WHISPER_HTTP_RETRIES", ge=0, le=10)
-    whisper_http_backoff_s: float = Field(0.2, alias="WHISPER_HTTP_BACKOFF_S", gt=0)
-    whisper_http_max_backoff_s: float = Field(5.0, alias="WHISPER_HTTP_MAX_BACKOFF_S", gt=0)
-
-    # --- our Whisper server (new): `stt-streaming whisper-server` ---
-    whisper_server_host: str = Field("0.0.0.0", alias="WHISPER_SERVER_HOST")
-    whisper_server_port: int = Field(8000, alias="WHISPER_SERVER_PORT", ge=0, le=65535)
-    whisper_server_max_concurrency: int = Field(1, alias="WHISPER_SERVER_MAX_CONCURRENCY", ge=1)
-    whisper_server_max_queue: int = Field(32, alias="WHISPER_SERVER_MAX_QUEUE", ge=0)
-    whisper_server_max_upload_bytes: int = Field(
-        25 * 1024 * 1024, alias="WHISPER_SERVER_MAX_UPLOAD_BYTES", ge=1024
-    )
-    whisper_server_max_audio_s: float = Field(1800.0, alias="WHISPER_SERVER_MAX_AUDIO_S", gt=0)
-
-    # --- buffering and VAD (seed) ---
-    buffer_size_bytes: int = Field(512_000, alias="STT_BUFFER_SIZE_BYTES", gt=0)
-    chunk_timeout_s: float = Field(2.0, alias="STT_CHUNK_TIMEOUT", gt=0)
-    enable_vad: bool = Field(True, alias="STT_ENABLE_VAD")
-    vad_aggressiveness: int = Field(2, alias="STT_VAD_AGGRESSIVENESS", ge=0, le=3)
-    enable_interrupt_detection: bool = Field(True, alias="STT_ENABLE_INTERRUPT_DETECTION")
-
-    # --- turn taking (new) ---
-    endpoint_silence_ms: int = Field(500, alias="STT_ENDPOINT_SILENCE_MS", ge=60)
-    # End of turn: `fixed` = STT_ENDPOINT_SILENCE_MS of silence; `adaptive` = transcribe at
-    # STT_ENDPOINT_MIN_SILENCE_MS and end there after a finished sentence, wait up to
-    # STT_ENDPOINT_MAX_SILENCE_MS after a phrase that is not finished.
-    endpoint_mode: Literal["fixed", "adaptive"] = Field("fixed", alias="STT_ENDPOINT_MODE")
-    endpoint_min_silence_ms: int = Field(300, alias="STT_ENDPOINT_MIN_SILENCE_MS", ge=60)
-    endpoint_max_silence_ms: int = Field(1000, alias="STT_ENDPOINT_MAX_SILENCE_MS", ge=60)
-    # Adaptive: the decoder's probability that the words end at the pause; at least
-    # FINISHED ends the turn at the short silence, below UNFINISHED waits the long one.
-    endpoint_finished_prob: float = Field(0.75, alias="STT_ENDPOINT_FINISHED_PROB", ge=0, le=1)
-    endpoint_unfinished_prob: float = Field(0.5, alias="STT_ENDPOINT_UNFINISHED_PROB", ge=0, le=1)
-    partial_interval_ms: int = Field(1000, alias="STT_PARTIAL_INTERVAL_MS", ge=100)
-    speech_start_ms: int = Field(60, alias="STT_SPEECH_START_MS", ge=20)
-    preroll_ms: int = Field(300, alias="STT_PREROLL_MS", ge=0, le=2000)
-    interrupt_min_speech_ms: int = Field(250, alias="STT_INTERRUPT_MIN_SPEECH_MS", ge=20)
-    # Barge-in while `responding`: `vad` = on voice activity (STT_INTERRUPT_MIN_SPEECH_MS);
-    # `words` = only once a quick transcription of that speech holds a word that is not a
-    # backchannel (STT_BACKCHANNELS), re-checked every STT_BARGE_IN_PROBE_MS of more speech.
-    barge_in_mode: Literal["vad", "words"] = Field("vad", alias="STT_BARGE_IN_MODE")
-    backchannels: str = Field(",".join(DEFAULT_BACKCHANNELS), alias="STT_BACKCHANNELS")
-    barge_in_probe_ms: int = Field(150, alias="STT_BARGE_IN_PROBE_MS", ge=20)
-    # Word mode: phrases that interrupt as soon as a probe hears them, even mid-word.
-    barge_in_commands: str = Field(",".join(DEFAULT_COMMANDS), alias="STT_BARGE_IN_COMMANDS")
-    # Condition each utterance on the session's recent finals (Whisper prompt), in characters.
-    context_chars: int = Field(0, alias="STT_CONTEXT_CHARS", ge=0, le=1000)
-
-    # --- bounds (new) ---
-    max_sessions: int = Field(1000, alias="STT_MAX_SESSIONS", ge=1)
-    max_chunk_bytes: int = Field(256_000, alias="STT_MAX_CHUNK_BYTES", ge=320)
-    max_utterance_s: float = Field(30.0, alias="STT_MAX_UTTERANCE_S", gt=1, le=30)
-    session_idle_timeout_s: float = Field(60.0, alias="STT_SESSION_IDLE_TIMEOUT_S", gt=0)
-    # Wall-clock life of one session; past it the session is ended as by `end`.
-    max_session_s: float = Field(4 * 3600.0, alias="STT_MAX_SESSION_S", gt=0)
-    # Session ids longer than this are refused: they go into output subjects, and NATS
-    # closes a connection whose protocol line passes 4 KiB.
-    max_session_id_chars: int = Field(128, alias="STT_MAX_SESSION_ID_CHARS", ge=1, le=1024)
-    max_pending_finals: int = Field(256, alias="STT_MAX_PENDING_FINALS", ge=1)
-    # Parallel decodes of the local CTranslate2 engine (each with cores/N threads).
-    max_concurrent_inferences: int = Field(2, alias="STT_MAX_CONCURRENT_INFERENCES", ge=1)
-    drain_timeout_s: float = Field(25.0, alias="STT_DRAIN_TIMEOUT_S", gt=0)
-    pending_msgs_limit: int = Field(65_536, alias="STT_PENDING_MSGS_LIMIT", ge=64)
-
-    # --- horizontal scaling (new): NATS subject-mapping partitions, see k8s/README.md ---
-    # The partition count of the server's `partition(N, 1)` mapping; 0 = not partitioned,
-    # the worker subscribes to STT_STREAM_SUBJECT as the seed does.
-    partitions: int = Field(0, alias="STT_PARTITIONS", ge=0, le=1024)
-    # Workers sharing the partitions (0 = STT_PARTITIONS); worker i takes p % replicas == i.
-    replicas: int = Field(0, alias="STT_REPLICAS", ge=0, le=1024)
-    # This worker's index; -1 = the StatefulSet ordinal at the end of HOSTNAME ("stt-2" -> 2).
-    replica_index: int = Field(-1, alias="STT_REPLICA_INDEX", ge=-1)
-    hostname: str = Field("", alias="HOSTNAME")
-    partition_subject: str = Field(
-        "ai.voice.partitioned.{partition}.*", alias="STT_PARTITION_SUBJECT"
-    )
-
-    # --- durable mode (new): audio kept in a JetStream stream until its transcript is out ---
-    durable: bool = Field(False, alias="STT_DURABLE")
-    jetstream_stream: str = Field("STT_AUDIO", alias="STT_JETSTREAM_STREAM")
-    # The durable consumer's name; partitioned, one per replica: "{name}-{index}-of-{replicas}".
-    durable_consumer: str = Field("stt-streaming", alias="STT_DURABLE_CONSUMER")
-    # Redelivery timeout of a held message; held ones are marked in progress before it expires.
-    ack_wait_s: float = Field(30.0, alias="STT_ACK_WAIT_S", ge=2)
-    # Messages delivered and not yet acknowledged before the server pauses delivery.
-    max_ack_pending: int = Field(100_000, alias="STT_MAX_ACK_PENDING", ge=1_000)
-    # Audio nobody consumed is dropped from the stream after this long (a replica gone for good).
-    jetstream_max_age_s: float = Field(3600.0, alias="STT_JETSTREAM_MAX_AGE_S", gt=0)
-
-    # --- operations (new): /healthz /readyz /metrics, logs ---
-    http_host: str = Field("0.0.0.0", alias="STT_HTTP_HOST")
-    # 0 = a free port the OS picks (tests); -1 = no HTTP endpoint at all.
-    http_port: int = Field(8080, alias="STT_HTTP_PORT", ge=-1, le=65535)
-    log_level: str = Field("INFO", validation_alias=AliasChoices("STT_LOG_LEVEL", "LOG_LEVEL"))
-    # auto = human-readable text on a terminal, one JSON object per line otherwise.
-    log_format: Literal["auto", "json", "text"] = Field("auto", alias="STT_LOG_FORMAT")
-
-    # --- tracing (seed names; the OTLP exporters also read the standard OTEL_* variables) ---
-    otel_enabled: bool = Field(True, alias="OTEL_ENABLED")
-    otel_service_name: str = Field("stt-streaming", alias="OTEL_SERVICE_NAME")
-    # grpc or http/protobuf (the OTel default for new SDKs is http/protobuf).
-    otel_exporter_otlp_protocol: str = Field(
-        "http/protobuf",
-        validation_alias=AliasChoices(
-            "OTEL_EXPORTER_OTLP_TRACES_PROTOCOL", "OTEL_EXPORTER_OTLP_PROTOCOL"
-        ),
-    )
-    otel_exporter_otlp_endpoint: str | None = Field(
+    # nats-py takes each of these as it is; runtime/connection.py hands them over.
+    nats_creds_file: FilePath | None = setting(
         None,
-        validation_alias=AliasChoices(
-            "OTEL_EXPORTER_OTLP_TRACES_ENDPOINT", "OTEL_EXPORTER_OTLP_ENDPOINT"
-        ),
+        AliasChoices("NATS_CREDS_FILE", "NATS_CREDS"),
+        group=Group.NATS_AUTH,
+        description="`.creds` file (JWT and NKey seed, e.g. from `nsc generate creds`) for "
+        "decentralised auth; empty = unset.",
     )
-    hyperdx_enabled: bool = Field(False, alias="HYPERDX_ENABLED")
-    hyperdx_api_key: SecretStr | None = Field(None, alias="HYPERDX_API_KEY")
-    hyperdx_otlp_endpoint: str = Field("https://in-otel.hyperdx.io", alias="HYPERDX_OTLP_ENDPOINT")
+    nats_nkey_seed_file: FilePath | None = setting(
+        None,
+        "NATS_NKEY_SEED_FILE",
+        group=Group.NATS_AUTH,
+        description="NKey seed file (`SU...`); empty = unset.",
+    )
+    nats_token: SecretStr | None = setting(
+        None,
+        "NATS_TOKEN",
+        group=Group.NATS_AUTH,
+        description="Token auth; never logged; empty = unset.",
+    )
+    nats_user: str | None = setting(
+        None,
+        "NATS_USER",
+        group=Group.NATS_AUTH,
+        description="User for user/password auth (with `NATS_PASSWORD`); empty = unset.",
+    )
+    nats_password: SecretStr | None = setting(
+        None,
+        "NATS_PASSWORD",
+        group=Group.NATS_AUTH,
+        description="Password for user/password auth; never logged; empty = unset.",
+    )
+    nats_tls_ca_file: FilePath | None = setting(
+        None,
+        "NATS_TLS_CA_FILE",
+        group=Group.NATS_AUTH,
+        description="CA that signed the server's certificate. Any `NATS_TLS_*` turns TLS on; "
+        "the CA alone verifies the server. Empty = unset.",
+    )
+    nats_tls_cert_file: FilePath | None = setting(
+        None,
+        "NATS_TLS_CERT_FILE",
+        group=Group.NATS_AUTH,
+        description="Client certificate (with `NATS_TLS_KEY_FILE`), for servers that verify "
+        "clients (`verify: true`); empty = unset.",
+    )
+    nats_tls_key_file: FilePath | None = setting(
+        None,
+        "NATS_TLS_KEY_FILE",
+        group=Group.NATS_AUTH,
+        description="Key of the client certificate; empty = unset.",
+    )
+
+    engine: str = setting(
+        "faster-whisper",
+        "STT_ENGINE",
+        group=Group.ENGINE,
+        description="`faster-whisper`, `http` or `openai-whisper`; the entry scripts choose "
+        "their variant's engine when this is not set.",
+    )
+    # The seed defaults to `medium`, which needs a download; this worker never downloads.
+    whisper_model_size: str = setting(
+        "tiny.en",
+        "WHISPER_MODEL_SIZE",
+        group=Group.ENGINE,
+        description="`tiny.en` (bundled), `base` (bundled, multilingual; reassembled once "
+        "into the cache) or a local CTranslate2 model folder; the PyTorch engine also takes a "
+        "`.pt` path or a name whose `.pt` is in the cache. The seed's `medium` needs a "
+        "download, which this worker does not do: it fails at start saying how to provide "
+        "the model.",
+    )
+    partial_model: str | None = setting(
+        None,
+        "STT_PARTIAL_MODEL",
+        group=Group.ENGINE,
+        description="A faster model for partials only (dual model), e.g. `tiny.en` while "
+        "finals use `base`; unset: one model for both.",
+    )
+    whisper_device: str = setting(
+        "auto",
+        "WHISPER_DEVICE",
+        group=Group.ENGINE,
+        description="`auto` (CUDA when a GPU is visible, else CPU), `cuda` (the seed's "
+        "default) or `cpu`.",
+    )
+    whisper_compute_type: str = setting(
+        "auto",
+        "WHISPER_COMPUTE_TYPE",
+        group=Group.ENGINE,
+        description="`auto` = int8 on CPU, float16 on CUDA; or any CTranslate2 compute type.",
+    )
+    whisper_cpu_threads: int = setting(
+        0,
+        "WHISPER_CPU_THREADS",
+        group=Group.ENGINE,
+        description="Threads per decode; 0 = cores / `STT_MAX_CONCURRENT_INFERENCES`.",
+        ge=0,
+    )
+    max_concurrent_inferences: int = setting(
+        2,
+        "STT_MAX_CONCURRENT_INFERENCES",
+        group=Group.ENGINE,
+        description="Parallel decodes of the CTranslate2 engine (the HTTP engine uses "
+        "`WHISPER_HTTP_MAX_CONCURRENCY`, the PyTorch engine 1).",
+        ge=1,
+    )
+    whisper_language: str | None = setting(
+        None,
+        "WHISPER_LANGUAGE",
+        group=Group.ENGINE,
+        description="Force a language on multilingual models (a `start` may set one per "
+        "session); unset or empty: detected.",
+    )
+    whisper_beam_size: int = setting(
+        1,
+        "WHISPER_BEAM_SIZE",
+        group=Group.ENGINE,
+        description="Beam width of the decoder.",
+        ge=1,
+        le=10,
+    )
+    whisper_model_cache_dir: str | None = setting(
+        None,
+        "WHISPER_MODEL_CACHE_DIR",
+        group=Group.ENGINE,
+        description="Model cache: where `base` is reassembled and models are converted for "
+        "the PyTorch engine, which also looks there for `<name>.pt` (then in "
+        "`~/.cache/whisper`); unset: `~/.cache/stt-streaming/models`.",
+    )
+    whisper_window_pad_s: float = setting(
+        2.0,
+        "WHISPER_WINDOW_PAD_S",
+        group=Group.ENGINE,
+        description="Encoder window = utterance + at least this much padding, in 2 s steps; "
+        "`30` = Whisper's fixed 30 s window (the slowest, the reference for accuracy).",
+        ge=0,
+        le=30,
+    )
+    context_chars: int = setting(
+        0,
+        "STT_CONTEXT_CHARS",
+        group=Group.ENGINE,
+        description="Characters of the session's recent finals given to the model as a "
+        "prompt for each utterance; 0 = none.",
+        ge=0,
+        le=1000,
+    )
+
+    whisper_url: str = setting(
+        "http://whisper-predictor.ai-ml.svc.cluster.local",
+        "WHISPER_URL",
+        group=Group.HTTP_ENGINE,
+        description="The OpenAI-compatible Whisper service; credentials in the URL are "
+        "stripped from it, sent as basic auth and never logged.",
+    )
+    whisper_http_path: str = setting(
+        "/v1/audio/transcriptions",
+        "WHISPER_HTTP_PATH",
+        group=Group.HTTP_ENGINE,
+        description="Endpoint path on `WHISPER_URL`.",
+    )
+    whisper_http_model: str = setting(
+        "whisper-1",
+        "WHISPER_HTTP_MODEL",
+        group=Group.HTTP_ENGINE,
+        description="`model` form field sent with each request.",
+    )
+    whisper_api_key: SecretStr | None = setting(
+        None,
+        "WHISPER_API_KEY",
+        group=Group.HTTP_ENGINE,
+        description="Sent as `Authorization: Bearer`; never logged.",
+    )
+    whisper_http_response_format: str = setting(
+        "verbose_json",
+        "WHISPER_HTTP_RESPONSE_FORMAT",
+        group=Group.HTTP_ENGINE,
+        description="`verbose_json` (segments and no-speech probabilities, so silent "
+        "segments are dropped), `json` or `text`.",
+    )
+    whisper_http_connect_timeout_s: float = setting(
+        5.0,
+        "WHISPER_HTTP_CONNECT_TIMEOUT_S",
+        group=Group.HTTP_ENGINE,
+        description="Connect timeout of a request, in seconds.",
+        gt=0,
+    )
+    whisper_http_timeout_s: float = setting(
+        30.0,
+        "WHISPER_HTTP_TIMEOUT_S",
+        group=Group.HTTP_ENGINE,
+        description="Read timeout of a request, in seconds.",
+        gt=0,
+    )
+    whisper_http_max_concurrency: int = setting(
+        4,
+        "WHISPER_HTTP_MAX_CONCURRENCY",
+        group=Group.HTTP_ENGINE,
+        description="Requests in flight at once.",
+        ge=1,
+    )
+    whisper_http_retries: int = setting(
+        3,
+        "WHISPER_HTTP_RETRIES",
+        group=Group.HTTP_ENGINE,
+        description="Retries of a failure that may pass (connection errors, timeouts, "
+        "HTTP 429/502/503/504).",
+        ge=0,
+        le=10,
+    )
+    whisper_http_backoff_s: float = setting(
+        0.2,
+        "WHISPER_HTTP_BACKOFF_S",
+        group=Group.HTTP_ENGINE,
+        description="Base of the full-jitter exponential backoff between retries, in seconds.",
+        gt=0,
+    )
+    whisper_http_max_backoff_s: float = setting(
+        5.0,
+        "WHISPER_HTTP_MAX_BACKOFF_S",
+        group=Group.HTTP_ENGINE,
+        description="Cap of the backoff, and the longest `Retry-After` honoured (a longer "
+        "one gives up at once).",
+        gt=0,
+    )
+
+    whisper_server_host: str = setting(
+        "0.0.0.0",
+        "WHISPER_SERVER_HOST",
+        group=Group.WHISPER_SERVER,
+        description="Listen address of `stt-streaming whisper-server`.",
+    )
+    whisper_server_port: int = setting(
+        8000,
+        "WHISPER_SERVER_PORT",
+        group=Group.WHISPER_SERVER,
+        description="Listen port of `stt-streaming whisper-server`.",
+        ge=0,
+        le=65535,
+    )
+    whisper_server_max_concurrency: int = setting(
+        1,
+        "WHISPER_SERVER_MAX_CONCURRENCY",
+        group=Group.WHISPER_SERVER,
+        description="Inferences at once.",
+        ge=1,
+    )
+    whisper_server_max_queue: int = setting(
+        32,
+        "WHISPER_SERVER_MAX_QUEUE",
+        group=Group.WHISPER_SERVER,
+        description="Requests waiting for an inference; more are answered 503 with "
+        "`Retry-After: 1`.",
+        ge=0,
+    )
+    whisper_server_max_upload_bytes: int = setting(
+        25 * 1024 * 1024,
+        "WHISPER_SERVER_MAX_UPLOAD_BYTES",
+        group=Group.WHISPER_SERVER,
+        description="Largest request body; larger ones get 413.",
+        ge=1024,
+    )
+    whisper_server_max_audio_s: float = setting(
+        1800.0,
+        "WHISPER_SERVER_MAX_AUDIO_S",
+        group=Group.WHISPER_SERVER,
+        description="Longest decoded audio, in seconds; longer gets 413 (compressed bytes do "
+        "not bound it: a few MB of Opus can hold hours).",
+        gt=0,
+    )
+
+    enable_vad: bool = setting(
+        True,
+        "STT_ENABLE_VAD",
+        group=Group.AUDIO,
+        description="Voice activity detection. Off: the seed's plain behaviour, all audio is "
+        "buffered and transcribed when the buffer fills, the chunks stop, or at `end`.",
+    )
+    vad_aggressiveness: int = setting(
+        2,
+        "STT_VAD_AGGRESSIVENESS",
+        group=Group.AUDIO,
+        description="webrtcvad's aggressiveness, 0 (least) to 3 (most).",
+        ge=0,
+        le=3,
+    )
+    speech_start_ms: int = setting(
+        60,
+        "STT_SPEECH_START_MS",
+        group=Group.AUDIO,
+        description="Voiced audio within the last 100 ms that starts speech.",
+        ge=20,
+    )
+    preroll_ms: int = setting(
+        300,
+        "STT_PREROLL_MS",
+        group=Group.AUDIO,
+        description="Audio kept from before speech onset, so the first phoneme is not cut.",
+        ge=0,
+        le=2000,
+    )
+
+    buffer_size_bytes: int = setting(
+        512_000,
+        "STT_BUFFER_SIZE_BYTES",
+        group=Group.UTTERANCES,
+        description="Longest utterance, in 16 kHz mono PCM16 bytes (the default is 16 s), "
+        "cut where the speaker is quietest; `STT_MAX_UTTERANCE_S` caps it. With VAD off, "
+        "audio is transcribed whenever this much is buffered.",
+        gt=0,
+    )
+    max_utterance_s: float = setting(
+        30.0,
+        "STT_MAX_UTTERANCE_S",
+        group=Group.UTTERANCES,
+        description="Hard cap on an utterance, in seconds (Whisper's window is 30 s).",
+        gt=1,
+        le=30,
+    )
+    chunk_timeout_s: float = setting(
+        2.0,
+        "STT_CHUNK_TIMEOUT",
+        group=Group.UTTERANCES,
+        description="Seconds without a chunk after which open speech is finalised.",
+        gt=0,
+    )
+    partial_interval_ms: int = setting(
+        1000,
+        "STT_PARTIAL_INTERVAL_MS",
+        group=Group.UTTERANCES,
+        description="New audio between two partials of an utterance.",
+        ge=100,
+    )
+
+    endpoint_silence_ms: int = setting(
+        500,
+        "STT_ENDPOINT_SILENCE_MS",
+        group=Group.END_OF_TURN,
+        description="Trailing silence that ends an utterance; in `adaptive` mode, the wait "
+        "when the end probability falls between the two thresholds.",
+        ge=60,
+    )
+    endpoint_mode: Literal["fixed", "adaptive"] = setting(
+        "fixed",
+        "STT_ENDPOINT_MODE",
+        group=Group.END_OF_TURN,
+        description="`fixed`: the turn ends after `STT_ENDPOINT_SILENCE_MS` of silence. "
+        "`adaptive`: transcribe at `STT_ENDPOINT_MIN_SILENCE_MS` and end there after a "
+        "finished sentence, wait up to `STT_ENDPOINT_MAX_SILENCE_MS` after an unfinished "
+        "phrase.",
+    )
+    endpoint_min_silence_ms: int = setting(
+        300,
+        "STT_ENDPOINT_MIN_SILENCE_MS",
+        group=Group.END_OF_TURN,
+        description="Adaptive mode: the pause that triggers a turn check.",
+        ge=60,
+    )
+    endpoint_max_silence_ms: int = setting(
+        1000,
+        "STT_ENDPOINT_MAX_SILENCE_MS",
+        group=Group.END_OF_TURN,
+        description="Adaptive mode: the wait after an unfinished phrase.",
+        ge=60,
+    )
+    endpoint_finished_prob: float = setting(
+        0.75,
+        "STT_ENDPOINT_FINISHED_PROB",
+        group=Group.END_OF_TURN,
+        description="Adaptive mode: at or above this decoder probability that the words end "
+        "at the pause, the turn ends at the short pause.",
+        ge=0,
+        le=1,
+    )
+    endpoint_unfinished_prob: float = setting(
+        0.5,
+        "STT_ENDPOINT_UNFINISHED_PROB",
+        group=Group.END_OF_TURN,
+        description="Adaptive mode: below this probability (or after a continuation word, a "
+        "comma or an ellipsis) the turn waits the long pause.",
+        ge=0,
+        le=1,
+    )
+
+    enable_interrupt_detection: bool = setting(
+        True,
+        "STT_ENABLE_INTERRUPT_DETECTION",
+        group=Group.BARGE_IN,
+        description="Barge-in while `responding`; off: audio in `responding` is not transcribed.",
+    )
+    barge_in_mode: Literal["vad", "words"] = setting(
+        "vad",
+        "STT_BARGE_IN_MODE",
+        group=Group.BARGE_IN,
+        description="`vad`: interrupt on voice activity (`STT_INTERRUPT_MIN_SPEECH_MS`). "
+        "`words`: only once a quick transcription (a probe) of that speech holds a command "
+        "or a word that is not a backchannel, probed again every `STT_BARGE_IN_PROBE_MS` of "
+        "more speech.",
+    )
+    interrupt_min_speech_ms: int = setting(
+        250,
+        "STT_INTERRUPT_MIN_SPEECH_MS",
+        group=Group.BARGE_IN,
+        description="Voiced audio in `responding` that counts as barge-in (`vad` mode) or "
+        "starts the first probe (`words` mode).",
+        ge=20,
+    )
+    barge_in_probe_ms: int = setting(
+        150,
+        "STT_BARGE_IN_PROBE_MS",
+        group=Group.BARGE_IN,
+        description="`words` mode: further voiced audio between two probes.",
+        ge=20,
+    )
+    backchannels: str = setting(
+        ",".join(DEFAULT_BACKCHANNELS),
+        "STT_BACKCHANNELS",
+        group=Group.BARGE_IN,
+        description="`words` mode: comma-separated phrases that do not take the turn.",
+    )
+    barge_in_commands: str = setting(
+        ",".join(DEFAULT_COMMANDS),
+        "STT_BARGE_IN_COMMANDS",
+        group=Group.BARGE_IN,
+        description="`words` mode: comma-separated phrases that interrupt as soon as a probe "
+        "hears them, even mid-word; empty: none.",
+    )
+
+    max_sessions: int = setting(
+        1000,
+        "STT_MAX_SESSIONS",
+        group=Group.LIMITS,
+        description="Concurrent sessions; more are refused (`too_many_sessions`).",
+        ge=1,
+    )
+    max_session_s: float = setting(
+        4 * 3600.0,
+        "STT_MAX_SESSION_S",
+        group=Group.LIMITS,
+        description="Wall-clock life of a session, in seconds; past it the session is ended "
+        "as by `end` (`session_closed` reason `max_duration`).",
+        gt=0,
+    )
+    session_idle_timeout_s: float = setting(
+        60.0,
+        "STT_SESSION_IDLE_TIMEOUT_S",
+        group=Group.LIMITS,
+        description="A session with no message for this many seconds is evicted (its open "
+        "speech finalised first).",
+        gt=0,
+    )
+    # Session ids go into output subjects, and NATS closes a connection whose protocol line
+    # passes 4 KiB.
+    max_session_id_chars: int = setting(
+        128,
+        "STT_MAX_SESSION_ID_CHARS",
+        group=Group.LIMITS,
+        description="Longest session id accepted; longer ones get `invalid_session_id`.",
+        ge=1,
+        le=1024,
+    )
+    max_chunk_bytes: int = setting(
+        256_000,
+        "STT_MAX_CHUNK_BYTES",
+        group=Group.LIMITS,
+        description="Largest accepted audio chunk.",
+        ge=320,
+    )
+    max_pending_finals: int = setting(
+        256,
+        "STT_MAX_PENDING_FINALS",
+        group=Group.LIMITS,
+        description="Finals queued for inference before new ones get `overloaded`.",
+        ge=1,
+    )
+    pending_msgs_limit: int = setting(
+        65_536,
+        "STT_PENDING_MSGS_LIMIT",
+        group=Group.LIMITS,
+        description="The NATS client's per-subscription buffer, in messages.",
+        ge=64,
+    )
+    drain_timeout_s: float = setting(
+        25.0,
+        "STT_DRAIN_TIMEOUT_S",
+        group=Group.LIMITS,
+        description="On SIGTERM, seconds allowed to publish the last finals and "
+        "`session_closed` before the worker exits.",
+        gt=0,
+    )
+
+    # NATS subject-mapping partitions, see k8s/README.md.
+    partitions: int = setting(
+        0,
+        "STT_PARTITIONS",
+        group=Group.PARTITIONS,
+        description="Partition count of the server's `partition(N, 1)` subject mapping; "
+        "0 = not partitioned, the worker subscribes to `STT_STREAM_SUBJECT`.",
+        ge=0,
+        le=1024,
+    )
+    replicas: int = setting(
+        0,
+        "STT_REPLICAS",
+        group=Group.PARTITIONS,
+        description="Workers sharing the partitions (0 = `STT_PARTITIONS`); worker *i* takes "
+        "the partitions *p* with *p* mod `STT_REPLICAS` = *i*.",
+        ge=0,
+        le=1024,
+    )
+    replica_index: int = setting(
+        -1,
+        "STT_REPLICA_INDEX",
+        group=Group.PARTITIONS,
+        description="This worker's *i*; -1 = the StatefulSet ordinal at the end of "
+        '`HOSTNAME` ("stt-2" -> 2).',
+        ge=-1,
+    )
+    hostname: str = setting(
+        "",
+        "HOSTNAME",
+        group=Group.PARTITIONS,
+        description="The pod's host name, read for its StatefulSet ordinal when partitioned "
+        "and `STT_REPLICA_INDEX` is -1.",
+    )
+    partition_subject: str = setting(
+        "ai.voice.partitioned.{partition}.*",
+        "STT_PARTITION_SUBJECT",
+        group=Group.PARTITIONS,
+        description="The mapping's destination subjects; `{partition}` is the partition number.",
+    )
+
+    # Audio is kept in a JetStream stream until its transcript is out.
+    durable: bool = setting(
+        False,
+        "STT_DURABLE",
+        group=Group.DURABILITY,
+        description="Durable mode: audio comes through a JetStream stream and is "
+        "acknowledged once its transcript is published; needs JetStream on the server.",
+    )
+    jetstream_stream: str = setting(
+        "STT_AUDIO",
+        "STT_JETSTREAM_STREAM",
+        group=Group.DURABILITY,
+        description="The stream; created when missing (work-queue retention, file storage) "
+        "over `STT_STREAM_SUBJECT`, or `STT_PARTITION_SUBJECT` with any partition when "
+        "partitioned.",
+    )
+    durable_consumer: str = setting(
+        "stt-streaming",
+        "STT_DURABLE_CONSUMER",
+        group=Group.DURABILITY,
+        description="The durable consumer's name; partitioned, one per worker: "
+        "`{name}-{index}-of-{replicas}`.",
+    )
+    ack_wait_s: float = setting(
+        30.0,
+        "STT_ACK_WAIT_S",
+        group=Group.DURABILITY,
+        description="Redelivery timeout of an unacknowledged message, in seconds; the "
+        "worker marks the ones it still holds in progress before it runs out.",
+        ge=2,
+    )
+    max_ack_pending: int = setting(
+        100_000,
+        "STT_MAX_ACK_PENDING",
+        group=Group.DURABILITY,
+        description="Messages delivered and not yet acknowledged before the server pauses "
+        "delivery (an open utterance holds up to 1,500); the client's buffer is at least "
+        "this large, so it never drops one.",
+        ge=1_000,
+    )
+    jetstream_max_age_s: float = setting(
+        3600.0,
+        "STT_JETSTREAM_MAX_AGE_S",
+        group=Group.DURABILITY,
+        description="Audio nobody acknowledged leaves the stream after this many seconds "
+        "(a replica gone for good); applies to a stream the worker creates.",
+        gt=0,
+    )
+
+    http_host: str = setting(
+        "0.0.0.0",
+        "STT_HTTP_HOST",
+        group=Group.OPERATIONS,
+        description="Listen address of `/healthz`, `/readyz` and `/metrics`.",
+    )
+    http_port: int = setting(
+        8080,
+        "STT_HTTP_PORT",
+        group=Group.OPERATIONS,
+        description="Listen port of `/healthz`, `/readyz` and `/metrics`; 0 = a free port "
+        "the OS picks (tests), -1 = no HTTP endpoint at all.",
+        ge=-1,
+        le=65535,
+    )
+    log_level: str = setting(
+        "INFO",
+        AliasChoices("STT_LOG_LEVEL", "LOG_LEVEL"),
+        group=Group.OPERATIONS,
+        description="Log level.",
+    )
+    log_format: Literal["auto", "json", "text"] = setting(
+        "auto",
+        "STT_LOG_FORMAT",
+        group=Group.OPERATIONS,
+        description="`json` (one object per line), `text`, or `auto`: text on a terminal, "
+        "JSON otherwise.",
+    )
+
+    # The seed's names; the OTLP exporters also read the standard OTEL_* variables themselves.
+    otel_enabled: bool = setting(
+        True,
+        "OTEL_ENABLED",
+        group=Group.TRACING,
+        description="Export traces over OTLP. The standard `OTEL_EXPORTER_OTLP_*` variables "
+        "(endpoint, headers, timeout, certificates, compression), `OTEL_RESOURCE_ATTRIBUTES` "
+        "and `OTEL_BSP_*` apply.",
+    )
+    otel_service_name: str = setting(
+        "stt-streaming",
+        "OTEL_SERVICE_NAME",
+        group=Group.TRACING,
+        description="`service.name` of the exported spans.",
+    )
+    otel_exporter_otlp_protocol: str = setting(
+        "http/protobuf",
+        AliasChoices("OTEL_EXPORTER_OTLP_TRACES_PROTOCOL", "OTEL_EXPORTER_OTLP_PROTOCOL"),
+        group=Group.TRACING,
+        description="`http/protobuf` (the OTel default for new SDKs) or `grpc`.",
+    )
+    otel_exporter_otlp_endpoint: str | None = setting(
+        None,
+        AliasChoices("OTEL_EXPORTER_OTLP_TRACES_ENDPOINT", "OTEL_EXPORTER_OTLP_ENDPOINT"),
+        group=Group.TRACING,
+        description="Where the OTLP exporter sends traces; unset: the exporter's default for "
+        "the protocol. With `HYPERDX_ENABLED`, the OTLP exporter runs only when this is set.",
+    )
+    hyperdx_enabled: bool = setting(
+        False,
+        "HYPERDX_ENABLED",
+        group=Group.TRACING,
+        description="Also send traces to HyperDX (needs `HYPERDX_API_KEY`).",
+    )
+    hyperdx_api_key: SecretStr | None = setting(
+        None,
+        "HYPERDX_API_KEY",
+        group=Group.TRACING,
+        description="HyperDX key, sent as `authorization`; never logged.",
+    )
+    hyperdx_otlp_endpoint: str = setting(
+        "https://in-otel.hyperdx.io",
+        "HYPERDX_OTLP_ENDPOINT",
+        group=Group.TRACING,
+        description="HyperDX's OTLP/HTTP endpoint.",
+    )
 
     @field_validator("whisper_language")
     @classmethod

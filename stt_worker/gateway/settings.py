@@ -2,34 +2,100 @@
 
 The NATS connection and subjects are the worker's (`stt_worker.config.Settings`: ``NATS_URL``,
 credentials, TLS, subject prefixes), so a gateway and its workers agree by construction.
+Fields are declared with `stt_worker.config.setting`, so docs/configuration.md lists them too.
 """
 
 from __future__ import annotations
 
-from pydantic import Field, SecretStr, field_validator
+from enum import StrEnum
+
+from pydantic import SecretStr, field_validator
 from pydantic_settings import BaseSettings, SettingsConfigDict
+
+from stt_worker.config import setting
+
+
+class GatewayGroup(StrEnum):
+    """The gateway's settings by concern, in the order the source and the docs list them."""
+
+    LISTENER = "Listener"
+    ACCESS = "Origin and token"
+    LIMITS = "Limits and bounds"
 
 
 class GatewaySettings(BaseSettings):
+    """The browser gateway's own settings (`stt-streaming gateway`).
+
+    Its NATS connection (`NATS_URL`, credentials, TLS), the subjects, `STT_MAX_CHUNK_BYTES`
+    and `STT_MAX_SESSION_ID_CHARS` are the worker's settings, so a gateway and its workers
+    agree by construction.
+    """
+
     model_config = SettingsConfigDict(frozen=True, extra="ignore", populate_by_name=True)
 
     # Loopback by default: the page needs a secure context for the microphone, and
-    # http://127.0.0.1 is one; serving other hosts wants TLS in front (a reverse proxy).
-    host: str = Field("127.0.0.1", alias="STT_GATEWAY_HOST")
-    # 0 = a free port the OS picks (tests).
-    port: int = Field(8765, alias="STT_GATEWAY_PORT", ge=0, le=65535)
-    # Browser origins allowed besides the gateway's own, comma-separated; "*" allows any.
-    allowed_origins: str = Field("", alias="STT_GATEWAY_ALLOWED_ORIGINS")
-    # When set, every WebSocket must present it (?token=, Authorization: Bearer, or the
-    # subprotocol "token.<value>").
-    token: SecretStr | None = Field(None, alias="STT_GATEWAY_TOKEN")
-    # Result frames queued per connection for a client that reads slowly (see outbox.py).
-    max_queue: int = Field(64, alias="STT_GATEWAY_MAX_QUEUE", ge=4, le=100_000)
-    max_connections: int = Field(200, alias="STT_GATEWAY_MAX_CONNECTIONS", ge=1)
-    # Worker sessions a connection may have ended (flush/reset) and still await results from.
-    max_pending_sessions: int = Field(8, alias="STT_GATEWAY_MAX_PENDING_SESSIONS", ge=1)
-    # How long a closing handshake may wait on a client that does not read.
-    close_timeout_s: float = Field(5.0, alias="STT_GATEWAY_CLOSE_TIMEOUT_S", gt=0)
+    # http://127.0.0.1 is one.
+    host: str = setting(
+        "127.0.0.1",
+        "STT_GATEWAY_HOST",
+        group=GatewayGroup.LISTENER,
+        description="Listen address. The microphone needs a secure context, which loopback "
+        "is; serving other hosts wants TLS in front (a reverse proxy).",
+    )
+    port: int = setting(
+        8765,
+        "STT_GATEWAY_PORT",
+        group=GatewayGroup.LISTENER,
+        description="Listen port; 0 = a free port the OS picks (tests).",
+        ge=0,
+        le=65535,
+    )
+    allowed_origins: str = setting(
+        "",
+        "STT_GATEWAY_ALLOWED_ORIGINS",
+        group=GatewayGroup.ACCESS,
+        description="Browser origins allowed besides the gateway's own, comma-separated; "
+        "`*` allows any.",
+    )
+    token: SecretStr | None = setting(
+        None,
+        "STT_GATEWAY_TOKEN",
+        group=GatewayGroup.ACCESS,
+        description="When set, every WebSocket must present it (`?token=`, "
+        "`Authorization: Bearer`, or the subprotocol `token.<value>`); empty = unset.",
+    )
+    max_queue: int = setting(
+        64,
+        "STT_GATEWAY_MAX_QUEUE",
+        group=GatewayGroup.LIMITS,
+        description="Result frames queued per connection for a client that reads slowly "
+        "(partials are dropped first).",
+        ge=4,
+        le=100_000,
+    )
+    max_connections: int = setting(
+        200,
+        "STT_GATEWAY_MAX_CONNECTIONS",
+        group=GatewayGroup.LIMITS,
+        description="Connections at once; more are closed with 1013 `too_many_connections`.",
+        ge=1,
+    )
+    max_pending_sessions: int = setting(
+        8,
+        "STT_GATEWAY_MAX_PENDING_SESSIONS",
+        group=GatewayGroup.LIMITS,
+        description="Worker sessions a connection may have ended (flush, reset) and still "
+        "await results from; past it, audio gets `overloaded`.",
+        ge=1,
+    )
+    close_timeout_s: float = setting(
+        5.0,
+        "STT_GATEWAY_CLOSE_TIMEOUT_S",
+        group=GatewayGroup.LIMITS,
+        description="How long a closing handshake waits on a client that does not read, in "
+        "seconds.",
+        gt=0,
+    )
 
     @field_validator("token", mode="before")
     @classmethod
