@@ -1,6 +1,7 @@
 """HTTP variant of the seed: the worker sending audio to a Whisper service at ``WHISPER_URL``.
 
-Same as ``stt-streaming serve --engine http``; configured by the environment (see the README).
+Same as ``stt-streaming serve --engine http``; configured by the environment
+(see docs/configuration.md).
 """
 
 import sys

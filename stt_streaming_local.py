@@ -2,7 +2,7 @@
 
 ``stt-streaming serve --engine local``: PyTorch openai-whisper (ROCm/CUDA) when torch is
 installed, else CTranslate2; ``STT_ENGINE`` overrides. Configured by the environment
-(``NATS_URL``, ``WHISPER_MODEL_SIZE``, ``WHISPER_DEVICE``, ``STT_*``; see the README).
+(``NATS_URL``, ``WHISPER_MODEL_SIZE``, ``WHISPER_DEVICE``, ``STT_*``; see docs/configuration.md).
 """
 
 import sys

@@ -82,7 +82,7 @@ async def test_sigterm_mid_utterance_publishes_its_final_and_exits_zero_in_time(
 
 
 async def test_sigkill_mid_utterance_with_core_nats_loses_the_audio_it_held(nats_url, nc):
-    """What the README's Durability section promises: nothing replays a killed worker's audio.
+    """What docs/operations.md (Durability) promises: nothing replays a killed worker's audio.
 
     The next worker sees only what is published after it subscribed: the rest of the clip,
     as a session it never heard start.
