@@ -81,7 +81,8 @@ class Delivery(Protocol):
 
     async def subscribe(
         self, nc: Client, subjects: list[str], on_message: MessageHandler
-    ) -> list[Subscription]: ...
+    ) -> list[Subscription]:
+        """Start handing the messages of `subjects` to `on_message` (drained at shutdown)."""
 
     async def admit(self, msg: Msg) -> bool:
         """Whether to handle `msg`: false for a redelivery of what was already taken."""
