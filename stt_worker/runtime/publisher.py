@@ -13,6 +13,7 @@ import base64
 import bisect
 import time
 import wave
+from collections.abc import Iterator
 from dataclasses import dataclass, field
 from pathlib import Path
 from typing import TypedDict, Unpack
@@ -147,30 +148,54 @@ async def publish_pcm(
     stats of an earlier call for the same session (sent with ``send_end=False``) continues
     it: chunk numbers and audio offsets carry on from where that call stopped.
     """
+    frames = _as_frames(samples)
+    if chunk_ms <= 0 or speed < 0:
+        raise ValueError(f"need chunk_ms > 0 and speed >= 0, got {chunk_ms} and {speed}")
+    chunks = _Chunks.cut(frames, sample_rate_hz, chunk_ms)
+    subject = f"{subject_prefix}.{session_id}"
+    stats = stats if stats is not None else StreamStats()
+    # Chunks carry `seq` only when we know the session's count: we opened the session here or
+    # continue a stream we numbered. Otherwise numbering from 0 again would look like repeats.
+    numbered = send_start or stats.chunks > 0
+    first_seq, offset_frames = _resume(stats, session_id, sample_rate_hz, chunks.channels, chunk_ms)
+    if send_start:
+        start = Start(
+            session_id=session_id,
+            sample_rate=sample_rate_hz,
+            channels=chunks.channels,
+            state=state,
+            speaker_id=speaker_id,
+        )
+        await nc.publish(subject, encode_client_message(start))
+    sender = _ChunkSender(nc, subject, stats, raw_audio, offset_frames)
+    await sender.send(chunks, speed, first_seq if numbered else None)
+    if send_end:
+        await nc.publish(subject, encode_client_message(End()))
+    await nc.flush()
+    stats.finished_at = time.time()
+    return stats
+
+
+def _as_frames(samples: Pcm16) -> Pcm16:
+    """`samples` shaped (frames, channels)."""
     if samples.dtype != np.int16:
         raise TypeError(f"samples must be int16 PCM, got {samples.dtype}")
     if samples.ndim not in (1, 2):
         raise ValueError(f"samples must be (frames,) or (frames, channels), got {samples.shape}")
-    if chunk_ms <= 0 or speed < 0:
-        raise ValueError(f"need chunk_ms > 0 and speed >= 0, got {chunk_ms} and {speed}")
-    frames = samples if samples.ndim == 2 else samples[:, np.newaxis]
-    channels = frames.shape[1]
-    # Little-endian on the wire whatever the host order; one copy, sliced per chunk below.
-    pcm = frames.astype("<i2", copy=False).tobytes()
-    frame_bytes = 2 * channels
-    frames_per_chunk = max(1, round(sample_rate_hz * chunk_ms / 1000))
-    subject = f"{subject_prefix}.{session_id}"
+    return samples if samples.ndim == 2 else samples[:, np.newaxis]
 
-    stats = stats if stats is not None else StreamStats()
+
+def _resume(
+    stats: StreamStats, session_id: str, sample_rate_hz: int, channels: int, chunk_ms: int
+) -> tuple[int, int]:
+    """Where this call's chunks start in the session: the next chunk number and the audio
+    offset in frames (both 0 for fresh `stats`); fills in what `stats` describes."""
     continuing = stats.chunks > 0
     if continuing and (stats.session_id, stats.sample_rate_hz) != (session_id, sample_rate_hz):
         raise ValueError(
             f"stats are of session {stats.session_id!r} at {stats.sample_rate_hz} Hz, "
             f"cannot continue it as {session_id!r} at {sample_rate_hz} Hz"
         )
-    # Chunks carry `seq` only when we know the session's count: we opened the session here or
-    # continue a stream we numbered. Otherwise numbering from 0 again would look like repeats.
-    numbered = send_start or continuing
     first_seq, offset_frames = stats.chunks, round(stats.audio_s * sample_rate_hz)
     stats.session_id = session_id
     stats.sample_rate_hz = sample_rate_hz
@@ -178,40 +203,66 @@ async def publish_pcm(
     stats.chunk_ms = chunk_ms
     if stats.started_at is None:
         stats.started_at = time.time()
+    return first_seq, offset_frames
 
-    if send_start:
-        start = Start(
-            session_id=session_id,
-            sample_rate=sample_rate_hz,
-            channels=channels,
-            state=state,
-            speaker_id=speaker_id,
-        )
-        await nc.publish(subject, encode_client_message(start))
 
-    chunk_s = frames_per_chunk / sample_rate_hz
-    t0 = time.monotonic()
-    for index, first in enumerate(range(0, len(frames), frames_per_chunk)):
-        if speed > 0:
-            deadline = t0 + (index + 1) * chunk_s / speed
-            await asyncio.sleep(max(0.0, deadline - time.monotonic()))
-        else:
-            await asyncio.sleep(0)  # as fast as possible, but let a worker in this loop run
-        last = min(first + frames_per_chunk, len(frames))
-        data = pcm[first * frame_bytes : last * frame_bytes]
-        seq = first_seq + index if numbered else None
-        sent_at = time.time()
-        if raw_audio:
-            chunk = Chunk(audio=data, timestamp=sent_at, seq=seq)
-        else:
-            b64 = base64.b64encode(data).decode("ascii")
-            chunk = Chunk(audio_b64=b64, timestamp=sent_at, seq=seq)
-        await nc.publish(subject, encode_client_message(chunk))
-        stats.chunk_send_times.append(sent_at)
-        stats.chunk_end_s.append((offset_frames + last) / sample_rate_hz)
+@dataclass(frozen=True, slots=True)
+class _Chunks:
+    """The audio as wire bytes, and how it is cut into chunks."""
 
-    if send_end:
-        await nc.publish(subject, encode_client_message(End()))
-    await nc.flush()
-    stats.finished_at = time.time()
-    return stats
+    pcm: bytes
+    channels: int
+    sample_rate_hz: int
+    frames_per_chunk: int
+
+    @classmethod
+    def cut(cls, frames: Pcm16, sample_rate_hz: int, chunk_ms: int) -> _Chunks:
+        # Little-endian on the wire whatever the host order; one copy, sliced per chunk.
+        pcm = frames.astype("<i2", copy=False).tobytes()
+        per_chunk = max(1, round(sample_rate_hz * chunk_ms / 1000))
+        return cls(pcm, frames.shape[1], sample_rate_hz, per_chunk)
+
+    @property
+    def chunk_s(self) -> float:
+        return self.frames_per_chunk / self.sample_rate_hz
+
+    def __iter__(self) -> Iterator[tuple[bytes, int]]:
+        """Each chunk's bytes and the frame its audio ends at."""
+        frame_bytes = 2 * self.channels
+        total = len(self.pcm) // frame_bytes
+        for first in range(0, total, self.frames_per_chunk):
+            last = min(first + self.frames_per_chunk, total)
+            yield self.pcm[first * frame_bytes : last * frame_bytes], last
+
+
+@dataclass(slots=True)
+class _ChunkSender:
+    """Publishes chunks paced at real time over `speed`, recording each in `stats`."""
+
+    nc: NatsClient
+    subject: str
+    stats: StreamStats
+    raw_audio: bool
+    offset_frames: int  # where this call's audio starts in the session
+
+    async def send(self, chunks: _Chunks, speed: float, first_seq: int | None) -> None:
+        t0 = time.monotonic()
+        for index, (data, last) in enumerate(chunks):
+            if speed > 0:
+                deadline = t0 + (index + 1) * chunks.chunk_s / speed
+                await asyncio.sleep(max(0.0, deadline - time.monotonic()))
+            else:
+                await asyncio.sleep(0)  # as fast as possible, but let a worker in this loop run
+            seq = first_seq + index if first_seq is not None else None
+            sent_at = time.time()
+            await self.nc.publish(
+                self.subject, encode_client_message(self._chunk(data, sent_at, seq))
+            )
+            self.stats.chunk_send_times.append(sent_at)
+            self.stats.chunk_end_s.append((self.offset_frames + last) / chunks.sample_rate_hz)
+
+    def _chunk(self, data: bytes, sent_at: float, seq: int | None) -> Chunk:
+        if self.raw_audio:
+            return Chunk(audio=data, timestamp=sent_at, seq=seq)
+        b64 = base64.b64encode(data).decode("ascii")
+        return Chunk(audio_b64=b64, timestamp=sent_at, seq=seq)

@@ -17,6 +17,8 @@ from prometheus_client.registry import Collector
 _SECONDS = (0.025, 0.05, 0.1, 0.2, 0.3, 0.5, 0.75, 1.0, 1.5, 2.0, 3.0, 5.0, 10.0, 30.0)
 _RATIO = (0.005, 0.01, 0.02, 0.05, 0.1, 0.2, 0.3, 0.5, 0.75, 1.0, 2.0)
 _WAIT = (0.001, 0.005, 0.01, 0.025, 0.05, 0.1, 0.25, 0.5, 1.0, 2.5, 5.0, 10.0)
+# The `operation` label of `stt_ack_failures_total`.
+ACK_OPERATIONS = ("ack", "in_progress")
 
 
 class Metrics:
@@ -75,6 +77,11 @@ class Metrics:
             registry=r,
         )
         self.nats_reconnects = Counter("stt_nats_reconnects", "NATS reconnections", registry=r)
+        self.ack_failures = Counter(
+            "stt_ack_failures", "JetStream acknowledgements that failed", ["operation"], registry=r
+        )
+        for operation in ACK_OPERATIONS:
+            self.ack_failures.labels(operation)  # both series exist from the start, at 0
 
     def watch(
         self,

@@ -1,0 +1,270 @@
+"""The worker's sessions: the table of those open, and what a decoded client message does to
+its session (opens it, updates it, feeds it audio).
+
+A `Stream` is one session as the worker serves it: the sans-I/O `Session`, its audio
+pipeline, its telemetry and its acknowledgements. `Sessions.route` applies one message and
+returns the actions the session answered with, and `Stream.answer` hands it an engine's
+outcome; the worker carries the actions out.
+`session_config` maps the settings onto the `SessionConfig` every session shares.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import itertools
+import logging
+from collections.abc import Hashable
+from concurrent.futures import Executor
+from dataclasses import dataclass
+
+from nats.aio.msg import Msg
+from opentelemetry.context import Context
+
+from stt_worker.config import Settings
+from stt_worker.core.audio import check_format
+from stt_worker.core.errors import OverloadedError, ProtocolError
+from stt_worker.core.jobs import Action, Job
+from stt_worker.core.protocol import (
+    Chunk,
+    ClientMessage,
+    End,
+    ErrorCode,
+    Playback,
+    Start,
+    StateChange,
+    whisper_language,
+)
+from stt_worker.core.session import Session, SessionConfig
+from stt_worker.core.turns import Backchannels, Commands
+from stt_worker.engines.base import Transcript
+from stt_worker.runtime.delivery import Delivery, SessionAcks
+from stt_worker.runtime.observation import Observer, SessionObserver
+from stt_worker.runtime.pipeline import AudioPipeline, checked_pcm
+from stt_worker.runtime.scheduler import Outcome
+
+logger = logging.getLogger(__name__)
+
+
+def session_config(settings: Settings) -> SessionConfig:
+    return SessionConfig(
+        enable_vad=settings.enable_vad,
+        enable_interrupt_detection=settings.enable_interrupt_detection,
+        endpoint_silence_ms=settings.endpoint_silence_ms,
+        partial_interval_ms=settings.partial_interval_ms,
+        speech_start_ms=settings.speech_start_ms,
+        preroll_ms=settings.preroll_ms,
+        interrupt_min_speech_ms=settings.interrupt_min_speech_ms,
+        max_utterance_samples=settings.max_utterance_samples,
+        chunk_timeout_s=settings.chunk_timeout_s,
+        idle_timeout_s=settings.session_idle_timeout_s,
+        max_session_s=settings.max_session_s,
+        context_chars=settings.context_chars,
+        barge_in_words=settings.barge_in_mode == "words",
+        backchannels=Backchannels(settings.backchannel_phrases),
+        commands=Commands(settings.command_phrases),
+        probe_step_ms=settings.barge_in_probe_ms,
+        adaptive_endpoint=settings.endpoint_mode == "adaptive",
+        endpoint_min_ms=settings.endpoint_min_silence_ms,
+        endpoint_max_ms=settings.endpoint_max_silence_ms,
+        endpoint_finished_prob=settings.endpoint_finished_prob,
+        endpoint_unfinished_prob=settings.endpoint_unfinished_prob,
+    )
+
+
+@dataclass(slots=True)
+class Stream:
+    """A live session with its audio pipeline, its telemetry and its acknowledgements."""
+
+    key: int
+    subject: str  # where its results go
+    session: Session
+    audio: AudioPipeline
+    observer: SessionObserver
+    acks: SessionAcks
+
+    @property
+    def trace_id(self) -> str | None:
+        return self.observer.trace_id
+
+    async def hold(self, message: ClientMessage, msg: Msg, now: float) -> None:
+        """Keep an accepted message until its results are out (durable mode)."""
+        audio = self.audio
+        await self.acks.hold(
+            message, msg, sample_rate_hz=audio.sample_rate_hz, channels=audio.channels, now=now
+        )
+
+    def answer(self, job: Job, outcome: Outcome, now: float) -> list[Action]:
+        """Hand the session what the engine made of `job`: a transcript or a failure."""
+        if isinstance(outcome, Transcript):
+            return self.session.result(
+                job,
+                outcome.text,
+                now=now,
+                language=outcome.language,
+                inference_s=outcome.inference_s,
+                end_prob=outcome.end_prob,
+            )
+        logger.error("transcription failed: %s", outcome.message, extra={"code": outcome.code})
+        return self.session.failed(job, outcome, now=now)
+
+    def flush(self, now: float) -> list[Action]:
+        """Push the resampler tail and the last partial frame into the session."""
+        return [
+            action
+            for frames in self.audio.flush()
+            for action in self.session.audio(frames, now=now)
+        ]
+
+
+class Sessions:
+    """The open sessions, by session id and by key, and the routing of messages to them."""
+
+    def __init__(
+        self, settings: Settings, observer: Observer, delivery: Delivery, dsp: Executor
+    ) -> None:
+        self._settings = settings
+        self._config = session_config(settings)
+        self._observer = observer
+        self._delivery = delivery
+        self._dsp = dsp
+        self.live: dict[str, Stream] = {}  # session id -> stream still taking audio
+        self.streams: dict[Hashable, Stream] = {}  # key -> stream, closing ones included
+        self._keys = itertools.count(1)
+        self._all_closed = asyncio.Event()
+        self._all_closed.set()
+
+    async def route(
+        self,
+        session_id: str,
+        stream: Stream | None,
+        message: ClientMessage,
+        now: float,
+        parent: Context | None,
+    ) -> tuple[Stream | None, list[Action]]:
+        """Apply `message` to its session (`stream`, None when none is live), opening one
+        where the message may; returns the session and the actions it answered with."""
+        match message:
+            case Start():
+                return self._start(session_id, stream, message, now, parent)
+            case Chunk():
+                return await self._chunk(session_id, stream, message, now, parent)
+            case Playback():
+                return self._playback(session_id, stream, message, now, parent), []
+            case StateChange(state=state):
+                if stream is None:
+                    logger.info("state_change opened a session")
+                    return self._open(session_id, Start(state=state), now, parent), []
+                return stream, stream.session.change_state(state, now=now)
+            case End():
+                if stream is None:
+                    raise ProtocolError(
+                        f"'end' for unknown session {session_id!r}", code=ErrorCode.UNKNOWN_SESSION
+                    )
+                return stream, stream.flush(now) + stream.session.end(now=now)
+        raise AssertionError(f"unhandled message {message!r}")
+
+    def unlist(self, stream: Stream) -> None:
+        """The session is closing: a new ``start`` for its id may now open a fresh one."""
+        if self.live.get(stream.session.session_id) is stream:
+            del self.live[stream.session.session_id]
+
+    def remove(self, stream: Stream) -> None:
+        """The session closed."""
+        self.streams.pop(stream.key, None)
+        self.unlist(stream)
+        if not self.streams:
+            self._all_closed.set()
+
+    async def wait_all_closed(self) -> None:
+        await self._all_closed.wait()
+
+    def _start(
+        self,
+        session_id: str,
+        stream: Stream | None,
+        start: Start,
+        now: float,
+        parent: Context | None,
+    ) -> tuple[Stream, list[Action]]:
+        check_format(start.sample_rate, start.channels)
+        if stream is None:
+            return self._open(session_id, start, now, parent), []
+        logger.info("repeated start updates the session")
+        actions: list[Action] = []
+        for frames in stream.audio.reformat(start.sample_rate, start.channels):
+            actions += stream.session.audio(frames, now=now)
+        actions += stream.session.update(
+            now=now,
+            state=start.state,
+            speaker_id=start.speaker_id,
+            language=whisper_language(start.language),
+        )
+        return stream, actions
+
+    async def _chunk(
+        self,
+        session_id: str,
+        stream: Stream | None,
+        chunk: Chunk,
+        now: float,
+        parent: Context | None,
+    ) -> tuple[Stream, list[Action]]:
+        pcm = checked_pcm(chunk, self._settings.max_chunk_bytes)
+        self._observer.chunk_received(len(pcm))
+        if stream is None:
+            logger.info("chunk without start: opening with defaults")
+            stream = self._open(session_id, Start(), now, parent)
+        stream.audio.check_order(chunk.seq)
+        self._observer.audio_received(stream.audio.duration_s(pcm))
+        frames = await stream.audio.frames(pcm)
+        return stream, stream.session.audio(frames, now=now)
+
+    def _playback(
+        self,
+        session_id: str,
+        stream: Stream | None,
+        playback: Playback,
+        now: float,
+        parent: Context | None,
+    ) -> Stream:
+        """The assistant's audio: the echo reference for this session's mic."""
+        pcm = checked_pcm(playback, self._settings.max_chunk_bytes)
+        if stream is None:
+            stream = self._open(session_id, Start(state="responding"), now, parent)
+        stream.audio.playback(playback, pcm)
+        return stream
+
+    def _open(self, session_id: str, start: Start, now: float, parent: Context | None) -> Stream:
+        settings = self._settings
+        if len(self.live) >= settings.max_sessions:
+            raise OverloadedError(
+                f"{len(self.live)} sessions open (STT_MAX_SESSIONS); session refused",
+                code=ErrorCode.TOO_MANY_SESSIONS,
+            )
+        session = Session(
+            session_id,
+            self._config,
+            now=now,
+            state=start.state,
+            speaker_id=start.speaker_id,
+            language=whisper_language(start.language) or settings.whisper_language,
+        )
+        audio = AudioPipeline(
+            start.sample_rate,
+            start.channels,
+            vad_aggressiveness=settings.vad_aggressiveness,
+            dsp=self._dsp,
+        )
+        stream = Stream(
+            key=next(self._keys),
+            subject=f"{settings.transcription_subject_prefix}.{session_id}",
+            session=session,
+            audio=audio,
+            observer=self._observer.open_session(session, start, parent),
+            acks=self._delivery.session_acks(),
+        )
+        self.live[session_id] = stream
+        self.streams[stream.key] = stream
+        self._all_closed.clear()
+        logger.info("session opened", extra={"trace_id": stream.trace_id})
+        return stream
