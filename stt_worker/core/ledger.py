@@ -1,8 +1,8 @@
 """Durable mode's bookkeeping: which JetStream messages of a session may be acknowledged.
 
-Sans-IO, like `session.py`: `worker.py` owns the JetStream consumer and hands each delivered
-message here; this module says which ones to acknowledge and when, and knows nothing of NATS
-beyond the two calls an `Ackable` offers.
+Sans-IO, like `session.py`: `runtime/delivery.py` owns the JetStream consumer and hands each
+delivered message here; this module says which ones to acknowledge and when, and knows nothing
+of NATS beyond the two calls an `Ackable` offers.
 
 A message is acknowledged only once nothing that may still be published depends on it:
 

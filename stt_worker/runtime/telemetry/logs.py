@@ -47,7 +47,7 @@ class _ContextFilter(logging.Filter):
 
 
 class _TextFormatter(logging.Formatter):
-    """`12:00:01 INFO    stt_worker.runtime.worker: session opened  session_id=abc trace_id=...`."""
+    """`12:00:01 INFO    stt_worker.runtime.sessions: session opened  session_id=abc ...`."""
 
     def __init__(self) -> None:
         super().__init__("%(asctime)s %(levelname)-7s %(name)s: %(message)s", "%H:%M:%S")
