@@ -152,8 +152,8 @@ class ErrorCode(enum.StrEnum):
     UNAUTHORIZED = "unauthorized", _G, "The token is missing or wrong (`STT_GATEWAY_TOKEN`)."
     NATS_UNAVAILABLE = (
         "nats_unavailable",
-        _W | _G,
-        "NATS cannot be reached, refused the credentials, or the connection was lost.",
+        _G,
+        "NATS is unreachable, refused the credentials, or was lost (a worker or tool exits).",
     )
 
     # Speech engines.
@@ -161,7 +161,7 @@ class ErrorCode(enum.StrEnum):
     MODEL_NOT_FOUND = (
         "model_not_found",
         _W | _S,
-        "The configured Whisper model is not available locally (at startup).",
+        "The configured Whisper model is not available locally (the process exits at startup).",
     )
     BACKEND_UNAVAILABLE = (
         "backend_unavailable",

@@ -36,7 +36,7 @@ from stt_worker.gateway.bridge import (
     BridgeConfig,
     GatewayStats,
 )
-from stt_worker.gateway.control import GatewayErrorCode, parse_dialect
+from stt_worker.gateway.control import parse_dialect
 from stt_worker.gateway.dialect import error_frame
 from stt_worker.gateway.settings import GatewaySettings
 
@@ -110,9 +110,9 @@ class Gateway:
             return
         if len(self.bridges) >= self.gateway.max_connections or not self.nc.is_connected:
             code = (
-                GatewayErrorCode.NATS_UNAVAILABLE
+                ErrorCode.NATS_UNAVAILABLE
                 if not self.nc.is_connected
-                else GatewayErrorCode.TOO_MANY_CONNECTIONS
+                else ErrorCode.TOO_MANY_CONNECTIONS
             )
             await _refuse(websocket, subprotocol, CLOSE_TRY_AGAIN_LATER, code, "try again later")
             return

@@ -29,12 +29,11 @@ from starlette.websockets import WebSocket, WebSocketDisconnect, WebSocketState
 
 from stt_worker.core import protocol
 from stt_worker.core.audio import check_format
-from stt_worker.core.errors import OverloadedError, ProtocolError
+from stt_worker.core.errors import ErrorCode, OverloadedError, ProtocolError
 from stt_worker.gateway.control import (
     Dialect,
     End,
     Flush,
-    GatewayErrorCode,
     Reset,
     Start,
     dialect_of,
@@ -207,7 +206,7 @@ class Bridge:
                 self._queue(error_frame(exc.code, exc.message, self._current_id))
             except nats.errors.Error as exc:
                 logger.warning("gateway: publish failed: %r", exc)
-                self._queue(error_frame(GatewayErrorCode.NATS_UNAVAILABLE, f"NATS: {exc!r}", None))
+                self._queue(error_frame(ErrorCode.NATS_UNAVAILABLE, f"NATS: {exc!r}", None))
                 self._close_after_sending(CLOSE_TRY_AGAIN_LATER, "NATS unavailable")
 
     def _refuse_after_end(self) -> None:
@@ -216,7 +215,7 @@ class Bridge:
             self._told_ended = True
             raise ProtocolError(
                 "the session has ended; frames after 'end' are not used",
-                code=GatewayErrorCode.SESSION_ENDED,
+                code=ErrorCode.SESSION_ENDED,
             )
 
     async def _on_text(self, text: str) -> None:
@@ -230,7 +229,7 @@ class Bridge:
             raise ProtocolError(
                 f"audio frame of {len(data)} bytes is larger than "
                 f"STT_MAX_CHUNK_BYTES={self.config.max_chunk_bytes}",
-                code=protocol.ErrorCode.CHUNK_TOO_LARGE,
+                code=ErrorCode.CHUNK_TOO_LARGE,
             )
         parsed = parse_binary(data)
         if isinstance(parsed, bytes):
@@ -276,7 +275,7 @@ class Bridge:
             raise OverloadedError(
                 f"{len(pending)} worker sessions of this connection are still finishing "
                 "(STT_GATEWAY_MAX_PENDING_SESSIONS); frame not used",
-                code=protocol.ErrorCode.OVERLOADED,
+                code=ErrorCode.OVERLOADED,
             )
         await self._reap()
         self._opened += 1
