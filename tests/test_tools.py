@@ -10,6 +10,8 @@ import asyncio
 import base64
 import json
 import math
+import signal
+import sys
 import time
 import uuid
 import wave
@@ -433,3 +435,39 @@ def test_demo_sample_audio_is_found_or_overridden(tmp_path: Path, monkeypatch: p
     assert find_sample_audio().name == "conv_3utt_2s_1s.wav"
     monkeypatch.setenv("STT_SAMPLE_AUDIO", str(tmp_path / "mine.wav"))
     assert find_sample_audio() == tmp_path / "mine.wav"
+
+
+@pytest.mark.parametrize(
+    ("options", "shown"),
+    [
+        pytest.param([], "[tail-1] ✔ hello  (seq 1, utt 2, speaker ann)", id="lines"),
+        pytest.param(["--json"], '{"session_id":"tail-1","transcript":"hello",', id="json"),
+    ],
+)
+async def test_cli_tail_prints_what_is_published(
+    nc: Client, nats_url: str, options: list[str], shown: str
+):
+    process = await asyncio.create_subprocess_exec(
+        *(sys.executable, "-m", "stt_worker.tools.cli", "tail", "--nats-url", nats_url),
+        *options,
+        stdout=asyncio.subprocess.PIPE,
+        stderr=asyncio.subprocess.PIPE,
+    )
+    assert process.stdout is not None and process.stderr is not None
+    try:
+        async with asyncio.timeout(30):
+            assert b"listening on ai.voice.transcription.>" in await process.stderr.readline()
+            result = transcript(session_id="tail-1", is_final=True, sequence=1, utterance_id=2)
+            result = msgspec.structs.replace(result, transcript="hello", speaker_id="ann")
+            await nc.publish("ai.voice.transcription.tail-1", encode_server_message(result))
+            await nc.publish("ai.voice.transcription.tail-2", b"\xc1")
+            await nc.flush()
+            first = (await process.stdout.readline()).decode()
+            second = (await process.stdout.readline()).decode()
+        assert first.startswith(shown)
+        assert "undecodable" in second and "tail-2" in second
+    finally:
+        if process.returncode is None:
+            process.send_signal(signal.SIGINT)
+        async with asyncio.timeout(30):
+            assert await process.wait() == 0
