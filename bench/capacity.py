@@ -66,6 +66,7 @@ from bench.loadgen import (
 )
 from stt_worker.config import Settings, load_settings
 from stt_worker.core.audio import BYTES_PER_SAMPLE, SAMPLE_RATE_HZ
+from stt_worker.core.protocol import Error, SessionClosed, Transcription
 from stt_worker.core.vad import FRAME_MS
 from stt_worker.engines import create_engine
 from stt_worker.engines.base import DecodeOptions, LocalEngine
@@ -395,16 +396,16 @@ def _ours(run: LoadRun, settings: Settings, sessions: int, duration_s: float) ->
     closed = 0
     for item in run.received:
         message, plan = item.message, plans.get(item.session_id)
-        closed += message.get("type") == "session_closed"
-        if plan is None or plan.audio is None or message.get("type") != "transcript":
+        closed += isinstance(message, SessionClosed)
+        if plan is None or plan.audio is None or not isinstance(message, Transcription):
             continue
-        start_s, end_s = float(message["audio_start_s"]), float(message["audio_end_s"])
+        start_s, end_s = message.audio_start_s, message.audio_end_s
         last_sent = run.send_time(plan, end_s)
         if last_sent is None:
             continue
-        if not message["is_final"]:
+        if not message.is_final:
             partial_latency.append((item.received_at - last_sent) * 1000)
-            key = (item.session_id, int(message["utterance_id"]))
+            key = (item.session_id, message.utterance_id)
             partial_times.setdefault(key, []).append(item.received_at)
             continue
         silence = trailing_silence_frames(plan.audio, start_s, end_s) * FRAME_MS
@@ -414,12 +415,12 @@ def _ours(run: LoadRun, settings: Settings, sessions: int, duration_s: float) ->
                 item.session_id,
                 start_s,
                 end_s,
-                str(message.get("end_reason") or "-"),
+                message.end_reason or "-",
                 speech_sent,
                 (item.received_at - speech_sent) * 1000,
                 (item.received_at - last_sent) * 1000,
                 min(silence, settings.endpoint_silence_ms),
-                float(message.get("inference_ms") or 0.0),
+                message.inference_ms,
             )
         )
     intervals = [
@@ -452,9 +453,9 @@ def _baseline(run: LoadRun, settings: Settings, sessions: int, duration_s: float
     got: dict[str, int] = {}
     for item in run.received:
         message, plan = item.message, plans.get(item.session_id)
-        if plan is None or plan.audio is None or message.get("type") != "transcript":
+        if plan is None or plan.audio is None or not isinstance(message, Transcription):
             continue
-        start_s, end_s = float(message["audio_start_s"]), float(message["audio_end_s"])
+        start_s, end_s = message.audio_start_s, message.audio_end_s
         sent_s = (run.ticks - plan.start_tick) * CHUNK_S
         ended_by = "end" if end_s >= sent_s - 1e-3 and end_s - start_s < buffer_s - 1e-3 else "size"
         last_sent = run.send_time(plan, end_s)
@@ -634,10 +635,7 @@ async def silent_steps(
             inside = sampler.window(start, run.ended_at)
             rss = max(s.rss_bytes for s in inside) if inside else rss_before
             chunks_per_s = sampler.rate("stt_chunks_received_total", start, run.ended_at) or 0.0
-            dropped = sum(
-                r.message.get("code") == "audio_dropped" or r.message.get("type") == "error"
-                for r in run.received
-            )
+            dropped = sum(isinstance(r.message, Error) for r in run.received)
             marginal = max(cores - idle_cores, 1e-9)
             # Sessions' worth of real-time audio the worker actually took in: fewer than
             # `count` when the generator or the worker fell behind.

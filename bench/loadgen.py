@@ -27,16 +27,22 @@ import time
 from collections.abc import Sequence
 from dataclasses import dataclass, field
 from pathlib import Path
-from typing import Any
 from urllib.parse import urlsplit
 
-import msgspec
 import numpy as np
 from nats.aio.client import Client as NatsClient
 from nats.aio.msg import Msg
 
 from stt_worker.core.audio import SAMPLE_RATE_HZ
-from stt_worker.core.protocol import Chunk, End, Start, encode_client_message
+from stt_worker.core.protocol import (
+    Chunk,
+    End,
+    ServerMessage,
+    SessionClosed,
+    Start,
+    decode_server_message,
+    encode_client_message,
+)
 from stt_worker.core.vad import FRAME_MS, FRAME_SAMPLES, VoiceActivityDetector
 from stt_worker.evaluation.results import Clip
 
@@ -83,7 +89,7 @@ class SessionPlan:
 @dataclass(slots=True)
 class Received:
     session_id: str
-    message: dict[str, Any]
+    message: ServerMessage
     received_at: float  # time.time()
 
 
@@ -242,13 +248,12 @@ async def run_load(
     run = LoadRun(plans, ticks)
     closed: set[str] = set()
     all_closed = asyncio.Event()
-    decoder = msgspec.msgpack.Decoder(dict)
 
     async def on_result(msg: Msg) -> None:
         session_id = msg.subject.rsplit(".", 1)[-1]
-        message = decoder.decode(msg.data)
+        message = decode_server_message(msg.data)
         run.received.append(Received(session_id, message, time.time()))
-        if message.get("type") == "session_closed":
+        if isinstance(message, SessionClosed):
             closed.add(session_id)
             if len(closed) == len(plans):
                 all_closed.set()

@@ -24,6 +24,7 @@ import platform
 import statistics
 import time
 import uuid
+from collections.abc import AsyncIterator
 from dataclasses import asdict, dataclass
 from datetime import UTC, datetime
 from pathlib import Path
@@ -33,13 +34,16 @@ import nats
 import numpy as np
 
 from stt_worker.config import load_settings
+from stt_worker.core.errors import ProtocolError
+from stt_worker.core.protocol import Interrupt, ServerMessage, SessionClosed, Transcription
 from stt_worker.core.vad import FRAME_SAMPLES
 from stt_worker.engines import create_engine
 from stt_worker.engines.base import Engine
+from stt_worker.runtime import bus
+from stt_worker.runtime.bus import Delivery
 from stt_worker.runtime.nats_server import NatsServer
 from stt_worker.runtime.publisher import read_wav
 from stt_worker.runtime.worker import Worker
-from tests.helpers import Inbox
 
 logger = logging.getLogger("bench.turns")
 
@@ -169,16 +173,15 @@ def _clip16(samples: np.ndarray) -> np.ndarray:
 
 async def _run_case(nc, mode: str, case: Case) -> Outcome:
     session = f"turns-{uuid.uuid4().hex[:8]}"
-    inbox = await Inbox.open(nc, session)
-    sent = await _send(nc, session, case)
-    await inbox.until_closed(within_s=60)
-    messages = inbox.received
-    interrupts = [m for m in messages if m.get("type") == "interrupt"]
-    finals = [m for m in messages if m.get("type") == "transcript" and m.get("is_final")]
+    async with bus.deliveries(nc, f"ai.voice.transcription.{session}") as deliveries:
+        sent = await _send(nc, session, case)
+        messages = await _until_closed(deliveries, within_s=60)
+    interrupts = [m for m in messages if isinstance(m, Interrupt)]
+    finals = [m for m in messages if isinstance(m, Transcription) and m.is_final]
     latency_ms = None
     if interrupts:
         onset_sent = sent[min(len(sent) - 1, int(case.onset_s / CHUNK_S))]
-        received = float(interrupts[0]["timestamp"])  # the worker's clock, same machine
+        received = interrupts[0].timestamp  # the worker's clock, same machine
         latency_ms = (received - onset_sent) * 1000 if onset_sent else None
     logger.debug("%s: words began at %.3f", case.name, sent[int(case.onset_s / CHUNK_S)])
     return Outcome(
@@ -187,10 +190,25 @@ async def _run_case(nc, mode: str, case: Case) -> Outcome:
         case.label,
         bool(interrupts),
         latency_ms,
-        " ".join(str(m["transcript"]) for m in finals),
-        any(m.get("backchannel") for m in finals),
-        interrupts[0].get("transcript") if interrupts else None,
+        " ".join(m.transcript for m in finals),
+        any(m.backchannel for m in finals),
+        interrupts[0].transcript if interrupts else None,
     )
+
+
+async def _until_closed(
+    deliveries: AsyncIterator[Delivery], within_s: float
+) -> list[ServerMessage]:
+    """The session's messages up to and including `session_closed`."""
+    messages: list[ServerMessage] = []
+    async with asyncio.timeout(within_s):
+        async for delivery in deliveries:
+            if isinstance(delivery.message, ProtocolError):
+                raise delivery.message
+            messages.append(delivery.message)
+            if isinstance(delivery.message, SessionClosed):
+                break
+    return messages
 
 
 async def measure(engine: Engine, cases: list[Case], modes: tuple[str, ...]) -> list[Outcome]:

@@ -51,7 +51,7 @@ from starlette.routing import Route
 
 from stt_worker.config import Settings
 from stt_worker.core.audio import SAMPLE_RATE_HZ, check_format
-from stt_worker.core.errors import ProtocolError, SttError
+from stt_worker.core.errors import ErrorCode, ProtocolError, SttError
 from stt_worker.engines.base import Audio, DecodeOptions, Engine, Transcript
 
 logger = logging.getLogger(__name__)
@@ -173,7 +173,7 @@ class _Service:
             raise RequestError(
                 503,
                 "The server is busy; retry shortly.",
-                code="overloaded",
+                code=ErrorCode.OVERLOADED,
                 kind="server_error",
                 headers={"Retry-After": str(RETRY_AFTER_S)},
             )
@@ -192,7 +192,7 @@ class _Service:
             raise RequestError(
                 415,
                 f"Expected a multipart/form-data body, got {content_type or 'none'!r}.",
-                code="unsupported_media_type",
+                code=ErrorCode.UNSUPPORTED_MEDIA_TYPE,
             )
 
     async def _transcribe_admitted(self, request: Request) -> Response:
@@ -205,13 +205,16 @@ class _Service:
                     f"Unsupported response_format {response_format!r}; "
                     f"supported: {', '.join(RESPONSE_FORMATS)}.",
                     param="response_format",
-                    code="unsupported_response_format",
+                    code=ErrorCode.UNSUPPORTED_RESPONSE_FORMAT,
                 )
             options = DecodeOptions(language=_language(form), prompt=_field(form, "prompt"))
             upload = form.get("file")
             if not isinstance(upload, UploadFile):
                 raise RequestError(
-                    400, "A 'file' part with the audio is required.", param="file", code="no_file"
+                    400,
+                    "A 'file' part with the audio is required.",
+                    param="file",
+                    code=ErrorCode.NO_FILE,
                 )
             data = await upload.read()
         finally:
@@ -273,7 +276,7 @@ def _too_large(max_bytes: int) -> RequestError:
         413,
         f"The request body exceeds the limit of {max_bytes} bytes.",
         param="file",
-        code="file_too_large",
+        code=ErrorCode.FILE_TOO_LARGE,
         # No `Connection: close`: closing with the upload unread resets the socket and the
         # client sees a broken connection instead of this 413. uvicorn reads and discards
         # the rest of the body (nothing is buffered) and keeps the connection.
@@ -299,7 +302,7 @@ def _language(form: FormData) -> str | None:
             400,
             f"Unsupported language {language!r}; use an ISO-639-1 code such as 'en'.",
             param="language",
-            code="unsupported_language",
+            code=ErrorCode.UNSUPPORTED_LANGUAGE,
         )
     return language
 
@@ -311,13 +314,18 @@ def decode_upload(data: bytes, max_samples: int = 1800 * SAMPLE_RATE_HZ) -> Audi
     """Float32 16 kHz mono from an uploaded file, at most `max_samples` long; blocking (run
     it off the event loop)."""
     if not data:
-        raise RequestError(400, "The uploaded file is empty.", param="file", code="empty_audio")
+        raise RequestError(
+            400, "The uploaded file is empty.", param="file", code=ErrorCode.EMPTY_AUDIO
+        )
     audio = _decode_wav_pcm16(data, max_samples)
     if audio is None:
         audio = _decode_with_av(data, max_samples)
     if audio.size == 0:
         raise RequestError(
-            400, "The uploaded file contains no audio samples.", param="file", code="empty_audio"
+            400,
+            "The uploaded file contains no audio samples.",
+            param="file",
+            code=ErrorCode.EMPTY_AUDIO,
         )
     return audio
 
@@ -328,7 +336,7 @@ def _too_long(max_samples: int) -> RequestError:
         f"The audio is longer than {max_samples // SAMPLE_RATE_HZ} s "
         "(WHISPER_SERVER_MAX_AUDIO_S); split it.",
         param="file",
-        code="audio_too_long",
+        code=ErrorCode.AUDIO_TOO_LONG,
     )
 
 
@@ -350,7 +358,7 @@ def _decode_wav_pcm16(data: bytes, max_samples: int) -> Audio | None:
         check_format(sample_rate_hz, channels)
     except ProtocolError as exc:
         raise RequestError(
-            400, f"Unsupported WAV: {exc}", param="file", code="invalid_audio"
+            400, f"Unsupported WAV: {exc}", param="file", code=ErrorCode.INVALID_AUDIO
         ) from exc
     # A truncated upload may end mid-frame; the whole frames before it are still good audio.
     usable = len(pcm) - len(pcm) % (2 * channels)
@@ -375,7 +383,7 @@ def _decode_with_av(data: bytes, max_samples: int) -> Audio:
             400,
             f"Could not decode the audio file: {exc}",
             param="file",
-            code="invalid_audio",
+            code=ErrorCode.INVALID_AUDIO,
         ) from exc
     if not pieces:
         return np.zeros(0, dtype=np.float32)
@@ -463,7 +471,7 @@ async def _http_error(request: Request, exc: Exception) -> Response:
 
 async def _internal_error(request: Request, exc: Exception) -> Response:
     # Starlette re-raises after answering, so uvicorn logs the traceback too.
-    body = _error_body("Internal server error.", kind="server_error", code="internal_error")
+    body = _error_body("Internal server error.", kind="server_error", code=ErrorCode.INTERNAL_ERROR)
     return JSONResponse(body, status_code=500)
 
 

@@ -6,13 +6,13 @@ import contextlib
 from collections.abc import AsyncIterator
 from dataclasses import dataclass
 
-import nats
 import pytest
 
 from stt_worker.config import load_settings
 from stt_worker.gateway.app import Gateway, create_app
 from stt_worker.gateway.settings import GatewaySettings
 from stt_worker.runtime.asgi import serving_in_loop
+from stt_worker.runtime.connection import TOOL, connect
 
 
 @dataclass
@@ -31,9 +31,11 @@ async def make_gateway(nats_url: str) -> AsyncIterator:
     async with contextlib.AsyncExitStack() as stack:
 
         async def start(**overrides: object) -> RunningGateway:
-            nc = await nats.connect(nats_url, name="gateway-test", connect_timeout=5)
+            settings = load_settings(nats_url=nats_url)
+            # As `stt-streaming gateway` connects: connect() with the tools' policy.
+            nc = await connect(settings, "gateway-test", TOOL)
             stack.push_async_callback(nc.close)
-            gateway = Gateway(load_settings(nats_url=nats_url), GatewaySettings(**overrides), nc)
+            gateway = Gateway(settings, GatewaySettings(**overrides), nc)
             stack.push_async_callback(gateway.shutdown)
             url = await stack.enter_async_context(
                 serving_in_loop(create_app(gateway), lifespan="off", access_log=False)

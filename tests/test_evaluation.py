@@ -6,9 +6,11 @@ as offline decoding of the whole clip with the same model, in the same run.
 
 from __future__ import annotations
 
+import dataclasses
 import json
 from pathlib import Path
 
+from stt_worker.core.protocol import SessionClosed, Transcription
 from stt_worker.evaluation import (
     EvalOptions,
     evaluate,
@@ -17,7 +19,7 @@ from stt_worker.evaluation import (
     write_outputs,
 )
 from stt_worker.evaluation.results import WER_RATIO_TARGET, Stability
-from stt_worker.evaluation.stability import display_words
+from stt_worker.evaluation.stability import Hypothesis, display_words
 from tests.helpers import SPEECH_DIR
 
 # Three short clips (9 s of audio, 35 reference words), so the run stays well under 40 s.
@@ -29,15 +31,11 @@ WER_SLACK = 0.03
 PNG_SIGNATURE = b"\x89PNG\r\n\x1a\n"
 
 
-def transcript(text: str, *, final: bool = False, utterance: int = 1, **extra: object) -> dict:
-    return {
-        "type": "transcript",
-        "transcript": text,
-        "is_partial": not final,
-        "is_final": final,
-        "utterance_id": utterance,
-        **extra,
-    }
+def transcript(
+    text: str, *, final: bool = False, utterance: int = 1, **extra: object
+) -> Hypothesis:
+    """A result as stability reads it; without `stable_chars`, like the seed's."""
+    return Hypothesis(utterance, text, final, **extra)  # type: ignore[arg-type]
 
 
 # ---------------------------------------------------------------- partial stability
@@ -62,7 +60,9 @@ def test_growing_partials_change_nothing() -> None:
             transcript("and so, my fellow"),  # case and punctuation are not changes
             transcript("And so my fellow Americans"),
             transcript("And so my fellow Americans, ask not.", final=True),
-            {"type": "session_closed", "session_id": "s"},
+            SessionClosed(
+                session_id="s", reason="end", timestamp=0.0, speaker_id=None, utterances=1
+            ),
         ]
     )
     assert stability == Stability(partials=3, revised_partials=0, words_shown=11, words_changed=0)
@@ -127,7 +127,7 @@ def test_stable_prefix_is_checked_against_every_later_hypothesis() -> None:
 
 
 def test_stable_words_moved_by_a_length_cut_are_found_in_the_next_final() -> None:
-    def messages(reason: str) -> list[dict]:
+    def messages(reason: str) -> list[Hypothesis]:
         return [
             transcript("in the middle of the", stable_chars=17),  # "in the middle of"
             transcript("in the middle of", final=True, end_reason=reason),
@@ -141,8 +141,31 @@ def test_stable_words_moved_by_a_length_cut_are_found_in_the_next_final() -> Non
     broken = messages("silence")
     broken[1] = transcript("in the middle", final=True, end_reason="silence")
     assert partial_stability(broken).stable_words_changed == 1
-    broken[1]["end_reason"] = "size"
+    broken[1] = dataclasses.replace(broken[1], end_reason="size")
     assert partial_stability(broken).stable_words_changed == 0
+
+
+def test_the_workers_results_are_read_as_hypotheses() -> None:
+    def result(text: str, *, final: bool = False, stable_chars: int = 0) -> Transcription:
+        return Transcription(
+            session_id="s",
+            transcript=text,
+            sequence=0,
+            is_partial=not final,
+            is_final=final,
+            timestamp=0.0,
+            speaker_id=None,
+            has_voice_activity=True,
+            state="listening",
+            utterance_id=1,
+            stable_chars=stable_chars,
+        )
+
+    results = [result("He hoped there", stable_chars=11), result("He hopes there", final=True)]
+    assert partial_stability(results) == partial_stability(map(Hypothesis.of, results))
+    stability = partial_stability([*results[:1], result("x"), results[1]])
+    # Every result of the worker carries `stable_chars`, 0 included: each partial is counted.
+    assert (stability.partials, stability.stable_partials, stability.stable_words) == (2, 2, 2)
 
 
 # ---------------------------------------------------------------- the real harness

@@ -6,6 +6,8 @@ from __future__ import annotations
 
 import asyncio
 import json
+import signal
+import sys
 import uuid
 from collections.abc import Callable
 from typing import Any
@@ -336,3 +338,39 @@ async def test_page_and_its_files_are_served(make_gateway) -> None:
             response = await client.get(f"/static/{name}")
             assert response.status_code == 200, name
             assert f"/static/{name}" in page.text or name == "worklet.js"
+
+
+# ---------------------------------------------------------------- the command
+
+
+async def test_the_gateway_command_serves_in_front_of_a_nats_url(worker, nats_url: str) -> None:
+    """`stt-streaming gateway --nats-url`: connects as the tools do, serves, stops on SIGINT."""
+    process = await asyncio.create_subprocess_exec(
+        sys.executable,
+        *("-m", "stt_worker.tools.cli", "gateway", "--nats-url", nats_url, "--port", "0"),
+        stdout=asyncio.subprocess.PIPE,
+        stderr=asyncio.subprocess.STDOUT,
+    )
+    assert process.stdout is not None
+    try:
+        printed = []
+        async with asyncio.timeout(60):
+            while not printed or "Ctrl-C to stop" not in printed[-1]:
+                line = await process.stdout.readline()
+                assert line, "".join(printed)
+                printed.append(line.decode())
+        ws_url = next(line.split()[1] for line in printed if line.startswith("ws "))
+        async with connect(ws_url) as ws:
+            await ws.send("{oops")
+            assert (await receive(ws))["code"] == "malformed_json"
+            await ws.send(json.dumps({"type": "start"}))
+            await send_audio(ws, pcm(CLIP))
+            await ws.send(json.dumps({"type": "end"}))
+            frames = await frames_until(ws, of_type("session_closed"))
+            assert await close_code(ws) == 1000
+        assert wer(manifest_text(CLIP), final_text(frames)) <= WER_BOUND, frames
+    finally:
+        if process.returncode is None:
+            process.send_signal(signal.SIGINT)
+        async with asyncio.timeout(30):
+            assert await process.wait() == 0

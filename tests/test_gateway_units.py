@@ -5,12 +5,21 @@ from __future__ import annotations
 
 import json
 
+import msgpack
+import msgspec
 import pytest
-from hypothesis import given
+from hypothesis import given, settings
 from hypothesis import strategies as st
 
-from stt_worker.core.errors import ProtocolError
-from stt_worker.core.protocol import StateChange
+from stt_worker.core.errors import ErrorCode, ProtocolError
+from stt_worker.core.protocol import (
+    Interrupt,
+    SessionClosed,
+    StateChange,
+    Transcription,
+    decode_server_message,
+    encode_server_message,
+)
 from stt_worker.gateway.access import check_origin, check_token, presented_token
 from stt_worker.gateway.control import (
     End,
@@ -22,8 +31,9 @@ from stt_worker.gateway.control import (
     parse_dialect,
     parse_text,
 )
-from stt_worker.gateway.dialect import render
+from stt_worker.gateway.dialect import EmptyFinal, GatewayError, is_partial, render
 from stt_worker.gateway.outbox import Outbox
+from tests.strategies import server_messages
 
 
 @pytest.mark.parametrize(
@@ -97,29 +107,74 @@ def test_dialect_query_values() -> None:
         parse_dialect("nemo")
 
 
-TRANSCRIPT = {
-    "type": "transcript",
-    "session_id": "s",
-    "transcript": "hello world",
-    "is_partial": True,
-    "is_final": False,
-    "audio_end_s": 1.5,
-}
+TRANSCRIPT = Transcription(
+    session_id="s",
+    transcript="hello world",
+    sequence=0,
+    is_partial=True,
+    is_final=False,
+    timestamp=0.0,
+    speaker_id=None,
+    has_voice_activity=True,
+    state="listening",
+    audio_end_s=1.5,
+)
+
+
+def wire(message: object) -> dict:
+    """The message as the worker's bytes carry it."""
+    return msgpack.unpackb(encode_server_message(message), raw=False)  # type: ignore[arg-type]
 
 
 def test_results_per_dialect() -> None:
     native = json.loads(render(TRANSCRIPT, "native") or "")
-    assert native == {**TRANSCRIPT, "text": "hello world"}
+    assert native == {**wire(TRANSCRIPT), "text": "hello world"}
     assert json.loads(render(TRANSCRIPT, "onnx") or "") == native
     parakeet = json.loads(render(TRANSCRIPT, "parakeet") or "")
     assert (parakeet["type"], parakeet["text"]) == ("partial", "hello world")
-    final = {**TRANSCRIPT, "is_partial": False, "is_final": True}
+    final = msgspec.structs.replace(TRANSCRIPT, is_partial=False, is_final=True)
     assert json.loads(render(final, "parakeet") or "")["type"] == "final"
-    interrupt = {"type": "interrupt", "session_id": "s"}
-    assert json.loads(render(interrupt, "parakeet") or "") == interrupt
-    closed = {"type": "session_closed", "session_id": "s"}
+    interrupt = Interrupt(session_id="s", timestamp=0.0, speaker_id=None)
+    assert json.loads(render(interrupt, "parakeet") or "") == wire(interrupt)
+    closed = SessionClosed(
+        session_id="s", reason="end", timestamp=0.0, speaker_id=None, utterances=0
+    )
     assert render(closed, "native") is not None
     assert render(closed, "parakeet") is None and render(closed, "onnx") is None
+
+
+def _frame_before_typing(message: dict, dialect: str) -> str | None:
+    """How the gateway rendered the worker's decoded msgpack map before it was typed."""
+    kind = message.get("type")
+    if kind == "session_closed" and dialect != "native":
+        return None
+    if kind == "transcript":
+        message = {**message, "text": message.get("transcript", "")}
+        if dialect == "parakeet":
+            message["type"] = "final" if message.get("is_final") else "partial"
+    return msgspec.json.encode(message).decode()
+
+
+@settings(max_examples=300, deadline=None)
+@given(server_messages, st.sampled_from(["native", "parakeet", "onnx"]))
+def test_frames_are_byte_for_byte_what_they_were(message: object, dialect: str) -> None:
+    payload = encode_server_message(message)  # type: ignore[arg-type]
+    decoded = decode_server_message(payload)
+    assert render(decoded, dialect) == _frame_before_typing(wire(message), dialect)  # type: ignore[arg-type]
+
+
+def test_the_gateways_own_frames_keep_their_shape() -> None:
+    empty = render(EmptyFinal(session_id="s~2"), "native")
+    assert empty == (
+        '{"type":"transcript","session_id":"s~2","transcript":"","is_partial":false,'
+        '"is_final":true,"end_reason":"end","text":""}'
+    )
+    assert json.loads(render(EmptyFinal(session_id="s"), "parakeet") or "")["type"] == "final"
+    error = GatewayError(code=ErrorCode.SESSION_ENDED, message="no", session_id=None)
+    assert render(error, "parakeet") == (
+        '{"type":"error","code":"session_ended","message":"no","session_id":null}'
+    )
+    assert not is_partial(EmptyFinal(session_id="s")) and is_partial(TRANSCRIPT)
 
 
 def test_outbox_drops_partials_first_and_refuses_to_drop_finals() -> None:

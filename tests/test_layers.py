@@ -52,7 +52,6 @@ def test_the_core_does_no_io_and_depends_on_nothing_above_it(path: Path):
             assert module.startswith("stt_worker.core"), f"{path.name} imports {module}"
 
 
-@pytest.mark.xfail(reason="issue 15 in progress: edges still import nats", strict=False)
 def test_only_the_runtime_imports_nats():
     outside = [
         f"{path.relative_to(PACKAGE)} imports {module}"

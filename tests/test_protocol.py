@@ -1,9 +1,10 @@
-"""Wire protocol: round trips, and random bytes and values never escape as anything but
-`ProtocolError` with a stable code."""
+"""Wire protocol both ways: round trips, and random bytes and values never escape as anything
+but `ProtocolError` with a stable code."""
 
 from __future__ import annotations
 
 import msgpack
+import pytest
 from hypothesis import given, settings
 from hypothesis import strategies as st
 
@@ -11,14 +12,20 @@ from stt_worker.core.errors import ProtocolError
 from stt_worker.core.protocol import (
     Chunk,
     End,
+    Error,
     ErrorCode,
+    Interrupt,
+    SessionClosed,
     Start,
     StateChange,
+    Transcription,
     chunk_pcm_bytes,
     decode_client_message,
+    decode_server_message,
     encode_client_message,
+    encode_server_message,
 )
-from tests.strategies import typed_maps
+from tests.strategies import server_maps, server_messages, typed_maps
 
 CODES = {code.value for code in ErrorCode}
 
@@ -62,3 +69,74 @@ def test_seed_start_and_unknown_extra_fields():
     assert decode_client_message(msgpack.packb({"type": "start"})) == Start()
     newer = {"type": "chunk", "audio_b64": "AAA=", "timestamp": 1.5, "codec": "pcm16"}
     assert chunk_pcm_bytes(decode_client_message(msgpack.packb(newer))) == b"\0\0"
+
+
+# ---------------------------------------------------------------- output
+
+
+def _decode_server(payload: bytes) -> None:
+    try:
+        message = decode_server_message(payload)
+    except ProtocolError as exc:
+        assert exc.code in CODES and exc.message
+        return
+    assert isinstance(message, Transcription | Interrupt | Error | SessionClosed)
+
+
+@settings(max_examples=500, deadline=None)
+@given(server_messages)
+def test_server_messages_round_trip(message):
+    assert decode_server_message(encode_server_message(message)) == message
+
+
+@settings(max_examples=1500, deadline=None)
+@given(st.binary(max_size=64))
+def test_random_bytes_raise_only_protocol_errors_from_the_server_decoder(payload):
+    _decode_server(payload)
+
+
+@settings(max_examples=1500, deadline=None)
+@given(server_maps)
+def test_random_server_maps_raise_only_protocol_errors(message):
+    _decode_server(msgpack.packb(message, use_bin_type=True))
+
+
+SEED_RESULT = {
+    "session_id": "s1",
+    "transcript": "hello",
+    "sequence": 0,
+    "is_partial": False,
+    "is_final": True,
+    "timestamp": 1.5,
+    "speaker_id": None,
+    "has_voice_activity": True,
+    "state": "listening",
+}
+
+
+def test_the_seeds_typeless_result_is_a_transcription_and_extra_fields_are_ignored():
+    seed = decode_server_message(msgpack.packb(SEED_RESULT))
+    assert seed == Transcription(**SEED_RESULT)  # type: ignore[arg-type]
+    assert seed.type == "transcript"
+    newer = {**SEED_RESULT, "type": "interrupt", "confidence": 0.9, "words": [1, 2]}
+    assert decode_server_message(msgpack.packb(newer)) == Interrupt(
+        "s1", 1.5, None, transcript="hello"
+    )
+
+
+@pytest.mark.parametrize(
+    ("payload", "code"),
+    [
+        (b"\xc1", "malformed_msgpack"),
+        (msgpack.packb([1, 2]), "not_a_map"),
+        (msgpack.packb({**SEED_RESULT, "type": "partial"}), "unknown_type"),
+        (msgpack.packb({**SEED_RESULT, "type": 7}), "unknown_type"),
+        (msgpack.packb({**SEED_RESULT, "is_final": "yes"}), "invalid_field"),
+        (msgpack.packb({"session_id": "s1"}), "invalid_field"),
+        (msgpack.packb({"type": "error", "session_id": "s1"}), "invalid_field"),
+    ],
+)
+def test_server_messages_that_are_not_raise_with_a_code(payload: bytes, code: str):
+    with pytest.raises(ProtocolError) as error:
+        decode_server_message(payload)
+    assert error.value.code == code

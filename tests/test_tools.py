@@ -10,19 +10,32 @@ import asyncio
 import base64
 import json
 import math
+import signal
+import sys
 import time
 import uuid
 import wave
 from pathlib import Path
 
 import msgpack
+import msgspec
 import nats
 import numpy as np
 import pytest
+from hypothesis import given, settings
 from nats.aio.client import Client
 from nats.aio.msg import Msg
 from nats.aio.subscription import Subscription
 
+from stt_worker.core.protocol import (
+    Error,
+    Interrupt,
+    SessionClosed,
+    Transcription,
+    decode_server_message,
+    encode_server_message,
+)
+from stt_worker.runtime.bus import deliver
 from stt_worker.runtime.nats_server import NatsServer, NatsServerError
 from stt_worker.runtime.publisher import (
     StreamStats,
@@ -31,9 +44,12 @@ from stt_worker.runtime.publisher import (
     read_wav,
     stream_file,
 )
-from stt_worker.tools.cli import find_sample_audio, main, render_payload
-from stt_worker.tools.console import format_message
+from stt_worker.tools.cli import main
+from stt_worker.tools.console import format_delivery, format_message
+from stt_worker.tools.demo import find_sample_audio
+from stt_worker.tools.tail import render_json, render_line
 from tests.helpers import SPEECH_DIR
+from tests.strategies import server_messages
 
 
 def sid() -> str:
@@ -271,18 +287,34 @@ def test_send_time_for_maps_an_offset_to_the_chunk_that_completed_it():
 # ---------------------------------------------------------------- console and CLI
 
 
-def transcript(**fields: object) -> dict:
-    base = {
-        "type": "transcript",
-        "session_id": "s1",
-        "transcript": " hello there",
-        "sequence": 3,
-        "is_partial": True,
-        "is_final": False,
-        "utterance_id": 1,
-        "speaker_id": None,
-    }
-    return base | fields
+def transcript(**fields: object) -> Transcription:
+    base = Transcription(
+        session_id="s1",
+        transcript=" hello there",
+        sequence=3,
+        is_partial=True,
+        is_final=False,
+        timestamp=0.0,
+        speaker_id=None,
+        has_voice_activity=True,
+        state="listening",
+        utterance_id=1,
+    )
+    return msgspec.structs.replace(base, **fields)
+
+
+# The seed's result: its nine fields, no `type`, no utterance id.
+SEED_RESULT = {
+    "session_id": "s1",
+    "transcript": "",
+    "sequence": 0,
+    "is_partial": False,
+    "is_final": True,
+    "timestamp": 0.0,
+    "speaker_id": None,
+    "has_voice_activity": False,
+    "state": "listening",
+}
 
 
 def test_format_message_renders_each_type():
@@ -293,16 +325,18 @@ def test_format_message_renders_each_type():
         == "[s1] ✔ hello there  (seq 4, utt 1, speaker ann, 0.42 s after last audio)"
     )
     assert format_message(final, color=False).endswith("(seq 4, utt 1, speaker ann)")
-    seed_style = {"session_id": "s1", "transcript": "", "sequence": 0, "is_final": True}
+    seed_style = decode_server_message(msgpack.packb(SEED_RESULT))
     assert format_message(seed_style, color=False) == "[s1] ✔ (no speech)  (seq 0)"
-    interrupt = {"type": "interrupt", "session_id": "s1", "utterance_id": 2, "speaker_id": None}
+    interrupt = Interrupt(session_id="s1", timestamp=0.0, speaker_id=None, utterance_id=2)
     assert format_message(interrupt, color=False) == "[s1] ⚡ interrupt  (utt 2)"
-    error = {"type": "error", "session_id": "s1", "code": "invalid_audio", "message": "bad b64"}
+    error = Error(session_id="s1", code="invalid_audio", message="bad b64", timestamp=0.0)
     assert format_message(error, color=False) == "[s1] ✖ invalid_audio: bad b64"
-    closed = {"type": "session_closed", "session_id": "s1", "reason": "end", "utterances": 3}
+    closed = SessionClosed(
+        session_id="s1", reason="end", timestamp=0.0, speaker_id=None, utterances=3
+    )
     assert format_message(closed, color=False) == "[s1] ■ session closed  (end, 3 utterances)"
     odd = {"type": "mystery", "session_id": "s1", "blob": b"\0" * 99, "note": "x" * 200}
-    line = format_message(odd, color=False)
+    line = format_delivery(deliver("ai.voice.transcription.s1", msgpack.packb(odd)), color=False)
     assert line.startswith("[s1] ? mystery blob=<99 bytes> note='xxx") and len(line) < 120
 
 
@@ -312,14 +346,25 @@ def test_colour_only_when_asked_or_on_a_terminal(capsys: pytest.CaptureFixture[s
 
 
 def test_tail_rendering_of_payloads():
-    payload = msgpack.packb(transcript(is_final=True))
-    assert json.loads(render_payload("ai.voice.transcription.s1", payload, as_json=True))[
-        "is_final"
-    ]
-    assert render_payload("ai.voice.transcription.s1", payload, as_json=False).startswith("[s1] ✔")
-    assert render_payload("ai.voice.transcription.s9", b"\xc1", as_json=False) == (
+    payload = encode_server_message(transcript(is_final=True))
+    assert json.loads(render_json(deliver("ai.voice.transcription.s1", payload)))["is_final"]
+    assert render_line(deliver("ai.voice.transcription.s1", payload)).startswith("[s1] ✔")
+    assert render_line(deliver("ai.voice.transcription.s9", b"\xc1")) == (
         "[s9] ? undecodable size_bytes=1"
     )
+    assert render_json(deliver("ai.voice.transcription.s9", b"\xc1")) == (
+        '{"type":"undecodable","size_bytes":1,"session_id":"s9"}'
+    )
+
+
+@settings(max_examples=200, deadline=None)
+@given(server_messages)
+def test_tail_json_is_the_wire_map_as_json(message):
+    """`tail --json` printed the decoded msgpack map; the typed message prints the same."""
+    payload = encode_server_message(message)
+    wire_map = msgspec.msgpack.decode(payload)
+    delivery = deliver(f"ai.voice.transcription.{message.session_id}", payload)
+    assert render_json(delivery) == msgspec.json.encode(wire_map).decode()
 
 
 async def test_cli_stream_publishes_to_a_running_nats(nc: Client, nats_url: str, tmp_path: Path):
@@ -390,3 +435,39 @@ def test_demo_sample_audio_is_found_or_overridden(tmp_path: Path, monkeypatch: p
     assert find_sample_audio().name == "conv_3utt_2s_1s.wav"
     monkeypatch.setenv("STT_SAMPLE_AUDIO", str(tmp_path / "mine.wav"))
     assert find_sample_audio() == tmp_path / "mine.wav"
+
+
+@pytest.mark.parametrize(
+    ("options", "shown"),
+    [
+        pytest.param([], "[tail-1] ✔ hello  (seq 1, utt 2, speaker ann)", id="lines"),
+        pytest.param(["--json"], '{"session_id":"tail-1","transcript":"hello",', id="json"),
+    ],
+)
+async def test_cli_tail_prints_what_is_published(
+    nc: Client, nats_url: str, options: list[str], shown: str
+):
+    process = await asyncio.create_subprocess_exec(
+        *(sys.executable, "-m", "stt_worker.tools.cli", "tail", "--nats-url", nats_url),
+        *options,
+        stdout=asyncio.subprocess.PIPE,
+        stderr=asyncio.subprocess.PIPE,
+    )
+    assert process.stdout is not None and process.stderr is not None
+    try:
+        async with asyncio.timeout(30):
+            assert b"listening on ai.voice.transcription.>" in await process.stderr.readline()
+            result = transcript(session_id="tail-1", is_final=True, sequence=1, utterance_id=2)
+            result = msgspec.structs.replace(result, transcript="hello", speaker_id="ann")
+            await nc.publish("ai.voice.transcription.tail-1", encode_server_message(result))
+            await nc.publish("ai.voice.transcription.tail-2", b"\xc1")
+            await nc.flush()
+            first = (await process.stdout.readline()).decode()
+            second = (await process.stdout.readline()).decode()
+        assert first.startswith(shown)
+        assert "undecodable" in second and "tail-2" in second
+    finally:
+        if process.returncode is None:
+            process.send_signal(signal.SIGINT)
+        async with asyncio.timeout(30):
+            assert await process.wait() == 0

@@ -1,19 +1,224 @@
-"""Exception tree of the worker; each carries the stable ``code`` published to clients.
+"""Every error code the project sends, once, and the worker's exception tree.
 
-SttError
-├── ProtocolError        a message we cannot accept (bad msgpack, wrong field, ...)
-├── EngineError          the speech engine failed on an utterance
-│   └── ModelNotFoundError   the configured model is not available locally
-└── OverloadedError      a bound was reached (sessions, queued inferences)
+`ErrorCode` is the registry: each member is a code's string (stable: clients switch on it),
+who emits it (`Emitter`) and what it means in one line. The worker publishes the codes in
+``error`` messages, the gateway in ``error`` frames (it also forwards the worker's), and the
+whisper-server in OpenAI-shaped error bodies. ``docs/errors.md`` is generated from it
+(``python -m stt_worker.tools.error_docs``).
+
+The exceptions carry a code (their class's default unless given)::
+
+    SttError                 internal_error
+    ├── ProtocolError        invalid_message: a message we cannot accept (bad msgpack, ...)
+    ├── EngineError          engine_error: the speech engine failed on an utterance
+    │   └── ModelNotFoundError   model_not_found: the model is not available locally
+    └── OverloadedError      overloaded: a bound was reached (sessions, queued inferences)
+
+The runtime adds ``BusError`` (NATS failed; ``ConnectError`` when connecting), code
+``nats_unavailable``.
 """
 
 from __future__ import annotations
+
+import enum
+
+
+class Emitter(enum.Flag):
+    """Who sends a code to its clients."""
+
+    WORKER = enum.auto()
+    GATEWAY = enum.auto()
+    WHISPER_SERVER = enum.auto()
+
+    @property
+    def names(self) -> list[str]:
+        """``["worker", "gateway"]``: the emitters in this set, as the docs name them."""
+        return [str(each.name).lower().replace("_", "-") for each in type(self) if each in self]
+
+
+_W = Emitter.WORKER
+_G = Emitter.GATEWAY
+_S = Emitter.WHISPER_SERVER
+
+
+@enum.unique
+class ErrorCode(enum.StrEnum):
+    """The stable codes: ``NAME = code, who emits it, what it means``."""
+
+    emitters: Emitter
+    meaning: str
+
+    def __new__(cls, value: str, emitters: Emitter, meaning: str) -> ErrorCode:
+        member = str.__new__(cls, value)
+        member._value_ = value
+        member.emitters = emitters
+        member.meaning = meaning
+        return member
+
+    # Messages that cannot be read (NATS msgpack, gateway JSON controls).
+    MALFORMED_MSGPACK = "malformed_msgpack", _W, "The payload is not valid msgpack."
+    MALFORMED_JSON = "malformed_json", _G, "A text frame is neither JSON nor a control word."
+    NOT_A_MAP = "not_a_map", _W | _G, "The message is not a msgpack map (a JSON object)."
+    MISSING_TYPE = "missing_type", _W | _G, "The message has no `type` field."
+    UNKNOWN_TYPE = "unknown_type", _W | _G, "The `type` (or control word) is not one we know."
+    INVALID_FIELD = (
+        "invalid_field",
+        _W | _G,
+        "A field (or a gateway query parameter) has the wrong type or an unaccepted value.",
+    )
+    INVALID_MESSAGE = (
+        "invalid_message",
+        _W | _G,
+        "A message not accepted, with no more specific code (`ProtocolError`'s default).",
+    )
+    INVALID_SESSION_ID = (
+        "invalid_session_id",
+        _W | _G,
+        "The session id is too long, unfit for a subject, holds '~' or is in use (gateway).",
+    )
+
+    # Audio.
+    INVALID_AUDIO = (
+        "invalid_audio",
+        _W | _G | _S,
+        "Audio that cannot be used: bad base64, an odd PCM16 byte count, an undecodable file.",
+    )
+    MISSING_AUDIO = (
+        "missing_audio",
+        _W,
+        "A `chunk` or `playback` has neither `audio` nor `audio_b64`.",
+    )
+    UNSUPPORTED_AUDIO_FORMAT = (
+        "unsupported_audio_format",
+        _W | _G,
+        "The sample rate is outside 8-192 kHz or the channel count outside 1-8.",
+    )
+    CHUNK_TOO_LARGE = (
+        "chunk_too_large",
+        _W | _G,
+        "An audio message or frame is larger than `STT_MAX_CHUNK_BYTES`.",
+    )
+    CHUNK_OUT_OF_ORDER = (
+        "chunk_out_of_order",
+        _W,
+        "A chunk's `seq` repeats or comes late; that chunk is not used.",
+    )
+    AUDIO_DROPPED = (
+        "audio_dropped",
+        _W,
+        "The worker's NATS client dropped a message of the session (slow consumer).",
+    )
+    ECHO_CANCELLATION_UNAVAILABLE = (
+        "echo_cancellation_unavailable",
+        _W,
+        "A `playback` came but echo cancellation is not installed; it is ignored.",
+    )
+
+    # Sessions and bounds.
+    UNKNOWN_SESSION = "unknown_session", _W, "An `end` for a session the worker does not have."
+    TOO_MANY_SESSIONS = (
+        "too_many_sessions",
+        _W,
+        "`STT_MAX_SESSIONS` sessions are open; this one is refused.",
+    )
+    OVERLOADED = (
+        "overloaded",
+        _W | _G | _S,
+        "A bound was reached: queued finals, a connection's pending sessions, the server's queue.",
+    )
+    SHUTTING_DOWN = (
+        "shutting_down",
+        _W,
+        "Reserved for a worker that refuses work while it drains; not sent at present.",
+    )
+    SESSION_ENDED = "session_ended", _G, "Frames after `end` are not used (said once)."
+    TOO_MANY_CONNECTIONS = (
+        "too_many_connections",
+        _G,
+        "`STT_GATEWAY_MAX_CONNECTIONS` connections are open; closed with 1013.",
+    )
+    CLIENT_TOO_SLOW = (
+        "client_too_slow",
+        _G,
+        "Reserved: a client too slow to take its finals is closed with 1013, not told.",
+    )
+
+    # Access and the bus.
+    FORBIDDEN_ORIGIN = (
+        "forbidden_origin",
+        _G,
+        "The browser's Origin is neither the gateway's nor in `STT_GATEWAY_ALLOWED_ORIGINS`.",
+    )
+    UNAUTHORIZED = "unauthorized", _G, "The token is missing or wrong (`STT_GATEWAY_TOKEN`)."
+    NATS_UNAVAILABLE = (
+        "nats_unavailable",
+        _G,
+        "NATS is unreachable, refused the credentials, or was lost (a worker or tool exits).",
+    )
+
+    # Speech engines.
+    ENGINE_ERROR = "engine_error", _W | _S, "The speech engine failed on an utterance."
+    MODEL_NOT_FOUND = (
+        "model_not_found",
+        _W | _S,
+        "The configured Whisper model is not available locally (the process exits at startup).",
+    )
+    BACKEND_UNAVAILABLE = (
+        "backend_unavailable",
+        _W,
+        "HTTP engine: the backend is unreachable, timed out, or stayed overloaded after retries.",
+    )
+    BACKEND_REJECTED = (
+        "backend_rejected",
+        _W,
+        "HTTP engine: the backend answered another error status (not retried).",
+    )
+    BACKEND_BAD_RESPONSE = (
+        "backend_bad_response",
+        _W,
+        "HTTP engine: the backend answered 2xx without a usable transcript.",
+    )
+
+    # The whisper-server's requests.
+    UNSUPPORTED_MEDIA_TYPE = (
+        "unsupported_media_type",
+        _S,
+        "The request body is not `multipart/form-data` (415).",
+    )
+    UNSUPPORTED_RESPONSE_FORMAT = (
+        "unsupported_response_format",
+        _S,
+        "`response_format` is not `json`, `verbose_json` or `text`.",
+    )
+    UNSUPPORTED_LANGUAGE = (
+        "unsupported_language",
+        _S,
+        "`language` is not a Whisper language code.",
+    )
+    NO_FILE = "no_file", _S, "The form has no `file` part with the audio."
+    EMPTY_AUDIO = "empty_audio", _S, "The uploaded file is empty or holds no audio samples."
+    FILE_TOO_LARGE = (
+        "file_too_large",
+        _S,
+        "The request body exceeds `WHISPER_SERVER_MAX_UPLOAD_BYTES` (413).",
+    )
+    AUDIO_TOO_LONG = (
+        "audio_too_long",
+        _S,
+        "The audio is longer than `WHISPER_SERVER_MAX_AUDIO_S` (413).",
+    )
+
+    INTERNAL_ERROR = (
+        "internal_error",
+        _W | _S,
+        "An unexpected failure (a bug); the message says what.",
+    )
 
 
 class SttError(Exception):
     """Base of every error the worker reports to a client."""
 
-    code = "internal_error"
+    code: str = ErrorCode.INTERNAL_ERROR
 
     def __init__(self, message: str, *, code: str | None = None) -> None:
         super().__init__(message)
@@ -26,16 +231,16 @@ class SttError(Exception):
 
 
 class ProtocolError(SttError):
-    code = "invalid_message"
+    code = ErrorCode.INVALID_MESSAGE
 
 
 class EngineError(SttError):
-    code = "engine_error"
+    code = ErrorCode.ENGINE_ERROR
 
 
 class ModelNotFoundError(EngineError):
-    code = "model_not_found"
+    code = ErrorCode.MODEL_NOT_FOUND
 
 
 class OverloadedError(SttError):
-    code = "overloaded"
+    code = ErrorCode.OVERLOADED

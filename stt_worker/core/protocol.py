@@ -3,19 +3,22 @@
 Input on ``ai.voice.stream.{session_id}``: ``start``, ``chunk``, ``state_change``, ``end``.
 Output on ``ai.voice.transcription.{session_id}``: transcription results (the seed's fields
 plus additive ones), ``interrupt``, and the additive ``error`` and ``session_closed``.
-Unknown extra fields in input are ignored so that newer publishers keep working.
+Both ways are typed: the worker decodes input with `decode_client_message` and encodes
+output with `encode_server_message`; clients (the gateway, the tools, the evaluation) decode
+output with `decode_server_message`. Unknown extra fields are ignored both ways, so that
+newer publishers and newer workers keep older peers working.
 """
 
 from __future__ import annotations
 
 import binascii
-import enum
 import re
 from typing import Annotated, Any, Literal
 
 import msgspec
 
-from stt_worker.core.errors import ProtocolError
+# `ErrorCode` is imported from here too: the registry lives in errors.py.
+from stt_worker.core.errors import ErrorCode, ProtocolError
 
 State = Literal["listening", "responding"]
 # Why a session closed: `end`, idle eviction, worker shutdown (drain), or its life reached
@@ -45,30 +48,6 @@ def whisper_language(tag: str | None) -> str | None:
 # itself delivers `*`, `>`, control and non-ASCII characters published as literal tokens,
 # so the worker cannot rely on the server to keep them out.
 SESSION_ID_PATTERN = re.compile(r"[!-)+-=?-~]+")
-
-
-class ErrorCode(enum.StrEnum):
-    """Stable error codes published in ``error`` messages; clients may switch on them."""
-
-    MALFORMED_MSGPACK = "malformed_msgpack"
-    NOT_A_MAP = "not_a_map"
-    MISSING_TYPE = "missing_type"
-    UNKNOWN_TYPE = "unknown_type"
-    INVALID_FIELD = "invalid_field"
-    INVALID_AUDIO = "invalid_audio"
-    MISSING_AUDIO = "missing_audio"
-    UNSUPPORTED_AUDIO_FORMAT = "unsupported_audio_format"
-    CHUNK_TOO_LARGE = "chunk_too_large"
-    CHUNK_OUT_OF_ORDER = "chunk_out_of_order"
-    UNKNOWN_SESSION = "unknown_session"
-    AUDIO_DROPPED = "audio_dropped"
-    TOO_MANY_SESSIONS = "too_many_sessions"
-    OVERLOADED = "overloaded"
-    ENGINE_ERROR = "engine_error"
-    SHUTTING_DOWN = "shutting_down"
-    ECHO_CANCELLATION_UNAVAILABLE = "echo_cancellation_unavailable"
-    INVALID_SESSION_ID = "invalid_session_id"
-    INTERNAL_ERROR = "internal_error"
 
 
 # ---------------------------------------------------------------- input
@@ -275,6 +254,51 @@ _encoder = msgspec.msgpack.Encoder()
 
 def encode_server_message(message: ServerMessage) -> bytes:
     return _encoder.encode(message)
+
+
+class _Kind(msgspec.Struct):
+    """Only a server message's ``type``: which typed decoder reads the rest."""
+
+    type: str | None = None
+
+
+_kind_decoder = msgspec.msgpack.Decoder(_Kind)
+# The structs are not tagged: the seed's transcription results have no `type` on the wire,
+# so a map without one (or with a nil one) is a transcription, as it always was.
+_server_decoders: dict[str | None, msgspec.msgpack.Decoder[Any]] = {
+    None: msgspec.msgpack.Decoder(Transcription),
+    "transcript": msgspec.msgpack.Decoder(Transcription),
+    "interrupt": msgspec.msgpack.Decoder(Interrupt),
+    "error": msgspec.msgpack.Decoder(Error),
+    "session_closed": msgspec.msgpack.Decoder(SessionClosed),
+}
+_SERVER_TYPES = sorted(kind for kind in _server_decoders if kind is not None)
+
+
+def decode_server_message(data: bytes) -> ServerMessage:
+    """Decode one output message or raise `ProtocolError` with a stable code."""
+    try:
+        kind = _kind_decoder.decode(data).type
+        decoder = _server_decoders.get(kind)
+        if decoder is None:
+            raise ProtocolError(
+                f"unknown message type {kind!r}; expected one of {_SERVER_TYPES}",
+                code=ErrorCode.UNKNOWN_TYPE,
+            )
+        message: ServerMessage = decoder.decode(data)
+        return message
+    except msgspec.ValidationError as exc:
+        try:
+            raw = _any_decoder.decode(data)
+        except _MALFORMED as malformed:
+            raise _malformed(malformed) from exc
+        if isinstance(raw, dict) and raw.get("type") is None:
+            raise ProtocolError(
+                f"invalid transcript message: {exc}", code=ErrorCode.INVALID_FIELD
+            ) from exc
+        raise classify_invalid(raw, exc, types=_SERVER_TYPES) from exc
+    except _MALFORMED as exc:
+        raise _malformed(exc) from exc
 
 
 def encode_client_message(message: ClientMessage) -> bytes:

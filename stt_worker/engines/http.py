@@ -44,7 +44,7 @@ import numpy as np
 
 from stt_worker.config import Settings
 from stt_worker.core.audio import SAMPLE_RATE_HZ
-from stt_worker.core.errors import EngineError
+from stt_worker.core.errors import EngineError, ErrorCode
 from stt_worker.engines.base import (
     Audio,
     DecodeOptions,
@@ -105,7 +105,7 @@ class BadResponseError(ValueError):
 class _Failure:
     """One failed attempt: what happened, and whether another attempt could help."""
 
-    code: str
+    code: ErrorCode
     reason: str
     retryable: bool
     retry_after_s: float | None = None
@@ -324,7 +324,9 @@ class HttpEngine(Engine):
         if isinstance(outcome, httpx.Response):
             status = f"HTTP {outcome.status_code} {outcome.reason_phrase}".rstrip()
             if outcome.status_code not in RETRYABLE_STATUS:
-                return _Failure("backend_rejected", f"{status}: {_snippet(outcome.text)}", False)
+                return _Failure(
+                    ErrorCode.BACKEND_REJECTED, f"{status}: {_snippet(outcome.text)}", False
+                )
             retry_after_s = None
             if outcome.status_code in RETRY_AFTER_STATUS:
                 retry_after_s = parse_retry_after(outcome.headers.get("retry-after"))
@@ -335,25 +337,27 @@ class HttpEngine(Engine):
                     f"{status} with Retry-After {retry_after_s:.1f} s, longer than "
                     f"WHISPER_HTTP_MAX_BACKOFF_S ({self._max_backoff_s:g} s)"
                 )
-                return _Failure("backend_unavailable", reason, False)
+                return _Failure(ErrorCode.BACKEND_UNAVAILABLE, reason, False)
             reason = f"{status}: {_snippet(outcome.text)}"  # the body often says why
-            return _Failure("backend_unavailable", reason, True, retry_after_s)
+            return _Failure(ErrorCode.BACKEND_UNAVAILABLE, reason, True, retry_after_s)
         if isinstance(outcome, BadResponseError | httpx.DecodingError):
-            return _Failure("backend_bad_response", _describe(outcome), False)
+            return _Failure(ErrorCode.BACKEND_BAD_RESPONSE, _describe(outcome), False)
         if isinstance(outcome, httpx.TimeoutException):
             connecting = isinstance(outcome, httpx.ConnectTimeout)
             limit_s = self._timeout.connect if connecting else self._timeout.read
-            return _Failure("backend_unavailable", f"{_describe(outcome)} after {limit_s} s", True)
+            return _Failure(
+                ErrorCode.BACKEND_UNAVAILABLE, f"{_describe(outcome)} after {limit_s} s", True
+            )
         if isinstance(outcome, httpx.NetworkError | httpx.RemoteProtocolError):
-            return _Failure("backend_unavailable", _describe(outcome), True)
-        return _Failure("backend_unavailable", _describe(outcome), False)
+            return _Failure(ErrorCode.BACKEND_UNAVAILABLE, _describe(outcome), True)
+        return _Failure(ErrorCode.BACKEND_UNAVAILABLE, _describe(outcome), False)
 
     def _error(self, failure: _Failure, attempts: int) -> EngineError:
         """The one place that turns the last failure into the error a client sees."""
         tried = f"{attempts} attempt{'s' if attempts != 1 else ''}"
-        if failure.code == "backend_rejected":
+        if failure.code == ErrorCode.BACKEND_REJECTED:
             what = f"rejected the request: {failure.reason} ({tried}, not retried)"
-        elif failure.code == "backend_bad_response":
+        elif failure.code == ErrorCode.BACKEND_BAD_RESPONSE:
             what = f"sent an unusable response: {failure.reason} ({tried}, not retried)"
         else:
             what = f"is unavailable: {failure.reason}; gave up after {tried}"

@@ -58,12 +58,6 @@ class Clip:
 
 
 @dataclass(frozen=True, slots=True)
-class Received:
-    message: dict[str, Any]
-    received_at: float  # time.time(), the clock StreamStats uses
-
-
-@dataclass(frozen=True, slots=True)
 class FinalResult:
     utterance_id: int
     audio_start_s: float

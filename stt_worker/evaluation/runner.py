@@ -21,13 +21,12 @@ from dataclasses import dataclass
 from datetime import UTC, datetime
 from typing import Any
 
-import msgspec
-from nats.aio.client import Client as NatsClient
 from pydantic import SecretStr
 
 from stt_worker.config import Settings, load_settings
 from stt_worker.core.audio import SAMPLE_RATE_HZ, pcm16_to_float32
-from stt_worker.core.errors import EngineError
+from stt_worker.core.errors import EngineError, ProtocolError
+from stt_worker.core.protocol import Error, SessionClosed, Transcription
 from stt_worker.core.vad import FRAME_MS
 from stt_worker.engines import create_engine
 from stt_worker.engines.base import DecodeOptions, LocalEngine
@@ -47,7 +46,6 @@ from stt_worker.evaluation.results import (
     EvalReport,
     FinalResult,
     PartialResult,
-    Received,
     Spread,
     Stability,
     Summary,
@@ -55,6 +53,8 @@ from stt_worker.evaluation.results import (
 )
 from stt_worker.evaluation.stability import partial_stability
 from stt_worker.evaluation.textnorm import corpus_wer, wer
+from stt_worker.runtime import bus
+from stt_worker.runtime.bus import Delivery, NatsClient
 from stt_worker.runtime.connection import TOOL, connect
 from stt_worker.runtime.nats_server import NatsServer
 from stt_worker.runtime.publisher import StreamStats, stream_file
@@ -218,36 +218,36 @@ def settings_env(settings: Settings) -> dict[str, str]:
 
 async def stream_clip(
     nc: NatsClient, settings: Settings, clip: Clip, session_id: str, speed: float
-) -> tuple[StreamStats, list[Received], bool]:
+) -> tuple[StreamStats, list[Delivery], bool]:
     """Stream one clip as one session; every message until session_closed, and whether it came."""
-    sub = await nc.subscribe(f"{settings.transcription_subject_prefix}.{session_id}")
-    await nc.flush()  # subscribed before the first chunk leaves
     stats = StreamStats()
-    received: list[Received] = []
+    received: list[Delivery] = []
+    subject = f"{settings.transcription_subject_prefix}.{session_id}"
+    # Subscribed before the first chunk leaves.
+    async with bus.deliveries(nc, subject) as deliveries:
 
-    async def collect() -> bool:
-        async for msg in sub.messages:
-            message = msgspec.msgpack.decode(msg.data)
-            received.append(Received(message, time.time()))
-            if message.get("type") == "session_closed":
-                return True
-        return False
+        async def collect() -> bool:
+            async for delivery in deliveries:
+                received.append(delivery)
+                if isinstance(delivery.message, SessionClosed):
+                    return True
+            return False
 
-    # The worker subscribes to e.g. "ai.voice.stream.*"; publishers send to prefix + id.
-    prefix = settings.stream_subject.removesuffix(".*").removesuffix(".>")
-    try:
         async with asyncio.TaskGroup() as tasks:
             collector = tasks.create_task(collect())
             await stream_file(
-                nc, session_id, clip.path, speed=speed, subject_prefix=prefix, stats=stats
+                nc,
+                session_id,
+                clip.path,
+                speed=speed,
+                subject_prefix=bus.stream_prefix(settings),
+                stats=stats,
             )
             try:
                 async with asyncio.timeout(RESULTS_TIMEOUT_S):
                     closed = await collector
             except TimeoutError:
                 closed = False
-    finally:
-        await sub.unsubscribe()
     return stats, received, closed
 
 
@@ -266,31 +266,32 @@ async def measure_clip(
     errors: list[str] = []
     for item in received:
         message = item.message
-        if message.get("type") == "error":
-            errors.append(f"{message.get('code')}: {message.get('message')}")
-        if message.get("type") != "transcript":
+        if isinstance(message, Error | ProtocolError):
+            # A result that could not be read is reported as the worker's errors are.
+            errors.append(f"{message.code}: {message.message}")
+        if not isinstance(message, Transcription):
             continue
-        start_s, end_s = float(message["audio_start_s"]), float(message["audio_end_s"])
+        start_s, end_s = message.audio_start_s, message.audio_end_s
         sent = stats.send_time_for(end_s)
         if sent is None:
             errors.append(f"no chunk sent for audio_end_s={end_s}")
             continue
         latency_ms = (item.received_at - sent) * 1000
-        text = str(message["transcript"]).strip()
-        if not message["is_final"]:
+        text = message.transcript.strip()
+        if not message.is_final:
             partials.append(
                 PartialResult(
-                    int(message["utterance_id"]),
+                    message.utterance_id,
                     end_s,
                     latency_ms,
-                    float(message["inference_ms"]),
+                    message.inference_ms,
                     item.received_at,
                     text,
                 )
             )
             continue
         silence = trailing_silence_frames(clip, start_s, end_s)
-        ended_by = str(message.get("end_reason") or "-")
+        ended_by = message.end_reason or "-"
         speech_end_s = end_s - silence * FRAME_MS / 1000
         speech_sent = stats.send_time_for(speech_end_s) or sent
         if ended_by == "size":
@@ -319,7 +320,7 @@ async def measure_clip(
         endpoint_ms = _wall_ms(settings.endpoint_silence_ms, speed)
         finals.append(
             FinalResult(
-                utterance_id=int(message["utterance_id"]),
+                utterance_id=message.utterance_id,
                 audio_start_s=start_s,
                 audio_end_s=end_s,
                 ended_by=ended_by,
@@ -327,7 +328,7 @@ async def measure_clip(
                 speech_end_s=round(speech_end_s, 3),
                 latency_last_chunk_ms=latency_ms,
                 latency_speech_end_ms=eos_latency_ms,
-                inference_ms=float(message["inference_ms"]),
+                inference_ms=message.inference_ms,
                 bare_inference_ms=bare_ms,
                 eos_bound_ms=endpoint_ms + EOS_INFERENCE_FACTOR * bare_ms,
                 eos_over_bare=(eos_latency_ms - waited_ms) / bare_ms if bare_ms else math.inf,

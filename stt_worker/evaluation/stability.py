@@ -5,13 +5,37 @@ from __future__ import annotations
 import difflib
 import re
 import string
-from collections.abc import Iterable, Mapping, Sequence
-from typing import Any
+from collections.abc import Iterable, Sequence
+from dataclasses import dataclass
 
+from stt_worker.core.errors import ProtocolError
+from stt_worker.core.protocol import EndReason, ServerMessage, Transcription
 from stt_worker.evaluation.results import Stability
 
 _PUNCTUATION = string.punctuation + "\u201c\u201d\u2018\u2019\u2026"
 _WORD_BREAK = re.compile(r"[\s\-\u2010-\u2015]+")  # white space, hyphens and dashes
+
+
+@dataclass(frozen=True, slots=True)
+class Hypothesis:
+    """A transcription result as partial stability reads it. `stable_chars` is None for a
+    result that carries none (the seed's); every `Transcription` read here carries one."""
+
+    utterance_id: int
+    transcript: str
+    is_final: bool
+    end_reason: EndReason | None = None
+    stable_chars: int | None = None
+
+    @classmethod
+    def of(cls, message: Transcription) -> Hypothesis:
+        return cls(
+            message.utterance_id,
+            message.transcript,
+            message.is_final,
+            message.end_reason,
+            message.stable_chars,
+        )
 
 
 def display_words(text: str) -> list[str]:
@@ -41,13 +65,12 @@ def _aligned(a: Sequence[str], b: Sequence[str]) -> int:
     return sum(block.size for block in blocks)
 
 
-def _stable_words(message: Mapping[str, Any]) -> list[str] | None:
-    """The whole words within the message's `stable_chars` prefix; None if it has none."""
-    stable_chars = message.get("stable_chars")
-    if stable_chars is None:
+def _stable_words(hypothesis: Hypothesis) -> list[str] | None:
+    """The whole words within the hypothesis' `stable_chars` prefix; None if it has none."""
+    if hypothesis.stable_chars is None:
         return None
-    text = str(message.get("transcript", ""))
-    prefix = text[: int(stable_chars)]
+    text = hypothesis.transcript
+    prefix = text[: hypothesis.stable_chars]
     words = display_words(prefix)
     # A prefix ending inside a word promises only part of it: that word is not counted.
     cut_inside_word = 0 < len(prefix) < len(text) and (prefix[-1] + text[len(prefix)]).isalnum()
@@ -56,10 +79,13 @@ def _stable_words(message: Mapping[str, Any]) -> list[str] | None:
     return words
 
 
-def partial_stability(messages: Iterable[Mapping[str, Any]]) -> Stability:
+def partial_stability(
+    messages: Iterable[ServerMessage | ProtocolError | Hypothesis],
+) -> Stability:
     """How many words shown in partials were changed by the next hypothesis.
 
-    `messages` are one session's output messages in arrival order (others are skipped). For
+    `messages` are one session's output messages in arrival order: transcription results
+    (`Transcription`, or already read as `Hypothesis`); others are skipped. For
     each utterance, every partial is compared with the next hypothesis of the same utterance
     (the next partial, else the final): its words beyond their longest common prefix with the
     next one's words (`display_words`) count as changed; a word the next hypothesis drops
@@ -78,16 +104,18 @@ def partial_stability(messages: Iterable[Mapping[str, Any]]) -> Stability:
     in") without changing the words the promise covered after it. At a length cut
     (`end_reason` "size") the final is read together with the next utterance's final.
     """
-    by_utterance: dict[Any, list[Mapping[str, Any]]] = {}
-    finished: set[Any] = set()
+    by_utterance: dict[int, list[Hypothesis]] = {}
+    finished: set[int] = set()
     for message in messages:
-        if message.get("type", "transcript") != "transcript" or "transcript" not in message:
+        if isinstance(message, Transcription):
+            message = Hypothesis.of(message)
+        elif not isinstance(message, Hypothesis):
             continue
-        utterance = message.get("utterance_id")
+        utterance = message.utterance_id
         if utterance in finished:
             continue  # nothing after the final is shown as part of this utterance
         by_utterance.setdefault(utterance, []).append(message)
-        if message.get("is_final"):
+        if message.is_final:
             finished.add(utterance)
     total = Stability()
     utterances = list(by_utterance.values())
@@ -97,23 +125,21 @@ def partial_stability(messages: Iterable[Mapping[str, Any]]) -> Stability:
     return total
 
 
-def _continuation(
-    hypotheses: Sequence[Mapping[str, Any]], following: Sequence[Mapping[str, Any]]
-) -> list[str]:
+def _continuation(hypotheses: Sequence[Hypothesis], following: Sequence[Hypothesis]) -> list[str]:
     """Words that a length cut moved into the next utterance: the next final's, when this
     utterance's final says it was cut at the size bound. Such words were not contradicted:
     the reader sees them again, in order, at the start of the next line."""
-    if not hypotheses or hypotheses[-1].get("end_reason") != "size":
+    if not hypotheses or hypotheses[-1].end_reason != "size":
         return []
-    finals = [h for h in following if h.get("is_final")]
-    return display_words(str(finals[0].get("transcript", ""))) if finals else []
+    finals = [h for h in following if h.is_final]
+    return display_words(finals[0].transcript) if finals else []
 
 
 def _utterance_stability(
-    hypotheses: Sequence[Mapping[str, Any]], continuation: Sequence[str] = ()
+    hypotheses: Sequence[Hypothesis], continuation: Sequence[str] = ()
 ) -> Stability:
-    words = [display_words(str(h.get("transcript", ""))) for h in hypotheses]
-    if hypotheses and hypotheses[-1].get("is_final"):
+    words = [display_words(h.transcript) for h in hypotheses]
+    if hypotheses and hypotheses[-1].is_final:
         # Only the stable-prefix promise looks across the cut; plain partial churn does not.
         promise_words = [*words[:-1], words[-1] + list(continuation)]
     else:
@@ -121,7 +147,7 @@ def _utterance_stability(
     partials = revised = shown = changed = edited = 0
     stable_partials = stable_shown = stable_changed = 0
     for index, hypothesis in enumerate(hypotheses[:-1]):
-        if hypothesis.get("is_final"):
+        if hypothesis.is_final:
             continue
         kept = _common_prefix(words[index], words[index + 1])
         partials += 1

@@ -10,8 +10,7 @@ import hmac
 from collections.abc import Mapping
 from urllib.parse import urlsplit
 
-from stt_worker.core.errors import ProtocolError
-from stt_worker.gateway.control import GatewayErrorCode
+from stt_worker.core.errors import ErrorCode, ProtocolError
 
 TOKEN_SUBPROTOCOL_PREFIX = "token."
 
@@ -26,7 +25,7 @@ def check_origin(origin: str | None, host: str | None, allowed: frozenset[str]) 
         return
     raise ProtocolError(
         f"origin {origin!r} is not allowed (STT_GATEWAY_ALLOWED_ORIGINS)",
-        code=GatewayErrorCode.FORBIDDEN_ORIGIN,
+        code=ErrorCode.FORBIDDEN_ORIGIN,
     )
 
 
@@ -48,6 +47,6 @@ def check_token(presented: str | None, expected: str | None) -> None:
     if expected is None:
         return
     if presented is None:
-        raise ProtocolError("a token is required", code=GatewayErrorCode.UNAUTHORIZED)
+        raise ProtocolError("a token is required", code=ErrorCode.UNAUTHORIZED)
     if not hmac.compare_digest(presented.encode(), expected.encode()):
-        raise ProtocolError("wrong token", code=GatewayErrorCode.UNAUTHORIZED)
+        raise ProtocolError("wrong token", code=ErrorCode.UNAUTHORIZED)

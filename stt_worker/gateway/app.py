@@ -15,7 +15,7 @@ import logging
 import uuid
 from pathlib import Path
 
-from nats.aio.client import Client as NatsClient
+import msgspec
 from starlette.applications import Starlette
 from starlette.requests import Request
 from starlette.responses import FileResponse, JSONResponse
@@ -36,9 +36,10 @@ from stt_worker.gateway.bridge import (
     BridgeConfig,
     GatewayStats,
 )
-from stt_worker.gateway.control import GatewayErrorCode, parse_dialect
-from stt_worker.gateway.dialect import error_frame
+from stt_worker.gateway.control import parse_dialect
+from stt_worker.gateway.dialect import GatewayError
 from stt_worker.gateway.settings import GatewaySettings
+from stt_worker.runtime.bus import NatsClient, stream_prefix
 
 logger = logging.getLogger(__name__)
 
@@ -58,7 +59,7 @@ class Gateway:
         self.stats = GatewayStats()
         self.bridges: dict[str, Bridge] = {}
         self._config = BridgeConfig(
-            stream_prefix=settings.stream_subject.removesuffix(".*").removesuffix(".>"),
+            stream_prefix=stream_prefix(settings),
             transcription_prefix=settings.transcription_subject_prefix,
             max_chunk_bytes=settings.max_chunk_bytes,
             max_queue=gateway.max_queue,
@@ -110,9 +111,9 @@ class Gateway:
             return
         if len(self.bridges) >= self.gateway.max_connections or not self.nc.is_connected:
             code = (
-                GatewayErrorCode.NATS_UNAVAILABLE
+                ErrorCode.NATS_UNAVAILABLE
                 if not self.nc.is_connected
-                else GatewayErrorCode.TOO_MANY_CONNECTIONS
+                else ErrorCode.TOO_MANY_CONNECTIONS
             )
             await _refuse(websocket, subprotocol, CLOSE_TRY_AGAIN_LATER, code, "try again later")
             return
@@ -182,6 +183,6 @@ async def _refuse(
 ) -> None:
     """Accept only to say why: a browser sees no reason for a refused handshake."""
     await websocket.accept(subprotocol=subprotocol)
-    await websocket.send_json(error_frame(code, message))
+    await websocket.send_json(msgspec.to_builtins(GatewayError(code=code, message=message)))
     await websocket.close(close_code, message[:120])
     logger.info("gateway: connection refused: %s", message)

@@ -6,9 +6,10 @@ become ``start`` / ``state_change`` / ``end``. A flush or reset ends the current
 ``<id>~3``..., whose results come back on the same socket: the worker is not changed, and
 it never drops accepted audio.
 
-Results out: each session's ``ai.voice.transcription.{id}`` messages, rendered for the
-client's dialect and queued in a bounded `Outbox`; a sender task writes them as fast as the
-client reads. A client too slow to take its finals is closed with 1013 (see outbox.py).
+Results out: each session's ``ai.voice.transcription.{id}`` messages, decoded into the
+protocol's typed messages (`runtime.bus`), rendered for the client's dialect (dialect.py)
+and queued in a bounded `Outbox`; a sender task writes them as fast as the client reads.
+A client too slow to take its finals is closed with 1013 (see outbox.py).
 """
 
 from __future__ import annotations
@@ -21,28 +22,26 @@ from dataclasses import dataclass, field
 from typing import Any
 
 import msgspec
-import nats.errors
-from nats.aio.client import Client as NatsClient
-from nats.aio.msg import Msg
-from nats.aio.subscription import Subscription
 from starlette.websockets import WebSocket, WebSocketDisconnect, WebSocketState
 
 from stt_worker.core import protocol
 from stt_worker.core.audio import check_format
-from stt_worker.core.errors import OverloadedError, ProtocolError
+from stt_worker.core.errors import ErrorCode, OverloadedError, ProtocolError
+from stt_worker.core.protocol import ServerMessage, SessionClosed, Transcription
 from stt_worker.gateway.control import (
     Dialect,
     End,
     Flush,
-    GatewayErrorCode,
     Reset,
     Start,
     dialect_of,
     parse_binary,
     parse_text,
 )
-from stt_worker.gateway.dialect import empty_final, error_frame, is_partial, render
+from stt_worker.gateway.dialect import EmptyFinal, GatewayError, Outgoing, is_partial, render
 from stt_worker.gateway.outbox import Outbox
+from stt_worker.runtime import bus
+from stt_worker.runtime.bus import BusError, Delivery, NatsClient, Subscription
 
 logger = logging.getLogger(__name__)
 
@@ -95,7 +94,7 @@ class _Segment:
     closed: bool = False
     # Results that arrived while an earlier session of the connection was still open: held
     # so that the client reads results in the order it spoke.
-    held: list[dict[str, Any]] = field(default_factory=list)
+    held: list[ServerMessage] = field(default_factory=list)
 
 
 @dataclass(eq=False)
@@ -165,12 +164,12 @@ class Bridge:
 
     async def _end_all(self) -> None:
         """The socket is gone: end the open worker session, stop listening to all of them."""
-        with contextlib.suppress(nats.errors.Error):
+        with contextlib.suppress(BusError):
             await self._end_current(flush=False)
         for segment in self._segments:
             if segment.subscription is not None:
-                with contextlib.suppress(nats.errors.Error):
-                    await segment.subscription.unsubscribe()
+                with contextlib.suppress(BusError):
+                    await bus.unsubscribe(segment.subscription)
         self._segments.clear()
 
     async def _close_socket(self) -> None:
@@ -204,10 +203,12 @@ class Bridge:
                 else:
                     await self._on_binary(message.get("bytes") or b"")
             except (ProtocolError, OverloadedError) as exc:
-                self._queue(error_frame(exc.code, exc.message, self._current_id))
-            except nats.errors.Error as exc:
-                logger.warning("gateway: publish failed: %r", exc)
-                self._queue(error_frame(GatewayErrorCode.NATS_UNAVAILABLE, f"NATS: {exc!r}", None))
+                self._queue(
+                    GatewayError(code=exc.code, message=exc.message, session_id=self._current_id)
+                )
+            except BusError as exc:
+                logger.warning("gateway: publish failed: %s", exc.message)
+                self._queue(GatewayError(code=exc.code, message=exc.message))
                 self._close_after_sending(CLOSE_TRY_AGAIN_LATER, "NATS unavailable")
 
     def _refuse_after_end(self) -> None:
@@ -216,7 +217,7 @@ class Bridge:
             self._told_ended = True
             raise ProtocolError(
                 "the session has ended; frames after 'end' are not used",
-                code=GatewayErrorCode.SESSION_ENDED,
+                code=ErrorCode.SESSION_ENDED,
             )
 
     async def _on_text(self, text: str) -> None:
@@ -230,7 +231,7 @@ class Bridge:
             raise ProtocolError(
                 f"audio frame of {len(data)} bytes is larger than "
                 f"STT_MAX_CHUNK_BYTES={self.config.max_chunk_bytes}",
-                code=protocol.ErrorCode.CHUNK_TOO_LARGE,
+                code=ErrorCode.CHUNK_TOO_LARGE,
             )
         parsed = parse_binary(data)
         if isinstance(parsed, bytes):
@@ -276,7 +277,7 @@ class Bridge:
             raise OverloadedError(
                 f"{len(pending)} worker sessions of this connection are still finishing "
                 "(STT_GATEWAY_MAX_PENDING_SESSIONS); frame not used",
-                code=protocol.ErrorCode.OVERLOADED,
+                code=ErrorCode.OVERLOADED,
             )
         await self._reap()
         self._opened += 1
@@ -287,11 +288,11 @@ class Bridge:
         )
         segment = _Segment(session_id)
         # Subscribed before `start` leaves, so no result can be missed.
-        segment.subscription = await self.nc.subscribe(
+        segment.subscription = await bus.subscribe(
+            self.nc,
             f"{self.config.transcription_prefix}.{session_id}",
-            cb=functools.partial(self._on_result, segment),
+            functools.partial(self._on_result, segment),
         )
-        await self.nc.flush()
         self._segments.append(segment)
         self._current = segment
         await self._publish(segment, self._start_for(session_id))
@@ -308,18 +309,17 @@ class Bridge:
             if finishing:
                 finishing[-1].owed_finals += 1
             else:
-                self._queue(empty_final(self.session_id))
+                self._queue(EmptyFinal(session_id=self.session_id))
 
     async def _publish(self, segment: _Segment, message: protocol.ClientMessage) -> None:
-        payload = protocol.encode_client_message(message)
-        await self.nc.publish(f"{self.config.stream_prefix}.{segment.session_id}", payload)
+        await bus.publish(self.nc, f"{self.config.stream_prefix}.{segment.session_id}", message)
 
     async def _reap(self) -> None:
         """Stop listening to worker sessions that have closed."""
         for segment in [each for each in self._segments if each.closed]:
             self._segments.remove(segment)
             if segment.subscription is not None:
-                await segment.subscription.unsubscribe()
+                await bus.unsubscribe(segment.subscription)
 
     def _start_for(self, session_id: str | None) -> protocol.Start:
         return msgspec.structs.replace(self._start, session_id=session_id)
@@ -330,14 +330,14 @@ class Bridge:
 
     # ------------------------------------------------------------ worker -> client
 
-    async def _on_result(self, segment: _Segment, msg: Msg) -> None:
-        """NATS callback: never awaits, so results keep their order and nothing blocks."""
-        try:
-            message = msgspec.msgpack.decode(msg.data)
-        except msgspec.DecodeError:
-            logger.warning("gateway: undecodable result on %s", msg.subject)
+    def _on_result(self, segment: _Segment, delivery: Delivery) -> None:
+        """Called from the subscription's dispatch: never awaits, so results keep their order
+        and nothing blocks."""
+        message = delivery.message
+        if isinstance(message, ProtocolError):
+            logger.warning("gateway: unusable result on %s: %s", delivery.subject, message)
             return
-        if not isinstance(message, dict) or segment.closed or self._finished:
+        if segment.closed or self._finished:
             return
         if self._oldest_open() is segment:
             self._deliver(segment, message)
@@ -346,15 +346,14 @@ class Bridge:
         else:
             self._too_slow()
 
-    def _deliver(self, segment: _Segment, message: dict[str, Any]) -> None:
-        kind = message.get("type")
-        if kind == "transcript" and message.get("is_final") and message.get("end_reason") == "end":
+    def _deliver(self, segment: _Segment, message: ServerMessage) -> None:
+        if isinstance(message, Transcription) and message.is_final and message.end_reason == "end":
             segment.owed_finals = max(0, segment.owed_finals - 1)
-        if kind != "session_closed":
+        if not isinstance(message, SessionClosed):
             self._queue(message)
             return
         for _ in range(segment.owed_finals):
-            self._queue(empty_final(segment.session_id))
+            self._queue(EmptyFinal(session_id=segment.session_id))
         self._queue(message)
         segment.closed = True
         # The next session's results may flow now, up to one that is still open.
@@ -369,7 +368,7 @@ class Bridge:
     def _oldest_open(self) -> _Segment | None:
         return next((each for each in self._segments if not each.closed), None)
 
-    def _queue(self, message: dict[str, Any]) -> None:
+    def _queue(self, message: Outgoing) -> None:
         frame = render(message, self.dialect or "native")
         if frame is None or self._close is not None:
             return

@@ -7,7 +7,6 @@ gateway runs alone, in front of the workers that serve that NATS.
 
 from __future__ import annotations
 
-import argparse
 import asyncio
 import contextlib
 import signal
@@ -19,25 +18,36 @@ from stt_worker.runtime.asgi import serving_in_loop
 from stt_worker.runtime.connection import redact_url
 from stt_worker.runtime.nats_server import NatsServer
 from stt_worker.runtime.telemetry.logs import setup_logging
-from stt_worker.tools.cli import _connect, _given, running_worker
+from stt_worker.tools.connection import connect_tool
+from stt_worker.tools.embedded import running_worker
+from stt_worker.tools.options import given
 
 
-async def run_gateway(args: argparse.Namespace) -> int:
-    gateway_settings = GatewaySettings(**_given(host=args.host, port=args.port))
+async def run_gateway(
+    *,
+    host: str | None,
+    port: int | None,
+    nats_url: str | None,
+    engine_kind: str,
+    whisper_url: str | None,
+    model: str | None,
+) -> int:
+    """Serve until SIGINT or SIGTERM, then end every connection's session as `end` would."""
+    gateway_settings = GatewaySettings(**given(host=host, port=port))
     stop = _stop_on_signals()
     async with contextlib.AsyncExitStack() as stack:
-        url = args.nats_url or (await stack.enter_async_context(NatsServer())).url
-        print(f"nats     {redact_url(url)}{'' if args.nats_url else '  (embedded nats-server)'}")
-        settings = load_settings(nats_url=url, **_given(whisper_model_size=args.model))
+        url = nats_url or (await stack.enter_async_context(NatsServer())).url
+        print(f"nats     {redact_url(url)}{'' if nats_url else '  (embedded nats-server)'}")
+        settings = load_settings(nats_url=url, **given(whisper_model_size=model))
         # The page is the output; the worker's INFO logs are noise unless asked for.
         setup_logging(
             settings.log_level if "log_level" in settings.model_fields_set else "WARNING",
             settings.log_format,
         )
-        if not args.nats_url:
+        if not nats_url:
             # Entered before the gateway, so it drains after the gateway ended its sessions.
-            await stack.enter_async_context(running_worker(args, settings))
-        nc = await _connect(settings, "stt-streaming gateway")
+            await stack.enter_async_context(running_worker(settings, engine_kind, whisper_url))
+        nc = await connect_tool(settings, "stt-streaming gateway")
         stack.push_async_callback(nc.drain)
         gateway = Gateway(settings, gateway_settings, nc)
         async with serving_in_loop(

@@ -14,7 +14,6 @@ Audio is any other binary frame: PCM16, so it must hold whole samples.
 
 from __future__ import annotations
 
-import enum
 from typing import Any, Literal
 
 import msgspec
@@ -25,18 +24,6 @@ from stt_worker.core.protocol import ErrorCode, StateChange, classify_invalid
 
 Dialect = Literal["native", "parakeet", "onnx"]
 DIALECTS: tuple[Dialect, ...] = ("native", "parakeet", "onnx")
-
-
-class GatewayErrorCode(enum.StrEnum):
-    """Codes of the gateway's own ``error`` frames (the worker's `ErrorCode`s pass through)."""
-
-    MALFORMED_JSON = "malformed_json"
-    SESSION_ENDED = "session_ended"
-    FORBIDDEN_ORIGIN = "forbidden_origin"
-    UNAUTHORIZED = "unauthorized"
-    CLIENT_TOO_SLOW = "client_too_slow"
-    NATS_UNAVAILABLE = "nats_unavailable"
-    TOO_MANY_CONNECTIONS = "too_many_connections"
 
 
 class Start(protocol.Start, frozen=True):
@@ -102,7 +89,7 @@ def parse_text(text: str) -> Control:
 def _malformed(exc: msgspec.DecodeError) -> ProtocolError:
     return ProtocolError(
         f"text frame is neither JSON nor a control word: {exc}",
-        code=GatewayErrorCode.MALFORMED_JSON,
+        code=ErrorCode.MALFORMED_JSON,
     )
 
 

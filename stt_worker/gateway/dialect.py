@@ -1,4 +1,5 @@
-"""Result frames: the worker's published messages as the JSON each kind of client reads.
+"""Result frames: the worker's messages, decoded, as the JSON each kind of client reads; and
+the gateway's own messages (`EmptyFinal`, `GatewayError`) in the worker's shape.
 
 Pure (no I/O). Every dialect gets the worker's fields unchanged plus ``text`` (= ``transcript``);
 the dialects differ only where their clients switch on ``type``:
@@ -13,48 +14,57 @@ the dialects differ only where their clients switch on ``type``:
 
 from __future__ import annotations
 
-from typing import Any
-
 import msgspec
 
+from stt_worker.core.protocol import EndReason, ServerMessage, SessionClosed, Transcription
 from stt_worker.gateway.control import Dialect
 
 _encoder = msgspec.json.Encoder()
 
 
-def render(message: dict[str, Any], dialect: Dialect) -> str | None:
-    """The JSON frame for one worker message, or None when this dialect does not show it."""
-    kind = message.get("type")
-    if kind == "session_closed" and dialect != "native":
-        return None
-    if kind == "transcript":
-        message = {**message, "text": message.get("transcript", "")}
-        if dialect == "parakeet":
-            message["type"] = "final" if message.get("is_final") else "partial"
-    return _encoder.encode(message).decode()
-
-
-def is_partial(message: dict[str, Any]) -> bool:
-    """Partials are superseded by the next partial or final: the only frames worth dropping."""
-    return message.get("type") == "transcript" and not message.get("is_final")
-
-
-def empty_final(session_id: str) -> dict[str, Any]:
+# Fields in the order their frames have always had; `type` comes first, hence kw_only.
+class EmptyFinal(msgspec.Struct, frozen=True, kw_only=True):
     """The answer to a flush that found nothing left to transcribe, in the worker's shape.
 
     Peer clients wait for one final after ``__CTRL__:EOS`` or ``{"type": "final"}``; the worker
     sends none when every utterance was already finalised at its endpoint.
     """
-    return {
-        "type": "transcript",
-        "session_id": session_id,
-        "transcript": "",
-        "is_partial": False,
-        "is_final": True,
-        "end_reason": "end",
-    }
+
+    type: str = "transcript"
+    session_id: str
+    transcript: str = ""
+    is_partial: bool = False
+    is_final: bool = True
+    end_reason: EndReason = "end"
 
 
-def error_frame(code: str, message: str, session_id: str | None = None) -> dict[str, Any]:
+class GatewayError(msgspec.Struct, frozen=True, kw_only=True):
     """A gateway-made ``error``, shaped like the worker's."""
-    return {"type": "error", "code": code, "message": message, "session_id": session_id}
+
+    type: str = "error"
+    code: str
+    message: str
+    session_id: str | None = None
+
+
+# What a connection sends its client.
+Outgoing = ServerMessage | EmptyFinal | GatewayError
+
+
+def render(message: Outgoing, dialect: Dialect) -> str | None:
+    """The JSON frame for one message, or None when this dialect does not show it."""
+    match message:
+        case SessionClosed() if dialect != "native":
+            return None
+        case Transcription() | EmptyFinal():
+            frame = msgspec.to_builtins(message)
+            frame["text"] = message.transcript
+            if dialect == "parakeet":
+                frame["type"] = "final" if message.is_final else "partial"
+            return _encoder.encode(frame).decode()
+    return _encoder.encode(message).decode()
+
+
+def is_partial(message: Outgoing) -> bool:
+    """Partials are superseded by the next partial or final: the only frames worth dropping."""
+    return isinstance(message, Transcription) and not message.is_final

@@ -21,8 +21,9 @@ from nats.aio.client import Client
 from nats.errors import NoServersError
 
 from stt_worker.config import Settings
-from stt_worker.core.errors import SttError
+from stt_worker.core.errors import ErrorCode
 from stt_worker.runtime import nats_parser
+from stt_worker.runtime.bus import BusError
 
 logger = logging.getLogger(__name__)
 
@@ -44,10 +45,10 @@ SERVICE = Reconnect(attempts=-1, wait_s=0.5)
 TOOL = Reconnect(attempts=3, wait_s=1.0)
 
 
-class ConnectError(SttError):
+class ConnectError(BusError):
     """NATS could not be reached, or refused our credentials."""
 
-    code = "nats_unavailable"
+    code = ErrorCode.NATS_UNAVAILABLE
 
 
 async def connect(
