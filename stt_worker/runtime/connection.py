@@ -40,7 +40,8 @@ class Reconnect:
     connect_timeout_s: float = 5.0
 
 
-# A worker or gateway waits for its bus forever; a command-line tool gives up and says so.
+# A worker waits for its bus forever; a command-line tool gives up after a few attempts and
+# says so. The gateway connects as a tool does (docs/gateway.md, Health).
 SERVICE = Reconnect(attempts=-1, wait_s=0.5)
 TOOL = Reconnect(attempts=3, wait_s=1.0)
 

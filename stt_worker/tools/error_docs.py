@@ -8,7 +8,9 @@ this fails CI instead of going undocumented.
 
 from __future__ import annotations
 
+import argparse
 import sys
+from collections.abc import Sequence
 from pathlib import Path
 
 from stt_worker.core.errors import (
@@ -36,7 +38,7 @@ _EXCEPTIONS = (
 _HEADER = """\
 # Error codes
 
-Generated from `stt_worker/core/errors.py` by `python -m stt_worker.tools.error_docs`: edit
+Generated from `stt_worker/core/errors.py` by `python -m stt_worker.tools.error_docs --write`: edit
 the registry, not this file.
 
 Every code sent to a client, once. The **worker** publishes them in `error` messages on
@@ -69,11 +71,26 @@ def render() -> str:
     return "\n".join(lines) + "\n"
 
 
-def main(argv: list[str] | None = None) -> int:
-    args = sys.argv[1:] if argv is None else argv
-    path = Path(args[0]) if args else DEFAULT_PATH
-    path.write_text(render())
-    print(f"wrote {path}")
+def main(argv: Sequence[str] | None = None) -> int:
+    parser = argparse.ArgumentParser(
+        prog="python -m stt_worker.tools.error_docs",
+        description="Render the error-code reference from the registry.",
+    )
+    parser.add_argument(
+        "--write",
+        nargs="?",
+        const=DEFAULT_PATH,
+        type=Path,
+        metavar="PATH",
+        help="write the page (to docs/errors.md by default) instead of printing it",
+    )
+    args = parser.parse_args(argv)
+    page = render()
+    if args.write is None:
+        sys.stdout.write(page)
+        return 0
+    args.write.write_text(page, encoding="utf-8")
+    sys.stderr.write(f"wrote {args.write}\n")
     return 0
 
 
