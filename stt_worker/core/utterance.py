@@ -1,5 +1,6 @@
-"""An utterance being heard: its audio, counters and phase (`Utterance`), the pre-roll that
-opens one (`PreRoll`), and the cut of one that grows past the length bound."""
+"""Utterances: one being heard, with its audio, counters and phase (`Utterance`), and the
+cutting of a session's frames into them (`Segmenter`): the pre-roll that opens one, and the
+cut of one that outgrows the length bound."""
 
 from __future__ import annotations
 
@@ -8,8 +9,10 @@ from dataclasses import dataclass, field
 
 import numpy as np
 
-from stt_worker.core.audio import Pcm16
+from stt_worker.core.audio import SAMPLE_RATE_HZ, Pcm16
+from stt_worker.core.jobs import Job, JobKind
 from stt_worker.core.phases import UNCONFIRMED, Event, Phase, advance
+from stt_worker.core.protocol import EndReason
 from stt_worker.core.streaming import LocalAgreement
 
 CUT_SEARCH_FRAMES = 75  # look for a pause in the last 1.5 s before the length bound
@@ -61,6 +64,31 @@ class Utterance:
     def promised(self) -> bool:
         """A partial went out: its final is published even when empty."""
         return self.published is not None
+
+    def job(
+        self,
+        kind: JobKind,
+        *,
+        language: str | None,
+        prompt: str | None,
+        end_reason: EndReason | None = None,
+        ended_at: float | None = None,
+        trailing_silence_s: float = 0.0,
+    ) -> Job:
+        """A transcription of the audio so far (or whole, for a final)."""
+        return Job(
+            utterance_id=self.utterance_id,
+            kind=kind,
+            pcm=tuple(self.pcm),
+            audio_start_s=self.start_sample / SAMPLE_RATE_HZ,
+            audio_end_s=(self.start_sample + self.samples) / SAMPLE_RATE_HZ,
+            has_voice_activity=self.voiced_frames > 0,
+            language=language,
+            prompt=prompt,
+            end_reason=end_reason,
+            ended_at=ended_at,
+            trailing_silence_s=trailing_silence_s,
+        )
 
     def cut(self, tail_id: int) -> tuple[Utterance, Utterance]:
         """Split at the quietest point near the end, not mid-word: the head keeps this
@@ -126,3 +154,77 @@ class PreRoll:
     @property
     def samples(self) -> int:
         return sum(frame.size for frame, _ in self._frames)
+
+
+class Segmenter:
+    """Cuts a session's frames into utterances, numbered from 1: the pre-roll before one and
+    its onset, the open one, and the cut of one at the length bound. What a frame means for
+    the open utterance's phase is up to its caller."""
+
+    def __init__(self, *, preroll_frames: int, start_frames: int) -> None:
+        self._preroll = PreRoll(preroll_frames=preroll_frames, start_frames=start_frames)
+        self.utterance: Utterance | None = None
+        self.samples_seen = 0
+        self.utterances = 0  # begun so far
+
+    def push(self, frame: Pcm16, is_speech: bool, *, onset: Event) -> Utterance | None:
+        """Take a frame of VAD-classified audio: the open utterance it joined, or None while
+        none is open (the onset frame opens one by `onset`, and waits for the next)."""
+        start_sample = self.samples_seen
+        self.samples_seen += frame.size
+        utterance = self.utterance
+        if utterance is not None:
+            utterance.append(frame, is_speech)
+            return utterance
+        if self._preroll.push(frame, is_speech):
+            frames = self._preroll.take()
+            end_sample = start_sample + frame.size
+            utterance = self._begin(onset, end_sample - sum(f.size for f, _ in frames))
+            for held, held_speech in frames:
+                utterance.append(held, held_speech)
+            utterance.silence_run = 0
+        return None
+
+    def buffer(self, frame: Pcm16, is_speech: bool) -> Utterance:
+        """Without VAD: every frame joins the open utterance (one begins if none is open)."""
+        if self.utterance is None:
+            self._begin(Event.SPEECH_BEGAN, self.samples_seen)
+        self.samples_seen += frame.size
+        assert self.utterance is not None
+        self.utterance.append(frame, is_speech)
+        return self.utterance
+
+    def skip(self, frame: Pcm16) -> None:
+        """A frame that is nobody's speech: counted, not kept."""
+        self.samples_seen += frame.size
+
+    def take(self) -> Utterance | None:
+        """The open utterance, which ends here."""
+        utterance, self.utterance = self.utterance, None
+        return utterance
+
+    def cut(self) -> Utterance:
+        """Split the open utterance (see `Utterance.cut`): the head, which ends here; the
+        tail goes on as the next utterance."""
+        assert self.utterance is not None
+        self.utterances += 1
+        head, self.utterance = self.utterance.cut(self.utterances)
+        return head
+
+    def _begin(self, event: Event, start_sample: int) -> Utterance:
+        self.utterances += 1
+        self.utterance = Utterance(self.utterances, start_sample, advance(Phase.WAITING, event))
+        return self.utterance
+
+    @property
+    def buffered_samples(self) -> int:
+        """The open utterance's samples and the pre-roll's."""
+        held = self._preroll.samples
+        return held + (self.utterance.samples if self.utterance is not None else 0)
+
+    @property
+    def first_held_sample(self) -> int:
+        """The first sample of the open utterance, else of the pre-roll."""
+        if self.utterance is not None:
+            return min(self.utterance.start_sample, self.samples_seen - self._preroll.samples)
+        return self.samples_seen - self._preroll.samples
