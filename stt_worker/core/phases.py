@@ -3,29 +3,36 @@
 Three things about a session change as events arrive, each with its own phases:
 
 - the conversation: whose turn it is, `LISTENING` or `RESPONDING` (the wire's `state`);
-- the session's life: `OPEN`, then `CLOSING` once `end` came, `CLOSED` once its last final
-  is published;
-- each utterance, from before its first frame (`WAITING`) to its final's answer (`DONE`):
+- the session's life: `OPEN`, `CLOSING` once `end` came, `CLOSED` once its last final is
+  published;
+- each utterance, from before its first frame (`WAITING`) to its final's answer (`DONE`).
+  Its main paths:
 
-      WAITING --SPEECH_BEGAN--> SPEAKING <--CHECK_MOOT, TURN_UNDECIDED-- CHECKING
-         |                        |  ^  \\--CHECK_DUE------------------------^  |
-         |                        |  \\--SPEECH_RESUMED-- HOLDING <--TURN_HOLDS-/
-         |                        |
-         |                        +--ENDED--> FINAL_OUT --FINAL_RETURNED--> DONE
-         |                   (CHECKING --ENDED_IN_CHECKED_PAUSE--> RACING_CHECK
-         |                    --CHECK_WON--> ANSWERED_BY_CHECK --FINAL_RETURNED--> DONE)
-         |
-         \\--SPEECH_BEGAN_OVER_ASSISTANT--> CANDIDATE <--PROBE_ANSWERED-- PROBING
-                                              |  \\--PROBE_DUE, PAUSE_BEGAN--^  |
-                                              |                    PAUSE_BEGAN
-                                              |    PROBING_PAUSED <------------/
-                                              \\--BARGE_IN, TO_LISTENING--> SPEAKING
+      WAITING         --SPEECH_BEGAN-->                  SPEAKING
+                      --SPEECH_BEGAN_OVER_ASSISTANT-->   CANDIDATE
+    heard over the assistant (word mode probes it):
+      CANDIDATE       --PROBE_DUE, PAUSE_BEGAN-->        PROBING
+      PROBING         --PAUSE_BEGAN-->                   PROBING_PAUSED
+                      --PROBE_ANSWERED-->                CANDIDATE
+      PROBING_PAUSED  --PROBE_ANSWERED-->                PROBING (probed again)
+      any of these    --BARGE_IN, TO_LISTENING-->        SPEAKING
+    the user's turn (adaptive endpoint):
+      SPEAKING        --CHECK_DUE-->                     CHECKING
+      CHECKING        --TURN_OVER-->                     FINAL_OUT
+                      --TURN_HOLDS-->                    HOLDING
+                      --TURN_UNDECIDED, CHECK_MOOT-->    SPEAKING
+      HOLDING         --SPEECH_RESUMED-->                SPEAKING
+    its end:
+      any open phase  --ENDED-->                         FINAL_OUT --FINAL_RETURNED--> DONE
+      CHECKING        --ENDED_IN_CHECKED_PAUSE-->        RACING_CHECK
+      RACING_CHECK    --CHECK_WON-->                     ANSWERED_BY_CHECK
+                      --FINAL_RETURNED-->                DONE
 
-An utterance heard while the assistant talks is a *candidate* until the barge-in policy
-(`core/barge_in.py`) confirms it; one of the user's turn ends when the endpoint policy
-(`core/endpoint.py`) says so. The policies name the event; this table says what it does in
-each phase; `Session` carries out what entering the new phase means (a probe for
-`PROBING`, a turn check for `CHECKING`, a final for `FINAL_OUT`).
+Speech heard while the assistant talks is a *candidate* until the barge-in policy
+(`barge_in.py`) confirms it; the user's utterance ends when the endpoint policy
+(`endpoint.py`) says so. A policy names the event, this table gives the new phase, and the
+`Listener` (`listener.py`) does what entering it means: a probe for `PROBING`, a turn check
+for `CHECKING`, a final for `FINAL_OUT`.
 
 Silence is counted, not a phase: each rule measures the pause against its own length (a
 partial waits after 60 ms, a probe's last word is whole after 80 ms, the turn check comes
@@ -171,7 +178,7 @@ TRANSITIONS: dict[tuple[Phase, Event], Phase] = {
     **_each(USER_TURN, Event.TURN_OVER, Phase.FINAL_OUT),
     # ---- an utterance ends
     # A length cut leaves both halves the user's, even speech heard over the assistant.
-    **_each(OPEN_UTTERANCE, Event.CUT, Phase.SPEAKING),
+    **_each(OPEN_UTTERANCE - {Phase.SPEAKING}, Event.CUT, Phase.SPEAKING),
     **_each(OPEN_UTTERANCE, Event.ENDED, Phase.FINAL_OUT),
     (Phase.SPEAKING, Event.ENDED_IN_CHECKED_PAUSE): Phase.FINAL_OUT,
     (Phase.HOLDING, Event.ENDED_IN_CHECKED_PAUSE): Phase.FINAL_OUT,
