@@ -168,8 +168,8 @@ class Segmenter:
         self.utterances = 0  # begun so far
 
     def push(self, frame: Pcm16, is_speech: bool, *, onset: Event) -> Utterance | None:
-        """Take a frame of VAD-classified audio: the open utterance it joined, or None while
-        none is open (the onset frame opens one by `onset`, and waits for the next)."""
+        """Take a frame of VAD-classified audio: the open utterance it joined, else None,
+        also for the frame that opens one (by `onset`): its phase moves from the next."""
         start_sample = self.samples_seen
         self.samples_seen += frame.size
         utterance = self.utterance
@@ -187,12 +187,12 @@ class Segmenter:
 
     def buffer(self, frame: Pcm16, is_speech: bool) -> Utterance:
         """Without VAD: every frame joins the open utterance (one begins if none is open)."""
-        if self.utterance is None:
-            self._begin(Event.SPEECH_BEGAN, self.samples_seen)
+        utterance = self.utterance
+        if utterance is None:
+            utterance = self._begin(Event.SPEECH_BEGAN, self.samples_seen)
         self.samples_seen += frame.size
-        assert self.utterance is not None
-        self.utterance.append(frame, is_speech)
-        return self.utterance
+        utterance.append(frame, is_speech)
+        return utterance
 
     def skip(self, frame: Pcm16) -> None:
         """A frame that is nobody's speech: counted, not kept."""
@@ -224,7 +224,8 @@ class Segmenter:
 
     @property
     def first_held_sample(self) -> int:
-        """The first sample of the open utterance, else of the pre-roll."""
+        """The first sample of the open utterance, else of the pre-roll (which is empty
+        while an utterance is open)."""
         if self.utterance is not None:
-            return min(self.utterance.start_sample, self.samples_seen - self._preroll.samples)
+            return self.utterance.start_sample
         return self.samples_seen - self._preroll.samples
