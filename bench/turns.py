@@ -344,7 +344,7 @@ def main() -> None:
     args = parser.parse_args()
     if args.trace:
         logging.basicConfig(format="%(created).3f %(name)s %(message)s")
-        for name in ("stt_worker.core.session", "bench.turns"):
+        for name in ("stt_worker.core.session", "stt_worker.core.listener", "bench.turns"):
             logging.getLogger(name).setLevel(logging.DEBUG)
     cases = [case for case in labelled_set() if not args.only or args.only in case.name]
     load_before = os.getloadavg()[0]

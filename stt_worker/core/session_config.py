@@ -1,0 +1,116 @@
+"""`SessionConfig`: the knobs a session needs, and the endpoint and barge-in policies they
+choose. Built from `Settings` by the runtime; durations are in ms, read in whole 20 ms VAD
+frames."""
+
+from __future__ import annotations
+
+from dataclasses import dataclass, field
+
+from stt_worker.core.audio import SAMPLE_RATE_HZ
+from stt_worker.core.barge_in import BargeInPolicy, VoiceBargeIn, WordBargeIn
+from stt_worker.core.endpoint import AdaptiveEndpoint, EndpointPolicy, FixedEndpoint
+from stt_worker.core.turns import Backchannels, Commands
+from stt_worker.core.vad import FRAME_MS
+
+
+@dataclass(frozen=True, slots=True)
+class SessionConfig:
+    """The knobs a session needs, in frames and samples (derived from `Settings`)."""
+
+    enable_vad: bool = True
+    enable_interrupt_detection: bool = True
+    endpoint_silence_ms: int = 500
+    partial_interval_ms: int = 1000
+    speech_start_ms: int = 60
+    preroll_ms: int = 300
+    interrupt_min_speech_ms: int = 250
+    max_utterance_samples: int = 30 * SAMPLE_RATE_HZ
+    chunk_timeout_s: float = 2.0
+    idle_timeout_s: float = 60.0
+    max_session_s: float = 4 * 3600.0
+    # Characters of recent final text passed to the model as context; 0 = none.
+    context_chars: int = 0
+    # Barge-in: False = on voice activity alone; True = only once a quick transcription of
+    # the speech holds a word that is not a backchannel ("yeah", "mm-hmm").
+    barge_in_words: bool = False
+    backchannels: Backchannels = field(default_factory=Backchannels)
+    # Word mode: phrases that interrupt as soon as a probe hears them ("stop", "wait").
+    commands: Commands = field(default_factory=Commands)
+    # Word mode: more voiced audio between two probes of the same speech.
+    probe_step_ms: int = 150
+    # Adaptive end of turn: after `endpoint_min_ms` of silence the speech so far is
+    # transcribed at once; a finished sentence ends the turn there (with that text), one
+    # ending mid-phrase ("... and", "um") waits `endpoint_max_ms`, else `endpoint_silence_ms`.
+    adaptive_endpoint: bool = False
+    endpoint_min_ms: int = 300
+    endpoint_max_ms: int = 1000
+    # The decoder's probability that the text ends at the pause (`Transcript.end_prob`):
+    # at least `endpoint_finished_prob` ends the turn, below `endpoint_unfinished_prob` waits
+    # `endpoint_max_ms`, in between the fixed endpoint decides.
+    endpoint_finished_prob: float = 0.75
+    endpoint_unfinished_prob: float = 0.5
+
+    @property
+    def endpoint_frames(self) -> int:
+        return _frames(self.endpoint_silence_ms)
+
+    @property
+    def start_frames(self) -> int:
+        return _frames(self.speech_start_ms)
+
+    @property
+    def preroll_frames(self) -> int:
+        return self.preroll_ms // FRAME_MS
+
+    @property
+    def interrupt_frames(self) -> int:
+        return _frames(self.interrupt_min_speech_ms)
+
+    @property
+    def endpoint_min_frames(self) -> int:
+        return _frames(self.endpoint_min_ms)
+
+    @property
+    def endpoint_max_frames(self) -> int:
+        return _frames(self.endpoint_max_ms)
+
+    @property
+    def probe_step_frames(self) -> int:
+        return _frames(self.probe_step_ms)
+
+    @property
+    def partial_interval_samples(self) -> int:
+        return self.partial_interval_ms * SAMPLE_RATE_HZ // 1000
+
+    def endpoint_policy(self) -> EndpointPolicy:
+        """The end-of-utterance rule these knobs choose."""
+        if not self.adaptive_endpoint:
+            return FixedEndpoint(self.endpoint_frames)
+        return AdaptiveEndpoint(
+            silence_frames=self.endpoint_frames,
+            min_frames=self.endpoint_min_frames,
+            max_frames=self.endpoint_max_frames,
+            finished_prob=self.endpoint_finished_prob,
+            unfinished_prob=self.endpoint_unfinished_prob,
+        )
+
+    def barge_in_policy(self) -> BargeInPolicy | None:
+        """The barge-in rule these knobs choose; None: audio heard while the assistant
+        talks is not the user's."""
+        if not self.enable_interrupt_detection:
+            return None
+        if not self.barge_in_words:
+            return VoiceBargeIn(
+                interrupt_frames=self.interrupt_frames, quiet_frames=self.endpoint_frames
+            )
+        return WordBargeIn(
+            interrupt_frames=self.interrupt_frames,
+            probe_step_frames=self.probe_step_frames,
+            backchannels=self.backchannels,
+            commands=self.commands,
+        )
+
+
+def _frames(ms: int) -> int:
+    """A duration setting in whole VAD frames, at least one."""
+    return max(1, ms // FRAME_MS)

@@ -1,0 +1,231 @@
+"""Utterances: one being heard, with its audio, counters and phase (`Utterance`), and the
+cutting of a session's frames into them (`Segmenter`): the pre-roll that opens one, and the
+cut of one that outgrows the length bound."""
+
+from __future__ import annotations
+
+import collections
+from dataclasses import dataclass, field
+
+import numpy as np
+
+from stt_worker.core.audio import SAMPLE_RATE_HZ, Pcm16
+from stt_worker.core.jobs import Job, JobKind
+from stt_worker.core.phases import UNCONFIRMED, Event, Phase, advance
+from stt_worker.core.protocol import EndReason
+from stt_worker.core.streaming import LocalAgreement
+
+CUT_SEARCH_FRAMES = 75  # look for a pause in the last 1.5 s before the length bound
+
+
+@dataclass(slots=True)
+class Utterance:
+    """One stretch of speech, from its pre-roll to its end; audio in 20 ms frames."""
+
+    utterance_id: int
+    start_sample: int
+    phase: Phase
+    pcm: list[Pcm16] = field(default_factory=list)  # one 20 ms frame per item
+    speech: list[bool] = field(default_factory=list)  # VAD flag of each frame
+    samples: int = 0
+    voiced_frames: int = 0
+    silence_run: int = 0  # unvoiced frames since the last voiced one
+    samples_at_last_partial: int = 0
+    agreement: LocalAgreement = field(default_factory=LocalAgreement)
+    published: str | None = None  # the last partial text sent for this utterance
+    # Word mode: voiced frames when the last probe was sent, and that probe's last word.
+    voiced_at_last_probe: int = 0
+    last_probe_word: str | None = None
+    # Adaptive endpoint: voiced frames when the last turn check was sent.
+    voiced_at_check: int = 0
+
+    def append(self, frame: Pcm16, is_speech: bool) -> None:
+        self.pcm.append(frame)
+        self.speech.append(is_speech)
+        self.samples += frame.size
+        if is_speech:
+            self.voiced_frames += 1
+            self.silence_run = 0
+        else:
+            self.silence_run += 1
+
+    def move(self, event: Event) -> bool:
+        """Take `event` (see `phases.TRANSITIONS`); True when the phase changed."""
+        before = self.phase
+        self.phase = advance(before, event)
+        return self.phase is not before
+
+    @property
+    def unconfirmed(self) -> bool:
+        """Heard over the assistant and not (yet) a barge-in."""
+        return self.phase in UNCONFIRMED
+
+    @property
+    def promised(self) -> bool:
+        """A partial went out: its final is published even when empty."""
+        return self.published is not None
+
+    def job(
+        self,
+        kind: JobKind,
+        *,
+        language: str | None,
+        prompt: str | None,
+        end_reason: EndReason | None = None,
+        ended_at: float | None = None,
+        trailing_silence_s: float = 0.0,
+    ) -> Job:
+        """A transcription of the audio so far (or whole, for a final)."""
+        return Job(
+            utterance_id=self.utterance_id,
+            kind=kind,
+            pcm=tuple(self.pcm),
+            audio_start_s=self.start_sample / SAMPLE_RATE_HZ,
+            audio_end_s=(self.start_sample + self.samples) / SAMPLE_RATE_HZ,
+            has_voice_activity=self.voiced_frames > 0,
+            language=language,
+            prompt=prompt,
+            end_reason=end_reason,
+            ended_at=ended_at,
+            trailing_silence_s=trailing_silence_s,
+        )
+
+    def cut(self, tail_id: int) -> tuple[Utterance, Utterance]:
+        """Split at the quietest point near the end, not mid-word: the head keeps this
+        utterance's id, the tail (`tail_id`) takes the frames after it; none lost, none
+        repeated."""
+        at = _quietest_cut(self)
+        phase = advance(self.phase, Event.CUT)
+        head = Utterance(self.utterance_id, self.start_sample, phase, published=self.published)
+        tail = Utterance(tail_id, self.start_sample, phase)
+        for index, (frame, is_speech) in enumerate(zip(self.pcm, self.speech, strict=True)):
+            (head if index < at else tail).append(frame, is_speech)
+        tail.start_sample += head.samples
+        return head, tail
+
+
+def _quietest_cut(utterance: Utterance) -> int:
+    """Index of the frame to start the next utterance at: the middle of the longest unvoiced
+    run in the search window, else the frame with the least energy."""
+    first = max(1, len(utterance.pcm) - CUT_SEARCH_FRAMES)
+    best_start, best_length, run_start = 0, 0, None
+    for index in range(first, len(utterance.pcm) + 1):
+        unvoiced = index < len(utterance.pcm) and not utterance.speech[index]
+        if unvoiced and run_start is None:
+            run_start = index
+        elif not unvoiced and run_start is not None:
+            if index - run_start > best_length:
+                best_start, best_length = run_start, index - run_start
+            run_start = None
+    if best_length:
+        return best_start + best_length // 2
+    energy = [
+        float(np.mean(utterance.pcm[index].astype(np.float32) ** 2))
+        for index in range(first, len(utterance.pcm))
+    ]
+    return first + int(np.argmin(energy))
+
+
+class PreRoll:
+    """The frames before an utterance: held so its first phoneme is kept, and watched for
+    the onset of speech (`start_frames` voiced among the last `start_frames` + 2)."""
+
+    def __init__(self, *, preroll_frames: int, start_frames: int) -> None:
+        self._start_frames = start_frames
+        # The onset window plus the pre-roll before it, so the first phoneme is kept.
+        self._frames: collections.deque[tuple[Pcm16, bool]] = collections.deque(
+            maxlen=preroll_frames + start_frames + 2
+        )
+        self._recent_speech: collections.deque[bool] = collections.deque(maxlen=start_frames + 2)
+
+    def push(self, frame: Pcm16, is_speech: bool) -> bool:
+        """Hold `frame`; True when speech has begun (the hysteresis is met)."""
+        self._frames.append((frame, is_speech))
+        self._recent_speech.append(is_speech)
+        return sum(self._recent_speech) >= self._start_frames
+
+    def take(self) -> list[tuple[Pcm16, bool]]:
+        """The frames held, oldest first; the pre-roll starts over."""
+        frames = list(self._frames)
+        self._frames.clear()
+        self._recent_speech.clear()
+        return frames
+
+    @property
+    def samples(self) -> int:
+        return sum(frame.size for frame, _ in self._frames)
+
+
+class Segmenter:
+    """Cuts a session's frames into utterances, numbered from 1: the pre-roll before one and
+    its onset, the open one, and the cut of one at the length bound. What a frame means for
+    the open utterance's phase is up to its caller."""
+
+    def __init__(self, *, preroll_frames: int, start_frames: int) -> None:
+        self._preroll = PreRoll(preroll_frames=preroll_frames, start_frames=start_frames)
+        self.utterance: Utterance | None = None
+        self.samples_seen = 0
+        self.utterances = 0  # begun so far
+
+    def push(self, frame: Pcm16, is_speech: bool, *, onset: Event) -> Utterance | None:
+        """Take a frame of VAD-classified audio: the open utterance it joined, else None,
+        also for the frame that opens one (by `onset`): its phase moves from the next."""
+        start_sample = self.samples_seen
+        self.samples_seen += frame.size
+        utterance = self.utterance
+        if utterance is not None:
+            utterance.append(frame, is_speech)
+            return utterance
+        if self._preroll.push(frame, is_speech):
+            frames = self._preroll.take()
+            end_sample = start_sample + frame.size
+            utterance = self._begin(onset, end_sample - sum(f.size for f, _ in frames))
+            for held, held_speech in frames:
+                utterance.append(held, held_speech)
+            utterance.silence_run = 0
+        return None
+
+    def buffer(self, frame: Pcm16, is_speech: bool) -> Utterance:
+        """Without VAD: every frame joins the open utterance (one begins if none is open)."""
+        utterance = self.utterance
+        if utterance is None:
+            utterance = self._begin(Event.SPEECH_BEGAN, self.samples_seen)
+        self.samples_seen += frame.size
+        utterance.append(frame, is_speech)
+        return utterance
+
+    def skip(self, frame: Pcm16) -> None:
+        """A frame that is nobody's speech: counted, not kept."""
+        self.samples_seen += frame.size
+
+    def take(self) -> Utterance | None:
+        """The open utterance, which ends here."""
+        utterance, self.utterance = self.utterance, None
+        return utterance
+
+    def cut(self) -> Utterance:
+        """Split the open utterance (see `Utterance.cut`): the head, which ends here; the
+        tail goes on as the next utterance."""
+        assert self.utterance is not None
+        self.utterances += 1
+        head, self.utterance = self.utterance.cut(self.utterances)
+        return head
+
+    def _begin(self, event: Event, start_sample: int) -> Utterance:
+        self.utterances += 1
+        self.utterance = Utterance(self.utterances, start_sample, advance(Phase.WAITING, event))
+        return self.utterance
+
+    @property
+    def buffered_samples(self) -> int:
+        """The open utterance's samples and the pre-roll's."""
+        held = self._preroll.samples
+        return held + (self.utterance.samples if self.utterance is not None else 0)
+
+    @property
+    def first_held_sample(self) -> int:
+        """The first sample of the open utterance, else of the pre-roll (which is empty
+        while an utterance is open)."""
+        if self.utterance is not None:
+            return self.utterance.start_sample
+        return self.samples_seen - self._preroll.samples

@@ -1,0 +1,86 @@
+"""The endpoint policies on their own: pause lengths and turn-check texts in, events out."""
+
+from __future__ import annotations
+
+import pytest
+
+from stt_worker.core.endpoint import AdaptiveEndpoint, FixedEndpoint
+from stt_worker.core.phases import Event, Phase
+from stt_worker.core.session_config import SessionConfig
+
+FIXED = FixedEndpoint(silence_frames=20)
+ADAPTIVE = AdaptiveEndpoint(
+    silence_frames=20, min_frames=10, max_frames=30, finished_prob=0.75, unfinished_prob=0.5
+)
+
+
+def test_the_fixed_rule_ends_at_its_silence_whatever_the_phase():
+    for phase in (Phase.SPEAKING, Phase.HOLDING, Phase.CANDIDATE):
+        assert not FIXED.ends(19, phase)
+        assert FIXED.ends(20, phase) and FIXED.ends(21, phase)
+
+
+def test_the_fixed_rule_asks_for_no_turn_check():
+    assert [FIXED.on_frame(run) for run in range(40)] == [None] * 40
+    assert FIXED.judge("He could wait no longer.", 0.99) is Event.TURN_UNDECIDED
+
+
+def test_the_adaptive_rule_checks_once_per_pause_at_its_minimum():
+    events = [ADAPTIVE.on_frame(run) for run in range(40)]
+    assert events[0] is Event.SPEECH_RESUMED  # a voiced frame: the next pause is new
+    assert events[10] is Event.CHECK_DUE
+    assert [e for i, e in enumerate(events) if i not in (0, 10)] == [None] * 38
+
+
+def test_the_adaptive_rule_waits_longer_only_while_holding():
+    for phase in (Phase.SPEAKING, Phase.CHECKING, Phase.CANDIDATE, Phase.PROBING):
+        assert not ADAPTIVE.ends(19, phase) and ADAPTIVE.ends(20, phase)
+    assert not ADAPTIVE.ends(29, Phase.HOLDING)
+    assert ADAPTIVE.ends(30, Phase.HOLDING)
+
+
+@pytest.mark.parametrize(
+    ("text", "end_prob", "event"),
+    [
+        ("He could wait no longer.", 0.9, Event.TURN_OVER),
+        ("He could wait no longer.", 0.75, Event.TURN_OVER),  # the bound is inclusive
+        ("He could wait no longer.", 0.6, Event.TURN_UNDECIDED),
+        ("He could wait no longer.", 0.5, Event.TURN_UNDECIDED),
+        ("For a full hour he had paced up and down waiting.", 0.3, Event.TURN_HOLDS),
+        ("And so my fellow Americans,", 0.95, Event.TURN_HOLDS),  # a comma: mid-phrase
+        ("For a full hour he had paced up and", 0.95, Event.TURN_HOLDS),
+        ("He could wait no longer.", None, Event.TURN_OVER),  # no score: punctuation
+        ("has never been", None, Event.TURN_HOLDS),
+        ("", 0.9, Event.TURN_UNDECIDED),  # no words to judge
+    ],
+)
+def test_the_adaptive_rule_judges_a_turn_check(text: str, end_prob: float | None, event: Event):
+    assert ADAPTIVE.judge(text, end_prob) is event
+
+
+def test_the_probabilities_are_the_configured_ones():
+    strict = AdaptiveEndpoint(
+        silence_frames=20, min_frames=10, max_frames=30, finished_prob=0.95, unfinished_prob=0.9
+    )
+    assert strict.judge("He could wait no longer.", 0.92) is Event.TURN_UNDECIDED
+    assert strict.judge("He could wait no longer.", 0.85) is Event.TURN_HOLDS
+    assert ADAPTIVE.judge("He could wait no longer.", 0.92) is Event.TURN_OVER
+    assert ADAPTIVE.judge("He could wait no longer.", 0.85) is Event.TURN_OVER
+
+
+def test_the_settings_choose_the_rule_and_its_lengths_in_frames():
+    fixed = SessionConfig(endpoint_silence_ms=410).endpoint_policy()
+    assert isinstance(fixed, FixedEndpoint) and fixed.silence_frames == 20
+    adaptive = SessionConfig(
+        adaptive_endpoint=True,
+        endpoint_silence_ms=500,
+        endpoint_min_ms=300,
+        endpoint_max_ms=1000,
+        endpoint_finished_prob=0.8,
+        endpoint_unfinished_prob=0.4,
+    ).endpoint_policy()
+    assert isinstance(adaptive, AdaptiveEndpoint)
+    assert (adaptive.silence_frames, adaptive.min_frames, adaptive.max_frames) == (25, 15, 50)
+    assert (adaptive.finished_prob, adaptive.unfinished_prob) == (0.8, 0.4)
+    # A length under one frame still waits one frame.
+    assert SessionConfig(endpoint_silence_ms=5).endpoint_policy().ends(1, Phase.SPEAKING)
