@@ -80,7 +80,6 @@ def oversized(path: Path) -> Iterator[str]:
                 yield f"{path.relative_to(PACKAGE)}: {node.name} has {lines} lines (> {limit})"
 
 
-@pytest.mark.xfail(reason="issue 15 in progress: Worker and Session", strict=False)
 def test_no_class_or_function_outgrows_its_limit():
     found = [each for path in sources("core", "engines", "runtime") for each in oversized(path)]
     assert found == []
