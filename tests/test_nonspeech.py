@@ -162,9 +162,10 @@ async def test_worker_publishes_no_words(make_worker, nc, name: str, enable_vad:
 # ------------------------------------------------------------------ the rules' margins
 
 # Every window of the set above that decoded text (text, no_speech_prob, avg_logprob), both
-# models, measured on one install (docs/operations.md, "Non-speech margins"; the script is
-# described there); plus the window that failed on a fresh clone (issue 20; its avg_logprob
-# was not reported: base decodes breathing at -1.6 to -2.8, -1.6 is taken).
+# models and both decode paths (the same figures), measured on one install with the raw
+# scores `is_hallucination` was called with; plus the window that failed on a fresh clone
+# (issue 20; its avg_logprob was not reported: base decodes breathing at -1.6 to -2.8, the
+# nearest to speech is taken).
 NONSPEECH_WINDOWS = [
     ("tiny.en/breathing", "I'm going to do that.", 0.6797, -1.5797),
     ("tiny.en/brown", "I'm gonna go to the ground.", 0.9338, -2.0368),

@@ -34,8 +34,9 @@ COMPRESSION_RATIO_THRESHOLD = 2.4
 # (tests/test_nonspeech.py: breathing, a swelling tone; 0.46 on another install's breathing).
 # Real speech in our corpus decodes at avg_logprob >= -1.12 wherever no_speech_prob passes
 # 0.3, except 0.6 s onsets that give junk such as "1.". Set between the two with room on
-# both sides (docs/operations.md, "Non-speech margins"): measured, the nearest non-speech
-# window is 0.16 above 0.3 and 0.28 below -1.3, the nearest speech window 0.18 above -1.3.
+# both sides (the measured windows are in tests/test_nonspeech.py, checked with a 0.1 margin):
+# the nearest non-speech window is 0.16 above 0.3 and 0.28 below -1.3, the nearest speech
+# window 0.18 above -1.3.
 DOUBTFUL_NO_SPEECH_THRESHOLD = 0.3
 VERY_LOW_LOG_PROB_THRESHOLD = -1.3
 # What Whisper writes for a breath or a tone when it hears no words (measured: "Ah!", "Ahh!",
