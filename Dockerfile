@@ -9,7 +9,7 @@ FROM python:3.11.14-slim-bookworm AS build
 ENV PIP_NO_CACHE_DIR=1 PIP_ROOT_USER_ACTION=ignore
 WORKDIR /src
 COPY docker/install.sh docker/
-COPY pyproject.toml README.md ./
+COPY pyproject.toml README.md constraints.txt ./
 COPY stt_worker stt_worker/
 # The venv lives at the same path in both stages: its scripts name their interpreter by
 # absolute path.

@@ -13,6 +13,9 @@
 #   rocm-whisper  the first half of `rocm`: openai-whisper alone, so images can bake weights
 #                 in a layer that survives source changes
 # Each variant ends by importing what it installed, so a broken step fails the build here.
+# Every version comes from SRC/constraints.txt, the file ./dev installs with too: an image
+# built today holds what the suite last passed with. The rocm variants keep what their
+# environment already has (its torch, its numpy) and pin only what they add.
 set -euo pipefail
 
 # openai-whisper is installed without its dependencies (they name `torch` and CUDA's
@@ -30,7 +33,9 @@ variant=$1
 python=$2/bin/python3
 src=${3:-$(cd "$(dirname "${BASH_SOURCE[0]}")/.." && pwd)}
 [[ -x $python ]] || die "$python is not an executable Python"
-[[ -f $src/pyproject.toml ]] || die "$src has no pyproject.toml"
+# rocm-whisper runs before the images copy the source: it needs the constraints alone.
+[[ -f $src/constraints.txt ]] || die "$src has no constraints.txt"
+[[ $variant == rocm-whisper || -f $src/pyproject.toml ]] || die "$src has no pyproject.toml"
 
 pip_install() {
     "$python" -m pip install --disable-pip-version-check --no-input "$@"
@@ -45,13 +50,27 @@ torch_version() {
     "$python" -c "import importlib.metadata as m; print(m.version('torch'))"
 }
 
+# The project's constraints less the packages the environment already has, which stay
+# as they are (a ROCm image's torch and what it was built against).
+constraints_for_new_packages() {
+    "$python" -m pip list --format=freeze --disable-pip-version-check |
+        sed 's/==.*//' | tr 'A-Z_.' 'a-z--' | sort -u >"$1.installed"
+    while IFS= read -r line; do
+        [[ $line == \#* || -z $line ]] && continue
+        name=$(printf '%s' "${line%%==*}" | tr 'A-Z_.' 'a-z--')
+        grep -qxF "$name" "$1.installed" || printf '%s\n' "$line"
+    done <"$src/constraints.txt"
+    rm -f "$1.installed"
+}
+
 # Installs openai-whisper with torch pinned to the version already there: nothing below
 # asks for torch, and the constraint turns any future request for another one into an error.
 install_openai_whisper() {
     local before constraints
     before=$(torch_version) || die "the $variant variant needs PyTorch installed first"
     constraints=$(mktemp)
-    printf 'torch==%s\n' "$before" >"$constraints"
+    constraints_for_new_packages "$constraints" >"$constraints"
+    printf 'torch==%s\n' "$before" >>"$constraints"
     pip_install --constraint "$constraints" --no-deps "$OPENAI_WHISPER"
     pip_install --constraint "$constraints" "${OPENAI_WHISPER_DEPS[@]}"
     # The openai-whisper engine shares decoding code with the CTranslate2 engine, and the
@@ -68,11 +87,11 @@ install_openai_whisper() {
 
 case $variant in
     http)
-        pip_install "$src"
+        pip_install --constraint "$src/constraints.txt" "$src"
         check_imports stt_worker.runtime.worker stt_worker.engines.http
         ;;
     cpu)
-        pip_install "$src[local]"
+        pip_install --constraint "$src/constraints.txt" "$src[local]"
         check_imports stt_worker.runtime.worker stt_worker.engines.faster_whisper
         ;;
     rocm-whisper)

@@ -578,6 +578,31 @@ class Settings(BaseSettings):
         description="Finals queued for inference before new ones get `overloaded`.",
         ge=1,
     )
+    error_replies_per_s: float = setting(
+        1.0,
+        "STT_ERROR_REPLIES_PER_S",
+        group=Group.LIMITS,
+        description="Error replies to rejected messages per session (or per subject, for "
+        "messages that open none) and second, after a burst of `STT_ERROR_REPLY_BURST`; the "
+        'rest are counted and summed in the next reply ("and N more").',
+        gt=0,
+    )
+    error_reply_burst: int = setting(
+        5,
+        "STT_ERROR_REPLY_BURST",
+        group=Group.LIMITS,
+        description="Error replies a session (or subject) may get at once before "
+        "`STT_ERROR_REPLIES_PER_S` applies.",
+        ge=1,
+    )
+    error_replies_overall_per_s: float = setting(
+        200.0,
+        "STT_ERROR_REPLIES_OVERALL_PER_S",
+        group=Group.LIMITS,
+        description="Error replies to rejected messages per second for the whole worker "
+        "(bursts of twice as many), so that a flood spread over many subjects is bounded too.",
+        gt=0,
+    )
     pending_msgs_limit: int = setting(
         65_536,
         "STT_PENDING_MSGS_LIMIT",

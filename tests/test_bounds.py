@@ -6,6 +6,9 @@ worker process of its own is in tests/test_flood.py.)
 from __future__ import annotations
 
 import asyncio
+import logging
+import re
+import time
 
 import msgpack
 import numpy as np
@@ -16,7 +19,7 @@ from stt_worker.core.jobs import Transcribe
 from stt_worker.core.session import Session, SessionConfig, frames_of
 from stt_worker.core.vad import FRAME_SAMPLES
 from stt_worker.runtime.publisher import stream_file
-from tests.helpers import SPEECH_DIR, Inbox, manifest_text
+from tests.helpers import SPEECH_DIR, Inbox, manifest_text, until
 from tests.test_worker import WER_BOUND, final_text, finals, sid
 from tests.textnorm import wer
 
@@ -93,3 +96,79 @@ def test_audio_held_by_a_session_never_exceeds_the_utterance_bound_and_preroll()
         held.append(session.buffered_samples)
     assert max(held) <= bound
     assert finals_s + session.buffered_samples / SAMPLE_RATE_HZ == 600.0  # nothing dropped
+
+
+# ------------------------------------------------------------------ error replies
+
+
+def _sample(worker, name: str, code: str) -> float:
+    value = worker.telemetry.metrics.registry.get_sample_value(name, {"code": code})
+    return value or 0.0
+
+
+def _held_back(message: dict) -> int:
+    found = re.search(r"\(and (\d+) more rejected", message["message"])
+    return int(found.group(1)) if found else 0
+
+
+async def test_a_flood_of_bad_messages_gets_a_few_replies_that_sum_the_rest(make_worker, nc):
+    worker = await make_worker(error_reply_burst=3, error_replies_per_s=2.0)
+    session = sid()  # never opens: its messages have an unknown type
+    inbox = await Inbox.open(nc, session)
+    subject = f"ai.voice.stream.{session}"
+    bogus = msgpack.packb({"type": "bogus"})
+    started = time.monotonic()
+    flood = 2000
+    for _ in range(flood):
+        await nc.publish(subject, bogus)
+    await until(lambda: _sample(worker, "stt_messages_rejected_total", "unknown_type") >= flood, 30)
+    # A reply once the session's share refills: it sums what was held back.
+    sent = flood
+    while not any(_held_back(m) for m in inbox.received):
+        await nc.publish(subject, bogus)
+        sent += 1
+        await asyncio.sleep(0.1)  # publish at 10/s until the limiter's refill shows
+        assert time.monotonic() - started < 30
+    await until(lambda: _sample(worker, "stt_messages_rejected_total", "unknown_type") >= sent, 10)
+    await nc.flush()
+    elapsed_s = time.monotonic() - started
+    replies = inbox.received
+    assert len(replies) <= 3 + 2.0 * elapsed_s + 1, (len(replies), elapsed_s)
+    assert {m["code"] for m in replies} == {"unknown_type"}
+    # Every rejection is either answered or summed in a later answer; all are counted.
+    await until(
+        lambda: (
+            len(inbox.received) == _sample(worker, "stt_errors_published_total", "unknown_type")
+        ),
+        5,
+    )
+    answered = len(inbox.received)
+    summed = sum(_held_back(m) for m in inbox.received)
+    held = _sample(worker, "stt_error_replies_held_back_total", "unknown_type")
+    assert answered + held == sent
+    assert summed <= held  # the last ones held back wait for a reply that has not come
+
+
+@pytest.mark.parametrize(
+    "payload, code",
+    [
+        (msgpack.packb({"type": "x" * 900_000}), "unknown_type"),
+        (msgpack.packb({"type": "state_change", "state": "s" * 900_000}), "invalid_field"),
+        (b"\x82\xa4type\xa3end\xa1x" + b"\x91" * 100_000 + b"\x01", "malformed_msgpack"),
+    ],
+    ids=["huge_type", "huge_state", "deep_nesting"],
+)
+async def test_hostile_payloads_get_short_replies_and_short_log_lines(
+    make_worker, nc, caplog, payload, code
+):
+    await make_worker()
+    session = sid()
+    inbox = await Inbox.open(nc, session)
+    with caplog.at_level(logging.INFO, logger="stt_worker"):
+        await nc.publish(f"ai.voice.stream.{session}", payload)
+        reply = await inbox.until(lambda m: m.get("type") == "error", within_s=10)
+    assert reply["code"] == code
+    assert len(reply["message"]) < 600, reply["message"][:300]
+    records = [r.getMessage() for r in caplog.records if r.name.startswith("stt_worker")]
+    assert records and max(len(line) for line in records) < 1200
+    assert not [r for r in caplog.records if r.exc_info], "no traceback for bad input"

@@ -8,16 +8,20 @@ the memory back both times, and nothing may stay behind from one to the next.
 from __future__ import annotations
 
 import asyncio
+import contextlib
 import os
 import sys
+import uuid
 from collections.abc import AsyncIterator
 
 import msgpack
+import numpy as np
 import psutil
 import pytest
 from nats.aio.client import Client
 
 from tests.helpers import REPO
+from tests.memory_budget import BYTES_PER_HELD_S, PCM16_BYTES_PER_S
 
 SESSIONS = 1000
 MIB = 1024 * 1024
@@ -26,18 +30,17 @@ RATE_HZ = 48_000
 CHUNKS = 10
 
 
-@pytest.fixture
-async def worker_process(nats_url: str) -> AsyncIterator[psutil.Process]:
+@contextlib.asynccontextmanager
+async def serving(nats_url: str, **settings: str) -> AsyncIterator[psutil.Process]:
+    """`stt-streaming serve` in a process of its own, until the block ends."""
     env = {
         **os.environ,
         "NATS_URL": nats_url,
-        "STT_SESSION_IDLE_TIMEOUT_S": "2",
-        "STT_MAX_SESSIONS": str(SESSIONS),
         "STT_HTTP_PORT": "-1",
         "STT_LOG_LEVEL": "INFO",
         "STT_LOG_FORMAT": "json",
         "OTEL_ENABLED": "false",
-        "STT_ENGINE": "faster-whisper",
+        **settings,
     }
     process = await asyncio.create_subprocess_exec(
         sys.executable,
@@ -64,6 +67,17 @@ async def worker_process(nats_url: str) -> AsyncIterator[psutil.Process]:
         process.terminate()
         await asyncio.wait_for(process.wait(), 60)
         await reader
+
+
+@pytest.fixture
+async def worker_process(nats_url: str) -> AsyncIterator[psutil.Process]:
+    async with serving(
+        nats_url,
+        STT_SESSION_IDLE_TIMEOUT_S="2",
+        STT_MAX_SESSIONS=str(SESSIONS),
+        STT_ENGINE="faster-whisper",
+    ) as process:
+        yield process
 
 
 async def flood(nc: Client, round_: int) -> None:
@@ -116,3 +130,50 @@ async def test_a_flood_of_unended_sessions_is_bounded_and_evicted(worker_process
     assert max(after1, after2) < baseline + 8 * MIB, report
     # ... and nothing stays behind from one flood to the next.
     assert after2 - after1 < 4 * MIB, report
+
+
+# ------------------------------------------------------------------ audio held
+
+
+HELD_SESSIONS = 200
+HELD_STEP_S = 10
+
+
+async def hold_audio(nc: Client, sessions: list[str], seconds: int) -> None:
+    """`seconds` more of 16 kHz noise in 100 ms chunks for every session; returns once the
+    worker has taken it all (it answers a probe behind them in the same subscription)."""
+    noise = np.random.default_rng(0).integers(-3000, 3000, 1600, dtype=np.int16).tobytes()
+    chunk = msgpack.packb({"type": "chunk", "audio": noise})
+    for session in sessions:
+        for _ in range(seconds * 10):
+            await nc.publish(f"ai.voice.stream.{session}", chunk)
+    probe = f"probe-{uuid.uuid4().hex[:8]}"
+    inbox = await nc.subscribe(f"ai.voice.transcription.{probe}")
+    await nc.publish(f"ai.voice.stream.{probe}", msgpack.packb({"type": "end"}))
+    await inbox.next_msg(timeout=120)
+    await inbox.unsubscribe()
+
+
+async def test_bytes_per_held_second_of_audio_match_the_memory_budget(nats_url, nc):
+    """What docs/operations.md's arithmetic (tests/memory_budget.py) charges per second of
+    audio a session holds, measured: the RSS that 200 sessions x 10 s more audio adds."""
+    # VAD off and no timeouts within the test: every session keeps all it gets in one open
+    # utterance (16 s at most), and nothing is transcribed (the HTTP backend is never asked).
+    async with serving(
+        nats_url,
+        STT_ENGINE="http",
+        WHISPER_URL="http://127.0.0.1:9",
+        STT_ENABLE_VAD="false",
+        STT_CHUNK_TIMEOUT="600",
+        STT_PARTIAL_INTERVAL_MS="600000",
+        STT_SESSION_IDLE_TIMEOUT_S="600",
+    ) as worker:
+        sessions = [f"held-{index}" for index in range(HELD_SESSIONS)]
+        await hold_audio(nc, sessions, 1)  # every session and its utterance open
+        before = worker.memory_info().rss
+        await hold_audio(nc, sessions, HELD_STEP_S)
+        after = worker.memory_info().rss
+    per_held_s = (after - before) / (HELD_SESSIONS * HELD_STEP_S)
+    report = f"{per_held_s:.0f} bytes per held second (PCM16 alone: {PCM16_BYTES_PER_S})"
+    print(report)
+    assert PCM16_BYTES_PER_S * 0.9 <= per_held_s <= BYTES_PER_HELD_S, report

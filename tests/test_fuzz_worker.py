@@ -177,7 +177,15 @@ async def healthy_sessions(nc: Client, done: asyncio.Event) -> int:
 async def test_fuzzed_input_gets_stable_errors_and_spares_a_healthy_session(
     make_worker, nc, caplog, kind
 ):
-    worker = await make_worker(max_chunk_bytes=MAX_CHUNK_BYTES, max_session_id_chars=MAX_ID_CHARS)
+    # Every case expects its own replies: the error-reply limit (tests/test_bounds.py) is
+    # set far above what the fuzzing sends.
+    worker = await make_worker(
+        max_chunk_bytes=MAX_CHUNK_BYTES,
+        max_session_id_chars=MAX_ID_CHARS,
+        error_reply_burst=1_000_000,
+        error_replies_per_s=1e6,
+        error_replies_overall_per_s=1e6,
+    )
     router = await Router.open(nc)
     loop = asyncio.get_running_loop()
     cases = itertools.count()

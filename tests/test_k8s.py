@@ -33,6 +33,7 @@ from nats.aio.subscription import Subscription
 
 from stt_worker.config import Settings
 from stt_worker.runtime.nats_server import NatsServer
+from tests.memory_budget import MIB, quantity_bytes, worst_case
 
 K8S_DIR = Path(__file__).resolve().parent.parent / "k8s"
 NATS_CONF = K8S_DIR / "nats" / "nats.conf"
@@ -553,3 +554,23 @@ async def test_nats_config_partitions_sessions_on_the_real_server() -> None:
     assert elsewhere == first, "another server put sessions on other partitions"
     # A hash, not one bucket: 50 sessions spread over most of the 12 partitions.
     assert len(set(first.values())) >= partitions // 2
+
+
+# ------------------------------------------------------------------ memory
+
+
+@pytest.mark.parametrize("target", WORKER_TARGETS)
+def test_the_worst_case_memory_fits_the_workers_limit(target: str) -> None:
+    """Every session holding a maximal utterance, every queued final, every decode in flight
+    and full NATS buffers, from the settings as rendered (docs/operations.md, "Memory")."""
+    docs = render(target)
+    settings = Settings(**worker_env(docs), HOSTNAME=f"{WORKER}-0")
+    container = only_container(find(docs, "StatefulSet", WORKER))
+    limit = quantity_bytes(container["resources"]["limits"]["memory"])
+    worst = worst_case(settings, WORKER_TARGETS[target])
+    terms = ", ".join(f"{name} {value / MIB:.0f}" for name, value in vars(worst).items())
+    report = (
+        f"{target}: worst case {worst.total / MIB:.0f} MiB ({terms}) vs limit {limit / MIB:.0f}"
+    )
+    print(report)
+    assert worst.total <= limit, report

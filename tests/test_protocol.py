@@ -140,3 +140,49 @@ def test_server_messages_that_are_not_raise_with_a_code(payload: bytes, code: st
     with pytest.raises(ProtocolError) as error:
         decode_server_message(payload)
     assert error.value.code == code
+
+
+# ------------------------------------------------------------------ hostile input
+
+DEEP = b"\x91" * 100_000 + b"\x01"  # 100,000 nested one-element arrays
+
+
+@pytest.mark.parametrize(
+    "payload",
+    [
+        DEEP,
+        b"\x81\xa4type" + DEEP,  # the type itself
+        b"\x82\xa4type\xa3end\xa1x" + DEEP,  # an unknown field a valid message would skip
+        b"\x82\xa4type\xa5start\xaaspeaker_id" + DEEP,  # a known field
+        b"\x81\xa1x" * 100_000 + b"\x01",  # nested maps
+        b"\x82\xa4type\xa3bad\xa1x" + DEEP,  # an unknown type beside a deep field
+    ],
+    ids=["top", "type", "unknown_field", "known_field", "maps", "bad_type"],
+)
+def test_deep_nesting_is_malformed_not_a_failure(payload: bytes) -> None:
+    with pytest.raises(ProtocolError) as caught:
+        decode_client_message(payload)
+    assert caught.value.code == ErrorCode.MALFORMED_MSGPACK, caught.value
+
+
+@pytest.mark.parametrize(
+    "message, code",
+    [
+        ({"type": "x" * 900_000}, ErrorCode.UNKNOWN_TYPE),
+        ({"type": ["y" * 1000] * 1000}, ErrorCode.UNKNOWN_TYPE),
+        ({"type": {"z" * 1000: "w" * 1000}}, ErrorCode.UNKNOWN_TYPE),
+        ({"type": "state_change", "state": "s" * 900_000}, ErrorCode.INVALID_FIELD),
+        ({"type": "start", "language": "l" * 900_000}, ErrorCode.INVALID_FIELD),
+        (["v" * 900_000], ErrorCode.NOT_A_MAP),
+    ],
+    ids=["long_type", "array_type", "map_type", "long_state", "long_language", "not_a_map"],
+)
+def test_errors_echo_at_most_200_characters_of_input(message: object, code: str) -> None:
+    with pytest.raises(ProtocolError) as caught:
+        decode_client_message(msgpack.packb(message))
+    assert caught.value.code == code
+    text = caught.value.message
+    # Whatever the message says, no run of the client's filler characters passes 200.
+    longest = max(len(run) for run in text.replace("'", " ").replace('"', " ").split())
+    assert longest <= 200 + len("..."), text[:400]
+    assert len(text) < 600, text[:400]

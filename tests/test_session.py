@@ -469,3 +469,14 @@ def test_first_unsettled_sample_follows_the_preroll_the_utterance_and_its_final(
     assert session.first_unsettled_sample == start == round(final.audio_start_s * 16_000)
     session.result(final, "hello", now=1.0, language="en", inference_s=0.1)
     assert session.first_unsettled_sample > final.audio_end_s * 16_000 - FRAME_SAMPLES
+
+
+def test_empty_audio_does_not_keep_an_utterance_open():
+    session = new_session()
+    feed(session, "s" * 10, now=0.0)
+    empty = frames("")
+    for now in (1.0, 1.9, 2.8):  # an empty chunk more often than the chunk timeout
+        assert session.audio(empty, now=now) == []
+    (final,) = jobs(session.tick(now=2.9), final=True)
+    assert final.end_reason == "timeout"
+    assert not session.in_utterance

@@ -13,6 +13,7 @@ from __future__ import annotations
 
 import binascii
 import re
+import reprlib
 from typing import Annotated, Any, Literal
 
 import msgspec
@@ -94,22 +95,34 @@ ClientMessage = Start | Chunk | Playback | StateChange | End
 
 _decoder = msgspec.msgpack.Decoder(ClientMessage)
 _any_decoder = msgspec.msgpack.Decoder()
+# The error path reads only the top level: each value stays undecoded bytes (`Raw`), so a
+# huge or deeply nested field costs no objects and no recursion.
+_top_decoder = msgspec.msgpack.Decoder(dict[Any, msgspec.Raw])
+_raw_decoder = msgspec.msgpack.Decoder(msgspec.Raw)
 _TYPES = {"start", "chunk", "playback", "state_change", "end"}
+
+# The most characters of client input any error message (reply or log line) carries.
+MAX_ECHO_CHARS = 200
+# A `type` value up to this many bytes is decoded to be shown; it cannot nest deeper than its
+# byte count, far below the decoder's recursion limit.
+_SHOWN_VALUE_BYTES = 256
 
 
 def decode_client_message(payload: bytes) -> ClientMessage:
-    """Decode one input message or raise `ProtocolError` with a stable code."""
+    """Decode one input message or raise `ProtocolError` with a stable code.
+
+    Our messages are flat maps, so nesting has no use: msgspec's recursion guard ends a deeply
+    nested payload (anywhere, unknown fields included) before it builds it, and that is
+    reported as `malformed_msgpack`, not as a failure of the worker."""
     try:
         return _decoder.decode(payload)
     except msgspec.ValidationError as exc:
         # Only the error path decodes twice: the typed decoder cannot say *why* it failed.
-        try:
-            raw = _any_decoder.decode(payload)
-        except _MALFORMED as malformed:
-            raise _malformed(malformed) from exc
-        raise _classify(raw, exc) from exc
+        raise _explain(payload, exc) from exc
     except _MALFORMED as exc:
         raise _malformed(exc) from exc
+    except RecursionError as exc:
+        raise _too_deep() from exc
 
 
 # msgspec raises UnicodeDecodeError, not DecodeError, for a str that is not UTF-8.
@@ -117,11 +130,102 @@ _MALFORMED = (msgspec.DecodeError, UnicodeDecodeError)
 
 
 def _malformed(exc: Exception) -> ProtocolError:
-    return ProtocolError(f"payload is not valid msgpack: {exc}", code=ErrorCode.MALFORMED_MSGPACK)
+    return ProtocolError(
+        f"payload is not valid msgpack: {clip(str(exc))}", code=ErrorCode.MALFORMED_MSGPACK
+    )
 
 
-def _classify(raw: Any, exc: msgspec.ValidationError) -> ProtocolError:
+def _too_deep() -> ProtocolError:
+    return ProtocolError(
+        "payload is nested too deeply to read (messages are flat maps)",
+        code=ErrorCode.MALFORMED_MSGPACK,
+    )
+
+
+def _explain(payload: bytes, exc: msgspec.ValidationError) -> ProtocolError:
+    """Why a payload is not a client message, reading only its top level."""
+    try:
+        return _explain_top_level(payload, exc)
+    except _MALFORMED as malformed:
+        return _malformed(malformed)
+    except RecursionError:
+        return _too_deep()
+
+
+def _explain_top_level(payload: bytes, exc: msgspec.ValidationError) -> ProtocolError:
+    try:
+        top = _top_decoder.decode(payload)
+    except msgspec.ValidationError:
+        # Not a map: checked to be well-formed by skipping over it, building nothing.
+        _raw_decoder.decode(payload)
+        return classify_invalid(_Opaque(_msgpack_kind(payload)), exc, types=sorted(_TYPES))
+    raw: dict[Any, Any] = {key: None for key in top}
+    if "type" in top:
+        raw["type"] = _shown_value(top["type"])
     return classify_invalid(raw, exc, types=sorted(_TYPES))
+
+
+class _Opaque:
+    """Stands for a value too large (or not worth) decoding: shown by its kind alone."""
+
+    def __init__(self, kind: str) -> None:
+        self.kind = kind
+
+    def __repr__(self) -> str:
+        return f"<{self.kind}>"
+
+
+def _shown_value(raw: msgspec.Raw) -> Any:
+    """A top-level value decoded for an error message: a string of any length (flat, then
+    clipped by `shown`), or anything small; else only its kind."""
+    data = bytes(raw)
+    kind = _msgpack_kind(data)
+    if kind == "str" or len(data) <= _SHOWN_VALUE_BYTES:
+        try:
+            return _any_decoder.decode(data)
+        except (*_MALFORMED, RecursionError):
+            pass
+    return _Opaque(kind)
+
+
+def _msgpack_kind(data: bytes) -> str:
+    """The Python type name a msgpack value decodes to, from its first byte."""
+    first = data[0] if data else 0xC1
+    if first <= 0x7F or first >= 0xE0 or 0xCC <= first <= 0xD3:
+        return "int"
+    if 0x80 <= first <= 0x8F or first in (0xDE, 0xDF):
+        return "dict"
+    if 0x90 <= first <= 0x9F or first in (0xDC, 0xDD):
+        return "list"
+    if 0xA0 <= first <= 0xBF or first in (0xD9, 0xDA, 0xDB):
+        return "str"
+    if first in (0xC4, 0xC5, 0xC6):
+        return "bytes"
+    if first in (0xCA, 0xCB):
+        return "float"
+    if first in (0xC2, 0xC3):
+        return "bool"
+    if first == 0xC0:
+        return "NoneType"
+    return "ext"
+
+
+_repr = reprlib.Repr()  # Python 3.11's takes its limits as attributes, not arguments
+_repr.maxlevel, _repr.maxlist, _repr.maxdict = 3, 8, 8
+_repr.maxstring = _repr.maxother = _repr.maxlong = MAX_ECHO_CHARS
+
+
+def shown(value: Any) -> str:
+    """`value`'s repr for an error message: at most `MAX_ECHO_CHARS` characters of it, built
+    without ever rendering the whole of a huge value."""
+    return clip(_repr.repr(value))
+
+
+def clip(text: str, limit: int = MAX_ECHO_CHARS) -> str:
+    """`text` cut to `limit` characters, saying how much was left out."""
+    if len(text) <= limit:
+        return text
+    return f"{text[:limit]}... ({len(text) - limit} more characters)"
 
 
 def classify_invalid(
@@ -134,19 +238,27 @@ def classify_invalid(
     hint: str = "",
 ) -> ProtocolError:
     """Why a decoded `raw` payload is not a valid tagged message, with the stable code for
-    each case: not a map, no `type`, an unknown `type`, or a field that does not fit."""
+    each case: not a map, no `type`, an unknown `type`, or a field that does not fit. Client
+    input in the message (the `type`, the decoder's complaint) is cut to `MAX_ECHO_CHARS`."""
+    if isinstance(raw, _Opaque) and raw.kind == "dict":
+        return ProtocolError(f"{noun} has keys that cannot be read", code=ErrorCode.INVALID_MESSAGE)
+    if isinstance(raw, _Opaque):
+        return ProtocolError(
+            f"{noun} must be {container}, got {raw.kind}", code=ErrorCode.NOT_A_MAP
+        )
     if not isinstance(raw, dict):
         return ProtocolError(
             f"{noun} must be {container}, got {type(raw).__name__}", code=ErrorCode.NOT_A_MAP
         )
     if "type" not in raw:
         return ProtocolError(f"{noun} has no 'type' field", code=ErrorCode.MISSING_TYPE)
-    if raw["type"] not in types:
+    kind = raw["type"]
+    if not isinstance(kind, str) or kind not in types:
         return ProtocolError(
-            f"unknown {noun} type {raw['type']!r}; expected one of {types}{hint}",
+            f"unknown {noun} type {shown(kind)}; expected one of {types}{hint}",
             code=ErrorCode.UNKNOWN_TYPE,
         )
-    return ProtocolError(f"invalid {raw['type']} {noun}: {exc}", code=ErrorCode.INVALID_FIELD)
+    return ProtocolError(f"invalid {kind} {noun}: {clip(str(exc))}", code=ErrorCode.INVALID_FIELD)
 
 
 def check_session_id(session_id: str, max_chars: int) -> None:
@@ -159,7 +271,7 @@ def check_session_id(session_id: str, max_chars: int) -> None:
         )
     if not SESSION_ID_PATTERN.fullmatch(session_id):
         raise ProtocolError(
-            f"session id {session_id!r} has characters other than printable ASCII, or the "
+            f"session id {shown(session_id)} has characters other than printable ASCII, or the "
             "wildcards '*' or '>'",
             code=ErrorCode.INVALID_SESSION_ID,
         )
@@ -292,13 +404,17 @@ def decode_server_message(data: bytes) -> ServerMessage:
             raw = _any_decoder.decode(data)
         except _MALFORMED as malformed:
             raise _malformed(malformed) from exc
+        except RecursionError as deep:
+            raise _too_deep() from deep
         if isinstance(raw, dict) and raw.get("type") is None:
             raise ProtocolError(
-                f"invalid transcript message: {exc}", code=ErrorCode.INVALID_FIELD
+                f"invalid transcript message: {clip(str(exc))}", code=ErrorCode.INVALID_FIELD
             ) from exc
         raise classify_invalid(raw, exc, types=_SERVER_TYPES) from exc
     except _MALFORMED as exc:
         raise _malformed(exc) from exc
+    except RecursionError as exc:
+        raise _too_deep() from exc
 
 
 def encode_client_message(message: ClientMessage) -> bytes:

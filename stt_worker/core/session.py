@@ -77,7 +77,11 @@ class Session:
 
     def audio(self, frames: Frames, *, now: float) -> list[Action]:
         """Classified 20 ms frames of the stream, in order."""
-        self._last_audio_at = self._last_activity_at = now
+        self._last_activity_at = now
+        if frames.speech:
+            # Only audio keeps an utterance open: empty chunks (or ones too short to finish
+            # a frame) would otherwise hold it, and its memory, past the chunk timeout.
+            self._last_audio_at = now
         actions: list[Action] = []
         for index, is_speech in enumerate(frames.speech):
             heard = self._listener.frame(frames.frame(index), is_speech, now)

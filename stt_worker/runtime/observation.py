@@ -119,6 +119,19 @@ class Observer:
     def reconnected(self) -> None:
         self.metrics.nats_reconnects.inc()
 
+    def rejected(self, code: str) -> None:
+        """A message refused (answered or not)."""
+        self.metrics.rejections.labels(code).inc()
+
+    def error_replied(self, code: str) -> None:
+        """An ``error`` published for a refused message (session errors count themselves as
+        they are published, in `SessionObserver.published`)."""
+        self.metrics.errors.labels(code).inc()
+
+    def reply_held_back(self, code: str) -> None:
+        """A refused message's reply withheld by the error-reply limit."""
+        self.metrics.replies_held_back.labels(code).inc()
+
 
 class SessionObserver:
     """One session's spans, and the metrics of what it transcribes and publishes."""

@@ -14,6 +14,7 @@ from __future__ import annotations
 
 import asyncio
 import contextlib
+import hashlib
 import logging
 import time
 from collections.abc import Hashable, Iterable
@@ -29,6 +30,7 @@ from stt_worker.config import Settings
 from stt_worker.core.errors import OverloadedError, ProtocolError, SttError
 from stt_worker.core.jobs import Action, Close, Job, Publish, Transcribe
 from stt_worker.core.protocol import (
+    MAX_ECHO_CHARS,
     Error,
     ErrorCode,
     ServerMessage,
@@ -36,6 +38,7 @@ from stt_worker.core.protocol import (
     decode_client_message,
     encode_server_message,
 )
+from stt_worker.core.replies import ReplyLimiter
 from stt_worker.engines.base import Engine
 from stt_worker.runtime.asgi import serving_in_loop
 from stt_worker.runtime.connection import SERVICE, connect
@@ -53,6 +56,30 @@ from stt_worker.runtime.telemetry.tracing import extract, inject
 logger = logging.getLogger(__name__)
 
 TICK_S = 0.1
+# An error reply's message: our own words plus at most MAX_ECHO_CHARS of client input.
+MAX_ERROR_MESSAGE_CHARS = 1024
+# Error-reply keys remembered at once (`ReplyLimiter`): about 200 bytes each.
+MAX_REPLY_KEYS = 10_000
+
+
+def reply_limiter(settings: Settings) -> ReplyLimiter:
+    """The worker's limit on error replies, from its settings."""
+    overall_per_s = settings.error_replies_overall_per_s
+    return ReplyLimiter(
+        per_s=settings.error_replies_per_s,
+        burst=settings.error_reply_burst,
+        overall_per_s=overall_per_s,
+        overall_burst=max(1, round(2 * overall_per_s)),
+        max_keys=MAX_REPLY_KEYS,
+    )
+
+
+def _reply_key(session_id: str) -> str:
+    """Whose share of error replies a rejection takes: its session id (the subject's last
+    token), or for ids past any sane length a digest, so that no key holds kilobytes."""
+    if len(session_id) <= MAX_ECHO_CHARS:
+        return session_id
+    return f"{len(session_id)}:{hashlib.blake2b(session_id.encode(), digest_size=16).hexdigest()}"
 
 
 class Worker:
@@ -90,6 +117,7 @@ class Worker:
         self._dsp = dsp_executor()
         self._sessions = Sessions(settings, self._observer, self._delivery, self._dsp)
         self._heap = HeapTrimmer()
+        self._replies = reply_limiter(settings)
         self._observer.watch(
             sessions=lambda: self.session_count,
             scheduler=self._scheduler,
@@ -242,26 +270,37 @@ class Worker:
     async def _reject(
         self, session_id: str, stream: Stream | None, exc: SttError, now: float
     ) -> None:
+        """Count a rejected message; answer it unless its session (or subject) had its share
+        of replies (`core/replies.py`): then the next reply sums it."""
         shown = session_id[: self.settings.max_session_id_chars]
-        logger.warning(
-            "rejected message: %s",
-            exc.message[:1024],
-            extra={"session_id": shown, "code": exc.code},
-        )
-        speaker = stream.session.speaker_id if stream else None
+        self._observer.rejected(exc.code)
         if stream is not None:
             stream.observer.rejected(exc.code)
+        reply = self._replies.allow(_reply_key(session_id), now)
+        if reply is None:
+            self._observer.reply_held_back(exc.code)
+            return
+        message = exc.message[:MAX_ERROR_MESSAGE_CHARS]
+        if reply.held_back:
+            message += f" (and {reply.held_back} more rejected since the last error reply)"
+        logger.warning(
+            "rejected message: %s",
+            message,
+            extra={"session_id": shown, "code": exc.code, "held_back": reply.held_back},
+        )
+        speaker = stream.session.speaker_id if stream else None
         prefix = self.settings.transcription_subject_prefix
         try:
             check_session_id(session_id, self.settings.max_session_id_chars)
         except ProtocolError:
             # An id unfit for a subject is never put in one: its error goes to the bare
             # prefix, which no session's subject equals, with the id cut to a safe length.
-            await self._publish(prefix, Error(shown, exc.code, exc.message[:1024], now))
-            return
-        error = Error(session_id, exc.code, exc.message, now, speaker)
-        span = stream.observer.span if stream else None
-        await self._publish(f"{prefix}.{session_id}", error, span)
+            await self._publish(prefix, Error(shown, exc.code, message, now))
+        else:
+            error = Error(session_id, exc.code, message, now, speaker)
+            span = stream.observer.span if stream else None
+            await self._publish(f"{prefix}.{session_id}", error, span)
+        self._observer.error_replied(exc.code)
 
     # ------------------------------------------------------------ actions
 

@@ -82,6 +82,22 @@ class Metrics:
         )
         for operation in ACK_OPERATIONS:
             self.ack_failures.labels(operation)  # both series exist from the start, at 0
+        self._refusals()
+
+    def _refusals(self) -> None:
+        """Messages refused, and the error replies the reply limit held back."""
+        self.rejections = Counter(
+            "stt_messages_rejected",
+            "Client messages refused, by error code, whether or not an error reply went out",
+            ["code"],
+            registry=self.registry,
+        )
+        self.replies_held_back = Counter(
+            "stt_error_replies_held_back",
+            "Error replies withheld by the per-session and overall reply limits, by code",
+            ["code"],
+            registry=self.registry,
+        )
 
     def watch(
         self,
