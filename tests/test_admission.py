@@ -5,7 +5,15 @@ from __future__ import annotations
 
 import pytest
 
-from stt_worker.core.admission import Admission, RateLimits, RefusalNotice, TokenBucket, Traffic
+from stt_worker.core.admission import (
+    Admission,
+    RateLimits,
+    RefusalNotice,
+    TokenBucket,
+    Traffic,
+    audio_seconds,
+)
+from stt_worker.core.protocol import Chunk, End, Playback, Start, StateChange
 
 LIMITS = RateLimits(max_audio_speed=2.0, audio_burst_s=10.0, max_control_per_s=5.0)
 
@@ -102,3 +110,21 @@ def test_admission_is_idle_once_its_budgets_refill_and_it_has_told_all():
     admission.notice.refused(Traffic.CONTROL, 0.0, now=2.0)
     assert not admission.idle(now=2.5)
     assert admission.idle(now=3.0)
+
+
+def test_check_times_chunks_in_the_format_of_the_latest_start():
+    admission = Admission(LIMITS, now=0.0)
+    one_s_at_8k = Chunk(audio=bytes(16_000))  # 1 s at 8 kHz mono, 0.5 s at 16 kHz
+    assert admission.check(Start(sample_rate=8_000), now=0.0) is None
+    assert all(admission.check(one_s_at_8k, now=0.0) is None for _ in range(10))
+    assert admission.check(one_s_at_8k, now=0.0) == (Traffic.AUDIO, 1.0)
+    assert admission.check(End(), now=0.0) is None
+    assert admission.check(Playback(audio=bytes(32_000), sample_rate=16_000), now=0.0) is None
+    assert audio_seconds(Chunk(audio_b64="AAAA" * 4000), 16_000, 1) == 0.375
+
+
+def test_check_refuses_a_state_change_flood_past_its_rate():
+    admission = Admission(LIMITS, now=0.0)
+    verdicts = [admission.check(StateChange(state="responding"), now=0.0) for _ in range(1000)]
+    assert verdicts.count(None) == 5
+    assert verdicts[-1] == (Traffic.CONTROL, 0.0)

@@ -23,6 +23,9 @@ from __future__ import annotations
 from dataclasses import dataclass, field
 from enum import StrEnum
 
+from stt_worker.core.audio import BYTES_PER_SAMPLE, SAMPLE_RATE_HZ
+from stt_worker.core.protocol import Chunk, ClientMessage, Playback, Start, StateChange
+
 
 class TokenBucket:
     """A budget of `capacity` that refills at `rate` per second; starts full."""
@@ -129,19 +132,62 @@ class RefusalNotice:
         )
 
 
-class Admission:
-    """One session's budgets: `admit` says whether a message may be used."""
+def audio_seconds(message: Chunk | Playback, sample_rate_hz: int, channels: int) -> float:
+    """Seconds of audio a chunk or playback carries, from its size alone (base64 not decoded:
+    admission must stay cheap; a malformed payload is refused later, when it is used)."""
+    if message.audio is not None:
+        size = len(message.audio)
+    else:
+        size = len(message.audio_b64 or "") * 3 // 4
+    if isinstance(message, Playback):
+        sample_rate_hz = message.sample_rate or sample_rate_hz
+        channels = message.channels or channels
+    return size / (max(sample_rate_hz, 1) * max(channels, 1) * BYTES_PER_SAMPLE)
 
-    __slots__ = ("_audio", "_control", "_playback", "limits", "notice")
+
+class Admission:
+    """One session's budgets: `check` (or `admit`) says whether a message may be used."""
+
+    __slots__ = (
+        "_audio",
+        "_control",
+        "_playback",
+        "channels",
+        "limits",
+        "notice",
+        "sample_rate_hz",
+    )
 
     def __init__(self, limits: RateLimits, now: float) -> None:
         self.limits = limits
+        # The microphone format of the session's latest admitted `start`, to time its chunks.
+        self.sample_rate_hz = SAMPLE_RATE_HZ
+        self.channels = 1
         speed = limits.max_audio_speed
         self._audio = TokenBucket(speed, limits.audio_burst_s, now) if speed > 0 else None
         self._playback = TokenBucket(speed, limits.audio_burst_s, now) if speed > 0 else None
         per_s = limits.max_control_per_s
         self._control = TokenBucket(per_s, per_s, now) if per_s > 0 else None
         self.notice = RefusalNotice(limits.notice_interval_s)
+
+    def check(self, message: ClientMessage, now: float) -> tuple[Traffic, float] | None:
+        """None when `message` is within budget (and spent from it); else what it would have
+        spent, for the caller to count and report. ``end`` always passes."""
+        kind: Traffic
+        audio_s = 0.0
+        match message:
+            case Chunk() | Playback():
+                kind = Traffic.AUDIO if isinstance(message, Chunk) else Traffic.PLAYBACK
+                audio_s = audio_seconds(message, self.sample_rate_hz, self.channels)
+            case Start() | StateChange():
+                kind = Traffic.CONTROL
+            case _:
+                return None
+        if not self.admit(kind, audio_s, now):
+            return kind, audio_s
+        if isinstance(message, Start):
+            self.sample_rate_hz, self.channels = message.sample_rate, message.channels
+        return None
 
     def admit(self, kind: Traffic, audio_s: float, now: float) -> bool:
         """Whether a message of `kind` (with `audio_s` seconds of audio) is within budget."""

@@ -87,6 +87,11 @@ class Delivery(Protocol):
     async def admit(self, msg: Msg) -> bool:
         """Whether to handle `msg`: false for a redelivery of what was already taken."""
 
+    def paced_at(self, msg: Msg, now: float) -> float:
+        """The time a session's pace is measured at for `msg`: when it arrived, or in durable
+        mode when it was first published, so a restarted worker's replay of stored audio at
+        full speed is measured at the pace the publisher sent it."""
+
     def session_acks(self) -> SessionAcks:
         """The acknowledgements of a session that opens now."""
 
@@ -152,6 +157,9 @@ class CoreDelivery:
 
     async def admit(self, msg: Msg) -> bool:
         return True
+
+    def paced_at(self, msg: Msg, now: float) -> float:
+        return now
 
     def session_acks(self) -> SessionAcks:
         return _NO_ACKS
@@ -258,6 +266,10 @@ class DurableDelivery:
         delivered = _Delivered(msg, self._failures)
         await (delivered.in_progress() if seq in self._held_seqs else delivered.ack())
         return False
+
+    def paced_at(self, msg: Msg, now: float) -> float:
+        # The stream's store time, from the delivery's reply subject (no extra round trip).
+        return msg.metadata.timestamp.timestamp()
 
     def session_acks(self) -> SessionAcks:
         return _LedgerAcks(self)

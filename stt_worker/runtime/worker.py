@@ -29,17 +29,18 @@ from stt_worker.config import Settings
 from stt_worker.core.errors import OverloadedError, ProtocolError, SttError
 from stt_worker.core.jobs import Action, Close, Job, Publish, Transcribe
 from stt_worker.core.protocol import (
+    ClientMessage,
     Error,
     ErrorCode,
     ServerMessage,
     check_session_id,
-    decode_client_message,
     encode_server_message,
 )
 from stt_worker.engines.base import Engine
 from stt_worker.runtime.asgi import serving_in_loop
 from stt_worker.runtime.connection import SERVICE, connect
 from stt_worker.runtime.delivery import delivery_for
+from stt_worker.runtime.intake import Intake
 from stt_worker.runtime.observation import Observer, trace_id_of
 from stt_worker.runtime.pipeline import dsp_executor
 from stt_worker.runtime.probes import create_probe_app
@@ -83,12 +84,20 @@ class Worker:
             self._on_outcome,
             concurrency=engine.parallelism,
             max_pending_finals=settings.max_pending_finals,
+            max_pending_finals_per_session=settings.max_pending_finals_per_session,
             partial_engine=partial_engine,
         )
         self._observer = Observer(self.telemetry, engine, self._scheduler.engine_for)
         self._delivery = delivery_for(settings, self.telemetry.metrics)
         self._dsp = dsp_executor()
         self._sessions = Sessions(settings, self._observer, self._delivery, self._dsp)
+        self._intake = Intake(
+            settings,
+            self._delivery,
+            self.telemetry.metrics,
+            handle=self._handle,
+            refuse=self._refuse,
+        )
         self._heap = HeapTrimmer()
         self._observer.watch(
             sessions=lambda: self.session_count,
@@ -166,12 +175,14 @@ class Worker:
         )
         self.ready.set()
         async with asyncio.TaskGroup() as group:
+            self._intake.inboxes.serve_in(group)
             scheduler = group.create_task(self._scheduler.run(), name="scheduler")
             ticker = group.create_task(self._tick_forever(), name="ticker")
             await stop.wait()
             await self._drain(subs)
             scheduler.cancel()
             ticker.cancel()
+            self._intake.inboxes.cancel()
         self._closing = True
         await self._nc.drain()  # flushes every publish, then closes
 
@@ -185,6 +196,11 @@ class Worker:
                 await sub.drain()  # handles the messages already received, then unsubscribes
             except nats.errors.Error as exc:  # e.g. the connection is already closed
                 logger.warning("could not drain the subscription: %r", exc)
+        inboxes = self._intake.inboxes
+        try:  # what the subscription admitted goes through its session first
+            await asyncio.wait_for(inboxes.wait_served(), self.settings.drain_timeout_s)
+        except TimeoutError:
+            logger.error("drain timed out with messages still in sessions' inboxes")
         now = time.time()
         for stream in list(self._sessions.live.values()):
             await self._apply(
@@ -208,19 +224,24 @@ class Worker:
     # ------------------------------------------------------------ input
 
     async def _on_message(self, msg: Msg) -> None:
-        if not await self._delivery.admit(msg):
-            return
-        # The session id is the subject's last token, partitioned or not.
-        session_id = msg.subject.rsplit(".", 1)[-1]
-        now = time.time()
+        # Cheap admission only, in arrival order (`intake`); the session's own task does the
+        # rest (`_handle`), so no session waits behind another's backlog.
+        await self._intake.on_message(msg)
+
+    async def _refuse(self, session_id: str, exc: SttError, now: float) -> None:
+        stream = self._sessions.live.get(session_id)
+        trace_id = stream.trace_id if stream else None
+        with session_context(session_id[: self.settings.max_session_id_chars], trace_id):
+            await self._reject(session_id, stream, exc, now)
+
+    async def _handle(self, session_id: str, message: ClientMessage, msg: Msg, now: float) -> None:
+        """One admitted message, in its session's task: route it, carry out the actions."""
         stream = self._sessions.live.get(session_id)
         parent = extract(msg.headers)
         trace_id = stream.trace_id if stream else trace_id_of(parent)
         # Cut for the log too: a hostile 4 KB id must not make every log line 4 KB.
         with session_context(session_id[: self.settings.max_session_id_chars], trace_id):
             try:
-                check_session_id(session_id, self.settings.max_session_id_chars)
-                message = decode_client_message(msg.data)
                 stream, actions = await self._sessions.route(
                     session_id, stream, message, now, parent
                 )
@@ -332,11 +353,6 @@ class Worker:
 
     async def _on_nats_error(self, exc: Exception) -> None:
         if isinstance(exc, SlowConsumerError):
-            session_id = exc.subject.rsplit(".", 1)[-1]
-            error = SttError(
-                "worker too slow: a message on this session was dropped by the NATS client",
-                code=ErrorCode.AUDIO_DROPPED,
-            )
-            await self._reject(session_id, self._sessions.live.get(session_id), error, time.time())
+            await self._intake.dropped(exc.subject)
             return
         logger.warning("NATS error: %r", exc)
