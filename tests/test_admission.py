@@ -97,7 +97,7 @@ def test_refusals_describe_how_much_and_the_limits():
     report = notice.refused(Traffic.AUDIO, 1.25, now=0.0)
     assert report is not None
     text = report.describe(LIMITS)
-    assert "1 messages refused (1 audio; 1.2 s of audio)" in text
+    assert "1 messages refused (1 audio; 1.25 s of audio)" in text
     assert "at most 2x after a 10 s burst" in text and "STT_MAX_AUDIO_SPEED" in text
 
 

@@ -90,7 +90,7 @@ class Refusals:
         kinds = ", ".join(f"{count} {kind}" for kind, count in self.messages.items())
         return (
             f"too fast: {sum(self.messages.values())} messages refused ({kinds}; "
-            f"{self.audio_s:.1f} s of audio). Send audio at real time: at most "
+            f"{self.audio_s:.2f} s of audio). Send audio at real time: at most "
             f"{limits.max_audio_speed:g}x after a {limits.audio_burst_s:g} s burst "
             f"(STT_MAX_AUDIO_SPEED, STT_AUDIO_BURST_S), control messages at most "
             f"{limits.max_control_per_s:g} a second (STT_MAX_CONTROL_PER_S)"
