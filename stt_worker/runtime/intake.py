@@ -27,8 +27,9 @@ from stt_worker.runtime.telemetry.metrics import Metrics
 
 logger = logging.getLogger(__name__)
 
-# Tell session `session_id` of `error` (publish, log, count); the worker's `_reject`.
-Refuse = Callable[[str, SttError, float], Awaitable[None]]
+# Tell session `session_id` of `error` (publish, log, count): the worker's `_reject`, with
+# the refused message (None for a drop), whose headers carry the publisher's trace.
+Refuse = Callable[[str, SttError, float, Msg | None], Awaitable[None]]
 
 
 def rate_limits(settings: Settings) -> RateLimits:
@@ -83,7 +84,7 @@ class Intake:
             else:
                 logger.exception("unexpected failure admitting a message")
                 error = SttError(f"internal error: {exc!r}", code=ErrorCode.INTERNAL_ERROR)
-            await self._refuse(session_id, error, now)
+            await self._refuse(session_id, error, now, msg)
             await self._delivery.reject(msg)
             return
         if verdict is True:
@@ -91,7 +92,7 @@ class Intake:
         await self._delivery.reject(msg)  # durable mode: a refused message is not replayed
         if verdict is not False:
             error = SttError(verdict.describe(self._limits), code=ErrorCode.RATE_LIMITED)
-            await self._refuse(session_id, error, now)
+            await self._refuse(session_id, error, now, msg)
 
     async def dropped(self, subject: str) -> None:
         """The NATS client dropped a message on `subject` (its buffer was full)."""
@@ -103,4 +104,4 @@ class Intake:
                 f"worker too slow: {count} message(s) of this session dropped by the NATS client",
                 code=ErrorCode.AUDIO_DROPPED,
             )
-            await self._refuse(session_id, error, now)
+            await self._refuse(session_id, error, now, None)

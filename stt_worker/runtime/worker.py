@@ -166,7 +166,9 @@ class Worker:
         for engine in self._engines():
             await engine.warmup()
         self._warmed = True
-        subs = await self._delivery.subscribe(self._nc, self._subjects, self._on_message)
+        # The subscription only admits (`intake`), in arrival order; each session's own task
+        # does the rest (`_handle`), so no session waits behind another's backlog.
+        subs = await self._delivery.subscribe(self._nc, self._subjects, self._intake.on_message)
         # SUB goes out asynchronously: ready means the server already routes audio to us.
         await self._nc.flush()
         logger.info(
@@ -223,14 +225,12 @@ class Worker:
 
     # ------------------------------------------------------------ input
 
-    async def _on_message(self, msg: Msg) -> None:
-        # Cheap admission only, in arrival order (`intake`); the session's own task does the
-        # rest (`_handle`), so no session waits behind another's backlog.
-        await self._intake.on_message(msg)
-
-    async def _refuse(self, session_id: str, exc: SttError, now: float) -> None:
+    async def _refuse(self, session_id: str, exc: SttError, now: float, msg: Msg | None) -> None:
         stream = self._sessions.live.get(session_id)
-        trace_id = stream.trace_id if stream else None
+        if stream is not None:
+            trace_id = stream.trace_id
+        else:
+            trace_id = trace_id_of(extract(msg.headers)) if msg is not None else None
         with session_context(session_id[: self.settings.max_session_id_chars], trace_id):
             await self._reject(session_id, stream, exc, now)
 
