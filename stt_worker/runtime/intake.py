@@ -1,10 +1,13 @@
 """The subscription's side of the worker: what it does with each message as it arrives.
 
-`Intake.on_message` is the subscription callback. It does only what is cheap and must happen
-in arrival order: skip a durable redelivery, check the session id, decode once, and offer the
-message to its session's inbox (`inbox.Inboxes`: the session's budgets and bounds). What is
-refused is answered here (a bad message at once; ``rate_limited`` at most once a second) and,
-in durable mode, acknowledged so it is not replayed. The session's own task does the rest.
+`Intake.subscribe` subscribes `Intake.on_message`, the subscription callback. That does only
+what is cheap and must happen in arrival order: skip a durable redelivery, check the session
+id, decode once, and offer the message to its session's inbox (`inbox.Inboxes`: the session's
+budgets and bounds); the worker's `_handle` does the rest in the session's own task, so no
+session waits behind another's backlog. What is refused is answered here (a bad message at
+once, ``rate_limited`` at most once a second) and, in durable mode, acknowledged so it is not
+replayed; a session refused for its pace has its next messages shed unread for a moment
+(`shedding.Shedder`).
 `Intake.dropped` answers the NATS client's slow-consumer reports, also at most once a second
 per session, since the client reports each dropped message on its read path.
 """
@@ -15,7 +18,9 @@ import logging
 import time
 from collections.abc import Awaitable, Callable
 
+from nats.aio.client import Client
 from nats.aio.msg import Msg
+from nats.aio.subscription import Subscription
 
 from stt_worker.config import Settings
 from stt_worker.core.admission import RateLimits
@@ -23,6 +28,7 @@ from stt_worker.core.errors import SttError
 from stt_worker.core.protocol import ErrorCode, check_session_id, decode_client_message
 from stt_worker.runtime.delivery import Delivery
 from stt_worker.runtime.inbox import Handler, Inboxes
+from stt_worker.runtime.shedding import Shedder
 from stt_worker.runtime.telemetry.metrics import Metrics
 
 logger = logging.getLogger(__name__)
@@ -57,6 +63,7 @@ class Intake:
         self._delivery = delivery
         self._refuse = refuse
         self._limits = rate_limits(settings)
+        self.shedder = Shedder(metrics)
         self.inboxes = Inboxes(
             self._limits,
             max_messages=settings.session_inbox_messages,
@@ -66,6 +73,11 @@ class Intake:
             handle=handle,
             metrics=metrics,
         )
+
+    async def subscribe(self, nc: Client, subjects: list[str]) -> list[Subscription]:
+        """Subscribe `on_message` to `subjects`, with the connection guarded from floods."""
+        self._delivery.guard(nc, self.shedder)
+        return await self._delivery.subscribe(nc, subjects, self.on_message)
 
     async def on_message(self, msg: Msg) -> None:
         if not await self._delivery.admit(msg):
@@ -89,6 +101,7 @@ class Intake:
             return
         if verdict is True:
             return
+        self.shedder.shed(msg.subject)  # its next messages go before they cost a callback
         await self._delivery.reject(msg)  # durable mode: a refused message is not replayed
         if verdict is not False:
             error = SttError(verdict.describe(self._limits), code=ErrorCode.RATE_LIMITED)

@@ -166,9 +166,7 @@ class Worker:
         for engine in self._engines():
             await engine.warmup()
         self._warmed = True
-        # The subscription only admits (`intake`), in arrival order; each session's own task
-        # does the rest (`_handle`), so no session waits behind another's backlog.
-        subs = await self._delivery.subscribe(self._nc, self._subjects, self._intake.on_message)
+        subs = await self._intake.subscribe(self._nc, self._subjects)
         # SUB goes out asynchronously: ready means the server already routes audio to us.
         await self._nc.flush()
         logger.info(
