@@ -128,3 +128,10 @@ def test_check_refuses_a_state_change_flood_past_its_rate():
     verdicts = [admission.check(StateChange(state="responding"), now=0.0) for _ in range(1000)]
     assert verdicts.count(None) == 5
     assert verdicts[-1] == (Traffic.CONTROL, 0.0)
+
+
+def test_refusals_add_what_the_runtime_dropped_unread():
+    notice = RefusalNotice(interval_s=1.0)
+    report = notice.refused(Traffic.CONTROL, 0.0, now=0.0)
+    assert report is not None
+    assert "; 500 more (17500 bytes) dropped unread." in report.describe(LIMITS, 500, 17_500)

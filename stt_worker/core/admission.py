@@ -86,11 +86,15 @@ class Refusals:
     messages: dict[Traffic, int]
     audio_s: float
 
-    def describe(self, limits: RateLimits) -> str:
+    def describe(self, limits: RateLimits, shed_messages: int = 0, shed_bytes: int = 0) -> str:
+        """The notice's text; `shed_*`: what was dropped unread besides (the runtime's)."""
         kinds = ", ".join(f"{count} {kind}" for kind, count in self.messages.items())
+        shed = (
+            f"; {shed_messages} more ({shed_bytes} bytes) dropped unread" if shed_messages else ""
+        )
         return (
             f"too fast: {sum(self.messages.values())} messages refused ({kinds}; "
-            f"{self.audio_s:.2f} s of audio). Send audio at real time: at most "
+            f"{self.audio_s:.2f} s of audio){shed}. Send audio at real time: at most "
             f"{limits.max_audio_speed:g}x after a {limits.audio_burst_s:g} s burst "
             f"(STT_MAX_AUDIO_SPEED, STT_AUDIO_BURST_S), control messages at most "
             f"{limits.max_control_per_s:g} a second (STT_MAX_CONTROL_PER_S)"

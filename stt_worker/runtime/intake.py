@@ -104,7 +104,8 @@ class Intake:
         self.shedder.shed(msg.subject)  # its next messages go before they cost a callback
         await self._delivery.reject(msg)  # durable mode: a refused message is not replayed
         if verdict is not False:
-            error = SttError(verdict.describe(self._limits), code=ErrorCode.RATE_LIMITED)
+            text = verdict.describe(self._limits, *self.shedder.take(msg.subject))
+            error = SttError(text, code=ErrorCode.RATE_LIMITED)
             await self._refuse(session_id, error, now, msg)
 
     async def dropped(self, subject: str) -> None:

@@ -2,16 +2,17 @@
 fast are dropped before the client builds them, for a moment.
 
 Why: with core NATS the server pushes everything published on our subjects, and closes a
-connection that lets 64 MB pile up (Slow Consumer). One nats-py publisher sends about 200,000
+connection that lets 64 MB pile up (Slow Consumer). One nats-py publisher sends about 250,000
 tiny messages a second; a nats-py subscriber takes at most about 160,000 a second through its
 callbacks on this machine (docs/operations.md), so the worker cannot afford even the cheapest
 admission for each message of a flood. Once `Intake` refuses a session's message for its
 budget, that subject is `shed` for `hold_s`: the client's reader drops its next messages right
 after parsing them (no message object, no queue, no callback), counted in
-`stt_shed_messages_total`. The first message after the hold goes through admission again, which
-sheds anew while the session is still over budget. ``end`` is never shed (tiny payloads are
-looked at), so a flooding session still closes. Durable mode needs none of this: JetStream
-pushes at most ``STT_MAX_ACK_PENDING`` unacknowledged messages.
+`stt_shed_messages_total` and summed in the session's next ``rate_limited``. The first message
+after the hold goes through admission again, which sheds anew while the session is still over
+budget. ``end`` is never shed (tiny payloads are looked at), so a flooding session still
+closes. Durable mode needs none of this: JetStream pushes at most ``STT_MAX_ACK_PENDING``
+unacknowledged messages.
 """
 
 from __future__ import annotations
@@ -45,6 +46,8 @@ class Shedder:
     def __init__(self, metrics: Metrics, hold_s: float = HOLD_S) -> None:
         self._hold_s = hold_s
         self._until: dict[bytes, float] = {}
+        # Per subject: messages and bytes shed since `take` last reported them.
+        self._shed: dict[bytes, list[int]] = {}
         self.shed_count = 0
         metrics.watch(
             "stt_shed_messages",
@@ -63,10 +66,15 @@ class Shedder:
                 return
         self._until[subject.encode()] = time.monotonic() + self._hold_s
 
+    def take(self, subject: str) -> tuple[int, int]:
+        """Messages and bytes of `subject` shed since the last call (for its next notice)."""
+        counts = self._shed.pop(subject.encode(), None)
+        return (counts[0], counts[1]) if counts else (0, 0)
+
     def install(self, nc: Client) -> None:
         """Wrap the client's per-message entry point (called by its parser for each MSG)."""
         process: _ProcessMsg = nc._process_msg
-        until = self._until
+        until, shed = self._until, self._shed
 
         async def process_unless_shed(
             sid: int, subject: bytes, reply: bytes, data: bytes, headers: bytes
@@ -75,6 +83,12 @@ class Shedder:
             if deadline is not None:
                 if time.monotonic() < deadline and not _is_end(data):
                     self.shed_count += 1
+                    counts = shed.get(subject)
+                    if counts is None and len(shed) < _MAX_SUBJECTS:
+                        counts = shed[subject] = [0, 0]
+                    if counts is not None:
+                        counts[0] += 1
+                        counts[1] += len(data)
                     return
                 until.pop(subject, None)
             await process(sid, subject, reply, data, headers)
