@@ -19,6 +19,7 @@ from stt_worker.config import load_settings
 from stt_worker.runtime.nats_server import NatsServer
 from stt_worker.runtime.publisher import stream_file
 from stt_worker.runtime.worker import Worker
+from stt_worker.tools.cli import main
 from tests.helpers import SPEECH_DIR, Inbox, manifest_text
 from tests.test_worker import WER_BOUND, final_text, finals, sid
 from tests.textnorm import wer
@@ -154,3 +155,16 @@ async def test_limits_switched_off_admit_a_whole_file_at_once(make_worker, nc):
     messages = await inbox.until_closed(within_s=60)
     assert errors(messages) == []
     assert wer(manifest_text(HONEST_CLIP), final_text(messages)) <= WER_BOUND
+
+
+async def test_cli_stream_at_full_speed_says_what_a_worker_will_refuse(
+    make_worker, nats_url, monkeypatch, capsys
+):
+    monkeypatch.setenv("STT_AUDIO_BURST_S", "1")
+    await make_worker(audio_burst_s=1.0)
+    argv = ["stream", str(SPEECH_DIR / HONEST_CLIP), "--nats-url", nats_url, "--speed", "0"]
+    assert await asyncio.to_thread(main, argv) == 0
+    out = capsys.readouterr().out
+    assert "note: faster than a worker admits" in out and "rate_limited" in out
+    assert await asyncio.to_thread(main, [*argv[:-1], "1"]) == 0  # real time: no note
+    assert "note:" not in capsys.readouterr().out
