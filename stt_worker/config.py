@@ -622,7 +622,8 @@ class Settings(BaseSettings):
         8_000_000,
         "STT_SESSION_INBOX_BYTES",
         group=Group.LIMITS,
-        description="Bytes of one session's messages admitted but not yet processed.",
+        description="Bytes of one session's messages admitted but not yet processed (keep it "
+        "above `STT_MAX_CHUNK_BYTES`).",
         ge=256_000,
     )
     pending_msgs_limit: int = setting(
