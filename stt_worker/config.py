@@ -603,6 +603,54 @@ class Settings(BaseSettings):
         "(bursts of twice as many), so that a flood spread over many subjects is bounded too.",
         gt=0,
     )
+    max_pending_finals_per_session: int = setting(
+        8,
+        "STT_MAX_PENDING_FINALS_PER_SESSION",
+        group=Group.LIMITS,
+        description="Finals one session may have queued for inference; past it that session's "
+        "new ones get `overloaded` while other sessions' keep their place.",
+        ge=1,
+    )
+    max_audio_speed: float = setting(
+        2.0,
+        "STT_MAX_AUDIO_SPEED",
+        group=Group.LIMITS,
+        description="Fastest a session may send audio (and, apart, `playback`), in times real "
+        "time, once its burst is spent; faster audio gets `rate_limited`. 0 turns the limit off.",
+        ge=0,
+    )
+    audio_burst_s: float = setting(
+        10.0,
+        "STT_AUDIO_BURST_S",
+        group=Group.LIMITS,
+        description="Seconds of audio a session may send at once beyond its pace (after a "
+        "network stall, or a short file sent whole) before `STT_MAX_AUDIO_SPEED` applies.",
+        gt=0,
+    )
+    max_control_per_s: float = setting(
+        20.0,
+        "STT_MAX_CONTROL_PER_S",
+        group=Group.LIMITS,
+        description="`start` and `state_change` messages a session may send per second (as "
+        "many at once); more get `rate_limited`. 0 turns the limit off.",
+        ge=0,
+    )
+    session_inbox_messages: int = setting(
+        1024,
+        "STT_SESSION_INBOX_MESSAGES",
+        group=Group.LIMITS,
+        description="Messages of one session admitted but not yet processed; past it (or "
+        "`STT_SESSION_INBOX_BYTES`) that session's messages get `rate_limited`.",
+        ge=16,
+    )
+    session_inbox_bytes: int = setting(
+        8_000_000,
+        "STT_SESSION_INBOX_BYTES",
+        group=Group.LIMITS,
+        description="Bytes of one session's messages admitted but not yet processed (keep it "
+        "above `STT_MAX_CHUNK_BYTES`).",
+        ge=256_000,
+    )
     pending_msgs_limit: int = setting(
         65_536,
         "STT_PENDING_MSGS_LIMIT",

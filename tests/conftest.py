@@ -18,6 +18,9 @@ from stt_worker.runtime.nats_server import NatsServer
 # Every worker a test starts (in process or as a subprocess) serves its probes on a port the
 # OS picks, so tests never collide on 8080 with each other or with anything else running.
 os.environ.setdefault("STT_HTTP_PORT", "0")
+# The suite streams whole clips at full speed (`speed=0`) to be quick; the admission limits
+# stay on, with a burst that holds the longest clip. tests/test_admission*.py set their own.
+os.environ.setdefault("STT_AUDIO_BURST_S", "600")
 
 # The worker fixtures (`engine`, `make_worker`, `worker`) and the gateway's (`make_gateway`)
 # live beside their tests.

@@ -16,7 +16,7 @@ from dataclasses import dataclass
 from stt_worker.config import Settings
 from stt_worker.core.audio import SAMPLE_RATE_HZ
 from stt_worker.runtime.delivery import _BYTES_PER_PENDING_MSG
-from stt_worker.runtime.worker import MAX_REPLY_KEYS
+from stt_worker.runtime.replies import MAX_REPLY_KEYS
 
 MIB = 1024 * 1024
 PCM16_BYTES_PER_S = SAMPLE_RATE_HZ * 2

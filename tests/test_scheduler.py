@@ -145,3 +145,35 @@ async def test_barge_in_probes_jump_ahead_of_finals_and_partials():
     runner.cancel()
     assert [key for key, *_ in results.done] == ["c", "a", "b"]
     assert results.done[0][1] == 0.5
+
+
+async def test_a_session_over_its_finals_bound_loses_its_own_and_others_are_served_in_turn():
+    engine = GatedEngine(parallelism=1)
+    results = Results()
+    scheduler = InferenceScheduler(
+        engine, results.on_done, concurrency=1, max_pending_finals_per_session=3
+    )
+    for second in range(1, 4):
+        scheduler.submit("flood", job(second, float(second), final=True))
+    refused = []
+    for second in range(4, 7):
+        try:
+            scheduler.submit("flood", job(second, float(second), final=True))
+        except OverloadedError as exc:
+            refused.append(exc)
+    assert len(refused) == 3 and "STT_MAX_PENDING_FINALS_PER_SESSION" in refused[0].message
+    # Queued after the whole flood, yet honest sessions' finals still fit and are not last.
+    scheduler.submit("honest", job(1, 10.0, final=True))
+    scheduler.submit("other", job(1, 20.0, final=True))
+    assert scheduler.pending_finals == 5
+    runner = asyncio.create_task(scheduler.run())
+    await results.release_and_wait(engine, 5)
+    runner.cancel()
+    # Round-robin by session: one turn each per round, in the order they first queued.
+    assert [(key, end) for key, end, _ in results.done] == [
+        ("flood", 1.0),
+        ("honest", 10.0),
+        ("other", 20.0),
+        ("flood", 2.0),
+        ("flood", 3.0),
+    ]

@@ -126,6 +126,12 @@ class ErrorCode(enum.StrEnum):
         _W | _G | _S,
         "A bound was reached: queued finals, a connection's pending sessions, the server's queue.",
     )
+    RATE_LIMITED = (
+        "rate_limited",
+        _W,
+        "The session sends faster than its share (audio past `STT_MAX_AUDIO_SPEED`, control "
+        "messages, a full inbox); the refused messages are dropped, said at most once a second.",
+    )
     SHUTTING_DOWN = (
         "shutting_down",
         _W,

@@ -66,6 +66,9 @@ async def evaluate(options: EvalOptions) -> EvalReport:
     """Run the whole evaluation on its own nats-server and worker; both are gone on return."""
     overrides = {**options.settings, "whisper_model_size": options.model}
     base_settings = load_settings(**overrides)
+    if options.speed == 0 or options.speed > base_settings.max_audio_speed > 0:
+        # Our own worker, fed only by us: faster than its admission allows is on purpose.
+        overrides["max_audio_speed"] = 0
     clips = await asyncio.to_thread(
         load_clips,
         options.manifest,

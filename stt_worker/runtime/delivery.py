@@ -45,6 +45,7 @@ from stt_worker.core.errors import SttError
 from stt_worker.core.ledger import AckLedger, Held
 from stt_worker.core.protocol import ClientMessage, CloseReason, ServerMessage, Transcription
 from stt_worker.core.session import Session
+from stt_worker.runtime.shedding import Shedder
 from stt_worker.runtime.telemetry.metrics import Metrics
 
 logger = logging.getLogger(__name__)
@@ -86,6 +87,15 @@ class Delivery(Protocol):
 
     async def admit(self, msg: Msg) -> bool:
         """Whether to handle `msg`: false for a redelivery of what was already taken."""
+
+    def guard(self, nc: Client, shedder: Shedder) -> None:
+        """Protect the connection from floods: core NATS sheds refused sessions' messages in
+        the client's reader; JetStream needs nothing (it pushes `max_ack_pending` at most)."""
+
+    def paced_at(self, msg: Msg, now: float) -> float:
+        """The time a session's pace is measured at for `msg`: when it arrived, or in durable
+        mode when it was first published, so a restarted worker's replay of stored audio at
+        full speed is measured at the pace the publisher sent it."""
 
     def session_acks(self) -> SessionAcks:
         """The acknowledgements of a session that opens now."""
@@ -152,6 +162,12 @@ class CoreDelivery:
 
     async def admit(self, msg: Msg) -> bool:
         return True
+
+    def guard(self, nc: Client, shedder: Shedder) -> None:
+        shedder.install(nc)
+
+    def paced_at(self, msg: Msg, now: float) -> float:
+        return now
 
     def session_acks(self) -> SessionAcks:
         return _NO_ACKS
@@ -258,6 +274,13 @@ class DurableDelivery:
         delivered = _Delivered(msg, self._failures)
         await (delivered.in_progress() if seq in self._held_seqs else delivered.ack())
         return False
+
+    def guard(self, nc: Client, shedder: Shedder) -> None:
+        pass  # the server holds a flood in the stream, not in our connection
+
+    def paced_at(self, msg: Msg, now: float) -> float:
+        # The stream's store time, from the delivery's reply subject (no extra round trip).
+        return msg.metadata.timestamp.timestamp()
 
     def session_acks(self) -> SessionAcks:
         return _LedgerAcks(self)

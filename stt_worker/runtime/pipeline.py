@@ -26,8 +26,8 @@ logger = logging.getLogger(__name__)
 
 def dsp_executor() -> ThreadPoolExecutor:
     """Threads for the per-chunk signal processing too costly for the loop (echo
-    cancellation). One job per subscription at a time (its callback awaits it), so the
-    executor's queue stays short."""
+    cancellation). One job per session at a time (its inbox task awaits it), so the queue
+    holds at most one job of each session and a flooding one waits behind itself."""
     return ThreadPoolExecutor(max_workers=2, thread_name_prefix="stt-dsp")
 
 
@@ -94,8 +94,8 @@ class AudioPipeline:
         """A chunk's microphone audio as VAD frames."""
         if self._echo is None:
             return self._clean(pcm)  # tens of microseconds: not worth a thread hop
-        # Echo cancellation costs about 150 us a chunk: off the loop. The subscription hands
-        # this session's next message over only once this returns, so its order holds.
+        # Echo cancellation costs about 150-550 us a chunk: off the loop. The session's inbox
+        # task hands its next message over only once this returns, so its order holds.
         loop = asyncio.get_running_loop()
         return await loop.run_in_executor(self._dsp, self._clean, pcm)
 

@@ -2,8 +2,11 @@
 
 - Barge-in probes (a quick transcription of speech heard while the assistant talks) go
   first: at most one per session, short audio, and a turn decision waits on each.
-- Finals wait in a FIFO bounded by `max_pending_finals`; a full queue raises
-  `OverloadedError` at submit time, so the session can tell its client at once.
+- Finals wait in one FIFO per session, served round-robin by session: a session with many
+  queued finals takes one turn in each round, so it never delays another's first. A session
+  may have `max_pending_finals_per_session` queued, all of them together
+  `max_pending_finals`; past either bound `submit` raises `OverloadedError` at once, so the
+  session can tell its client, and a session that sends too much loses its own finals only.
 - Partials are at most one per session: a newer partial replaces the stale one in place
   (keeping its place in line, so a chatty session cannot starve the others), and a final
   for the session drops its pending partial.
@@ -52,6 +55,7 @@ class InferenceScheduler:
         *,
         concurrency: int = 1,
         max_pending_finals: int = 256,
+        max_pending_finals_per_session: int = 8,
         partial_engine: Engine | None = None,
     ) -> None:
         self._engine = engine
@@ -59,7 +63,12 @@ class InferenceScheduler:
         self._on_done = on_done
         self._concurrency = concurrency
         self._max_pending_finals = max_pending_finals
-        self._finals: collections.deque[_Entry] = collections.deque()
+        self._max_session_finals = max_pending_finals_per_session
+        # Session -> its finals in order; the sessions in the order of their next turn.
+        self._finals: collections.OrderedDict[Hashable, collections.deque[_Entry]] = (
+            collections.OrderedDict()
+        )
+        self._final_count = 0
         self._partials: collections.OrderedDict[Hashable, _Entry] = collections.OrderedDict()
         self._probes: collections.OrderedDict[Hashable, _Entry] = collections.OrderedDict()
         self._wakeup = asyncio.Event()
@@ -73,17 +82,29 @@ class InferenceScheduler:
         if entry.plan.lane is Lane.URGENT:
             self._probes[key] = entry  # a newer probe of the same speech replaces the old
         elif entry.plan.lane is Lane.FINAL:
-            if len(self._finals) >= self._max_pending_finals:
-                raise OverloadedError(
-                    f"{len(self._finals)} finals already queued; utterance {job.utterance_id} "
-                    "was not transcribed"
-                )
-            self._finals.append(entry)
+            self._queue_final(key, entry)
             self._partials.pop(key, None)
         else:
             self._partials[key] = entry  # replaces a stale partial, keeping its place
         self._idle.clear()
         self._wakeup.set()
+
+    def _queue_final(self, key: Hashable, entry: _Entry) -> None:
+        queued = self._finals.get(key)
+        utterance = f"utterance {entry.job.utterance_id} was not transcribed"
+        if queued is not None and len(queued) >= self._max_session_finals:
+            raise OverloadedError(
+                f"this session has {len(queued)} finals queued "
+                f"(STT_MAX_PENDING_FINALS_PER_SESSION); {utterance}"
+            )
+        if self._final_count >= self._max_pending_finals:
+            raise OverloadedError(
+                f"{self._final_count} finals already queued (STT_MAX_PENDING_FINALS); {utterance}"
+            )
+        if queued is None:
+            queued = self._finals[key] = collections.deque()
+        queued.append(entry)
+        self._final_count += 1
 
     def engine_for(self, role: EngineRole) -> Engine:
         return self._engine if role is EngineRole.FINAL else self._partial_engine
@@ -96,11 +117,11 @@ class InferenceScheduler:
 
     @property
     def pending_finals(self) -> int:
-        return len(self._finals)
+        return self._final_count
 
     @property
     def pending(self) -> int:
-        return len(self._finals) + len(self._partials) + len(self._probes)
+        return self._final_count + len(self._partials) + len(self._probes)
 
     async def wait_idle(self) -> None:
         """Until nothing is queued or running (used by drain)."""
@@ -136,9 +157,14 @@ class InferenceScheduler:
             if key not in self._busy:
                 del self._probes[key]
                 return entry
-        for index, entry in enumerate(self._finals):
-            if entry.key not in self._busy:
-                del self._finals[index]
+        for key, queued in self._finals.items():
+            if key not in self._busy:
+                entry = queued.popleft()
+                self._final_count -= 1
+                if queued:
+                    self._finals.move_to_end(key)  # its next final waits for the next round
+                else:
+                    del self._finals[key]
                 return entry
         if self._partials and not self._engine.healthy:
             # A failing backend gets only finals: partials are the work we can lose.

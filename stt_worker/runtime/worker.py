@@ -14,7 +14,6 @@ from __future__ import annotations
 
 import asyncio
 import contextlib
-import hashlib
 import logging
 import time
 from collections.abc import Hashable, Iterable
@@ -27,26 +26,24 @@ from nats.errors import SlowConsumerError
 from opentelemetry.trace import Span
 
 from stt_worker.config import Settings
-from stt_worker.core.errors import OverloadedError, ProtocolError, SttError
+from stt_worker.core.errors import OverloadedError, SttError
 from stt_worker.core.jobs import Action, Close, Job, Publish, Transcribe
 from stt_worker.core.protocol import (
-    MAX_ECHO_CHARS,
-    Error,
+    ClientMessage,
     ErrorCode,
     ServerMessage,
-    check_session_id,
-    decode_client_message,
     encode_server_message,
 )
-from stt_worker.core.replies import ReplyLimiter
 from stt_worker.engines.base import Engine
 from stt_worker.runtime.asgi import serving_in_loop
 from stt_worker.runtime.connection import SERVICE, connect
 from stt_worker.runtime.delivery import delivery_for
+from stt_worker.runtime.intake import Intake
 from stt_worker.runtime.observation import Observer, trace_id_of
 from stt_worker.runtime.pipeline import dsp_executor
 from stt_worker.runtime.probes import create_probe_app
 from stt_worker.runtime.process import HeapTrimmer, install_stop_signals
+from stt_worker.runtime.replies import ErrorReplies
 from stt_worker.runtime.scheduler import InferenceScheduler, Outcome
 from stt_worker.runtime.sessions import Sessions, Stream
 from stt_worker.runtime.telemetry import Telemetry
@@ -56,30 +53,6 @@ from stt_worker.runtime.telemetry.tracing import extract, inject
 logger = logging.getLogger(__name__)
 
 TICK_S = 0.1
-# An error reply's message: our own words plus at most MAX_ECHO_CHARS of client input.
-MAX_ERROR_MESSAGE_CHARS = 1024
-# Error-reply keys remembered at once (`ReplyLimiter`): about 200 bytes each.
-MAX_REPLY_KEYS = 10_000
-
-
-def reply_limiter(settings: Settings) -> ReplyLimiter:
-    """The worker's limit on error replies, from its settings."""
-    overall_per_s = settings.error_replies_overall_per_s
-    return ReplyLimiter(
-        per_s=settings.error_replies_per_s,
-        burst=settings.error_reply_burst,
-        overall_per_s=overall_per_s,
-        overall_burst=max(1, round(2 * overall_per_s)),
-        max_keys=MAX_REPLY_KEYS,
-    )
-
-
-def _reply_key(session_id: str) -> str:
-    """Whose share of error replies a rejection takes: its session id (the subject's last
-    token), or for ids past any sane length a digest, so that no key holds kilobytes."""
-    if len(session_id) <= MAX_ECHO_CHARS:
-        return session_id
-    return f"{len(session_id)}:{hashlib.blake2b(session_id.encode(), digest_size=16).hexdigest()}"
 
 
 class Worker:
@@ -110,14 +83,22 @@ class Worker:
             self._on_outcome,
             concurrency=engine.parallelism,
             max_pending_finals=settings.max_pending_finals,
+            max_pending_finals_per_session=settings.max_pending_finals_per_session,
             partial_engine=partial_engine,
         )
         self._observer = Observer(self.telemetry, engine, self._scheduler.engine_for)
         self._delivery = delivery_for(settings, self.telemetry.metrics)
         self._dsp = dsp_executor()
         self._sessions = Sessions(settings, self._observer, self._delivery, self._dsp)
+        self._intake = Intake(
+            settings,
+            self._delivery,
+            self.telemetry.metrics,
+            handle=self._handle,
+            refuse=self._refuse,
+        )
         self._heap = HeapTrimmer()
-        self._replies = reply_limiter(settings)
+        self._replies = ErrorReplies(settings, self._observer, self._publish)
         self._observer.watch(
             sessions=lambda: self.session_count,
             scheduler=self._scheduler,
@@ -185,7 +166,7 @@ class Worker:
         for engine in self._engines():
             await engine.warmup()
         self._warmed = True
-        subs = await self._delivery.subscribe(self._nc, self._subjects, self._on_message)
+        subs = await self._intake.subscribe(self._nc, self._subjects)
         # SUB goes out asynchronously: ready means the server already routes audio to us.
         await self._nc.flush()
         logger.info(
@@ -194,12 +175,14 @@ class Worker:
         )
         self.ready.set()
         async with asyncio.TaskGroup() as group:
+            self._intake.inboxes.serve_in(group)
             scheduler = group.create_task(self._scheduler.run(), name="scheduler")
             ticker = group.create_task(self._tick_forever(), name="ticker")
             await stop.wait()
             await self._drain(subs)
             scheduler.cancel()
             ticker.cancel()
+            self._intake.inboxes.cancel()
         self._closing = True
         await self._nc.drain()  # flushes every publish, then closes
 
@@ -213,6 +196,11 @@ class Worker:
                 await sub.drain()  # handles the messages already received, then unsubscribes
             except nats.errors.Error as exc:  # e.g. the connection is already closed
                 logger.warning("could not drain the subscription: %r", exc)
+        inboxes = self._intake.inboxes
+        try:  # what the subscription admitted goes through its session first
+            await asyncio.wait_for(inboxes.wait_served(), self.settings.drain_timeout_s)
+        except TimeoutError:
+            logger.error("drain timed out with messages still in sessions' inboxes")
         now = time.time()
         for stream in list(self._sessions.live.values()):
             await self._apply(
@@ -235,20 +223,23 @@ class Worker:
 
     # ------------------------------------------------------------ input
 
-    async def _on_message(self, msg: Msg) -> None:
-        if not await self._delivery.admit(msg):
-            return
-        # The session id is the subject's last token, partitioned or not.
-        session_id = msg.subject.rsplit(".", 1)[-1]
-        now = time.time()
+    async def _refuse(self, session_id: str, exc: SttError, now: float, msg: Msg | None) -> None:
+        stream = self._sessions.live.get(session_id)
+        if stream is not None:
+            trace_id = stream.trace_id
+        else:
+            trace_id = trace_id_of(extract(msg.headers)) if msg is not None else None
+        with session_context(session_id[: self.settings.max_session_id_chars], trace_id):
+            await self._reject(session_id, stream, exc, now)
+
+    async def _handle(self, session_id: str, message: ClientMessage, msg: Msg, now: float) -> None:
+        """One admitted message, in its session's task: route it, carry out the actions."""
         stream = self._sessions.live.get(session_id)
         parent = extract(msg.headers)
         trace_id = stream.trace_id if stream else trace_id_of(parent)
         # Cut for the log too: a hostile 4 KB id must not make every log line 4 KB.
         with session_context(session_id[: self.settings.max_session_id_chars], trace_id):
             try:
-                check_session_id(session_id, self.settings.max_session_id_chars)
-                message = decode_client_message(msg.data)
                 stream, actions = await self._sessions.route(
                     session_id, stream, message, now, parent
                 )
@@ -270,37 +261,7 @@ class Worker:
     async def _reject(
         self, session_id: str, stream: Stream | None, exc: SttError, now: float
     ) -> None:
-        """Count a rejected message; answer it unless its session (or subject) had its share
-        of replies (`core/replies.py`): then the next reply sums it."""
-        shown = session_id[: self.settings.max_session_id_chars]
-        self._observer.rejected(exc.code)
-        if stream is not None:
-            stream.observer.rejected(exc.code)
-        reply = self._replies.allow(_reply_key(session_id), now)
-        if reply is None:
-            self._observer.reply_held_back(exc.code)
-            return
-        message = exc.message[:MAX_ERROR_MESSAGE_CHARS]
-        if reply.held_back:
-            message += f" (and {reply.held_back} more rejected since the last error reply)"
-        logger.warning(
-            "rejected message: %s",
-            message,
-            extra={"session_id": shown, "code": exc.code, "held_back": reply.held_back},
-        )
-        speaker = stream.session.speaker_id if stream else None
-        prefix = self.settings.transcription_subject_prefix
-        try:
-            check_session_id(session_id, self.settings.max_session_id_chars)
-        except ProtocolError:
-            # An id unfit for a subject is never put in one: its error goes to the bare
-            # prefix, which no session's subject equals, with the id cut to a safe length.
-            await self._publish(prefix, Error(shown, exc.code, message, now))
-        else:
-            error = Error(session_id, exc.code, message, now, speaker)
-            span = stream.observer.span if stream else None
-            await self._publish(f"{prefix}.{session_id}", error, span)
-        self._observer.error_replied(exc.code)
+        await self._replies.reject(session_id, stream, exc, now)
 
     # ------------------------------------------------------------ actions
 
@@ -371,11 +332,6 @@ class Worker:
 
     async def _on_nats_error(self, exc: Exception) -> None:
         if isinstance(exc, SlowConsumerError):
-            session_id = exc.subject.rsplit(".", 1)[-1]
-            error = SttError(
-                "worker too slow: a message on this session was dropped by the NATS client",
-                code=ErrorCode.AUDIO_DROPPED,
-            )
-            await self._reject(session_id, self._sessions.live.get(session_id), error, time.time())
+            await self._intake.dropped(exc.subject)
             return
         logger.warning("NATS error: %r", exc)

@@ -66,6 +66,9 @@ async def demo(
         settings = load_settings(
             nats_url=url, **given(whisper_model_size=model, enable_vad=None if vad else False)
         )
+        if speed == 0 or speed > settings.max_audio_speed > 0:
+            # The demo's own worker, fed only by the demo: its pace is on purpose.
+            settings = settings.model_copy(update={"max_audio_speed": 0})
         worker = await stack.enter_async_context(running_worker(settings, engine_kind, whisper_url))
         if worker.probe_url:
             print(f"metrics  {worker.probe_url}/metrics  (and /healthz, /readyz)")

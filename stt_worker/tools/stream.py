@@ -46,4 +46,12 @@ async def stream(
         f"session {session_id}: {stats.chunks} chunks, {stats.audio_s:.2f} s of "
         f"{stats.sample_rate_hz} Hz x{stats.channels} audio sent in {stats.wall_s:.2f} s"
     )
+    allowed_s = settings.audio_burst_s + settings.max_audio_speed * stats.wall_s
+    if settings.max_audio_speed > 0 and stats.audio_s > allowed_s:
+        print(
+            f"note: faster than a worker admits with STT_MAX_AUDIO_SPEED="
+            f"{settings.max_audio_speed:g} and STT_AUDIO_BURST_S={settings.audio_burst_s:g}: "
+            f"about {stats.audio_s - allowed_s:.1f} s of it is refused (`rate_limited`); "
+            "use --speed 1 (real time) or at most that speed"
+        )
     return 0

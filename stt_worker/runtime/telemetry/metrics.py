@@ -80,6 +80,7 @@ class Metrics:
         self.ack_failures = Counter(
             "stt_ack_failures", "JetStream acknowledgements that failed", ["operation"], registry=r
         )
+        self._count_refusals(r)
         for operation in ACK_OPERATIONS:
             self.ack_failures.labels(operation)  # both series exist from the start, at 0
         self._refusals()
@@ -97,6 +98,21 @@ class Metrics:
             "Error replies withheld by the per-session and overall reply limits, by code",
             ["code"],
             registry=self.registry,
+        )
+
+    def _count_refusals(self, r: CollectorRegistry) -> None:
+        """Admission (`core/admission`): what sessions sent too fast, dropped unused."""
+        self.rate_limited = Counter(
+            "stt_rate_limited",
+            "Messages refused because their session sent too fast, by kind (audio, playback, "
+            "control, inbox)",
+            ["kind"],
+            registry=r,
+        )
+        self.rate_limited_audio = Counter(
+            "stt_rate_limited_audio_seconds",
+            "Audio refused because its session sent too fast, in seconds of publisher audio",
+            registry=r,
         )
 
     def watch(

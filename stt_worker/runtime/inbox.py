@@ -1,0 +1,185 @@
+"""Per-session inboxes: what the subscription admits waits here, one bounded queue per session,
+served by that session's own task.
+
+The subscription callback only admits (`Inboxes.offer`): the session's budgets
+(`core/admission.Admission`) and its inbox's bounds, both cheap and done in arrival order. The
+costly work (resampling, echo cancellation on the DSP threads, VAD, the session's state
+machine) runs in the session's task, one message at a time, so a session's messages keep their
+order (``end`` after its audio) and one session's backlog waits behind itself alone: each task
+gives the loop back after `SLICE_S` of work, and a task waiting on a DSP thread lets the
+others run.
+
+A refused message (over budget, or an inbox full) is dropped, counted in
+`stt_rate_limited_total` and `stt_rate_limited_audio_seconds_total`, and reported to its
+session at most once a second. An entry whose budgets are full again and whose inbox is empty
+is forgotten (it is then the same as a fresh one), so the table holds only sessions active in
+the last few seconds, and at most `max_entries`.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import collections
+import logging
+import time
+from collections.abc import Awaitable, Callable
+
+from nats.aio.msg import Msg
+
+from stt_worker.core.admission import Admission, RateLimits, RefusalNotice, Refusals, Traffic
+from stt_worker.core.errors import OverloadedError
+from stt_worker.core.protocol import ClientMessage, ErrorCode
+from stt_worker.runtime.telemetry.metrics import Metrics
+
+logger = logging.getLogger(__name__)
+
+# A session's task gives the loop back after this much work, so others' messages interleave.
+SLICE_S = 0.005
+# How often the table is swept of entries that are the same as fresh ones.
+_SWEEP_EVERY_S = 1.0
+
+
+Handler = Callable[[str, ClientMessage, Msg, float], Awaitable[None]]
+
+
+class _Inbox:
+    __slots__ = ("admission", "drops", "queue", "queued_bytes", "task")
+
+    def __init__(self, admission: Admission) -> None:
+        self.admission = admission
+        self.drops = RefusalNotice(admission.limits.notice_interval_s)
+        self.queue: collections.deque[tuple[ClientMessage, Msg, float]] = collections.deque()
+        self.queued_bytes = 0
+        self.task: asyncio.Task[None] | None = None
+
+
+class Inboxes:
+    """The sessions' inboxes by session id; `handle(session_id, message, msg, now)` is what a
+    session's task does with each message, and must not raise."""
+
+    def __init__(
+        self,
+        limits: RateLimits,
+        *,
+        max_messages: int,
+        max_bytes: int,
+        max_entries: int,
+        handle: Handler,
+        metrics: Metrics,
+    ) -> None:
+        self._limits = limits
+        self._max_messages = max_messages
+        self._max_bytes = max_bytes
+        self._max_entries = max_entries
+        self._handle = handle
+        self._metrics = metrics
+        self._inboxes: dict[str, _Inbox] = {}
+        self._group: asyncio.TaskGroup | None = None
+        self._serving = 0
+        self._all_served = asyncio.Event()
+        self._all_served.set()
+        self._swept_at = 0.0
+
+    def serve_in(self, group: asyncio.TaskGroup) -> None:
+        """Sessions' tasks run in `group` (the worker's) from now on; what was admitted
+        before (between subscribing and serving) starts now."""
+        self._group = group
+        for session_id, inbox in self._inboxes.items():
+            if inbox.queue and inbox.task is None:
+                self._start(session_id, inbox)
+
+    def offer(
+        self, session_id: str, message: ClientMessage, msg: Msg, now: float, paced_at: float
+    ) -> Refusals | bool:
+        """Admit a decoded message: True when queued for its session; else False, or the
+        `Refusals` to tell the session now (at most once a second). `paced_at` is the clock
+        the budgets run on: now, or when a replayed message was first published."""
+        self._sweep(now)
+        inbox = self._inboxes.get(session_id)
+        if inbox is None:
+            if len(self._inboxes) >= self._max_entries:
+                raise OverloadedError(
+                    f"{len(self._inboxes)} sessions active; session refused",
+                    code=ErrorCode.TOO_MANY_SESSIONS,
+                )
+            inbox = self._inboxes[session_id] = _Inbox(Admission(self._limits, paced_at))
+        over = inbox.admission.check(message, paced_at)
+        if over is None and not self._room(inbox, msg):
+            over = (Traffic.INBOX, 0.0)
+        if over is not None:
+            kind, audio_s = over
+            self._metrics.rate_limited.labels(kind).inc()
+            self._metrics.rate_limited_audio.inc(audio_s)
+            return inbox.admission.notice.refused(kind, audio_s, paced_at) or False
+        inbox.queue.append((message, msg, now))
+        inbox.queued_bytes += len(msg.data)
+        if inbox.task is None and self._group is not None:
+            self._start(session_id, inbox)
+        return True
+
+    async def wait_served(self) -> None:
+        """Until every admitted message has been handled (drain)."""
+        await self._all_served.wait()
+
+    def cancel(self) -> None:
+        """Stop every session's task (after a drain that timed out)."""
+        for inbox in self._inboxes.values():
+            if inbox.task is not None:
+                inbox.task.cancel()
+
+    @property
+    def queued(self) -> int:
+        return sum(len(inbox.queue) for inbox in self._inboxes.values())
+
+    def _room(self, inbox: _Inbox, msg: Msg) -> bool:
+        return (
+            len(inbox.queue) < self._max_messages
+            and inbox.queued_bytes + len(msg.data) <= self._max_bytes
+        )
+
+    def _start(self, session_id: str, inbox: _Inbox) -> None:
+        assert self._group is not None
+        inbox.task = self._group.create_task(self._serve(session_id, inbox), name="inbox")
+        self._serving += 1
+        self._all_served.clear()
+
+    async def _serve(self, session_id: str, inbox: _Inbox) -> None:
+        try:
+            while inbox.queue:
+                sliced_at = time.perf_counter()
+                while inbox.queue and time.perf_counter() - sliced_at < SLICE_S:
+                    message, msg, now = inbox.queue.popleft()
+                    inbox.queued_bytes -= len(msg.data)
+                    await self._handle(session_id, message, msg, now)
+                await asyncio.sleep(0)  # the other sessions' turn
+        finally:
+            inbox.task = None
+            self._serving -= 1
+            if self._serving == 0:
+                self._all_served.set()
+
+    def dropped(self, session_id: str, now: float) -> int:
+        """The NATS client dropped a message of the session (slow consumer): how many to tell
+        it of now, 0 until a second has passed since it was last told."""
+        inbox = self._inboxes.get(session_id)
+        if inbox is None:
+            return 1
+        report = inbox.drops.refused(Traffic.INBOX, 0.0, now)
+        return 0 if report is None else sum(report.messages.values())
+
+    def _sweep(self, now: float) -> None:
+        # Every second, and at most 20 times a second while the table is full.
+        every_s = _SWEEP_EVERY_S if len(self._inboxes) < self._max_entries else 0.05
+        if now - self._swept_at < every_s:
+            return
+        self._swept_at = now
+        idle = [
+            session_id
+            for session_id, inbox in self._inboxes.items()
+            if inbox.task is None
+            and not inbox.queue
+            and inbox.admission.idle(now)
+            and inbox.drops.quiet(now)
+        ]
+        for session_id in idle:
+            del self._inboxes[session_id]

@@ -1,0 +1,121 @@
+"""The subscription's side of the worker: what it does with each message as it arrives.
+
+`Intake.subscribe` subscribes `Intake.on_message`, the subscription callback. That does only
+what is cheap and must happen in arrival order: skip a durable redelivery, check the session
+id, decode once, and offer the message to its session's inbox (`inbox.Inboxes`: the session's
+budgets and bounds); the worker's `_handle` does the rest in the session's own task, so no
+session waits behind another's backlog. What is refused is answered here (a bad message at
+once, ``rate_limited`` at most once a second) and, in durable mode, acknowledged so it is not
+replayed; a session refused for its pace has its next messages shed unread for a moment
+(`shedding.Shedder`).
+`Intake.dropped` answers the NATS client's slow-consumer reports, also at most once a second
+per session, since the client reports each dropped message on its read path.
+"""
+
+from __future__ import annotations
+
+import logging
+import time
+from collections.abc import Awaitable, Callable
+
+from nats.aio.client import Client
+from nats.aio.msg import Msg
+from nats.aio.subscription import Subscription
+
+from stt_worker.config import Settings
+from stt_worker.core.admission import RateLimits
+from stt_worker.core.errors import SttError
+from stt_worker.core.protocol import ErrorCode, check_session_id, decode_client_message
+from stt_worker.runtime.delivery import Delivery
+from stt_worker.runtime.inbox import Handler, Inboxes
+from stt_worker.runtime.shedding import Shedder
+from stt_worker.runtime.telemetry.metrics import Metrics
+
+logger = logging.getLogger(__name__)
+
+# Tell session `session_id` of `error` (publish, log, count): the worker's `_reject`, with
+# the refused message (None for a drop), whose headers carry the publisher's trace.
+Refuse = Callable[[str, SttError, float, Msg | None], Awaitable[None]]
+
+
+def rate_limits(settings: Settings) -> RateLimits:
+    return RateLimits(
+        max_audio_speed=settings.max_audio_speed,
+        audio_burst_s=settings.audio_burst_s,
+        max_control_per_s=settings.max_control_per_s,
+    )
+
+
+class Intake:
+    """Admission of each message the subscription hands over; `handle` serves admitted ones
+    in their session's task."""
+
+    def __init__(
+        self,
+        settings: Settings,
+        delivery: Delivery,
+        metrics: Metrics,
+        *,
+        handle: Handler,
+        refuse: Refuse,
+    ) -> None:
+        self._max_session_id_chars = settings.max_session_id_chars
+        self._delivery = delivery
+        self._refuse = refuse
+        self._limits = rate_limits(settings)
+        self.shedder = Shedder(metrics)
+        self.inboxes = Inboxes(
+            self._limits,
+            max_messages=settings.session_inbox_messages,
+            max_bytes=settings.session_inbox_bytes,
+            # Budgets outlive their sessions by seconds (until they refill): room for churn.
+            max_entries=2 * settings.max_sessions + 1000,
+            handle=handle,
+            metrics=metrics,
+        )
+
+    async def subscribe(self, nc: Client, subjects: list[str]) -> list[Subscription]:
+        """Subscribe `on_message` to `subjects`, with the connection guarded from floods."""
+        self._delivery.guard(nc, self.shedder)
+        return await self._delivery.subscribe(nc, subjects, self.on_message)
+
+    async def on_message(self, msg: Msg) -> None:
+        if not await self._delivery.admit(msg):
+            return
+        # The session id is the subject's last token, partitioned or not.
+        session_id = msg.subject.rsplit(".", 1)[-1]
+        now = time.time()
+        try:
+            check_session_id(session_id, self._max_session_id_chars)
+            message = decode_client_message(msg.data)
+            paced_at = self._delivery.paced_at(msg, now)
+            verdict = self.inboxes.offer(session_id, message, msg, now, paced_at)
+        except Exception as exc:
+            if isinstance(exc, SttError):
+                error = exc
+            else:
+                logger.exception("unexpected failure admitting a message")
+                error = SttError(f"internal error: {exc!r}", code=ErrorCode.INTERNAL_ERROR)
+            await self._refuse(session_id, error, now, msg)
+            await self._delivery.reject(msg)
+            return
+        if verdict is True:
+            return
+        self.shedder.shed(msg.subject)  # its next messages go before they cost a callback
+        await self._delivery.reject(msg)  # durable mode: a refused message is not replayed
+        if verdict is not False:
+            text = verdict.describe(self._limits, *self.shedder.take(msg.subject))
+            error = SttError(text, code=ErrorCode.RATE_LIMITED)
+            await self._refuse(session_id, error, now, msg)
+
+    async def dropped(self, subject: str) -> None:
+        """The NATS client dropped a message on `subject` (its buffer was full)."""
+        session_id = subject.rsplit(".", 1)[-1]
+        now = time.time()
+        count = self.inboxes.dropped(session_id, now)
+        if count:
+            error = SttError(
+                f"worker too slow: {count} message(s) of this session dropped by the NATS client",
+                code=ErrorCode.AUDIO_DROPPED,
+            )
+            await self._refuse(session_id, error, now, None)

@@ -1,0 +1,105 @@
+"""Shedding at the NATS client's door: the messages of a session just refused for sending too
+fast are dropped before the client builds them, for a moment.
+
+Why: with core NATS the server pushes everything published on our subjects, and closes a
+connection that lets 64 MB pile up (Slow Consumer). One nats-py publisher sends about 250,000
+tiny messages a second; a nats-py subscriber takes at most about 160,000 a second through its
+callbacks on this machine (docs/operations.md), so the worker cannot afford even the cheapest
+admission for each message of a flood. Once `Intake` refuses a session's message for its
+budget, that subject is `shed` for `hold_s`: the client's reader drops its next messages right
+after parsing them (no message object, no queue, no callback), counted in
+`stt_shed_messages_total` and summed in the session's next ``rate_limited``. The first message
+after the hold goes through admission again, which sheds anew while the session is still over
+budget. ``end`` is never shed (tiny payloads are looked at), so a flooding session still
+closes. Durable mode needs none of this: JetStream pushes at most ``STT_MAX_ACK_PENDING``
+unacknowledged messages.
+"""
+
+from __future__ import annotations
+
+import logging
+import time
+from collections.abc import Awaitable, Callable
+
+from nats.aio.client import Client
+
+from stt_worker.core.errors import ProtocolError
+from stt_worker.core.protocol import End, decode_client_message
+from stt_worker.runtime.telemetry.metrics import Metrics
+
+logger = logging.getLogger(__name__)
+
+# How long a refused session's subject is shed; short, so a session back within budget loses
+# little and an `end` that comes in the window is still looked at (below).
+HOLD_S = 0.2
+# `{"type": "end"}` is 13 bytes of msgpack; anything this short is decoded to keep `end`.
+_SMALL_BYTES = 32
+# Subjects shed at once at most (a flood over many session ids sheds the first this many).
+_MAX_SUBJECTS = 10_000
+
+_ProcessMsg = Callable[[int, bytes, bytes, bytes, bytes], Awaitable[None]]
+
+
+class Shedder:
+    """Which subjects are shed until when; `install` puts it in front of a client's reader."""
+
+    def __init__(self, metrics: Metrics, hold_s: float = HOLD_S) -> None:
+        self._hold_s = hold_s
+        self._until: dict[bytes, float] = {}
+        # Per subject: messages and bytes shed since `take` last reported them.
+        self._shed: dict[bytes, list[int]] = {}
+        self.shed_count = 0
+        metrics.watch(
+            "stt_shed_messages",
+            "Messages of sessions over their budget dropped unread by the NATS client's "
+            "reader (core NATS), on top of those refused with `rate_limited`",
+            lambda: self.shed_count,
+            counter=True,
+        )
+
+    def shed(self, subject: str) -> None:
+        """`subject`'s session was refused for its budget: drop its next messages a moment."""
+        if len(self._until) >= _MAX_SUBJECTS:
+            now = time.monotonic()
+            self._until = {s: t for s, t in self._until.items() if t > now}
+            if len(self._until) >= _MAX_SUBJECTS:
+                return
+        self._until[subject.encode()] = time.monotonic() + self._hold_s
+
+    def take(self, subject: str) -> tuple[int, int]:
+        """Messages and bytes of `subject` shed since the last call (for its next notice)."""
+        counts = self._shed.pop(subject.encode(), None)
+        return (counts[0], counts[1]) if counts else (0, 0)
+
+    def install(self, nc: Client) -> None:
+        """Wrap the client's per-message entry point (called by its parser for each MSG)."""
+        process: _ProcessMsg = nc._process_msg
+        until, shed = self._until, self._shed
+
+        async def process_unless_shed(
+            sid: int, subject: bytes, reply: bytes, data: bytes, headers: bytes
+        ) -> None:
+            deadline = until.get(subject)
+            if deadline is not None:
+                if time.monotonic() < deadline and not _is_end(data):
+                    self.shed_count += 1
+                    counts = shed.get(subject)
+                    if counts is None and len(shed) < _MAX_SUBJECTS:
+                        counts = shed[subject] = [0, 0]
+                    if counts is not None:
+                        counts[0] += 1
+                        counts[1] += len(data)
+                    return
+                until.pop(subject, None)
+            await process(sid, subject, reply, data, headers)
+
+        nc._process_msg = process_unless_shed  # type: ignore[method-assign]
+
+
+def _is_end(data: bytes) -> bool:
+    if len(data) > _SMALL_BYTES:
+        return False
+    try:
+        return isinstance(decode_client_message(data), End)
+    except ProtocolError:
+        return False

@@ -1,0 +1,136 @@
+"""Per-session inboxes (`runtime/inbox.py`) on a real event loop: one session's slow message
+does not hold up another's, each session's order holds, a full inbox refuses that session's
+messages only (told once a second), and `wait_served` waits for every admitted message."""
+
+from __future__ import annotations
+
+import asyncio
+from collections import defaultdict
+
+from nats.aio.msg import Msg
+
+from stt_worker.core.admission import RateLimits, Refusals, Traffic
+from stt_worker.core.protocol import Chunk, ClientMessage, End, StateChange
+from stt_worker.runtime.inbox import Inboxes
+from stt_worker.runtime.telemetry.metrics import Metrics
+
+NO_LIMITS = RateLimits(max_audio_speed=0, max_control_per_s=0)
+
+
+class Recorder:
+    """The sessions' handler: records what each session handled; session "slow" waits on
+    `gate` for each message."""
+
+    def __init__(self) -> None:
+        self.handled: dict[str, list[ClientMessage]] = defaultdict(list)
+        self.gate = asyncio.Event()
+        self.changed = asyncio.Condition()
+
+    async def handle(self, session_id: str, message: ClientMessage, msg: Msg, now: float) -> None:
+        if session_id == "slow":
+            await self.gate.wait()
+        async with self.changed:
+            self.handled[session_id].append(message)
+            self.changed.notify_all()
+
+    async def until(self, session_id: str, count: int) -> None:
+        async with asyncio.timeout(5), self.changed:
+            await self.changed.wait_for(lambda: len(self.handled[session_id]) >= count)
+
+
+def message_on(session_id: str, size: int = 640) -> Msg:
+    return Msg(None, subject=f"ai.voice.stream.{session_id}", data=bytes(size))  # type: ignore[arg-type]
+
+
+def inboxes(recorder: Recorder, limits: RateLimits = NO_LIMITS, **bounds: int) -> Inboxes:
+    return Inboxes(
+        limits,
+        max_messages=bounds.get("max_messages", 100),
+        max_bytes=bounds.get("max_bytes", 1_000_000),
+        max_entries=bounds.get("max_entries", 100),
+        handle=recorder.handle,
+        metrics=Metrics(),
+    )
+
+
+def offer(table: Inboxes, session_id: str, message: ClientMessage, now: float = 0.0):
+    return table.offer(session_id, message, message_on(session_id), now, now)
+
+
+async def test_a_session_stuck_on_its_message_does_not_hold_up_another():
+    recorder = Recorder()
+    table = inboxes(recorder)
+    async with asyncio.TaskGroup() as group:
+        table.serve_in(group)
+        for seq in range(5):
+            assert offer(table, "slow", Chunk(audio=bytes(640), seq=seq)) is True
+        assert offer(table, "slow", End()) is True
+        for seq in range(50):
+            assert offer(table, "quick", Chunk(audio=bytes(640), seq=seq)) is True
+        await recorder.until("quick", 50)  # all of quick's, while slow's first still waits
+        assert recorder.handled["slow"] == []
+        recorder.gate.set()
+        await asyncio.wait_for(table.wait_served(), 5)
+    slow = recorder.handled["slow"]
+    assert [m.seq for m in slow[:-1]] == list(range(5)) and isinstance(slow[-1], End)
+    assert [m.seq for m in recorder.handled["quick"]] == list(range(50))
+
+
+async def test_a_full_inbox_refuses_that_sessions_messages_only_and_says_so_once():
+    recorder = Recorder()
+    table = inboxes(recorder, max_messages=16)
+    verdicts = [offer(table, "slow", StateChange(state="listening")) for _ in range(40)]
+    assert verdicts[:16] == [True] * 16
+    told = [v for v in verdicts[16:] if isinstance(v, Refusals)]
+    assert len(told) == 1 and told[0].messages == {Traffic.INBOX: 1}
+    assert verdicts.count(False) == 40 - 16 - 1
+    assert offer(table, "other", StateChange(state="listening")) is True
+    assert table.queued == 17
+    # Messages admitted before the worker serves start when it does.
+    recorder.gate.set()
+    async with asyncio.TaskGroup() as group:
+        table.serve_in(group)
+        await asyncio.wait_for(table.wait_served(), 5)
+    assert len(recorder.handled["slow"]) == 16 and len(recorder.handled["other"]) == 1
+
+
+async def test_the_bytes_bound_counts_too_and_frees_as_messages_are_handled():
+    recorder = Recorder()
+    table = inboxes(recorder, max_bytes=3 * 640)
+    big = Chunk(audio=bytes(640))
+    assert [offer(table, "slow", big) for _ in range(4)][:3] == [True] * 3
+    assert offer(table, "slow", big, now=0.5) is False  # told at 0.0 already
+    recorder.gate.set()
+    async with asyncio.TaskGroup() as group:
+        table.serve_in(group)
+        await asyncio.wait_for(table.wait_served(), 5)
+        assert offer(table, "slow", big, now=0.6) is True
+
+
+async def test_refused_audio_over_budget_is_counted_and_idle_entries_are_forgotten():
+    recorder = Recorder()
+    metrics = Metrics()
+    limits = RateLimits(max_audio_speed=2.0, audio_burst_s=1.0)
+    table = Inboxes(
+        limits, max_messages=100, max_bytes=10**6, max_entries=2,
+        handle=recorder.handle, metrics=metrics,
+    )  # fmt: skip
+    one_s = Chunk(audio=bytes(32_000))
+    assert offer(table, "a", one_s) is True
+    refusal = offer(table, "a", one_s)
+    assert isinstance(refusal, Refusals) and refusal.audio_s == 1.0
+    assert metrics.registry.get_sample_value("stt_rate_limited_total", {"kind": "audio"}) == 1
+    assert metrics.registry.get_sample_value("stt_rate_limited_audio_seconds_total") == 1.0
+    assert offer(table, "b", one_s) is True
+    # The table is full (2 entries); "c" is let in once "a" and "b" are the same as fresh.
+    try:
+        offer(table, "c", one_s, now=0.01)
+    except Exception as exc:
+        assert getattr(exc, "code", None) == "too_many_sessions"
+    else:
+        raise AssertionError("a third session should not fit yet")
+    recorder.gate.set()
+    async with asyncio.TaskGroup() as group:
+        table.serve_in(group)
+        await asyncio.wait_for(table.wait_served(), 5)
+        assert offer(table, "c", one_s, now=5.0) is True
