@@ -21,7 +21,6 @@ logger = logging.getLogger(__name__)
 
 def app_for(settings: Settings, engine: Engine) -> Starlette:
     """The app configured by `settings`: the `WHISPER_SERVER_*` limits and `WHISPER_API_KEY`."""
-    key = settings.whisper_api_key
     return create_app(
         engine,
         model_name=engine.info.model,
@@ -31,14 +30,21 @@ def app_for(settings: Settings, engine: Engine) -> Starlette:
         max_audio_s=settings.whisper_server_max_audio_s,
         max_uploads=settings.whisper_server_max_uploads,
         body_timeout_s=settings.whisper_server_body_timeout_s,
-        api_key=key.get_secret_value() if key is not None else None,
+        api_key=api_key(settings),
     )
+
+
+def api_key(settings: Settings) -> str | None:
+    """The key requests must carry; an empty `WHISPER_API_KEY` (a blank Secret entry) is
+    none, as for the other secrets."""
+    key = settings.whisper_api_key
+    return (key.get_secret_value() or None) if key is not None else None
 
 
 def run_server(settings: Settings, engine: Engine, *, host: str, port: int) -> None:
     """Serve until SIGTERM/SIGINT, then finish in-flight requests within `drain_timeout_s`."""
     app = app_for(settings, engine)
-    if settings.whisper_api_key is None and not is_loopback(host):
+    if api_key(settings) is None and not is_loopback(host):
         logger.warning(
             "whisper server on %s without WHISPER_API_KEY: anyone who can reach the port "
             "can use it",
