@@ -293,7 +293,11 @@ async def test_trickled_uploads_cannot_take_the_queue(
     finally:
         stop.set()
         await asyncio.gather(*tricklers, return_exceptions=True)
-    for answer in answers:
+    # A byte that crosses the server's close resets the connection, and the reset may
+    # discard the 408 before it is read: then the trickler sees nothing, but it was cut off.
+    cut_off = [answer for answer in answers if answer]
+    assert len(cut_off) >= TRICKLERS // 2, answers
+    for answer in cut_off:
         assert answer.startswith(b"HTTP/1.1 408 "), answer[:200]
         assert b'"request_timeout"' in answer and b"connection: close" in answer.lower()
 
