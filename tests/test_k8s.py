@@ -432,6 +432,15 @@ def test_http_overlay_runs_whisper_predictor() -> None:
         assert port_number(container, probe["port"]) == server_port, probe_name
 
 
+def quantity_bytes(quantity: str) -> int:
+    """A Kubernetes byte quantity ("1Gi", "512Mi", "1G") in bytes."""
+    units = {"Ki": 2**10, "Mi": 2**20, "Gi": 2**30, "K": 10**3, "M": 10**6, "G": 10**9}
+    for suffix, factor in units.items():
+        if quantity.endswith(suffix) and quantity[: -len(suffix)].isdigit():
+            return int(quantity[: -len(suffix)]) * factor
+    return int(quantity)
+
+
 def selects(selector: Doc, labels: dict[str, str]) -> bool:
     """Whether a Kubernetes label selector (matchLabels, matchExpressions) picks `labels`."""
     if not (selector.get("matchLabels") or {}).items() <= labels.items():
@@ -477,6 +486,19 @@ def test_http_overlay_admits_only_the_workers_to_whisper_predictor() -> None:
     env = {e["name"]: e for e in container["env"]}
     (port,) = rule["ports"]
     assert port_number(container, port["port"]) == int(env["WHISPER_SERVER_PORT"]["value"])
+
+    # Every body it may hold at once (uploads, running, queued) fits the /tmp it spools to.
+    settings = Settings(**{name: e["value"] for name, e in env.items() if "value" in e})
+    tmp = next(v for v in predictor["spec"]["template"]["spec"]["volumes"] if v["name"] == "tmp")
+    assert {"name": "tmp", "mountPath": "/tmp"} in container["volumeMounts"]
+    bodies = (
+        settings.whisper_server_max_uploads
+        + settings.whisper_server_max_concurrency
+        + settings.whisper_server_max_queue
+    )
+    assert bodies * settings.whisper_server_max_upload_bytes <= quantity_bytes(
+        tmp["emptyDir"]["sizeLimit"]
+    )
 
     # The CLI listens on loopback by default; the pod opens itself on purpose.
     assert env["WHISPER_SERVER_HOST"]["value"] == "0.0.0.0"
