@@ -274,7 +274,8 @@ class Settings(BaseSettings):
         None,
         "WHISPER_API_KEY",
         group=Group.HTTP_ENGINE,
-        description="Sent as `Authorization: Bearer`; never logged.",
+        description="Sent as `Authorization: Bearer`; never logged. `whisper-server` "
+        "requires it of every request but `/health` when set (401 without it).",
     )
     whisper_http_response_format: str = setting(
         "verbose_json",
@@ -330,10 +331,11 @@ class Settings(BaseSettings):
     )
 
     whisper_server_host: str = setting(
-        "0.0.0.0",
+        "127.0.0.1",
         "WHISPER_SERVER_HOST",
         group=Group.WHISPER_SERVER,
-        description="Listen address of `stt-streaming whisper-server`.",
+        description="Listen address of `stt-streaming whisper-server`: loopback unless "
+        "opened on purpose (the container images and k8s manifests set `0.0.0.0`).",
     )
     whisper_server_port: int = setting(
         8000,
@@ -366,11 +368,29 @@ class Settings(BaseSettings):
         ge=1024,
     )
     whisper_server_max_audio_s: float = setting(
-        1800.0,
+        120.0,
         "WHISPER_SERVER_MAX_AUDIO_S",
         group=Group.WHISPER_SERVER,
         description="Longest decoded audio, in seconds; longer gets 413 (compressed bytes do "
-        "not bound it: a few MB of Opus can hold hours).",
+        "not bound it: a few MB of Opus can hold hours). It bounds how long one request "
+        "holds an inference slot and the memory it takes; the worker sends at most "
+        "`STT_MAX_UTTERANCE_S`.",
+        gt=0,
+    )
+    whisper_server_max_uploads: int = setting(
+        64,
+        "WHISPER_SERVER_MAX_UPLOADS",
+        group=Group.WHISPER_SERVER,
+        description="Request bodies being received at once; more get 503 with "
+        "`Retry-After: 1`. Uploads hold no place in the queue.",
+        ge=1,
+    )
+    whisper_server_body_timeout_s: float = setting(
+        30.0,
+        "WHISPER_SERVER_BODY_TIMEOUT_S",
+        group=Group.WHISPER_SERVER,
+        description="Time allowed to receive a whole request body, in seconds; slower "
+        "uploads get 408 and the connection is closed.",
         gt=0,
     )
 

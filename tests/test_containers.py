@@ -303,6 +303,14 @@ def test_cpu_image_bakes_base_where_the_worker_looks() -> None:
     assert f"--from=build {bake[2]} {bake[2]}" in of_kind(instructions, "COPY")
 
 
+def test_cpu_image_opens_its_whisper_server_to_the_network() -> None:
+    """The CLI listens on loopback by default, which a published port cannot reach; the
+    image that serves `whisper-server` opts in to all addresses, explicitly."""
+    values = env_values(read_instructions("Dockerfile.cpu"))
+    assert values["WHISPER_SERVER_HOST"] == "0.0.0.0"
+    assert "WHISPER_SERVER_HOST" not in env_values(read_instructions("Dockerfile"))
+
+
 def test_rocm_image_settings() -> None:
     instructions = read_instructions("Dockerfile.rocm")
     (image,) = base_images(instructions)

@@ -29,8 +29,12 @@ from starlette.routing import Route
 
 from stt_worker.config import load_settings
 from stt_worker.core.errors import EngineError
-from stt_worker.engines.base import DecodeOptions
+from stt_worker.engines.base import DecodeOptions, Engine
 from stt_worker.engines.http import HttpEngine, parse_retry_after
+from stt_worker.runtime.asgi import serving_in_loop
+from stt_worker.whisper_server import app_for
+from tests.helpers import SPEECH_DIR, manifest_text
+from tests.textnorm import wer
 
 API_KEY = "sk-test-DO-NOT-LEAK-5f3a9c"
 SECOND = np.zeros(16_000, dtype=np.float32)
@@ -563,3 +567,26 @@ async def test_url_credentials_become_basic_auth_and_stay_out_of_logs(
     assert server.received[0].headers["authorization"] == "Basic dXNlcjpodW50ZXIy"
     assert "HTTP Request: POST" in caplog.text  # httpx logs the URL...
     assert "hunter2" not in caplog.text  # ...but without the credentials
+
+
+# --- against our own whisper-server and its key ---
+
+
+async def test_the_shared_key_opens_our_whisper_server(
+    make_engine: MakeEngine, engine: Engine, caplog: pytest.LogCaptureFixture
+) -> None:
+    """One `WHISPER_API_KEY` for both: the worker's engine sends what the server requires."""
+    caplog.set_level(logging.DEBUG)
+    settings = load_settings(whisper_api_key=API_KEY, whisper_server_max_queue=4)
+    with wave.open(str(SPEECH_DIR / "jfk.wav")) as wav:
+        speech = np.frombuffer(wav.readframes(wav.getnframes()), dtype="<i2") / 32768.0
+    async with serving_in_loop(app_for(settings, engine)) as url:
+        keyed = make_engine(url, whisper_api_key=API_KEY, whisper_http_timeout_s=30)
+        transcript = await keyed.transcribe(speech.astype(np.float32), DecodeOptions())
+        assert wer(manifest_text("jfk.wav"), transcript.text) <= 0.15, transcript.text
+
+        for key in (None, "sk-wrong"):
+            error = await failure(make_engine(url, whisper_api_key=key))
+            assert error.code == "backend_rejected" and "401" in str(error)
+            assert "retry" not in caplog.text  # a refused key is not retried
+    assert API_KEY not in caplog.text

@@ -433,6 +433,82 @@ def test_http_overlay_runs_whisper_predictor() -> None:
         assert port_number(container, probe["port"]) == server_port, probe_name
 
 
+def quantity_bytes(quantity: str) -> int:
+    """A Kubernetes byte quantity ("1Gi", "512Mi", "1G") in bytes."""
+    units = {"Ki": 2**10, "Mi": 2**20, "Gi": 2**30, "K": 10**3, "M": 10**6, "G": 10**9}
+    for suffix, factor in units.items():
+        if quantity.endswith(suffix) and quantity[: -len(suffix)].isdigit():
+            return int(quantity[: -len(suffix)]) * factor
+    return int(quantity)
+
+
+def selects(selector: Doc, labels: dict[str, str]) -> bool:
+    """Whether a Kubernetes label selector (matchLabels, matchExpressions) picks `labels`."""
+    if not (selector.get("matchLabels") or {}).items() <= labels.items():
+        return False
+    for expression in selector.get("matchExpressions") or []:
+        key, operator = expression["key"], expression["operator"]
+        values = expression.get("values") or []
+        held = {
+            "In": key in labels and labels[key] in values,
+            "NotIn": key not in labels or labels[key] not in values,
+            "Exists": key in labels,
+            "DoesNotExist": key not in labels,
+        }
+        if not held[operator]:
+            return False
+    return True
+
+
+def test_http_overlay_admits_only_the_workers_to_whisper_predictor() -> None:
+    docs = render("overlays/http")
+    policy = find(docs, "NetworkPolicy", "whisper-predictor")
+    predictor = find(docs, "Deployment", "whisper-predictor")
+    pods = {
+        f"{w['kind']}/{w['metadata']['name']}": w["spec"]["template"]["metadata"]["labels"]
+        for w in workloads(docs)
+    }
+    spec = policy["spec"]
+    # It governs the predictor's pods, and only theirs, for traffic coming in.
+    assert [name for name, labels in pods.items() if selects(spec["podSelector"], labels)] == [
+        "Deployment/whisper-predictor"
+    ]
+    assert "Ingress" in spec["policyTypes"]
+    (rule,) = spec["ingress"]
+    # Pods of this namespace only: no namespaceSelector or ipBlock widening the peers.
+    assert rule["from"] and all(set(peer) == {"podSelector"} for peer in rule["from"])
+    admitted = [
+        name
+        for name, labels in pods.items()
+        if any(selects(peer["podSelector"], labels) for peer in rule["from"])
+    ]
+    assert admitted == [f"StatefulSet/{WORKER}"]
+    container = only_container(predictor)
+    env = {e["name"]: e for e in container["env"]}
+    (port,) = rule["ports"]
+    assert port_number(container, port["port"]) == int(env["WHISPER_SERVER_PORT"]["value"])
+
+    # Every body it may hold at once (uploads, running, queued) fits the /tmp it spools to.
+    settings = Settings(**{name: e["value"] for name, e in env.items() if "value" in e})
+    tmp = next(v for v in predictor["spec"]["template"]["spec"]["volumes"] if v["name"] == "tmp")
+    assert {"name": "tmp", "mountPath": "/tmp"} in container["volumeMounts"]
+    bodies = (
+        settings.whisper_server_max_uploads
+        + settings.whisper_server_max_concurrency
+        + settings.whisper_server_max_queue
+    )
+    assert bodies * settings.whisper_server_max_upload_bytes <= quantity_bytes(
+        tmp["emptyDir"]["sizeLimit"]
+    )
+
+    # The CLI listens on loopback by default; the pod opens itself on purpose.
+    assert env["WHISPER_SERVER_HOST"]["value"] == "0.0.0.0"
+    # One Secret entry keys both ends: the workers send what the predictor requires.
+    worker = only_container(find(docs, "StatefulSet", WORKER))
+    worker_key = next(e for e in worker["env"] if e["name"] == "WHISPER_API_KEY")
+    assert env["WHISPER_API_KEY"]["valueFrom"] == worker_key["valueFrom"]
+
+
 def test_cpu_overlay_sizes_cpu_for_local_inference() -> None:
     docs = render("overlays/cpu")
     env = worker_env(docs)

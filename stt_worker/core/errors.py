@@ -213,6 +213,16 @@ class ErrorCode(enum.StrEnum):
         _S,
         "The audio is longer than `WHISPER_SERVER_MAX_AUDIO_S` (413).",
     )
+    INVALID_API_KEY = (
+        "invalid_api_key",
+        _S,
+        "`WHISPER_API_KEY` is set and the request has no or another bearer key (401).",
+    )
+    REQUEST_TIMEOUT = (
+        "request_timeout",
+        _S,
+        "The request body did not arrive within `WHISPER_SERVER_BODY_TIMEOUT_S` (408).",
+    )
 
     INTERNAL_ERROR = (
         "internal_error",

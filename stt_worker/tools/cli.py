@@ -202,7 +202,11 @@ def _whisper_server(commands: Commands) -> None:
     server = commands.add_parser(
         "whisper-server", help="serve Whisper over HTTP (OpenAI /v1/audio/transcriptions)"
     )
-    server.add_argument("--host", help="listen address (WHISPER_SERVER_HOST, default 0.0.0.0)")
+    server.add_argument(
+        "--host",
+        help="listen address (WHISPER_SERVER_HOST, default 127.0.0.1; 0.0.0.0 serves other "
+        "machines: set WHISPER_API_KEY then)",
+    )
     server.add_argument("--port", type=int, help="listen port (WHISPER_SERVER_PORT, default 8000)")
     server.add_argument(
         "--engine",

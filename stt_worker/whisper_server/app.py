@@ -1,0 +1,180 @@
+"""The whisper-server's ASGI app: `create_app` and its endpoints, sharing one engine.
+
+Endpoints:
+
+- `POST /v1/audio/transcriptions`: multipart form, as OpenAI's API. `file` (required; see
+  `audio.py` for the formats), `language` (ISO-639-1), `prompt` (cut to its last 224
+  tokens, `prompt.py`), `response_format` (`json`, `verbose_json`, `text`). `model` is
+  accepted with any value: the server serves the one model it loaded. `temperature` is
+  accepted and ignored: the engine decodes as configured (`WHISPER_BEAM_SIZE`). Every
+  answer carries `X-Inference-Time-Ms`, the engine's own time, so a client can tell network
+  and queueing overhead from inference.
+- `GET /health` (open to all, for probes), `GET /v1/models`.
+
+A request passes the API key (`access.py`), then the upload and queue stages
+(`admission.py`); it is decoded and transcribed inside its inference slot, so at most
+`max_concurrency` requests hold decoded audio at once, and none holds the slot longer than
+its decoded audio (at most `max_audio_s`) takes to transcribe.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import contextlib
+import logging
+import time
+from collections.abc import AsyncIterator
+
+from starlette.applications import Starlette
+from starlette.exceptions import HTTPException
+from starlette.middleware import Middleware
+from starlette.requests import Request
+from starlette.responses import JSONResponse, PlainTextResponse, Response
+from starlette.routing import Route
+
+from stt_worker.core.audio import SAMPLE_RATE_HZ
+from stt_worker.core.errors import SttError
+from stt_worker.engines.base import Audio, DecodeOptions, Engine, Transcript
+from stt_worker.whisper_server.access import ApiKeyGate
+from stt_worker.whisper_server.admission import Admission
+from stt_worker.whisper_server.audio import decode_upload
+from stt_worker.whisper_server.form import check_headers, read_form, transcription
+from stt_worker.whisper_server.responses import (
+    RequestError,
+    http_error,
+    internal_error,
+    request_error,
+    verbose_json,
+)
+
+logger = logging.getLogger(__name__)
+
+TRANSCRIPTIONS_PATH = "/v1/audio/transcriptions"
+HEALTH_PATH = "/health"
+INFERENCE_TIME_HEADER = "X-Inference-Time-Ms"
+
+
+def create_app(
+    engine: Engine,
+    *,
+    model_name: str,
+    max_concurrency: int,
+    max_queue: int,
+    max_upload_bytes: int,
+    max_audio_s: float = 120.0,
+    max_uploads: int = 64,
+    body_timeout_s: float = 30.0,
+    api_key: str | None = None,
+) -> Starlette:
+    """The ASGI app; its lifespan warms the engine up, so it answers only once it is fast.
+
+    With `api_key`, every path but `/health` needs it as a bearer token.
+    """
+    service = _Service(
+        engine,
+        model_name=model_name,
+        admission=Admission(max_uploads=max_uploads, capacity=max_concurrency + max_queue),
+        max_concurrency=max_concurrency,
+        max_upload_bytes=max_upload_bytes,
+        max_audio_s=max_audio_s,
+        body_timeout_s=body_timeout_s,
+    )
+
+    @contextlib.asynccontextmanager
+    async def lifespan(app: Starlette) -> AsyncIterator[None]:
+        started = time.perf_counter()
+        await engine.warmup()
+        logger.info(
+            "whisper server ready: %s %s on %s (warm-up %.2f s)",
+            engine.info.name,
+            engine.info.model,
+            engine.info.device,
+            time.perf_counter() - started,
+        )
+        yield
+
+    middleware = []
+    if api_key is not None:
+        middleware.append(Middleware(ApiKeyGate, key=api_key, open_paths=frozenset({HEALTH_PATH})))
+    return Starlette(
+        routes=[
+            Route(TRANSCRIPTIONS_PATH, service.transcribe, methods=["POST"]),
+            Route(HEALTH_PATH, service.health, methods=["GET"]),
+            Route("/v1/models", service.models, methods=["GET"]),
+        ],
+        middleware=middleware,
+        exception_handlers={
+            RequestError: request_error,
+            HTTPException: http_error,
+            Exception: internal_error,
+        },
+        lifespan=lifespan,
+    )
+
+
+class _Service:
+    """The endpoints, sharing one engine and the admission bounds."""
+
+    def __init__(
+        self,
+        engine: Engine,
+        *,
+        model_name: str,
+        admission: Admission,
+        max_concurrency: int,
+        max_upload_bytes: int,
+        max_audio_s: float,
+        body_timeout_s: float,
+    ) -> None:
+        self._engine = engine
+        self._model_name = model_name
+        self._admission = admission
+        self._inference = asyncio.Semaphore(max_concurrency)
+        self._max_upload_bytes = max_upload_bytes
+        self._max_samples = int(max_audio_s * SAMPLE_RATE_HZ)
+        self._body_timeout_s = body_timeout_s
+
+    async def health(self, request: Request) -> Response:
+        info = self._engine.info
+        return JSONResponse(
+            {"status": "ok", "model": self._model_name, "engine": info.name, "device": info.device}
+        )
+
+    async def models(self, request: Request) -> Response:
+        model = {"id": self._model_name, "object": "model", "owned_by": "stt-streaming"}
+        return JSONResponse({"object": "list", "data": [model]})
+
+    async def transcribe(self, request: Request) -> Response:
+        # Cheap refusals first, before a byte of the body is read.
+        check_headers(request, self._max_upload_bytes)
+        self._admission.check_queue()
+        with self._admission.upload():
+            form = await read_form(
+                request, max_upload_bytes=self._max_upload_bytes, timeout_s=self._body_timeout_s
+            )
+        try:
+            wanted = transcription(form)
+            with self._admission.queue():
+                async with self._inference:
+                    # Decoded here, in the slot: decoded audio is what takes memory.
+                    audio = await asyncio.to_thread(
+                        decode_upload, wanted.upload.file, self._max_samples
+                    )
+                    transcript = await self._run_engine(audio, wanted.options)
+        finally:
+            await form.close()
+        headers = {INFERENCE_TIME_HEADER: f"{transcript.inference_s * 1000:.1f}"}
+        if wanted.response_format == "text":
+            return PlainTextResponse(transcript.text, headers=headers)
+        if wanted.response_format == "verbose_json":
+            return JSONResponse(verbose_json(transcript), headers=headers)
+        return JSONResponse({"text": transcript.text}, headers=headers)
+
+    async def _run_engine(self, audio: Audio, options: DecodeOptions) -> Transcript:
+        try:
+            return await self._engine.transcribe(audio, options)
+        except SttError as exc:
+            logger.error("transcription failed: %s", exc, exc_info=exc)
+            raise RequestError(
+                500, f"Transcription failed: {exc}", code=exc.code, kind="server_error"
+            ) from exc
