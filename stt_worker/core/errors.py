@@ -137,6 +137,11 @@ class ErrorCode(enum.StrEnum):
         _G,
         "`STT_GATEWAY_MAX_CONNECTIONS` connections are open; closed with 1013.",
     )
+    IDLE_TIMEOUT = (
+        "idle_timeout",
+        _G,
+        "No audio within `STT_GATEWAY_FIRST_AUDIO_TIMEOUT_S` of connecting; closed with 1008.",
+    )
     CLIENT_TOO_SLOW = (
         "client_too_slow",
         _G,
