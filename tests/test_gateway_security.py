@@ -40,6 +40,7 @@ from tests.test_gateway import (
     silence,
 )
 from tests.test_worker import WER_BOUND
+from tests.test_worker import final_text as final_on_nats
 from tests.textnorm import wer
 
 # A word of each clip that the other clip does not say.
@@ -130,12 +131,15 @@ async def test_no_cross_talk_between_gateways_and_nats_direct_sessions(
     await publish_pcm(nc, victim, samples[half:], speed=0, send_start=False, stats=stats)
     messages = await inbox.until_closed(within_s=60)
 
+    assert "could wait" not in texts(stolen).lower(), stolen
     assert CLIP_WORD not in texts(stolen).lower(), stolen
     assert [m["type"] for m in inbox.received].count("session_closed") == 1
     assert messages[-1]["reason"] == "end"
-    victim_text = final_text(inbox.received)
-    assert CLIP_2_WORD not in victim_text.lower()
-    assert wer(manifest_text(CLIP), victim_text) <= WER_BOUND, inbox.received
+    # Its words, cut in two by the pause (Whisper may repeat the first half's): none of the
+    # attacker's.
+    victim_text = final_on_nats(inbox.received).lower()
+    assert "could wait" in victim_text and CLIP_WORD in victim_text, victim_text
+    assert CLIP_2_WORD not in victim_text, victim_text
     await until(lambda: len(published) == stats.chunks + 2, within_s=10)
     assert {msgpack.unpackb(data)["type"] for data in published} == {"start", "chunk", "end"}
 
@@ -159,18 +163,19 @@ async def test_no_cross_talk_between_gateways_and_nats_direct_sessions(
 
 
 @pytest.mark.parametrize(
-    ("host", "origin"),
+    ("host", "origin", "code"),
     [
-        (None, "https://127.0.0.1:{port}"),  # another scheme: another origin
-        (None, "HTTP://127.0.0.1:{port}"),
-        ("LOCALHOST:{port}", "http://LOCALHOST:{port}"),  # no browser sends upper case
-        (None, "http://127.0.0.1:{other}"),
+        (None, "https://127.0.0.1:{port}", "forbidden_origin"),  # another scheme
+        (None, "HTTP://127.0.0.1:{port}", "forbidden_origin"),
+        # No browser sends upper case.
+        ("LOCALHOST:{port}", "http://LOCALHOST:{port}", "forbidden_origin"),
+        (None, "http://127.0.0.1:{other}", "forbidden_origin"),
         # DNS rebinding: the attacker's name resolves to the gateway; Origin matches Host.
-        ("rebind.evil.example:{port}", "http://rebind.evil.example:{port}"),
-        ("rebind.evil.example:{port}", None),
+        ("rebind.evil.example:{port}", "http://rebind.evil.example:{port}", "forbidden_host"),
+        ("rebind.evil.example:{port}", None, "forbidden_host"),
     ],
 )
-async def test_origin_and_host_are_compared_exactly(make_gateway, host, origin) -> None:
+async def test_origin_and_host_are_compared_exactly(make_gateway, host, origin, code) -> None:
     gateway = await make_gateway()
     port = urlsplit(gateway.http_url).port
     fill = {"port": port, "other": port + 1}
@@ -179,7 +184,7 @@ async def test_origin_and_host_are_compared_exactly(make_gateway, host, origin) 
         url = url.replace(f"127.0.0.1:{port}", host.format(**fill))
     options = {"origin": origin.format(**fill)} if origin else {}
     async with connect(url, sock=via(gateway.ws_url), **options) as ws:
-        assert (await receive(ws))["code"] == "forbidden_origin"
+        assert (await receive(ws))["code"] == code
         assert await close_code(ws) == 1008
     if host is not None and "evil" in host:  # the page and /health: a rebound name too
         async with httpx.AsyncClient() as client:

@@ -248,7 +248,7 @@ def test_host_checks() -> None:
     for host in (None, "", "rebound.evil.example:8765", "gw.example.evil", "[::2]:8765"):
         with pytest.raises(ProtocolError) as error:
             check_host(host, names)
-        assert error.value.code == "forbidden_origin", host
+        assert error.value.code == "forbidden_host", host
 
 
 def test_allowed_hosts_default_to_loopback_and_the_listen_address() -> None:

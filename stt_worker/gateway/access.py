@@ -32,7 +32,7 @@ def check_host(host: str | None, allowed: frozenset[str]) -> None:
         raise ProtocolError(
             f"host {(host or '')[:80]!r} is not one of this gateway's names "
             "(STT_GATEWAY_ALLOWED_HOSTS)",
-            code=ErrorCode.FORBIDDEN_ORIGIN,
+            code=ErrorCode.FORBIDDEN_HOST,
         )
 
 
