@@ -294,6 +294,8 @@ async def test_hostile_clients_beside_an_honest_one(worker, make_gateway) -> Non
             )
             for _ in range(4)
         ]
+        # No compression, so a 300-byte frame cannot stand for 256 KB of decoded text.
+        assert all(not ws.protocol.extensions for ws in flooders)
         floods = [asyncio.create_task(flood(ws)) for ws in flooders]
         async with connect(url) as honest:
             await honest.send(json.dumps({"type": "start"}))
