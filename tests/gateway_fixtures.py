@@ -9,7 +9,7 @@ from dataclasses import dataclass
 import pytest
 
 from stt_worker.config import load_settings
-from stt_worker.gateway.app import Gateway, create_app
+from stt_worker.gateway.app import Gateway, create_app, server_options
 from stt_worker.gateway.settings import GatewaySettings
 from stt_worker.runtime.asgi import serving_in_loop
 from stt_worker.runtime.connection import TOOL, connect
@@ -23,6 +23,10 @@ class RunningGateway:
     @property
     def ws_url(self) -> str:
         return self.http_url.replace("http://", "ws://", 1) + "/ws"
+
+    def worker_id(self, client_id: str, token: str | None = None) -> str:
+        """The worker's id for a client's session id (the gateway namespaces it)."""
+        return self.gateway.worker_id(client_id, token)
 
 
 @pytest.fixture
@@ -38,7 +42,7 @@ async def make_gateway(nats_url: str) -> AsyncIterator:
             gateway = Gateway(settings, GatewaySettings(**overrides), nc)
             stack.push_async_callback(gateway.shutdown)
             url = await stack.enter_async_context(
-                serving_in_loop(create_app(gateway), lifespan="off", access_log=False)
+                serving_in_loop(create_app(gateway), **server_options(settings))
             )
             return RunningGateway(gateway, url)
 

@@ -43,7 +43,8 @@ def result(session_id: str, utterance_id: int, text: str, *, final: bool) -> byt
 
 async def open_idle_client(gateway, nc: Client, session_id: str) -> ClientConnection:
     """A connection whose worker session is open (its results are subscribed to)."""
-    started = await nc.subscribe(f"ai.voice.stream.{session_id}", max_msgs=1)
+    worker_id = gateway.worker_id(session_id)
+    started = await nc.subscribe(f"ai.voice.stream.{worker_id}", max_msgs=1)
     ws = await connect(f"{gateway.ws_url}?session_id={session_id}", max_queue=2)
     await ws.send(json.dumps({"type": "start"}))
     await started.next_msg(timeout=10)  # the gateway subscribed before it sent this
@@ -53,12 +54,13 @@ async def open_idle_client(gateway, nc: Client, session_id: str) -> ClientConnec
 async def fill_with_partials(gateway, nc: Client, session_id: str) -> int:
     """Publish big partials until the outbox drops one; how many were published."""
     stats = gateway.gateway.stats
+    worker_id = gateway.worker_id(session_id)
     for published in range(1, 2000):
         await nc.publish(
-            f"ai.voice.transcription.{session_id}", result(session_id, 1, BIG_TEXT, final=False)
+            f"ai.voice.transcription.{worker_id}", result(worker_id, 1, BIG_TEXT, final=False)
         )
         await nc.flush()
-        bridge = gateway.gateway.bridges[session_id]
+        bridge = gateway.gateway.bridges[worker_id]
         assert len(bridge._outbox) <= MAX_QUEUE
         if stats.dropped_partials:
             return published
@@ -70,9 +72,10 @@ async def test_slow_reader_loses_partials_not_finals(nc, make_gateway) -> None:
     session_id = "bp-partials"
     ws = await open_idle_client(gateway, nc, session_id)
     published = await fill_with_partials(gateway, nc, session_id)
-    subject = f"ai.voice.transcription.{session_id}"
+    worker_id = gateway.worker_id(session_id)
+    subject = f"ai.voice.transcription.{worker_id}"
     for utterance in (2, 3, 4):
-        await nc.publish(subject, result(session_id, utterance, f"final {utterance}", final=True))
+        await nc.publish(subject, result(worker_id, utterance, f"final {utterance}", final=True))
     await nc.flush()
     await until(lambda: gateway.gateway.stats.dropped_partials >= 4, within_s=10)
 
@@ -94,9 +97,10 @@ async def test_slow_reader_that_would_lose_finals_is_closed_1013(nc, make_gatewa
     session_id = "bp-finals"
     ws = await open_idle_client(gateway, nc, session_id)
     await fill_with_partials(gateway, nc, session_id)
-    subject = f"ai.voice.transcription.{session_id}"
+    worker_id = gateway.worker_id(session_id)
+    subject = f"ai.voice.transcription.{worker_id}"
     for utterance in range(2, 2 + MAX_QUEUE + 1):
-        await nc.publish(subject, result(session_id, utterance, BIG_TEXT, final=True))
+        await nc.publish(subject, result(worker_id, utterance, BIG_TEXT, final=True))
     await nc.flush()
     await until(lambda: gateway.gateway.stats.overflow_closes == 1, within_s=10)
 
@@ -106,4 +110,4 @@ async def test_slow_reader_that_would_lose_finals_is_closed_1013(nc, make_gatewa
             await ws.recv()
     assert ws.close_code == 1013
     assert "too slow" in (ws.close_reason or "")
-    await until(lambda: session_id not in gateway.gateway.bridges, within_s=10)
+    await until(lambda: worker_id not in gateway.gateway.bridges, within_s=10)

@@ -4,6 +4,7 @@ policy and the access checks."""
 from __future__ import annotations
 
 import json
+import logging
 
 import msgpack
 import msgspec
@@ -13,6 +14,7 @@ from hypothesis import strategies as st
 
 from stt_worker.core.errors import ErrorCode, ProtocolError
 from stt_worker.core.protocol import (
+    Error,
     Interrupt,
     SessionClosed,
     StateChange,
@@ -20,7 +22,14 @@ from stt_worker.core.protocol import (
     decode_server_message,
     encode_server_message,
 )
-from stt_worker.gateway.access import check_origin, check_token, presented_token
+from stt_worker.gateway.access import (
+    TokenRedaction,
+    check_host,
+    check_origin,
+    check_token,
+    presented_token,
+    redact_token,
+)
 from stt_worker.gateway.control import (
     End,
     Flush,
@@ -32,7 +41,10 @@ from stt_worker.gateway.control import (
     parse_text,
 )
 from stt_worker.gateway.dialect import EmptyFinal, GatewayError, is_partial, render
+from stt_worker.gateway.limits import AddressSlots, ErrorBudget
+from stt_worker.gateway.namespace import ADDED_CHARS, SessionNamespace
 from stt_worker.gateway.outbox import Outbox
+from stt_worker.gateway.settings import GatewaySettings
 from tests.strategies import server_messages
 
 
@@ -183,6 +195,7 @@ def test_outbox_drops_partials_first_and_refuses_to_drop_finals() -> None:
     assert outbox.push("f1", partial=False)
     assert outbox.push("p2", partial=True)
     assert outbox.push("p3", partial=True)  # evicts p1, the oldest partial
+    assert outbox.queued_chars == len("f1p2p3")
     assert outbox.push("f2", partial=False)  # evicts p2
     assert outbox.dropped_partials == 2
     assert outbox.push("f3", partial=False)  # evicts p3
@@ -208,13 +221,99 @@ def test_outbox_never_exceeds_its_bound_nor_loses_a_final(partials: list[bool], 
 
 def test_origin_checks() -> None:
     allowed = frozenset({"https://app.example"})
-    check_origin(None, "gw:8765", allowed)  # not a browser
-    check_origin("http://gw:8765", "gw:8765", allowed)  # same origin
-    check_origin("https://app.example", "gw:8765", allowed)
-    check_origin("https://any.example", "gw:8765", frozenset({"*"}))
-    with pytest.raises(ProtocolError) as error:
-        check_origin("https://evil.example", "gw:8765", allowed)
-    assert error.value.code == "forbidden_origin"
+    check_origin(None, "http", "gw:8765", allowed)  # not a browser
+    check_origin("http://gw:8765", "http", "gw:8765", allowed)  # same origin
+    check_origin("https://gw:8765", "https", "gw:8765", allowed)  # same origin over TLS
+    check_origin("https://app.example", "http", "gw:8765", allowed)
+    check_origin("https://any.example", "http", "gw:8765", frozenset({"*"}))
+    for origin, scheme in [
+        ("https://evil.example", "http"),
+        ("https://gw:8765", "http"),  # another scheme is another origin
+        ("http://gw:8765", "https"),
+        ("HTTP://GW:8765", "http"),  # no browser sends it: not the gateway's
+        ("http://gw:8766", "http"),
+        ("http://gw:8765.evil.example", "http"),
+        ("https://app.example.evil", "http"),
+    ]:
+        with pytest.raises(ProtocolError) as error:
+            check_origin(origin, scheme, "gw:8765", allowed)
+        assert error.value.code == "forbidden_origin", origin
+
+
+def test_host_checks() -> None:
+    names = frozenset({"localhost", "127.0.0.1", "::1", "gw.example"})
+    for host in ("localhost:8765", "127.0.0.1", "[::1]:8765", "GW.example:443", "gw.example"):
+        check_host(host, names)
+    check_host("rebound.evil.example:8765", frozenset({"*"}))
+    for host in (None, "", "rebound.evil.example:8765", "gw.example.evil", "[::2]:8765"):
+        with pytest.raises(ProtocolError) as error:
+            check_host(host, names)
+        assert error.value.code == "forbidden_host", host
+
+
+def test_allowed_hosts_default_to_loopback_and_the_listen_address() -> None:
+    assert GatewaySettings().hosts == {"localhost", "127.0.0.1", "::1"}
+    assert GatewaySettings(host="10.0.0.5").hosts == {"localhost", "127.0.0.1", "::1", "10.0.0.5"}
+    assert GatewaySettings(host="0.0.0.0").hosts == {"localhost", "127.0.0.1", "::1"}
+    named = GatewaySettings(allowed_hosts="Captions.example:443, gw")
+    assert named.hosts == {"captions.example", "gw"}
+    assert GatewaySettings(allowed_hosts="*").hosts == {"*"}
+    assert GatewaySettings(allowed_origins="HTTPS://App.example/").origins == {
+        "https://app.example"
+    }
+
+
+def test_tokens_are_redacted_from_logged_urls() -> None:
+    assert redact_token('127.0.0.1:5 - "WebSocket /ws?token=s3cret&x=1" [accepted]') == (
+        '127.0.0.1:5 - "WebSocket /ws?token=***&x=1" [accepted]'
+    )
+    assert redact_token("/ws?protocol=onnx&TOKEN=s3cret") == "/ws?protocol=onnx&TOKEN=***"
+    record = logging.LogRecord(
+        "uvicorn.error", logging.INFO, "", 0, '%s - "WebSocket %s"', ("a", "/?token=s3"), None
+    )
+    assert TokenRedaction().filter(record)
+    assert record.getMessage() == 'a - "WebSocket /?token=***"'
+
+
+def test_session_namespace_scopes_names_by_gateway_and_credential() -> None:
+    one, other = SessionNamespace(), SessionNamespace()
+    assert one.instance != other.instance
+    scope = one.scope("token-a")
+    assert scope == one.scope("token-a") != one.scope("token-b") != one.scope(None)
+    worker_id = one.worker_id(scope, "victim")
+    assert worker_id.startswith("gw-") and worker_id.endswith("-victim")
+    assert len(worker_id) == ADDED_CHARS + len("victim")
+    assert worker_id != other.worker_id(other.scope("token-a"), "victim")
+
+
+def test_address_slots() -> None:
+    slots = AddressSlots(2)
+    assert slots.take("a") and slots.take("a") and not slots.take("a")
+    assert slots.take("b")
+    slots.give_back("a")
+    assert slots.take("a")
+    for _ in range(2):
+        slots.give_back("a")
+    slots.give_back("b")
+    assert len(slots) == 0  # nothing kept for addresses that left
+
+
+def test_error_budget() -> None:
+    budget = ErrorBudget(burst=3, per_s=2.0)
+    assert [budget.spend(0.0) for _ in range(5)] == [True, True, True, False, False]
+    assert budget.take_withheld() == 2 and budget.take_withheld() == 0
+    assert budget.spend(0.5) and not budget.spend(0.5)  # one token back after 0.5 s
+    assert [budget.spend(100.0) for _ in range(4)] == [True, True, True, False]  # burst caps
+
+
+def test_error_frames_are_cut_to_a_bounded_size() -> None:
+    huge = "\u0085" * 130_000
+    error = GatewayError(code=ErrorCode.INVALID_FIELD, message=repr(huge))
+    frame = render(error, "native") or ""
+    assert len(frame.encode()) < 2_000
+    assert json.loads(frame)["message"].endswith("…")
+    worker = Error(session_id="s", code="engine_error", message=huge, timestamp=0.0)
+    assert len((render(worker, "onnx") or "").encode()) < 2_000
 
 
 def test_token_checks() -> None:

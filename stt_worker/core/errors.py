@@ -141,7 +141,13 @@ class ErrorCode(enum.StrEnum):
     TOO_MANY_CONNECTIONS = (
         "too_many_connections",
         _G,
-        "`STT_GATEWAY_MAX_CONNECTIONS` connections are open; closed with 1013.",
+        "`STT_GATEWAY_MAX_CONNECTIONS` connections are open, or "
+        "`STT_GATEWAY_MAX_CONNECTIONS_PER_CLIENT` from this address; closed with 1013.",
+    )
+    IDLE_TIMEOUT = (
+        "idle_timeout",
+        _G,
+        "No audio within `STT_GATEWAY_FIRST_AUDIO_TIMEOUT_S` of connecting; closed with 1008.",
     )
     CLIENT_TOO_SLOW = (
         "client_too_slow",
@@ -154,6 +160,12 @@ class ErrorCode(enum.StrEnum):
         "forbidden_origin",
         _G,
         "The browser's Origin is neither the gateway's nor in `STT_GATEWAY_ALLOWED_ORIGINS`.",
+    )
+    FORBIDDEN_HOST = (
+        "forbidden_host",
+        _G,
+        "The `Host` is not one of the gateway's names (`STT_GATEWAY_ALLOWED_HOSTS`): DNS "
+        "rebinding.",
     )
     UNAUTHORIZED = "unauthorized", _G, "The token is missing or wrong (`STT_GATEWAY_TOKEN`)."
     NATS_UNAVAILABLE = (

@@ -4,12 +4,18 @@ Frames in: audio becomes ``chunk`` messages (raw ``audio`` bytes and a ``seq``),
 become ``start`` / ``state_change`` / ``end``. A flush or reset ends the current worker session
 (the worker finalises its pending speech) and the next audio opens a new one, ``<id>~2``,
 ``<id>~3``..., whose results come back on the same socket: the worker is not changed, and
-it never drops accepted audio.
+it never drops accepted audio. The worker's ids are the gateway's (namespace.py); frames
+going out carry the client's own name for the session instead.
 
 Results out: each session's ``ai.voice.transcription.{id}`` messages, decoded into the
 protocol's typed messages (`runtime.bus`), rendered for the client's dialect (dialect.py)
 and queued in a bounded `Outbox`; a sender task writes them as fast as the client reads.
 A client too slow to take its finals is closed with 1013 (see outbox.py).
+
+Bounds on what one connection costs: a connection with no audio within
+``first_audio_timeout_s`` is closed (1008 ``idle_timeout``); the gateway's error frames are
+cut in size (dialect.py) and spent from an `ErrorBudget` (limits.py), so bad frames sent as
+fast as a client can earn replies at a bounded rate.
 """
 
 from __future__ import annotations
@@ -18,6 +24,7 @@ import asyncio
 import contextlib
 import functools
 import logging
+import time
 from dataclasses import dataclass, field
 from typing import Any
 
@@ -27,7 +34,7 @@ from starlette.websockets import WebSocket, WebSocketDisconnect, WebSocketState
 from stt_worker.core import protocol
 from stt_worker.core.audio import check_format
 from stt_worker.core.errors import ErrorCode, OverloadedError, ProtocolError
-from stt_worker.core.protocol import ServerMessage, SessionClosed, Transcription
+from stt_worker.core.protocol import Error, ServerMessage, SessionClosed, Transcription
 from stt_worker.gateway.control import (
     Dialect,
     End,
@@ -39,6 +46,7 @@ from stt_worker.gateway.control import (
     parse_text,
 )
 from stt_worker.gateway.dialect import EmptyFinal, GatewayError, Outgoing, is_partial, render
+from stt_worker.gateway.limits import ErrorBudget
 from stt_worker.gateway.outbox import Outbox
 from stt_worker.runtime import bus
 from stt_worker.runtime.bus import BusError, Delivery, NatsClient, Subscription
@@ -56,6 +64,7 @@ SEGMENT_MARK = "~"
 # WebSocket close codes (RFC 6455 section 7.4.1).
 CLOSE_NORMAL = 1000
 CLOSE_GOING_AWAY = 1001
+CLOSE_POLICY_VIOLATION = 1008
 CLOSE_INTERNAL_ERROR = 1011
 CLOSE_TRY_AGAIN_LATER = 1013
 
@@ -70,6 +79,10 @@ class BridgeConfig:
     max_queue: int
     max_pending_sessions: int
     close_timeout_s: float
+    first_audio_timeout_s: float
+    # Error frames: `error_burst` at once, then `error_frames_per_s`.
+    error_burst: int = 20
+    error_frames_per_s: float = 5.0
 
 
 @dataclass(slots=True)
@@ -79,13 +92,16 @@ class GatewayStats:
     connections_total: int = 0
     dropped_partials: int = 0
     overflow_closes: int = 0
+    idle_closes: int = 0
+    errors_withheld: int = 0
 
 
 @dataclass(slots=True, eq=False)
 class _Segment:
-    """One worker session of the connection."""
+    """One worker session of the connection: its worker id and the client's name for it."""
 
     session_id: str
+    client_id: str
     subscription: Subscription | None = None
     next_seq: int = 0
     # Finals owed to flushes: the worker's final with end_reason "end" pays one; an empty
@@ -99,11 +115,15 @@ class _Segment:
 
 @dataclass(eq=False)
 class Bridge:
+    """One connection. `session_id` is the worker's id of its first session; `client_id` the
+    client's name for it, which every frame to the client carries instead."""
+
     websocket: WebSocket
     nc: NatsClient
     config: BridgeConfig
     stats: GatewayStats
     session_id: str
+    client_id: str
     sample_rate: int
     dialect: Dialect | None = None
     closed: asyncio.Event = field(default_factory=asyncio.Event)
@@ -122,6 +142,8 @@ class Bridge:
         self._sender: asyncio.Task[None] | None = None
         self._finished = False
         self._told_ended = False
+        self._errors = ErrorBudget(self.config.error_burst, self.config.error_frames_per_s)
+        self._idle: asyncio.TimerHandle | None = None
 
     # ------------------------------------------------------------ lifecycle
 
@@ -129,10 +151,15 @@ class Bridge:
         """Serve the accepted socket until the client leaves or the session ends."""
         self._sender = asyncio.create_task(self._send_frames())
         receiver = asyncio.create_task(self._receive_frames())
+        self._idle = asyncio.get_running_loop().call_later(
+            self.config.first_audio_timeout_s, self._no_audio
+        )
         tasks = (self._sender, receiver)
         try:
             await asyncio.wait(tasks, return_when=asyncio.FIRST_COMPLETED)
         finally:
+            if self._idle is not None:
+                self._idle.cancel()
             for task in tasks:
                 task.cancel()
             outcomes = await asyncio.gather(*tasks, return_exceptions=True)
@@ -147,6 +174,11 @@ class Bridge:
             if isinstance(outcome, Exception) and not isinstance(outcome, _GONE):
                 raise outcome
 
+    @property
+    def queued_chars(self) -> int:
+        """What this connection holds for its client (result and error frames)."""
+        return self._outbox.queued_chars
+
     async def end_session(self, code: int = CLOSE_NORMAL, reason: str = "session ended") -> None:
         """Like the client's ``end``: finalise, send the last results, then close."""
         if self._ending is not None:
@@ -154,6 +186,27 @@ class Bridge:
         self._ending = (code, reason)
         await self._end_current(flush=False)
         self._close_when_done()
+
+    def _no_audio(self) -> None:
+        """A socket that holds a connection slot without speaking gives it back."""
+        if self._close is not None or self._ending is not None:
+            return
+        self.stats.idle_closes += 1
+        timeout_s = self.config.first_audio_timeout_s
+        logger.info(
+            "gateway: no audio within %.1f s; closing",
+            timeout_s,
+            extra={"session_id": self.session_id},
+        )
+        self._queue(
+            GatewayError(
+                code=ErrorCode.IDLE_TIMEOUT,
+                message=f"no audio within {timeout_s:g} s of connecting "
+                "(STT_GATEWAY_FIRST_AUDIO_TIMEOUT_S)",
+                session_id=self.client_id,
+            )
+        )
+        self._close_after_sending(CLOSE_POLICY_VIOLATION, "no audio")
 
     def abort(self, code: int, reason: str) -> None:
         """Close now: queued frames are not sent."""
@@ -203,13 +256,27 @@ class Bridge:
                 else:
                     await self._on_binary(message.get("bytes") or b"")
             except (ProtocolError, OverloadedError) as exc:
-                self._queue(
-                    GatewayError(code=exc.code, message=exc.message, session_id=self._current_id)
-                )
+                self._refuse_frame(exc)
             except BusError as exc:
                 logger.warning("gateway: publish failed: %s", exc.message)
                 self._queue(GatewayError(code=exc.code, message=exc.message))
                 self._close_after_sending(CLOSE_TRY_AGAIN_LATER, "NATS unavailable")
+
+    def _refuse_frame(self, exc: ProtocolError | OverloadedError) -> None:
+        """An error frame for a frame not used, from the connection's error budget."""
+        if not self._errors.spend(time.monotonic()):
+            self.stats.errors_withheld += 1
+            if self._errors.withheld == 1:
+                logger.info(
+                    "gateway: error frames past the budget; counting, not sending",
+                    extra={"session_id": self.session_id},
+                )
+            return
+        message = exc.message
+        withheld = self._errors.take_withheld()
+        if withheld:
+            message = f"{message} ({withheld} earlier error frames not sent: too many)"
+        self._queue(GatewayError(code=exc.code, message=message, session_id=self._client_now))
 
     def _refuse_after_end(self) -> None:
         """Frames after `end` (or shutdown) are not used: said once, not once per frame."""
@@ -235,6 +302,8 @@ class Bridge:
             )
         parsed = parse_binary(data)
         if isinstance(parsed, bytes):
+            if self._idle is not None:
+                self._idle.cancel()
             segment = await self._active()
             chunk = protocol.Chunk(audio=parsed, seq=segment.next_seq)
             segment.next_seq += 1
@@ -281,12 +350,9 @@ class Bridge:
             )
         await self._reap()
         self._opened += 1
-        session_id = (
-            self.session_id
-            if self._opened == 1
-            else f"{self.session_id}{SEGMENT_MARK}{self._opened}"
-        )
-        segment = _Segment(session_id)
+        suffix = "" if self._opened == 1 else f"{SEGMENT_MARK}{self._opened}"
+        session_id = f"{self.session_id}{suffix}"
+        segment = _Segment(session_id, f"{self.client_id}{suffix}")
         # Subscribed before `start` leaves, so no result can be missed.
         segment.subscription = await bus.subscribe(
             self.nc,
@@ -309,7 +375,7 @@ class Bridge:
             if finishing:
                 finishing[-1].owed_finals += 1
             else:
-                self._queue(EmptyFinal(session_id=self.session_id))
+                self._queue(EmptyFinal(session_id=self.client_id))
 
     async def _publish(self, segment: _Segment, message: protocol.ClientMessage) -> None:
         await bus.publish(self.nc, f"{self.config.stream_prefix}.{segment.session_id}", message)
@@ -328,6 +394,11 @@ class Bridge:
     def _current_id(self) -> str | None:
         return self._current.session_id if self._current else None
 
+    @property
+    def _client_now(self) -> str | None:
+        """The client's name for the open session, if one is open."""
+        return self._current.client_id if self._current else None
+
     # ------------------------------------------------------------ worker -> client
 
     def _on_result(self, segment: _Segment, delivery: Delivery) -> None:
@@ -339,6 +410,7 @@ class Bridge:
             return
         if segment.closed or self._finished:
             return
+        message = _as_client_sees(message, segment)
         if self._oldest_open() is segment:
             self._deliver(segment, message)
         elif len(segment.held) < self.config.max_queue:
@@ -353,7 +425,7 @@ class Bridge:
             self._queue(message)
             return
         for _ in range(segment.owed_finals):
-            self._queue(EmptyFinal(session_id=segment.session_id))
+            self._queue(EmptyFinal(session_id=segment.client_id))
         self._queue(message)
         segment.closed = True
         # The next session's results may flow now, up to one that is still open.
@@ -406,3 +478,11 @@ class Bridge:
                 await self._wake.wait()
                 continue
             await self.websocket.send_text(frame)
+
+
+def _as_client_sees(message: ServerMessage, segment: _Segment) -> ServerMessage:
+    """`message` under the client's name for its session: the worker's id is the gateway's."""
+    if isinstance(message, Error):
+        text = message.message.replace(segment.session_id, segment.client_id)
+        return msgspec.structs.replace(message, session_id=segment.client_id, message=text)
+    return msgspec.structs.replace(message, session_id=segment.client_id)

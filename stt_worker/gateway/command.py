@@ -3,6 +3,9 @@
 Without ``--nats-url`` everything runs in one process, as ``demo`` does: an embedded
 nats-server, the worker on the bundled model, and the gateway. With ``--nats-url`` the
 gateway runs alone, in front of the workers that serve that NATS.
+
+The banner never prints ``STT_GATEWAY_TOKEN`` unless ``--show-token`` asks for it: a
+terminal's output ends up in scrollback, screen shares and CI logs.
 """
 
 from __future__ import annotations
@@ -12,7 +15,7 @@ import contextlib
 import signal
 
 from stt_worker.config import load_settings
-from stt_worker.gateway.app import Gateway, create_app
+from stt_worker.gateway.app import Gateway, create_app, server_options
 from stt_worker.gateway.settings import GatewaySettings
 from stt_worker.runtime.asgi import serving_in_loop
 from stt_worker.runtime.connection import redact_url
@@ -31,6 +34,7 @@ async def run_gateway(
     engine_kind: str,
     whisper_url: str | None,
     model: str | None,
+    show_token: bool = False,
 ) -> int:
     """Serve until SIGINT or SIGTERM, then end every connection's session as `end` would."""
     gateway_settings = GatewaySettings(**given(host=host, port=port))
@@ -54,20 +58,24 @@ async def run_gateway(
             create_app(gateway),
             host=gateway_settings.host,
             port=gateway_settings.port,
-            lifespan="off",
-            access_log=False,
-            # Larger frames than the worker takes are refused by uvicorn (close 1009).
-            ws_max_size=settings.max_chunk_bytes + 1024,
+            **server_options(settings),
         ) as http_url:
-            token = gateway_settings.token
-            query = f"?token={token.get_secret_value()}" if token else ""
             ws_url = http_url.replace("http://", "ws://", 1)
-            print(f"page     {http_url}/{query}")
+            print(f"page     {http_url}/{_token_query(gateway_settings, show_token)}")
             print(f"ws       {ws_url}/ws  (health: {http_url}/health)")
             print("Ctrl-C to stop", flush=True)
             await stop.wait()
             await gateway.shutdown()
     return 0
+
+
+def _token_query(gateway: GatewaySettings, show_token: bool) -> str:
+    """The page URL's query: the token when asked for, else where to put it."""
+    if gateway.token is None:
+        return ""
+    if show_token:
+        return f"?token={gateway.token.get_secret_value()}"
+    return "?token=<STT_GATEWAY_TOKEN>  (--show-token prints it)"
 
 
 def _stop_on_signals() -> asyncio.Event:

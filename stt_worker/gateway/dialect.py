@@ -16,10 +16,19 @@ from __future__ import annotations
 
 import msgspec
 
-from stt_worker.core.protocol import EndReason, ServerMessage, SessionClosed, Transcription
+from stt_worker.core.protocol import (
+    EndReason,
+    Error,
+    ServerMessage,
+    SessionClosed,
+    Transcription,
+)
 from stt_worker.gateway.control import Dialect
 
 _encoder = msgspec.json.Encoder()
+# An error's message quotes the input it refuses; cut, it cannot make a reply larger than the
+# frame it answers (a 256 KB field of U+0085 would otherwise come back as 640 KB of escapes).
+MAX_ERROR_MESSAGE_CHARS = 240
 
 
 # Fields in the order their frames have always had; `type` comes first, hence kw_only.
@@ -56,6 +65,9 @@ def render(message: Outgoing, dialect: Dialect) -> str | None:
     match message:
         case SessionClosed() if dialect != "native":
             return None
+        case Error() | GatewayError() if len(message.message) > MAX_ERROR_MESSAGE_CHARS:
+            cut = message.message[: MAX_ERROR_MESSAGE_CHARS - 1] + "…"
+            return _encoder.encode(msgspec.structs.replace(message, message=cut)).decode()
         case Transcription() | EmptyFinal():
             frame = msgspec.to_builtins(message)
             frame["text"] = message.transcript

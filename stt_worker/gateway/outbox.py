@@ -20,6 +20,8 @@ class Outbox:
             raise ValueError(f"max_frames must be at least 1, got {max_frames}")
         self.max_frames = max_frames
         self.dropped_partials = 0
+        # What the queued frames hold, in characters: the connection's memory for its client.
+        self.queued_chars = 0
         self._frames: collections.deque[tuple[str, bool]] = collections.deque()
 
     def __len__(self) -> int:
@@ -33,15 +35,21 @@ class Outbox:
             self.dropped_partials += 1
             return True
         self._frames.append((frame, partial))
+        self.queued_chars += len(frame)
         return True
 
     def pop(self) -> str | None:
         """The oldest queued frame, or None when empty."""
-        return self._frames.popleft()[0] if self._frames else None
+        if not self._frames:
+            return None
+        frame = self._frames.popleft()[0]
+        self.queued_chars -= len(frame)
+        return frame
 
     def _evict_partial(self) -> bool:
         for index, (_, partial) in enumerate(self._frames):
             if partial:
+                self.queued_chars -= len(self._frames[index][0])
                 del self._frames[index]
                 self.dropped_partials += 1
                 return True

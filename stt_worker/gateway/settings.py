@@ -13,6 +13,7 @@ from pydantic import SecretStr, field_validator
 from pydantic_settings import BaseSettings, SettingsConfigDict
 
 from stt_worker.config import setting
+from stt_worker.gateway.access import LOOPBACK_NAMES, host_name, normal_origin
 
 
 class GatewayGroup(StrEnum):
@@ -57,6 +58,14 @@ class GatewaySettings(BaseSettings):
         description="Browser origins allowed besides the gateway's own, comma-separated; "
         "`*` allows any.",
     )
+    allowed_hosts: str = setting(
+        "",
+        "STT_GATEWAY_ALLOWED_HOSTS",
+        group=GatewayGroup.ACCESS,
+        description="Names clients may reach the gateway by (the `Host` header, port aside), "
+        "comma-separated; empty = `localhost`, `127.0.0.1`, `::1` and `STT_GATEWAY_HOST`; "
+        "`*` allows any. Refuses DNS rebinding: a page on another name that resolves here.",
+    )
     token: SecretStr | None = setting(
         None,
         "STT_GATEWAY_TOKEN",
@@ -88,6 +97,22 @@ class GatewaySettings(BaseSettings):
         "await results from; past it, audio gets `overloaded`.",
         ge=1,
     )
+    max_connections_per_client: int = setting(
+        16,
+        "STT_GATEWAY_MAX_CONNECTIONS_PER_CLIENT",
+        group=GatewayGroup.LIMITS,
+        description="Connections at once from one client address (behind a proxy, the "
+        "address it forwards); more are closed with 1013 `too_many_connections`.",
+        ge=1,
+    )
+    first_audio_timeout_s: float = setting(
+        10.0,
+        "STT_GATEWAY_FIRST_AUDIO_TIMEOUT_S",
+        group=GatewayGroup.LIMITS,
+        description="A connection that sends no audio this many seconds after it opens is "
+        "closed with 1008 `idle_timeout`.",
+        gt=0,
+    )
     close_timeout_s: float = setting(
         5.0,
         "STT_GATEWAY_CLOSE_TIMEOUT_S",
@@ -105,5 +130,16 @@ class GatewaySettings(BaseSettings):
     @property
     def origins(self) -> frozenset[str]:
         return frozenset(
-            origin.strip().rstrip("/") for origin in self.allowed_origins.split(",") if origin
+            normal_origin(origin) for origin in self.allowed_origins.split(",") if origin.strip()
         )
+
+    @property
+    def hosts(self) -> frozenset[str]:
+        """The names the Host header may carry (lower-case, no port)."""
+        named = {host_name(name) for name in self.allowed_hosts.split(",") if name.strip()}
+        if "*" in named:
+            return frozenset({"*"})
+        if named:
+            return frozenset(named)
+        listening = {host_name(self.host)} - {"0.0.0.0", "::", ""}
+        return LOOPBACK_NAMES | listening

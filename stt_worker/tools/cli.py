@@ -137,6 +137,11 @@ def _gateway(commands: Commands) -> None:
     )
     gateway.add_argument("--whisper-url", help="with --engine http, as for demo")
     gateway.add_argument("--model", help="Whisper model (WHISPER_MODEL_SIZE)")
+    gateway.add_argument(
+        "--show-token",
+        action="store_true",
+        help="print the page URL with STT_GATEWAY_TOKEN in it (not printed by default)",
+    )
     gateway.set_defaults(handler=_run_gateway)
 
 
@@ -152,6 +157,7 @@ def _run_gateway(args: argparse.Namespace) -> int:
             engine_kind=args.engine,
             whisper_url=args.whisper_url,
             model=args.model,
+            show_token=args.show_token,
         )
     )
 
