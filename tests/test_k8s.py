@@ -433,15 +433,6 @@ def test_http_overlay_runs_whisper_predictor() -> None:
         assert port_number(container, probe["port"]) == server_port, probe_name
 
 
-def quantity_bytes(quantity: str) -> int:
-    """A Kubernetes byte quantity ("1Gi", "512Mi", "1G") in bytes."""
-    units = {"Ki": 2**10, "Mi": 2**20, "Gi": 2**30, "K": 10**3, "M": 10**6, "G": 10**9}
-    for suffix, factor in units.items():
-        if quantity.endswith(suffix) and quantity[: -len(suffix)].isdigit():
-            return int(quantity[: -len(suffix)]) * factor
-    return int(quantity)
-
-
 def selects(selector: Doc, labels: dict[str, str]) -> bool:
     """Whether a Kubernetes label selector (matchLabels, matchExpressions) picks `labels`."""
     if not (selector.get("matchLabels") or {}).items() <= labels.items():
