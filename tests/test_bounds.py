@@ -67,7 +67,13 @@ async def test_a_session_never_ended_is_closed_with_its_finals(make_worker, nc, 
 async def test_endless_speech_is_held_at_most_one_utterance_bound_at_a_time(make_worker, nc):
     """36 s of continuous speech with no endpoint in reach: cut into finals of at most
     STT_BUFFER_SIZE_BYTES of audio each, every word still transcribed."""
-    await make_worker(buffer_size_bytes=4 * 32_000, endpoint_silence_ms=10_000)
+    # Streamed as fast as possible, the cuts' finals may all be queued at once: the session's
+    # own bound on queued finals (STT_MAX_PENDING_FINALS_PER_SESSION, 8) must hold all nine.
+    await make_worker(
+        buffer_size_bytes=4 * 32_000,
+        endpoint_silence_ms=10_000,
+        max_pending_finals_per_session=16,
+    )
     session = sid()
     inbox = await Inbox.open(nc, session)
     clip = "long_lj_LJ001-0001_to_0005.wav"
