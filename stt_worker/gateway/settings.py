@@ -10,9 +10,9 @@ from __future__ import annotations
 from enum import StrEnum
 
 from pydantic import SecretStr, field_validator
-from pydantic_settings import BaseSettings, SettingsConfigDict
+from pydantic_settings import SettingsConfigDict
 
-from stt_worker.config import setting
+from stt_worker.config import EnvSettings, setting
 from stt_worker.gateway.access import LOOPBACK_NAMES, host_name, normal_origin
 
 
@@ -24,7 +24,7 @@ class GatewayGroup(StrEnum):
     LIMITS = "Limits and bounds"
 
 
-class GatewaySettings(BaseSettings):
+class GatewaySettings(EnvSettings):
     """The browser gateway's own settings (`stt-streaming gateway`).
 
     Its NATS connection (`NATS_URL`, credentials, TLS), the subjects, `STT_MAX_CHUNK_BYTES`

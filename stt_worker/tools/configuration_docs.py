@@ -60,7 +60,8 @@ Every setting is an environment variable, read once at start into a frozen setti
 and validated there. Variable names are matched whatever their case. Booleans take `true` or
 `false` (also `1`/`0`, `yes`/`no`, `on`/`off`). Where a row names several variables, the
 first one set wins. A default of *unset* means no value; the description says what that
-means.
+means. Only the variables listed here are read: a setting's bare name (`PORT`, `TOKEN`,
+`DURABLE`) configures nothing.
 """
 
 
