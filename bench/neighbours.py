@@ -27,7 +27,7 @@ overlaps, same session and audio); honest ``audio_dropped`` / ``rate_limited`` /
 ``overloaded`` errors and the messages they say were refused; what the abuser was told; the
 worker's RSS and CPU, nats-server's slow consumers, the load average.
 
-    .venv/bin/python -m bench.neighbours [--quick] [--out PREFIX]
+    .venv/bin/python -m bench.neighbours [--quick] [--out PREFIX] [--mode MODE ...]
 
 writes ``<out>.md`` and ``<out>.json`` (default ``bench/results/neighbours``).
 """
@@ -208,7 +208,7 @@ async def abuse(mode: str, url: str, subject: str, seconds: float) -> dict[str, 
         publisher.write([frame(header, plan.start)])
     print("abusing", flush=True)  # the parent waits for this line
     messages = bytes_sent = 0
-    started = time.monotonic()
+    started, cpu_started = time.monotonic(), time.process_time()
     deadline = started + seconds
     tick = 0
     while (now := time.monotonic()) < deadline:
@@ -236,7 +236,7 @@ async def abuse(mode: str, url: str, subject: str, seconds: float) -> dict[str, 
         "seconds": round(elapsed, 2),
         "messages_per_s": round(messages / elapsed),
         "mb_per_s": round(bytes_sent / elapsed / 1e6, 2),
-        "cpu_s": round(time.process_time(), 2),
+        "cores": round((time.process_time() - cpu_started) / elapsed, 3),
     }
 
 
@@ -311,15 +311,30 @@ class Abuser:
     process: asyncio.subprocess.Process
     told: collections.Counter[str]
     subscription: Any
+    finals: list[Transcription] = dataclasses.field(default_factory=list)
+
+    def finals_summary(self) -> dict[str, Any]:
+        """Its finals: how much inference its admitted audio cost the shared engine."""
+        spans = [f.audio_end_s - f.audio_start_s for f in self.finals]
+        return {
+            "finals": len(spans),
+            "audio_s_max": round(max(spans, default=0.0), 2),
+            "audio_s_total": round(sum(spans), 1),
+            "inference_ms_max": round(max((f.inference_ms for f in self.finals), default=0.0)),
+            "inference_s_total": round(sum(f.inference_ms for f in self.finals) / 1000, 2),
+        }
 
 
 async def start_abuser(bench: Bench, mode: str, session: str) -> Abuser:
     told: collections.Counter[str] = collections.Counter()
+    finals: list[Transcription] = []
 
     async def on_reply(msg: Any) -> None:
         message = decode_server_message(msg.data)
         if isinstance(message, Error):
             told[message.code] += 1
+        elif isinstance(message, Transcription) and message.is_final:
+            finals.append(message)
 
     prefix = bench.settings.transcription_subject_prefix
     subscription = await bench.nc.results.subscribe(f"{prefix}.{session}", cb=on_reply)
@@ -345,7 +360,7 @@ async def start_abuser(bench: Bench, mode: str, session: str) -> Abuser:
     if line.strip() != b"abusing":
         raise RuntimeError(f"abuser {mode} did not start: {line!r}")
     await asyncio.sleep(ABUSE_LEAD_S)
-    return Abuser(process, told, subscription)
+    return Abuser(process, told, subscription, finals)
 
 
 async def stop_abuser(abuser: Abuser) -> dict[str, Any]:
@@ -400,6 +415,8 @@ async def honest_run(bench: Bench, mode: str, abused: bool) -> dict[str, Any]:
         "errors": dict(_honest_errors(run)),
         "refused_messages": _refused(run),
         "worker_cores": _round(sampler.cores(run.started_at, run.ended_at), 3),
+        # On one machine the abuser and nats-server take CPU the worker would have had.
+        "other_cores": sampler.other_cores(run.started_at, run.ended_at),
         "worker_rss_mb_max": round(max(s.rss_bytes for s in window) / 2**20, 1) if window else None,
         "loadavg_before": round(loadavg_before, 2),
         "loadavg_max": round(max((s.loadavg_1m for s in window), default=loadavg_before), 2),
@@ -409,6 +426,7 @@ async def honest_run(bench: Bench, mode: str, abused: bool) -> dict[str, Any]:
         "idle_wait_s": round(idle_wait_s, 1),
         "abuser_sent": sent,
         "abuser_told": dict(abuser.told) if abuser else {},
+        "abuser_finals": abuser.finals_summary() if abuser else {},
         "spans": _finals(run),
     }
     logger.info(
@@ -516,6 +534,7 @@ async def measure_mode(bench: Bench, mode: str, abused_first: bool) -> dict[str,
 
 
 async def run_all(plan: Plan) -> dict[str, Any]:
+    """Every mode of `plan`, alone and beside its abuser, on one server and one worker."""
     meta = machine_info()
     meta["loadavg_start"] = [round(x, 2) for x in os.getloadavg()]
     vad_level = load_settings().vad_aggressiveness
@@ -586,8 +605,10 @@ def markdown(result: dict[str, Any], command: str) -> str:
         "## Results",
         "",
         "| mode | p95 alone ms | p95 beside ms | ratio | missing | dropped | abuser sent | "
-        "abuser told | worker RSS MB | worker cores | slow consumers | load | verdict |",
-        "| --- | ---: | ---: | ---: | ---: | ---: | --- | --- | ---: | ---: | ---: | ---: | --- |",
+        "abuser told | worker RSS MB | worker cores | nats-server cores | abuser cores | "
+        "slow consumers | load | verdict |",
+        "| --- | ---: | ---: | ---: | ---: | ---: | --- | --- | ---: | ---: | ---: | ---: | ---: "
+        "| ---: | --- |",
     ]
     for mode in result["modes"].values():
         beside, alone = mode["beside"], mode["alone"]
@@ -600,13 +621,16 @@ def markdown(result: dict[str, Any], command: str) -> str:
             f"{sent.get('mb_per_s', '?')} MB/s | {told or 'nothing'} | "
             f"{alone['worker_rss_mb_max']} / {beside['worker_rss_mb_max']} | "
             f"{alone['worker_cores']} / {beside['worker_cores']} | "
+            f"{alone['other_cores'].get('nats-server')} / "
+            f"{beside['other_cores'].get('nats-server')} | {sent.get('cores', '?')} | "
             f"{beside['server']['slow_consumers']} | "
             f"{beside['loadavg_max']} | {'met' if mode['met'] else 'MISSED'} |"
         )
     lines += [
         "",
-        "RSS and cores: alone / beside. Load: the 1-minute load average, highest during the "
-        "abused run.",
+        "RSS, worker and nats-server cores: alone / beside (the machine's cores are shared by "
+        "the worker, nats-server, the load generator and the abuser). Load: the 1-minute load "
+        "average, highest during the abused run.",
         "",
         "## Verdicts",
         "",
@@ -621,7 +645,60 @@ def markdown(result: dict[str, Any], command: str) -> str:
             f"{beside['idle_wait_s']} s after the run; nats-server closed "
             f"{beside['server']['closed'] or 'no connection'}."
         )
+    missed = [mode for mode in result["modes"].values() if not mode["met"]]
+    if missed:
+        lines += ["", "## Why the misses", ""]
+        lines += [f"- **{mode['mode']}**: {diagnosis(mode)}" for mode in missed]
     return "\n".join(lines) + "\n"
+
+
+# What each mode's abuser costs the others when it misses, by mechanism (read from the code,
+# docs/operations.md and the figures of the run): the run's own numbers are filled in.
+MECHANISMS = {
+    "garbage_flood": "a message that does not decode is answered (bounded) but its subject is "
+    "never shed: `Intake.on_message` (stt_worker/runtime/intake.py) calls `shedder.shed` only "
+    "after a budget refusal, so every garbage message costs a full callback (decode, classify, "
+    "reply limiter) and the flood outruns the worker's reader",
+    "state_change_flood": "the flood is shed after parsing, so the connection holds, but the "
+    "honest sessions' messages wait in nats-server's queue for the worker's one connection "
+    "behind it (docs/operations.md measured 3-7x in the slow-consumer section)",
+    "max_chunks_192k_8ch": "a refused 256 KB chunk is shed only after nats-py has read and "
+    "parsed it: every byte the abuser sends crosses the worker's socket and parser, and waits "
+    "in nats-server's queue ahead of the honest chunks",
+    "echo_50x": "the echo canceller is off the loop and releases the GIL (measured: a thread "
+    "running it does not slow the loop thread), so the cost is more likely the abuser's "
+    "admitted audio (2x real time of microphone plus 2x of `playback`): its speech, mixed "
+    "with the played voice, has no pauses, so its utterances run long and each final is one "
+    "long decode that honest finals queued behind it wait for (no decode is preempted)",
+}
+
+
+def diagnosis(mode: dict[str, Any]) -> str:
+    """Why `mode` missed, with the run's evidence."""
+    beside = mode["beside"]
+    facts = []
+    cut = [why for why in beside["server"]["closed"] if "Slow Consumer" in why]
+    if cut:
+        facts.append(
+            f"nats-server cut the worker off {len(cut)} time(s) (Slow Consumer): what was in "
+            "flight, honest chunks and `end`s among it, was lost and no one was told"
+        )
+    sent = beside["abuser_sent"]
+    facts.append(
+        f"the abuser sent {sent.get('messages_per_s')} msg/s ({sent.get('mb_per_s')} MB/s); "
+        f"nats-server used {beside['other_cores'].get('nats-server')} cores beside it, "
+        f"{mode['alone']['other_cores'].get('nats-server')} alone"
+    )
+    finals = beside["abuser_finals"]
+    if finals.get("finals"):
+        facts.append(
+            f"the abuser's admitted audio made {finals['finals']} finals "
+            f"({finals['audio_s_total']} s of audio, longest {finals['audio_s_max']} s, "
+            f"{finals['inference_s_total']} s of inference, longest decode "
+            f"{finals['inference_ms_max']} ms)"
+        )
+    mechanism = MECHANISMS.get(mode["mode"])
+    return "; ".join(facts) + (f". Likely cause: {mechanism}." if mechanism else ".")
 
 
 def write_outputs(result: dict[str, Any], out: Path, command: str) -> Path:
@@ -637,6 +714,9 @@ def main(argv: list[str] | None = None) -> int:
     parser = argparse.ArgumentParser(description=__doc__.split("\n", 1)[0])
     parser.add_argument("--quick", action="store_true", help="a smoke run: 2 sessions, 2 modes")
     parser.add_argument("--out", type=Path, default=DEFAULT_OUT, help="output prefix")
+    parser.add_argument(
+        "--mode", action="append", choices=MODES, help="only this mode (repeatable)"
+    )
     # The abuser's own process (started by the benchmark).
     parser.add_argument("--abuse", choices=MODES, help=argparse.SUPPRESS)
     parser.add_argument("--url", help=argparse.SUPPRESS)
@@ -653,7 +733,10 @@ def main(argv: list[str] | None = None) -> int:
     os.environ["PYTHONPATH"] = os.pathsep.join(
         p for p in (str(ROOT), os.environ.get("PYTHONPATH")) if p
     )
-    result = asyncio.run(run_all(QUICK if args.quick else FULL))
+    plan = QUICK if args.quick else FULL
+    if args.mode:
+        plan = dataclasses.replace(plan, modes=tuple(args.mode))
+    result = asyncio.run(run_all(plan))
     command = ".venv/bin/python -m bench.neighbours" + " ".join(["", *(argv or sys.argv[1:])])
     path = write_outputs(result, args.out, command)
     print(path.read_text())
