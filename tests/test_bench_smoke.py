@@ -54,3 +54,35 @@ def test_capacity_bench_quick_run_writes_its_outputs(tmp_path: Path) -> None:
     for name in ("capacity_latency.png", "capacity_cpu.png"):
         assert (tmp_path / name).read_bytes().startswith(PNG_MAGIC)
         assert f"]({name})" in markdown
+
+
+@pytest.mark.timeout(180)
+def test_neighbours_bench_quick_run_writes_its_outputs(tmp_path: Path) -> None:
+    prefix = tmp_path / "neighbours"
+    done = subprocess.run(
+        [sys.executable, "-m", "bench.neighbours", "--quick", "--out", str(prefix)],
+        cwd=ROOT,
+        capture_output=True,
+        text=True,
+        timeout=170,
+    )
+    assert done.returncode == 0, done.stderr[-3000:]
+
+    data = json.loads(prefix.with_suffix(".json").read_text())
+    assert {"meta", "targets", "modes"} <= set(data)
+    assert len(data["meta"]["loadavg_start"]) == 3 and data["meta"]["commit"]
+    assert list(data["modes"]) == ["audio_200x_1s", "garbage_flood"]
+    for mode in data["modes"].values():
+        assert {"honest_p95_ratio", "honest_missing", "honest_dropped", "abuser_codes"} <= set(mode)
+        assert isinstance(mode["honest_missing"], int) and isinstance(mode["honest_dropped"], int)
+        for run in (mode["alone"], mode["beside"]):
+            assert run["worker_rss_mb_max"] > 0 and run["generator"]["ticks"] > 0
+            assert {"worker_cores", "loadavg_max", "server"} <= set(run)
+        assert mode["alone"]["finals"] > 0  # the honest load itself was transcribed
+        assert mode["beside"]["abuser_sent"]["messages"] > 0
+
+    markdown = prefix.with_suffix(".md").read_text()
+    for heading in ("## Targets", "## Results", "## Verdicts"):
+        assert heading in markdown
+    for mode in data["modes"]:
+        assert f"**{mode}**" in markdown
