@@ -655,10 +655,10 @@ def markdown(result: dict[str, Any], command: str) -> str:
 # What each mode's abuser costs the others when it misses, by mechanism (read from the code,
 # docs/operations.md and the figures of the run): the run's own numbers are filled in.
 MECHANISMS = {
-    "garbage_flood": "a message that does not decode is answered (bounded) but its subject is "
-    "never shed: `Intake.on_message` (stt_worker/runtime/intake.py) calls `shedder.shed` only "
-    "after a budget refusal, so every garbage message costs a full callback (decode, classify, "
-    "reply limiter) and the flood outruns the worker's reader",
+    "garbage_flood": "past its share of error replies the subject is shed after parsing, as a "
+    "state_change flood is (stt_worker/runtime/intake.py), so the connection holds, but the "
+    "honest sessions' messages wait in nats-server's queue for the worker's one connection "
+    "behind the flood",
     "state_change_flood": "the flood is shed after parsing, so the connection holds, but the "
     "honest sessions' messages wait in nats-server's queue for the worker's one connection "
     "behind it (docs/operations.md measured 3-7x in the slow-consumer section)",

@@ -108,6 +108,31 @@ async def test_a_state_change_flood_is_refused_cheaply_beside_an_honest_session(
     assert refused_count(worker, "control") + shed >= flood - admitted_at_most
 
 
+async def test_a_garbage_flood_is_shed_once_past_its_share_of_replies(make_worker, nc):
+    """Bad messages past a subject's share of error replies are shed unread, like a session
+    over its budget: the flood costs no callback each, and the honest session keeps going."""
+    worker = await make_worker()
+    honest, abuser = sid(), sid()
+    inboxes = {s: await Inbox.open(nc, s) for s in (honest, abuser)}
+    flood = 20_000
+
+    async def flood_garbage() -> None:
+        for _ in range(flood):
+            await nc.publish(f"ai.voice.stream.{abuser}", b"\xc1 not msgpack")
+        await nc.flush()
+
+    await asyncio.gather(
+        stream_file(nc, honest, SPEECH_DIR / HONEST_CLIP, speed=1.0), flood_garbage()
+    )
+    await assert_honest(inboxes[honest])
+    shed = worker.telemetry.metrics.registry.get_sample_value("stt_shed_messages_total") or 0.0
+    assert shed >= flood / 2  # most of the flood never reached a callback
+    await inboxes[abuser].until(lambda m: m.get("type") == "error", within_s=10)
+    replies = [m for m in inboxes[abuser].received if m.get("type") == "error"]
+    assert {m["code"] for m in replies} == {"malformed_msgpack"}
+    assert worker._nc is not None and worker._nc.stats["reconnects"] == 0
+
+
 async def test_a_durable_replay_at_full_speed_is_paced_by_when_it_was_published(engine, tmp_path):
     """Audio stored at real time while no worker ran is consumed all at once on start: it is
     measured at the pace it was published, so none of it is refused."""

@@ -34,8 +34,9 @@ from stt_worker.runtime.telemetry.metrics import Metrics
 logger = logging.getLogger(__name__)
 
 # Tell session `session_id` of `error` (publish, log, count): the worker's `_reject`, with
-# the refused message (None for a drop), whose headers carry the publisher's trace.
-Refuse = Callable[[str, SttError, float, Msg | None], Awaitable[None]]
+# the refused message (None for a drop), whose headers carry the publisher's trace. False
+# when the reply was held back: the session (or subject) is past its share of replies.
+Refuse = Callable[[str, SttError, float, Msg | None], Awaitable[bool]]
 
 
 def rate_limits(settings: Settings) -> RateLimits:
@@ -96,7 +97,11 @@ class Intake:
             else:
                 logger.exception("unexpected failure admitting a message")
                 error = SttError(f"internal error: {exc!r}", code=ErrorCode.INTERNAL_ERROR)
-            await self._refuse(session_id, error, now, msg)
+            if not await self._refuse(session_id, error, now, msg):
+                # Past its share of error replies, the subject is flooding bad messages:
+                # shed its next ones unread, as for a session over its budget, so that the
+                # flood cannot get the worker cut off as a slow consumer.
+                self.shedder.shed(msg.subject)
             await self._delivery.reject(msg)
             return
         if verdict is True:

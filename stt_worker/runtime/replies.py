@@ -62,9 +62,9 @@ class ErrorReplies:
 
     async def reject(
         self, session_id: str, stream: Stream | None, exc: SttError, now: float
-    ) -> None:
+    ) -> bool:
         """Count a rejected message; answer it unless its session (or subject) had its share
-        of replies (`core/replies.py`): then the next reply sums it."""
+        of replies (`core/replies.py`): then the next reply sums it. True when answered."""
         shown = session_id[: self.settings.max_session_id_chars]
         self._observer.rejected(exc.code)
         if stream is not None:
@@ -72,7 +72,7 @@ class ErrorReplies:
         reply = self._limiter.allow(_reply_key(session_id), now)
         if reply is None:
             self._observer.reply_held_back(exc.code)
-            return
+            return False
         message = exc.message[:MAX_ERROR_MESSAGE_CHARS]
         if reply.held_back:
             message += f" (and {reply.held_back} more rejected since the last error reply)"
@@ -94,3 +94,4 @@ class ErrorReplies:
             span = stream.observer.span if stream else None
             await self._publish(f"{prefix}.{session_id}", error, span)
         self._observer.error_replied(exc.code)
+        return True

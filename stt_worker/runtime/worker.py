@@ -223,14 +223,14 @@ class Worker:
 
     # ------------------------------------------------------------ input
 
-    async def _refuse(self, session_id: str, exc: SttError, now: float, msg: Msg | None) -> None:
+    async def _refuse(self, session_id: str, exc: SttError, now: float, msg: Msg | None) -> bool:
         stream = self._sessions.live.get(session_id)
         if stream is not None:
             trace_id = stream.trace_id
         else:
             trace_id = trace_id_of(extract(msg.headers)) if msg is not None else None
         with session_context(session_id[: self.settings.max_session_id_chars], trace_id):
-            await self._reject(session_id, stream, exc, now)
+            return await self._reject(session_id, stream, exc, now)
 
     async def _handle(self, session_id: str, message: ClientMessage, msg: Msg, now: float) -> None:
         """One admitted message, in its session's task: route it, carry out the actions."""
@@ -260,8 +260,8 @@ class Worker:
 
     async def _reject(
         self, session_id: str, stream: Stream | None, exc: SttError, now: float
-    ) -> None:
-        await self._replies.reject(session_id, stream, exc, now)
+    ) -> bool:
+        return await self._replies.reject(session_id, stream, exc, now)
 
     # ------------------------------------------------------------ actions
 
