@@ -148,6 +148,9 @@ async def test_nats_killed_and_restarted_mid_stream(engine, js_server):
         assert second_final["utterance_id"] == 2 and second_final["sequence"] == 1
         assert wer(manifest_text(second), second_final["transcript"]) <= WER_BOUND
         assert closed["reason"] == "end" and closed["utterances"] == 2
+        # Its publisher heard that audio sent during the outage never reached the worker.
+        dropped = [m for m in inbox.received if m.get("code") == "audio_dropped"]
+        assert len(dropped) == 1 and "connection was lost" in dropped[0]["message"]
     finally:
         stop.set()
         await asyncio.wait_for(task, 60)

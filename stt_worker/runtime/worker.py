@@ -78,6 +78,7 @@ class Worker:
         self._draining = False
         self._nc: Client | None = None
         self._closing = False
+        self._disconnected_at: float | None = None
         self._scheduler = InferenceScheduler(
             engine,
             self._on_outcome,
@@ -323,12 +324,26 @@ class Worker:
     # ------------------------------------------------------------ NATS connection events
 
     async def _on_disconnected(self) -> None:
+        self._disconnected_at = self._disconnected_at or time.time()
         if not self._closing:  # nats-py reports its own close() as a disconnect too
             logger.warning("disconnected from NATS; reconnecting")
 
     async def _on_reconnected(self) -> None:
         self._observer.reconnected()
         logger.warning("reconnected to NATS")
+        lost_at, self._disconnected_at = self._disconnected_at, None
+        if self.settings.durable or lost_at is None:
+            return  # JetStream kept what was published meanwhile: nothing was lost
+        # Core NATS delivers nothing to a client that is away: whatever the sessions' publishers
+        # sent meanwhile is gone, and only the worker can tell them.
+        now = time.time()
+        error = SttError(
+            f"the worker's NATS connection was lost for {now - lost_at:.1f} s; audio published "
+            "meanwhile was not received",
+            code=ErrorCode.AUDIO_DROPPED,
+        )
+        for session_id in list(self._sessions.live):
+            await self._refuse(session_id, error, now, None)
 
     async def _on_nats_error(self, exc: Exception) -> None:
         if isinstance(exc, SlowConsumerError):
