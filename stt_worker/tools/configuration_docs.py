@@ -11,7 +11,6 @@ leave one out; tests/test_configuration_docs.py also fails when the committed pa
 
 from __future__ import annotations
 
-import argparse
 import inspect
 import sys
 import types
@@ -28,6 +27,7 @@ from pydantic_settings import BaseSettings
 
 from stt_worker.config import Settings, group_of
 from stt_worker.gateway.settings import GatewaySettings
+from stt_worker.tools.generated_page import print_or_write
 
 DOC_PATH = Path(__file__).resolve().parents[2] / "docs" / "configuration.md"
 COMMAND = "python -m stt_worker.tools.configuration_docs --write"
@@ -154,27 +154,9 @@ def render_page(sections: Sequence[tuple[str, type[BaseSettings]]] = SECTIONS) -
 
 
 def main(argv: Sequence[str] | None = None) -> int:
-    parser = argparse.ArgumentParser(
-        prog="python -m stt_worker.tools.configuration_docs",
-        description="Render the configuration reference from the settings classes.",
+    return print_or_write(
+        render_page, DOC_PATH, argv, prog="python -m stt_worker.tools.configuration_docs"
     )
-    parser.add_argument(
-        "--write",
-        nargs="?",
-        const=DOC_PATH,
-        type=Path,
-        metavar="PATH",
-        help=f"write the page (to {DOC_PATH.relative_to(DOC_PATH.parents[1])} by default) "
-        "instead of printing it",
-    )
-    args = parser.parse_args(argv)
-    page = render_page()
-    if args.write is None:
-        sys.stdout.write(page)
-        return 0
-    args.write.write_text(page, encoding="utf-8")
-    sys.stderr.write(f"wrote {args.write}\n")
-    return 0
 
 
 def _table_row(row: Row) -> str:

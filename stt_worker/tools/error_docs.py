@@ -8,7 +8,6 @@ this fails CI instead of going undocumented.
 
 from __future__ import annotations
 
-import argparse
 import sys
 from collections.abc import Sequence
 from pathlib import Path
@@ -23,6 +22,7 @@ from stt_worker.core.errors import (
 )
 from stt_worker.runtime.bus import BusError
 from stt_worker.runtime.connection import ConnectError
+from stt_worker.tools.generated_page import print_or_write
 
 DEFAULT_PATH = Path(__file__).resolve().parents[2] / "docs" / "errors.md"
 _EXCEPTIONS = (
@@ -72,26 +72,7 @@ def render() -> str:
 
 
 def main(argv: Sequence[str] | None = None) -> int:
-    parser = argparse.ArgumentParser(
-        prog="python -m stt_worker.tools.error_docs",
-        description="Render the error-code reference from the registry.",
-    )
-    parser.add_argument(
-        "--write",
-        nargs="?",
-        const=DEFAULT_PATH,
-        type=Path,
-        metavar="PATH",
-        help="write the page (to docs/errors.md by default) instead of printing it",
-    )
-    args = parser.parse_args(argv)
-    page = render()
-    if args.write is None:
-        sys.stdout.write(page)
-        return 0
-    args.write.write_text(page, encoding="utf-8")
-    sys.stderr.write(f"wrote {args.write}\n")
-    return 0
+    return print_or_write(render, DEFAULT_PATH, argv, prog="python -m stt_worker.tools.error_docs")
 
 
 if __name__ == "__main__":
