@@ -135,3 +135,25 @@ def test_refusals_add_what_the_runtime_dropped_unread():
     report = notice.refused(Traffic.CONTROL, 0.0, now=0.0)
     assert report is not None
     assert "; 500 more (17500 bytes) dropped unread." in report.describe(LIMITS, 500, 17_500)
+
+
+def test_a_notice_held_back_by_its_interval_is_told_later_with_what_was_shed():
+    notice = RefusalNotice(interval_s=1.0)
+    assert notice.refused(Traffic.AUDIO, 0.02, now=0.0) is not None  # the first, at once
+    assert notice.refused(Traffic.AUDIO, 0.02, now=0.1) is None
+    notice.shed(40, 3_000)
+    assert notice.untold and notice.due(now=0.5) is None
+    report = notice.due(now=1.0)
+    assert report is not None
+    assert "1 messages refused (1 audio; 0.02 s of audio); 40 more (3000 bytes) dropped" in (
+        report.describe(LIMITS)
+    )
+    assert not notice.untold
+
+
+def test_a_notice_of_shed_messages_alone_says_so():
+    notice = RefusalNotice(interval_s=1.0)
+    notice.shed(5, 100)
+    report = notice.due(now=0.0)
+    assert report is not None
+    assert report.describe(LIMITS).startswith("too fast: 5 (100 bytes) dropped unread.")

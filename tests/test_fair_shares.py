@@ -20,7 +20,7 @@ from stt_worker.runtime.nats_server import NatsServer
 from stt_worker.runtime.publisher import stream_file
 from stt_worker.runtime.worker import Worker
 from stt_worker.tools.cli import main
-from tests.helpers import SPEECH_DIR, Inbox, manifest_text
+from tests.helpers import SPEECH_DIR, Inbox, manifest_text, until
 from tests.test_worker import WER_BOUND, final_text, finals, sid
 from tests.textnorm import wer
 
@@ -71,9 +71,20 @@ async def test_an_audio_flood_is_rate_limited_beside_an_honest_session(make_work
     admitted_at_most = (4.0 + 2 * elapsed_s) / 0.02 + 1
     shed = registry.get_sample_value("stt_shed_messages_total") or 0.0
     assert refused_count(worker, "audio") + shed >= chunks - admitted_at_most
-    told = sum(int(re.search(r"(\d+) messages refused", e["message"]).group(1)) for e in refusals)
-    told += sum(int(m.group(1)) for e in refusals if (m := re.search(r"(\d+) more", e["message"])))
-    assert told <= refused_count(worker, "audio") + shed  # the last second's may be unsaid
+    # The flood's last second, held back by the once-a-second rule, is told too: every
+    # refused or shed chunk is in some notice.
+    await until(lambda: told(inboxes[abuser].received) >= refused_count(worker, "audio") + shed, 5)
+    assert told(inboxes[abuser].received) == refused_count(worker, "audio") + shed
+
+
+def told(messages: list[dict]) -> int:
+    """Messages the `rate_limited` notices say were refused or dropped unread."""
+    total = 0
+    for error in errors(messages):
+        for pattern in (r"(\d+) messages refused", r"(\d+) (?:more )?\(\d+ bytes\) dropped"):
+            found = re.search(pattern, error["message"])
+            total += int(found.group(1)) if found else 0
+    return total
 
 
 async def test_a_state_change_flood_is_refused_cheaply_beside_an_honest_session(make_worker, nc):
@@ -128,8 +139,11 @@ async def test_a_garbage_flood_is_shed_once_past_its_share_of_replies(make_worke
     shed = worker.telemetry.metrics.registry.get_sample_value("stt_shed_messages_total") or 0.0
     assert shed >= flood / 2  # most of the flood never reached a callback
     await inboxes[abuser].until(lambda m: m.get("type") == "error", within_s=10)
+    # A few replies, then (once the flood stops) one that sums what was shed unread.
+    await inboxes[abuser].until(lambda m: m.get("code") == "rate_limited", within_s=5)
     replies = [m for m in inboxes[abuser].received if m.get("type") == "error"]
-    assert {m["code"] for m in replies} == {"malformed_msgpack"}
+    assert {m["code"] for m in replies} == {"malformed_msgpack", "rate_limited"}
+    assert len(replies) <= 20
     assert worker._nc is not None and worker._nc.stats["reconnects"] == 0
 
 

@@ -4,7 +4,7 @@ from __future__ import annotations
 
 import pytest
 
-from stt_worker.core.replies import Reply, ReplyLimiter
+from stt_worker.core.replies import HeldBack, Reply, ReplyLimiter
 
 
 def limiter(**overrides: float) -> ReplyLimiter:
@@ -66,3 +66,21 @@ def test_a_clock_going_back_never_adds_tokens():
 def test_settings_that_would_never_reply_are_refused(bad):
     with pytest.raises(ValueError):
         limiter(**bad)
+
+
+def test_held_back_rejections_are_due_once_the_key_may_be_answered_again():
+    replies = limiter()
+    for _ in range(10):
+        replies.allow("s", now=0.0, code="unknown_type")
+    assert replies.overdue(now=0.5) == []  # no token yet
+    assert replies.overdue(now=1.0) == [HeldBack("s", 7, "unknown_type")]
+    assert replies.overdue(now=5.0) == []  # told once
+    assert replies.allow("s", now=5.0) == Reply(held_back=0)
+
+
+def test_a_forgotten_key_is_never_due():
+    replies = limiter(max_keys=1, burst=1)
+    replies.allow("a", now=0.0)
+    replies.allow("a", now=0.0)  # held back
+    replies.allow("b", now=0.0)  # "a" forgotten with its count (the metrics have it)
+    assert replies.overdue(now=10.0) == []

@@ -81,20 +81,34 @@ class RateLimits:
 @dataclass(frozen=True, slots=True)
 class Refusals:
     """What a session had refused since it was last told: messages and audio seconds, by
-    `Traffic`."""
+    `Traffic`, and what the runtime dropped unread besides (`shed_*`)."""
 
     messages: dict[Traffic, int]
     audio_s: float
+    shed_messages: int = 0
+    shed_bytes: int = 0
+
+    @property
+    def total(self) -> int:
+        """Messages refused or dropped unread."""
+        return sum(self.messages.values()) + self.shed_messages
 
     def describe(self, limits: RateLimits, shed_messages: int = 0, shed_bytes: int = 0) -> str:
-        """The notice's text; `shed_*`: what was dropped unread besides (the runtime's)."""
-        kinds = ", ".join(f"{count} {kind}" for kind, count in self.messages.items())
-        shed = (
-            f"; {shed_messages} more ({shed_bytes} bytes) dropped unread" if shed_messages else ""
-        )
+        """The notice's text; `shed_*`: more dropped unread, on top of those it holds."""
+        shed_messages += self.shed_messages
+        shed_bytes += self.shed_bytes
+        told = []
+        if self.messages:
+            kinds = ", ".join(f"{count} {kind}" for kind, count in self.messages.items())
+            told.append(
+                f"{sum(self.messages.values())} messages refused ({kinds}; "
+                f"{self.audio_s:.2f} s of audio)"
+            )
+        if shed_messages:
+            more = "more " if self.messages else ""
+            told.append(f"{shed_messages} {more}({shed_bytes} bytes) dropped unread")
         return (
-            f"too fast: {sum(self.messages.values())} messages refused ({kinds}; "
-            f"{self.audio_s:.2f} s of audio){shed}. Send audio at real time: at most "
+            f"too fast: {'; '.join(told)}. Send audio at real time: at most "
             f"{limits.max_audio_speed:g}x after a {limits.audio_burst_s:g} s burst "
             f"(STT_MAX_AUDIO_SPEED, STT_AUDIO_BURST_S), control messages at most "
             f"{limits.max_control_per_s:g} a second (STT_MAX_CONTROL_PER_S)"
@@ -104,11 +118,13 @@ class Refusals:
 @dataclass(slots=True)
 class RefusalNotice:
     """Sums refusals and says when the session may be told of them: at once for the first,
-    then at most once per `interval_s`, each notice summing what came since the last."""
+    then at most once per `interval_s`, each notice summing what came since the last. A
+    flood that stops leaves a sum untold: `due`, asked again later, tells it."""
 
     interval_s: float
     _messages: dict[Traffic, int] = field(default_factory=dict)
     _audio_s: float = 0.0
+    _shed: list[int] = field(default_factory=lambda: [0, 0])  # messages, bytes
     _told_at: float | None = None
 
     def refused(self, kind: Traffic, audio_s: float, now: float) -> Refusals | None:
@@ -117,23 +133,31 @@ class RefusalNotice:
         self._audio_s += audio_s
         return self.due(now)
 
+    def shed(self, messages: int, nbytes: int) -> None:
+        """Messages dropped unread by the runtime (past a refusal): told with the next sum."""
+        self._shed[0] += messages
+        self._shed[1] += nbytes
+
+    @property
+    def untold(self) -> bool:
+        return bool(self._messages or self._shed[0])
+
     def due(self, now: float) -> Refusals | None:
         """The refusals not yet reported, when a notice may go out now."""
-        if not self._messages:
+        if not self.untold:
             return None
         if self._told_at is not None and now - self._told_at < self.interval_s:
             return None
-        report = Refusals(dict(self._messages), self._audio_s)
+        report = Refusals(dict(self._messages), self._audio_s, *self._shed)
         self._messages.clear()
         self._audio_s = 0.0
+        self._shed = [0, 0]
         self._told_at = now
         return report
 
     def quiet(self, now: float) -> bool:
         """Nothing unreported and the next refusal would be told at once."""
-        return not self._messages and (
-            self._told_at is None or now - self._told_at >= self.interval_s
-        )
+        return not self.untold and (self._told_at is None or now - self._told_at >= self.interval_s)
 
 
 def audio_seconds(message: Chunk | Playback, sample_rate_hz: int, channels: int) -> float:

@@ -248,10 +248,13 @@ class SttError(Exception):
 
     code: str = ErrorCode.INTERNAL_ERROR
 
-    def __init__(self, message: str, *, code: str | None = None) -> None:
+    def __init__(self, message: str, *, code: str | None = None, messages: int = 1) -> None:
         super().__init__(message)
         if code is not None:
             self.code = code
+        # The client messages it answers: a `rate_limited` notice sums many, and when its
+        # reply is held back the next one must still count them all.
+        self.messages = messages
 
     @property
     def message(self) -> str:

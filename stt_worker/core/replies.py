@@ -55,6 +55,7 @@ class TokenBucket:
 class _Key:
     bucket: TokenBucket
     held_back: int = 0
+    code: str = ""  # the last held-back rejection's error code
 
 
 @dataclass(frozen=True, slots=True)
@@ -62,6 +63,16 @@ class Reply:
     """A reply may go out; `held_back` replies to the same key were withheld before it."""
 
     held_back: int
+
+
+@dataclass(frozen=True, slots=True)
+class HeldBack:
+    """Rejections of `key` never answered, now due a reply of their own: `count` of them,
+    the last with error `code`."""
+
+    key: str
+    count: int
+    code: str
 
 
 class ReplyLimiter:
@@ -82,9 +93,11 @@ class ReplyLimiter:
         self._overall = TokenBucket.full(overall_per_s, overall_burst, 0.0)
         self._max_keys = max_keys
         self._keys: OrderedDict[str, _Key] = OrderedDict()
+        self._untold: set[str] = set()  # keys with held-back rejections
 
-    def allow(self, key: str, now: float) -> Reply | None:
-        """A rejection for `key`: a `Reply` to send now, or None when it is held back."""
+    def allow(self, key: str, now: float, code: str = "", messages: int = 1) -> Reply | None:
+        """A rejection of `messages` client messages for `key` (with error `code`): a
+        `Reply` to send now, or None when it is held back."""
         entry = self._keys.get(key)
         if entry is None:
             entry = self._remember(key, now)
@@ -92,11 +105,28 @@ class ReplyLimiter:
             self._keys.move_to_end(key)
         # The key's own bucket first: a key over its share never spends the shared tokens.
         if not entry.bucket.take(now) or not self._overall.take(now):
-            entry.held_back += 1
+            entry.held_back += messages
+            entry.code = code
+            self._untold.add(key)
             return None
         reply = Reply(entry.held_back)
         entry.held_back = 0
+        self._untold.discard(key)
         return reply
+
+    def overdue(self, now: float) -> list[HeldBack]:
+        """Held-back rejections whose key may be answered again: the sum a flood that stopped
+        never got in a next reply, each within the same shares as any reply."""
+        due = []
+        for key in list(self._untold):
+            entry = self._keys.get(key)
+            if entry is None or not entry.held_back:
+                self._untold.discard(key)  # forgotten: the metrics still count them
+            elif entry.bucket.take(now) and self._overall.take(now):
+                due.append(HeldBack(key, entry.held_back, entry.code))
+                entry.held_back = 0
+                self._untold.discard(key)
+        return due
 
     @property
     def keys(self) -> int:
@@ -105,7 +135,8 @@ class ReplyLimiter:
 
     def _remember(self, key: str, now: float) -> _Key:
         if len(self._keys) >= self._max_keys:
-            self._keys.popitem(last=False)  # the least recently seen key
+            forgotten, _ = self._keys.popitem(last=False)  # the least recently seen key
+            self._untold.discard(forgotten)
         entry = _Key(TokenBucket.full(self._per_s, self._burst, now))
         self._keys[key] = entry
         return entry

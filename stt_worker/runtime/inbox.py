@@ -79,6 +79,8 @@ class Inboxes:
         self._all_served = asyncio.Event()
         self._all_served.set()
         self._swept_at = 0.0
+        # Sessions with refusals not yet told (a notice held back by its interval).
+        self._untold: set[str] = set()
 
     def serve_in(self, group: asyncio.TaskGroup) -> None:
         """Sessions' tasks run in `group` (the worker's) from now on; what was admitted
@@ -110,12 +112,39 @@ class Inboxes:
             kind, audio_s = over
             self._metrics.rate_limited.labels(kind).inc()
             self._metrics.rate_limited_audio.inc(audio_s)
-            return inbox.admission.notice.refused(kind, audio_s, paced_at) or False
+            report = inbox.admission.notice.refused(kind, audio_s, paced_at)
+            if report is None:
+                self._untold.add(session_id)
+            return report or False
         inbox.queue.append((message, msg, now))
         inbox.queued_bytes += len(msg.data)
         if inbox.task is None and self._group is not None:
             self._start(session_id, inbox)
         return True
+
+    def shed(self, session_id: str, messages: int, nbytes: int, now: float) -> None:
+        """Messages of the session dropped unread (`shedding.Shedder`): told with its next
+        notice, like its refusals."""
+        inbox = self._inboxes.get(session_id)
+        if inbox is None:
+            if len(self._inboxes) >= self._max_entries:
+                return  # counted in stt_shed_messages_total; no room to tell it
+            inbox = self._inboxes[session_id] = _Inbox(Admission(self._limits, now))
+        inbox.admission.notice.shed(messages, nbytes)
+        self._untold.add(session_id)
+
+    def overdue(self, now: float) -> list[tuple[str, Refusals]]:
+        """Sums of refusals whose notice was held back and may go out now: a flood that
+        stopped still hears what was refused in its last second."""
+        due = []
+        for session_id in list(self._untold):
+            inbox = self._inboxes.get(session_id)
+            report = inbox.admission.notice.due(now) if inbox is not None else None
+            if report is not None:
+                due.append((session_id, report))
+            if inbox is None or not inbox.admission.notice.untold:
+                self._untold.discard(session_id)
+        return due
 
     async def wait_served(self) -> None:
         """Until every admitted message has been handled (drain)."""

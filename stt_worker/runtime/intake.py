@@ -109,9 +109,21 @@ class Intake:
         self.shedder.shed(msg.subject)  # its next messages go before they cost a callback
         await self._delivery.reject(msg)  # durable mode: a refused message is not replayed
         if verdict is not False:
-            text = verdict.describe(self._limits, *self.shedder.take(msg.subject))
-            error = SttError(text, code=ErrorCode.RATE_LIMITED)
+            shed_messages, shed_bytes = self.shedder.take(msg.subject)
+            text = verdict.describe(self._limits, shed_messages, shed_bytes)
+            told = verdict.total + shed_messages
+            error = SttError(text, code=ErrorCode.RATE_LIMITED, messages=told)
             await self._refuse(session_id, error, now, msg)
+
+    async def tell_untold(self, now: float) -> None:
+        """Send the ``rate_limited`` sums held back by their interval (every tick), so a
+        flood that stops is still told of its last second."""
+        for subject, messages, nbytes in self.shedder.leftovers():
+            self.inboxes.shed(subject.rsplit(".", 1)[-1], messages, nbytes, now)
+        for session_id, report in self.inboxes.overdue(now):
+            text = report.describe(self._limits)
+            error = SttError(text, code=ErrorCode.RATE_LIMITED, messages=report.total)
+            await self._refuse(session_id, error, now, None)
 
     async def dropped(self, subject: str) -> None:
         """The NATS client dropped a message on `subject` (its buffer was full)."""

@@ -65,21 +65,44 @@ class ErrorReplies:
     ) -> bool:
         """Count a rejected message; answer it unless its session (or subject) had its share
         of replies (`core/replies.py`): then the next reply sums it. True when answered."""
-        shown = session_id[: self.settings.max_session_id_chars]
         self._observer.rejected(exc.code)
         if stream is not None:
             stream.observer.rejected(exc.code)
-        reply = self._limiter.allow(_reply_key(session_id), now)
+        reply = self._limiter.allow(_reply_key(session_id), now, exc.code, exc.messages)
         if reply is None:
             self._observer.reply_held_back(exc.code)
             return False
         message = exc.message[:MAX_ERROR_MESSAGE_CHARS]
         if reply.held_back:
             message += f" (and {reply.held_back} more rejected since the last error reply)"
+        await self._answer(session_id, stream, exc.code, message, reply.held_back, now)
+        return True
+
+    async def tell_held_back(self, now: float) -> None:
+        """Answer the rejections held back from keys whose flood stopped (every tick): one
+        reply each with their count, since no next reply would carry it."""
+        for held in self._limiter.overdue(now):
+            message = (
+                f"{held.count} more message(s) rejected since the last error reply, "
+                f"the last with {held.code}"
+            )
+            # The key is the session id, or a digest of one too long for any subject.
+            await self._answer(held.key, None, held.code, message, held.count, now)
+
+    async def _answer(
+        self,
+        session_id: str,
+        stream: Stream | None,
+        code: str,
+        message: str,
+        held_back: int,
+        now: float,
+    ) -> None:
+        shown = session_id[: self.settings.max_session_id_chars]
         logger.warning(
             "rejected message: %s",
             message,
-            extra={"session_id": shown, "code": exc.code, "held_back": reply.held_back},
+            extra={"session_id": shown, "code": code, "held_back": held_back},
         )
         speaker = stream.session.speaker_id if stream else None
         prefix = self.settings.transcription_subject_prefix
@@ -88,10 +111,9 @@ class ErrorReplies:
         except ProtocolError:
             # An id unfit for a subject is never put in one: its error goes to the bare
             # prefix, which no session's subject equals, with the id cut to a safe length.
-            await self._publish(prefix, Error(shown, exc.code, message, now))
+            await self._publish(prefix, Error(shown, code, message, now))
         else:
-            error = Error(session_id, exc.code, message, now, speaker)
+            error = Error(session_id, code, message, now, speaker)
             span = stream.observer.span if stream else None
             await self._publish(f"{prefix}.{session_id}", error, span)
-        self._observer.error_replied(exc.code)
-        return True
+        self._observer.error_replied(code)

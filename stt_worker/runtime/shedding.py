@@ -71,6 +71,17 @@ class Shedder:
         counts = self._shed.pop(subject.encode(), None)
         return (counts[0], counts[1]) if counts else (0, 0)
 
+    def leftovers(self) -> list[tuple[str, int, int]]:
+        """Subjects no longer shed with counts not yet told (the flood stopped within its
+        hold): subject, messages, bytes; each told once."""
+        now = time.monotonic()
+        done = [subject for subject in self._shed if self._until.get(subject, 0.0) <= now]
+        told = []
+        for subject in done:
+            messages, nbytes = self._shed.pop(subject)
+            told.append((subject.decode(errors="replace"), messages, nbytes))
+        return told
+
     def install(self, nc: Client) -> None:
         """Wrap the client's per-message entry point (called by its parser for each MSG)."""
         process: _ProcessMsg = nc._process_msg

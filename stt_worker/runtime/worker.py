@@ -218,6 +218,8 @@ class Worker:
             now = time.time()
             for stream in list(self._sessions.streams.values()):
                 await self._apply(stream, stream.session.tick(now=now))
+            await self._intake.tell_untold(now)
+            await self._replies.tell_held_back(now)
             streams = list(self._sessions.streams.values())
             await self._delivery.sweep((stream.acks for stream in streams), now)
             self._heap.maybe_trim(len(self._sessions.streams))
