@@ -354,7 +354,7 @@ async def speech_step(
             results_grace_s=grace_s,
         )
     if system == "ours":
-        step = _ours(run, settings, sessions, duration_s)
+        step = score_ours(run, settings, sessions, duration_s)
     else:
         step = _baseline(run, settings, sessions, duration_s)
     window = sampler.window(run.started_at, run.ended_at)
@@ -388,7 +388,7 @@ def _plans(run: LoadRun) -> dict[str, SessionPlan]:
     return {plan.session_id: plan for plan in run.plans}
 
 
-def _ours(run: LoadRun, settings: Settings, sessions: int, duration_s: float) -> Step:
+def score_ours(run: LoadRun, settings: Settings, sessions: int, duration_s: float) -> Step:
     plans = _plans(run)
     finals: list[Final] = []
     partial_latency: list[float] = []
@@ -660,11 +660,11 @@ async def silent_steps(
                 }
             )
             logger.info("silent N=%d: %s", count, rows[-1])
-            await _wait_idle(sampler)
+            await wait_idle(sampler)
     return {"idle_cores": round(idle_cores, 4), "steps": rows}
 
 
-async def _wait_idle(sampler: Sampler, timeout_s: float = 30.0) -> None:
+async def wait_idle(sampler: Sampler, timeout_s: float = 30.0) -> None:
     """Until the worker reports no session and no queued inference (ours only)."""
     deadline = time.monotonic() + timeout_s
     while time.monotonic() < deadline:
@@ -751,7 +751,7 @@ class Connections:
 
 
 @contextlib.asynccontextmanager
-async def _connected(url: str) -> AsyncIterator[Connections]:
+async def connected(url: str) -> AsyncIterator[Connections]:
     nc = await nats.connect(url, name="stt-capacity-results")
     publisher = BatchPublisher()
     try:
@@ -788,7 +788,7 @@ async def bench_workers(
     try:
         async with (
             worker_process(ours, "faster-whisper") as worker,
-            _connected(server.url) as nc,
+            connected(server.url) as nc,
         ):
             # Silent sessions first, on the fresh worker: RSS growth per session is then not
             # hidden by memory the speech steps freed.

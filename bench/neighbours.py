@@ -57,9 +57,9 @@ from bench.capacity import (
     Connections,
     Sampler,
     Timelines,
-    _connected,
-    _ours,
-    _wait_idle,
+    connected,
+    score_ours,
+    wait_idle,
 )
 from bench.loadgen import CHUNK_S, BatchPublisher, LoadRun, frame, plan_sessions, pub_header
 from bench.loadgen import run_load as stream_load
@@ -399,12 +399,12 @@ async def honest_run(bench: Bench, mode: str, abused: bool) -> dict[str, Any]:
         )
         sent = await stop_abuser(abuser) if abuser else {}
         idle_from = time.monotonic()
-        await _wait_idle(sampler, IDLE_TIMEOUT_S)
+        await wait_idle(sampler, IDLE_TIMEOUT_S)
         idle_wait_s = time.monotonic() - idle_from
     if abuser is not None:
         await abuser.subscription.unsubscribe()
     server = await asyncio.to_thread(ServerView.read, bench.monitor_port)
-    step = _ours(run, bench.settings, plan.sessions, plan.run_s)
+    step = score_ours(run, bench.settings, plan.sessions, plan.run_s)
     window = sampler.window(run.started_at - ABUSE_LEAD_S, run.ended_at)
     result = {
         "label": label,
@@ -547,7 +547,7 @@ async def run_all(plan: Plan) -> dict[str, Any]:
         settings = load_settings(nats_url=server.url, otel_enabled=False, http_port=0)
         async with (
             worker_process(settings, "faster-whisper") as worker,
-            _connected(server.url) as nc,
+            connected(server.url) as nc,
         ):
             bench = Bench(server, monitor_port, worker, nc, settings, timelines, plan)
             for number, mode in enumerate(plan.modes):
