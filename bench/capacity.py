@@ -67,13 +67,14 @@ from bench.loadgen import (
 from stt_worker.config import Settings, load_settings
 from stt_worker.core.audio import BYTES_PER_SAMPLE, SAMPLE_RATE_HZ
 from stt_worker.core.protocol import Error, SessionClosed, Transcription
-from stt_worker.core.vad import FRAME_MS
+from stt_worker.core.vad import FRAME_MS, DetectorFactory
 from stt_worker.engines import create_engine
 from stt_worker.engines.base import DecodeOptions, LocalEngine
 from stt_worker.evaluation.clips import audio_slice, load_clips, trailing_silence_frames
 from stt_worker.evaluation.results import DEFAULT_MANIFEST, ROOT, Clip
 from stt_worker.evaluation.runner import WorkerProcess, machine_info, worker_process
 from stt_worker.runtime.nats_server import NatsServer
+from stt_worker.runtime.pipeline import speech_detectors
 
 logger = logging.getLogger("bench.capacity")
 
@@ -687,14 +688,14 @@ async def wait_idle(sampler: Sampler, timeout_s: float = 30.0) -> None:
 class Timelines:
     """Speech timelines by session number, built once and shared by every step."""
 
-    def __init__(self, clips: list[Clip], duration_s: float, vad_level: int) -> None:
-        self._clips, self._duration_s, self._vad_level = clips, duration_s, vad_level
+    def __init__(self, clips: list[Clip], duration_s: float, detector: DetectorFactory) -> None:
+        self._clips, self._duration_s, self._detector = clips, duration_s, detector
         self._cache: dict[int, Clip] = {}
 
     def __call__(self, index: int) -> Clip:
         if index not in self._cache:
             self._cache[index] = speech_timeline(
-                self._clips, index, self._duration_s, self._vad_level
+                self._clips, index, self._duration_s, self._detector
             )
         return self._cache[index]
 
@@ -884,10 +885,10 @@ async def bench_engines(plan: Plan) -> list[dict[str, Any]]:
 async def run_all(plan: Plan, engines: bool) -> dict[str, Any]:
     meta = machine_info()
     meta["loadavg_start"] = [round(x, 2) for x in os.getloadavg()]
-    vad_level = load_settings().vad_aggressiveness
-    clips = [c for c in load_clips(DEFAULT_MANIFEST, vad_level) if c.duration_s <= plan.clip_max_s]
+    detector = speech_detectors(load_settings())
+    clips = [c for c in load_clips(DEFAULT_MANIFEST, detector) if c.duration_s <= plan.clip_max_s]
     longest = max(plan.step_s, plan.latency_n1_s, plan.baseline_step_s) + 1.0
-    timelines = Timelines(clips, longest, vad_level)
+    timelines = Timelines(clips, longest, detector)
     started = time.monotonic()
     async with NatsServer() as server:
         ours, baseline, silent = await bench_workers(server, plan, timelines)

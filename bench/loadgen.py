@@ -43,7 +43,7 @@ from stt_worker.core.protocol import (
     decode_server_message,
     encode_client_message,
 )
-from stt_worker.core.vad import FRAME_MS, FRAME_SAMPLES, VoiceActivityDetector
+from stt_worker.core.vad import FRAME_MS, FRAME_SAMPLES, DetectorFactory, label_stream
 from stt_worker.evaluation.results import Clip
 
 CHUNK_S = FRAME_MS / 1000  # one 20 ms VAD frame per chunk
@@ -57,7 +57,9 @@ def room_noise(rng: np.random.Generator, samples: int) -> np.ndarray:
     return np.clip(rng.normal(0.0, ROOM_NOISE_RMS, samples), -32768, 32767).astype(np.int16)
 
 
-def speech_timeline(clips: Sequence[Clip], index: int, duration_s: float, vad_level: int) -> Clip:
+def speech_timeline(
+    clips: Sequence[Clip], index: int, duration_s: float, detector: DetectorFactory
+) -> Clip:
     """Session `index`'s audio: clips from a per-session offset, looped with pauses, at
     least `duration_s` long, with the worker's own VAD decision per frame (the same detector
     over the same 20 ms grid as the worker, so speech ends match its endpoints)."""
@@ -75,7 +77,7 @@ def speech_timeline(clips: Sequence[Clip], index: int, duration_s: float, vad_le
         total += clip.pcm.size + pause.size
     pcm = np.concatenate(pieces)
     pcm = pcm[: pcm.size - pcm.size % FRAME_SAMPLES]
-    speech = VoiceActivityDetector(vad_level).push(pcm).speech
+    speech = label_stream(detector(), pcm)
     return Clip(f"session-{index}", Path("-"), " ".join(names), pcm, speech)
 
 

@@ -81,6 +81,7 @@ from stt_worker.evaluation.clips import load_clips
 from stt_worker.evaluation.results import DEFAULT_MANIFEST, ROOT
 from stt_worker.evaluation.runner import WorkerProcess, machine_info, worker_process
 from stt_worker.runtime.nats_server import NatsServer
+from stt_worker.runtime.pipeline import speech_detectors
 
 logger = logging.getLogger("bench.neighbours")
 
@@ -131,8 +132,7 @@ QUICK = Plan(
 
 def _speech(clip_max_s: float) -> np.ndarray:
     """The shared clips end to end: the abuser's microphone."""
-    vad_level = load_settings().vad_aggressiveness
-    clips = load_clips(DEFAULT_MANIFEST, vad_level)
+    clips = load_clips(DEFAULT_MANIFEST, speech_detectors(load_settings()))
     return np.concatenate([c.pcm for c in clips if c.duration_s <= clip_max_s])
 
 
@@ -537,9 +537,9 @@ async def run_all(plan: Plan) -> dict[str, Any]:
     """Every mode of `plan`, alone and beside its abuser, on one server and one worker."""
     meta = machine_info()
     meta["loadavg_start"] = [round(x, 2) for x in os.getloadavg()]
-    vad_level = load_settings().vad_aggressiveness
-    clips = [c for c in load_clips(DEFAULT_MANIFEST, vad_level) if c.duration_s <= plan.clip_max_s]
-    timelines = Timelines(clips, plan.run_s + 1.0, vad_level)
+    detector = speech_detectors(load_settings())
+    clips = [c for c in load_clips(DEFAULT_MANIFEST, detector) if c.duration_s <= plan.clip_max_s]
+    timelines = Timelines(clips, plan.run_s + 1.0, detector)
     started = time.monotonic()
     monitor_port = free_port()
     modes = []

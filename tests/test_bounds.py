@@ -69,10 +69,13 @@ async def test_endless_speech_is_held_at_most_one_utterance_bound_at_a_time(make
     STT_BUFFER_SIZE_BYTES of audio each, every word still transcribed."""
     # Streamed as fast as possible, the cuts' finals may all be queued at once: the session's
     # own bound on queued finals (STT_MAX_PENDING_FINALS_PER_SESSION, 8) must hold all nine.
+    # The inbox holds all 1,800 chunks: Silero VAD takes ~0.1 ms a chunk, so at full speed
+    # the publisher outruns the session (140x real time) and the default 1,024 would shed.
     await make_worker(
         buffer_size_bytes=4 * 32_000,
         endpoint_silence_ms=10_000,
         max_pending_finals_per_session=16,
+        session_inbox_messages=2_048,
     )
     session = sid()
     inbox = await Inbox.open(nc, session)

@@ -1,11 +1,12 @@
-"""The VAD's framing and its start of stream: webrtcvad's first frames are not trusted."""
+"""The VAD's framing and webrtcvad's start of stream (its first frames are not trusted); Silero
+has its own tests in test_vad_silero.py."""
 
 from __future__ import annotations
 
 import numpy as np
 import webrtcvad
 
-from stt_worker.core.vad import FRAME_SAMPLES, WARMUP_FRAMES, VoiceActivityDetector
+from stt_worker.core.vad import FRAME_SAMPLES, WARMUP_FRAMES, VoiceActivityDetector, WebrtcDetector
 from stt_worker.runtime.publisher import read_wav
 from tests.helpers import SPEECH_DIR
 
@@ -29,13 +30,13 @@ def test_webrtcvad_alone_hears_speech_in_the_first_frames_of_room_noise() -> Non
 def test_room_noise_from_the_start_of_a_stream_is_not_speech() -> None:
     for seed in range(20):
         for rms in (8.0, 30.0, 100.0):
-            frames = VoiceActivityDetector(2).push(_room_noise(seed, rms))
+            frames = VoiceActivityDetector(WebrtcDetector(2)).push(_room_noise(seed, rms))
             assert not any(frames.speech), (seed, rms)
 
 
 def test_the_warm_up_counts_frames_across_chunks_of_any_size() -> None:
     noise = _room_noise(1, rms=100.0)
-    vad = VoiceActivityDetector(2)
+    vad = VoiceActivityDetector(WebrtcDetector(2))
     speech: list[bool] = []
     for start in range(0, noise.size, 160):  # 10 ms pieces: half a frame each
         speech += vad.push(noise[start : start + 160]).speech
@@ -45,5 +46,6 @@ def test_the_warm_up_counts_frames_across_chunks_of_any_size() -> None:
 
 def test_speech_is_still_heard() -> None:
     samples, _ = read_wav(SPEECH_DIR / "jfk.wav")
-    speech = VoiceActivityDetector(2).push(np.ascontiguousarray(samples[:, 0])).speech
+    pcm = np.ascontiguousarray(samples[:, 0])
+    speech = VoiceActivityDetector(WebrtcDetector(2)).push(pcm).speech
     assert sum(speech) > len(speech) / 3

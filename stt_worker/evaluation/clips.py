@@ -10,14 +10,14 @@ import numpy as np
 import numpy.typing as npt
 
 from stt_worker.core.audio import SAMPLE_RATE_HZ, pcm16_to_float32
-from stt_worker.core.vad import FRAME_MS, VoiceActivityDetector
+from stt_worker.core.vad import FRAME_MS, DetectorFactory, label_stream
 from stt_worker.evaluation.results import Clip
 from stt_worker.runtime.publisher import WavFormatError, read_wav
 
 
 def load_clips(
     manifest: Path,
-    vad_aggressiveness: int,
+    detector: DetectorFactory,
     *,
     files: Sequence[str] | None = None,
     limit: int | None = None,
@@ -44,8 +44,7 @@ def load_clips(
             )
         pcm = np.ascontiguousarray(samples[:, 0])
         # The same detector class and frame grid as the worker (publisher chunks start at 0).
-        vad = VoiceActivityDetector(vad_aggressiveness)
-        speech = vad.push(pcm).speech + vad.flush().speech
+        speech = label_stream(detector(), pcm)
         clips.append(Clip(entry["file"], path, entry["text"], pcm, speech))
     return clips
 

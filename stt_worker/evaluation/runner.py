@@ -57,6 +57,7 @@ from stt_worker.runtime import bus
 from stt_worker.runtime.bus import Delivery, NatsClient
 from stt_worker.runtime.connection import TOOL, connect
 from stt_worker.runtime.nats_server import NatsServer
+from stt_worker.runtime.pipeline import speech_detectors
 from stt_worker.runtime.publisher import StreamStats, stream_file
 
 logger = logging.getLogger(__name__)
@@ -72,7 +73,7 @@ async def evaluate(options: EvalOptions) -> EvalReport:
     clips = await asyncio.to_thread(
         load_clips,
         options.manifest,
-        base_settings.vad_aggressiveness,
+        speech_detectors(base_settings),
         files=options.files,
         limit=options.limit,
     )
@@ -99,7 +100,9 @@ async def evaluate(options: EvalOptions) -> EvalReport:
                 **engine.info.extra,
                 "endpoint_silence_ms": settings.endpoint_silence_ms,
                 "partial_interval_ms": settings.partial_interval_ms,
+                "vad_engine": settings.vad_engine,
                 "vad_aggressiveness": settings.vad_aggressiveness,
+                "vad_threshold": settings.vad_threshold,
                 "max_utterance_s": settings.max_utterance_samples / SAMPLE_RATE_HZ,
                 "max_concurrent_inferences": settings.max_concurrent_inferences,
                 "partial_model": settings.partial_model or settings.whisper_model_size,

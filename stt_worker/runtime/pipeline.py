@@ -10,25 +10,36 @@ is used.
 from __future__ import annotations
 
 import asyncio
+import functools
 import logging
 from concurrent.futures import Executor, ThreadPoolExecutor
 
 import numpy as np
 
+from stt_worker.config import Settings
 from stt_worker.core.audio import BYTES_PER_SAMPLE, AudioNormalizer, Pcm16
 from stt_worker.core.echo import EchoCanceller
 from stt_worker.core.errors import ProtocolError
 from stt_worker.core.protocol import Chunk, ErrorCode, Playback, chunk_pcm_bytes
-from stt_worker.core.vad import Frames, VoiceActivityDetector
+from stt_worker.core.vad import DetectorFactory, Frames, VoiceActivityDetector, WebrtcDetector
+from stt_worker.engines.silero_vad import SileroDetector, shared_model
 
 logger = logging.getLogger(__name__)
 
 
 def dsp_executor() -> ThreadPoolExecutor:
     """Threads for the per-chunk signal processing too costly for the loop (echo
-    cancellation). One job per session at a time (its inbox task awaits it), so the queue
-    holds at most one job of each session and a flooding one waits behind itself."""
+    cancellation, Silero VAD). One job per session at a time (its inbox task awaits it), so
+    the queue holds at most one job of each session and a flooding one waits behind itself."""
     return ThreadPoolExecutor(max_workers=2, thread_name_prefix="stt-dsp")
+
+
+def speech_detectors(settings: Settings) -> DetectorFactory:
+    """A new session's speech detector, as `STT_VAD_ENGINE` chooses; Silero's model is loaded
+    here, once, so a worker without it fails at start rather than at its first session."""
+    if settings.vad_engine == "webrtc":
+        return functools.partial(WebrtcDetector, settings.vad_aggressiveness)
+    return functools.partial(SileroDetector, shared_model(), settings.vad_threshold)
 
 
 def checked_pcm(message: Chunk | Playback, max_chunk_bytes: int) -> bytes:
@@ -56,10 +67,10 @@ class AudioPipeline:
     playback audio that the echo canceller takes out of it."""
 
     def __init__(
-        self, sample_rate_hz: int, channels: int, *, vad_aggressiveness: int, dsp: Executor
+        self, sample_rate_hz: int, channels: int, *, detector: DetectorFactory, dsp: Executor
     ) -> None:
         self._normalizer = AudioNormalizer(sample_rate_hz, channels)
-        self._vad = VoiceActivityDetector(vad_aggressiveness)
+        self._vad = VoiceActivityDetector(detector())
         self._dsp = dsp
         self._last_seq: int | None = None
         # From the first `playback`: the assistant's audio, and its echo taken out of the mic.
@@ -92,10 +103,11 @@ class AudioPipeline:
 
     async def frames(self, pcm: bytes) -> Frames:
         """A chunk's microphone audio as VAD frames."""
-        if self._echo is None:
+        if self._echo is None and self._vad.inline:
             return self._clean(pcm)  # tens of microseconds: not worth a thread hop
-        # Echo cancellation costs about 150-550 us a chunk: off the loop. The session's inbox
-        # task hands its next message over only once this returns, so its order holds.
+        # Echo cancellation costs about 150-550 us a chunk, Silero about 120 us on a chunk
+        # that completes one of its windows: off the loop. The session's inbox task hands its
+        # next message over only once this returns, so its order holds.
         loop = asyncio.get_running_loop()
         return await loop.run_in_executor(self._dsp, self._clean, pcm)
 

@@ -39,7 +39,7 @@ from stt_worker.core.turns import Backchannels, Commands
 from stt_worker.engines.base import Transcript
 from stt_worker.runtime.delivery import Delivery, SessionAcks
 from stt_worker.runtime.observation import Observer, SessionObserver
-from stt_worker.runtime.pipeline import AudioPipeline, checked_pcm
+from stt_worker.runtime.pipeline import AudioPipeline, checked_pcm, speech_detectors
 from stt_worker.runtime.scheduler import Outcome
 
 logger = logging.getLogger(__name__)
@@ -127,6 +127,7 @@ class Sessions:
         self._observer = observer
         self._delivery = delivery
         self._dsp = dsp
+        self._detectors = speech_detectors(settings)
         self.live: dict[str, Stream] = {}  # session id -> stream still taking audio
         self.streams: dict[Hashable, Stream] = {}  # key -> stream, closing ones included
         self._keys = itertools.count(1)
@@ -252,7 +253,7 @@ class Sessions:
         audio = AudioPipeline(
             start.sample_rate,
             start.channels,
-            vad_aggressiveness=settings.vad_aggressiveness,
+            detector=self._detectors,
             dsp=self._dsp,
         )
         stream = Stream(
