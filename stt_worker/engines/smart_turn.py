@@ -125,6 +125,8 @@ class SmartTurn:
         return float(np.asarray(output).reshape(-1)[0])
 
 
+@cache
 def load_smart_turn() -> SmartTurn:
-    """Smart Turn v3.2 from the installed pipecat-ai package."""
+    """Smart Turn v3.2 from the installed pipecat-ai package, loaded once per process (its
+    ONNX session is safe to share between threads)."""
     return SmartTurn(model_path())
