@@ -21,6 +21,7 @@ p95 over the sentences whose text ends a sentence. Decodes and model outputs are
 from __future__ import annotations
 
 import argparse
+import dataclasses
 import hashlib
 import json
 import os
@@ -36,14 +37,15 @@ import numpy as np
 from bench import pauses as pause_set
 from bench.endpointing_report import write_report
 from bench.endpointing_rules import (
+    ADAPTIVE_FRAMES,
     CHECK_FRAMES,
+    CHECK_POINTS,
     FRAME_MS,
     TURN_POINTS,
     Check,
     EndProbability,
     FixedSilence,
     Fused,
-    MeanScoreJudge,
     PauseFeatures,
     Rule,
     ShippedAdaptive,
@@ -51,7 +53,7 @@ from bench.endpointing_rules import (
     score,
 )
 from stt_worker.config import Settings, load_settings
-from stt_worker.core.endpoint import AdaptiveEndpoint
+from stt_worker.core.endpoint import AdaptiveEndpoint, TurnEndpoint
 from stt_worker.core.vad import FRAME_SAMPLES, VoiceActivityDetector
 from stt_worker.runtime.sessions import session_config
 
@@ -62,6 +64,8 @@ QUICK_SENTENCES = ("ls_1089-134691-0000", "ls_1089-134686-0001", "lj_LJ001-0008"
 QUICK_PAUSES_MS = (250, 700)
 FIXED_MS = tuple(range(200, 1501, 100))
 PROBS = (0.3, 0.4, 0.5, 0.6, 0.7, 0.75, 0.8, 0.85, 0.9, 0.95, 0.98)
+VETOES = (0.5, 0.8)  # turn mode's decoder veto (STT_TURN_END_VETO_PROB), swept too
+HOLDS = (0.3, None)  # turn mode's hold threshold (STT_TURN_HOLD_PROB); None: = over_prob
 SHIPPED_FIXED_MS = 500  # STT_ENDPOINT_SILENCE_MS's default: today's shipped rule
 
 
@@ -152,15 +156,19 @@ def measure(
     """One pause's features along its silence run (`run`: first frame, length)."""
     first, frames = run
     samples = clip.samples
-    at = (first + CHECK_FRAMES) * FRAME_SAMPLES
-    check = measurer.check(samples[:at]) if frames >= CHECK_FRAMES else None
+    checks = {
+        point: measurer.check(samples[: (first + point) * FRAME_SAMPLES])
+        for point in CHECK_POINTS
+        if point <= frames
+    }
     turn, turn_ms = {}, []
     for point in TURN_POINTS:
         if point <= frames:
             prob, ms = measurer.turn(samples[: (first + point) * FRAME_SAMPLES])
             turn[point] = prob
             turn_ms.append(ms)
-    final_ms = check.decode_ms if check else measurer.check(samples[:at]).decode_ms
+    at = (first + CHECK_FRAMES) * FRAME_SAMPLES
+    final_ms = checks[CHECK_FRAMES].decode_ms if checks else measurer.check(samples[:at]).decode_ms
     return PauseFeatures(
         clip=clip.name,
         sentence=clip.sentence.name,
@@ -171,7 +179,7 @@ def measure(
         run_frames=frames,
         resumed=resumed,
         final_ms=final_ms,
-        check=check,
+        checks=checks,
         turn=turn,
         turn_ms=float(np.median(turn_ms)) if turn_ms else 0.0,
     )
@@ -202,26 +210,48 @@ def features(measurer: Measurer, clip: pause_set.PauseClip) -> list[PauseFeature
     return [*found, measure(measurer, clip, "end", last[0], False)]
 
 
-def rules() -> list[Rule]:
-    """Each family over its thresholds; the fused rule's judge is the hook for `TurnRule`."""
+def rules(settings: Settings) -> list[Rule]:
+    """Each family over its thresholds; turn mode over its Smart Turn threshold, with the
+    default hold threshold and with none (no undecided band left to the fixed 500 ms), at
+    two decoder vetoes, its other settings the defaults."""
     swept: list[Rule] = [FixedSilence(ms, f"{ms} ms") for ms in FIXED_MS]
     swept += [EndProbability(p, f"end prob >= {p}") for p in PROBS]
     swept += [SmartTurnAlone(p, f"turn prob >= {p}") for p in PROBS]
-    swept += [Fused(p, f"mean >= {p}", MeanScoreJudge(p)) for p in PROBS]
+    for hold in HOLDS:
+        for veto in VETOES:
+            for p in PROBS:
+                held = p if hold is None else min(p, hold)
+                policy = turn_policy(settings, over_prob=p, hold_prob=held, end_veto_prob=veto)
+                rule = Fused(p, f"over >= {p}, veto < {veto}", policy)
+                rule.family = f"turn mode, hold {'= over' if hold is None else f'< {hold}'}"
+                swept.append(rule)
     return swept
 
 
-def shipped(settings: Settings) -> list[Rule]:
-    """The rules the worker runs today: the fixed default, and the opt-in adaptive mode
-    with its default settings (its policy object, as the worker builds it)."""
-    config = session_config(settings.model_copy(update={"endpoint_mode": "adaptive"}))
+def turn_policy(settings: Settings, **rule: float) -> TurnEndpoint:
+    """Turn mode's policy as the worker builds it from `settings`, its rule's thresholds
+    replaced by `rule`'s."""
+    config = session_config(settings.model_copy(update={"endpoint_mode": "turn"}))
+    config = dataclasses.replace(config, turn_rule=dataclasses.replace(config.turn_rule, **rule))
     policy = config.endpoint_policy()
+    assert isinstance(policy, TurnEndpoint)
+    return policy
+
+
+def shipped(settings: Settings) -> list[Rule]:
+    """The old default (fixed 500 ms), the opt-in adaptive mode and turn mode (the new
+    default), each with its default settings, as the worker builds them."""
+    adaptive = session_config(settings.model_copy(update={"endpoint_mode": "adaptive"}))
+    policy = adaptive.endpoint_policy()
     assert isinstance(policy, AdaptiveEndpoint)
+    assert adaptive.endpoint_min_ms == ADAPTIVE_FRAMES * FRAME_MS, "decoded at ADAPTIVE_FRAMES"
+    rule = turn_policy(settings).rule
     return [
-        FixedSilence(SHIPPED_FIXED_MS, f"{SHIPPED_FIXED_MS} ms (default today)"),
+        FixedSilence(SHIPPED_FIXED_MS, f"{SHIPPED_FIXED_MS} ms (default before turn mode)"),
         ShippedAdaptive(
-            config.endpoint_min_ms, config.endpoint_max_ms, config.endpoint_silence_ms, policy
+            adaptive.endpoint_min_ms, adaptive.endpoint_max_ms, adaptive.endpoint_silence_ms, policy
         ),
+        Fused(rule.over_prob, "turn mode, defaults", turn_policy(settings)),
     ]
 
 
@@ -238,7 +268,7 @@ def run(quick: bool, out: Path) -> dict:
     finally:
         measurer.save()
         measurer.close()
-    points = [score(rule, measured, lengths) for rule in rules()]
+    points = [score(rule, measured, lengths) for rule in rules(settings)]
     today = [score(rule, measured, lengths) for rule in shipped(settings)]
     data = {
         "meta": _meta(settings, quick, time.perf_counter() - started),
@@ -261,7 +291,7 @@ def _counts(measured: Sequence[PauseFeatures]) -> dict:
 
 
 def _describe(p: PauseFeatures) -> dict:
-    check = p.check
+    check = p.checks.get(CHECK_FRAMES)
     return {
         "clip": p.clip,
         "kind": p.kind,

@@ -7,11 +7,11 @@ from collections import defaultdict
 from pathlib import Path
 
 from bench.endpointing_rules import (
+    ADAPTIVE_FRAMES,
     CHECK_FRAMES,
     FALLBACK_MS,
     FRAME_MS,
     TURN_POINTS,
-    UNDECIDED_MS,
     meets_target,
     operating_point,
 )
@@ -43,7 +43,20 @@ def write_report(data: dict, out: Path) -> None:
     data["summary"] = summarise(data)
     out.with_suffix(".json").write_text(json.dumps(data, indent=1) + "\n")
     plot(data, out.with_suffix(".png"))
-    out.with_suffix(".md").write_text(markdown(data, out.with_suffix(".png").name))
+    page = out.with_suffix(".md")
+    kept = _analysis(page.read_text()) if page.exists() else ANALYSIS
+    page.write_text(markdown(data, out.with_suffix(".png").name).replace(ANALYSIS, kept))
+
+
+ANALYSIS = "<!-- analysis -->\n<!-- /analysis -->"
+
+
+def _analysis(page: str) -> str:
+    """The hand-written analysis of an earlier run's page, kept across reruns."""
+    start, end = page.find("<!-- analysis -->"), page.find("<!-- /analysis -->")
+    if start < 0 or end < start:
+        return ANALYSIS
+    return page[start : end + len("<!-- /analysis -->")]
 
 
 def _fmt(value: float | None) -> str:
@@ -89,7 +102,7 @@ def markdown(data: dict, png: str) -> str:
     lines = [
         "# End of turn: cut-offs against latency",
         "",
-        "<!-- analysis -->",
+        ANALYSIS,
         "",
         f"Command: `{meta['command']}`; {meta['date']}, commit {meta['commit']}, "
         f"{meta['nproc']} CPUs ({meta['cpu']}); {meta['engine']} {meta['model']}; "
@@ -123,18 +136,21 @@ def markdown(data: dict, png: str) -> str:
         "",
         f"- Silence runs from the worker's VAD over each clip, in {FRAME_MS} ms frames, from "
         "its first silent frame (which may fall before or after the word's energy end).",
-        f"- Turn check: the engine decodes the audio up to {CHECK_FRAMES * FRAME_MS} ms into "
+        f"- Turn check: the engine decodes the audio up to {CHECK_FRAMES * FRAME_MS} ms "
+        f"(turn mode's check) and {ADAPTIVE_FRAMES * FRAME_MS} ms (the adaptive mode's) into "
         "the silence run with the turn check's options; its measured time counts. Its text "
         "is the final when a rule ends the turn on it; otherwise the final is decoded after "
-        "the decision (its time taken as the check's, same audio but the tail).",
+        "the decision (its time taken as the check's).",
         f"- Smart Turn: probability at {', '.join(str(p * FRAME_MS) for p in TURN_POINTS)} ms "
-        "of silence, with its measured time per call.",
-        f"- Model rules that never say *over* end the turn at {FALLBACK_MS} ms of silence; "
-        f"the fused rule leaves an undecided check to {UNDECIDED_MS} ms. A decision that "
-        "lands after speech resumed is not a cut.",
-        "- The fused rule is the bench's stand-in (`MeanScoreJudge`: mid-phrase text holds; "
-        "the mean of the two probabilities ends the turn at the threshold) until "
-        "`TurnRule.judge` from the `turn` branch is plugged into `bench.endpointing.rules`.",
+        "of silence, with its measured time per call; in turn mode it runs beside the decode "
+        "and the verdict waits for the slower of the two.",
+        f"- Alone, the decoder's end probability (checked at {CHECK_FRAMES * FRAME_MS} ms) and "
+        f"Smart Turn (at each point) end the turn at {FALLBACK_MS} ms of silence when they "
+        "never say *over*. Turn mode is replayed with the worker's own `TurnEndpoint` and "
+        "`TurnRule` (built by `runtime.sessions.session_config`), its Smart Turn threshold "
+        "(`over_prob`) and decoder veto swept, its other settings the defaults; the adaptive "
+        "mode with its own `AdaptiveEndpoint`. A decision that lands after speech resumed is "
+        "not a cut.",
         "",
     ]
     return "\n".join(lines)

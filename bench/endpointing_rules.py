@@ -2,27 +2,28 @@
 
 Pure: no models, no audio. A pause is what `bench.endpointing` measured along it: the VAD's
 silence run (20 ms frames, counted from its first silent frame, as the worker counts it), the
-turn check's decode at `CHECK_FRAMES` of silence (text, end probability, its time) and Smart
-Turn's probability at each of `TURN_POINTS`. A rule ends the turn at some time after the run
-starts, or not at all while the run lasts; a pause that ends because speech resumed is cut
-if the rule ended the turn before the first voiced frame after it was heard.
+turn check's decode at each of `CHECK_POINTS` frames of silence (text, end probability, its
+time) and Smart Turn's probability at each of `TURN_POINTS`. A rule ends the turn at some
+time after the run starts, or not at all while the run lasts; a pause that ends because
+speech resumed is cut if the rule ended the turn before the first voiced frame after it was
+heard.
 """
 
 from __future__ import annotations
 
 import statistics
-from collections.abc import Callable, Sequence
+from collections.abc import Sequence
 from dataclasses import dataclass, field
 
-from stt_worker.core.endpoint import AdaptiveEndpoint
+from stt_worker.core.endpoint import AdaptiveEndpoint, TurnEndpoint
 from stt_worker.core.phases import Event
-from stt_worker.core.turns import ends_mid_phrase
 
 FRAME_MS = 20
-CHECK_FRAMES = 10  # the turn check's decode: audio up to 200 ms into the silence
-TURN_POINTS = (10, 15, 20, 25, 30, 40, 50)  # Smart Turn runs at these silence lengths
-FALLBACK_MS = 1000  # a model rule that never says "over" still ends the turn here
-UNDECIDED_MS = 500  # the fused rule's fixed endpoint when it cannot tell (the default)
+CHECK_FRAMES = 4  # turn mode's check (STT_TURN_CHECK_MS, 80 ms): decoded here
+ADAPTIVE_FRAMES = 15  # the adaptive mode's check (STT_ENDPOINT_MIN_SILENCE_MS): and here
+CHECK_POINTS = (CHECK_FRAMES, ADAPTIVE_FRAMES)
+TURN_POINTS = (4, 10, 15, 20, 25, 30, 40, 50)  # Smart Turn runs at these silence lengths
+FALLBACK_MS = 1000  # a lone model that never says "over" still ends the turn here
 
 
 @dataclass(frozen=True)
@@ -42,8 +43,8 @@ class PauseFeatures:
     run_start_ms: float  # the VAD's first silent frame, from the end of the word before
     run_frames: int  # silent frames before speech resumed (the tail's length at an end)
     resumed: bool
-    final_ms: float  # a final decode's time: the check's, on the same audio
-    check: Check | None  # None when the run is shorter than CHECK_FRAMES
+    final_ms: float  # a final decode's time: the first check's, on the same audio
+    checks: dict[int, Check] = field(default_factory=dict)  # frames -> the check there
     turn: dict[int, float] = field(default_factory=dict)  # frames -> Smart Turn probability
     turn_ms: float = 0.0  # one Smart Turn call's time
 
@@ -92,7 +93,7 @@ class EndProbability(Rule):
     family = "decoder end probability"
 
     def decide(self, pause: PauseFeatures) -> Verdict | None:
-        check = pause.check
+        check = pause.checks.get(CHECK_FRAMES)
         if check is not None and check.end_prob is not None and check.end_prob >= self.threshold:
             at = CHECK_FRAMES * FRAME_MS + check.decode_ms
             if pause.in_time(at):
@@ -116,54 +117,34 @@ class SmartTurnAlone(Rule):
         return fixed_end(pause, FALLBACK_MS)
 
 
-Judge = Callable[[str, float | None, float | None], Event]
-
-
 class Fused(Rule):
-    """A `judge(text, end_prob, turn_prob) -> Event` (the shape of `TurnRule.judge`) at the
-    turn check, and again at each later Smart Turn point while it holds: TURN_OVER ends the
-    turn with the check's text; TURN_UNDECIDED leaves it to `UNDECIDED_MS` of silence;
-    TURN_HOLDS to `FALLBACK_MS`."""
+    """Turn mode as the worker runs it (`TurnEndpoint`, its `TurnRule`): a check at
+    `check_frames` (the decode and Smart Turn side by side), again at `recheck_frames` while
+    the turn holds; TURN_OVER ends the turn with the check's text, TURN_HOLDS waits up to
+    `max_frames`, TURN_UNDECIDED leaves it to the fixed `silence_frames`."""
 
-    family = "fused"
+    family = "fused (turn mode)"
 
-    def __init__(self, threshold: float, label: str, judge: Judge) -> None:
+    def __init__(self, threshold: float, label: str, policy: TurnEndpoint) -> None:
         super().__init__(threshold, label)
-        self.judge = judge
+        self.policy = policy
 
     def decide(self, pause: PauseFeatures) -> Verdict | None:
-        check = pause.check
-        if check is None:
-            return fixed_end(pause, UNDECIDED_MS)
-        decoded = CHECK_FRAMES * FRAME_MS + check.decode_ms
-        for frames, prob in sorted(pause.turn.items()):
-            at = max(decoded, frames * FRAME_MS + pause.turn_ms)
-            if frames < CHECK_FRAMES or frames * FRAME_MS >= FALLBACK_MS:
-                continue
-            if not pause.in_time(at):
+        policy = self.policy
+        check = pause.checks.get(CHECK_FRAMES)
+        assert policy.check_frames == CHECK_FRAMES, "the check is decoded at CHECK_FRAMES"
+        for frames in (policy.check_frames, policy.recheck_frames):
+            if frames is None or check is None or frames not in pause.turn:
                 break
-            event = self.judge(check.text, check.end_prob, prob)
+            at = frames * FRAME_MS + max(check.decode_ms, pause.turn_ms)
+            if not pause.in_time(at):
+                return None
+            event = policy.judge(check.text, check.end_prob, pause.turn[frames])
             if event is Event.TURN_OVER:
                 return Verdict(at, at)
             if event is Event.TURN_UNDECIDED:
-                return fixed_end(pause, UNDECIDED_MS)
-        return fixed_end(pause, FALLBACK_MS)
-
-
-class MeanScoreJudge:
-    """A stand-in fused judge until `TurnRule` lands: mid-phrase text holds; otherwise the
-    mean of the decoder's end probability and Smart Turn's ends the turn at `finished`,
-    holds below it."""
-
-    def __init__(self, finished: float) -> None:
-        self.finished = finished
-
-    def __call__(self, text: str, end_prob: float | None, turn_prob: float | None) -> Event:
-        if not text.strip() or end_prob is None or turn_prob is None:
-            return Event.TURN_UNDECIDED
-        if ends_mid_phrase(text):
-            return Event.TURN_HOLDS
-        return Event.TURN_OVER if (end_prob + turn_prob) / 2 >= self.finished else Event.TURN_HOLDS
+                return fixed_end(pause, max(at, policy.silence_frames * FRAME_MS))
+        return fixed_end(pause, policy.max_frames * FRAME_MS)
 
 
 class ShippedAdaptive(Rule):
@@ -177,7 +158,7 @@ class ShippedAdaptive(Rule):
         self.min_ms, self.max_ms, self.silence_ms, self.policy = min_ms, max_ms, silence_ms, policy
 
     def decide(self, pause: PauseFeatures) -> Verdict | None:
-        check = pause.check
+        check = pause.checks.get(ADAPTIVE_FRAMES)
         if check is None or (pause.resumed and pause.run_frames * FRAME_MS < self.min_ms):
             return fixed_end(pause, self.silence_ms)
         at = self.min_ms + check.decode_ms

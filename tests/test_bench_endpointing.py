@@ -17,7 +17,13 @@ import pytest
 
 ROOT = Path(__file__).resolve().parents[1]
 PNG_MAGIC = b"\x89PNG\r\n\x1a\n"
-FAMILIES = {"fixed silence", "decoder end probability", "Smart Turn", "fused"}
+FAMILIES = {
+    "fixed silence",
+    "decoder end probability",
+    "Smart Turn",
+    "turn mode, hold < 0.3",
+    "turn mode, hold = over",
+}
 
 
 @pytest.fixture(scope="module")
@@ -50,7 +56,7 @@ def test_quick_run_writes_the_curve_and_its_tables(quick_run: tuple[dict, Path])
     for pause in data["pauses"]:
         if pause["kind"] == "end":
             assert pause["text"] and 0.0 <= pause["end_prob"] <= 1.0
-            assert set(pause["turn"]) >= {"10", "25"}
+            assert set(pause["turn"]) >= {"4", "10", "25"}
     markdown = prefix.with_suffix(".md").read_text()
     assert "## Operating points" in markdown and "](endpointing.png)" in markdown
     assert prefix.with_suffix(".png").read_bytes().startswith(PNG_MAGIC)
@@ -65,6 +71,10 @@ def test_the_fixed_rule_ends_long_pauses_and_spares_short_ones(
     at_500 = fixed[500]
     assert at_500["cut_rate_by_pause_ms"] == {"250": 0.0, "700": 1.0}
     assert at_500 == {**data["shipped"][0], "label": at_500["label"]}
+    assert [p["label"] for p in data["shipped"][1:]] == [
+        "adaptive, defaults",
+        "turn mode, defaults",
+    ]
     ordered = [fixed[ms] for ms in sorted(fixed)]
     for shorter, longer in itertools.pairwise(ordered):
         assert longer["cut_rate"] <= shorter["cut_rate"]
