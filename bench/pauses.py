@@ -24,6 +24,7 @@ from __future__ import annotations
 import hashlib
 import itertools
 import json
+import re
 import wave
 from dataclasses import dataclass
 from pathlib import Path
@@ -106,7 +107,8 @@ class PauseClip:
     def name(self) -> str:
         if self.gap is None:
             return f"{self.sentence.name}.whole"
-        return f"{self.sentence.name}.{self.gap.word}@{self.gap.start_s:.2f}.p{self.pause_ms}"
+        word = re.sub(r"\W", "", self.gap.word)
+        return f"{self.sentence.name}.{word}-{self.gap.start_s:.2f}s.p{self.pause_ms}"
 
     @property
     def pause_start_s(self) -> float:
