@@ -1,73 +1,327 @@
-"""Sentences with a pause in the middle: how often an endpoint rule cuts a turn short.
+"""The pause set: whole sentences with one mid-sentence pause inserted at a real word gap.
 
-Takes real sentences from ../shared/speech, finds the quietest gap between words in the
-middle of each (35-65% of the way through), and inserts silence there: 400 ms (shorter than
-the fixed endpoint) and 700 ms (longer). Writes the clips and a manifest for `eval`:
+Sentences come from ../shared/speech: LibriSpeech speaker 1089 (male), LJ Speech (female;
+`long_lj_LJ001-0001_to_0005.wav` split into its five utterances at its 0.35 s silences) and
+the noisy LJ clip. A word gap is a boundary between two of Whisper's word timestamps
+(tiny.en, offline, cached) where the audio really falls quiet: a run of 10 ms frames below
+`speech_marks`' speech level within `SEARCH_S` of the boundary, holding the quietest frame
+there, at most `MAX_GAP_MS` long. The pause fills the gap up to 250, 400, 700 or 1000 ms of
+silence from the end of the word before to the start of the next, with room tone from the
+same recording (its quietest stretch, looped with short crossfades, never digital zero).
+Every sentence also appears with no inserted pause: its own pauses must never end the turn.
+After its last word each clip carries `TAIL_S` of room tone, so a rule can end the turn.
 
     .venv/bin/python -m bench.pauses                  # -> .cache/pauses/manifest.jsonl
     STT_ENDPOINT_MODE=adaptive .venv/bin/stt-streaming eval .cache/pauses/manifest.jsonl \\
         --speed 1 --out bench/results/pauses-adaptive
 
 A clip whose sentence comes back as more than one final was cut at its pause.
+`bench.endpointing` scores endpoint rules on the same set without a worker.
 """
 
 from __future__ import annotations
 
+import hashlib
+import itertools
 import json
+import re
 import wave
+from dataclasses import dataclass
 from pathlib import Path
 
 import numpy as np
 
-from stt_worker.core.vad import FRAME_SAMPLES
+from bench.speech_marks import FRAME_S, frame_db, loud_frames, speech_span
 from stt_worker.runtime.publisher import read_wav
 
 ROOT = Path(__file__).resolve().parents[1]
 SPEECH = ROOT.parent / "shared" / "speech"
 OUT = ROOT / ".cache" / "pauses"
 RATE = 16_000
-SENTENCES = (
-    "lj_LJ001-0006.wav",
-    "ls_1089-134691-0001.wav",
-    "ls_1089-134686-0000.wav",
-    "ls_1089-134686-0002.wav",
-    "noisy10db_lj_LJ001-0004.wav",
+PAUSES_MS = (250, 400, 700, 1000)
+WHOLE = (
+    ("ls_1089-134686-0000.wav", "male"),
+    ("ls_1089-134686-0001.wav", "male"),
+    ("ls_1089-134686-0002.wav", "male"),
+    ("ls_1089-134691-0000.wav", "male"),
+    ("ls_1089-134691-0001.wav", "male"),
+    ("lj_LJ001-0006.wav", "female"),
+    ("lj_LJ001-0008.wav", "female"),
+    ("noisy10db_lj_LJ001-0004.wav", "female, pink noise 10 dB"),
 )
-PAUSES_MS = (400, 700)
+LONG = "long_lj_LJ001-0001_to_0005.wav"
+# How the long clip's text starts each of its five utterances (LJ001-0001..0005).
+LONG_STARTS = ("Printing", "in being", "For although", "produced the", "the invention")
+SPLIT_MIN_S = 0.3  # the long clip's joins: runs of digital zero at least this long
+SEARCH_S = 0.15  # Whisper's word times are coarse: look this far around a boundary
+MIN_GAP_MS = 30  # a quiet run shorter than this is not a gap between words
+MAX_GAP_MS = 240  # longer: already a pause of its own, no room to insert 250 ms
+MAX_GAPS = 3  # gaps used per sentence, the longest first
+TONE_S = 0.1  # the room tone's source: the quietest stretch this long
+TONE_SPREAD_DB = 6.0  # a clip's own tone this much louder than its recording's: borrow
+FADE_S = 0.01  # crossfade where room tone is joined
+LEAD_S = 0.3  # room tone before the first word, at least (some clips start on it)
+TAIL_S = 2.0  # room tone after the last word
+WORDS_MODEL = "tiny.en"
 
 
-def quietest_gap(samples: np.ndarray) -> int:
-    """Sample index of the quietest 20 ms frame in the middle of the speech."""
-    usable = samples[: samples.size // FRAME_SAMPLES * FRAME_SAMPLES].astype(np.float64)
-    energy = (usable.reshape(-1, FRAME_SAMPLES) ** 2).mean(axis=1)
-    loud = np.flatnonzero(energy >= 0.05 * energy.max())
-    first, last = int(loud[0]), int(loud[-1])
-    low, high = first + int(0.35 * (last - first)), first + int(0.65 * (last - first))
-    return (low + int(np.argmin(energy[low:high]))) * FRAME_SAMPLES
+@dataclass(frozen=True)
+class Sentence:
+    name: str
+    speaker: str
+    text: str
+    samples: np.ndarray  # int16, ending TAIL_S after the last word
+    tone: np.ndarray  # the recording's quietest stretch
+
+    @property
+    def complete(self) -> bool:
+        """Whether the text ends a sentence: LJ utterances may stop mid-sentence (their
+        text is punctuated); LibriSpeech's (upper case, unpunctuated) are sentences."""
+        return self.text.isupper() or self.text.rstrip().endswith((".", "?", "!"))
+
+    @property
+    def speech_end_s(self) -> float:
+        return speech_span(self.samples, RATE).end_s
 
 
-def build(out: Path = OUT) -> Path:
-    out.mkdir(parents=True, exist_ok=True)
+@dataclass(frozen=True)
+class Gap:
+    at: int  # sample where room tone is inserted: the gap's quietest frame
+    start_s: float  # end of the word before (energy)
+    end_s: float  # start of the word after (energy)
+    word: str  # the word before the gap
+
+    @property
+    def ms(self) -> int:
+        return round((self.end_s - self.start_s) * 1000)
+
+
+@dataclass(frozen=True)
+class PauseClip:
+    sentence: Sentence
+    gap: Gap | None  # None: the sentence as spoken, no pause inserted
+    pause_ms: int  # silence from the word before to the word after; 0 with no gap
+    samples: np.ndarray
+
+    @property
+    def name(self) -> str:
+        if self.gap is None:
+            return f"{self.sentence.name}.whole"
+        word = re.sub(r"\W", "", self.gap.word)
+        return f"{self.sentence.name}.{word}-{self.gap.start_s:.2f}s.p{self.pause_ms}"
+
+    @property
+    def pause_start_s(self) -> float:
+        return self.gap.start_s if self.gap else self.speech_end_s
+
+    @property
+    def resume_s(self) -> float | None:
+        """Where speech starts again after the inserted pause."""
+        return self.gap.start_s + self.pause_ms / 1000 if self.gap else None
+
+    @property
+    def speech_end_s(self) -> float:
+        """End of the last word: the sentence's, shifted by the room tone inserted."""
+        shift = (self.pause_ms - self.gap.ms) / 1000 if self.gap else 0.0
+        return self.sentence.speech_end_s + shift
+
+
+def room_tone(samples: np.ndarray) -> np.ndarray:
+    """The recording's `TONE_S` stretch whose loudest 10 ms frame is quietest, with no
+    digital zero."""
+    db = frame_db(samples, RATE)
+    span = round(TONE_S / FRAME_S)
+    windows = np.lib.stride_tricks.sliding_window_view(db, span)
+    loudest = np.where(windows.min(axis=1) > -80, windows.max(axis=1), np.inf)
+    best = int(np.argmin(loudest))
+    size = round(FRAME_S * RATE)
+    return samples[best * size : (best + span) * size].copy()
+
+
+def loudest_db(tone: np.ndarray) -> float:
+    return float(frame_db(tone, RATE).max())
+
+
+def splice(head: np.ndarray, tail: np.ndarray) -> np.ndarray:
+    """`head` then `tail`, overlapped by a `FADE_S` linear crossfade."""
+    n = min(round(FADE_S * RATE), head.size, tail.size)
+    ramp = np.linspace(0.0, 1.0, n, endpoint=False)
+    mixed = head[head.size - n :] * (1 - ramp) + tail[:n] * ramp
+    joined = [head[: head.size - n], mixed, tail[n:]]
+    return np.concatenate(joined).astype(np.float64)
+
+
+def fill(tone: np.ndarray, samples: int) -> np.ndarray:
+    """Room tone `samples` long: `tone` looped with crossfades."""
+    out = tone.astype(np.float64)
+    while out.size < samples:
+        out = splice(out, tone.astype(np.float64))
+    return out[:samples]
+
+
+def insert(samples: np.ndarray, at: int, tone: np.ndarray, length: int) -> np.ndarray:
+    """`length` samples of room tone inserted at `at`, crossfaded at both joins."""
+    fade = round(FADE_S * RATE)
+    filler = fill(tone, length + 2 * fade)
+    joined = splice(splice(samples[:at].astype(np.float64), filler), samples[at:])
+    return np.clip(np.rint(joined), -32768, 32767).astype(np.int16)
+
+
+def with_tail(samples: np.ndarray, tone: np.ndarray) -> np.ndarray:
+    """The recording cut at its last word, then `TAIL_S` of room tone."""
+    end = round(speech_span(samples, RATE).end_s * RATE)
+    return insert(samples[:end], end, tone, round(TAIL_S * RATE))
+
+
+def sentences(names: tuple[str, ...] | None = None) -> list[Sentence]:
+    """The sentences, each with room tone: its own quietest stretch, or the quietest of
+    its recording's other clips where its own is `TONE_SPREAD_DB` louder than that."""
     texts = {
         entry["file"]: entry["text"]
         for entry in map(json.loads, (SPEECH / "manifest.jsonl").read_text().splitlines())
     }
+    spoken = [
+        (file.removesuffix(".wav"), speaker, texts[file], read_wav(SPEECH / file)[0].reshape(-1))
+        for file, speaker in WHOLE
+    ]
+    spoken += long_parts(texts[LONG])
+    tones = [room_tone(samples) for *_, samples in spoken]
+    quietest: dict[str, np.ndarray] = {}
+    for (name, *_), tone in zip(spoken, tones, strict=True):
+        known = quietest.get(recording(name))
+        if known is None or loudest_db(tone) < loudest_db(known):
+            quietest[recording(name)] = tone
+    found = []
+    for (name, speaker, text, samples), tone in zip(spoken, tones, strict=True):
+        floor = quietest[recording(name)]
+        if loudest_db(tone) > loudest_db(floor) + TONE_SPREAD_DB:
+            tone = floor  # only the fading end of a word: the clip was trimmed to its words
+        lead = max(0.0, LEAD_S - speech_span(samples, RATE).start_s)
+        samples = insert(samples, 0, tone, round(lead * RATE))
+        found.append(Sentence(name, speaker, text, with_tail(samples, tone), tone))
+    return [s for s in found if names is None or s.name in names]
+
+
+def long_parts(text: str) -> list[tuple[str, str, str, np.ndarray]]:
+    """The long LJ clip's five utterances, split at its joins of digital zero (dropped)."""
+    samples = read_wav(SPEECH / LONG)[0].reshape(-1)
+    zero = np.concatenate([[False], samples == 0, [False]])
+    edges = np.flatnonzero(np.diff(zero.astype(np.int8)))
+    joins = [
+        (a, b) for a, b in zip(edges[::2], edges[1::2], strict=True) if b - a >= SPLIT_MIN_S * RATE
+    ]
+    cuts = [0, *((a + b) // 2 for a, b in joins), samples.size]
+    starts = [text.index(start) for start in LONG_STARTS] + [len(text)]
+    assert len(cuts) == len(starts), f"{LONG}: {len(cuts) - 1} parts"
+    parts = []
+    for i, (a, b) in enumerate(itertools.pairwise(cuts)):
+        nonzero = np.flatnonzero(samples[a:b])
+        part = samples[a + nonzero[0] : a + nonzero[-1] + 1]
+        words = text[starts[i] : starts[i + 1]].strip()
+        parts.append((f"lj_LJ001-000{i + 1}", "female", words, part))
+    return parts
+
+
+def recording(name: str) -> str:
+    """The recording a clip was cut from: LibriSpeech chapter, LJ Speech, or the noisy LJ."""
+    return name.rsplit("-", 1)[0]
+
+
+def word_times(
+    sentence: Sentence, cache: Path = OUT / "words.json"
+) -> list[tuple[float, float, str]]:
+    """Whisper's (start, end, word) for the sentence: `WORDS_MODEL`, offline, cached."""
+    key = f"{WORDS_MODEL}:{hashlib.sha1(sentence.samples.tobytes()).hexdigest()}"
+    known = json.loads(cache.read_text()) if cache.exists() else {}
+    if key not in known:
+        known[key] = [list(w) for w in _transcribe_words(sentence.samples)]
+        cache.parent.mkdir(parents=True, exist_ok=True)
+        cache.write_text(json.dumps(known))
+    return [(float(a), float(b), str(w)) for a, b, w in known[key]]
+
+
+def _transcribe_words(samples: np.ndarray) -> list[tuple[float, float, str]]:
+    from faster_whisper import WhisperModel
+
+    from stt_worker.engines.models import resolve_model_path
+
+    model = WhisperModel(str(resolve_model_path(WORDS_MODEL)), device="cpu", compute_type="int8")
+    segments, _ = model.transcribe(
+        samples.astype(np.float32) / 32768, language="en", beam_size=1, word_timestamps=True
+    )
+    return [(w.start, w.end, w.word.strip()) for s in segments for w in s.words or ()]
+
+
+def word_gaps(sentence: Sentence) -> list[Gap]:
+    """Boundaries between words where the audio falls quiet: the longest `MAX_GAPS`."""
+    loud = loud_frames(sentence.samples, RATE)
+    db = frame_db(sentence.samples, RATE)
+    words = word_times(sentence)
+    gaps: dict[int, Gap] = {}
+    for (_, end, word), (start, _, _) in itertools.pairwise(words):
+        low = max(0, round((end - SEARCH_S) / FRAME_S))
+        high = min(db.size, round((start + SEARCH_S) / FRAME_S))
+        gap = _quiet_run(loud, db, low, high)
+        if gap is not None:
+            a, b, quietest = gap
+            size = round(FRAME_S * RATE)
+            gaps.setdefault(a, Gap(quietest * size + size // 2, a * FRAME_S, b * FRAME_S, word))
+    fitting = [g for g in gaps.values() if MIN_GAP_MS <= g.ms <= MAX_GAP_MS]
+    return sorted(sorted(fitting, key=lambda g: -g.ms)[:MAX_GAPS], key=lambda g: g.start_s)
+
+
+def _quiet_run(
+    loud: np.ndarray, db: np.ndarray, low: int, high: int
+) -> tuple[int, int, int] | None:
+    """The run of quiet frames holding the quietest frame in [low, high): (start, end,
+    quietest), or None when that frame is not quiet or its run touches the window's edge
+    (speech before or after it was not found: not a gap between two words)."""
+    if high <= low:
+        return None
+    quietest = low + int(np.argmin(db[low:high]))
+    if loud[quietest]:
+        return None
+    a = quietest
+    while a > 0 and not loud[a - 1]:
+        a -= 1
+    b = quietest + 1
+    while b < loud.size and not loud[b]:
+        b += 1
+    if a == 0 or b == loud.size:
+        return None
+    return a, b, quietest
+
+
+def clips(sentence: Sentence, pauses_ms: tuple[int, ...] = PAUSES_MS) -> list[PauseClip]:
+    """The sentence as spoken, then each of its gaps filled to each pause length."""
+    made = [PauseClip(sentence, None, 0, sentence.samples)]
+    for gap in word_gaps(sentence):
+        for pause_ms in pauses_ms:
+            extra = round((pause_ms - gap.ms) * RATE / 1000)
+            samples = insert(sentence.samples, gap.at, sentence.tone, extra)
+            made.append(PauseClip(sentence, gap, pause_ms, samples))
+    return made
+
+
+def pause_set(
+    names: tuple[str, ...] | None = None, pauses_ms: tuple[int, ...] = PAUSES_MS
+) -> list[PauseClip]:
+    return [clip for sentence in sentences(names) for clip in clips(sentence, pauses_ms)]
+
+
+def build(out: Path = OUT) -> Path:
+    """Every clip as a WAV, and a manifest for `stt-streaming eval`."""
+    out.mkdir(parents=True, exist_ok=True)
     lines = []
-    for name in SENTENCES:
-        samples, rate = read_wav(SPEECH / name)
-        assert rate == RATE, f"{name}: {rate} Hz"
-        samples = samples.reshape(-1)
-        at = quietest_gap(samples)
-        for pause_ms in PAUSES_MS:
-            silence = np.zeros(pause_ms * RATE // 1000, np.int16)
-            clip = np.concatenate([samples[:at], silence, samples[at:]])
-            path = out / f"pause{pause_ms}_{name}"
-            with wave.open(str(path), "wb") as wav:
-                wav.setnchannels(1)
-                wav.setsampwidth(2)
-                wav.setframerate(RATE)
-                wav.writeframes(clip.astype("<i2").tobytes())
-            lines.append(json.dumps({"file": path.name, "text": texts[name], "pause_s": at / RATE}))
+    for clip in pause_set():
+        path = out / f"{clip.name}.wav"
+        with wave.open(str(path), "wb") as wav:
+            wav.setnchannels(1)
+            wav.setsampwidth(2)
+            wav.setframerate(RATE)
+            wav.writeframes(clip.samples.astype("<i2").tobytes())
+        entry = {"file": path.name, "text": clip.sentence.text, "pause_ms": clip.pause_ms}
+        lines.append(json.dumps(entry | {"pause_s": clip.pause_start_s}))
     manifest = out / "manifest.jsonl"
     manifest.write_text("\n".join(lines) + "\n")
     return manifest

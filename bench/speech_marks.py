@@ -39,13 +39,18 @@ def frame_db(samples: np.ndarray, rate: int) -> np.ndarray:
 
 def speech_span(samples: np.ndarray, rate: int) -> SpeechSpan:
     """The span from the first to the last frame loud enough to be speech."""
+    loud = np.flatnonzero(loud_frames(samples, rate))
+    return SpeechSpan(float(loud[0]) * FRAME_S, float(loud[-1] + 1) * FRAME_S)
+
+
+def loud_frames(samples: np.ndarray, rate: int) -> np.ndarray:
+    """Which whole 10 ms frames are loud enough to be speech (bool per frame)."""
     db = frame_db(samples, rate)
     if db.size == 0:
         raise ValueError("no whole 10 ms frame of audio")
     floor = float(np.percentile(db, 10))
     threshold = max(float(db.max()) - DYNAMIC_RANGE_DB, floor + FLOOR_MARGIN_DB)
-    loud = np.flatnonzero(db >= threshold)
-    return SpeechSpan(float(loud[0]) * FRAME_S, float(loud[-1] + 1) * FRAME_S)
+    return db >= threshold
 
 
 def main(argv: list[str]) -> None:

@@ -524,11 +524,14 @@ class Settings(EnvSettings):
         "when the end probability falls between the two thresholds.",
         ge=60,
     )
-    endpoint_mode: Literal["fixed", "adaptive"] = setting(
-        "fixed",
+    endpoint_mode: Literal["fixed", "adaptive", "turn"] = setting(
+        "turn",
         "STT_ENDPOINT_MODE",
         group=Group.END_OF_TURN,
-        description="`fixed`: the turn ends after `STT_ENDPOINT_SILENCE_MS` of silence. "
+        description="`turn`: at `STT_TURN_CHECK_MS` of pause, transcribe and ask Smart Turn "
+        "v3.2 (the audio end-of-turn model) whether the turn is complete; end there with "
+        "that text, or wait up to `STT_TURN_MAX_MS` when it is not. "
+        "`fixed`: the turn ends after `STT_ENDPOINT_SILENCE_MS` of silence. "
         "`adaptive`: transcribe at `STT_ENDPOINT_MIN_SILENCE_MS` and end there after a "
         "finished sentence, wait up to `STT_ENDPOINT_MAX_SILENCE_MS` after an unfinished "
         "phrase.",
@@ -562,6 +565,58 @@ class Settings(EnvSettings):
         group=Group.END_OF_TURN,
         description="Adaptive mode: below this probability (or after a continuation word, a "
         "comma or an ellipsis) the turn waits the long pause.",
+        ge=0,
+        le=1,
+    )
+    turn_check_ms: int = setting(
+        80,
+        "STT_TURN_CHECK_MS",
+        group=Group.END_OF_TURN,
+        description="Turn mode: the pause that triggers a turn check (its text and Smart "
+        "Turn's verdict).",
+        ge=20,
+    )
+    turn_recheck_ms: int = setting(
+        0,
+        "STT_TURN_RECHECK_MS",
+        group=Group.END_OF_TURN,
+        description="Turn mode: when the first check held the turn open, the pause that "
+        "checks once more; 0 = no second check (Smart Turn hears most long pauses as the "
+        "end, so a second check cuts more sentences short).",
+        ge=0,
+    )
+    turn_max_ms: int = setting(
+        1200,
+        "STT_TURN_MAX_MS",
+        group=Group.END_OF_TURN,
+        description="Turn mode: the longest pause while the turn holds (or a check is still "
+        "decoding); after an undecided check `STT_ENDPOINT_SILENCE_MS` applies.",
+        ge=60,
+    )
+    turn_over_prob: float = setting(
+        0.5,
+        "STT_TURN_OVER_PROB",
+        group=Group.END_OF_TURN,
+        description="Turn mode: at or above this Smart Turn probability the turn ends at the "
+        "check (unless the words end mid-phrase or the decoder vetoes).",
+        ge=0,
+        le=1,
+    )
+    turn_hold_prob: float = setting(
+        0.3,
+        "STT_TURN_HOLD_PROB",
+        group=Group.END_OF_TURN,
+        description="Turn mode: below this Smart Turn probability the turn holds "
+        "(`STT_TURN_MAX_MS`); in between, `STT_ENDPOINT_SILENCE_MS` decides.",
+        ge=0,
+        le=1,
+    )
+    turn_end_veto_prob: float = setting(
+        0.5,
+        "STT_TURN_END_VETO_PROB",
+        group=Group.END_OF_TURN,
+        description="Turn mode: below this decoder end probability the turn holds whatever "
+        "Smart Turn says.",
         ge=0,
         le=1,
     )

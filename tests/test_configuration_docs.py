@@ -90,7 +90,7 @@ def test_defaults_types_and_bounds_are_rendered_as_an_operator_writes_them():
     assert by_name["STT_MAX_SESSION_S"].default == "`14400`"
     assert by_name["WHISPER_HTTP_BACKOFF_S"].default == "`0.2`"
     assert by_name["WHISPER_SERVER_MAX_UPLOAD_BYTES"].default == "`26214400`"
-    assert by_name["STT_ENDPOINT_MODE"].kind == "`fixed` or `adaptive`"
+    assert by_name["STT_ENDPOINT_MODE"].kind == "`fixed`, `adaptive` or `turn`"
     assert by_name["STT_LOG_FORMAT"].kind == "`auto`, `json` or `text`"
     assert by_name["NATS_TLS_CA_FILE"].kind == "path of an existing file"
     assert (by_name["NATS_TOKEN"].default, by_name["NATS_TOKEN"].kind) == (

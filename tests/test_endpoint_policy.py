@@ -4,7 +4,7 @@ from __future__ import annotations
 
 import pytest
 
-from stt_worker.core.endpoint import AdaptiveEndpoint, FixedEndpoint
+from stt_worker.core.endpoint import AdaptiveEndpoint, FixedEndpoint, TurnEndpoint, TurnRule
 from stt_worker.core.phases import Event, Phase
 from stt_worker.core.session_config import SessionConfig
 
@@ -72,7 +72,7 @@ def test_the_settings_choose_the_rule_and_its_lengths_in_frames():
     fixed = SessionConfig(endpoint_silence_ms=410).endpoint_policy()
     assert isinstance(fixed, FixedEndpoint) and fixed.silence_frames == 20
     adaptive = SessionConfig(
-        adaptive_endpoint=True,
+        endpoint_mode="adaptive",
         endpoint_silence_ms=500,
         endpoint_min_ms=300,
         endpoint_max_ms=1000,
@@ -84,3 +84,62 @@ def test_the_settings_choose_the_rule_and_its_lengths_in_frames():
     assert (adaptive.finished_prob, adaptive.unfinished_prob) == (0.8, 0.4)
     # A length under one frame still waits one frame.
     assert SessionConfig(endpoint_silence_ms=5).endpoint_policy().ends(1, Phase.SPEAKING)
+
+
+RULE = TurnRule(over_prob=0.5, hold_prob=0.3, end_veto_prob=0.5)
+TURN = TurnEndpoint(silence_frames=20, check_frames=4, recheck_frames=15, max_frames=40, rule=RULE)
+
+
+@pytest.mark.parametrize(
+    ("text", "end_prob", "turn_prob", "event"),
+    [
+        # Smart Turn decides once the words allow an end.
+        ("He could wait no longer.", 0.9, 0.95, Event.TURN_OVER),
+        ("He could wait no longer.", 0.9, 0.1, Event.TURN_HOLDS),
+        ("He could wait no longer.", 0.9, 0.4, Event.TURN_UNDECIDED),
+        # The words keep the turn open whatever the audio model hears.
+        ("For a full hour he had paced up and", 0.9, 0.99, Event.TURN_HOLDS),
+        ("Stuff it into you,", 0.9, 0.99, Event.TURN_HOLDS),
+        ("For a full hour he had paced.", 0.31, 0.93, Event.TURN_HOLDS),  # the decoder's veto
+        ("", None, 0.99, Event.TURN_UNDECIDED),  # no words to end the turn with
+        # Without Smart Turn (it failed): the adaptive mode's thresholds on the decoder's.
+        ("He could wait no longer.", 0.9, None, Event.TURN_OVER),
+        ("He could wait no longer.", 0.6, None, Event.TURN_UNDECIDED),
+        ("He could wait no longer.", 0.3, None, Event.TURN_HOLDS),
+    ],
+)
+def test_the_turn_rule_fuses_words_decoder_and_smart_turn(text, end_prob, turn_prob, event):
+    assert RULE.judge(text, end_prob, turn_prob) is event
+    assert TURN.judge(text, end_prob, turn_prob) is event
+
+
+def test_the_turn_rule_thresholds_move_its_verdicts():
+    eager = TurnRule(over_prob=0.3, hold_prob=0.1, end_veto_prob=0.2)
+    assert eager.judge("He could wait no longer.", 0.4, 0.35) is Event.TURN_OVER
+    assert RULE.judge("He could wait no longer.", 0.4, 0.35) is Event.TURN_HOLDS
+
+
+def test_the_turn_endpoint_checks_early_and_again_and_lets_a_check_decide():
+    events = [TURN.on_frame(run) for run in range(50)]
+    assert events[0] is Event.SPEECH_RESUMED
+    assert [run for run, e in enumerate(events) if e is Event.CHECK_DUE] == [4, 15]
+    once = TurnEndpoint(
+        silence_frames=20, check_frames=4, recheck_frames=None, max_frames=40, rule=RULE
+    )
+    assert [run for run in range(50) if once.on_frame(run) is Event.CHECK_DUE] == [4]
+    # A pending check or a holding turn waits up to the long pause; otherwise the fixed one.
+    for phase in (Phase.CHECKING, Phase.HOLDING):
+        assert not TURN.ends(39, phase) and TURN.ends(40, phase)
+    assert not TURN.ends(19, Phase.SPEAKING) and TURN.ends(20, Phase.SPEAKING)
+
+
+def test_turn_mode_settings_choose_the_turn_endpoint():
+    config = SessionConfig(
+        endpoint_mode="turn", endpoint_silence_ms=500, turn_check_ms=80, turn_max_ms=1200
+    )
+    policy = config.endpoint_policy()
+    assert isinstance(policy, TurnEndpoint)
+    assert (policy.check_frames, policy.recheck_frames, policy.max_frames) == (4, None, 60)
+    assert policy.silence_frames == 25 and policy.rule == TurnRule()
+    rechecked = SessionConfig(endpoint_mode="turn", turn_recheck_ms=400).endpoint_policy()
+    assert isinstance(rechecked, TurnEndpoint) and rechecked.recheck_frames == 20

@@ -262,7 +262,7 @@ def test_word_mode_late_words_in_the_final_still_interrupt_and_noise_publishes_n
 
 
 ADAPTIVE = dataclasses.replace(
-    CONFIG, adaptive_endpoint=True, endpoint_min_ms=200, endpoint_max_ms=600
+    CONFIG, endpoint_mode="adaptive", endpoint_min_ms=200, endpoint_max_ms=600
 )
 
 
@@ -480,3 +480,54 @@ def test_empty_audio_does_not_keep_an_utterance_open():
     (final,) = jobs(session.tick(now=2.9), final=True)
     assert final.end_reason == "timeout"
     assert not session.in_utterance
+
+
+TURN = dataclasses.replace(
+    CONFIG, endpoint_mode="turn", turn_check_ms=80, turn_recheck_ms=300, turn_max_ms=600
+)
+
+
+def checked(session: Session, check: Job, text: str, end_prob: float, turn_prob: float):
+    return session.result(
+        check,
+        text,
+        now=5.0,
+        language="en",
+        inference_s=0.1,
+        end_prob=end_prob,
+        turn_prob=turn_prob,
+    )
+
+
+def test_turn_mode_ends_a_finished_turn_at_the_first_short_pause_with_the_checks_text():
+    session = new_session(TURN)
+    actions = feed(session, "s" * 30 + "." * 4)  # 80 ms of pause: checked
+    (check,) = turn_checks(actions)
+    assert check.trailing_silence_s == pytest.approx(0.08) and not jobs(actions, final=True)
+    # The check decodes past the fixed 200 ms silence: the check, not the clock, decides.
+    assert jobs(feed(session, "." * 12), final=True) == []
+    (final,) = published(
+        checked(session, check, "He could wait no longer.", 0.9, 0.95), Transcription
+    )
+    assert final.is_final and final.transcript == "He could wait no longer."
+    assert not session.in_utterance and feed(session, "." * 40) == []
+
+
+def test_turn_mode_holds_a_turn_that_smart_turn_hears_unfinished_and_checks_it_again():
+    session = new_session(TURN)
+    (check,) = turn_checks(feed(session, "s" * 30 + "." * 4))
+    assert checked(session, check, "He hoped there would be stew.", 0.9, 0.05) == []
+    held = feed(session, "." * 11)  # 300 ms of pause: past the fixed 200 ms, checked again
+    (again,) = turn_checks(held)
+    assert not jobs(held, final=True) and again.trailing_silence_s == pytest.approx(0.3)
+    assert checked(session, again, "He hoped there would be stew.", 0.9, 0.1) == []
+    assert jobs(feed(session, "." * 14), final=True) == []
+    (final,) = jobs(feed(session, "."), final=True)  # 600 ms: the longest wait
+    assert final.end_reason == "silence"
+    # The same turn, heard as over at the second check, ends there with that check's text.
+    session = new_session(TURN)
+    (check,) = turn_checks(feed(session, "s" * 30 + "." * 4))
+    checked(session, check, "He hoped there would be stew.", 0.9, 0.05)
+    (again,) = turn_checks(feed(session, "." * 11))
+    out = checked(session, again, "He hoped there would be stew for dinner.", 0.9, 0.9)
+    assert published(out, Transcription)[0].transcript == "He hoped there would be stew for dinner."

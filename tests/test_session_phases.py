@@ -243,6 +243,17 @@ def a_phrase_ending_mid_way_holds_the_turn_longer():
     assert jobs(feed(session, "."), final=True)
 
 
+@walks((Phase.HOLDING, Event.CHECK_DUE))
+def turn_mode_checks_a_held_pause_again():
+    config = dataclasses.replace(
+        CHECKED, endpoint_mode="turn", turn_check_ms=80, turn_recheck_ms=300, turn_max_ms=600
+    )
+    session = new_session(config)
+    (check,) = turn_checks(feed(session, "s" * 30 + "." * 4))
+    session.result(check, "I went.", now=1.0, language=None, inference_s=0.1, turn_prob=0.05)
+    assert turn_checks(feed(session, "." * 11))
+
+
 @walks((Phase.HOLDING, Event.SPEECH_RESUMED))
 def speech_after_a_held_pause_is_judged_afresh():
     session = new_session(CHECKED)

@@ -1,6 +1,6 @@
 """Endpoint policies: when the silence after the user's speech ends their utterance.
 
-Two rules, one interface (`EndpointPolicy`), no I/O and no clock: lengths are in 20 ms VAD
+Three rules, one interface (`EndpointPolicy`), no I/O and no clock: lengths are in 20 ms VAD
 frames, and the caller counts the frames of the current pause (`silence_run`).
 
 - `FixedEndpoint`: a pause of `endpoint_silence_ms` ends the utterance.
@@ -10,6 +10,11 @@ frames, and the caller counts the frames of the current pause (`silence_run`).
   once with that text; if they end mid-phrase ("... and", "um") the pause may run to
   `endpoint_max_ms`; if the check cannot tell, or speech resumed meanwhile, the fixed rule
   decides.
+- `TurnEndpoint` (the default): a turn check after a very short pause (`turn_check_ms`)
+  decodes the words and asks Smart Turn, the audio end-of-turn model, whether the turn is
+  complete; `TurnRule` fuses the words, the decoder's end probability and Smart Turn's. Over:
+  the check's text is the final at once. Holds: the pause may run to `turn_max_ms` (with a
+  second check at `turn_recheck_ms`, when set). Undecided: the fixed rule decides.
 
 Each policy names what happened as a `phases.Event`; `phases.TRANSITIONS` says what it does
 to the utterance (a check is only asked for from `SPEAKING`, a longer pause only allowed
@@ -18,10 +23,11 @@ in `HOLDING`).
 
 from __future__ import annotations
 
+from dataclasses import dataclass
 from typing import Protocol
 
 from stt_worker.core.phases import Event, Phase
-from stt_worker.core.turns import turn_is_over
+from stt_worker.core.turns import ends_mid_phrase, sounds_finished, turn_is_over
 
 
 class EndpointPolicy(Protocol):
@@ -34,9 +40,9 @@ class EndpointPolicy(Protocol):
         """Does a pause of `silence_run` frames end an utterance in `phase`?"""
         ...
 
-    def judge(self, text: str, end_prob: float | None) -> Event:
-        """A turn check's verdict on its words: `TURN_OVER`, `TURN_HOLDS` or
-        `TURN_UNDECIDED`."""
+    def judge(self, text: str, end_prob: float | None, turn_prob: float | None = None) -> Event:
+        """A turn check's verdict on its words (and Smart Turn's probability, when it ran):
+        `TURN_OVER`, `TURN_HOLDS` or `TURN_UNDECIDED`."""
         ...
 
 
@@ -52,7 +58,7 @@ class FixedEndpoint:
     def ends(self, silence_run: int, phase: Phase) -> bool:
         return silence_run >= self.silence_frames
 
-    def judge(self, text: str, end_prob: float | None) -> Event:
+    def judge(self, text: str, end_prob: float | None, turn_prob: float | None = None) -> Event:
         return Event.TURN_UNDECIDED  # the pause alone decides
 
 
@@ -86,7 +92,7 @@ class AdaptiveEndpoint:
         limit = self.max_frames if phase is Phase.HOLDING else self.silence_frames
         return silence_run >= limit
 
-    def judge(self, text: str, end_prob: float | None) -> Event:
+    def judge(self, text: str, end_prob: float | None, turn_prob: float | None = None) -> Event:
         over = turn_is_over(
             text,
             end_prob,
@@ -96,3 +102,79 @@ class AdaptiveEndpoint:
         if over is None:
             return Event.TURN_UNDECIDED
         return Event.TURN_OVER if over else Event.TURN_HOLDS
+
+
+@dataclass(frozen=True, slots=True)
+class TurnRule:
+    """Whether a turn check's pause ends the turn: its words, the decoder's probability that
+    they end there (`end_prob`) and Smart Turn's that the turn is complete (`turn_prob`).
+    The defaults are the settings' (`STT_TURN_*`)."""
+
+    # Smart Turn at or above this: the turn is over (unless the words say otherwise).
+    over_prob: float = 0.5
+    # Smart Turn below this: the speaker is mid-phrase; the pause may run long.
+    hold_prob: float = 0.3
+    # The decoder's end probability below this vetoes an end: the words go on.
+    end_veto_prob: float = 0.5
+    # Without Smart Turn (it failed or was not asked): the adaptive mode's decoder thresholds.
+    finished_prob: float = 0.75
+    unfinished_prob: float = 0.5
+
+    def judge(self, text: str, end_prob: float | None, turn_prob: float | None) -> Event:
+        if sounds_finished(text) is None:
+            return Event.TURN_UNDECIDED  # no words: nothing to end the turn with
+        if ends_mid_phrase(text):
+            return Event.TURN_HOLDS  # "... and", "um", a trailing comma
+        if turn_prob is None:
+            over = turn_is_over(
+                text,
+                end_prob,
+                finished_prob=self.finished_prob,
+                unfinished_prob=self.unfinished_prob,
+            )
+            if over is None:
+                return Event.TURN_UNDECIDED
+            return Event.TURN_OVER if over else Event.TURN_HOLDS
+        if end_prob is not None and end_prob < self.end_veto_prob:
+            return Event.TURN_HOLDS  # the language model is sure the sentence goes on
+        if turn_prob >= self.over_prob:
+            return Event.TURN_OVER
+        if turn_prob < self.hold_prob:
+            return Event.TURN_HOLDS
+        return Event.TURN_UNDECIDED
+
+
+class TurnEndpoint:
+    """Turn checks at `check_frames` of pause (and again at `recheck_frames` while the turn
+    holds); `rule` judges them. While a check decodes or the turn holds, the pause may run
+    to `max_frames`: the check, not the clock, decides; after an undecided check the fixed
+    `silence_frames` does."""
+
+    def __init__(
+        self,
+        *,
+        silence_frames: int,
+        check_frames: int,
+        recheck_frames: int | None,
+        max_frames: int,
+        rule: TurnRule,
+    ) -> None:
+        self.silence_frames = silence_frames
+        self.check_frames = check_frames
+        self.recheck_frames = recheck_frames
+        self.max_frames = max_frames
+        self.rule = rule
+
+    def on_frame(self, silence_run: int) -> Event | None:
+        if silence_run == 0:
+            return Event.SPEECH_RESUMED
+        if silence_run in (self.check_frames, self.recheck_frames):
+            return Event.CHECK_DUE  # from `HOLDING` too: the longer pause is heard afresh
+        return None
+
+    def ends(self, silence_run: int, phase: Phase) -> bool:
+        waiting = phase in (Phase.HOLDING, Phase.CHECKING)
+        return silence_run >= (self.max_frames if waiting else self.silence_frames)
+
+    def judge(self, text: str, end_prob: float | None, turn_prob: float | None = None) -> Event:
+        return self.rule.judge(text, end_prob, turn_prob)

@@ -243,8 +243,11 @@ class Listener:
         job = self._job(utterance, JobKind.TURN_CHECK, ended_at=now, trailing_silence_s=silence_s)
         return Transcribe(job)
 
-    def turn_checked(self, job: Job, text: str, end_prob: float | None) -> CheckedFinal | None:
-        """A turn check's answer: the final, when its text is one."""
+    def turn_checked(
+        self, job: Job, text: str, end_prob: float | None, turn_prob: float | None = None
+    ) -> CheckedFinal | None:
+        """A turn check's answer (its words, the decoder's end probability, Smart Turn's
+        probability when it ran): the final, when its text is one."""
         final = CheckedFinal(
             dataclasses.replace(job, kind=JobKind.FINAL, end_reason="silence"), promised=False
         )
@@ -259,11 +262,12 @@ class Listener:
         if utterance.voiced_frames > utterance.voiced_at_check:
             utterance.move(Event.CHECK_MOOT)
             return None  # speaking again since the check: not the end of the turn
-        verdict = self._endpoint.judge(text, end_prob)
+        verdict = self._endpoint.judge(text, end_prob, turn_prob)
         logger.debug(
-            "turn check: %r, end probability %s: %s",
+            "turn check: %r, end probability %s, turn probability %s: %s",
             text,
             end_prob,
+            turn_prob,
             _VERDICTS[verdict],
             extra={"session_id": self.session_id},
         )

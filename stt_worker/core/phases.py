@@ -22,6 +22,7 @@ Three things about a session change as events arrive, each with its own phases:
                       --TURN_HOLDS-->                    HOLDING
                       --TURN_UNDECIDED, CHECK_MOOT-->    SPEAKING
       HOLDING         --SPEECH_RESUMED-->                SPEAKING
+                      --CHECK_DUE-->                     CHECKING (turn mode's second check)
     its end:
       any open phase  --ENDED-->                         FINAL_OUT --FINAL_RETURNED--> DONE
       CHECKING        --ENDED_IN_CHECKED_PAUSE-->        RACING_CHECK
@@ -171,6 +172,8 @@ TRANSITIONS: dict[tuple[Phase, Event], Phase] = {
     (Phase.CHECKING, Event.TURN_UNDECIDED): Phase.SPEAKING,
     (Phase.CHECKING, Event.ASIDE_FAILED): Phase.SPEAKING,
     (Phase.HOLDING, Event.SPEECH_RESUMED): Phase.SPEAKING,
+    # Turn mode checks a pause that held once more, later in it.
+    (Phase.HOLDING, Event.CHECK_DUE): Phase.CHECKING,
     # A failed probe from before a `TO_LISTENING` also clears `CHECKING` while the check
     # still decodes: its answer is judged in whatever phase it finds.
     (Phase.SPEAKING, Event.TURN_HOLDS): Phase.HOLDING,

@@ -131,10 +131,11 @@ class Session:
         language: str | None,
         inference_s: float,
         end_prob: float | None = None,
+        turn_prob: float | None = None,
     ) -> list[Action]:
         """An engine result for `job`; stale partials are dropped here."""
         if job.kind is JobKind.TURN_CHECK:
-            checked = self._listener.turn_checked(job, text, end_prob)
+            checked = self._listener.turn_checked(job, text, end_prob, turn_prob)
             if checked is None:
                 return []
             return self._final(checked.job, text, checked.promised, now, language, inference_s)

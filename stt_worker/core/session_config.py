@@ -5,12 +5,21 @@ frames."""
 from __future__ import annotations
 
 from dataclasses import dataclass, field
+from typing import Literal
 
 from stt_worker.core.audio import SAMPLE_RATE_HZ
 from stt_worker.core.barge_in import BargeInPolicy, VoiceBargeIn, WordBargeIn
-from stt_worker.core.endpoint import AdaptiveEndpoint, EndpointPolicy, FixedEndpoint
+from stt_worker.core.endpoint import (
+    AdaptiveEndpoint,
+    EndpointPolicy,
+    FixedEndpoint,
+    TurnEndpoint,
+    TurnRule,
+)
 from stt_worker.core.turns import Backchannels, Commands
 from stt_worker.core.vad import FRAME_MS
+
+EndpointMode = Literal["fixed", "adaptive", "turn"]
 
 
 @dataclass(frozen=True, slots=True)
@@ -38,10 +47,12 @@ class SessionConfig:
     commands: Commands = field(default_factory=Commands)
     # Word mode: more voiced audio between two probes of the same speech.
     probe_step_ms: int = 150
-    # Adaptive end of turn: after `endpoint_min_ms` of silence the speech so far is
-    # transcribed at once; a finished sentence ends the turn there (with that text), one
-    # ending mid-phrase ("... and", "um") waits `endpoint_max_ms`, else `endpoint_silence_ms`.
-    adaptive_endpoint: bool = False
+    # `fixed`: `endpoint_silence_ms` of silence ends the turn. `adaptive`: after
+    # `endpoint_min_ms` of silence the speech so far is transcribed at once; a finished
+    # sentence ends the turn there (with that text), one ending mid-phrase ("... and", "um")
+    # waits `endpoint_max_ms`, else `endpoint_silence_ms`. `turn`: the same with Smart Turn,
+    # sooner (the `turn_*` knobs below).
+    endpoint_mode: EndpointMode = "fixed"
     endpoint_min_ms: int = 300
     endpoint_max_ms: int = 1000
     # The decoder's probability that the text ends at the pause (`Transcript.end_prob`):
@@ -49,6 +60,12 @@ class SessionConfig:
     # `endpoint_max_ms`, in between the fixed endpoint decides.
     endpoint_finished_prob: float = 0.75
     endpoint_unfinished_prob: float = 0.5
+    # Turn mode: the check's pause, a second check's (0: none) while the turn holds, the
+    # longest pause a holding turn waits, and the rule that judges the checks.
+    turn_check_ms: int = 80
+    turn_recheck_ms: int = 0
+    turn_max_ms: int = 1200
+    turn_rule: TurnRule = field(default_factory=TurnRule)
 
     @property
     def endpoint_frames(self) -> int:
@@ -84,8 +101,16 @@ class SessionConfig:
 
     def endpoint_policy(self) -> EndpointPolicy:
         """The end-of-utterance rule these knobs choose."""
-        if not self.adaptive_endpoint:
+        if self.endpoint_mode == "fixed":
             return FixedEndpoint(self.endpoint_frames)
+        if self.endpoint_mode == "turn":
+            return TurnEndpoint(
+                silence_frames=self.endpoint_frames,
+                check_frames=_frames(self.turn_check_ms),
+                recheck_frames=_frames(self.turn_recheck_ms) if self.turn_recheck_ms else None,
+                max_frames=_frames(self.turn_max_ms),
+                rule=self.turn_rule,
+            )
         return AdaptiveEndpoint(
             silence_frames=self.endpoint_frames,
             min_frames=self.endpoint_min_frames,

@@ -108,6 +108,9 @@ class DecodeOptions:
     max_new_tokens: int | None = None
     # Report `Transcript.end_prob` (engines that can; the others leave it None).
     end_probability: bool = False
+    # Report `Transcript.turn_prob`: Smart Turn's verdict on the same audio (turn checks in
+    # `turn` mode; `engines/turn_check.TurnCheckEngine` adds it around any engine).
+    turn_probability: bool = False
 
 
 @dataclass(frozen=True, slots=True)
@@ -133,6 +136,9 @@ class Transcript:
     # hour he had paced up and down waiting" (cut mid-sentence) 0.60, although both get a
     # full stop. None when not asked for or the engine cannot tell.
     end_prob: float | None = None
+    # Smart Turn's probability that the speaker's turn is complete at the end of the audio
+    # (prosody, not words). None when not asked for or not available.
+    turn_prob: float | None = None
 
 
 @dataclass(frozen=True, slots=True)

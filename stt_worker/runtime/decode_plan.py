@@ -61,8 +61,11 @@ def plan(job: Job) -> DecodePlan:
             )
             return DecodePlan(Lane.URGENT, EngineRole.PARTIAL, probe, "probe")
         case JobKind.TURN_CHECK:
-            # Its text may become the final: the whole text, the finals' loop retry, and the
-            # decoder's probability that the sentence ends at the pause.
-            check = dataclasses.replace(options, full_window_retry=True, end_probability=True)
+            # Its text may become the final: the whole text, the finals' loop retry, the
+            # decoder's probability that the sentence ends at the pause, and Smart Turn's
+            # that the turn is complete (where the worker runs it: `turn` mode).
+            check = dataclasses.replace(
+                options, full_window_retry=True, end_probability=True, turn_probability=True
+            )
             return DecodePlan(Lane.URGENT, EngineRole.PARTIAL, check, "probe")
     raise AssertionError(f"unplanned job kind {job.kind}")

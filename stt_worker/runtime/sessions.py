@@ -22,6 +22,7 @@ from opentelemetry.context import Context
 
 from stt_worker.config import Settings
 from stt_worker.core.audio import check_format
+from stt_worker.core.endpoint import TurnRule
 from stt_worker.core.errors import OverloadedError, ProtocolError
 from stt_worker.core.jobs import Action, Job
 from stt_worker.core.protocol import (
@@ -63,11 +64,21 @@ def session_config(settings: Settings) -> SessionConfig:
         backchannels=Backchannels(settings.backchannel_phrases),
         commands=Commands(settings.command_phrases),
         probe_step_ms=settings.barge_in_probe_ms,
-        adaptive_endpoint=settings.endpoint_mode == "adaptive",
+        endpoint_mode=settings.endpoint_mode,
         endpoint_min_ms=settings.endpoint_min_silence_ms,
         endpoint_max_ms=settings.endpoint_max_silence_ms,
         endpoint_finished_prob=settings.endpoint_finished_prob,
         endpoint_unfinished_prob=settings.endpoint_unfinished_prob,
+        turn_check_ms=settings.turn_check_ms,
+        turn_recheck_ms=settings.turn_recheck_ms,
+        turn_max_ms=settings.turn_max_ms,
+        turn_rule=TurnRule(
+            over_prob=settings.turn_over_prob,
+            hold_prob=settings.turn_hold_prob,
+            end_veto_prob=settings.turn_end_veto_prob,
+            finished_prob=settings.endpoint_finished_prob,
+            unfinished_prob=settings.endpoint_unfinished_prob,
+        ),
     )
 
 
@@ -103,6 +114,7 @@ class Stream:
                 language=outcome.language,
                 inference_s=outcome.inference_s,
                 end_prob=outcome.end_prob,
+                turn_prob=outcome.turn_prob,
             )
         logger.error("transcription failed: %s", outcome.message, extra={"code": outcome.code})
         return self.session.failed(job, outcome, now=now)

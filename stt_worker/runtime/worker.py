@@ -35,6 +35,7 @@ from stt_worker.core.protocol import (
     encode_server_message,
 )
 from stt_worker.engines.base import Engine
+from stt_worker.engines.turn_check import TurnCheckEngine
 from stt_worker.runtime.asgi import serving_in_loop
 from stt_worker.runtime.connection import SERVICE, connect
 from stt_worker.runtime.delivery import delivery_for
@@ -79,13 +80,15 @@ class Worker:
         self._nc: Client | None = None
         self._closing = False
         self._disconnected_at: float | None = None
+        # Turn checks run on the partials' engine; in turn mode they also ask Smart Turn.
+        self._checks = TurnCheckEngine(partial_engine or engine, settings.endpoint_mode == "turn")
         self._scheduler = InferenceScheduler(
             engine,
             self._on_outcome,
             concurrency=engine.parallelism,
             max_pending_finals=settings.max_pending_finals,
             max_pending_finals_per_session=settings.max_pending_finals_per_session,
-            partial_engine=partial_engine,
+            partial_engine=self._checks,
         )
         self._observer = Observer(self.telemetry, engine, self._scheduler.engine_for)
         self._delivery = delivery_for(settings, self.telemetry.metrics)
@@ -136,6 +139,7 @@ class Worker:
             install_stop_signals(stop)
         async with contextlib.AsyncExitStack() as stack:
             stack.callback(self._dsp.shutdown)
+            stack.callback(self._checks.close)
             if self.settings.http_port >= 0:
                 await self._serve_probes(stack)
             await self._serve(stop)
@@ -166,6 +170,7 @@ class Worker:
         )
         for engine in self._engines():
             await engine.warmup()
+        await self._checks.load()
         self._warmed = True
         subs = await self._intake.subscribe(self._nc, self._subjects)
         # SUB goes out asynchronously: ready means the server already routes audio to us.

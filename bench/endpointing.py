@@ -1,0 +1,334 @@
+"""Cut-offs against end-of-turn latency for each end-of-turn rule, on the pause set.
+
+Every pause of `bench.pauses` (each inserted pause, each sentence's own pauses, each
+sentence's real end) is measured once: the worker's VAD over the clip gives the silence run;
+at `CHECK_FRAMES` of silence the worker's engine decodes the audio so far as a turn check
+does (`DecodeOptions(end_probability=True)`: text, end probability, its measured time);
+Smart Turn gives its probability at each of `TURN_POINTS`. The rules of
+`bench.endpointing_rules` are then replayed on those features over a sweep of their
+thresholds: the fixed silence rule, the decoder's end probability alone, Smart Turn alone
+and the fused rule. Cut-off rate: the share of inserted pauses where the turn is ended
+(overall, per length), and the sentences with no inserted pause that are cut at one of their
+own. Latency: end of the last word (energy, `bench.speech_marks`) -> the final's text ready
+(the decision, then the final's decode unless the check's text is the final), median and
+p95 over the sentences whose text ends a sentence. Decodes and model outputs are cached in
+.cache/endpointing, keyed by the audio, so reruns only replay the rules.
+
+    .venv/bin/python -m bench.endpointing            # bench/results/endpointing.{md,json,png}
+    .venv/bin/python -m bench.endpointing --quick --out /tmp/ep   # 3 sentences, 2 lengths
+"""
+
+from __future__ import annotations
+
+import argparse
+import dataclasses
+import hashlib
+import json
+import os
+import platform
+import subprocess
+import time
+from collections.abc import Callable, Sequence
+from datetime import UTC, datetime
+from pathlib import Path
+
+import numpy as np
+
+from bench import pauses as pause_set
+from bench.endpointing_report import write_report
+from bench.endpointing_rules import (
+    ADAPTIVE_FRAMES,
+    CHECK_FRAMES,
+    CHECK_POINTS,
+    FRAME_MS,
+    TURN_POINTS,
+    Check,
+    EndProbability,
+    FixedSilence,
+    Fused,
+    PauseFeatures,
+    Rule,
+    ShippedAdaptive,
+    SmartTurnAlone,
+    score,
+)
+from stt_worker.config import Settings, load_settings
+from stt_worker.core.endpoint import AdaptiveEndpoint, TurnEndpoint
+from stt_worker.core.vad import FRAME_SAMPLES, VoiceActivityDetector
+from stt_worker.runtime.sessions import session_config
+
+ROOT = Path(__file__).resolve().parents[1]
+CACHE = ROOT / ".cache" / "endpointing"
+OUT = ROOT / "bench" / "results" / "endpointing"
+QUICK_SENTENCES = ("ls_1089-134691-0000", "ls_1089-134686-0001", "lj_LJ001-0008")
+QUICK_PAUSES_MS = (250, 700)
+FIXED_MS = tuple(range(200, 1501, 100))
+PROBS = (0.3, 0.4, 0.5, 0.6, 0.7, 0.75, 0.8, 0.85, 0.9, 0.95, 0.98)
+VETOES = (0.5, 0.8)  # turn mode's decoder veto (STT_TURN_END_VETO_PROB), swept too
+HOLDS = (0.3, None)  # turn mode's hold threshold (STT_TURN_HOLD_PROB); None: = over_prob
+SHIPPED_FIXED_MS = 500  # STT_ENDPOINT_SILENCE_MS's default: today's shipped rule
+
+
+class Measurer:
+    """The models, and a cache of what they said about each stretch of audio."""
+
+    def __init__(self, settings: Settings, detector: Callable[[], VoiceActivityDetector]) -> None:
+        self.settings = settings
+        self.detector = detector
+        self._cache_file = CACHE / "features.json"
+        self._cache: dict[str, dict] = (
+            json.loads(self._cache_file.read_text()) if self._cache_file.exists() else {}
+        )
+        self._engine = None
+        self._turn = None
+        self.model = f"{settings.engine}:{settings.whisper_model_size}"
+
+    def speech(self, samples: np.ndarray) -> list[bool]:
+        frames = self.detector().push(samples)
+        return list(frames.speech)
+
+    def check(self, audio: np.ndarray) -> Check:
+        key = f"decode:{self.model}:{_digest(audio)}"
+        if key not in self._cache:
+            from stt_worker.engines import create_engine
+            from stt_worker.engines.base import DecodeOptions
+
+            if self._engine is None:
+                self._engine = create_engine(self.settings)
+                # The first decodes pay for loading and allocating: keep them out of the times.
+                noise = np.random.default_rng(0).normal(0.0, 0.01, 32_000).astype(np.float32)
+                for _ in range(2):
+                    self._engine.transcribe_blocking(noise, DecodeOptions())
+            options = DecodeOptions(full_window_retry=True, end_probability=True)
+            result = self._engine.transcribe_blocking(audio.astype(np.float32) / 32768, options)
+            self._cache[key] = {
+                "text": result.text,
+                "end_prob": result.end_prob,
+                "ms": result.inference_s * 1000,
+            }
+        entry = self._cache[key]
+        return Check(entry["text"], entry["end_prob"], entry["ms"])
+
+    def turn(self, audio: np.ndarray) -> tuple[float, float]:
+        key = f"smart-turn:{_digest(audio)}"
+        if key not in self._cache:
+            from stt_worker.engines.smart_turn import load_smart_turn
+
+            if self._turn is None:
+                self._turn = load_smart_turn()
+                self._turn.probability(audio)  # warm, as above
+            started = time.perf_counter()
+            prob = self._turn.probability(audio)
+            self._cache[key] = {"prob": prob, "ms": (time.perf_counter() - started) * 1000}
+        entry = self._cache[key]
+        return entry["prob"], entry["ms"]
+
+    def save(self) -> None:
+        CACHE.mkdir(parents=True, exist_ok=True)
+        self._cache_file.write_text(json.dumps(self._cache))
+
+    def close(self) -> None:
+        if self._engine is not None:
+            self._engine.close()
+
+
+def _digest(audio: np.ndarray) -> str:
+    return hashlib.sha1(np.ascontiguousarray(audio, dtype=np.int16).tobytes()).hexdigest()
+
+
+def silence_runs(speech: Sequence[bool]) -> list[tuple[int, int]]:
+    """(first frame, frames) of each run of unvoiced frames after the first voiced one."""
+    runs, start = [], None
+    heard = False
+    for i, voiced in enumerate([*speech, True]):
+        if voiced:
+            if start is not None and heard:
+                runs.append((start, i - start))
+            heard, start = True, None
+        elif start is None:
+            start = i
+    return runs
+
+
+def measure(
+    measurer: Measurer, clip: pause_set.PauseClip, kind: str, run: tuple[int, int], resumed: bool
+) -> PauseFeatures:
+    """One pause's features along its silence run (`run`: first frame, length)."""
+    first, frames = run
+    samples = clip.samples
+    checks = {
+        point: measurer.check(samples[: (first + point) * FRAME_SAMPLES])
+        for point in CHECK_POINTS
+        if point <= frames
+    }
+    turn, turn_ms = {}, []
+    for point in TURN_POINTS:
+        if point <= frames:
+            prob, ms = measurer.turn(samples[: (first + point) * FRAME_SAMPLES])
+            turn[point] = prob
+            turn_ms.append(ms)
+    at = (first + CHECK_FRAMES) * FRAME_SAMPLES
+    final_ms = checks[CHECK_FRAMES].decode_ms if checks else measurer.check(samples[:at]).decode_ms
+    return PauseFeatures(
+        clip=clip.name,
+        sentence=clip.sentence.name,
+        kind=kind,
+        pause_ms=clip.pause_ms,
+        complete=clip.sentence.complete,
+        run_start_ms=first * FRAME_MS - clip.pause_start_s * 1000,
+        run_frames=frames,
+        resumed=resumed,
+        final_ms=final_ms,
+        checks=checks,
+        turn=turn,
+        turn_ms=float(np.median(turn_ms)) if turn_ms else 0.0,
+    )
+
+
+def features(measurer: Measurer, clip: pause_set.PauseClip) -> list[PauseFeatures]:
+    """An inserted pause's features; for a sentence as spoken, its own pauses (those long
+    enough for any rule to end the turn) and its real end."""
+    runs = silence_runs(measurer.speech(clip.samples))
+    frame_s = FRAME_MS / 1000
+    if clip.gap is not None:
+        start, resume = clip.pause_start_s, clip.resume_s or 0.0
+        overlapping = [
+            r for r in runs if r[0] * frame_s < resume and (r[0] + r[1]) * frame_s > start
+        ]
+        if not overlapping:  # the VAD heard no silence at all in the pause
+            return [measure(measurer, clip, "inserted", (round(start / frame_s), 0), True)]
+        longest = max(overlapping, key=lambda r: r[1])
+        return [measure(measurer, clip, "inserted", longest, True)]
+    end = clip.speech_end_s
+    found = [
+        measure(measurer, clip, "natural", r, True)
+        for r in runs
+        if r[1] >= CHECK_FRAMES and (r[0] + r[1]) * frame_s < end
+    ]
+    last = [r for r in runs if (r[0] + r[1]) * frame_s >= end]
+    assert last, f"{clip.name}: no silence after the last word"
+    return [*found, measure(measurer, clip, "end", last[0], False)]
+
+
+def rules(settings: Settings) -> list[Rule]:
+    """Each family over its thresholds; turn mode over its Smart Turn threshold, with the
+    default hold threshold and with none (no undecided band left to the fixed 500 ms), at
+    two decoder vetoes, its other settings the defaults."""
+    swept: list[Rule] = [FixedSilence(ms, f"{ms} ms") for ms in FIXED_MS]
+    swept += [EndProbability(p, f"end prob >= {p}") for p in PROBS]
+    swept += [SmartTurnAlone(p, f"turn prob >= {p}") for p in PROBS]
+    for hold in HOLDS:
+        for veto in VETOES:
+            for p in PROBS:
+                held = p if hold is None else min(p, hold)
+                policy = turn_policy(settings, over_prob=p, hold_prob=held, end_veto_prob=veto)
+                rule = Fused(p, f"over >= {p}, veto < {veto}", policy)
+                rule.family = f"turn mode, hold {'= over' if hold is None else f'< {hold}'}"
+                swept.append(rule)
+    return swept
+
+
+def turn_policy(settings: Settings, **rule: float) -> TurnEndpoint:
+    """Turn mode's policy as the worker builds it from `settings`, its rule's thresholds
+    replaced by `rule`'s."""
+    config = session_config(settings.model_copy(update={"endpoint_mode": "turn"}))
+    config = dataclasses.replace(config, turn_rule=dataclasses.replace(config.turn_rule, **rule))
+    policy = config.endpoint_policy()
+    assert isinstance(policy, TurnEndpoint)
+    return policy
+
+
+def shipped(settings: Settings) -> list[Rule]:
+    """The old default (fixed 500 ms), the opt-in adaptive mode and turn mode (the new
+    default), each with its default settings, as the worker builds them."""
+    adaptive = session_config(settings.model_copy(update={"endpoint_mode": "adaptive"}))
+    policy = adaptive.endpoint_policy()
+    assert isinstance(policy, AdaptiveEndpoint)
+    assert adaptive.endpoint_min_ms == ADAPTIVE_FRAMES * FRAME_MS, "decoded at ADAPTIVE_FRAMES"
+    rule = turn_policy(settings).rule
+    return [
+        FixedSilence(SHIPPED_FIXED_MS, f"{SHIPPED_FIXED_MS} ms (default before turn mode)"),
+        ShippedAdaptive(
+            adaptive.endpoint_min_ms, adaptive.endpoint_max_ms, adaptive.endpoint_silence_ms, policy
+        ),
+        Fused(rule.over_prob, "turn mode, defaults", turn_policy(settings)),
+    ]
+
+
+def run(quick: bool, out: Path) -> dict:
+    settings = load_settings()
+    names = QUICK_SENTENCES if quick else None
+    lengths = QUICK_PAUSES_MS if quick else pause_set.PAUSES_MS
+    measurer = Measurer(settings, lambda: VoiceActivityDetector(settings.vad_aggressiveness))
+    started = time.perf_counter()
+    try:
+        measured = [
+            f for clip in pause_set.pause_set(names, lengths) for f in features(measurer, clip)
+        ]
+    finally:
+        measurer.save()
+        measurer.close()
+    points = [score(rule, measured, lengths) for rule in rules(settings)]
+    today = [score(rule, measured, lengths) for rule in shipped(settings)]
+    data = {
+        "meta": _meta(settings, quick, time.perf_counter() - started),
+        "pause_lengths_ms": list(lengths),
+        "counts": _counts(measured),
+        "points": points,
+        "shipped": today,
+        "pauses": [_describe(p) for p in measured],
+    }
+    write_report(data, out)
+    return data
+
+
+def _counts(measured: Sequence[PauseFeatures]) -> dict:
+    kinds = ("inserted", "natural", "end")
+    counts = {kind: sum(p.kind == kind for p in measured) for kind in kinds}
+    counts["sentences"] = len({p.sentence for p in measured})
+    counts["complete_ends"] = sum(p.kind == "end" and p.complete for p in measured)
+    return counts
+
+
+def _describe(p: PauseFeatures) -> dict:
+    check = p.checks.get(CHECK_FRAMES)
+    return {
+        "clip": p.clip,
+        "kind": p.kind,
+        "run_start_ms": round(p.run_start_ms),
+        "run_frames": p.run_frames,
+        "text": check.text if check else None,
+        "end_prob": None if check is None or check.end_prob is None else round(check.end_prob, 3),
+        "decode_ms": round(p.final_ms),
+        "turn": {str(k): round(v, 3) for k, v in p.turn.items()},
+    }
+
+
+def _meta(settings: Settings, quick: bool, seconds: float) -> dict:
+    commit = subprocess.run(
+        ["git", "rev-parse", "--short", "HEAD"], cwd=ROOT, capture_output=True, text=True
+    ).stdout.strip()
+    return {
+        "command": "python -m bench.endpointing" + (" --quick" if quick else ""),
+        "date": datetime.now(UTC).isoformat(timespec="seconds"),
+        "commit": commit,
+        "cpu": platform.processor() or platform.machine(),
+        "nproc": os.cpu_count(),
+        "engine": settings.engine,
+        "model": settings.whisper_model_size,
+        "vad": f"webrtcvad, aggressiveness {settings.vad_aggressiveness}",
+        "seconds": round(seconds, 1),
+    }
+
+
+def main() -> None:
+    parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
+    parser.add_argument("--quick", action="store_true", help="3 sentences, 250 and 700 ms")
+    parser.add_argument("--out", type=Path, default=OUT, help="output prefix (.md/.json/.png)")
+    args = parser.parse_args()
+    run(args.quick, args.out)
+    print(args.out.with_suffix(".md"))
+
+
+if __name__ == "__main__":
+    main()

@@ -1,0 +1,58 @@
+"""Smart Turn v3.2 on real speech: the installed model, our own log-mel features."""
+
+from __future__ import annotations
+
+import wave
+from functools import cache
+
+import numpy as np
+import pytest
+
+from stt_worker.core.audio import Pcm16
+from stt_worker.engines.smart_turn import WINDOW_SAMPLES, SmartTurn, load_smart_turn, log_mel
+from tests.helpers import SPEECH_DIR
+
+# "After early nightfall, the yellow lamps would light up here and there, the squalid quarter
+# of the brothels." Word ends measured with tiny.en's word timestamps: "there," ends at
+# 4.14 s and the next word starts at 4.36 s; "brothels." ends at 6.28 s.
+CLIP = "ls_1089-134686-0002.wav"
+SENTENCE_END_S = 6.28
+MID_PHRASE_END_S = 4.14
+PAUSE_HEARD_S = 0.2  # a turn check runs a short pause after the last word
+
+
+@cache
+def _clip() -> Pcm16:
+    with wave.open(str(SPEECH_DIR / CLIP)) as file:
+        return np.frombuffer(file.readframes(file.getnframes()), dtype=np.int16)
+
+
+def _until(seconds: float) -> Pcm16:
+    return _clip()[: int((seconds + PAUSE_HEARD_S) * 16_000)]
+
+
+@pytest.fixture(scope="module")
+def smart_turn() -> SmartTurn:
+    return load_smart_turn()
+
+
+def test_a_finished_sentence_scores_high_and_a_cut_phrase_low(smart_turn: SmartTurn):
+    finished = smart_turn.probability(_until(SENTENCE_END_S))
+    cut = smart_turn.probability(_until(MID_PHRASE_END_S))
+    assert finished > 0.8, finished
+    assert cut < 0.3, cut
+    assert finished - cut > 0.5
+
+
+def test_features_match_the_models_own_extractor():
+    # pipecat's vendored copy of transformers' WhisperFeatureExtractor is what the model was
+    # served with; ours must agree on both a short (zero-padded) and a long (cut) clip.
+    from pipecat.audio.turn.smart_turn._whisper_features import compute_whisper_log_mel_features
+
+    long = np.concatenate([_clip(), _clip()])
+    for samples in (_until(MID_PHRASE_END_S), long):
+        reference = samples[-WINDOW_SAMPLES:].astype(np.float32) / 32768.0
+        reference = np.pad(reference, (WINDOW_SAMPLES - reference.size, 0))
+        expected = compute_whisper_log_mel_features(reference)
+        assert log_mel(samples).shape == expected.shape == (80, 800)
+        np.testing.assert_allclose(log_mel(samples), expected, atol=1e-4)
