@@ -612,7 +612,7 @@ class Settings(EnvSettings):
         le=1,
     )
     turn_end_veto_prob: float = setting(
-        0.5,
+        0.3,
         "STT_TURN_END_VETO_PROB",
         group=Group.END_OF_TURN,
         description="Turn mode: below this decoder end probability the turn holds whatever "

@@ -115,7 +115,7 @@ class TurnRule:
     # Smart Turn below this: the speaker is mid-phrase; the pause may run long.
     hold_prob: float = 0.3
     # The decoder's end probability below this vetoes an end: the words go on.
-    end_veto_prob: float = 0.5
+    end_veto_prob: float = 0.3
     # Without Smart Turn (it failed or was not asked): the adaptive mode's decoder thresholds.
     finished_prob: float = 0.75
     unfinished_prob: float = 0.5
