@@ -55,6 +55,7 @@ from bench.endpointing_rules import (
 from stt_worker.config import Settings, load_settings
 from stt_worker.core.endpoint import AdaptiveEndpoint, TurnEndpoint
 from stt_worker.core.vad import FRAME_SAMPLES, VoiceActivityDetector
+from stt_worker.runtime.pipeline import speech_detectors
 from stt_worker.runtime.sessions import session_config
 
 ROOT = Path(__file__).resolve().parents[1]
@@ -259,7 +260,8 @@ def run(quick: bool, out: Path) -> dict:
     settings = load_settings()
     names = QUICK_SENTENCES if quick else None
     lengths = QUICK_PAUSES_MS if quick else pause_set.PAUSES_MS
-    measurer = Measurer(settings, lambda: VoiceActivityDetector(settings.vad_aggressiveness))
+    detector = speech_detectors(settings)
+    measurer = Measurer(settings, lambda: VoiceActivityDetector(detector()))
     started = time.perf_counter()
     try:
         measured = [
@@ -316,7 +318,11 @@ def _meta(settings: Settings, quick: bool, seconds: float) -> dict:
         "nproc": os.cpu_count(),
         "engine": settings.engine,
         "model": settings.whisper_model_size,
-        "vad": f"webrtcvad, aggressiveness {settings.vad_aggressiveness}",
+        "vad": (
+            f"webrtcvad, aggressiveness {settings.vad_aggressiveness}"
+            if settings.vad_engine == "webrtc"
+            else f"Silero, threshold {settings.vad_threshold}"
+        ),
         "seconds": round(seconds, 1),
     }
 

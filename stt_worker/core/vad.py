@@ -87,6 +87,19 @@ class WebrtcDetector:
         return ()
 
 
+class NoDetector:
+    """`STT_ENABLE_VAD=false`: every frame unvoiced and no model run (the seed's plain mode
+    buffers everything and ignores the labels)."""
+
+    inline = True
+
+    def label(self, frames: Pcm16) -> tuple[bool, ...]:
+        return (False,) * (frames.size // FRAME_SAMPLES)
+
+    def flush(self) -> tuple[bool, ...]:
+        return ()
+
+
 class Hysteresis:
     """Speech probabilities to speech/silence, the way Silero's own `VADIterator` does: speech
     starts at `threshold` and ends only below `threshold - 0.15`, so a probability that

@@ -54,6 +54,8 @@ class SileroModel:
         options = onnxruntime.SessionOptions()
         options.intra_op_num_threads = 1
         options.inter_op_num_threads = 1
+        # Windows are tiny and fixed in size: ORT's growing arena would only hold memory.
+        options.enable_cpu_mem_arena = False
         self._session = onnxruntime.InferenceSession(
             str(path), sess_options=options, providers=["CPUExecutionProvider"]
         )

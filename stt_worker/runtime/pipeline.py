@@ -21,7 +21,13 @@ from stt_worker.core.audio import BYTES_PER_SAMPLE, AudioNormalizer, Pcm16
 from stt_worker.core.echo import EchoCanceller
 from stt_worker.core.errors import ProtocolError
 from stt_worker.core.protocol import Chunk, ErrorCode, Playback, chunk_pcm_bytes
-from stt_worker.core.vad import DetectorFactory, Frames, VoiceActivityDetector, WebrtcDetector
+from stt_worker.core.vad import (
+    DetectorFactory,
+    Frames,
+    NoDetector,
+    VoiceActivityDetector,
+    WebrtcDetector,
+)
 from stt_worker.engines.silero_vad import SileroDetector, shared_model
 
 logger = logging.getLogger(__name__)
@@ -37,6 +43,8 @@ def dsp_executor() -> ThreadPoolExecutor:
 def speech_detectors(settings: Settings) -> DetectorFactory:
     """A new session's speech detector, as `STT_VAD_ENGINE` chooses; Silero's model is loaded
     here, once, so a worker without it fails at start rather than at its first session."""
+    if not settings.enable_vad:
+        return NoDetector
     if settings.vad_engine == "webrtc":
         return functools.partial(WebrtcDetector, settings.vad_aggressiveness)
     return functools.partial(SileroDetector, shared_model(), settings.vad_threshold)
