@@ -98,9 +98,7 @@ def test_exceptions_take_their_default_codes_from_the_registry() -> None:
 
 def test_docs_errors_md_is_generated_from_the_registry() -> None:
     written = error_docs.DEFAULT_PATH.read_text()
-    assert written == error_docs.render(), (
-        "docs/errors.md is stale: run `./dev docs`"
-    )
+    assert written == error_docs.render(), "docs/errors.md is stale: run `./dev docs`"
     for code in ErrorCode:
         assert f"| `{code.value}` |" in written
 
