@@ -751,7 +751,8 @@ class Connections:
 
 
 @contextlib.asynccontextmanager
-async def _connected(url: str) -> AsyncIterator[Connections]:
+async def connected(url: str) -> AsyncIterator[Connections]:
+    """A results subscriber and a batch publisher on `url`, closed on exit."""
     nc = await nats.connect(url, name="stt-capacity-results")
     publisher = BatchPublisher()
     try:
@@ -788,7 +789,7 @@ async def bench_workers(
     try:
         async with (
             worker_process(ours, "faster-whisper") as worker,
-            _connected(server.url) as nc,
+            connected(server.url) as nc,
         ):
             # Silent sessions first, on the fresh worker: RSS growth per session is then not
             # hidden by memory the speech steps freed.

@@ -57,9 +57,9 @@ from bench.capacity import (
     Connections,
     Sampler,
     Timelines,
-    _connected,
     _ours,
     _wait_idle,
+    connected,
 )
 from bench.loadgen import CHUNK_S, BatchPublisher, LoadRun, frame, plan_sessions, pub_header
 from bench.loadgen import run_load as stream_load
@@ -547,7 +547,7 @@ async def run_all(plan: Plan) -> dict[str, Any]:
         settings = load_settings(nats_url=server.url, otel_enabled=False, http_port=0)
         async with (
             worker_process(settings, "faster-whisper") as worker,
-            _connected(server.url) as nc,
+            connected(server.url) as nc,
         ):
             bench = Bench(server, monitor_port, worker, nc, settings, timelines, plan)
             for number, mode in enumerate(plan.modes):
