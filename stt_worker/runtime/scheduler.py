@@ -12,6 +12,8 @@
   for the session drops its pending partial.
 - Exactly the engine's `parallelism` inferences run at once, so nothing queues unseen inside
   the engine and the finals-first order is the order work starts in.
+- How long partials wait for a slot, smoothed (`partial_wait_s`), is what sessions stretch
+  their partial cadence by: a busy engine is asked for fewer partials, not more.
 - While the engine reports itself unhealthy (a failing HTTP backend), pending partials are
   dropped: the work we can lose goes first, finals keep their place.
 """
@@ -35,6 +37,8 @@ logger = logging.getLogger(__name__)
 
 Outcome = Transcript | SttError
 DoneCallback = Callable[[Hashable, Job, Outcome, float], Awaitable[None]]
+# Weight of the newest partial's wait in `partial_wait_s`: a few partials tell the trend.
+PARTIAL_WAIT_WEIGHT = 0.3
 
 
 @dataclass(slots=True)
@@ -76,6 +80,7 @@ class InferenceScheduler:
         self._busy: set[Hashable] = set()
         self._idle = asyncio.Event()
         self._idle.set()
+        self._partial_wait_s = 0.0
 
     def submit(self, key: Hashable, job: Job) -> None:
         entry = _Entry(key, job, plan(job))
@@ -114,6 +119,10 @@ class InferenceScheduler:
         self._partials.pop(key, None)
         self._probes.pop(key, None)
         self._update_idle()
+
+    def partial_wait_s(self) -> float:
+        """How long partials have lately waited for a slot, in seconds (smoothed)."""
+        return self._partial_wait_s
 
     @property
     def pending_finals(self) -> int:
@@ -178,6 +187,8 @@ class InferenceScheduler:
 
     async def _run_one(self, entry: _Entry) -> None:
         wait_s = time.perf_counter() - entry.enqueued_at
+        if entry.plan.lane is Lane.PARTIAL:
+            self._partial_wait_s += PARTIAL_WAIT_WEIGHT * (wait_s - self._partial_wait_s)
         outcome: Outcome
         try:
             # Joining and scaling up to 30 s of samples is CPU work: keep it off the loop.
