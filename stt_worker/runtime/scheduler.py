@@ -12,8 +12,11 @@
   for the session drops its pending partial.
 - Exactly the engine's `parallelism` inferences run at once, so nothing queues unseen inside
   the engine and the finals-first order is the order work starts in.
-- How long partials wait for a slot, smoothed (`partial_wait_s`), is what sessions stretch
-  their partial cadence by: a busy engine is asked for fewer partials, not more.
+- Partials never take the last free slot when there are two or more: a final or a turn
+  check arriving then starts at once instead of waiting out a partial's decode.
+- How long partials wait for a slot, smoothed (`partial_wait_s`, from a session's first
+  pending request, not from the latest that replaced it), is what sessions stretch their
+  partial cadence by: a busy engine is asked for fewer partials, not more.
 - While the engine reports itself unhealthy (a failing HTTP backend), pending partials are
   dropped: the work we can lose goes first, finals keep their place.
 """
@@ -77,6 +80,9 @@ class InferenceScheduler:
         self._probes: collections.OrderedDict[Hashable, _Entry] = collections.OrderedDict()
         self._wakeup = asyncio.Event()
         self._running = 0
+        self._running_partials = 0
+        # Slots partials may hold at once: all but one, so finals never wait for a slot.
+        self._partial_slots = max(1, concurrency - 1)
         self._busy: set[Hashable] = set()
         self._idle = asyncio.Event()
         self._idle.set()
@@ -90,6 +96,9 @@ class InferenceScheduler:
             self._queue_final(key, entry)
             self._partials.pop(key, None)
         else:
+            stale = self._partials.get(key)
+            if stale is not None:
+                entry.enqueued_at = stale.enqueued_at  # the session has waited since then
             self._partials[key] = entry  # replaces a stale partial, keeping its place
         self._idle.clear()
         self._wakeup.set()
@@ -149,12 +158,15 @@ class InferenceScheduler:
                 self._wakeup.clear()
                 await self._wakeup.wait()
                 continue
+            partial = entry.plan.lane is Lane.PARTIAL
             self._running += 1
+            self._running_partials += partial
             self._busy.add(entry.key)
             try:
                 await self._run_one(entry)
             finally:
                 self._running -= 1
+                self._running_partials -= partial
                 self._busy.discard(entry.key)
                 self._wakeup.set()  # that session's next job may run now
                 self._update_idle()
@@ -179,6 +191,8 @@ class InferenceScheduler:
             # A failing backend gets only finals: partials are the work we can lose.
             logger.warning("engine unhealthy: shedding %d partials", len(self._partials))
             self._partials.clear()
+        if self._running_partials >= self._partial_slots:
+            return None
         for key, entry in self._partials.items():
             if key not in self._busy:
                 del self._partials[key]
