@@ -753,6 +753,7 @@ class Connections:
 
 @contextlib.asynccontextmanager
 async def connected(url: str) -> AsyncIterator[Connections]:
+    """A results subscriber and a batch publisher on `url`, closed on exit."""
     nc = await nats.connect(url, name="stt-capacity-results")
     publisher = BatchPublisher()
     try:

@@ -1,113 +1,358 @@
-"""End of speech -> final, and cut-offs at inserted pauses, for one end-of-turn mode.
+"""Live turn latency: end of speech -> final, speech onset -> first partial, partial cadence.
 
-A quick check beside the full curve (`bench/endpointing.py`): each sentence of the shared
-speech set, its trailing silence trimmed at the real end of its last word
-(`bench.speech_marks`) and 1.5 s of its own room tone appended, streamed at real-time pace
-through an in-process worker on a local nats-server, one session at a time. Then each
-sentence again with 400 and 700 ms of room tone inserted at its quietest mid-sentence gap
-(`bench.pauses.quietest_gap`): more than one final means the turn was cut at the pause.
+N sessions stream the shared set's single sentences (each cut at the real end of its last
+word, `bench.speech_marks`, then 1.5 s of room noise so the endpoint can fire) to a real
+nats-server and the real worker in its own process, at real time in 20 ms chunks, starts
+staggered (`bench.loadgen`). Every session says every sentence, each session in its own
+rotation. Per sentence:
 
-    .venv/bin/python -m bench.turn_latency turn      # or fixed, adaptive
+- end of speech -> final: the arrival of the final covering the sentence's end minus the
+  moment the chunk holding the end of its last word was published;
+- speech onset -> first partial: the first partial's arrival minus the moment the chunk
+  holding the first word's start was published, and how much audio after the onset that
+  partial had heard;
+- the gaps between partials that arrived while the sentence was still being spoken.
+
+Configurations are measured in one run, one after the other, on the same server: `old`
+(the fixed 500 ms endpoint and webrtcvad, the rule before issue 16) and `new` (the
+defaults). A worker ignores environment variables it does not know, so `old` is the same
+command on any checkout.
+
+    .venv/bin/python -m bench.turn_latency [--sessions 1,16] [--configs old,new] [--quick]
+        [--json PATH]     # writes bench/results/turn_latency.{md,json}
 """
 
 from __future__ import annotations
 
+import argparse
 import asyncio
+import itertools
 import json
-import sys
-import time
-import uuid
+import logging
+import os
+from collections.abc import Sequence
+from dataclasses import asdict, dataclass, field
+from pathlib import Path
+from typing import Any
 
-import nats
 import numpy as np
 
-from bench.pauses import SPEECH, quietest_gap
+from bench.capacity import connected
+from bench.loadgen import LoadRun, SessionPlan, plan_sessions, room_noise, run_load
 from bench.speech_marks import speech_span
 from stt_worker.config import load_settings
-from stt_worker.engines import create_engine
+from stt_worker.core.audio import SAMPLE_RATE_HZ
+from stt_worker.core.protocol import Transcription
+from stt_worker.evaluation.clips import load_clips
+from stt_worker.evaluation.results import DEFAULT_MANIFEST, ROOT, Clip
+from stt_worker.evaluation.runner import machine_info, worker_process
+from stt_worker.evaluation.textnorm import wer
 from stt_worker.runtime.nats_server import NatsServer
-from stt_worker.runtime.publisher import StreamStats, publish_pcm, read_wav
-from stt_worker.runtime.worker import Worker
 
-RATE = 16_000
-PAUSES_S = (0.4, 0.7)
+logger = logging.getLogger("bench.turn_latency")
 
-
-def room_tone(samples: np.ndarray, seconds: float) -> np.ndarray:
-    frames = samples[: samples.size // 320 * 320].reshape(-1, 320).astype(np.float64)
-    energy = np.convolve((frames**2).mean(axis=1), np.ones(10), "valid")
-    quietest = samples[int(np.argmin(energy)) * 320 :][: 10 * 320]
-    return np.resize(quietest, int(seconds * RATE))
-
-
-def sentences() -> list[str]:
-    lines = (SPEECH / "manifest.jsonl").read_text().splitlines()
-    names = [json.loads(line)["file"] for line in lines]
-    return [n for n in names if n.startswith(("ls_", "lj_")) or n == "jfk.wav"]
-
-
-async def stream(nc, samples: np.ndarray, speech_end_s: float) -> tuple[list[dict], float]:
-    """The session's finals, and ms from the speech end's send time to the last final."""
-    session = f"lat-{uuid.uuid4().hex[:8]}"
-    finals: list[tuple[float, dict]] = []
-    closed = asyncio.Event()
-
-    async def on_message(msg) -> None:
-        import msgpack
-
-        message = msgpack.unpackb(msg.data)
-        if message.get("type") == "transcript" and message["is_final"]:
-            finals.append((time.time(), message))
-        if message.get("type") == "session_closed":
-            closed.set()
-
-    sub = await nc.subscribe(f"ai.voice.transcription.{session}", cb=on_message)
-    stats = StreamStats()
-    await publish_pcm(nc, session, samples, sample_rate_hz=RATE, speed=1, stats=stats)
-    await asyncio.wait_for(closed.wait(), 60)
-    await sub.unsubscribe()
-    end_sent = stats.send_time_for(speech_end_s) or stats.started_at or 0.0
-    latency_ms = (finals[-1][0] - end_sent) * 1000 if finals else float("nan")
-    return [m for _, m in finals], latency_ms
+DEFAULT_OUT = ROOT / "bench" / "results" / "turn_latency"
+TRAIL_S = 1.5  # room noise after each sentence's last word
+LEAD_S = 0.3  # room noise before a session's first sentence
+RAMP_PER_SESSION_S = 0.3
+MAX_RAMP_S = 5.0
+# The shared set's single sentences (the conversation and 36 s clips are several turns).
+SENTENCES = (
+    "ls_1089-134691-0000.wav",
+    "lj_LJ001-0008.wav",
+    "ls_1089-134686-0001.wav",
+    "ls_1089-134691-0001.wav",
+    "lj_LJ001-0006.wav",
+    "ls_1089-134686-0002.wav",
+    "noisy10db_lj_LJ001-0004.wav",
+    "ls_1089-134686-0000.wav",
+    "jfk.wav",
+)
+QUICK_SENTENCES = SENTENCES[:2]
+CONFIGS: dict[str, dict[str, str]] = {
+    "old": {"STT_ENDPOINT_MODE": "fixed", "STT_VAD_ENGINE": "webrtc"},
+    "new": {},
+}
+# Issue 16's targets for the defaults (`new`): (sessions, metric, statistic, bound in ms).
+TARGETS = (
+    (1, "eos_to_final_ms", "p50", 300.0),
+    (1, "eos_to_final_ms", "p95", 450.0),
+    (16, "eos_to_final_ms", "p95", 600.0),
+    (16, "eos_to_final_ms", "p95", 1500.0),  # capacity: today's steady state must hold
+    (1, "onset_to_first_partial_ms", "p50", 300.0),
+    (1, "onset_to_first_partial_ms", "p95", 500.0),
+    (1, "partial_gap_ms", "p95", 300.0),
+)
 
 
-async def main(mode: str) -> None:
-    settings = load_settings(endpoint_mode=mode, http_port=-1)
-    engine = await asyncio.to_thread(create_engine, settings)
-    with NatsServer() as server:
-        settings = load_settings(endpoint_mode=mode, http_port=-1, nats_url=server.url)
-        worker, stop = Worker(settings, engine), asyncio.Event()
-        task = asyncio.create_task(worker.run(stop))
-        await worker.ready.wait()
-        nc = await nats.connect(server.url)
-        latencies, cuts = [], {p: 0 for p in PAUSES_S}
-        for name in sentences():
-            samples, _ = read_wav(SPEECH / name)
-            samples = samples.reshape(-1)
-            span = speech_span(samples, RATE)
-            spoken = samples[: int(span.end_s * RATE)]
-            tail = room_tone(samples, 1.5)
-            _, latency = await stream(nc, np.concatenate([spoken, tail]), span.end_s)
-            latencies.append(latency)
-            counts = []
-            for pause in PAUSES_S:
-                at = quietest_gap(spoken)
-                paused = np.concatenate([spoken[:at], room_tone(samples, pause), spoken[at:], tail])
-                cut_finals, _ = await stream(nc, paused, span.end_s + pause)
-                cuts[pause] += len(cut_finals) > 1
-                counts.append(len(cut_finals))
-            print(f"{name}: {latency:.0f} ms, finals with pauses {counts}", flush=True)
-        await nc.close()
-        stop.set()
-        await task
-    engine.close()
-    ms = np.array(latencies)
-    print(
-        f"{mode}: end of speech -> final p50 {np.percentile(ms, 50):.0f} ms, "
-        f"p95 {np.percentile(ms, 95):.0f} ms over {ms.size} sentences; cut at "
-        + ", ".join(f"{int(p * 1000)} ms pauses {cuts[p]}/{ms.size}" for p in PAUSES_S)
+@dataclass(frozen=True, slots=True)
+class Sentence:
+    name: str
+    reference: str
+    pcm: np.ndarray  # cut at the end of the last word
+    onset_s: float  # where its first word starts
+
+
+@dataclass(frozen=True, slots=True)
+class Placement:
+    """One sentence in one session's audio (seconds from the session's first sample)."""
+
+    sentence: Sentence
+    onset_s: float
+    end_s: float
+
+
+@dataclass(slots=True)
+class Utterance:
+    config: str
+    sessions: int
+    session: str
+    sentence: str
+    eos_to_final_ms: float | None
+    onset_to_first_partial_ms: float | None
+    first_partial_heard_ms: float | None  # audio after the onset the first partial covered
+    partial_gaps_ms: list[float] = field(default_factory=list)
+    partials: int = 0
+    final_text: str = ""
+    wer: float = 1.0
+
+
+def sentences(names: Sequence[str]) -> list[Sentence]:
+    """The clips cut at the end of their last word."""
+    clips = load_clips(DEFAULT_MANIFEST, vad_aggressiveness=2, files=names)
+    found = []
+    for clip in clips:
+        span = speech_span(clip.pcm, SAMPLE_RATE_HZ)
+        pcm = clip.pcm[: round(span.end_s * SAMPLE_RATE_HZ)]
+        found.append(Sentence(clip.name, clip.reference, pcm, span.start_s))
+    return found
+
+
+def session_audio(
+    chosen: Sequence[Sentence], index: int, total_s: float
+) -> tuple[Clip, list[Placement]]:
+    """Session `index`: the sentences from its own starting point, each followed by
+    `TRAIL_S` of room noise, then room noise up to `total_s`."""
+    rng = np.random.default_rng(index)
+    pieces = [room_noise(rng, round(LEAD_S * SAMPLE_RATE_HZ))]
+    at = pieces[0].size
+    placements = []
+    for step in range(len(chosen)):
+        sentence = chosen[(index + step) % len(chosen)]
+        placements.append(
+            Placement(
+                sentence,
+                (at / SAMPLE_RATE_HZ) + sentence.onset_s,
+                (at + sentence.pcm.size) / SAMPLE_RATE_HZ,
+            )
+        )
+        pieces += [sentence.pcm, room_noise(rng, round(TRAIL_S * SAMPLE_RATE_HZ))]
+        at += sentence.pcm.size + pieces[-1].size
+    pieces.append(room_noise(rng, max(0, round(total_s * SAMPLE_RATE_HZ) - at)))
+    clip = Clip(f"session-{index}", Path("-"), "", np.concatenate(pieces), ())
+    return clip, placements
+
+
+def measure_utterance(
+    config: str, run: LoadRun, plan: SessionPlan, place: Placement, messages: list[Any]
+) -> Utterance:
+    """What came back for one placed sentence; `messages` are the session's `Received`."""
+    mine = [
+        item
+        for item in messages
+        if isinstance(item.message, Transcription)
+        and item.message.audio_start_s < place.end_s
+        and item.message.audio_end_s > place.onset_s
+    ]
+    finals = [item for item in mine if item.message.is_final]
+    partials = [item for item in mine if not item.message.is_final]
+    onset_sent = run.send_time(plan, place.onset_s)
+    end_sent = run.send_time(plan, place.end_s)
+    assert onset_sent is not None and end_sent is not None
+    utterance = Utterance(
+        config, len(run.plans), plan.session_id, place.sentence.name, None, None, None
     )
+    covering = [item for item in finals if item.message.audio_end_s >= place.end_s - 0.1]
+    if covering:
+        utterance.eos_to_final_ms = (covering[-1].received_at - end_sent) * 1000
+    text = " ".join(item.message.transcript for item in finals)
+    utterance.final_text, utterance.wer = text, wer(place.sentence.reference, text)
+    if partials:
+        first = partials[0]
+        utterance.onset_to_first_partial_ms = (first.received_at - onset_sent) * 1000
+        utterance.first_partial_heard_ms = (first.message.audio_end_s - place.onset_s) * 1000
+    during = [item.received_at for item in partials if item.received_at <= end_sent]
+    utterance.partial_gaps_ms = [(b - a) * 1000 for a, b in itertools.pairwise(during)]
+    utterance.partials = len(partials)
+    return utterance
+
+
+def spread(values: Sequence[float]) -> dict[str, float | int | None]:
+    if not values:
+        return {"n": 0, "p50": None, "p95": None}
+    array = np.asarray(values, dtype=float)
+    return {
+        "n": int(array.size),
+        "p50": round(float(np.percentile(array, 50)), 1),
+        "p95": round(float(np.percentile(array, 95)), 1),
+    }
+
+
+def summarise(utterances: Sequence[Utterance]) -> dict[str, Any]:
+    def present(name: str) -> list[float]:
+        return [v for u in utterances if (v := getattr(u, name)) is not None]
+
+    return {
+        "utterances": len(utterances),
+        "finals_missing": sum(u.eos_to_final_ms is None for u in utterances),
+        "first_partials_missing": sum(u.onset_to_first_partial_ms is None for u in utterances),
+        "eos_to_final_ms": spread(present("eos_to_final_ms")),
+        "onset_to_first_partial_ms": spread(present("onset_to_first_partial_ms")),
+        "first_partial_heard_ms": spread(present("first_partial_heard_ms")),
+        "partial_gap_ms": spread([g for u in utterances for g in u.partial_gaps_ms]),
+        "wer_mean": round(float(np.mean([u.wer for u in utterances])), 3),
+    }
+
+
+async def measure_step(
+    config: str, url: str, chosen: Sequence[Sentence], sessions: int
+) -> tuple[dict[str, Any], list[Utterance]]:
+    """`sessions` live sessions on the running worker: their summary and utterances."""
+    speech_s = LEAD_S + sum(s.pcm.size / SAMPLE_RATE_HZ + TRAIL_S for s in chosen)
+    ramp_s = min(MAX_RAMP_S, RAMP_PER_SESSION_S * (sessions - 1))
+    duration_s = ramp_s + speech_s + 0.5
+    audio = [session_audio(chosen, index, duration_s) for index in range(sessions)]
+    plans = plan_sessions(
+        sessions, ramp_s, f"{config}{sessions}x{os.getpid()}", [a for a, _ in audio]
+    )
+    async with connected(url) as nc:
+        run = await run_load(nc.results, nc.publisher, plans, duration_s, results_grace_s=30.0)
+    utterances = []
+    for plan, (_, placements) in zip(plans, audio, strict=True):
+        messages = [item for item in run.received if item.session_id == plan.session_id]
+        utterances += [measure_utterance(config, run, plan, p, messages) for p in placements]
+    summary = summarise(utterances) | {"generator": run.lateness_summary()}
+    summary["loadavg_1m"] = round(os.getloadavg()[0], 2)
+    logger.info("%s N=%d: %s", config, sessions, json.dumps(summary))
+    return summary, utterances
+
+
+async def run_all(
+    configs: Sequence[str], counts: Sequence[int], chosen: Sequence[Sentence]
+) -> tuple[dict[str, dict[str, Any]], list[Utterance]]:
+    """Every configuration in turn, each in a worker process of its own on one server."""
+    results: dict[str, dict[str, Any]] = {}
+    utterances: list[Utterance] = []
+    with NatsServer() as server:
+        settings = load_settings(nats_url=server.url, otel_enabled=False, http_port=0)
+        for config in configs:
+            async with worker_process(settings, "faster-whisper", env=CONFIGS[config]):
+                for sessions in counts:
+                    summary, measured = await measure_step(config, server.url, chosen, sessions)
+                    results.setdefault(config, {})[str(sessions)] = summary
+                    utterances += measured
+    return results, utterances
+
+
+def judge(results: dict[str, dict[str, Any]]) -> list[dict[str, Any]]:
+    """Issue 16's targets, on the `new` configuration where it was measured."""
+    judged = []
+    for sessions, metric, statistic, bound in TARGETS:
+        step = results.get("new", {}).get(str(sessions))
+        value = step[metric][statistic] if step else None
+        judged.append(
+            {
+                "target": f"{metric} {statistic} <= {bound:.0f} at {sessions} session(s)",
+                "value": value,
+                "met": None if value is None else value <= bound,
+            }
+        )
+    return judged
+
+
+def _ms(spread_: dict[str, Any], statistic: str) -> str:
+    value = spread_[statistic]
+    return "-" if value is None else f"{value:.0f}"
+
+
+def report(data: dict[str, Any]) -> str:
+    meta = data["meta"]
+    lines = [
+        "# Live turn latency",
+        "",
+        f"Command: `{meta['command']}`  ",
+        f"Machine: {meta['nproc']} CPUs ({meta['cpu']}); commit {meta['commit']}; "
+        f"{meta['date']}; load average at the start {meta['loadavg_start']}",
+        "",
+        f"Sentences: {', '.join(meta['sentences'])}; each cut at its last word, then "
+        f"{TRAIL_S} s of room noise. `old`: {CONFIGS['old']}; `new`: the defaults.",
+        "",
+        "| config | sessions | utterances | end of speech -> final p50 / p95 ms "
+        "| onset -> first partial p50 / p95 ms | first partial heard p50 ms "
+        "| gap between partials p50 / p95 ms | finals missing | WER | load 1m |",
+        "| --- | ---: | ---: | --- | --- | ---: | --- | ---: | ---: | ---: |",
+    ]
+    for config, steps in data["results"].items():
+        for sessions, s in steps.items():
+            eos, first = s["eos_to_final_ms"], s["onset_to_first_partial_ms"]
+            gap = s["partial_gap_ms"]
+            lines.append(
+                f"| {config} | {sessions} | {s['utterances']} | {_ms(eos, 'p50')} / "
+                f"{_ms(eos, 'p95')} | {_ms(first, 'p50')} / {_ms(first, 'p95')} "
+                f"| {_ms(s['first_partial_heard_ms'], 'p50')} | {_ms(gap, 'p50')} / "
+                f"{_ms(gap, 'p95')} | {s['finals_missing']} | {s['wer_mean']:.3f} "
+                f"| {s['loadavg_1m']} |"
+            )
+    lines += [
+        "",
+        "## Targets (issue 16, `new`)",
+        "",
+        "| target | value | met |",
+        "| --- | ---: | --- |",
+    ]
+    for row in data["targets"]:
+        met = {True: "yes", False: "no", None: "not measured"}[row["met"]]
+        value = "-" if row["value"] is None else f"{row['value']:.0f}"
+        lines.append(f"| {row['target']} | {value} | {met} |")
+    return "\n".join(lines) + "\n"
+
+
+def main(argv: list[str] | None = None) -> int:
+    parser = argparse.ArgumentParser(description=__doc__.split("\n")[0])
+    parser.add_argument("--sessions", default="1,16", help="session counts, comma-separated")
+    parser.add_argument("--configs", default="old,new", help="of: " + ", ".join(CONFIGS))
+    parser.add_argument("--quick", action="store_true", help="two short sentences, one session")
+    parser.add_argument("--json", type=Path, help="the JSON's path (default beside the .md)")
+    parser.add_argument("--out", type=Path, default=DEFAULT_OUT, help="prefix of .md and .json")
+    args = parser.parse_args(argv)
+    logging.basicConfig(level=logging.INFO, format="%(asctime)s %(name)s %(message)s")
+    configs = [c for c in args.configs.split(",") if c]
+    unknown = set(configs) - set(CONFIGS)
+    if unknown:
+        parser.error(f"unknown configuration(s): {', '.join(sorted(unknown))}")
+    counts = [1] if args.quick else [int(n) for n in args.sessions.split(",")]
+    chosen = sentences(QUICK_SENTENCES if args.quick else SENTENCES)
+    loadavg_start = [round(x, 2) for x in os.getloadavg()]
+    results, utterances = asyncio.run(run_all(configs, counts, chosen))
+    meta = machine_info() | {
+        "loadavg_start": loadavg_start,
+        "sentences": [s.name for s in chosen],
+        "configs": {c: CONFIGS[c] for c in configs},
+    }
+    data = {
+        "meta": meta,
+        "targets": judge(results),
+        "results": results,
+        "utterances": [asdict(u) for u in utterances],
+    }
+    args.out.parent.mkdir(parents=True, exist_ok=True)
+    json_path = args.json or args.out.with_suffix(".json")
+    json_path.write_text(json.dumps(data, indent=1) + "\n")
+    text = report(data)
+    args.out.with_suffix(".md").write_text(text)
+    print(text)
+    return 0
 
 
 if __name__ == "__main__":
-    asyncio.run(main(sys.argv[1] if len(sys.argv) > 1 else "turn"))
+    raise SystemExit(main())

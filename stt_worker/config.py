@@ -508,11 +508,19 @@ class Settings(EnvSettings):
         description="Seconds without a chunk after which open speech is finalised.",
         gt=0,
     )
+    partial_first_ms: int = setting(
+        200,
+        "STT_PARTIAL_FIRST_MS",
+        group=Group.UTTERANCES,
+        description="Speech (voiced audio) heard before an utterance's first partial.",
+        ge=20,
+    )
     partial_interval_ms: int = setting(
-        1000,
+        300,
         "STT_PARTIAL_INTERVAL_MS",
         group=Group.UTTERANCES,
-        description="New audio between two partials of an utterance.",
+        description="New audio between two partials of an utterance while the engine keeps "
+        "up; a busy engine stretches it by the time partials wait in its queue.",
         ge=100,
     )
 

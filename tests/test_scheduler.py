@@ -177,3 +177,38 @@ async def test_a_session_over_its_finals_bound_loses_its_own_and_others_are_serv
         ("flood", 2.0),
         ("flood", 3.0),
     ]
+
+
+async def test_partials_waiting_behind_a_busy_engine_raise_the_partial_wait():
+    engine = GatedEngine(parallelism=1)
+    results = Results()
+    scheduler = InferenceScheduler(engine, results.on_done, concurrency=1)
+    runner = asyncio.create_task(scheduler.run())
+    scheduler.submit("a", job(1, 1.0, final=True))
+    await engine.started_at_least(1)
+    assert scheduler.partial_wait_s() == 0.0  # a final waited for nothing
+    scheduler.submit("b", job(1, 1.0, final=False))
+    await asyncio.sleep(0.2)  # b's partial waits behind a's final at least this long
+    await results.release_and_wait(engine, 1)
+    await engine.started_at_least(2)
+    assert scheduler.partial_wait_s() >= 0.3 * 0.2  # one partial's wait, weighted
+    await results.release_and_wait(engine, 2)
+    runner.cancel()
+
+
+async def test_partials_leave_one_slot_free_for_a_final():
+    engine = GatedEngine(parallelism=2)
+    results = Results()
+    scheduler = InferenceScheduler(engine, results.on_done, concurrency=2)
+    runner = asyncio.create_task(scheduler.run())
+    scheduler.submit("a", job(1, 1.0, final=False))
+    scheduler.submit("b", job(1, 2.0, final=False))
+    await engine.started_at_least(1)
+    await asyncio.sleep(0.05)
+    assert engine.started == [1.0]  # b's partial waits: the second slot stays free
+    scheduler.submit("c", job(1, 3.0, final=True))
+    await engine.started_at_least(2)
+    assert engine.started == [1.0, 3.0]  # the final started at once
+    await results.release_and_wait(engine, 3)
+    assert engine.started == [1.0, 3.0, 2.0] and engine.most_running == 2
+    runner.cancel()

@@ -16,6 +16,7 @@ from stt_worker.core.vad import FRAME_SAMPLES
 
 CONFIG = SessionConfig(
     endpoint_silence_ms=200,
+    partial_first_ms=400,  # with all-speech patterns from sample 0: every 400 ms of audio
     partial_interval_ms=400,
     speech_start_ms=60,
     preroll_ms=100,
@@ -101,10 +102,10 @@ def test_partials_follow_the_cadence_and_results_get_sequences():
 
 def test_no_partial_is_asked_for_during_a_pause():
     session = new_session()
-    assert len(jobs(feed(session, "s" * 15), final=False)) == 0
-    assert jobs(feed(session, "s" * 2 + "." * 8), final=False) == []  # due, but paused
+    assert len(jobs(feed(session, "s" * 20), final=False)) == 1  # the first, at 0.4 s
+    assert jobs(feed(session, "s" * 12 + "." * 8), final=False) == []  # due, but paused
     (partial,) = jobs(feed(session, "s"), final=False)  # speech resumes: now it comes
-    assert partial.audio_end_s == 26 * 0.02
+    assert partial.audio_end_s == pytest.approx(41 * 0.02)
 
 
 def test_partial_arriving_after_its_final_is_dropped():

@@ -1,6 +1,6 @@
 """LocalAgreement on hand-made hypothesis sequences."""
 
-from stt_worker.core.streaming import LocalAgreement, Partial
+from stt_worker.core.streaming import LocalAgreement, Partial, partial_text
 
 
 def test_words_become_stable_when_two_hypotheses_agree():
@@ -26,3 +26,20 @@ def test_disagreement_commits_nothing_new():
     agreement.update("the cat")
     assert agreement.update("a dog sat") == Partial("a dog sat", 0)
     assert agreement.stable_text == ""
+
+
+def test_partials_of_a_fraction_of_a_word_publish_nothing():
+    # What tiny.en wrote for the first 100-300 ms of the shared sentences.
+    for junk in ("", "n", "S", "3", ".", "f"):
+        assert partial_text(junk) == ""
+    for word in ("as", "I", "He", "你好", "after"):
+        assert partial_text(word) == word
+
+
+def test_a_partial_that_is_one_phrase_looped_is_published_once():
+    assert partial_text("He could. He could. He could.") == "He could."
+    assert partial_text("For a... For a... For a...") == "For a..."
+    assert partial_text("he hoped, he hoped, he hoped,") == "he hoped,"
+    # A phrase that does not just repeat is left alone.
+    assert partial_text("he could he could wait") == "he could he could wait"
+    assert partial_text("He could walk.") == "He could walk."

@@ -15,6 +15,7 @@ import numpy as np
 import pytest
 import soxr
 
+from bench.speech_marks import speech_span
 from stt_worker.runtime.publisher import publish_pcm, read_wav, stream_file
 from tests.helpers import SPEECH_DIR, Inbox, manifest_text
 from tests.textnorm import wer
@@ -109,6 +110,26 @@ async def test_real_clip_streams_partials_then_final(worker, nc):
     assert_sequences(messages)
     error = wer(manifest_text("ls_1089-134686-0000.wav"), final_text(messages))
     assert error <= WER_BOUND, final_text(messages)
+
+
+async def test_first_partial_comes_early_in_the_speech_then_every_300_ms(worker, nc):
+    # Positions in the audio, not wall-clock times: what each partial had heard.
+    path = SPEECH_DIR / "ls_1089-134691-0001.wav"  # "FOR A FULL HOUR HE HAD PACED UP ..."
+    samples, rate = read_wav(path)
+    speech = speech_span(samples, rate)
+    session = sid()
+    inbox = await Inbox.open(nc, session)
+    await stream_file(nc, session, path, speed=1.0)
+    messages = await inbox.until_closed(within_s=120)
+    partials = [m for m in messages if m.get("type") == "transcript" and m["is_partial"]]
+    first = partials[0]
+    # Published by 0.6 s into the speech (the old cadence: 1 s of audio, about 0.6 s of
+    # speech after the pre-roll, plus its own interval when that one heard no word).
+    assert first["audio_end_s"] - speech.start_s <= 0.6, first
+    assert first["transcript"].split()[0].strip(".,").upper() == "FOR", first
+    heard = np.array([m["audio_end_s"] for m in partials if m["audio_end_s"] <= speech.end_s])
+    # Then one per 300 ms of audio (more apart only across pauses in the sentence).
+    assert np.median(np.diff(heard)) <= 0.35, heard
 
 
 async def test_two_utterances_separated_by_silence_give_two_finals(worker, nc):

@@ -24,7 +24,7 @@ from stt_worker.core.jobs import Job, JobKind, Transcribe
 from stt_worker.core.phases import Event, Phase, advance
 from stt_worker.core.protocol import EndReason
 from stt_worker.core.session_config import SessionConfig
-from stt_worker.core.streaming import Partial
+from stt_worker.core.streaming import Partial, partial_text
 from stt_worker.core.utterance import Segmenter, Utterance
 from stt_worker.core.vad import FRAME_MS
 
@@ -72,6 +72,7 @@ class Listener:
         self.finals = Finals()
         self._endpoint = config.endpoint_policy()
         self._barge_in = config.barge_in_policy()
+        self._cadence = config.partial_cadence()
         self.segmenter = Segmenter(
             preroll_frames=config.preroll_frames, start_frames=config.start_frames
         )
@@ -137,14 +138,19 @@ class Listener:
             heard += self._end(self.segmenter.cut(), now, "size")
         return heard
 
-    def partial_due(self) -> list[Transcribe]:
-        """After a chunk's frames: a partial of the open utterance, when one is due."""
+    def partial_due(self, partial_wait_s: float = 0.0) -> list[Transcribe]:
+        """After a chunk's frames: a partial of the open utterance, when one is due.
+        `partial_wait_s`: how long partials wait for the engine now (it stretches the
+        cadence)."""
         utterance = self.utterance
         if utterance is None or utterance.unconfirmed:
             return []
-        if (
-            utterance.samples - utterance.samples_at_last_partial
-            < self.config.partial_interval_samples
+        if not self._cadence.due(
+            voiced_frames=utterance.voiced_frames,
+            samples=utterance.samples,
+            samples_at_last_partial=utterance.samples_at_last_partial,
+            wordless=utterance.wordless_partial,
+            partial_wait_s=partial_wait_s,
         ):
             return []
         if self.config.enable_vad and utterance.silence_run >= PAUSE_FRAMES:
@@ -152,7 +158,7 @@ class Listener:
             # final would wait behind it: ask again when speech resumes.
             return []
         if (
-            utterance.samples + self.config.partial_interval_samples
+            utterance.samples + self._cadence.interval(partial_wait_s)
             >= self.config.max_utterance_samples
         ):
             # The length cut comes before the next partial would: its final must not queue
@@ -164,8 +170,12 @@ class Listener:
     def partial(self, job: Job, text: str) -> Partial | None:
         """A partial's text: what to publish, or None (stale, empty, or nothing new)."""
         utterance = self._open(job.utterance_id)
-        if utterance is None or not text:
-            return None  # that utterance was finalised meanwhile, or nothing was heard yet
+        if utterance is None:
+            return None  # that utterance was finalised meanwhile
+        text = partial_text(text)
+        utterance.wordless_partial = not text
+        if not text:
+            return None  # no word heard yet: the next partial comes sooner
         partial = utterance.agreement.update(text)
         if partial.text == utterance.published:
             return None

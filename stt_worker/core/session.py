@@ -75,8 +75,9 @@ class Session:
         actions += self.change_state(state, now=now)
         return actions
 
-    def audio(self, frames: Frames, *, now: float) -> list[Action]:
-        """Classified 20 ms frames of the stream, in order."""
+    def audio(self, frames: Frames, *, now: float, partial_wait_s: float = 0.0) -> list[Action]:
+        """Classified 20 ms frames of the stream, in order. `partial_wait_s`: how long
+        partials wait for the engine now, which stretches their cadence."""
         self._last_activity_at = now
         if frames.speech:
             # Only audio keeps an utterance open: empty chunks (or ones too short to finish
@@ -86,7 +87,7 @@ class Session:
         for index, is_speech in enumerate(frames.speech):
             heard = self._listener.frame(frames.frame(index), is_speech, now)
             actions += self._carry_out(heard, now)
-        return actions + self._listener.partial_due()
+        return actions + self._listener.partial_due(partial_wait_s)
 
     def change_state(self, state: State, *, now: float) -> list[Action]:
         self._last_activity_at = now

@@ -9,6 +9,7 @@ from typing import Literal
 
 from stt_worker.core.audio import SAMPLE_RATE_HZ
 from stt_worker.core.barge_in import BargeInPolicy, VoiceBargeIn, WordBargeIn
+from stt_worker.core.cadence import PartialCadence
 from stt_worker.core.endpoint import (
     AdaptiveEndpoint,
     EndpointPolicy,
@@ -29,7 +30,8 @@ class SessionConfig:
     enable_vad: bool = True
     enable_interrupt_detection: bool = True
     endpoint_silence_ms: int = 500
-    partial_interval_ms: int = 1000
+    partial_first_ms: int = 200
+    partial_interval_ms: int = 300
     speech_start_ms: int = 60
     preroll_ms: int = 300
     interrupt_min_speech_ms: int = 250
@@ -98,6 +100,12 @@ class SessionConfig:
     @property
     def partial_interval_samples(self) -> int:
         return self.partial_interval_ms * SAMPLE_RATE_HZ // 1000
+
+    def partial_cadence(self) -> PartialCadence:
+        return PartialCadence(
+            first_voiced_frames=_frames(self.partial_first_ms),
+            interval_samples=self.partial_interval_samples,
+        )
 
     def endpoint_policy(self) -> EndpointPolicy:
         """The end-of-utterance rule these knobs choose."""

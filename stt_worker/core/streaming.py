@@ -14,10 +14,27 @@ import re
 from dataclasses import dataclass
 
 _KEY = re.compile(r"[^\w']+")
+# A word of a partial: two letters or more (any script), or "I". Whisper writes single
+# letters, digits and stray punctuation ("n", "3", ".") for a fraction of a word.
+_WORD = re.compile(r"[^\W\d_]{2,}|\bI\b")
 
 
 def _key(word: str) -> str:
     return _KEY.sub("", word.lower())
+
+
+def partial_text(hypothesis: str) -> str:
+    """What of a partial's hypothesis is worth publishing: nothing when it holds no word,
+    and a phrase said back to back (the decoder looping on a short stretch of audio: "He
+    could. He could. He could.") once. The final is decoded afresh and keeps its repeats."""
+    if not _WORD.search(hypothesis):
+        return ""
+    words = hypothesis.split()
+    keys = [_key(word) for word in words]
+    for size in range(1, len(words) // 2 + 1):
+        if len(words) % size == 0 and keys == keys[:size] * (len(words) // size):
+            return " ".join(words[:size])
+    return hypothesis
 
 
 @dataclass(frozen=True, slots=True)

@@ -33,6 +33,7 @@ class Utterance:
     samples_at_last_partial: int = 0
     agreement: LocalAgreement = field(default_factory=LocalAgreement)
     published: str | None = None  # the last partial text sent for this utterance
+    wordless_partial: bool = False  # the last partial answered had no word in it
     # Word mode: voiced frames when the last probe was sent, and that probe's last word.
     voiced_at_last_probe: int = 0
     last_probe_word: str | None = None

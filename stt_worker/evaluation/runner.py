@@ -16,7 +16,7 @@ import subprocess
 import sys
 import tempfile
 import time
-from collections.abc import AsyncIterator, Sequence
+from collections.abc import AsyncIterator, Mapping, Sequence
 from dataclasses import dataclass
 from datetime import UTC, datetime
 from typing import Any
@@ -152,16 +152,22 @@ _PROBE_URL = re.compile(r"probes and metrics at (http://[^\s\"]+)")
 
 @contextlib.asynccontextmanager
 async def worker_process(
-    settings: Settings, engine_kind: str, module: str = "stt_worker.tools.cli"
+    settings: Settings,
+    engine_kind: str,
+    module: str = "stt_worker.tools.cli",
+    *,
+    env: Mapping[str, str] | None = None,
 ) -> AsyncIterator[WorkerProcess]:
     """`stt-streaming serve` in its own process, as deployments run it: in this process the
     publisher and subscriber would share its CPU and GIL (measured: in-worker inference ~7%
     slower at the median, up to 1.6x, than the same decode alone).
 
     `module` runs another worker with the same command line (``-m MODULE serve --engine
-    KIND``) and readiness line ("worker ready"): the benchmarks' naive baseline."""
+    KIND``) and readiness line ("worker ready"): the benchmarks' naive baseline. `env` is
+    added last: variables a `Settings` of this checkout may not know yet (a worker ignores
+    unknown ones)."""
     # Probes on a free port unless asked otherwise: the harness must not need 8080.
-    env = {"STT_HTTP_PORT": "0", **os.environ, **settings_env(settings)}
+    env = {"STT_HTTP_PORT": "0", **os.environ, **settings_env(settings), **(env or {})}
     process = await asyncio.create_subprocess_exec(
         sys.executable,
         "-m",

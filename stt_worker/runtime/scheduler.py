@@ -12,6 +12,11 @@
   for the session drops its pending partial.
 - Exactly the engine's `parallelism` inferences run at once, so nothing queues unseen inside
   the engine and the finals-first order is the order work starts in.
+- Partials never take the last free slot when there are two or more: a final or a turn
+  check arriving then starts at once instead of waiting out a partial's decode.
+- How long partials wait for a slot, smoothed (`partial_wait_s`, from a session's first
+  pending request, not from the latest that replaced it), is what sessions stretch their
+  partial cadence by: a busy engine is asked for fewer partials, not more.
 - While the engine reports itself unhealthy (a failing HTTP backend), pending partials are
   dropped: the work we can lose goes first, finals keep their place.
 """
@@ -35,6 +40,8 @@ logger = logging.getLogger(__name__)
 
 Outcome = Transcript | SttError
 DoneCallback = Callable[[Hashable, Job, Outcome, float], Awaitable[None]]
+# Weight of the newest partial's wait in `partial_wait_s`: a few partials tell the trend.
+PARTIAL_WAIT_WEIGHT = 0.3
 
 
 @dataclass(slots=True)
@@ -73,9 +80,13 @@ class InferenceScheduler:
         self._probes: collections.OrderedDict[Hashable, _Entry] = collections.OrderedDict()
         self._wakeup = asyncio.Event()
         self._running = 0
+        self._running_partials = 0
+        # Slots partials may hold at once: all but one, so finals never wait for a slot.
+        self._partial_slots = max(1, concurrency - 1)
         self._busy: set[Hashable] = set()
         self._idle = asyncio.Event()
         self._idle.set()
+        self._partial_wait_s = 0.0
 
     def submit(self, key: Hashable, job: Job) -> None:
         entry = _Entry(key, job, plan(job))
@@ -85,6 +96,9 @@ class InferenceScheduler:
             self._queue_final(key, entry)
             self._partials.pop(key, None)
         else:
+            stale = self._partials.get(key)
+            if stale is not None:
+                entry.enqueued_at = stale.enqueued_at  # the session has waited since then
             self._partials[key] = entry  # replaces a stale partial, keeping its place
         self._idle.clear()
         self._wakeup.set()
@@ -115,6 +129,10 @@ class InferenceScheduler:
         self._probes.pop(key, None)
         self._update_idle()
 
+    def partial_wait_s(self) -> float:
+        """How long partials have lately waited for a slot, in seconds (smoothed)."""
+        return self._partial_wait_s
+
     @property
     def pending_finals(self) -> int:
         return self._final_count
@@ -140,12 +158,15 @@ class InferenceScheduler:
                 self._wakeup.clear()
                 await self._wakeup.wait()
                 continue
+            partial = entry.plan.lane is Lane.PARTIAL
             self._running += 1
+            self._running_partials += partial
             self._busy.add(entry.key)
             try:
                 await self._run_one(entry)
             finally:
                 self._running -= 1
+                self._running_partials -= partial
                 self._busy.discard(entry.key)
                 self._wakeup.set()  # that session's next job may run now
                 self._update_idle()
@@ -170,6 +191,8 @@ class InferenceScheduler:
             # A failing backend gets only finals: partials are the work we can lose.
             logger.warning("engine unhealthy: shedding %d partials", len(self._partials))
             self._partials.clear()
+        if self._running_partials >= self._partial_slots:
+            return None
         for key, entry in self._partials.items():
             if key not in self._busy:
                 del self._partials[key]
@@ -178,6 +201,8 @@ class InferenceScheduler:
 
     async def _run_one(self, entry: _Entry) -> None:
         wait_s = time.perf_counter() - entry.enqueued_at
+        if entry.plan.lane is Lane.PARTIAL:
+            self._partial_wait_s += PARTIAL_WAIT_WEIGHT * (wait_s - self._partial_wait_s)
         outcome: Outcome
         try:
             # Joining and scaling up to 30 s of samples is CPU work: keep it off the loop.

@@ -13,7 +13,7 @@ from __future__ import annotations
 import asyncio
 import itertools
 import logging
-from collections.abc import Hashable
+from collections.abc import Callable, Hashable
 from concurrent.futures import Executor
 from dataclasses import dataclass
 
@@ -51,6 +51,7 @@ def session_config(settings: Settings) -> SessionConfig:
         enable_vad=settings.enable_vad,
         enable_interrupt_detection=settings.enable_interrupt_detection,
         endpoint_silence_ms=settings.endpoint_silence_ms,
+        partial_first_ms=settings.partial_first_ms,
         partial_interval_ms=settings.partial_interval_ms,
         speech_start_ms=settings.speech_start_ms,
         preroll_ms=settings.preroll_ms,
@@ -132,9 +133,15 @@ class Sessions:
     """The open sessions, by session id and by key, and the routing of messages to them."""
 
     def __init__(
-        self, settings: Settings, observer: Observer, delivery: Delivery, dsp: Executor
+        self,
+        settings: Settings,
+        observer: Observer,
+        delivery: Delivery,
+        dsp: Executor,
+        partial_wait_s: Callable[[], float],
     ) -> None:
         self._settings = settings
+        self._partial_wait_s = partial_wait_s  # the scheduler's: it stretches partial cadence
         self._config = session_config(settings)
         self._observer = observer
         self._delivery = delivery
@@ -230,7 +237,7 @@ class Sessions:
         stream.audio.check_order(chunk.seq)
         self._observer.audio_received(stream.audio.duration_s(pcm))
         frames = await stream.audio.frames(pcm)
-        return stream, stream.session.audio(frames, now=now)
+        return stream, stream.session.audio(frames, now=now, partial_wait_s=self._partial_wait_s())
 
     def _playback(
         self,

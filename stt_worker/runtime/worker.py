@@ -93,7 +93,8 @@ class Worker:
         self._observer = Observer(self.telemetry, engine, self._scheduler.engine_for)
         self._delivery = delivery_for(settings, self.telemetry.metrics)
         self._dsp = dsp_executor()
-        self._sessions = Sessions(settings, self._observer, self._delivery, self._dsp)
+        wait = self._scheduler.partial_wait_s  # stretches every session's partial cadence
+        self._sessions = Sessions(settings, self._observer, self._delivery, self._dsp, wait)
         self._intake = Intake(
             settings,
             self._delivery,

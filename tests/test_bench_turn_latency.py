@@ -1,0 +1,59 @@
+"""The live turn-latency benchmark in its quick mode: real nats-server, the real worker in its
+own process per configuration, real speech at real time. Checks the outputs' structure and
+that what they measure is consistent with the audio that was sent."""
+
+from __future__ import annotations
+
+import json
+import subprocess
+import sys
+from pathlib import Path
+
+import pytest
+
+ROOT = Path(__file__).resolve().parents[1]
+
+
+@pytest.mark.timeout(180)
+def test_turn_latency_quick_run_measures_both_configs(tmp_path: Path) -> None:
+    prefix = tmp_path / "turn_latency"
+    json_path = tmp_path / "elsewhere.json"
+    done = subprocess.run(
+        [
+            sys.executable,
+            *("-m", "bench.turn_latency", "--quick"),
+            *("--out", str(prefix), "--json", str(json_path)),
+        ],
+        cwd=ROOT,
+        capture_output=True,
+        text=True,
+        timeout=170,
+    )
+    assert done.returncode == 0, done.stderr[-3000:]
+
+    data = json.loads(json_path.read_text())
+    assert not prefix.with_suffix(".json").exists()  # --json chose the path
+    assert set(data["results"]) == {"old", "new"}
+    sentences = data["meta"]["sentences"]
+    for config, steps in data["results"].items():
+        step = steps["1"]
+        assert step["utterances"] == len(sentences), config
+        # Every sentence was heard and ended: a final covering its last word, the words
+        # right, a partial before it.
+        assert step["finals_missing"] == 0 and step["first_partials_missing"] == 0, config
+        assert step["wer_mean"] <= 0.34, config
+        for metric in ("eos_to_final_ms", "onset_to_first_partial_ms", "partial_gap_ms"):
+            assert {"n", "p50", "p95"} <= set(step[metric]), (config, metric)
+    for utterance in data["utterances"]:
+        # Measured from the real end of speech: a reference point past the last word (the
+        # file's end, say) would give negative values.
+        assert 0 < utterance["eos_to_final_ms"] < 5000, utterance
+        # A partial holds audio sent before it arrived: its heard audio after the onset is
+        # less than the time from the onset to its arrival.
+        heard, arrived = utterance["first_partial_heard_ms"], utterance["onset_to_first_partial_ms"]
+        assert 0 < heard < arrived, utterance
+    assert data["targets"][0]["target"].startswith("eos_to_final_ms p50")
+
+    markdown = prefix.with_suffix(".md").read_text()
+    assert "| old | 1 |" in markdown and "| new | 1 |" in markdown
+    assert "## Targets" in markdown
