@@ -594,7 +594,7 @@ class Settings(EnvSettings):
         ge=0,
     )
     turn_max_ms: int = setting(
-        1200,
+        1000,
         "STT_TURN_MAX_MS",
         group=Group.END_OF_TURN,
         description="Turn mode: the longest pause while the turn holds (or a check is still "
@@ -602,7 +602,7 @@ class Settings(EnvSettings):
         ge=60,
     )
     turn_over_prob: float = setting(
-        0.5,
+        0.9,
         "STT_TURN_OVER_PROB",
         group=Group.END_OF_TURN,
         description="Turn mode: at or above this Smart Turn probability the turn ends at the "
@@ -611,7 +611,7 @@ class Settings(EnvSettings):
         le=1,
     )
     turn_hold_prob: float = setting(
-        0.3,
+        0.9,
         "STT_TURN_HOLD_PROB",
         group=Group.END_OF_TURN,
         description="Turn mode: below this Smart Turn probability the turn holds "
@@ -620,7 +620,7 @@ class Settings(EnvSettings):
         le=1,
     )
     turn_end_veto_prob: float = setting(
-        0.3,
+        0.5,
         "STT_TURN_END_VETO_PROB",
         group=Group.END_OF_TURN,
         description="Turn mode: below this decoder end probability the turn holds whatever "

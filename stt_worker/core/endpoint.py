@@ -111,11 +111,11 @@ class TurnRule:
     The defaults are the settings' (`STT_TURN_*`)."""
 
     # Smart Turn at or above this: the turn is over (unless the words say otherwise).
-    over_prob: float = 0.5
+    over_prob: float = 0.9
     # Smart Turn below this: the speaker is mid-phrase; the pause may run long.
-    hold_prob: float = 0.3
+    hold_prob: float = 0.9
     # The decoder's end probability below this vetoes an end: the words go on.
-    end_veto_prob: float = 0.3
+    end_veto_prob: float = 0.5
     # Without Smart Turn (it failed or was not asked): the adaptive mode's decoder thresholds.
     finished_prob: float = 0.75
     unfinished_prob: float = 0.5
