@@ -14,9 +14,9 @@ rotation. Per sentence:
 - the gaps between partials that arrived while the sentence was still being spoken.
 
 Configurations are measured in one run, one after the other, on the same server: `old`
-(the fixed 500 ms endpoint, webrtcvad and a partial a second: the defaults before issue 16) and `new` (the
-defaults). A worker ignores environment variables it does not know, so `old` is the same
-command on any checkout.
+(the fixed 500 ms endpoint, webrtcvad and a partial a second: the defaults before issue 16)
+and `new` (the defaults). A worker ignores environment variables it does not know, so `old`
+is the same command on any checkout.
 
     .venv/bin/python -m bench.turn_latency [--sessions 1,16] [--configs old,new] [--quick]
         [--json PATH]     # writes bench/results/turn_latency.{md,json}
