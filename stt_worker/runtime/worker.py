@@ -239,7 +239,7 @@ class Worker:
         else:
             trace_id = trace_id_of(extract(msg.headers)) if msg is not None else None
         with session_context(session_id[: self.settings.max_session_id_chars], trace_id):
-            return await self._reject(session_id, stream, exc, now)
+            return await self._replies.reject(session_id, stream, exc, now)
 
     async def _handle(self, session_id: str, message: ClientMessage, msg: Msg, now: float) -> None:
         """One admitted message, in its session's task: route it, carry out the actions."""
@@ -258,7 +258,7 @@ class Worker:
                 else:
                     logger.exception("unexpected failure handling a message")
                     error = SttError(f"internal error: {exc!r}", code=ErrorCode.INTERNAL_ERROR)
-                await self._reject(session_id, stream, error, now)
+                await self._replies.reject(session_id, stream, error, now)
                 await self._delivery.reject(msg)
                 return
             if stream is not None:
@@ -266,11 +266,6 @@ class Worker:
                     stream.observer.parent = parent  # the publisher's current turn
                 await stream.hold(message, msg, now)
                 await self._apply(stream, actions)
-
-    async def _reject(
-        self, session_id: str, stream: Stream | None, exc: SttError, now: float
-    ) -> bool:
-        return await self._replies.reject(session_id, stream, exc, now)
 
     # ------------------------------------------------------------ actions
 
