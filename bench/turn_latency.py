@@ -81,6 +81,8 @@ CONFIGS: dict[str, dict[str, str]] = {
         "STT_PARTIAL_FIRST_MS": "1000",
     },
     "new": {},
+    # The defaults with turn mode (Smart Turn and the decoder's end probability), opt-in.
+    "turn": {"STT_ENDPOINT_MODE": "turn"},
 }
 # Issue 16's targets for the defaults (`new`): (sessions, metric, statistic, bound in ms).
 TARGETS = (
@@ -330,7 +332,7 @@ def report(data: dict[str, Any]) -> str:
 def main(argv: list[str] | None = None) -> int:
     parser = argparse.ArgumentParser(description=__doc__.split("\n")[0])
     parser.add_argument("--sessions", default="1,16", help="session counts, comma-separated")
-    parser.add_argument("--configs", default="old,new", help="of: " + ", ".join(CONFIGS))
+    parser.add_argument("--configs", default="old,new,turn", help="of: " + ", ".join(CONFIGS))
     parser.add_argument("--quick", action="store_true", help="two short sentences, one session")
     parser.add_argument("--json", type=Path, help="the JSON's path (default beside the .md)")
     parser.add_argument("--out", type=Path, default=DEFAULT_OUT, help="prefix of .md and .json")

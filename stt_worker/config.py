@@ -533,7 +533,7 @@ class Settings(EnvSettings):
         ge=60,
     )
     endpoint_mode: Literal["fixed", "adaptive", "turn"] = setting(
-        "turn",
+        "fixed",
         "STT_ENDPOINT_MODE",
         group=Group.END_OF_TURN,
         description="`turn`: at `STT_TURN_CHECK_MS` of pause, transcribe and ask Smart Turn "

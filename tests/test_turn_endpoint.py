@@ -40,12 +40,12 @@ async def finals_of(make_worker, nc, samples: np.ndarray, **settings) -> list[di
 
 
 async def test_a_finished_sentence_ends_at_the_turn_check_with_its_text(make_worker, nc):
-    """ "He could wait no longer." then silence: in turn mode (the default) the check at
+    """ "He could wait no longer." then silence: in turn mode the check at
     80 ms of pause hears a finished turn and its text is the final; the fixed rule waits
     its 500 ms."""
     samples = clip("ls_1089-134691-0000.wav")
     samples = np.concatenate([samples, room_tone(samples, 1.5)])
-    (turn,) = await finals_of(make_worker, nc, samples)
+    (turn,) = await finals_of(make_worker, nc, samples, endpoint_mode="turn")
     (fixed,) = await finals_of(make_worker, nc, samples, endpoint_mode="fixed")
     assert turn["end_reason"] == fixed["end_reason"] == "silence"
     assert "longer" in turn["transcript"].lower()
@@ -61,7 +61,7 @@ async def test_a_sentence_with_a_pause_at_a_word_gap_is_not_cut_in_two(make_work
     gap = int(4.25 * RATE)
     tone = room_tone(samples, 0.7)
     samples = np.concatenate([samples[:gap], tone, samples[gap:], room_tone(samples, 1.5)])
-    (turn,) = await finals_of(make_worker, nc, samples)
+    (turn,) = await finals_of(make_worker, nc, samples, endpoint_mode="turn")
     assert "there" in turn["transcript"].lower() and "brothels" in turn["transcript"].lower()
     fixed = await finals_of(make_worker, nc, samples, endpoint_mode="fixed")
     assert len(fixed) == 2  # the pause is long enough to end a turn by silence alone
