@@ -9,7 +9,11 @@ import numpy as np
 import pytest
 
 from stt_worker.core.audio import Pcm16
+from stt_worker.core.endpoint import TurnRule
+from stt_worker.core.phases import Event
+from stt_worker.engines.base import Audio, DecodeOptions, Engine, Transcript
 from stt_worker.engines.smart_turn import WINDOW_SAMPLES, SmartTurn, load_smart_turn, log_mel
+from stt_worker.engines.turn_check import TurnCheckEngine
 from tests.helpers import SPEECH_DIR
 
 # "After early nightfall, the yellow lamps would light up here and there, the squalid quarter
@@ -56,3 +60,33 @@ def test_features_match_the_models_own_extractor():
         expected = compute_whisper_log_mel_features(reference)
         assert log_mel(samples).shape == expected.shape == (80, 800)
         np.testing.assert_allclose(log_mel(samples), expected, atol=1e-4)
+
+
+class _Counting(Engine):
+    """The real engine, counting its decodes."""
+
+    def __init__(self, inner: Engine) -> None:
+        self.inner, self.info, self.decodes = inner, inner.info, 0
+
+    async def transcribe(self, audio: Audio, options: DecodeOptions) -> Transcript:
+        self.decodes += 1
+        return await self.inner.transcribe(audio, options)
+
+
+async def test_a_check_that_sounds_mid_turn_skips_its_decode(engine: Engine):
+    """Turn mode's checks: Smart Turn first; a pause that sounds mid-turn holds without a
+    decode (no text), one that sounds like an end is decoded."""
+    counting = _Counting(engine)
+    checks = TurnCheckEngine(counting, smart_turn=True, hold_below=0.9)
+    await checks.load()
+    options = DecodeOptions(end_probability=True, turn_probability=True)
+    try:
+        mid = await checks.transcribe(_until(MID_PHRASE_END_S) / 32768.0, options)
+        assert mid.text == "" and mid.turn_prob is not None and mid.turn_prob < 0.9
+        assert counting.decodes == 0
+        end = await checks.transcribe(_until(SENTENCE_END_S) / 32768.0, options)
+        assert "brothels" in end.text.lower() and end.turn_prob >= 0.9
+        assert counting.decodes == 1
+        assert TurnRule().judge(mid.text, mid.end_prob, mid.turn_prob) is Event.TURN_HOLDS
+    finally:
+        checks.close()

@@ -121,6 +121,10 @@ class TurnRule:
     unfinished_prob: float = 0.5
 
     def judge(self, text: str, end_prob: float | None, turn_prob: float | None) -> Event:
+        if turn_prob is not None and turn_prob < self.hold_prob:
+            # The voice says mid-turn: the words cannot end it (the engine skips their
+            # decode, `TurnCheckEngine`), and a continuation would hold it anyway.
+            return Event.TURN_HOLDS
         if sounds_finished(text) is None:
             return Event.TURN_UNDECIDED  # no words: nothing to end the turn with
         if ends_mid_phrase(text):

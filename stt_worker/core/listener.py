@@ -263,6 +263,8 @@ class Listener:
         )
         utterance = self._open(job.utterance_id)
         if utterance is None:
+            if not text:
+                return None  # no words (or no decode, turn mode): its final decides
             # Ended meanwhile. If the fixed endpoint ended it with no speech since the check
             # (the check lost the race under load), this text is that final's, and sooner.
             promised = self.finals.check_won(job.utterance_id)

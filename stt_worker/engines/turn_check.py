@@ -1,9 +1,12 @@
 """`TurnCheckEngine`: any engine, plus Smart Turn on the audio of the jobs that ask for it.
 
-A turn check (`DecodeOptions.turn_probability`) needs both the words and Smart Turn's
-verdict on the same audio. Smart Turn runs on its own thread while the engine decodes, so a
-check costs the longer of the two (about 35 ms of Smart Turn beside 100 ms or more of
-decoding here), not their sum; every other job passes straight through.
+A turn check (`DecodeOptions.turn_probability`) needs Smart Turn's verdict on its audio and,
+unless that verdict alone holds the turn, the words. Smart Turn runs first (about 35 ms on
+its own thread): below `hold_below` the speaker is mid-turn whatever the words, so the
+decode is skipped and the check answers with no text. Speech pauses at nearly every word
+gap, and a decode of the whole utterance at each one costs more than the worker has under
+load (at 16 live sessions the checks alone took it past capacity); only the pauses that
+sound like an end pay for a decode. Every other job passes straight through.
 """
 
 from __future__ import annotations
@@ -15,6 +18,7 @@ import logging
 
 import numpy as np
 
+from stt_worker.core.audio import SAMPLE_RATE_HZ
 from stt_worker.engines.base import Audio, DecodeOptions, Engine, EngineInfo, Transcript
 from stt_worker.engines.smart_turn import SmartTurn, load_smart_turn
 
@@ -25,9 +29,10 @@ class TurnCheckEngine(Engine):
     """Wraps `inner`; with `smart_turn` (turn mode), Smart Turn is loaded by `load` (on its
     thread, at start); without, every job passes straight through."""
 
-    def __init__(self, inner: Engine, smart_turn: bool) -> None:
+    def __init__(self, inner: Engine, smart_turn: bool, hold_below: float = 0.0) -> None:
         self.inner = inner
         self._wanted = smart_turn
+        self._hold_below = hold_below
         self._smart_turn: SmartTurn | None = None
         # One thread: one Smart Turn at a time, each on one core (see `SmartTurn`).
         self._executor = concurrent.futures.ThreadPoolExecutor(
@@ -61,11 +66,12 @@ class TurnCheckEngine(Engine):
         if not options.turn_probability or self._smart_turn is None:
             return await self.inner.transcribe(audio, options)
         loop = asyncio.get_running_loop()
-        turn = loop.run_in_executor(self._executor, self._probability, audio)
-        try:
-            transcript = await self.inner.transcribe(audio, options)
-        finally:
-            turn_prob = await turn  # never left running behind a failed decode
+        turn_prob = await loop.run_in_executor(self._executor, self._probability, audio)
+        if turn_prob is not None and turn_prob < self._hold_below:
+            # Mid-turn by its voice: `TurnRule` holds on Smart Turn alone, and a check
+            # without text never becomes a final (`Listener.turn_checked`).
+            return Transcript("", audio_s=audio.size / SAMPLE_RATE_HZ, turn_prob=turn_prob)
+        transcript = await self.inner.transcribe(audio, options)
         return dataclasses.replace(transcript, turn_prob=turn_prob)
 
     def _probability(self, audio: Audio) -> float | None:

@@ -81,7 +81,8 @@ class Worker:
         self._closing = False
         self._disconnected_at: float | None = None
         # Turn checks run on the partials' engine; in turn mode they also ask Smart Turn.
-        self._checks = TurnCheckEngine(partial_engine or engine, settings.endpoint_mode == "turn")
+        turn_mode, hold_below = settings.endpoint_mode == "turn", settings.turn_hold_prob
+        self._checks = TurnCheckEngine(partial_engine or engine, turn_mode, hold_below)
         self._scheduler = InferenceScheduler(
             engine,
             self._on_outcome,
