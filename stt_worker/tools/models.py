@@ -21,8 +21,10 @@ from stt_worker.engines.weights import MODELS, Model, WeightFile, WeightPackage,
 MISMATCH = "MISMATCH"
 
 
-def list_models(out: TextIO = sys.stdout) -> int:
-    """Print every model, package and file; 1 if any installed file is not the pinned one."""
+def list_models(out: TextIO | None = None) -> int:
+    """Print every model, package and file (to stdout by default); 1 if any installed file is
+    not the pinned one."""
+    out = out or sys.stdout
     cache = base_cache_folder(load_settings().whisper_model_cache_dir)
     statuses: list[str] = []
     for model in MODELS:
@@ -45,23 +47,27 @@ def _package(package: WeightPackage, out: TextIO) -> list[str]:
     installed = _installed_version(package.distribution)
     version = "" if installed == package.version else f", version {installed} installed"
     print(f"  {pinned}{extra}: {root}{version}", file=out)
-    return [_file_line(each, out, *_status(root / each.path, each)) for each in package.files]
+    return [
+        _file_line(each, out, *_status(root / each.path, each, package)) for each in package.files
+    ]
 
 
 def _assembled(model: Model, cache: Path, out: TextIO) -> list[str]:
     print(f"  built from the parts on first use, in {cache}", file=out)
     return [
-        _file_line(each, out, *_status(cache / each.path, each, "not built yet"))
+        _file_line(each, out, *_status(cache / each.path, each, None, "not built yet"))
         for each in model.assembled
     ]
 
 
-def _status(path: Path, expected: WeightFile, absent: str = "missing") -> tuple[str, str]:
-    """The file's status, and for a mismatch what is wrong with it."""
+def _status(
+    path: Path, expected: WeightFile, source: WeightPackage | None, absent: str = "missing"
+) -> tuple[str, str]:
+    """The file's status, and for a mismatch what is wrong with it and what to do."""
     if not path.is_file():
         return absent, ""
     try:
-        verified(path, expected)
+        verified(path, expected, source)
     except ModelIntegrityError as exc:
         return MISMATCH, str(exc)
     return "verified", ""
