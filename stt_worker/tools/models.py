@@ -45,7 +45,7 @@ def _package(package: WeightPackage, out: TextIO) -> list[str]:
         print(f"  {pinned}{extra}: not installed", file=out)
         return [_file_line(each, out, "absent") for each in package.files]
     installed = _installed_version(package.distribution)
-    version = "" if installed == package.version else f", version {installed} installed"
+    version = "" if installed == package.version else f", installed: {installed or 'no metadata'}"
     print(f"  {pinned}{extra}: {root}{version}", file=out)
     return [
         _file_line(each, out, *_status(root / each.path, each, package)) for each in package.files
