@@ -11,7 +11,8 @@ The exceptions carry a code (their class's default unless given)::
     SttError                 internal_error
     ├── ProtocolError        invalid_message: a message we cannot accept (bad msgpack, ...)
     ├── EngineError          engine_error: the speech engine failed on an utterance
-    │   └── ModelNotFoundError   model_not_found: the model is not available locally
+    │   ├── ModelNotFoundError   model_not_found: the model is not available locally
+    │   └── ModelIntegrityError  model_checksum_mismatch: a weight file is not the pinned one
     └── OverloadedError      overloaded: a bound was reached (sessions, queued inferences)
 
 The runtime adds ``BusError`` (NATS failed; ``ConnectError`` when connecting), code
@@ -181,6 +182,11 @@ class ErrorCode(enum.StrEnum):
         _W | _S,
         "The configured Whisper model is not available locally (the process exits at startup).",
     )
+    MODEL_CHECKSUM_MISMATCH = (
+        "model_checksum_mismatch",
+        _W | _S,
+        "A weight file's size or SHA-256 is not the pinned one (the process exits at startup).",
+    )
     BACKEND_UNAVAILABLE = (
         "backend_unavailable",
         _W,
@@ -271,6 +277,10 @@ class EngineError(SttError):
 
 class ModelNotFoundError(EngineError):
     code = ErrorCode.MODEL_NOT_FOUND
+
+
+class ModelIntegrityError(EngineError):
+    code = ErrorCode.MODEL_CHECKSUM_MISMATCH
 
 
 class OverloadedError(SttError):

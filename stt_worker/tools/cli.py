@@ -8,7 +8,9 @@ whisper-server for the worker's HTTP engine to call); ``stream`` and ``tail`` ar
 publisher and subscriber alone, for a worker running elsewhere (tools/stream.py, tail.py).
 ``gateway`` (stt_worker/gateway/) serves a WebSocket bridge and a captioning page, in front of
 an embedded nats-server and worker as in ``demo``, or of ``--nats-url``. ``eval`` is the
-evaluation harness (stt_worker/evaluation/).
+evaluation harness (stt_worker/evaluation/). ``models`` lists the bundled models and checks
+their files' sums (tools/models.py). A command that needs an extra which is not installed says
+which one (tools/extras.py).
 """
 
 from __future__ import annotations
@@ -26,6 +28,8 @@ from stt_worker.runtime.nats_server import NatsServerError
 from stt_worker.runtime.publisher import WavFormatError
 from stt_worker.tools.demo import DEFAULT_SAMPLE, demo
 from stt_worker.tools.embedded import DEMO_ENGINES
+from stt_worker.tools.extras import extras_named
+from stt_worker.tools.models import list_models
 from stt_worker.tools.options import CliError
 from stt_worker.tools.serve import serve_whisper, serve_worker
 from stt_worker.tools.stream import stream
@@ -38,16 +42,18 @@ _STATES = ("listening", "responding")
 def main(argv: list[str] | None = None) -> int:
     argv = sys.argv[1:] if argv is None else argv
     if argv[:1] == ["eval"]:  # all of its arguments, --help included, are the harness's
-        return _eval(argv[1:])
-    args = _parser().parse_args(argv)
+        command, run = "eval", lambda: _eval(argv[1:])
+    else:
+        args = _parser().parse_args(argv)
+        command, run = args.command, lambda: int(args.handler(args))
     try:
-        with mapped_errors():
-            return int(args.handler(args))
+        with mapped_errors(), extras_named():
+            return run()
     except CliError as exc:
-        print(f"stt-streaming {args.command}: {exc}", file=sys.stderr)
+        print(f"stt-streaming {command}: {exc}", file=sys.stderr)
         return exc.status
     except (NatsServerError, WavFormatError, OSError, SttError) as exc:
-        print(f"stt-streaming {args.command}: {exc or type(exc).__name__}", file=sys.stderr)
+        print(f"stt-streaming {command}: {exc or type(exc).__name__}", file=sys.stderr)
         return 1
     except KeyboardInterrupt:
         return 130
@@ -58,7 +64,7 @@ def _parser() -> argparse.ArgumentParser:
         prog="stt-streaming", description="Streaming speech-to-text worker on NATS, and its tools."
     )
     commands = parser.add_subparsers(dest="command", required=True, metavar="COMMAND")
-    for add in (_serve, _demo, _gateway, _stream, _tail, _whisper_server, _evaluate):
+    for add in (_serve, _demo, _gateway, _stream, _tail, _whisper_server, _evaluate, _models):
         add(commands)
     return parser
 
@@ -240,6 +246,13 @@ def _evaluate(commands: Commands) -> None:
         add_help=False,  # `stt-streaming eval --help` is the harness's own
     )
     evaluate.add_argument("args", nargs=argparse.REMAINDER, help="see `stt-streaming eval -h`")
+
+
+def _models(commands: Commands) -> None:
+    models = commands.add_parser(
+        "models", help="the bundled models: packages, pinned versions, files' sizes and sums"
+    )
+    models.set_defaults(handler=lambda args: list_models())
 
 
 def _eval(argv: list[str]) -> int:
