@@ -8,6 +8,7 @@ must come out as pipecat's frames.
 
 from __future__ import annotations
 
+import socket
 from collections.abc import Sequence
 
 import numpy as np
@@ -26,6 +27,7 @@ from pipecat.tests.utils import SleepFrame, run_test
 
 from stt_worker.config import load_settings
 from stt_worker.integrations.pipecat import NatsSTTService
+from stt_worker.runtime.connection import Reconnect
 from stt_worker.runtime.publisher import read_wav
 from tests.helpers import SPEECH_DIR, manifest_text
 from tests.textnorm import wer
@@ -111,3 +113,38 @@ async def test_a_worker_error_becomes_an_error_frame_and_the_pipeline_goes_on(wo
     assert len(errors) == 1 and "invalid_field" in errors[0].error, errors
     assert not errors[0].fatal and service.is_usable
     assert wer(manifest_text(clip), finals_text(down)) <= WER_BOUND, finals_text(down)
+
+
+async def test_a_session_the_worker_closed_is_opened_again_at_the_pipeline_rate(
+    make_worker, nats_url
+):
+    # The worker evicts the session while the pipeline is quiet; the next audio must open a
+    # new one with a `start` at 48 kHz, not fall to the 16 kHz a bare chunk gets (speech
+    # three times too slow, which Whisper does not make out).
+    await make_worker(session_idle_timeout_s=0.5)
+    clip = "ls_1089-134691-0000.wav"
+    service = NatsSTTService(nats=load_settings(nats_url=nats_url))
+    speech = audio_frames(clip, 48_000)
+    down, up = await run(service, [*speech, SleepFrame(sleep=1.5), *speech], rate=48_000)
+
+    finals = of(TranscriptionFrame, down)
+    assert len(finals) == 2, [frame.text for frame in finals]
+    for frame in finals:
+        assert wer(manifest_text(clip), frame.text) <= WER_BOUND, frame.text
+    assert not of(ErrorFrame, up)
+
+
+async def test_nats_out_of_reach_is_one_error_frame_and_the_pipeline_still_ends():
+    with socket.socket() as probe:  # a port with nothing listening on it
+        probe.bind(("127.0.0.1", 0))
+        port = probe.getsockname()[1]
+    service = NatsSTTService(
+        nats=load_settings(nats_url=f"nats://127.0.0.1:{port}"),
+        reconnect=Reconnect(attempts=1, wait_s=0.1, connect_timeout_s=1),
+    )
+    down, up = await run(service, audio_frames("ls_1089-134691-0000.wav", 16_000))
+
+    errors = of(ErrorFrame, up)
+    assert len(errors) == 1 and "cannot reach the stt-streaming worker" in errors[0].error
+    assert not service.is_usable
+    assert not of(TranscriptionFrame, down)
