@@ -274,20 +274,27 @@ class NatsSTTService(STTService):
             return
         language = _language(message.language)
         if message.is_partial:
-            frame = InterimTranscriptionFrame(
-                text, self._user_id, time_now_iso8601(), language, result=message
+            await self.push_frame(
+                InterimTranscriptionFrame(
+                    text, self._user_id, time_now_iso8601(), language, result=message
+                )
             )
-            await self.push_frame(frame)
         elif message.backchannel:
             # "yeah" over the bot's voice: heard, but not the user's turn. As a transcription
             # it would open a user turn and interrupt the bot after all.
             logger.debug("backchannel on %s: %r", self._session_id, text)
         else:
             await self.emit_stt_usage_metrics()
-            frame = TranscriptionFrame(
-                text, self._user_id, time_now_iso8601(), language, result=message, finalized=True
+            await self.push_frame(
+                TranscriptionFrame(
+                    text,
+                    self._user_id,
+                    time_now_iso8601(),
+                    language,
+                    result=message,
+                    finalized=True,
+                )
             )
-            await self.push_frame(frame)
 
 
 def _language(code: str | None) -> Language | None:
