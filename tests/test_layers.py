@@ -3,6 +3,8 @@
 - `stt_worker.core` is sans-I/O: it imports no asyncio, no NATS client, no HTTP client or
   server, and nothing of the project outside the core.
 - Only `stt_worker.runtime` imports nats.
+- `stt_worker.integrations` (framework adapters) reach NATS through the runtime's connection
+  and bus alone, and nothing else in the package imports them.
 - No class over 300 lines and no function over 60 lines in the core, engines and runtime.
 """
 
@@ -69,6 +71,46 @@ def test_engines_depend_on_the_core_and_the_settings_only():
             if top(module) == "stt_worker":
                 allowed = ("stt_worker.core", "stt_worker.engines", "stt_worker.config")
                 assert module.startswith(allowed), f"{path.name} imports {module}"
+
+
+# What a framework adapter may use of the project: the settings, the wire format and errors,
+# and the runtime's NATS client; never the worker's sessions, engines or pipeline.
+INTEGRATION_IMPORTS = (
+    "stt_worker.config",
+    "stt_worker.core.protocol",
+    "stt_worker.core.errors",
+    "stt_worker.runtime.connection",
+    "stt_worker.runtime.bus",
+)
+
+
+def imported_names(path: Path) -> Iterator[str]:
+    """As `imported`, with ``from a.b import c`` as ``a.b.c``: the module or the name in it."""
+    for node in ast.walk(ast.parse(path.read_text(), str(path))):
+        if isinstance(node, ast.Import):
+            yield from (alias.name for alias in node.names)
+        elif isinstance(node, ast.ImportFrom) and node.module and node.level == 0:
+            yield from (f"{node.module}.{alias.name}" for alias in node.names)
+
+
+def test_integrations_talk_to_the_worker_over_nats_only():
+    assert sources("integrations"), "the integrations package is missing"
+    for path in sources("integrations"):
+        for name in imported_names(path):
+            if top(name) == "stt_worker":
+                allowed = (*INTEGRATION_IMPORTS, "stt_worker.integrations")
+                assert name.startswith(allowed), f"{path.name} imports {name}"
+
+
+def test_nothing_in_the_worker_imports_an_integration():
+    outside = [
+        f"{path.relative_to(PACKAGE)} imports {module}"
+        for path in sources()
+        if "integrations" not in path.relative_to(PACKAGE).parts
+        for module in imported(path)
+        if module.startswith("stt_worker.integrations")
+    ]
+    assert outside == []
 
 
 def oversized(path: Path) -> Iterator[str]:
