@@ -143,7 +143,7 @@ class Listener:
         `partial_wait_s`: how long partials wait for the engine now (it stretches the
         cadence)."""
         utterance = self.utterance
-        if utterance is None or utterance.unconfirmed:
+        if utterance is None or utterance.unconfirmed or not self.config.partials:
             return []
         if not self._cadence.due(
             voiced_frames=utterance.voiced_frames,
@@ -343,14 +343,23 @@ class Listener:
         ended_at: float | None = None,
         trailing_silence_s: float = 0.0,
     ) -> Job:
-        return utterance.job(
+        job = utterance.job(
             kind,
             language=self.language,
-            prompt=self._context or None,
+            prompt=self._prompt(),
             end_reason=end_reason,
             ended_at=ended_at,
             trailing_silence_s=trailing_silence_s,
         )
+        config = self.config
+        if config.task == "transcribe" and not config.word_timestamps:
+            return job
+        return dataclasses.replace(job, task=config.task, word_timestamps=config.word_timestamps)
+
+    def _prompt(self) -> str | None:
+        """The session's own prompt (hotwords, names), then its recent finals: Whisper
+        reads the prompt as the text said just before."""
+        return " ".join(part for part in (self.config.prompt, self._context) if part) or None
 
     def _open(self, utterance_id: int) -> Utterance | None:
         """The open utterance, if it is `utterance_id`."""
