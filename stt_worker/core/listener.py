@@ -343,25 +343,24 @@ class Listener:
         ended_at: float | None = None,
         trailing_silence_s: float = 0.0,
     ) -> Job:
-        job = utterance.job(
+        return utterance.job(
             kind,
             language=self.language,
-            prompt=self._prompt(),
+            prompt=_prompt(self.config, self._context),
+            task=self.config.task,
+            word_timestamps=self.config.word_timestamps,
             end_reason=end_reason,
             ended_at=ended_at,
             trailing_silence_s=trailing_silence_s,
         )
-        config = self.config
-        if config.task == "transcribe" and not config.word_timestamps:
-            return job
-        return dataclasses.replace(job, task=config.task, word_timestamps=config.word_timestamps)
-
-    def _prompt(self) -> str | None:
-        """The session's own prompt (hotwords, names), then its recent finals: Whisper
-        reads the prompt as the text said just before."""
-        return " ".join(part for part in (self.config.prompt, self._context) if part) or None
 
     def _open(self, utterance_id: int) -> Utterance | None:
         """The open utterance, if it is `utterance_id`."""
         utterance = self.utterance
         return utterance if utterance and utterance.utterance_id == utterance_id else None
+
+
+def _prompt(config: SessionConfig, context: str) -> str | None:
+    """The session's own prompt (hotwords, names), then its recent finals: Whisper reads
+    the prompt as the text said just before."""
+    return " ".join(part for part in (config.prompt, context) if part) or None

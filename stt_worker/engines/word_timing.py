@@ -10,14 +10,18 @@ belongs to, so each timed word is a word of the text as published.
 from __future__ import annotations
 
 import unicodedata
+from collections.abc import Iterable
 from dataclasses import dataclass, field
+from typing import TYPE_CHECKING
 
-import ctranslate2
 import numpy as np
-from faster_whisper.tokenizer import Tokenizer
 
 from stt_worker.core.protocol import Word
 from stt_worker.engines.decoding import FRAMES_PER_S
+
+if TYPE_CHECKING:  # the openai-whisper engine uses `timed_words` without CTranslate2
+    import ctranslate2
+    from faster_whisper.tokenizer import Tokenizer
 
 # Encoder positions per second: its first convolution has stride 2 over 100 mel frames/s.
 POSITIONS_PER_S = FRAMES_PER_S // 2
@@ -53,16 +57,22 @@ def align_words(
     if len(starts_s) <= bounds[-1]:
         return ()  # the path missed tokens: no times rather than wrong ones
     limit_s = content_frames / FRAMES_PER_S
-    pieces = [
-        _Piece(
-            text, min(float(starts_s[i]), limit_s), min(float(starts_s[j]), limit_s), [*probs[i:j]]
-        )
+    return timed_words(
+        (text, min(starts_s[i], limit_s), min(starts_s[j], limit_s), probs[i:j])
         for text, i, j in zip(words, bounds[:-1], bounds[1:], strict=False)
-    ]
+    )
+
+
+def timed_words(pieces: Iterable[tuple[str, float, float, Iterable[float]]]) -> tuple[Word, ...]:
+    """Whisper's word pieces (text, start, end, token probabilities) as the text's words:
+    punctuation joined to its word, the probability the mean over the word's tokens."""
+    joined = _joined(
+        [_Piece(text, float(start), float(end), [*probs]) for text, start, end, probs in pieces]
+    )
     return tuple(
         Word(piece.text, piece.start_s, piece.end_s, float(np.mean(piece.probs)))
-        for piece in _joined(pieces)
-        if piece.text.strip()
+        for piece in joined
+        if piece.text.strip() and piece.probs
     )
 
 
