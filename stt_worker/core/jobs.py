@@ -12,7 +12,7 @@ import enum
 from dataclasses import dataclass
 
 from stt_worker.core.audio import Pcm16
-from stt_worker.core.protocol import CloseReason, EndReason, ServerMessage
+from stt_worker.core.protocol import CloseReason, EndReason, ServerMessage, Task
 
 
 class JobKind(enum.Enum):
@@ -50,6 +50,10 @@ class Job:
     # Recent finals of the session, to condition decoding (empty when context is off).
     prompt: str | None = None
     end_reason: EndReason | None = None  # set on finals: why the utterance ended
+    # The session's options (`SessionConfig`): transcribe or translate, and whether its
+    # finals (and the turn checks that may become finals) carry word times.
+    task: Task = "transcribe"
+    word_timestamps: bool = False
     # Finals and turn checks: when the utterance was ended (the caller's clock) and the
     # trailing silence already waited by then, so end of speech -> final can be measured.
     ended_at: float | None = None

@@ -143,7 +143,7 @@ class Listener:
         `partial_wait_s`: how long partials wait for the engine now (it stretches the
         cadence)."""
         utterance = self.utterance
-        if utterance is None or utterance.unconfirmed:
+        if utterance is None or utterance.unconfirmed or not self.config.partials:
             return []
         if not self._cadence.due(
             voiced_frames=utterance.voiced_frames,
@@ -348,7 +348,9 @@ class Listener:
         return utterance.job(
             kind,
             language=self.language,
-            prompt=self._context or None,
+            prompt=_prompt(self.config, self._context),
+            task=self.config.task,
+            word_timestamps=self.config.word_timestamps,
             end_reason=end_reason,
             ended_at=ended_at,
             trailing_silence_s=trailing_silence_s,
@@ -358,3 +360,9 @@ class Listener:
         """The open utterance, if it is `utterance_id`."""
         utterance = self.utterance
         return utterance if utterance and utterance.utterance_id == utterance_id else None
+
+
+def _prompt(config: SessionConfig, context: str) -> str | None:
+    """The session's own prompt (hotwords, names), then its recent finals: Whisper reads
+    the prompt as the text said just before."""
+    return " ".join(part for part in (config.prompt, context) if part) or None

@@ -30,6 +30,8 @@ CloseReason = Literal["end", "idle", "shutdown", "max_duration"]
 # responding, or a repeated `start`.
 EndReason = Literal["silence", "size", "timeout", "responding", "restart"] | CloseReason
 SpeakerId = str | int | None
+# What Whisper does with the speech: write it down, or translate it into English.
+Task = Literal["transcribe", "translate"]
 
 # Echoed in every message of the session: bounded, so one `start` cannot inflate them all.
 MAX_SPEAKER_ID_CHARS = 256
@@ -61,6 +63,21 @@ class Start(msgspec.Struct, tag="start", tag_field="type", frozen=True):
     state: State = "listening"
     speaker_id: Annotated[str, msgspec.Meta(max_length=MAX_SPEAKER_ID_CHARS)] | int | None = None
     language: Annotated[str, msgspec.Meta(pattern=LANGUAGE_PATTERN)] | None = None
+    # Additive per-session options (`core/options.py` checks them, docs/protocol.md lists
+    # them). Typed loosely on purpose: a bad value is refused for its field alone, with an
+    # `invalid_field` error, and the session goes on with that field's default.
+    prompt: Any = None
+    task: Any = None
+    partials: Any = None
+    word_timestamps: Any = None
+    endpoint_mode: Any = None
+    endpoint_silence_ms: Any = None
+    endpoint_min_silence_ms: Any = None
+    endpoint_max_silence_ms: Any = None
+    turn_max_ms: Any = None
+    barge_in_mode: Any = None
+    interrupt_min_speech_ms: Any = None
+    barge_in_probe_ms: Any = None
 
 
 class Chunk(msgspec.Struct, tag="chunk", tag_field="type", frozen=True):
@@ -296,6 +313,17 @@ def chunk_pcm_bytes(chunk: Chunk | Playback) -> bytes:
 # ---------------------------------------------------------------- output
 
 
+class Word(msgspec.Struct, frozen=True):
+    """One word of a final (`word_timestamps`): its text as Whisper wrote it (leading space
+    and attached punctuation included), when it was said in the session's audio, and the
+    decoder's mean token probability (None when the backend does not report one)."""
+
+    word: str
+    start_s: float
+    end_s: float
+    probability: float | None = None
+
+
 class Transcription(msgspec.Struct, frozen=True):
     """A partial or final result. The first nine fields are the seed's, unchanged."""
 
@@ -326,6 +354,8 @@ class Transcription(msgspec.Struct, frozen=True):
     # audio messages this result was made from, so consumers can drop a replay's duplicates.
     source_seq_first: int | msgspec.UnsetType = msgspec.UNSET
     source_seq_last: int | msgspec.UnsetType = msgspec.UNSET
+    # Finals of sessions that asked for `word_timestamps` only (absent otherwise).
+    words: list[Word] | msgspec.UnsetType = msgspec.UNSET
 
 
 class Interrupt(msgspec.Struct, frozen=True):

@@ -16,6 +16,9 @@ from __future__ import annotations
 
 import logging
 from collections.abc import Sequence
+from dataclasses import dataclass
+
+import msgspec
 
 from stt_worker.core.audio import Pcm16
 from stt_worker.core.errors import SttError
@@ -30,6 +33,7 @@ from stt_worker.core.protocol import (
     SpeakerId,
     State,
     Transcription,
+    Word,
 )
 from stt_worker.core.session_config import SessionConfig
 from stt_worker.core.vad import FRAME_SAMPLES, Frames
@@ -133,20 +137,23 @@ class Session:
         inference_s: float,
         end_prob: float | None = None,
         turn_prob: float | None = None,
+        words: Sequence[Word] = (),
     ) -> list[Action]:
-        """An engine result for `job`; stale partials are dropped here."""
+        """An engine result for `job`; stale partials are dropped here. `words`: the
+        text's word times from the start of the job's audio (`word_timestamps`)."""
+        decoded = Decoded(text, language, inference_s, words)
         if job.kind is JobKind.TURN_CHECK:
             checked = self._listener.turn_checked(job, text, end_prob, turn_prob)
             if checked is None:
                 return []
-            return self._final(checked.job, text, checked.promised, now, language, inference_s)
+            return self._final(checked.job, decoded, checked.promised, now)
         if job.kind is JobKind.BARGE_IN_PROBE:
             return self._carry_out(self._listener.probed(job, text, inference_s), now)
         if job.is_final:
             promised = self._listener.finals.returned(job.utterance_id)
             if promised is None:
                 return []  # its turn check's text was published for it already
-            return self._final(job, text, promised, now, language, inference_s)
+            return self._final(job, decoded, promised, now)
         partial = self._listener.partial(job, text)
         if partial is None:
             return []
@@ -238,16 +245,9 @@ class Session:
         )
         return Publish(interrupt)
 
-    def _final(
-        self,
-        job: Job,
-        text: str,
-        promised: bool,
-        now: float,
-        language: str | None,
-        inference_s: float,
-    ) -> list[Action]:
-        """Publish `text` as the final of `job`'s utterance."""
+    def _final(self, job: Job, decoded: Decoded, promised: bool, now: float) -> list[Action]:
+        """Publish `decoded` as the final of `job`'s utterance."""
+        text = decoded.text
         if not text and not promised:
             # Nothing was said and no partial promised anything: publish nothing.
             return self._maybe_close(now)
@@ -264,7 +264,14 @@ class Session:
             else:
                 backchannel = bool(text)
         final = self._transcription(
-            job, text, len(text), now, language, inference_s, backchannel=backchannel
+            job,
+            text,
+            len(text),
+            now,
+            decoded.language,
+            decoded.inference_s,
+            backchannel=backchannel,
+            words=_in_session(decoded, job) if job.word_timestamps else msgspec.UNSET,
         )
         if not backchannel:
             self._listener.remember(text)
@@ -292,6 +299,7 @@ class Session:
         inference_s: float,
         *,
         backchannel: bool = False,
+        words: list[Word] | msgspec.UnsetType = msgspec.UNSET,
     ) -> Publish:
         message = Transcription(
             session_id=self.session_id,
@@ -311,9 +319,36 @@ class Session:
             stable_chars=stable_chars,
             end_reason=job.end_reason,
             backchannel=backchannel,
+            words=words,
         )
         self._sequence += 1
         return Publish(message)
+
+
+@dataclass(frozen=True, slots=True)
+class Decoded:
+    """What the engine made of a job."""
+
+    text: str
+    language: str | None
+    inference_s: float
+    words: Sequence[Word] = ()
+
+
+def _in_session(decoded: Decoded, job: Job) -> list[Word]:
+    """The words' times moved from the job's audio to the session's, as `audio_start_s`."""
+    if not decoded.text:
+        return []  # the text was dropped (silence, a hallucination): so are its words
+    offset = job.audio_start_s
+    return [
+        Word(
+            word.word,
+            round(offset + word.start_s, 3),
+            round(offset + word.end_s, 3),
+            None if word.probability is None else round(word.probability, 4),
+        )
+        for word in decoded.words
+    ]
 
 
 def frames_of(samples: Pcm16, speech: Sequence[bool]) -> Frames:

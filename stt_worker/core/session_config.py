@@ -17,6 +17,7 @@ from stt_worker.core.endpoint import (
     TurnEndpoint,
     TurnRule,
 )
+from stt_worker.core.protocol import Task
 from stt_worker.core.turns import Backchannels, Commands
 from stt_worker.core.vad import FRAME_MS
 
@@ -68,6 +69,13 @@ class SessionConfig:
     turn_recheck_ms: int = 0
     turn_max_ms: int = 1200
     turn_rule: TurnRule = field(default_factory=TurnRule)
+    # Per-session options (`core/options.py`): partials published at all; the session's own
+    # prompt (hotwords, names), decoded before its recent finals; transcribe or translate
+    # into English; finals with the time of each word.
+    partials: bool = True
+    prompt: str | None = None
+    task: Task = "transcribe"
+    word_timestamps: bool = False
 
     @property
     def endpoint_frames(self) -> int:

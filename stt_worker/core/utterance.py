@@ -12,7 +12,7 @@ import numpy as np
 from stt_worker.core.audio import SAMPLE_RATE_HZ, Pcm16
 from stt_worker.core.jobs import Job, JobKind
 from stt_worker.core.phases import UNCONFIRMED, Event, Phase, advance
-from stt_worker.core.protocol import EndReason
+from stt_worker.core.protocol import EndReason, Task
 from stt_worker.core.streaming import LocalAgreement
 
 CUT_SEARCH_FRAMES = 75  # look for a pause in the last 1.5 s before the length bound
@@ -72,6 +72,8 @@ class Utterance:
         *,
         language: str | None,
         prompt: str | None,
+        task: Task = "transcribe",
+        word_timestamps: bool = False,
         end_reason: EndReason | None = None,
         ended_at: float | None = None,
         trailing_silence_s: float = 0.0,
@@ -86,6 +88,8 @@ class Utterance:
             has_voice_activity=self.voiced_frames > 0,
             language=language,
             prompt=prompt,
+            task=task,
+            word_timestamps=word_timestamps,
             end_reason=end_reason,
             ended_at=ended_at,
             trailing_silence_s=trailing_silence_s,

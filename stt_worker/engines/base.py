@@ -20,6 +20,7 @@ import numpy as np
 import numpy.typing as npt
 
 from stt_worker.core.errors import EngineError, SttError
+from stt_worker.core.protocol import Task, Word
 
 Audio = npt.NDArray[np.float32]
 
@@ -111,6 +112,10 @@ class DecodeOptions:
     # Report `Transcript.turn_prob`: Smart Turn's verdict on the same audio (turn checks in
     # `turn` mode; `engines/turn_check.TurnCheckEngine` adds it around any engine).
     turn_probability: bool = False
+    # Translate into English instead of transcribing (multilingual models only).
+    task: Task = "transcribe"
+    # Report `Transcript.words`; the alignment costs decode time, so only when asked.
+    word_timestamps: bool = False
 
 
 @dataclass(frozen=True, slots=True)
@@ -139,6 +144,9 @@ class Transcript:
     # Smart Turn's probability that the speaker's turn is complete at the end of the audio
     # (prosody, not words). None when not asked for or not available.
     turn_prob: float | None = None
+    # With `DecodeOptions.word_timestamps`: the text's words, timed from the start of the
+    # audio given.
+    words: tuple[Word, ...] = ()
 
 
 @dataclass(frozen=True, slots=True)
@@ -158,6 +166,9 @@ class Engine(abc.ABC):
     parallelism: int = 1
     # Requests to a backend that were retried (HTTP engine), for the metrics.
     retries: int = 0
+    # Whether the model can translate and hear other languages than English; None when
+    # the engine cannot tell (a remote backend).
+    multilingual: bool | None = None
 
     @abc.abstractmethod
     async def transcribe(self, audio: Audio, options: DecodeOptions) -> Transcript:

@@ -49,6 +49,7 @@ from faster_whisper.transcribe import get_suppressed_tokens
 from stt_worker.config import Settings
 from stt_worker.core.audio import SAMPLE_RATE_HZ
 from stt_worker.core.errors import EngineError
+from stt_worker.core.protocol import Task, Word
 from stt_worker.engines.base import (
     Audio,
     DecodeOptions,
@@ -69,6 +70,7 @@ from stt_worker.engines.decoding import (
     collapse_loops,
 )
 from stt_worker.engines.models import resolve_model_path
+from stt_worker.engines.word_timing import align_words
 
 logger = logging.getLogger(__name__)
 
@@ -98,6 +100,7 @@ class _WindowResult:
     no_speech_prob: float
     language: str
     end_prob: float | None = None
+    words: tuple[Word, ...] = ()  # `word_timestamps`: from the window's start
 
 
 class FasterWhisperEngine(LocalEngine):
@@ -134,9 +137,9 @@ class FasterWhisperEngine(LocalEngine):
             self._hf_tokenizer = tokenizers.Tokenizer.from_file(str(path / "tokenizer.json"))
         except (RuntimeError, ValueError, OSError) as exc:
             raise EngineError(f"Cannot load Whisper model from {str(path)!r}: {exc}") from exc
-        self._multilingual = self._model.is_multilingual
+        self._multilingual = self.multilingual = self._model.is_multilingual
         self._features = FeatureExtractor(feature_size=self._model.n_mels)
-        self._tokenizers: dict[str, tuple[Tokenizer, list[int]]] = {}
+        self._tokenizers: dict[tuple[str, Task], tuple[Tokenizer, list[int]]] = {}
         self.info = EngineInfo(
             name="faster-whisper",
             model=settings.whisper_model_size,
@@ -188,6 +191,7 @@ class FasterWhisperEngine(LocalEngine):
         prompt = options.prompt
         segments: list[Segment] = []
         results: list[_WindowResult] = []
+        words: list[Word] = []
         # Utterances are cut at <= 30 s upstream; longer audio is decoded in consecutive
         # 30 s windows, each prompted with the previous window's text for continuity.
         for start in range(0, max(content_frames, 1), WINDOW_FRAMES):
@@ -196,6 +200,8 @@ class FasterWhisperEngine(LocalEngine):
             language = language or result.language
             prompt = result.text or prompt
             results.append(result)
+            offset_s = start / FRAMES_PER_S
+            words += [_shifted(word, offset_s) for word in result.words]
             segments.append(
                 Segment(
                     start_s=start / FRAMES_PER_S,
@@ -211,6 +217,7 @@ class FasterWhisperEngine(LocalEngine):
             language=results[0].language,
             no_speech_prob=min(r.no_speech_prob for r in results),
             end_prob=results[-1].end_prob,
+            words=tuple(words),
         )
 
     def _decode_window(
@@ -246,7 +253,7 @@ class FasterWhisperEngine(LocalEngine):
         elif language is None:
             language_token, _ = self._model.detect_language(encoded)[0][0]
             language = language_token[2:-2]
-        tokenizer, suppress_tokens = self._tokenizer(language)
+        tokenizer, suppress_tokens = self._tokenizer(language, options.task)
         prompt_tokens = self._prompt(tokenizer, prompt)
         max_new = MIN_NEW_TOKENS + math.ceil(frames / FRAMES_PER_S * MAX_TOKENS_PER_S)
         max_new = min(max_new, options.max_new_tokens or max_new)
@@ -274,27 +281,33 @@ class FasterWhisperEngine(LocalEngine):
         end_prob = None
         if options.end_probability and text:
             end_prob = _end_probability(tokenizer, tokens, result.logits[0])
+        words: tuple[Word, ...] = ()
+        if options.word_timestamps and text:
+            audio_frames = min(chunk.shape[-1], frames)
+            words = align_words(self._model, tokenizer, encoded, tokens, audio_frames)
         return _WindowResult(
             text=text,
             avg_logprob=avg_logprob,
             no_speech_prob=result.no_speech_prob,
             language=language,
             end_prob=end_prob,
+            words=words,
         )
 
-    def _tokenizer(self, language: str) -> tuple[Tokenizer, list[int]]:
-        """The tokenizer for `language` and the tokens faster-whisper suppresses by default."""
-        cached = self._tokenizers.get(language)
+    def _tokenizer(self, language: str, task: Task) -> tuple[Tokenizer, list[int]]:
+        """The tokenizer for `language` and `task` (its start sequence names both), and the
+        tokens faster-whisper suppresses by default."""
+        cached = self._tokenizers.get((language, task))
         if cached is None:
             try:
                 tokenizer = Tokenizer(
-                    self._hf_tokenizer, self._multilingual, task="transcribe", language=language
+                    self._hf_tokenizer, self._multilingual, task=task, language=language
                 )
             except ValueError as exc:
                 raise EngineError(f"Unsupported language {language!r}") from exc
             # -1: the non-speech symbols (music notes, brackets) plus Whisper's special tokens.
             cached = (tokenizer, list(get_suppressed_tokens(tokenizer, [-1]) or []))
-            self._tokenizers[language] = cached
+            self._tokenizers[language, task] = cached
         return cached
 
     def _prompt(self, tokenizer: Tokenizer, previous_text: str | None) -> list[int]:
@@ -304,6 +317,10 @@ class FasterWhisperEngine(LocalEngine):
             # Whisper keeps at most half its context for previous text.
             prompt = [tokenizer.sot_prev, *previous[-(MAX_LENGTH_TOKENS // 2 - 1) :]]
         return [*prompt, *tokenizer.sot_sequence, tokenizer.no_timestamps]
+
+
+def _shifted(word: Word, offset_s: float) -> Word:
+    return Word(word.word, word.start_s + offset_s, word.end_s + offset_s, word.probability)
 
 
 def _end_probability(tokenizer: Tokenizer, tokens: list[int], logits: list) -> float | None:

@@ -45,6 +45,7 @@ import numpy as np
 from stt_worker.config import Settings
 from stt_worker.core.audio import SAMPLE_RATE_HZ
 from stt_worker.core.errors import EngineError, ErrorCode
+from stt_worker.core.protocol import Word
 from stt_worker.engines.base import (
     Audio,
     DecodeOptions,
@@ -97,6 +98,10 @@ _LANGUAGE_CODES = {
 }
 
 
+# Form fields; a list value is sent as the field repeated (`timestamp_granularities[]`).
+Form = dict[str, str | list[str]]
+
+
 class BadResponseError(ValueError):
     """A 2xx response whose body is not a transcription."""
 
@@ -147,6 +152,8 @@ class HttpEngine(Engine):
         )
         self._public_url = _public_url(url)
         self._path = settings.whisper_http_path
+        # Where `translate` sessions go: the OpenAI API's sibling route.
+        self._translations_path = _translations_path(self._path)
         self._model = settings.whisper_http_model
         self._format = settings.whisper_http_response_format
         self._language = settings.whisper_language
@@ -259,14 +266,11 @@ class HttpEngine(Engine):
             return Transcript(text="", language=options.language or self._language)
         wav = await asyncio.to_thread(encode_wav, audio)
         language = options.language or self._language
-        form = {"model": self._model, "response_format": self._format}
-        if language:
-            form["language"] = language
-        if options.prompt:
-            form["prompt"] = options.prompt
+        form = self._form(language, options)
+        path = self._path if options.task == "transcribe" else self._translations_path
         started = time.perf_counter()
         try:
-            result = await self._post(wav, form, speech_heard=options.speech_heard)
+            result = await self._post(path, wav, form, speech_heard=options.speech_heard)
         except EngineError:
             self._record(success=False)
             raise
@@ -278,12 +282,25 @@ class HttpEngine(Engine):
             inference_s=time.perf_counter() - started,
         )
 
-    async def _post(self, wav: bytes, form: dict[str, str], *, speech_heard: bool) -> Transcript:
+    def _form(self, language: str | None, options: DecodeOptions) -> Form:
+        """The request's form fields, as the OpenAI API names them."""
+        form: Form = {"model": self._model, "response_format": self._format}
+        if options.word_timestamps:
+            # Word times come only in verbose JSON; segments too, for the silence rule.
+            form["response_format"] = "verbose_json"
+            form["timestamp_granularities[]"] = ["word", "segment"]
+        if language and options.task == "transcribe":  # translations take no language
+            form["language"] = language
+        if options.prompt:
+            form["prompt"] = options.prompt
+        return form
+
+    async def _post(self, path: str, wav: bytes, form: Form, *, speech_heard: bool) -> Transcript:
         connection = self._connect()
         for attempt in range(1, self._attempts + 1):
             # The bound is on requests in flight; a backoff sleep does not hold a slot.
             async with connection.semaphore:
-                outcome = await self._attempt(connection.client, wav, form, speech_heard)
+                outcome = await self._attempt(connection.client, path, wav, form, speech_heard)
             if isinstance(outcome, Transcript):
                 return outcome
             failure = self._classify(outcome)
@@ -304,18 +321,24 @@ class HttpEngine(Engine):
         raise AssertionError("unreachable: the last attempt returns or raises")
 
     async def _attempt(
-        self, client: httpx.AsyncClient, wav: bytes, form: dict[str, str], speech_heard: bool
+        self,
+        client: httpx.AsyncClient,
+        path: str,
+        wav: bytes,
+        form: Form,
+        speech_heard: bool,
     ) -> Transcript | httpx.Response | Exception:
         try:
             response = await client.post(
-                self._path, data=form, files={"file": ("audio.wav", wav, "audio/wav")}
+                path, data=form, files={"file": ("audio.wav", wav, "audio/wav")}
             )
         except httpx.HTTPError as exc:
             return exc
         if not response.is_success:
             return response
         try:
-            return parse_transcription(response, self._format, speech_heard=speech_heard)
+            response_format = str(form["response_format"])
+            return parse_transcription(response, response_format, speech_heard=speech_heard)
         except BadResponseError as exc:
             return exc
 
@@ -428,6 +451,7 @@ def _transcript_from_json(body: dict[str, object], speech_heard: bool) -> Transc
     if not isinstance(raw_segments, list):
         raise BadResponseError("'segments' is not a list")
     kept: list[tuple[str, Segment]] = []
+    dropped: list[Segment] = []
     no_speech_probs: list[float] = []
     for raw in raw_segments:
         if not isinstance(raw, dict) or not isinstance(raw.get("text"), str):
@@ -436,14 +460,6 @@ def _transcript_from_json(body: dict[str, object], speech_heard: bool) -> Transc
         avg_logprob = _number(raw, "avg_logprob")
         if no_speech_prob is not None:
             no_speech_probs.append(no_speech_prob)
-        if (
-            no_speech_prob is not None
-            and avg_logprob is not None
-            and is_hallucination(
-                raw["text"], no_speech_prob, avg_logprob, speech_heard=speech_heard
-            )
-        ):
-            continue  # silence the server decoded anyway: publishing it would invent speech
         segment = Segment(
             start_s=_number(raw, "start") or 0.0,
             end_s=_number(raw, "end") or 0.0,
@@ -451,6 +467,16 @@ def _transcript_from_json(body: dict[str, object], speech_heard: bool) -> Transc
             avg_logprob=avg_logprob or 0.0,
             no_speech_prob=no_speech_prob or 0.0,
         )
+        if (
+            no_speech_prob is not None
+            and avg_logprob is not None
+            and is_hallucination(
+                raw["text"], no_speech_prob, avg_logprob, speech_heard=speech_heard
+            )
+        ):
+            # Silence the server decoded anyway: publishing it would invent speech.
+            dropped.append(segment)
+            continue
         kept.append((raw["text"], segment))
     text = str(body["text"])
     if len(kept) < len(raw_segments):
@@ -462,7 +488,34 @@ def _transcript_from_json(body: dict[str, object], speech_heard: bool) -> Transc
         segments=tuple(segment for _, segment in kept if segment.text),
         language=_language_code(language) if isinstance(language, str) and language else None,
         no_speech_prob=min(no_speech_probs, default=0.0),
+        words=_words(body.get("words"), dropped),
     )
+
+
+def _words(raw_words: object, dropped: list[Segment]) -> tuple[Word, ...]:
+    """The OpenAI API's ``words`` (``word``, ``start``, ``end``; ``probability`` where the
+    server adds it, as faster-whisper servers do), less those of segments dropped as
+    silence."""
+    if raw_words is None:
+        return ()
+    if not isinstance(raw_words, list):
+        raise BadResponseError("'words' is not a list")
+    words: list[Word] = []
+    for raw in raw_words:
+        if not isinstance(raw, dict) or not isinstance(raw.get("word"), str):
+            raise BadResponseError(f"a word has no string 'word': {_snippet(repr(raw))}")
+        start_s, end_s = _number(raw, "start") or 0.0, _number(raw, "end") or 0.0
+        if any(seg.start_s <= (start_s + end_s) / 2 <= seg.end_s for seg in dropped):
+            continue
+        words.append(Word(raw["word"], start_s, end_s, _number(raw, "probability")))
+    return tuple(words)
+
+
+def _translations_path(path: str) -> str:
+    """``/v1/audio/transcriptions`` -> ``/v1/audio/translations``; a path not named like
+    the OpenAI API's keeps itself (its server decides what `translate` means there)."""
+    head, _, last = path.rstrip("/").rpartition("/")
+    return f"{head}/translations" if last == "transcriptions" else path
 
 
 def parse_retry_after(value: str | None) -> float | None:
@@ -488,7 +541,7 @@ def _number(raw: dict[str, object], key: str) -> float | None:
     if value is None:
         return None
     if isinstance(value, bool) or not isinstance(value, int | float):
-        raise BadResponseError(f"segment field {key!r} is not a number: {value!r}")
+        raise BadResponseError(f"field {key!r} is not a number: {value!r}")
     return float(value)
 
 

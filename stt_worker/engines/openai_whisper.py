@@ -25,6 +25,7 @@ from whisper.model import ModelDimensions, Whisper
 
 from stt_worker.config import Settings
 from stt_worker.core.errors import EngineError, ModelNotFoundError
+from stt_worker.core.protocol import Task, Word
 from stt_worker.engines.base import (
     Audio,
     DecodeOptions,
@@ -45,6 +46,7 @@ from stt_worker.engines.decoding import (
     collapse_loops,
 )
 from stt_worker.engines.models import BUNDLED_MODELS
+from stt_worker.engines.word_timing import timed_words
 
 logger = logging.getLogger(__name__)
 
@@ -66,6 +68,7 @@ class OpenAIWhisperEngine(LocalEngine):
             settings.whisper_model_size, settings.whisper_model_cache_dir
         )
         self._model = load_checkpoint(path, self._device)
+        self.multilingual = self._model.is_multilingual
         # Half precision halves GPU memory and time; CPUs have no fast fp16 matmul.
         self._fp16 = self._device != "cpu"
         extra = {
@@ -111,6 +114,7 @@ class OpenAIWhisperEngine(LocalEngine):
         prompt = options.prompt
         segments: list[Segment] = []
         languages: list[str] = []
+        words: list[Word] = []
         # Longer audio goes in consecutive 30 s windows, each prompted with the previous text.
         for start in range(0, max(content_frames, 1), N_FRAMES):
             window_frames = min(N_FRAMES, content_frames - start)
@@ -125,6 +129,9 @@ class OpenAIWhisperEngine(LocalEngine):
                 text, result.no_speech_prob, result.avg_logprob, speech_heard=heard
             ):
                 text = ""
+            if options.word_timestamps and text:
+                offset_s = start / FRAMES_PER_S
+                words += self._words(window, window_frames, result, options.task, offset_s)
             text = collapse_loops(text)
             language = language or result.language
             languages.append(result.language)
@@ -143,6 +150,31 @@ class OpenAIWhisperEngine(LocalEngine):
             segments=tuple(s for s in segments if s.text),
             language=languages[0],
             no_speech_prob=min(s.no_speech_prob for s in segments),
+            words=tuple(words),
+        )
+
+    def _words(
+        self,
+        window: torch.Tensor,
+        window_frames: int,
+        result: whisper.DecodingResult,
+        task: Task,
+        offset_s: float,
+    ) -> tuple[Word, ...]:
+        """The window's words timed by openai-whisper's cross-attention alignment, from
+        `offset_s` (the window's start in the audio)."""
+        tokenizer = whisper.tokenizer.get_tokenizer(
+            self._model.is_multilingual,
+            num_languages=self._model.num_languages,
+            language=result.language,
+            task=task,
+        )
+        tokens = [token for token in result.tokens if token < tokenizer.eot]
+        timings = whisper.timing.find_alignment(
+            self._model, tokenizer, tokens, window, window_frames
+        )
+        return timed_words(
+            (t.word, offset_s + t.start, offset_s + t.end, [t.probability]) for t in timings
         )
 
     def _decode_window(
@@ -158,7 +190,7 @@ class OpenAIWhisperEngine(LocalEngine):
             self._model,
             window,
             whisper.DecodingOptions(
-                task="transcribe",
+                task=options.task,
                 language=language,
                 prompt=prompt,
                 without_timestamps=True,

@@ -45,11 +45,15 @@ class DecodePlan:
 
 
 def plan(job: Job) -> DecodePlan:
-    options = DecodeOptions(language=job.language, prompt=job.prompt, full_window_retry=False)
+    options = DecodeOptions(
+        language=job.language, prompt=job.prompt, full_window_retry=False, task=job.task
+    )
     match job.kind:
         case JobKind.FINAL | JobKind.CANDIDATE_FINAL:
             # A short window that loops is decoded again at 30 s: worth it for a final.
-            final = dataclasses.replace(options, full_window_retry=True)
+            final = dataclasses.replace(
+                options, full_window_retry=True, word_timestamps=job.word_timestamps
+            )
             return DecodePlan(Lane.FINAL, EngineRole.FINAL, final, "final")
         case JobKind.PARTIAL:
             return DecodePlan(Lane.PARTIAL, EngineRole.PARTIAL, options, "partial")
@@ -65,7 +69,11 @@ def plan(job: Job) -> DecodePlan:
             # decoder's probability that the sentence ends at the pause, and Smart Turn's
             # that the turn is complete (where the worker runs it: `turn` mode).
             check = dataclasses.replace(
-                options, full_window_retry=True, end_probability=True, turn_probability=True
+                options,
+                full_window_retry=True,
+                end_probability=True,
+                turn_probability=True,
+                word_timestamps=job.word_timestamps,
             )
             return DecodePlan(Lane.URGENT, EngineRole.PARTIAL, check, "probe")
     raise AssertionError(f"unplanned job kind {job.kind}")

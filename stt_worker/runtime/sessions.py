@@ -24,7 +24,8 @@ from stt_worker.config import Settings
 from stt_worker.core.audio import check_format
 from stt_worker.core.endpoint import TurnRule
 from stt_worker.core.errors import OverloadedError, ProtocolError
-from stt_worker.core.jobs import Action, Job
+from stt_worker.core.jobs import Action, Job, Publish
+from stt_worker.core.options import Capabilities, session_options
 from stt_worker.core.protocol import (
     Chunk,
     ClientMessage,
@@ -116,6 +117,7 @@ class Stream:
                 inference_s=outcome.inference_s,
                 end_prob=outcome.end_prob,
                 turn_prob=outcome.turn_prob,
+                words=outcome.words,
             )
         logger.error("transcription failed: %s", outcome.message, extra={"code": outcome.code})
         return self.session.failed(job, outcome, now=now)
@@ -139,8 +141,14 @@ class Sessions:
         delivery: Delivery,
         dsp: Executor,
         partial_wait_s: Callable[[], float],
+        multilingual: bool | None = None,
     ) -> None:
+        """`multilingual`: the finals' engine's (`Engine.multilingual`), which decides
+        whether a session may ask to translate."""
         self._settings = settings
+        self._capabilities = Capabilities(
+            multilingual=multilingual, smart_turn=settings.endpoint_mode == "turn"
+        )
         self._partial_wait_s = partial_wait_s  # the scheduler's: it stretches partial cadence
         self._config = session_config(settings)
         self._observer = observer
@@ -208,7 +216,7 @@ class Sessions:
     ) -> tuple[Stream, list[Action]]:
         check_format(start.sample_rate, start.channels)
         if stream is None:
-            return self._open(session_id, start, now, parent), []
+            return self._open_with_options(session_id, start, now, parent)
         logger.info("repeated start updates the session")
         actions: list[Action] = []
         for frames in stream.audio.reformat(start.sample_rate, start.channels):
@@ -254,7 +262,29 @@ class Sessions:
         stream.audio.playback(playback, pcm)
         return stream
 
-    def _open(self, session_id: str, start: Start, now: float, parent: Context | None) -> Stream:
+    def _open_with_options(
+        self, session_id: str, start: Start, now: float, parent: Context | None
+    ) -> tuple[Stream, list[Action]]:
+        """Open a session with `start`'s options; each refused one is logged and answered
+        with an `invalid_field` error, and the session keeps the default for it."""
+        config, refused = session_options(start, self._config, self._capabilities)
+        stream = self._open(session_id, start, now, parent, config)
+        errors: list[Action] = []
+        for problem in refused:
+            logger.warning(
+                "start option refused: %s", problem.message, extra={"code": problem.code}
+            )
+            errors.append(Publish(stream.session.error(problem.code, problem.message, now=now)))
+        return stream, errors
+
+    def _open(
+        self,
+        session_id: str,
+        start: Start,
+        now: float,
+        parent: Context | None,
+        config: SessionConfig | None = None,
+    ) -> Stream:
         settings = self._settings
         if len(self.live) >= settings.max_sessions:
             raise OverloadedError(
@@ -263,7 +293,7 @@ class Sessions:
             )
         session = Session(
             session_id,
-            self._config,
+            config or self._config,
             now=now,
             state=start.state,
             speaker_id=start.speaker_id,

@@ -95,7 +95,9 @@ class Worker:
         self._delivery = delivery_for(settings, self.telemetry.metrics)
         self._dsp = dsp_executor()
         wait = self._scheduler.partial_wait_s  # stretches every session's partial cadence
-        self._sessions = Sessions(settings, self._observer, self._delivery, self._dsp, wait)
+        self._sessions = Sessions(
+            settings, self._observer, self._delivery, self._dsp, wait, engine.multilingual
+        )
         self._intake = Intake(
             settings,
             self._delivery,
