@@ -111,6 +111,8 @@ class DecodeOptions:
     # Report `Transcript.turn_prob`: Smart Turn's verdict on the same audio (turn checks in
     # `turn` mode; `engines/turn_check.TurnCheckEngine` adds it around any engine).
     turn_probability: bool = False
+    # Report `Transcript.words` (engines that can align words; it costs decode time).
+    word_timestamps: bool = False
 
 
 @dataclass(frozen=True, slots=True)
@@ -120,6 +122,16 @@ class Segment:
     text: str
     avg_logprob: float = 0.0
     no_speech_prob: float = 0.0
+
+
+@dataclass(frozen=True, slots=True)
+class Word:
+    """One word and where it is in the transcribed audio, in seconds from its start."""
+
+    word: str
+    start_s: float
+    end_s: float
+    probability: float
 
 
 @dataclass(frozen=True, slots=True)
@@ -139,6 +151,8 @@ class Transcript:
     # Smart Turn's probability that the speaker's turn is complete at the end of the audio
     # (prosody, not words). None when not asked for or not available.
     turn_prob: float | None = None
+    # With `DecodeOptions.word_timestamps`, on engines that align words; else empty.
+    words: tuple[Word, ...] = ()
 
 
 @dataclass(frozen=True, slots=True)
