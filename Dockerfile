@@ -22,9 +22,12 @@ RUN useradd --uid 10001 --user-group --no-create-home --home-dir /tmp \
 COPY --from=build /opt/venv /opt/venv
 WORKDIR /app
 COPY stt_streaming.py docker/healthcheck.py ./
+# The commit `stt_build_info` names: --build-arg STT_BUILD_COMMIT=$(git rev-parse HEAD).
+ARG STT_BUILD_COMMIT=unknown
 # Nothing is written outside /tmp (HOME included), so the root filesystem can be read-only.
 ENV PATH=/opt/venv/bin:$PATH \
     HOME=/tmp \
+    STT_BUILD_COMMIT=${STT_BUILD_COMMIT} \
     PYTHONDONTWRITEBYTECODE=1 \
     PYTHONUNBUFFERED=1
 USER 10001:10001

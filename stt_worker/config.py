@@ -927,6 +927,14 @@ class Settings(EnvSettings):
         description="`json` (one object per line), `text`, or `auto`: text on a terminal, "
         "JSON otherwise.",
     )
+    build_commit: str = setting(
+        "unknown",
+        "STT_BUILD_COMMIT",
+        group=Group.OPERATIONS,
+        description="Source commit of the running build, the `commit` label of "
+        "`stt_build_info` and `stt_whisper_server_build_info` (the images set it from "
+        "`--build-arg STT_BUILD_COMMIT=$(git rev-parse HEAD)`).",
+    )
 
     # The seed's names; the OTLP exporters also read the standard OTEL_* variables themselves.
     otel_enabled: bool = setting(

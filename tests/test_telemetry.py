@@ -17,6 +17,7 @@ import msgpack
 import pytest
 from prometheus_client.parser import text_string_to_metric_families
 
+from stt_worker import __version__
 from stt_worker.config import load_settings
 from stt_worker.runtime.publisher import publish_pcm, read_wav
 from stt_worker.runtime.telemetry import Telemetry
@@ -206,7 +207,7 @@ def samples_of(text: str) -> dict[tuple[str, tuple], float]:
 
 
 async def test_metrics_and_probes_follow_a_session(make_worker, nc):
-    worker = await make_worker()
+    worker = await make_worker(build_commit="feedc0de")
     async with httpx.AsyncClient(base_url=worker.probe_url) as http:
         assert (await http.get("/healthz")).json() == {"status": "alive"}
         ready = await http.get("/readyz")
@@ -244,6 +245,10 @@ async def test_metrics_and_probes_follow_a_session(make_worker, nc):
     assert value("stt_final_latency_seconds_count") == 1
     assert value("stt_inference_queue_depth", kind="final") == 0
     assert value("stt_nats_connected") == 1 and value("stt_ready") == 1
+    # Which build this is, and the standard process collectors.
+    assert value("stt_build_info", version=__version__, commit="feedc0de") == 1
+    assert value("process_cpu_seconds_total") > 0 and value("process_open_fds") > 0
+    assert any(name == "python_info" for name, _ in values)
     # No label ever carries a session id: the series count is bounded.
     assert session not in response.text
 

@@ -235,7 +235,7 @@ async def test_empty_wav_and_empty_file_are_400(client: httpx.AsyncClient) -> No
 
 
 async def test_unsupported_response_format_is_400(client: httpx.AsyncClient) -> None:
-    response = await post_audio(client, clip_bytes(), response_format="srt")
+    response = await post_audio(client, clip_bytes(), response_format="diarized_json")
     assert assert_openai_error(response, 400)["param"] == "response_format"
 
 

@@ -212,7 +212,13 @@ class ErrorCode(enum.StrEnum):
     UNSUPPORTED_RESPONSE_FORMAT = (
         "unsupported_response_format",
         _S,
-        "`response_format` is not `json`, `verbose_json` or `text`.",
+        "`response_format` is not `json`, `verbose_json`, `text`, `srt` or `vtt`.",
+    )
+    UNSUPPORTED_TIMESTAMP_GRANULARITY = (
+        "unsupported_timestamp_granularity",
+        _S,
+        "`timestamp_granularities[]` holds other than `word` and `segment`, or comes without "
+        "`response_format=verbose_json`.",
     )
     UNSUPPORTED_LANGUAGE = (
         "unsupported_language",

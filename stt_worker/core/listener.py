@@ -263,11 +263,10 @@ class Listener:
         )
         utterance = self._open(job.utterance_id)
         if utterance is None:
-            if not text:
-                return None  # no words (or no decode, turn mode): its final decides
             # Ended meanwhile. If the fixed endpoint ended it with no speech since the check
-            # (the check lost the race under load), this text is that final's, and sooner.
-            promised = self.finals.check_won(job.utterance_id)
+            # (the check lost the race under load), this text is that final's, and sooner;
+            # a check with no words (or no decode: turn mode) leaves it to the final.
+            promised = self.finals.check_won(job.utterance_id) if text else None
             if promised is None:
                 return None  # speech resumed, or `end` came: its final decides
             return dataclasses.replace(final, promised=promised)

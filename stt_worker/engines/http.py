@@ -24,6 +24,9 @@ at `WHISPER_HTTP_MAX_BACKOFF_S`), or exactly a 429/503's `Retry-After` when that
 the same cap; a longer one ends the retries at once. After two failed transcriptions in a
 row the engine reports itself unhealthy (the scheduler then sheds partials) until one
 succeeds.
+
+Each request carries the current trace context as W3C `traceparent` (the worker runs the
+call under its utterance's span), so the server's spans join the publisher's trace.
 """
 
 from __future__ import annotations
@@ -41,6 +44,7 @@ from datetime import UTC, datetime
 
 import httpx
 import numpy as np
+from opentelemetry.trace.propagation.tracecontext import TraceContextTextMapPropagator
 
 from stt_worker.config import Settings
 from stt_worker.core.audio import SAMPLE_RATE_HZ
@@ -67,6 +71,8 @@ HEALTH_PATH = "/health"
 # Two failures in a row, not one: a single rejected utterance should not shed everyone's
 # partials, but a backend that fails twice running is down for all of them.
 UNHEALTHY_AFTER_FAILURES = 2
+
+_TRACE_CONTEXT = TraceContextTextMapPropagator()
 
 BODY_SNIPPET_CHARS = 200
 # Below the 5 s keep-alive of uvicorn and most proxies, so we do not reuse a connection
@@ -328,9 +334,14 @@ class HttpEngine(Engine):
         form: Form,
         speech_heard: bool,
     ) -> Transcript | httpx.Response | Exception:
+        trace_headers: dict[str, str] = {}
+        _TRACE_CONTEXT.inject(trace_headers)  # nothing when no span is current
         try:
             response = await client.post(
-                path, data=form, files={"file": ("audio.wav", wav, "audio/wav")}
+                path,
+                data=form,
+                files={"file": ("audio.wav", wav, "audio/wav")},
+                headers=trace_headers,
             )
         except httpx.HTTPError as exc:
             return exc

@@ -166,8 +166,9 @@ class SessionObserver:
     def rejected(self, code: str) -> None:
         self._span.add_event("rejected", {"stt.error_code": code})
 
-    def submitted(self, job: Job) -> None:
-        """A transcription is queued: its utterance's span opens with its first job."""
+    def submitted(self, job: Job) -> Span:
+        """A transcription is queued: its utterance's span opens with its first job. Returns
+        that span, the parent of what the engine call does (an HTTP request)."""
         if job.utterance_id not in self._utterances:
             # Under the publisher's latest trace context when it sends one (one trace per
             # turn), else under the session span.
@@ -186,6 +187,7 @@ class SessionObserver:
             span = self._utterances[job.utterance_id]
             span.set_attribute("stt.audio_s", round(job.audio_s, 3))
             span.set_attribute("stt.end_reason", job.end_reason or "unknown")
+        return self._utterances[job.utterance_id]
 
     def published(self, message: ServerMessage, job: Job | None) -> None:
         """Count what went out; a final (or its error) also closes its utterance span."""

@@ -19,6 +19,8 @@
   partial cadence by: a busy engine is asked for fewer partials, not more.
 - While the engine reports itself unhealthy (a failing HTTP backend), pending partials are
   dropped: the work we can lose goes first, finals keep their place.
+- A job may carry the trace context it was submitted under; the engine call runs in it, so
+  an engine that makes requests (HTTP) can pass the trace on.
 """
 
 from __future__ import annotations
@@ -30,10 +32,13 @@ import time
 from collections.abc import Awaitable, Callable, Hashable
 from dataclasses import dataclass, field
 
+from opentelemetry import context as otel_context
+from opentelemetry.context import Context
+
 from stt_worker.core.audio import pcm16_to_float32
 from stt_worker.core.errors import EngineError, OverloadedError, SttError
 from stt_worker.core.jobs import Job
-from stt_worker.engines.base import Engine, Transcript
+from stt_worker.engines.base import Audio, Engine, Transcript
 from stt_worker.runtime.decode_plan import DecodePlan, EngineRole, Lane, plan
 
 logger = logging.getLogger(__name__)
@@ -49,6 +54,7 @@ class _Entry:
     key: Hashable
     job: Job
     plan: DecodePlan
+    trace_context: Context | None = None
     enqueued_at: float = field(default_factory=time.perf_counter)
 
 
@@ -88,8 +94,8 @@ class InferenceScheduler:
         self._idle.set()
         self._partial_wait_s = 0.0
 
-    def submit(self, key: Hashable, job: Job) -> None:
-        entry = _Entry(key, job, plan(job))
+    def submit(self, key: Hashable, job: Job, trace_context: Context | None = None) -> None:
+        entry = _Entry(key, job, plan(job), trace_context)
         if entry.plan.lane is Lane.URGENT:
             self._probes[key] = entry  # a newer probe of the same speech replaces the old
         elif entry.plan.lane is Lane.FINAL:
@@ -207,8 +213,7 @@ class InferenceScheduler:
         try:
             # Joining and scaling up to 30 s of samples is CPU work: keep it off the loop.
             audio = await asyncio.to_thread(pcm16_to_float32, entry.job.pcm)
-            engine = self.engine_for(entry.plan.engine)
-            outcome = await engine.transcribe(audio, entry.plan.options)
+            outcome = await self._transcribe(entry, audio)
         except asyncio.CancelledError:
             raise
         except SttError as exc:
@@ -222,6 +227,16 @@ class InferenceScheduler:
             raise
         except Exception:
             logger.exception("result handler failed")
+
+    async def _transcribe(self, entry: _Entry, audio: Audio) -> Transcript:
+        engine = self.engine_for(entry.plan.engine)
+        if entry.trace_context is None:
+            return await engine.transcribe(audio, entry.plan.options)
+        token = otel_context.attach(entry.trace_context)
+        try:
+            return await engine.transcribe(audio, entry.plan.options)
+        finally:
+            otel_context.detach(token)
 
     def _update_idle(self) -> None:
         if not self._finals and not self._partials and not self._probes and self._running == 0:

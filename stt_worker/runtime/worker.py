@@ -23,7 +23,7 @@ from nats.aio.client import Client
 from nats.aio.msg import Msg
 from nats.aio.subscription import Subscription
 from nats.errors import SlowConsumerError
-from opentelemetry.trace import Span
+from opentelemetry.trace import Span, set_span_in_context
 
 from stt_worker.config import Settings
 from stt_worker.core.errors import OverloadedError, SttError
@@ -49,6 +49,7 @@ from stt_worker.runtime.scheduler import InferenceScheduler, Outcome
 from stt_worker.runtime.sessions import Sessions, Stream
 from stt_worker.runtime.telemetry import Telemetry
 from stt_worker.runtime.telemetry.logs import session_context
+from stt_worker.runtime.telemetry.metrics import Metrics
 from stt_worker.runtime.telemetry.tracing import extract, inject
 
 logger = logging.getLogger(__name__)
@@ -69,7 +70,7 @@ class Worker:
         self.settings = settings
         self.engine = engine
         self.partial_engine = partial_engine
-        self.telemetry = telemetry or Telemetry()
+        self.telemetry = telemetry or Telemetry(metrics=Metrics(commit=settings.build_commit))
         self.ready = asyncio.Event()
         # The probe server's URL once it listens (STT_HTTP_PORT; None when switched off).
         self.probe_url: str | None = None
@@ -293,9 +294,9 @@ class Worker:
         await stream.acks.settle(stream.session)
 
     async def _submit(self, stream: Stream, job: Job) -> None:
-        stream.observer.submitted(job)
+        utterance = stream.observer.submitted(job)
         try:
-            self._scheduler.submit(stream.key, job)
+            self._scheduler.submit(stream.key, job, set_span_in_context(utterance))
         except OverloadedError as exc:
             logger.error("scheduler full")
             await self._apply(stream, stream.session.failed(job, exc, now=time.time()), job)

@@ -4,15 +4,17 @@ Endpoints:
 
 - `POST /v1/audio/transcriptions`: multipart form, as OpenAI's API. `file` (required; see
   `audio.py` for the formats), `language` (ISO-639-1), `prompt` (cut to its last 224
-  tokens, `prompt.py`), `response_format` (`json`, `verbose_json`, `text`). `model` is
-  accepted with any value: the server serves the one model it loaded. `temperature` is
-  accepted and ignored: the engine decodes as configured (`WHISPER_BEAM_SIZE`). Every
-  answer carries `X-Inference-Time-Ms`, the engine's own time, so a client can tell network
-  and queueing overhead from inference.
-- `GET /health` (open to all, for probes), `GET /v1/models`.
+  tokens, `prompt.py`), `response_format` (`json`, `verbose_json`, `text`, `srt`, `vtt`:
+  `subtitles.py`), `timestamp_granularities[]` (`segment`, `word`; with `verbose_json`
+  only). `model` is accepted with any value: the server serves the one model it loaded.
+  `temperature` is accepted and ignored: the engine decodes as configured
+  (`WHISPER_BEAM_SIZE`). Every answer carries `X-Inference-Time-Ms`, the engine's own time,
+  so a client can tell network and queueing overhead from inference.
+- `GET /health` and `GET /metrics` (open to all, for probes and scrapers), `GET /v1/models`.
 
-A request passes the API key (`access.py`), then the upload and queue stages
-(`admission.py`); it is decoded and transcribed inside its inference slot, so at most
+A request is counted and traced (`observability.py`), passes the API key (`access.py`), then
+the upload and queue stages (`admission.py`); it is decoded and transcribed inside its
+inference slot, so at most
 `max_concurrency` requests hold decoded audio at once, and none holds the slot longer than
 its decoded audio (at most `max_audio_s`) takes to transcribe.
 """
@@ -25,6 +27,9 @@ import logging
 import time
 from collections.abc import AsyncIterator
 
+from opentelemetry import trace
+from opentelemetry.sdk.trace import TracerProvider
+from prometheus_client import CONTENT_TYPE_LATEST, generate_latest
 from starlette.applications import Starlette
 from starlette.exceptions import HTTPException
 from starlette.middleware import Middleware
@@ -35,10 +40,17 @@ from starlette.routing import Route
 from stt_worker.core.audio import SAMPLE_RATE_HZ
 from stt_worker.core.errors import SttError
 from stt_worker.engines.base import Audio, DecodeOptions, Engine, Transcript
+from stt_worker.runtime.telemetry.build import UNKNOWN_COMMIT
 from stt_worker.whisper_server.access import ApiKeyGate
 from stt_worker.whisper_server.admission import Admission
 from stt_worker.whisper_server.audio import decode_upload
-from stt_worker.whisper_server.form import check_headers, read_form, transcription
+from stt_worker.whisper_server.form import (
+    Transcription,
+    check_headers,
+    read_form,
+    transcription,
+)
+from stt_worker.whisper_server.observability import TRACER_NAME, Observed, ServerMetrics
 from stt_worker.whisper_server.responses import (
     RequestError,
     http_error,
@@ -46,11 +58,14 @@ from stt_worker.whisper_server.responses import (
     request_error,
     verbose_json,
 )
+from stt_worker.whisper_server.subtitles import srt, vtt
 
 logger = logging.getLogger(__name__)
 
 TRANSCRIPTIONS_PATH = "/v1/audio/transcriptions"
 HEALTH_PATH = "/health"
+METRICS_PATH = "/metrics"
+MODELS_PATH = "/v1/models"
 INFERENCE_TIME_HEADER = "X-Inference-Time-Ms"
 
 
@@ -65,19 +80,28 @@ def create_app(
     max_uploads: int = 64,
     body_timeout_s: float = 30.0,
     api_key: str | None = None,
+    tracer: trace.Tracer | None = None,
+    commit: str = UNKNOWN_COMMIT,
 ) -> Starlette:
     """The ASGI app; its lifespan warms the engine up, so it answers only once it is fast.
 
-    With `api_key`, every path but `/health` needs it as a bearer token.
+    With `api_key`, every path but `/health` and `/metrics` needs it as a bearer token.
+    Without a `tracer`, spans are still made (trace ids reach the logs) but not exported.
     """
+    admission = Admission(max_uploads=max_uploads, capacity=max_concurrency + max_queue)
+    metrics = ServerMetrics(commit=commit)
+    metrics.watch(admission)
+    tracer = tracer or TracerProvider().get_tracer(TRACER_NAME)
     service = _Service(
         engine,
         model_name=model_name,
-        admission=Admission(max_uploads=max_uploads, capacity=max_concurrency + max_queue),
+        admission=admission,
         max_concurrency=max_concurrency,
         max_upload_bytes=max_upload_bytes,
         max_audio_s=max_audio_s,
         body_timeout_s=body_timeout_s,
+        metrics=metrics,
+        tracer=tracer,
     )
 
     @contextlib.asynccontextmanager
@@ -93,15 +117,20 @@ def create_app(
         )
         yield
 
-    middleware = []
+    routes = [
+        Route(TRANSCRIPTIONS_PATH, service.transcribe, methods=["POST"]),
+        Route(HEALTH_PATH, service.health, methods=["GET"]),
+        Route(METRICS_PATH, service.metrics, methods=["GET"]),
+        Route(MODELS_PATH, service.models, methods=["GET"]),
+    ]
+    paths = frozenset(route.path for route in routes)
+    middleware = [Middleware(Observed, metrics=metrics, tracer=tracer, routes=paths)]
     if api_key is not None:
-        middleware.append(Middleware(ApiKeyGate, key=api_key, open_paths=frozenset({HEALTH_PATH})))
+        # Probes and scrapers rarely carry keys, and neither path tells anything secret.
+        open_paths = frozenset({HEALTH_PATH, METRICS_PATH})
+        middleware.append(Middleware(ApiKeyGate, key=api_key, open_paths=open_paths))
     return Starlette(
-        routes=[
-            Route(TRANSCRIPTIONS_PATH, service.transcribe, methods=["POST"]),
-            Route(HEALTH_PATH, service.health, methods=["GET"]),
-            Route("/v1/models", service.models, methods=["GET"]),
-        ],
+        routes=routes,
         middleware=middleware,
         exception_handlers={
             RequestError: request_error,
@@ -125,6 +154,8 @@ class _Service:
         max_upload_bytes: int,
         max_audio_s: float,
         body_timeout_s: float,
+        metrics: ServerMetrics,
+        tracer: trace.Tracer,
     ) -> None:
         self._engine = engine
         self._model_name = model_name
@@ -133,12 +164,18 @@ class _Service:
         self._max_upload_bytes = max_upload_bytes
         self._max_samples = int(max_audio_s * SAMPLE_RATE_HZ)
         self._body_timeout_s = body_timeout_s
+        self._metrics = metrics
+        self._tracer = tracer
 
     async def health(self, request: Request) -> Response:
         info = self._engine.info
         return JSONResponse(
             {"status": "ok", "model": self._model_name, "engine": info.name, "device": info.device}
         )
+
+    async def metrics(self, request: Request) -> Response:
+        body = generate_latest(self._metrics.registry)
+        return Response(body, media_type=CONTENT_TYPE_LATEST)
 
     async def models(self, request: Request) -> Response:
         model = {"id": self._model_name, "object": "model", "owned_by": "stt-streaming"}
@@ -156,19 +193,23 @@ class _Service:
             wanted = transcription(form)
             with self._admission.queue():
                 async with self._inference:
-                    # Decoded here, in the slot: decoded audio is what takes memory.
-                    audio = await asyncio.to_thread(
-                        decode_upload, wanted.upload.file, self._max_samples
-                    )
-                    transcript = await self._run_engine(audio, wanted.options)
+                    transcript = await self._infer(wanted)
         finally:
             await form.close()
-        headers = {INFERENCE_TIME_HEADER: f"{transcript.inference_s * 1000:.1f}"}
-        if wanted.response_format == "text":
-            return PlainTextResponse(transcript.text, headers=headers)
-        if wanted.response_format == "verbose_json":
-            return JSONResponse(verbose_json(transcript), headers=headers)
-        return JSONResponse({"text": transcript.text}, headers=headers)
+        return _answer(wanted, transcript)
+
+    async def _infer(self, wanted: Transcription) -> Transcript:
+        """Decode and transcribe, in the `whisper.inference` span (under the request's)."""
+        with self._tracer.start_as_current_span("whisper.inference") as span:
+            # Decoded here, in the slot: decoded audio is what takes memory.
+            audio = await asyncio.to_thread(decode_upload, wanted.upload.file, self._max_samples)
+            transcript = await self._run_engine(audio, wanted.options)
+            span.set_attribute("stt.audio_s", round(transcript.audio_s, 3))
+            span.set_attribute("stt.inference_s", round(transcript.inference_s, 4))
+            span.set_attribute("stt.model", self._engine.info.model)
+        self._metrics.inference_seconds.observe(transcript.inference_s)
+        self._metrics.audio_seconds.inc(transcript.audio_s)
+        return transcript
 
     async def _run_engine(self, audio: Audio, options: DecodeOptions) -> Transcript:
         try:
@@ -178,3 +219,18 @@ class _Service:
             raise RequestError(
                 500, f"Transcription failed: {exc}", code=exc.code, kind="server_error"
             ) from exc
+
+
+def _answer(wanted: Transcription, transcript: Transcript) -> Response:
+    headers = {INFERENCE_TIME_HEADER: f"{transcript.inference_s * 1000:.1f}"}
+    match wanted.response_format:
+        case "text":
+            return PlainTextResponse(transcript.text, headers=headers)
+        case "srt":
+            return PlainTextResponse(srt(transcript), headers=headers)
+        case "vtt":
+            return Response(vtt(transcript), media_type="text/vtt", headers=headers)
+        case "verbose_json":
+            body = verbose_json(transcript, words="word" in wanted.granularities)
+            return JSONResponse(body, headers=headers)
+    return JSONResponse({"text": transcript.text}, headers=headers)

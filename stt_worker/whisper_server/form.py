@@ -24,7 +24,11 @@ from stt_worker.engines.base import DecodeOptions
 from stt_worker.whisper_server.prompt import bounded_prompt
 from stt_worker.whisper_server.responses import RequestError
 
-RESPONSE_FORMATS = ("json", "verbose_json", "text")
+RESPONSE_FORMATS = ("json", "verbose_json", "text", "srt", "vtt")
+TIMESTAMP_GRANULARITIES = ("segment", "word")
+# OpenAI's clients send the list as repeated `timestamp_granularities[]` parts; plain
+# `timestamp_granularities` (curl users) is read too.
+_GRANULARITY_FIELDS = ("timestamp_granularities[]", "timestamp_granularities")
 # Form fields (model, language, prompt, ...) are small; this caps what one field may buffer.
 _MAX_FIELD_BYTES = 64 * 1024
 _MAX_FIELDS = 32
@@ -37,6 +41,8 @@ class Transcription:
     upload: UploadFile
     options: DecodeOptions
     response_format: str
+    # What verbose_json lists: `segment` (the default) and/or `word`.
+    granularities: frozenset[str] = frozenset({"segment"})
 
 
 def check_headers(request: Request, max_upload_bytes: int) -> None:
@@ -92,13 +98,23 @@ def transcription(form: FormData) -> Transcription:
             param="response_format",
             code=ErrorCode.UNSUPPORTED_RESPONSE_FORMAT,
         )
-    options = DecodeOptions(language=_language(form), prompt=bounded_prompt(_field(form, "prompt")))
+    granularities = _granularities(form, response_format)
+    options = DecodeOptions(
+        language=_language(form),
+        prompt=bounded_prompt(_field(form, "prompt")),
+        word_timestamps="word" in granularities,
+    )
     upload = form.get("file")
     if not isinstance(upload, UploadFile):
         raise RequestError(
             400, "A 'file' part with the audio is required.", param="file", code=ErrorCode.NO_FILE
         )
-    return Transcription(upload=upload, options=options, response_format=response_format)
+    return Transcription(
+        upload=upload,
+        options=options,
+        response_format=response_format,
+        granularities=granularities,
+    )
 
 
 async def _limited(
@@ -150,3 +166,33 @@ def _language(form: FormData) -> str | None:
             code=ErrorCode.UNSUPPORTED_LANGUAGE,
         )
     return language
+
+
+def _granularities(form: FormData, response_format: str) -> frozenset[str]:
+    """`timestamp_granularities[]`, checked as OpenAI's API checks it: only with
+    verbose_json, whose segments it defaults to."""
+    values = [value for name in _GRANULARITY_FIELDS for value in form.getlist(name)]
+    if not values:
+        return frozenset({"segment"})
+    param = _GRANULARITY_FIELDS[0]
+    if any(not isinstance(value, str) for value in values):
+        raise RequestError(400, f"{param!r} must be a text field, not a file.", param=param)
+    wanted = frozenset(str(value).strip() for value in values)
+    unknown = sorted(wanted.difference(TIMESTAMP_GRANULARITIES))
+    if unknown:
+        raise RequestError(
+            400,
+            f"Unsupported timestamp granularity {unknown[0]!r}; supported: "
+            f"{', '.join(TIMESTAMP_GRANULARITIES)}.",
+            param=param,
+            code=ErrorCode.UNSUPPORTED_TIMESTAMP_GRANULARITY,
+        )
+    if response_format != "verbose_json":
+        raise RequestError(
+            400,
+            "timestamp_granularities[] needs response_format 'verbose_json', "
+            f"not {response_format!r}.",
+            param=param,
+            code=ErrorCode.UNSUPPORTED_TIMESTAMP_GRANULARITY,
+        )
+    return wanted

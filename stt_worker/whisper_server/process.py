@@ -1,5 +1,8 @@
 """The whisper-server as a process: `app_for` (the app as `Settings` configure it) and
-`run_server` (uvicorn until SIGTERM, then a drain)."""
+`run_server` (uvicorn until SIGTERM, then a drain, then the last spans flushed).
+
+Spans are exported as the worker's are (`OTEL_*`, `HYPERDX_*`), under `service.name`
+`whisper-server` unless `OTEL_SERVICE_NAME` says otherwise."""
 
 from __future__ import annotations
 
@@ -9,18 +12,25 @@ import math
 import signal
 
 import uvicorn
+from opentelemetry import trace
 from starlette.applications import Starlette
 
 from stt_worker.config import Settings
 from stt_worker.core.errors import SttError
 from stt_worker.engines.base import Engine
+from stt_worker.runtime.telemetry import SHUTDOWN_FLUSH_MS
+from stt_worker.runtime.telemetry.tracing import create_tracer_provider, shutdown_tracing
 from stt_worker.whisper_server.app import create_app
+from stt_worker.whisper_server.observability import TRACER_NAME
+
+SERVICE_NAME = "whisper-server"
 
 logger = logging.getLogger(__name__)
 
 
-def app_for(settings: Settings, engine: Engine) -> Starlette:
-    """The app configured by `settings`: the `WHISPER_SERVER_*` limits and `WHISPER_API_KEY`."""
+def app_for(settings: Settings, engine: Engine, tracer: trace.Tracer | None = None) -> Starlette:
+    """The app configured by `settings`: the `WHISPER_SERVER_*` limits, `WHISPER_API_KEY`
+    and `STT_BUILD_COMMIT`; spans go to `tracer` (none: made, not exported)."""
     return create_app(
         engine,
         model_name=engine.info.model,
@@ -31,6 +41,8 @@ def app_for(settings: Settings, engine: Engine) -> Starlette:
         max_uploads=settings.whisper_server_max_uploads,
         body_timeout_s=settings.whisper_server_body_timeout_s,
         api_key=api_key(settings),
+        tracer=tracer,
+        commit=settings.build_commit,
     )
 
 
@@ -43,7 +55,10 @@ def api_key(settings: Settings) -> str | None:
 
 def run_server(settings: Settings, engine: Engine, *, host: str, port: int) -> None:
     """Serve until SIGTERM/SIGINT, then finish in-flight requests within `drain_timeout_s`."""
-    app = app_for(settings, engine)
+    if "otel_service_name" not in settings.model_fields_set:
+        settings = settings.model_copy(update={"otel_service_name": SERVICE_NAME})
+    provider, exporters = create_tracer_provider(settings)
+    app = app_for(settings, engine, provider.get_tracer(TRACER_NAME))
     if api_key(settings) is None and not is_loopback(host):
         logger.warning(
             "whisper server on %s without WHISPER_API_KEY: anyone who can reach the port "
@@ -66,6 +81,7 @@ def run_server(settings: Settings, engine: Engine, *, host: str, port: int) -> N
         server.run()
     finally:
         signal.signal(signal.SIGTERM, previous)
+        shutdown_tracing(provider, exporters, SHUTDOWN_FLUSH_MS / 1000)
     if not server.started:
         # uvicorn logs a failed lifespan (e.g. the warm-up) and returns normally.
         raise SttError("the whisper server did not start; see the log above")

@@ -68,9 +68,15 @@ async def internal_error(request: Request, exc: Exception) -> Response:
     return JSONResponse(body, status_code=500)
 
 
-def verbose_json(transcript: Transcript) -> dict[str, Any]:
-    """OpenAI's `verbose_json` body. `language` is the ISO code the model reports ("en")."""
-    return {
+def verbose_json(transcript: Transcript, *, words: bool = False) -> dict[str, Any]:
+    """OpenAI's `verbose_json` body. `language` is the ISO code the model reports ("en").
+
+    Segments are always there (OpenAI leaves them out when only `word` granularity is asked
+    for; clients read them as optional, and they carry the no-speech figures our HTTP engine
+    filters on). With `words`, the words too, each with its `probability` besides OpenAI's
+    `word`, `start` and `end`.
+    """
+    body = {
         "task": "transcribe",
         "language": transcript.language,
         "duration": round(transcript.audio_s, 3),
@@ -94,6 +100,17 @@ def verbose_json(transcript: Transcript) -> dict[str, Any]:
             for index, segment in enumerate(transcript.segments)
         ],
     }
+    if words:
+        body["words"] = [
+            {
+                "word": word.word.strip(),
+                "start": round(word.start_s, 3),
+                "end": round(word.end_s, 3),
+                "probability": round(word.probability, 4),
+            }
+            for word in transcript.words
+        ]
+    return body
 
 
 def _compression_ratio(text: str) -> float:

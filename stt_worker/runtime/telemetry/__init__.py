@@ -2,7 +2,6 @@
 
 from __future__ import annotations
 
-import threading
 from dataclasses import dataclass, field
 
 from opentelemetry import trace
@@ -10,7 +9,11 @@ from opentelemetry.sdk.trace import TracerProvider
 
 from stt_worker.config import Settings
 from stt_worker.runtime.telemetry.metrics import Metrics
-from stt_worker.runtime.telemetry.tracing import QuietExporter, create_tracer_provider
+from stt_worker.runtime.telemetry.tracing import (
+    QuietExporter,
+    create_tracer_provider,
+    shutdown_tracing,
+)
 
 TRACER_NAME = "stt_worker"
 # At exit, spans still queued get this long to leave; a collector that has not taken them by
@@ -31,23 +34,12 @@ class Telemetry:
     @classmethod
     def from_settings(cls, settings: Settings) -> Telemetry:
         provider, exporters = create_tracer_provider(settings)
+        metrics = Metrics(commit=settings.build_commit)
         if not exporters:
-            return cls()
-        return cls(provider.get_tracer(TRACER_NAME), Metrics(), provider, exporters)
+            return cls(metrics=metrics)
+        return cls(provider.get_tracer(TRACER_NAME), metrics, provider, exporters)
 
     def shutdown(self) -> None:
         """Flush what is queued (bounded), then stop the export threads."""
-        if self.provider is None:
-            return
-        provider = self.provider
-        # The SDK's force_flush exports in the calling thread and sits out the exporter's
-        # whole retry schedule (about 7 s against a closed port), whatever its timeout says;
-        # so flush on a side thread and cut the retries short if it takes too long.
-        flusher = threading.Thread(target=provider.force_flush, name="otel-flush", daemon=True)
-        flusher.start()
-        flusher.join(SHUTDOWN_FLUSH_MS / 1000)
-        if flusher.is_alive():
-            for exporter in self.exporters:
-                exporter.abort()
-            flusher.join()
-        provider.shutdown()
+        if self.provider is not None:
+            shutdown_tracing(self.provider, self.exporters, SHUTDOWN_FLUSH_MS / 1000)

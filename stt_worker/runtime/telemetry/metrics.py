@@ -3,6 +3,8 @@
 Names carry their unit (`_seconds`, `_bytes`, `_total`); labels take fixed values only
 (`engine`, `kind`, `code`, `reason`), never a session id, so the series count is bounded.
 Each `Metrics` has its own registry, so several workers in one process (tests) stay apart.
+Beside the worker's own series it holds the standard process collectors and
+`stt_build_info` (`build.py`).
 """
 
 from __future__ import annotations
@@ -12,6 +14,8 @@ from collections.abc import Callable, Iterator, Mapping
 from prometheus_client import CollectorRegistry, Counter, Histogram
 from prometheus_client.core import CounterMetricFamily, GaugeMetricFamily
 from prometheus_client.registry import Collector
+
+from stt_worker.runtime.telemetry.build import UNKNOWN_COMMIT, register_process_metrics
 
 # Inference and latency: tens of ms (short utterances on a GPU) to a 30 s window on a CPU.
 _SECONDS = (0.025, 0.05, 0.1, 0.2, 0.3, 0.5, 0.75, 1.0, 1.5, 2.0, 3.0, 5.0, 10.0, 30.0)
@@ -24,9 +28,12 @@ ACK_OPERATIONS = ("ack", "in_progress")
 class Metrics:
     """The worker's instruments; `watch` adds values read at scrape time (queue depths)."""
 
-    def __init__(self, registry: CollectorRegistry | None = None) -> None:
+    def __init__(
+        self, registry: CollectorRegistry | None = None, *, commit: str = UNKNOWN_COMMIT
+    ) -> None:
         self.registry = registry or CollectorRegistry()
         r = self.registry
+        register_process_metrics(r, build_info="stt_build_info", commit=commit)
         self.sessions_opened = Counter("stt_sessions_opened", "Sessions opened", registry=r)
         self.sessions_closed = Counter(
             "stt_sessions_closed", "Sessions closed, by reason", ["reason"], registry=r
@@ -76,14 +83,18 @@ class Metrics:
             buckets=_SECONDS,
             registry=r,
         )
+        self._count_transport(r)
+        self._count_refusals(r)
+        self._refusals()
+
+    def _count_transport(self, r: CollectorRegistry) -> None:
+        """NATS reconnections and failed JetStream acknowledgements."""
         self.nats_reconnects = Counter("stt_nats_reconnects", "NATS reconnections", registry=r)
         self.ack_failures = Counter(
             "stt_ack_failures", "JetStream acknowledgements that failed", ["operation"], registry=r
         )
-        self._count_refusals(r)
         for operation in ACK_OPERATIONS:
             self.ack_failures.labels(operation)  # both series exist from the start, at 0
-        self._refusals()
 
     def _refusals(self) -> None:
         """Messages refused, and the error replies the reply limit held back."""

@@ -132,6 +132,23 @@ class QuietExporter(SpanExporter):
         return self._inner.force_flush(timeout_millis)
 
 
+def shutdown_tracing(
+    provider: TracerProvider, exporters: Sequence[QuietExporter], timeout_s: float
+) -> None:
+    """Flush what is queued within `timeout_s`, then stop the export threads."""
+    # The SDK's force_flush exports in the calling thread and sits out the exporter's
+    # whole retry schedule (about 7 s against a closed port), whatever its timeout says;
+    # so flush on a side thread and cut the retries short if it takes too long.
+    flusher = threading.Thread(target=provider.force_flush, name="otel-flush", daemon=True)
+    flusher.start()
+    flusher.join(timeout_s)
+    if flusher.is_alive():
+        for exporter in exporters:
+            exporter.abort()
+        flusher.join()
+    provider.shutdown()
+
+
 def extract(headers: Mapping[str, str] | None) -> Context | None:
     """The remote parent a publisher sent (`traceparent`), or None."""
     if not headers or "traceparent" not in headers:
