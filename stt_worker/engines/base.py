@@ -128,16 +128,6 @@ class Segment:
 
 
 @dataclass(frozen=True, slots=True)
-class Word:
-    """One word and where it is in the transcribed audio, in seconds from its start."""
-
-    word: str
-    start_s: float
-    end_s: float
-    probability: float | None  # None when a backend does not report one
-
-
-@dataclass(frozen=True, slots=True)
 class Transcript:
     text: str
     segments: tuple[Segment, ...] = ()
