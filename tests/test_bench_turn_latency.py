@@ -21,7 +21,7 @@ def test_turn_latency_quick_run_measures_both_configs(tmp_path: Path) -> None:
     done = subprocess.run(
         [
             sys.executable,
-            *("-m", "bench.turn_latency", "--quick"),
+            *("-m", "bench.turn_latency", "--quick", "--configs", "old,new"),
             *("--out", str(prefix), "--json", str(json_path)),
         ],
         cwd=ROOT,

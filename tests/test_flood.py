@@ -97,7 +97,7 @@ async def flood(nc: Client, round_: int) -> None:
     assert answer["code"] == "unknown_session"
 
 
-async def settled_rss(process: psutil.Process, below: int, within_s: float = 15.0) -> int:
+async def settled_rss(process: psutil.Process, below: int, within_s: float = 30.0) -> int:
     """The lowest RSS seen until it falls `below` (or `within_s` passes): the last sessions'
     audio may still be on the DSP threads when their `session_closed` goes out, and the heap
     is trimmed on a later tick."""

@@ -198,3 +198,14 @@ def test_words_are_absent_on_the_wire_unless_set():
         {"word": " hi", "start_s": 1.0, "end_s": 1.2, "probability": 0.8}
     ]
     assert decode_server_message(encode_server_message(timed)) == timed
+
+
+def test_the_publisher_leaves_out_exactly_the_options():
+    from stt_worker.core.options import OPTION_NAMES
+    from stt_worker.core.protocol import START_OPTIONS, Start, encode_client_message
+
+    assert set(START_OPTIONS) == set(OPTION_NAMES)
+    plain = msgpack.unpackb(encode_client_message(Start(sample_rate=48_000)))
+    assert not set(plain) & set(START_OPTIONS) and plain["sample_rate"] == 48_000
+    asked = msgpack.unpackb(encode_client_message(Start(word_timestamps=True)))
+    assert asked["word_timestamps"] is True and "prompt" not in asked

@@ -447,6 +447,30 @@ def decode_server_message(data: bytes) -> ServerMessage:
         raise _too_deep() from exc
 
 
+# `Start`'s additive per-session options: sent only when set, so a `start` from our publisher
+# is the seed's message unless the session asks for more.
+START_OPTIONS = (
+    "prompt",
+    "task",
+    "partials",
+    "word_timestamps",
+    "endpoint_mode",
+    "endpoint_silence_ms",
+    "endpoint_min_silence_ms",
+    "endpoint_max_silence_ms",
+    "turn_max_ms",
+    "barge_in_mode",
+    "interrupt_min_speech_ms",
+    "barge_in_probe_ms",
+)
+
+
 def encode_client_message(message: ClientMessage) -> bytes:
     """Used by our own publisher (`stt-streaming stream`) and tests."""
+    if isinstance(message, Start):
+        fields = msgspec.structs.asdict(message)
+        unset = [name for name in START_OPTIONS if fields[name] is None]
+        return _encoder.encode(
+            {"type": "start", **{k: v for k, v in fields.items() if k not in unset}}
+        )
     return _encoder.encode(message)
