@@ -6,6 +6,7 @@ from __future__ import annotations
 
 import asyncio
 import base64
+import json
 import uuid
 from typing import Any
 
@@ -15,6 +16,8 @@ import pytest
 import soxr
 from websockets.exceptions import ConnectionClosed
 
+from stt_worker.core.protocol import Transcription
+from stt_worker.gateway.realtime_events import Items
 from stt_worker.runtime.publisher import read_wav
 from tests.helpers import SPEECH_DIR, manifest_text
 from tests.test_worker import WER_BOUND
@@ -24,6 +27,7 @@ CLIP = "ls_1089-134691-0000.wav"  # "HE COULD WAIT NO LONGER", 2.1 s
 CLIP_2 = "lj_LJ001-0008.wav"  # "has never been surpassed.", 1.8 s
 RATE = 24_000
 APPEND_BYTES = 4_800  # 100 ms of 24 kHz PCM16, as a client streams it
+DELTA = "conversation.item.input_audio_transcription.delta"
 
 TRANSCRIPTION_SESSION = {
     "type": "transcription",
@@ -185,3 +189,37 @@ async def test_a_client_cannot_read_another_clients_session(worker, make_gateway
     assert wer(manifest_text(CLIP), completed_text(heard_alice)) <= WER_BOUND, heard_alice
     assert wer(manifest_text(CLIP_2), completed_text(heard_mallory)) <= WER_BOUND
     assert gateway.worker_id(shared, "sk-alice") != gateway.worker_id(shared, "sk-mallory")
+
+
+def test_deltas_append_only_and_a_revision_waits_for_an_extension() -> None:
+    """The worker's partials as deltas: the new suffix of one that extends the text sent,
+    nothing for one that revises it; the final's transcript is the item's completed text."""
+    items = Items()
+
+    def result(text: str, *, final: bool = False) -> Transcription:
+        return Transcription(
+            session_id="s", transcript=text, sequence=0, is_partial=not final, is_final=final,
+            timestamp=0.0, speaker_id=None, has_voice_activity=True, state="listening",
+            utterance_id=1, audio_start_s=0.5, audio_end_s=1.25,
+        )  # fmt: skip
+
+    def sent(text: str, *, final: bool = False) -> list[dict]:
+        return [json.loads(each) for each in items.events(result(text, final=final), 1000.0)]
+
+    first = sent("He could")
+    assert [e["type"] for e in first] == ["input_audio_buffer.speech_started", DELTA]
+    assert first[0]["audio_start_ms"] == 1500 and first[1]["delta"] == "He could"
+    assert [e["delta"] for e in sent("He could wait")] == [" wait"]
+    assert sent("He would wait") == []  # revised: deltas cannot take words back
+    assert [e["delta"] for e in sent("He could wait no")] == [" no"]
+    closing = sent("He could wait no longer.", final=True)
+    assert [e["type"] for e in closing] == [
+        "input_audio_buffer.speech_stopped",
+        "input_audio_buffer.committed",
+        "conversation.item.input_audio_transcription.completed",
+    ]
+    assert closing[0]["audio_end_ms"] == 2250
+    assert closing[2]["transcript"] == "He could wait no longer."
+    assert len({e["item_id"] for e in first + closing}) == 1
+    # An item its final closed is never reopened.
+    assert sent("Again")[0]["item_id"] != closing[0]["item_id"]
