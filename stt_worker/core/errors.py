@@ -175,6 +175,12 @@ class ErrorCode(enum.StrEnum):
         "NATS is unreachable, refused the credentials, or was lost (a worker or tool exits).",
     )
 
+    COMMIT_EMPTY = (
+        "input_audio_buffer_commit_empty",
+        _G,
+        "OpenAI Realtime: `input_audio_buffer.commit` found no speech left to transcribe.",
+    )
+
     # Speech engines.
     ENGINE_ERROR = "engine_error", _W | _S, "The speech engine failed on an utterance."
     MODEL_NOT_FOUND = (

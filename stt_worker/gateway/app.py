@@ -4,7 +4,9 @@ Routes: ``/`` (the page), ``/static/*`` (its JS and CSS), ``/health``, and the W
 ``/ws`` (Parakeet-TDT's path) and ``/`` (the ONNX server's). Query parameters of the
 WebSocket: ``protocol`` (native, parakeet, onnx; default: inferred from the first control),
 ``sample_rate`` (Hz, default 16000), ``session_id`` (default ``ws-<random>``; the client's
-name for its session, namespaced for the worker by namespace.py), ``token``.
+name for its session, namespaced for the worker by namespace.py), ``token``. The OpenAI
+Realtime transcription endpoint, ``/v1/realtime?intent=transcription`` (realtime.py), takes
+``session_id`` (default ``rt-<random>``) and the same token.
 
 Before a WebSocket is served: its Host, Origin and token are checked (access.py; refused
 with 1008), then the connection bounds, all and per client address (1013).
@@ -52,6 +54,8 @@ from stt_worker.gateway.control import Dialect, parse_dialect
 from stt_worker.gateway.dialect import GatewayError
 from stt_worker.gateway.limits import AddressSlots
 from stt_worker.gateway.namespace import ADDED_CHARS, SessionNamespace
+from stt_worker.gateway.realtime import RealtimeBridge
+from stt_worker.gateway.realtime_events import REALTIME_SAMPLE_RATE, check_intent, error_event
 from stt_worker.gateway.settings import GatewaySettings
 from stt_worker.runtime.bus import NatsClient, stream_prefix
 from stt_worker.runtime.process import HeapTrimmer
@@ -72,6 +76,7 @@ class Admission:
     dialect: Dialect | None
     sample_rate: int
     address: str
+    realtime: bool = False
 
 
 class Gateway:
@@ -114,20 +119,29 @@ class Gateway:
         return self.namespace.worker_id(self.namespace.scope(credential), client_id)
 
     async def websocket(self, websocket: WebSocket) -> None:
+        await self._handle(websocket, realtime=False)
+
+    async def realtime(self, websocket: WebSocket) -> None:
+        """OpenAI Realtime transcription (realtime.py), behind the same checks and bounds."""
+        await self._handle(websocket, realtime=True)
+
+    async def _handle(self, websocket: WebSocket, *, realtime: bool) -> None:
         subprotocols = websocket.scope.get("subprotocols") or []
         token, subprotocol = presented_token(
             websocket.query_params, websocket.headers, subprotocols
         )
         try:
-            admission = self._admit(websocket, token)
+            admission = self._admit(websocket, token, realtime=realtime)
         except ProtocolError as exc:
-            await _refuse(websocket, subprotocol, CLOSE_POLICY_VIOLATION, exc.code, exc.message)
+            await _refuse(
+                websocket, subprotocol, CLOSE_POLICY_VIOLATION, exc.code, exc.message, realtime
+            )
             return
         refusal = self._over_capacity()
         if refusal is None and not self._slots.take(admission.address):
             refusal = (ErrorCode.TOO_MANY_CONNECTIONS, "too many connections from this address")
         if refusal is not None:
-            await _refuse(websocket, subprotocol, CLOSE_TRY_AGAIN_LATER, *refusal)
+            await _refuse(websocket, subprotocol, CLOSE_TRY_AGAIN_LATER, *refusal, realtime)
             return
         try:
             await websocket.accept(subprotocol=subprotocol)
@@ -135,7 +149,7 @@ class Gateway:
         finally:
             self._slots.give_back(admission.address)
 
-    def _admit(self, websocket: WebSocket, token: str | None) -> Admission:
+    def _admit(self, websocket: WebSocket, token: str | None, *, realtime: bool) -> Admission:
         """The handshake's checks, in the order a refusal names them; `ProtocolError` (1008)."""
         headers, query = websocket.headers, websocket.query_params
         host = headers.get("host")
@@ -144,9 +158,14 @@ class Gateway:
         check_origin(headers.get("origin"), scheme, host, self.gateway.origins)
         expected = self.gateway.token
         check_token(token, expected.get_secret_value() if expected else None)
-        dialect = parse_dialect(query.get("protocol"))
-        sample_rate = _sample_rate(query.get("sample_rate"))
-        client_id = query.get("session_id") or f"ws-{uuid.uuid4().hex[:16]}"
+        if realtime:
+            check_intent(query.get("intent"))
+            dialect, sample_rate = None, REALTIME_SAMPLE_RATE
+        else:
+            dialect = parse_dialect(query.get("protocol"))
+            sample_rate = _sample_rate(query.get("sample_rate"))
+        prefix = "rt" if realtime else "ws"
+        client_id = query.get("session_id") or f"{prefix}-{uuid.uuid4().hex[:16]}"
         _check_client_id(client_id, self.settings.max_session_id_chars)
         worker_id = self.worker_id(client_id, token)
         if worker_id in self.bridges:
@@ -154,7 +173,7 @@ class Gateway:
                 f"session id {client_id!r} is in use", code=ErrorCode.INVALID_SESSION_ID
             )
         address = websocket.client.host if websocket.client else "unknown"
-        return Admission(client_id, worker_id, dialect, sample_rate, address)
+        return Admission(client_id, worker_id, dialect, sample_rate, address, realtime)
 
     def _over_capacity(self) -> tuple[str, str] | None:
         if not self.nc.is_connected:
@@ -165,7 +184,8 @@ class Gateway:
 
     async def _serve(self, websocket: WebSocket, admission: Admission) -> None:
         session_id = admission.worker_id
-        bridge = Bridge(
+        kind = RealtimeBridge if admission.realtime else Bridge
+        bridge = kind(
             websocket,
             self.nc,
             self._config,
@@ -211,6 +231,7 @@ def create_app(gateway: Gateway) -> HostGuard:
             Route("/health", gateway.health),
             WebSocketRoute("/ws", gateway.websocket),
             WebSocketRoute("/", gateway.websocket),
+            WebSocketRoute("/v1/realtime", gateway.realtime),
             Mount("/static", StaticFiles(directory=STATIC_DIR), name="static"),
         ]
     )
@@ -283,10 +304,18 @@ def _sample_rate(value: str | None) -> int:
 
 
 async def _refuse(
-    websocket: WebSocket, subprotocol: str | None, close_code: int, code: str, message: str
+    websocket: WebSocket,
+    subprotocol: str | None,
+    close_code: int,
+    code: str,
+    message: str,
+    realtime: bool,
 ) -> None:
     """Accept only to say why: a browser sees no reason for a refused handshake."""
     await websocket.accept(subprotocol=subprotocol)
-    await websocket.send_json(msgspec.to_builtins(GatewayError(code=code, message=message)))
+    if realtime:
+        await websocket.send_text(error_event(code, message, server=False))
+    else:
+        await websocket.send_json(msgspec.to_builtins(GatewayError(code=code, message=message)))
     await websocket.close(close_code, message[:120])
     logger.info("gateway: connection refused: %s", message)

@@ -441,21 +441,27 @@ class Bridge:
         return next((each for each in self._segments if not each.closed), None)
 
     def _queue(self, message: Outgoing) -> None:
-        frame = render(message, self.dialect or "native")
-        if frame is None or self._close is not None:
+        if self._close is not None:
             return
-        dropped = self._outbox.dropped_partials
-        accepted = self._outbox.push(frame, partial=is_partial(message))
-        self.stats.dropped_partials += self._outbox.dropped_partials - dropped
-        if not accepted:
-            self.stats.overflow_closes += 1
-            logger.warning("gateway: client of session %s too slow; closing", self.session_id)
-            self.abort(
-                CLOSE_TRY_AGAIN_LATER,
-                f"client too slow: {self.config.max_queue} results unsent",
-            )
-            return
+        for frame, partial in self._frames(message):
+            dropped = self._outbox.dropped_partials
+            accepted = self._outbox.push(frame, partial=partial)
+            self.stats.dropped_partials += self._outbox.dropped_partials - dropped
+            if not accepted:
+                self.stats.overflow_closes += 1
+                logger.warning("gateway: client of session %s too slow; closing", self.session_id)
+                self.abort(
+                    CLOSE_TRY_AGAIN_LATER,
+                    f"client too slow: {self.config.max_queue} results unsent",
+                )
+                return
         self._wake.set()
+
+    def _frames(self, message: Outgoing) -> list[tuple[str, bool]]:
+        """The frames `message` becomes for the client, each with whether it may be dropped
+        (a partial); other dialects of the gateway (realtime.py) render their own."""
+        frame = render(message, self.dialect or "native")
+        return [] if frame is None else [(frame, is_partial(message))]
 
     def _close_when_done(self) -> None:
         """After `end`: close once every worker session has closed and its results are sent."""
