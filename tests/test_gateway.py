@@ -112,6 +112,19 @@ async def test_native_start_and_end(worker, make_gateway) -> None:
     assert final["audio_end_s"] > 0
 
 
+async def test_a_browser_start_carries_per_session_options(worker, make_gateway) -> None:
+    """The start options (docs/protocol.md) pass through the gateway: words come back."""
+    gateway = await make_gateway()
+    async with connect(f"{gateway.ws_url}?session_id={sid()}") as ws:
+        await ws.send(json.dumps({"type": "start", "word_timestamps": True}))
+        await send_audio(ws, pcm(CLIP))
+        await ws.send(json.dumps({"type": "end"}))
+        frames = await frames_until(ws, of_type("session_closed"))
+    final = next(f for f in frames if is_final(f) and f["text"])
+    assert final["words"] and "".join(w["word"] for w in final["words"]).strip()
+    assert all(w["start_s"] <= w["end_s"] for w in final["words"])
+
+
 async def test_native_state_change_barges_in(worker, make_gateway) -> None:
     gateway = await make_gateway()
     async with connect(gateway.ws_url) as ws:
