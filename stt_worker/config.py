@@ -451,7 +451,7 @@ class Settings(EnvSettings):
         "`webrtc`: webrtcvad, about 0.3 ms.",
     )
     vad_threshold: float = setting(
-        0.5,
+        0.4,
         "STT_VAD_THRESHOLD",
         group=Group.AUDIO,
         description="Silero's speech probability at which speech starts; it ends only below "
