@@ -15,10 +15,8 @@ The worker never imports this module; pipecat is the `pipecat` extra's.
 from __future__ import annotations
 
 import asyncio
-import contextlib
 import logging
-import uuid
-from collections.abc import AsyncGenerator, AsyncIterator
+from collections.abc import AsyncGenerator, AsyncIterator, Awaitable
 from typing import Any
 
 from pipecat.frames.frames import (
@@ -41,9 +39,6 @@ from pipecat.utils.time import time_now_iso8601
 from stt_worker.config import Settings, load_settings
 from stt_worker.core.errors import ErrorCode, ProtocolError
 from stt_worker.core.protocol import (
-    Chunk,
-    ClientMessage,
-    End,
     Error,
     Interrupt,
     ServerMessage,
@@ -52,10 +47,10 @@ from stt_worker.core.protocol import (
     State,
     StateChange,
     Transcription,
-    check_session_id,
 )
+from stt_worker.integrations.worker_session import WorkerSession, new_session_id
 from stt_worker.runtime import bus
-from stt_worker.runtime.connection import TOOL, Reconnect, connect
+from stt_worker.runtime.connection import TOOL, Reconnect
 
 logger = logging.getLogger(__name__)
 
@@ -101,23 +96,18 @@ class NatsSTTService(STTService):
     ) -> None:
         kwargs.setdefault("ttfs_p99_latency", TTFS_P99_S)
         super().__init__(settings=STTSettings(model=None, language=language), **kwargs)
-        self._nats = nats if nats is not None else load_settings()
-        self._session_id = session_id or f"pipecat-{uuid.uuid4().hex}"
-        check_session_id(self._session_id, self._nats.max_session_id_chars)
+        self._worker = WorkerSession(
+            nats if nats is not None else load_settings(),
+            session_id or new_session_id("pipecat"),
+            reconnect=reconnect,
+        )
         self._end_timeout_s = end_timeout_s
-        self._reconnect = reconnect
-        self._nc: bus.NatsClient | None = None
-        self._exits = contextlib.AsyncExitStack()
         self._reader: asyncio.Task[None] | None = None
-        # Whether the worker holds our session: a `start` sent and no `session_closed` since.
-        self._open = False
-        self._closed = asyncio.Event()
-        self._seq = 0
         self._turn: State = "listening"
 
     @property
     def session_id(self) -> str:
-        return self._session_id
+        return self._worker.session_id
 
     def can_generate_metrics(self) -> bool:
         return True
@@ -141,22 +131,15 @@ class NatsSTTService(STTService):
 
     async def stop(self, frame: EndFrame) -> None:
         await super().stop(frame)
-        if self._open:
-            # The worker finalises the open utterance on `end`; its final comes before
-            # `session_closed`, and so before the EndFrame goes on down the pipeline.
-            await self._send(End())
-            try:
-                await asyncio.wait_for(self._closed.wait(), self._end_timeout_s)
-            except TimeoutError:
-                logger.warning(
-                    "no session_closed for %s in %ss", self._session_id, self._end_timeout_s
-                )
+        # The worker finalises the open utterance on `end`; its final comes before
+        # `session_closed`, and so before the EndFrame goes on down the pipeline.
+        if not await self._end(self._end_timeout_s):
+            logger.warning("no session_closed for %s in %ss", self.session_id, self._end_timeout_s)
         await self._close()
 
     async def cancel(self, frame: CancelFrame) -> None:
         await super().cancel(frame)
-        if self._open:
-            await self._send(End())  # frees the worker's session now, not after its idle timeout
+        await self._end(None)  # frees the worker's session now, not after its idle timeout
         await self._close()
 
     async def cleanup(self) -> None:
@@ -164,11 +147,10 @@ class NatsSTTService(STTService):
         await self._close()
 
     async def run_stt(self, audio: bytes) -> AsyncGenerator[Frame | None, None]:
-        if self._nc is not None:
-            if not self._open:  # the worker closed it (idle, age, drain): reopen at our rate
+        if self._worker.connected:
+            if not self._worker.is_open:  # the worker closed it (idle, age, drain): reopen
                 await self._open_session()
-            self._seq += 1
-            await self._send(Chunk(audio=audio, seq=self._seq))
+            await self._send(self._worker.chunk(audio))
         yield None  # results come from the reader task
 
     async def process_frame(self, frame: Frame, direction: FrameDirection) -> None:
@@ -183,68 +165,63 @@ class NatsSTTService(STTService):
     # ------------------------------------------------------------ the bus
 
     async def _connect(self) -> None:
-        nc = await connect(self._nats, f"pipecat-stt {self._session_id}", self._reconnect)
-        self._nc = nc
-        self._exits.push_async_callback(nc.close)
-        subject = f"{self._nats.transcription_subject_prefix}.{self._session_id}"
-        # Subscribed before `start` goes out, so no result can be missed.
-        messages = await self._exits.enter_async_context(bus.deliveries(nc, subject))
+        messages = await self._worker.connect(f"pipecat-stt {self.session_id}")
         self._reader = self.create_task(self._read(messages), name="stt_worker_results")
 
     async def _close(self) -> None:
         if self._reader is not None:
             await self.cancel_task(self._reader)
             self._reader = None
-        connected = self._nc is not None
-        self._nc, self._open = None, False
-        with contextlib.suppress(bus.BusError):
-            await self._exits.aclose()
+        connected = self._worker.connected
+        await self._worker.close()
         if connected:
             await self._call_event_handler("on_disconnected")
 
     async def _open_session(self) -> None:
-        self._seq = 0
-        self._closed.clear()
         language = self._settings.language
         start = Start(
             sample_rate=self.sample_rate,
             state=self._turn,
             language=str(language) if isinstance(language, str) and language else None,
         )
-        self._open = await self._send(start)
+        await self._send(self._worker.open(start))
 
     async def _change_turn(self, state: State) -> None:
         if state == self._turn:
             return
         self._turn = state
-        if self._open:
-            await self._send(StateChange(state=state))
+        if self._worker.is_open:
+            await self._send(self._worker.send(StateChange(state=state)))
 
-    async def _send(self, message: ClientMessage) -> bool:
-        """Publish `message` on our session's subject; False (and one ErrorFrame) once NATS
-        is gone for good."""
-        if self._nc is None:
-            return False
-        subject = f"{bus.stream_prefix(self._nats)}.{self._session_id}"
+    async def _end(self, wait_s: float | None) -> bool:
         try:
-            await bus.publish(self._nc, subject, message)
+            return await self._worker.end(wait_s)
         except bus.BusError as exc:
-            await self.push_error(
-                f"lost the stt-streaming worker: {exc}",
-                exception=exc,
-                category=ErrorCategory.CONNECTIVITY,
-                force_treat_as_permanent=True,
-            )
-            self._nc, self._open = None, False
-            return False
-        return True
+            await self._lost(exc)
+            return True
+
+    async def _send(self, sending: Awaitable[None]) -> None:
+        try:
+            await sending
+        except bus.BusError as exc:
+            await self._lost(exc)
+
+    async def _lost(self, exc: bus.BusError) -> None:
+        """NATS is gone for good: one ErrorFrame; the worker session, disconnected now,
+        sends nothing more."""
+        await self.push_error(
+            f"lost the stt-streaming worker: {exc}",
+            exception=exc,
+            category=ErrorCategory.CONNECTIVITY,
+            force_treat_as_permanent=True,
+        )
 
     # ------------------------------------------------------------ results
 
-    async def _read(self, messages: AsyncIterator[bus.Delivery]) -> None:
+    async def _read(self, messages: AsyncIterator[ServerMessage | ProtocolError]) -> None:
         try:
-            async for delivery in messages:
-                await self._on_message(delivery.message)
+            async for message in messages:
+                await self._on_message(message)
         except bus.BusError as exc:
             await self.push_error(
                 f"lost the stt-streaming worker's results: {exc}",
@@ -263,10 +240,9 @@ class NatsSTTService(STTService):
                 category=_CATEGORIES.get(message.code, ErrorCategory.UNKNOWN),
             )
         elif isinstance(message, SessionClosed):
-            self._open = False
-            self._closed.set()
+            pass  # the worker session tracks it: the next audio opens a new one
         else:  # a newer worker's message type, or garbage on our subject
-            logger.warning("ignored a message on %s: %s", self._session_id, message)
+            logger.warning("ignored a message on %s: %s", self.session_id, message)
 
     async def _on_transcription(self, message: Transcription) -> None:
         text = message.transcript.strip()
@@ -282,7 +258,7 @@ class NatsSTTService(STTService):
         elif message.backchannel:
             # "yeah" over the bot's voice: heard, but not the user's turn. As a transcription
             # it would open a user turn and interrupt the bot after all.
-            logger.debug("backchannel on %s: %r", self._session_id, text)
+            logger.debug("backchannel on %s: %r", self.session_id, text)
         else:
             await self.emit_stt_usage_metrics()
             await self.push_frame(
