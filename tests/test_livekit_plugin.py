@@ -11,6 +11,7 @@ from __future__ import annotations
 
 import asyncio
 import socket
+from itertools import pairwise
 
 import numpy as np
 import pytest
@@ -127,7 +128,7 @@ async def test_recognize_returns_the_buffers_finals_with_word_times(worker, nats
     data = event.alternatives[0]
     assert wer(manifest_text(clip), data.text) <= WER_BOUND, data.text
     assert data.words and " ".join(data.words) == data.text
-    assert all(a.end_time <= b.start_time + 1e-6 for a, b in zip(data.words, data.words[1:]))
+    assert all(a.end_time <= b.start_time + 1e-6 for a, b in pairwise(data.words))
     assert 0 < data.confidence <= 1
 
 
