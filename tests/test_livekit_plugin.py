@@ -10,7 +10,10 @@ retries and metrics) gets a whole clip as one buffer.
 from __future__ import annotations
 
 import asyncio
+import os
 import socket
+import subprocess
+import sys
 from itertools import pairwise
 
 import numpy as np
@@ -24,7 +27,8 @@ from stt_worker.config import load_settings
 from stt_worker.integrations.livekit import NatsSpeechStream, NatsSTT
 from stt_worker.runtime.connection import Reconnect
 from stt_worker.runtime.publisher import read_wav
-from tests.helpers import SPEECH_DIR, manifest_text
+from stt_worker.tools.extras import extra_for
+from tests.helpers import REPO, SPEECH_DIR, manifest_text
 from tests.textnorm import wer
 
 WER_BOUND = 0.2
@@ -161,3 +165,21 @@ async def test_nats_out_of_reach_ends_the_stream_with_a_connection_error():
             pass
     await stream.aclose()
     assert len(errors) == 1 and not errors[0].recoverable
+
+
+def test_without_the_extra_the_import_says_which_extra_to_install():
+    code = "import sys\nsys.modules['livekit'] = None\nimport stt_worker.integrations.livekit\n"
+    done = subprocess.run(
+        [sys.executable, "-c", code],
+        capture_output=True,
+        text=True,
+        cwd=REPO,
+        env={**os.environ, "PYTHONPATH": str(REPO)},
+        timeout=120,
+    )
+    assert done.returncode == 1
+    assert "ModuleNotFoundError: stt_worker.integrations.livekit needs the `livekit` extra" in (
+        done.stderr
+    )
+    assert "pip install 'stt-streaming[livekit]'" in done.stderr
+    assert extra_for(ModuleNotFoundError(name="livekit.agents")) == "livekit"

@@ -22,6 +22,8 @@ EXTRA_OF_MODULE = {
     "jiwer": "eval",
     "whisper_normalizer": "eval",
     "matplotlib": "eval",
+    # The LiveKit plugin (integrations/livekit.py), for what imports it.
+    "livekit": "livekit",
 }
 
 
