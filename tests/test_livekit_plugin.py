@@ -100,9 +100,12 @@ async def test_a_stream_emits_interims_then_the_final_between_speech_onset_and_e
     assert final.language == "en"
     # Times are seconds of the stream's audio: the clip is 5.4 s, then a second of silence.
     assert 0 <= final.start_time < 1.0 < 5.0 < final.end_time <= 6.5, final
-    usage = of(SpeechEventType.RECOGNITION_USAGE, events)[0].recognition_usage
-    # The audio sent until the final: the clip and some of the silence after it.
-    assert usage is not None and 5.4 <= usage.audio_duration <= 6.45, usage
+    # Usage before the final counts the audio sent until then (the clip and some of the
+    # silence after it); the rest is billed as the stream ends: all of it, once.
+    usages = [e.recognition_usage for e in of(SpeechEventType.RECOGNITION_USAGE, events)]
+    assert 5.4 <= usages[0].audio_duration < 6.4, usages
+    sent_s = len(clip_pcm(clip, 24_000)) / 24_000
+    assert sum(u.audio_duration for u in usages) == pytest.approx(sent_s, abs=0.03), usages
     assert errors == []
 
 

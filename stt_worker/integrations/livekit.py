@@ -15,6 +15,7 @@ The worker never imports this module; livekit-agents is the `livekit` extra's.
 from __future__ import annotations
 
 import asyncio
+import contextlib
 import logging
 import time
 import weakref
@@ -188,7 +189,7 @@ class NatsSTT(stt.STT):
         except bus.BusError as exc:
             raise APIConnectionError(f"lost the stt-streaming worker: {exc}") from exc
         finally:
-            await worker.close()
+            await _release(worker)
         return stt.SpeechEvent(
             type=stt.SpeechEventType.FINAL_TRANSCRIPT,
             request_id=worker.session_id,
@@ -286,7 +287,7 @@ class NatsSpeechStream(stt.SpeechStream):
             raise APIConnectionError(f"lost the stt-streaming worker: {exc}") from exc
         finally:
             self._worker = None
-            await worker.close()
+            await _release(worker)
 
     async def _forward(self, worker: WorkerSession) -> None:
         async for item in self._input_ch:
@@ -303,6 +304,7 @@ class NatsSpeechStream(stt.SpeechStream):
             logger.warning(
                 "no session_closed for %s in %ss", self._session_id, self._opts.end_timeout_s
             )
+        self._bill()  # the audio after the last final (trailing silence) was sent too
 
     async def _open(self, worker: WorkerSession, frame: rtc.AudioFrame) -> None:
         if self._sent_s == 0:
@@ -350,18 +352,23 @@ class NatsSpeechStream(stt.SpeechStream):
             self._end_of_speech(message)
             return
         self._start_of_speech(message.utterance_id, message.audio_start_s)
-        if self._unbilled_s > 0:
-            usage = stt.RecognitionUsage(audio_duration=self._unbilled_s)
-            self._event_ch.send_nowait(
-                stt.SpeechEvent(
-                    type=stt.SpeechEventType.RECOGNITION_USAGE,
-                    request_id=self._session_id,
-                    recognition_usage=usage,
-                )
-            )
-            self._unbilled_s = 0.0
+        self._bill()
         self._emit(stt.SpeechEventType.FINAL_TRANSCRIPT, self._data(message, text))
         self._end_of_speech(message)
+
+    def _bill(self) -> None:
+        """RECOGNITION_USAGE for the audio sent since the last one."""
+        if self._unbilled_s <= 0:
+            return
+        usage = stt.RecognitionUsage(audio_duration=self._unbilled_s)
+        self._unbilled_s = 0.0
+        self._event_ch.send_nowait(
+            stt.SpeechEvent(
+                type=stt.SpeechEventType.RECOGNITION_USAGE,
+                request_id=self._session_id,
+                recognition_usage=usage,
+            )
+        )
 
     def _start_of_speech(self, utterance_id: int, audio_start_s: float | None) -> None:
         if self._speaking == utterance_id:
@@ -415,6 +422,14 @@ async def _connect(
         )
     except TimeoutError as exc:
         raise APITimeoutError("connecting to the stt-streaming worker's NATS timed out") from exc
+
+
+async def _release(worker: WorkerSession) -> None:
+    """Close the client; a session still open (the stream was closed before its input
+    ended) gets its `end` first, so the worker frees it now, not after its idle timeout."""
+    with contextlib.suppress(bus.BusError):
+        await worker.end()
+    await worker.close()
 
 
 async def _send_paced(worker: WorkerSession, frame: rtc.AudioFrame, nats: Settings) -> None:

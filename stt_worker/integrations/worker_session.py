@@ -100,6 +100,7 @@ class WorkerSession:
         if not self.is_open:
             return True
         await self.send(End())
+        self.is_open = False  # closing: nothing more for it, and no second `end`
         if wait_s is None:
             return True
         try:
