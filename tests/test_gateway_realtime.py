@@ -6,6 +6,7 @@ from __future__ import annotations
 
 import asyncio
 import base64
+import contextlib
 import json
 import uuid
 from typing import Any
@@ -16,8 +17,16 @@ import pytest
 import soxr
 from websockets.exceptions import ConnectionClosed
 
+from stt_worker.core import protocol
+from stt_worker.core.errors import ErrorCode, ProtocolError
+from stt_worker.core.options import MAX_PROMPT_BYTES
 from stt_worker.core.protocol import Transcription
-from stt_worker.gateway.realtime_events import Items
+from stt_worker.gateway.realtime_events import (
+    Items,
+    SessionConfig,
+    parse_client_event,
+    start_options,
+)
 from stt_worker.runtime.publisher import read_wav
 from tests.helpers import SPEECH_DIR, manifest_text
 from tests.test_worker import WER_BOUND
@@ -223,3 +232,82 @@ def test_deltas_append_only_and_a_revision_waits_for_an_extension() -> None:
     assert len({e["item_id"] for e in first + closing}) == 1
     # An item its final closed is never reopened.
     assert sent("Again")[0]["item_id"] != closing[0]["item_id"]
+
+
+def with_turn_detection(turn_detection: Any, prompt: str | None = None) -> dict:
+    session = json.loads(json.dumps(TRANSCRIPTION_SESSION))
+    session["audio"]["input"]["turn_detection"] = turn_detection
+    if prompt is not None:
+        session["audio"]["input"]["transcription"]["prompt"] = prompt
+    return session
+
+
+@pytest.mark.parametrize(
+    ("turn_detection", "items"),
+    [
+        ({"type": "server_vad"}, 2),  # the worker's 500 ms: the 1 s pause ends a turn
+        ({"type": "server_vad", "silence_duration_ms": 2000}, 1),
+        (None, 1),  # the client commits: the pause does not end the turn
+    ],
+    ids=["default", "silence-2000", "null"],
+)
+async def test_turn_detection_and_prompt_reach_the_worker(
+    worker, make_gateway, nc, turn_detection: Any, items: int
+) -> None:
+    """Two clips a second apart: how many items they make is the session's turn detection
+    at work in the worker; the `start` the gateway publishes carries it and the prompt."""
+    starts: list[protocol.Start] = []
+
+    async def record(msg: Any) -> None:
+        message = protocol.decode_client_message(msg.data)
+        if isinstance(message, protocol.Start):
+            starts.append(message)
+
+    await nc.subscribe("ai.voice.stream.>", cb=record)
+    gateway = await make_gateway()
+    async with connect(gateway.http_url, "sk-test") as connection:
+        await connection.session.update(session=with_turn_detection(turn_detection, "Wait."))
+        await events_until(connection, "session.updated")
+        await append(connection, pcm24k(CLIP) + pcm24k(CLIP_2, trailing_silence_s=0.3))
+        if turn_detection is None:
+            await connection.input_audio_buffer.commit()
+        events = await events_until(
+            connection, "conversation.item.input_audio_transcription.completed", count=items
+        )
+        await asyncio.sleep(0.5)  # a second item, if one was to come, comes now
+        with contextlib.suppress(TimeoutError):
+            async with asyncio.timeout(1.0):
+                events.append(await connection.recv())
+
+    completed = of(events, "conversation.item.input_audio_transcription.completed")
+    assert len(completed) == items, [event.transcript for event in completed]
+    expected = f"{manifest_text(CLIP)} {manifest_text(CLIP_2)}"
+    assert wer(expected, completed_text(events)) <= WER_BOUND, completed_text(events)
+    assert starts and {start.prompt for start in starts} == {"Wait."}, starts
+    silence = (turn_detection or {"silence_duration_ms": 5000}).get("silence_duration_ms")
+    assert {start.endpoint_silence_ms for start in starts} == {silence}, starts
+
+
+def test_turn_detection_and_prompt_are_checked_and_mapped() -> None:
+    def update(**transcription_session: Any) -> Any:
+        event = {"type": "transcription_session.update", "session": transcription_session}
+        return parse_client_event(json.dumps(event), SessionConfig())
+
+    for bad in (
+        {"turn_detection": {"type": "server_vad", "silence_duration_ms": 10}},
+        {"turn_detection": {"type": "server_vad", "silence_duration_ms": "500"}},
+        {"turn_detection": {"type": "push_to_talk"}},
+        {"input_audio_transcription": {"prompt": "x" * (MAX_PROMPT_BYTES + 1)}},
+        {"input_audio_transcription": {"prompt": 7}},
+    ):
+        with pytest.raises(ProtocolError) as refused:
+            update(**bad)
+        assert refused.value.code == ErrorCode.INVALID_FIELD, bad
+    semantic = update(turn_detection={"type": "semantic_vad", "eagerness": "high"})
+    assert start_options(semantic.config) == {"prompt": None, "endpoint_mode": "turn"}
+    kept = update(input_audio_transcription={"prompt": "Loki"}, turn_detection=None)
+    assert start_options(kept.config) == {
+        "prompt": "Loki",
+        "endpoint_mode": "fixed",
+        "endpoint_silence_ms": 5000,
+    }

@@ -5,7 +5,9 @@ timeout and worker-session handling as the other dialects) whose client speaks R
 events instead of binary audio and control words:
 
 - ``session.update`` / ``transcription_session.update``: format, language (a ``start``, or a
-  ``start`` update of the open worker session); answered ``session.updated``;
+  ``start`` update of the open worker session), the transcription prompt and turn detection
+  (the ``start`` options of the worker sessions opened after it); answered
+  ``session.updated``;
 - ``input_audio_buffer.append``: base64 PCM16, published as ``chunk`` messages of at most
   ``STT_MAX_CHUNK_BYTES``;
 - ``input_audio_buffer.commit``: a flush: the worker finalises the pending speech now and the
@@ -40,6 +42,7 @@ from stt_worker.gateway.realtime_events import (
     event,
     parse_client_event,
     session_event,
+    start_options,
 )
 
 
@@ -51,7 +54,7 @@ class RealtimeBridge(Bridge):
 
     def __post_init__(self) -> None:
         Bridge.__post_init__(self)
-        self._start = protocol.Start(sample_rate=self.config_realtime.sample_rate)
+        self._start = self._start_of(self.config_realtime)
         self._items = Items()
         # Where each worker session's audio starts in the connection's, by the client's name
         # for it, and how much audio the connection has sent (ms).
@@ -96,12 +99,21 @@ class RealtimeBridge(Bridge):
 
     async def _configure(self, config: SessionConfig) -> None:
         self.config_realtime = config
-        self._start = msgspec.structs.replace(
-            self._start, sample_rate=config.sample_rate, language=config.language
-        )
+        self._start = self._start_of(config)
+        # A repeated `start` updates the open worker session's rate and language; its prompt
+        # and end-of-turn options hold until the next worker session (a commit or clear).
         if self._current is not None:
             await self._publish(self._current, self._start_for(self._current.session_id))
         self._send_event(session_event("updated", self.client_id, config))
+
+    def _start_of(self, config: SessionConfig) -> protocol.Start:
+        """The `start` of the worker sessions the connection opens from now on."""
+        return msgspec.structs.replace(
+            self._start,
+            sample_rate=config.sample_rate,
+            language=config.language,
+            **start_options(config),
+        )
 
     # ------------------------------------------------------------ worker -> client
 

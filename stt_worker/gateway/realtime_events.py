@@ -27,6 +27,7 @@ import msgspec
 
 from stt_worker.core.audio import check_format
 from stt_worker.core.errors import ErrorCode, ProtocolError
+from stt_worker.core.options import ENDPOINT_MS, MAX_PROMPT_BYTES
 from stt_worker.core.protocol import LANGUAGE_PATTERN, Transcription
 
 # OpenAI's only PCM rate, and so what a session assumes until told otherwise.
@@ -53,7 +54,7 @@ class SessionConfig:
     language: str | None = None
     model: str = "stt-streaming"
     prompt: str | None = None
-    # Accepted and echoed; the worker's own VAD decides where utterances end.
+    # Echoed as given; `start_options` maps it onto the worker's end-of-turn options.
     turn_detection: Any = field(default_factory=lambda: {"type": "server_vad"})
     beta: bool = False  # answered as transcription_session.updated
 
@@ -147,7 +148,7 @@ def _ga_update(session: dict[str, Any], config: SessionConfig) -> SessionConfig:
     if "transcription" in audio_input:
         config = _transcription(audio_input["transcription"], config)
     if "turn_detection" in audio_input:
-        config = replace(config, turn_detection=audio_input["turn_detection"])
+        config = replace(config, turn_detection=_turn_detection(audio_input["turn_detection"]))
     return config
 
 
@@ -159,7 +160,7 @@ def _beta_update(session: dict[str, Any], config: SessionConfig) -> SessionConfi
     if "input_audio_transcription" in session:
         config = _transcription(session["input_audio_transcription"], config)
     if "turn_detection" in session:
-        config = replace(config, turn_detection=session["turn_detection"])
+        config = replace(config, turn_detection=_turn_detection(session["turn_detection"]))
     return config
 
 
@@ -185,7 +186,56 @@ def _transcription(value: Any, config: SessionConfig) -> SessionConfig:
         )
     model = settings.get("model", config.model)
     prompt = settings.get("prompt", config.prompt)
+    if prompt is not None and (
+        not isinstance(prompt, str) or len(prompt.encode("utf-8", "replace")) > MAX_PROMPT_BYTES
+    ):
+        raise ProtocolError(
+            f"'prompt' must be a string of at most {MAX_PROMPT_BYTES} bytes of UTF-8 (what "
+            "Whisper conditions on)",
+            code=ErrorCode.INVALID_FIELD,
+        )
     return replace(config, language=language, model=str(model)[:80], prompt=prompt)
+
+
+def _turn_detection(value: Any) -> Any:
+    """``turn_detection`` checked for what `start_options` maps: null, ``server_vad`` (its
+    ``silence_duration_ms`` within the worker's bounds) or ``semantic_vad``."""
+    if value is None:
+        return None
+    kind = _object(value, "turn_detection").get("type")
+    if kind not in ("server_vad", "semantic_vad"):
+        raise ProtocolError(
+            f"turn_detection type {str(kind)[:40]!r}: expected 'server_vad' or 'semantic_vad'",
+            code=ErrorCode.INVALID_FIELD,
+        )
+    silence = value.get("silence_duration_ms")
+    least, most = ENDPOINT_MS
+    if kind == "server_vad" and silence is not None and not _whole_in(silence, least, most):
+        raise ProtocolError(
+            f"'silence_duration_ms' must be a whole number of ms from {least} to {most}",
+            code=ErrorCode.INVALID_FIELD,
+        )
+    return value
+
+
+def _whole_in(value: Any, least: int, most: int) -> bool:
+    return isinstance(value, int) and not isinstance(value, bool) and least <= value <= most
+
+
+def start_options(config: SessionConfig) -> dict[str, Any]:
+    """The worker `start` options a session's configuration asks for (docs/gateway.md):
+    the transcription prompt, and its turn detection as the end-of-turn rule. ``null`` (the
+    client commits each turn) is the longest pause the worker allows, so that only a commit
+    or a very long silence ends an utterance."""
+    options: dict[str, Any] = {"prompt": config.prompt}
+    turn = config.turn_detection
+    if turn is None:
+        options.update(endpoint_mode="fixed", endpoint_silence_ms=ENDPOINT_MS[1])
+    elif turn.get("type") == "semantic_vad":
+        options.update(endpoint_mode="turn")
+    elif turn.get("silence_duration_ms") is not None:
+        options.update(endpoint_mode="fixed", endpoint_silence_ms=turn["silence_duration_ms"])
+    return options
 
 
 def _object(value: Any, name: str) -> dict[str, Any]:
