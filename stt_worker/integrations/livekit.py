@@ -37,6 +37,7 @@ try:
         NotGivenOr,
         stt,
     )
+    from livekit.agents.language import LanguageCode
     from livekit.agents.types import TimedString
     from livekit.agents.utils import AudioBuffer, is_given
 except ModuleNotFoundError as exc:  # say which extra brings it, as the CLI does
@@ -113,7 +114,7 @@ class NatsSTT(stt.STT):
         )
         self._opts = _Options(
             nats if nats is not None else load_settings(),
-            language,
+            _language(language),
             start_options,
             end_timeout_s,
             reconnect,
@@ -138,7 +139,7 @@ class NatsSTT(stt.STT):
         stream = NatsSpeechStream(
             stt=self,
             opts=self._opts,
-            language=language if is_given(language) else self._opts.language,
+            language=_language(language) if is_given(language) else self._opts.language,
             turn=self._turn,
             conn_options=conn_options,
         )
@@ -169,7 +170,7 @@ class NatsSTT(stt.STT):
         start = Start(
             sample_rate=frame.sample_rate,
             channels=frame.num_channels,
-            language=language if is_given(language) else opts.language,
+            language=_language(language) if is_given(language) else opts.language,
             **opts.start_options,
         )
         try:
@@ -411,6 +412,12 @@ class NatsSpeechStream(stt.SpeechStream):
 
 
 # ---------------------------------------------------------------- helpers
+
+
+def _language(value: str | None) -> str | None:
+    """LiveKit's names and tags as the worker takes them: "english" and "en_us" as "en" and
+    "en-US", a plain `str` (msgspec encodes no `LanguageCode`)."""
+    return str(LanguageCode(value)) if value else None
 
 
 async def _connect(
