@@ -3,7 +3,8 @@
 Reads from the run's work folder: the engine tests' JUnit XML (tests.xml), the batching
 bench's JSON per model (batching-<model>.json, as `python -m bench.batching --json` prints it)
 or, without that bench, bench.engines' unbatched times (engines.json). A piece that is
-missing is named in the report as not measured, never left out silently.
+missing is named in the report as not measured, never left out silently, and makes the exit
+status 1 (as do failed tests and failed steps), after both files are written.
 
     python -m bench.gpu_report --work DIR --out bench/results/gpu --gpu FILE --libs FILE \
         [--failure TEXT ...] [--budget-s S] [--elapsed-s S]
@@ -150,6 +151,23 @@ def render(report: dict[str, Any]) -> str:
     return "\n".join(lines) + "\n"
 
 
+def problems(report: dict[str, Any]) -> list[str]:
+    """What keeps the run from being complete: any of it makes the exit status 1."""
+    found = list(report["failures"])
+    tests = report["tests"]
+    if not tests["ran"]:
+        found.append("the engine tests did not run")
+    elif tests["failed"] or not tests["total"]:
+        found.append(f"{len(tests['failed'])} of {tests['total']} engine tests failed")
+    found += [f"not measured: {what}" for what in report["not_measured"]]
+    found += [
+        f"batching, {model}: {result['error']}"
+        for model, result in report["batching"].items()
+        if isinstance(result, dict) and "error" in result
+    ]
+    return found
+
+
 def main(argv: list[str] | None = None) -> int:
     parser = argparse.ArgumentParser(description=__doc__.split("\n", 1)[0])
     parser.add_argument("--work", type=Path, required=True)
@@ -164,7 +182,9 @@ def main(argv: list[str] | None = None) -> int:
     args.out.parent.mkdir(parents=True, exist_ok=True)
     Path(f"{args.out}.json").write_text(json.dumps(report, indent=2) + "\n")
     Path(f"{args.out}.md").write_text(render(report))
-    return 0
+    for problem in problems(report):
+        print(f"gpu_report: {problem}", file=sys.stderr)
+    return 1 if problems(report) else 0
 
 
 if __name__ == "__main__":

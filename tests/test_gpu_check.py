@@ -139,13 +139,13 @@ def engines_payload() -> dict:
     }
 
 
-def write_report(tmp_path: Path, *extra: str) -> tuple[dict, str]:
+def write_report(tmp_path: Path, *extra: str, status: int = 1) -> tuple[dict, str]:
     work = tmp_path / "work"
     (work / "gpu-seen.log").write_text("NVIDIA H200, 143771 MiB, 580.1\n")
     out = tmp_path / "results" / "gpu"
     argv = ["--work", str(work), "--out", str(out), "--gpu", str(work / "gpu-seen.log")]
     argv += ["--libs", str(work / "gpu-libs.log"), "--budget-s", "480", "--elapsed-s", "301"]
-    assert gpu_report.main([*argv, *extra]) == 0
+    assert gpu_report.main([*argv, *extra]) == status
     return json.loads(Path(f"{out}.json").read_text()), Path(f"{out}.md").read_text()
 
 
@@ -178,6 +178,23 @@ def test_report_from_tests_and_unbatched_times(tmp_path: Path) -> None:
     assert "Not measured: batched vs unbatched, tiny.en; batched vs unbatched, base." in markdown
     assert "- tests: exit 1" in markdown
     assert "Libraries: not read" in markdown
+    assert gpu_report.problems(report) == [
+        "tests: exit 1",
+        "1 of 3 engine tests failed",
+        "not measured: batched vs unbatched, tiny.en",
+        "not measured: batched vs unbatched, base",
+    ]
+
+
+def test_a_complete_run_reports_success(tmp_path: Path) -> None:
+    work = tmp_path / "work"
+    work.mkdir()
+    passing = JUNIT.replace('<failure message="assert 0.2 &lt;= 0.15">...</failure>', "")
+    (work / "tests.xml").write_text(passing)
+    for model in gpu_report.MODELS:
+        (work / f"batching-{model}.json").write_text(json.dumps({"batching_ratio": 2.0}))
+    report, _ = write_report(tmp_path, status=0)
+    assert gpu_report.problems(report) == []
 
 
 def test_report_keeps_the_batching_results_and_flags_bad_output(tmp_path: Path) -> None:
@@ -218,5 +235,8 @@ def test_report_runs_as_a_module(tmp_path: Path) -> None:
         text=True,
         timeout=60,
     )
-    assert result.returncode == 0, result.stderr
+    # Nothing measured: both files are still written, and the status says it is incomplete.
+    assert result.returncode == 1, result.stderr
+    assert "gpu_report: the engine tests did not run" in result.stderr
     assert "unbatched decode times" in json.loads(Path(f"{out}.json").read_text())["not_measured"]
+    assert Path(f"{out}.md").read_text().startswith("# GPU check")
