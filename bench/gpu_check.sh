@@ -7,7 +7,8 @@
 #                      [--wheelhouse DIR] [--speech DIR]
 #
 #   --dry-run        print the plan (steps, limits, commands) and exit; touches nothing
-#   --budget-s S     the whole run's limit (default 480: 8 minutes); each step also has its own
+#   --budget-s S     the steps' limit (default 460: with the probes, within 8 minutes); each step
+#                    also has its own
 #   --out PREFIX     report files PREFIX.md and PREFIX.json (default bench/results/gpu;
 #                    on a lent device machine, --out "$OUT/gpu" brings them back)
 #   --work DIR       venv, logs and raw results (default: a new folder under /tmp)
@@ -37,7 +38,7 @@ LIMIT_TESTS=240
 LIMIT_BENCH=150
 LIMIT_REPORT=30
 
-budget_s=480
+budget_s=460
 out=$ROOT/bench/results/gpu
 work=
 wheelhouse=
