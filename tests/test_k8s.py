@@ -32,6 +32,7 @@ import yaml
 from nats.aio.subscription import Subscription
 
 from stt_worker.config import Settings
+from stt_worker.engines.models import BUNDLED_MODELS
 from stt_worker.runtime.nats_server import NatsServer
 from tests.memory_budget import MIB, quantity_bytes, worst_case
 
@@ -61,6 +62,7 @@ WORKER_TARGETS = {
     "overlays/http": "stt-streaming:http",
     "overlays/cpu": "stt-streaming:cpu",
     "overlays/rocm": "stt-streaming:rocm",
+    "overlays/nvidia": "stt-streaming:cuda",
 }
 OVERLAYS = [target for target in WORKER_TARGETS if target.startswith("overlays/")]
 TARGETS = [*WORKER_TARGETS, "nats"]
@@ -527,6 +529,47 @@ def test_rocm_overlay_asks_for_an_amd_gpu() -> None:
     assert "HSA_OVERRIDE_GFX_VERSION" not in env
     # Loading medium onto a GPU takes longer than a CPU model.
     assert startup_budget_s(container["startupProbe"]) >= 2 * MIN_STARTUP_BUDGET_S
+
+
+def test_nvidia_overlay_asks_for_an_nvidia_gpu() -> None:
+    docs = render("overlays/nvidia")
+    env = worker_env(docs)
+    settings = Settings(**env, HOSTNAME=f"{WORKER}-0")
+    pod = find(docs, "StatefulSet", WORKER)["spec"]["template"]["spec"]
+    container = only_container(find(docs, "StatefulSet", WORKER))
+
+    assert container["resources"]["limits"]["nvidia.com/gpu"] == 1
+    assert "amd.com/gpu" not in container["resources"]["limits"]
+    assert pod["nodeSelector"]
+    assert any(t["key"] == "nvidia.com/gpu" for t in pod["tolerations"])
+    # The CTranslate2 engine on the GPU in half precision, on a model the image bundles.
+    assert (settings.whisper_device, settings.whisper_compute_type) == ("cuda", "float16")
+    assert settings.whisper_model_size in BUNDLED_MODELS
+    # Threads set explicitly: the default would count the node's cores.
+    cpus = int(container["resources"]["limits"]["cpu"])
+    assert settings.whisper_cpu_threads * settings.max_concurrent_inferences <= cpus
+    assert startup_budget_s(container["startupProbe"]) >= 2 * MIN_STARTUP_BUDGET_S
+
+
+def test_gpu_overlays_patch_the_same_fields() -> None:
+    """nvidia mirrors rocm's patch, so a change to the base workload (a Deployment instead of
+    the StatefulSet) is the same edit in both."""
+
+    def shape(node: object) -> object:
+        if isinstance(node, dict):
+            return {key: shape(value) for key, value in node.items() if "gpu" not in key}
+        if isinstance(node, list):
+            return [shape(item) for item in node[:1]]
+        return None
+
+    rocm, nvidia = (
+        yaml.safe_load((K8S_DIR / "overlays" / name / "gpu.yaml").read_text())
+        for name in ("rocm", "nvidia")
+    )
+    for patch in (rocm, nvidia):
+        patch["spec"]["template"]["spec"].pop("securityContext", None)  # ROCm's device groups
+        patch["spec"]["template"]["spec"].pop("nodeSelector")  # vendor labels
+    assert shape(nvidia) == shape(rocm)
 
 
 # ------------------------------------------------------------------ the NATS mapping

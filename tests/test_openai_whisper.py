@@ -1,7 +1,8 @@
 """Tests of the CTranslate2 -> openai-whisper converter and the openai-whisper (PyTorch) engine.
 
-Skipped without the `torch` extra. Runs tiny.en on CPU in float32; openai-whisper's own
-download is patched to fail, so no test can fetch weights.
+Skipped without the `torch` extra. Runs tiny.en on CPU in float32, or with
+STT_TEST_DEVICE=cuda on the GPU in fp16; openai-whisper's own download is patched to fail,
+so no test can fetch weights.
 """
 
 from __future__ import annotations
@@ -27,7 +28,7 @@ from stt_worker.engines.base import DecodeOptions  # noqa: E402
 from stt_worker.engines.faster_whisper import FasterWhisperEngine, WindowPolicy  # noqa: E402
 from stt_worker.engines.models import resolve_model_path  # noqa: E402
 from stt_worker.engines.openai_whisper import OpenAIWhisperEngine  # noqa: E402
-from tests.helpers import SPEECH_DIR, manifest_text  # noqa: E402
+from tests.helpers import SPEECH_DIR, TEST_DEVICE, manifest_text  # noqa: E402
 from tests.textnorm import normalise, wer  # noqa: E402
 
 SAMPLE_RATE_HZ = 16_000
@@ -75,7 +76,7 @@ def clips() -> dict[str, np.ndarray]:
 @pytest.fixture(scope="module")
 def engine(cache_dir: str) -> Iterator[OpenAIWhisperEngine]:
     settings = load_settings(
-        whisper_model_size="tiny.en", whisper_device="cpu", whisper_model_cache_dir=cache_dir
+        whisper_model_size="tiny.en", whisper_device=TEST_DEVICE, whisper_model_cache_dir=cache_dir
     )
     created = create_engine(settings, "openai-whisper")
     assert isinstance(created, OpenAIWhisperEngine)
@@ -133,12 +134,15 @@ def test_cli_checkpoint_loads_with_whisper_load_model(tmp_path: Path) -> None:
     assert heads == [[1, 0], [2, 0], [2, 5], [3, 0], [3, 1], [3, 2], [3, 3], [3, 4]]
 
 
+@pytest.mark.skipif(TEST_DEVICE != "cpu", reason="exact in float32 on both sides; fp16 on GPU")
 def test_conversion_is_exact_against_ctranslate2_float32(
     torch_texts: dict[str, str], clips: dict[str, np.ndarray]
 ) -> None:
     # Same weights, precision and 30 s window on both sides: the text must be identical.
     ct2 = FasterWhisperEngine(
-        load_settings(whisper_model_size="tiny.en", whisper_compute_type="float32"),
+        load_settings(
+            whisper_model_size="tiny.en", whisper_compute_type="float32", whisper_device="cpu"
+        ),
         window=WindowPolicy(pad_s=30),
     )
     try:
@@ -151,7 +155,9 @@ def test_conversion_is_exact_against_ctranslate2_float32(
 def test_transcripts_match_the_default_ctranslate2_engine(
     torch_texts: dict[str, str], clips: dict[str, np.ndarray]
 ) -> None:
-    ct2 = create_engine(load_settings(whisper_model_size="tiny.en"), "faster-whisper")
+    ct2 = create_engine(
+        load_settings(whisper_model_size="tiny.en", whisper_device=TEST_DEVICE), "faster-whisper"
+    )
     try:
         ct2_texts = {n: ct2.transcribe_blocking(clips[n], DecodeOptions()).text for n in CLIPS}
     finally:
@@ -167,8 +173,9 @@ def test_transcripts_match_the_default_ctranslate2_engine(
 
 def test_jfk_against_the_reference(engine: OpenAIWhisperEngine, torch_texts: dict[str, str]):
     assert wer(manifest_text("jfk.wav"), torch_texts["jfk.wav"]) <= 0.15
-    assert engine.info.device == "cpu"
-    assert engine.info.extra["dtype"] == "float32"
+    # STT_TEST_DEVICE=cuda must not quietly fall back to the CPU.
+    assert engine.info.device == TEST_DEVICE
+    assert engine.info.extra["dtype"] == ("float32" if TEST_DEVICE == "cpu" else "float16")
 
 
 def test_audio_over_30_s_is_decoded_in_windows(engine: OpenAIWhisperEngine) -> None:

@@ -348,11 +348,18 @@ def _sentence_marks(tokenizer: Tokenizer) -> list[int]:
 
 def _pick_device(device: str) -> str:
     device = device.lower()
-    if device == "auto":
-        return "cuda" if ctranslate2.get_cuda_device_count() > 0 else "cpu"
-    if device in ("cpu", "cuda"):
+    if device not in ("auto", "cpu", "cuda"):
+        raise EngineError(f"WHISPER_DEVICE must be auto, cpu or cuda, not {device!r}")
+    if device == "cpu":
         return device
-    raise EngineError(f"WHISPER_DEVICE must be auto, cpu or cuda, not {device!r}")
+    gpus = ctranslate2.get_cuda_device_count()
+    if device == "cuda" and gpus == 0:
+        # CTranslate2's PyPI wheels are built for CUDA only: a ROCm GPU is not seen either.
+        raise EngineError(
+            "WHISPER_DEVICE=cuda but CTranslate2 sees no CUDA GPU (driver, CUDA 12 cuBLAS and "
+            "cuDNN 9 needed); for AMD GPUs use STT_ENGINE=openai-whisper on a ROCm PyTorch"
+        )
+    return "cuda" if gpus > 0 else "cpu"
 
 
 def _pick_compute_type(compute_type: str, device: str) -> str:

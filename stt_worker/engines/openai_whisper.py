@@ -69,8 +69,7 @@ class OpenAIWhisperEngine(LocalEngine):
         )
         self._model = load_checkpoint(path, self._device)
         self.multilingual = self._model.is_multilingual
-        # Half precision halves GPU memory and time; CPUs have no fast fp16 matmul.
-        self._fp16 = self._device != "cpu"
+        self._fp16 = uses_fp16(self._device)
         extra = {
             "dtype": "float16" if self._fp16 else "float32",
             "torch": torch.__version__,
@@ -227,6 +226,12 @@ def pick_device(requested: str) -> str:
         )
         return "cpu"
     raise EngineError(f"WHISPER_DEVICE must be auto, cpu, cuda or cuda:N, not {requested!r}")
+
+
+def uses_fp16(device: str) -> bool:
+    """Half precision halves GPU memory and time (CUDA and ROCm alike, both `cuda` to torch);
+    CPUs have no fast fp16 matmul."""
+    return device != "cpu"
 
 
 def resolve_checkpoint(name_or_path: str, cache_dir: str | None = None) -> Path:
