@@ -56,7 +56,7 @@ from bench.steady import BOUND_MS, GROWTH_LIMIT_MS, Utterance, Verdict, capacity
 from bench.turn_latency import SENTENCES, Placement, Sentence, sentences
 from stt_worker.config import Settings, load_settings
 from stt_worker.core.audio import SAMPLE_RATE_HZ
-from stt_worker.core.protocol import Transcription
+from stt_worker.core.protocol import SessionClosed, Transcription
 from stt_worker.evaluation.results import ROOT, Clip
 from stt_worker.evaluation.runner import machine_info, worker_process
 from stt_worker.runtime.nats_server import NatsServer
@@ -124,12 +124,17 @@ class Step:
     max_ms: float | None
     growth_ms: float | None
     window_s: float
+    finals: int  # every final received in the step, inside the window or not
+    closed: int  # sessions closed before the grace ran out (a session closes after its last final)
     talk_fraction: float
     worker_cores: float | None
     final_queue_mean: tuple[float | None, float | None]  # first half, second half
     loadavg_before: float
     loadavg_max: float
     generator: dict[str, float]
+    # (seconds into the window its speech ended, end of speech -> final ms or None) per
+    # judged utterance: the run can be judged again, or plotted, from the JSON.
+    trace: list[tuple[float, float | None]] = dataclasses.field(default_factory=list)
 
 
 def session_audio(
@@ -214,10 +219,12 @@ async def measure_step(
             )
     first_tick = round((plan.ramp_s + plan.settle_s) / CHUNK_S)
     last_tick = first_tick + round(plan.window_s / CHUNK_S)
-    verdict = judge(window_utterances(run, placed, first_tick, last_tick), plan.window_s)
+    utterances = window_utterances(run, placed, first_tick, last_tick)
+    verdict = judge(utterances, plan.window_s)
     opens, closes = float(run.tick_wall[first_tick]), float(run.tick_wall[last_tick - 1])
     middle = (opens + closes) / 2
     step = _step(config, sessions, plan, verdict, audio, run)
+    step.trace = [(round(u.end_s, 2), _rounded(u.latency_ms, 1)) for u in utterances]
     step.worker_cores = _rounded(sampler.cores(opens, closes), 3)
     step.final_queue_mean = (
         _queue_mean(sampler, opens, middle),
@@ -262,6 +269,10 @@ def _step(
         max_ms=verdict.max_ms,
         growth_ms=verdict.growth_ms,
         window_s=plan.window_s,
+        finals=sum(
+            isinstance(r.message, Transcription) and r.message.is_final for r in run.received
+        ),
+        closed=sum(isinstance(r.message, SessionClosed) for r in run.received),
         talk_fraction=round(float(np.mean(fractions)), 3),
         worker_cores=None,
         final_queue_mean=(None, None),

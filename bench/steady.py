@@ -91,7 +91,7 @@ def judge(
         p50,
         p95,
         top,
-        None if growth is None or math.isnan(growth) else round(growth, 1),
+        None if growth is None or not math.isfinite(growth) else round(growth, 1),
     )
 
 
