@@ -26,7 +26,7 @@ highest step sustained below that failure. With configurations named ``batched``
 variables are passed through to the worker as they are: one a checkout does not know is
 ignored by its worker.
 
-    .venv/bin/python -m bench.capacity [--steps 8,16,24,32,48] [--window 45] [--ramp 10]
+    .venv/bin/python -m bench.capacity [--steps 8,16,24,32,48,64] [--window 45] [--ramp 10]
         [--compare NAME=ENV=VAL,ENV=VAL ...] [--quick] [--json bench/results/capacity.json]
 
 Writes the JSON and a markdown report beside it (same name, ``.md``).
@@ -64,7 +64,7 @@ from stt_worker.runtime.nats_server import NatsServer
 logger = logging.getLogger("bench.capacity")
 
 DEFAULT_JSON = ROOT / "bench" / "results" / "capacity.json"
-GAP_S = 1.2  # room noise after each sentence: with the set's ~5.8 s sentences, ~80% talk
+GAP_S = 1.2  # room noise after each sentence: with the set's ~5.8 s sentences, ~76% talk
 LEAD_S = 0.3  # room noise before a session's first sentence
 COVER_S = 0.1  # a final covers a sentence when its audio reaches this close to the end
 FINAL_QUEUE = "stt_inference_queue_depth:final"
@@ -84,7 +84,7 @@ class Plan:
         return self.ramp_s + self.settle_s + self.window_s + self.tail_s
 
 
-FULL = Plan((8, 16, 24, 32, 48), 45.0, 10.0, 5.0, 3.0, SENTENCES)
+FULL = Plan((8, 16, 24, 32, 48, 64), 45.0, 10.0, 5.0, 3.0, SENTENCES)
 # A smoke run (the test's): one small step of short sentences, seconds long.
 QUICK = Plan((2,), 6.0, 1.0, 1.0, 2.0, SENTENCES[:3])
 
