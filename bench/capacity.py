@@ -128,6 +128,7 @@ class Step:
     closed: int  # sessions closed before the grace ran out (a session closes after its last final)
     talk_fraction: float
     worker_cores: float | None
+    foreign_cores: float | None  # other work on the machine during the window
     final_queue_mean: tuple[float | None, float | None]  # first half, second half
     loadavg_before: float
     loadavg_max: float
@@ -226,6 +227,7 @@ async def measure_step(
     step = _step(config, sessions, plan, verdict, audio, run)
     step.trace = [(round(u.end_s, 2), _rounded(u.latency_ms, 1)) for u in utterances]
     step.worker_cores = _rounded(sampler.cores(opens, closes), 3)
+    step.foreign_cores = sampler.foreign_cores(opens, closes)
     step.final_queue_mean = (
         _queue_mean(sampler, opens, middle),
         _queue_mean(sampler, middle, closes),
@@ -234,7 +236,7 @@ async def measure_step(
     inside = sampler.window(opens, closes)
     step.loadavg_max = round(max((s.loadavg_1m for s in inside), default=loadavg_before), 2)
     logger.info(
-        "%s N=%d: %s (%s), p95 %s ms, growth %s ms, %d utterances, cores %s, load %.2f",
+        "%s N=%d: %s (%s), p95 %s ms, growth %s ms, %d utterances, cores %s, others' %s",
         config.name,
         sessions,
         "sustained" if step.sustained else "NOT sustained",
@@ -243,7 +245,7 @@ async def measure_step(
         step.growth_ms,
         step.utterances,
         step.worker_cores,
-        step.loadavg_max,
+        step.foreign_cores,
     )
     return step
 
@@ -275,6 +277,7 @@ def _step(
         closed=sum(isinstance(r.message, SessionClosed) for r in run.received),
         talk_fraction=round(float(np.mean(fractions)), 3),
         worker_cores=None,
+        foreign_cores=None,
         final_queue_mean=(None, None),
         loadavg_before=0.0,
         loadavg_max=0.0,

@@ -45,6 +45,7 @@ class Sample:
     loadavg_1m: float
     metrics: dict[str, float]  # a few of the worker's own (ours only)
     others_cpu_s: dict[str, float]  # this process (the load generator) and nats-server
+    machine_busy_s: float = 0.0  # every CPU's non-idle seconds so far, whoever used them
 
 
 class Sampler:
@@ -70,8 +71,10 @@ class Sampler:
         for name, process in self._others.items():
             other = process.cpu_times()
             others[name] = other.user + other.system
+        machine = psutil.cpu_times()
+        busy = sum(machine) - machine.idle - getattr(machine, "iowait", 0.0)
         sample = Sample(
-            time.time(), times.user + times.system, rss, os.getloadavg()[0], metrics, others
+            time.time(), times.user + times.system, rss, os.getloadavg()[0], metrics, others, busy
         )
         self.samples.append(sample)
         return sample
@@ -116,6 +119,17 @@ class Sampler:
             )
             for name in last.others_cpu_s
         }
+
+    def foreign_cores(self, start: float, end: float) -> float | None:
+        """Mean CPU cores of everything but the worker, the load generator and nats-server:
+        other work sharing the machine (unlike the load average, blind to the bench's own)."""
+        inside = self.window(start, end)
+        worker = self.cores(start, end)
+        if worker is None:
+            return None
+        first, last = inside[0], inside[-1]
+        machine = (last.machine_busy_s - first.machine_busy_s) / (last.at - first.at)
+        return round(max(0.0, machine - worker - sum(self.other_cores(start, end).values())), 3)
 
     def rate(self, name: str, start: float, end: float) -> float | None:
         inside = [s for s in self.window(start, end) if name in s.metrics]

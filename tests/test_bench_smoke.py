@@ -38,6 +38,7 @@ def test_capacity_bench_quick_run_compares_two_configurations(tmp_path: Path) ->
         # Real speech reached the real worker and came back as finals inside the window.
         assert step["utterances"] >= 2 and step["p50_ms"] is not None
         assert step["generator"]["ticks"] > 0 and 0.3 < step["talk_fraction"] < 0.9
+        assert step["worker_cores"] > 0 and step["foreign_cores"] >= 0
         assert config["sustained"] == (2 if step["sustained"] else 0)
     ratio = data["batching_ratio"]
     assert ratio is None or ratio > 0
