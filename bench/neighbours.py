@@ -21,7 +21,7 @@ generator's), on one session, speaking the NATS client protocol through `BatchPu
 - ``garbage_flood``: random bytes (not msgpack, or not a message) on one subject, likewise.
 
 Per mode: honest p95 end of speech -> final (end of speech from the audio's own VAD, as
-`bench.capacity` computes it, endpointed finals) beside the abuser and alone, their ratio;
+`bench.harness` scores it, endpointed finals) beside the abuser and alone, their ratio;
 honest finals missing (a final of the lone run whose audio no final of the abused run
 overlaps, same session and audio); honest ``audio_dropped`` / ``rate_limited`` /
 ``overloaded`` errors and the messages they say were refused; what the abuser was told; the
@@ -52,7 +52,7 @@ from typing import Any
 
 import numpy as np
 
-from bench.capacity import (
+from bench.harness import (
     MAX_LOOP_CLIP_S,
     Connections,
     Sampler,

@@ -38,7 +38,7 @@ from typing import Any
 
 import numpy as np
 
-from bench.capacity import connected
+from bench.harness import connected
 from bench.loadgen import LoadRun, SessionPlan, plan_sessions, room_noise, run_load
 from bench.speech_marks import speech_span
 from stt_worker.config import load_settings

@@ -163,7 +163,7 @@ async def worker_process(
     slower at the median, up to 1.6x, than the same decode alone).
 
     `module` runs another worker with the same command line (``-m MODULE serve --engine
-    KIND``) and readiness line ("worker ready"): the benchmarks' naive baseline. `env` is
+    KIND``) and readiness line ("worker ready"). `env` is
     added last: variables a `Settings` of this checkout may not know yet (a worker ignores
     unknown ones)."""
     # Probes on a free port unless asked otherwise: the harness must not need 8080.
