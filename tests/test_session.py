@@ -532,3 +532,16 @@ def test_turn_mode_holds_a_turn_that_smart_turn_hears_unfinished_and_checks_it_a
     (again,) = turn_checks(feed(session, "." * 11))
     out = checked(session, again, "He hoped there would be stew for dinner.", 0.9, 0.9)
     assert published(out, Transcription)[0].transcript == "He hoped there would be stew for dinner."
+
+
+def test_turn_mode_rechecks_a_held_pause_with_the_stricter_veto():
+    # Smart Turn hears the clause end as over by the recheck; the decoder, only fairly sure
+    # (above the first check's veto, below the recheck's), keeps the turn open.
+    session = new_session(TURN)
+    (check,) = turn_checks(feed(session, "s" * 30 + "." * 4))
+    assert checked(session, check, "", 0.0, 0.05) == []  # Smart Turn alone held it
+    (again,) = turn_checks(feed(session, "." * 11))
+    assert checked(session, again, "For a full hour he had paced up.", 0.7, 0.96) == []
+    assert jobs(feed(session, "." * 14), final=True) == []
+    (final,) = jobs(feed(session, "."), final=True)  # the longest wait decides
+    assert final.end_reason == "silence"

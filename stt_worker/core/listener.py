@@ -273,7 +273,7 @@ class Listener:
         if utterance.voiced_frames > utterance.voiced_at_check:
             utterance.move(Event.CHECK_MOOT)
             return None  # speaking again since the check: not the end of the turn
-        verdict = self._endpoint.judge(text, end_prob, turn_prob)
+        verdict = self._endpoint.judge(text, end_prob, turn_prob, job.trailing_silence_s)
         logger.debug(
             "turn check: %r, end probability %s, turn probability %s: %s",
             text,

@@ -78,6 +78,7 @@ def session_config(settings: Settings) -> SessionConfig:
             over_prob=settings.turn_over_prob,
             hold_prob=settings.turn_hold_prob,
             end_veto_prob=settings.turn_end_veto_prob,
+            recheck_veto_prob=settings.turn_recheck_veto_prob,
             finished_prob=settings.endpoint_finished_prob,
             unfinished_prob=settings.endpoint_unfinished_prob,
         ),
