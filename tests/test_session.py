@@ -13,6 +13,7 @@ from stt_worker.core.protocol import Error, Interrupt, SessionClosed, Transcript
 from stt_worker.core.session import Session, SessionConfig, frames_of
 from stt_worker.core.turns import Commands
 from stt_worker.core.vad import FRAME_SAMPLES
+from stt_worker.runtime.decode_plan import plan
 
 CONFIG = SessionConfig(
     endpoint_silence_ms=200,
@@ -545,3 +546,16 @@ def test_turn_mode_rechecks_a_held_pause_with_the_stricter_veto():
     assert jobs(feed(session, "." * 14), final=True) == []
     (final,) = jobs(feed(session, "."), final=True)  # the longest wait decides
     assert final.end_reason == "silence"
+
+
+def test_partials_of_speech_a_trusted_vad_heard_skip_whispers_silence_rule():
+    # Whisper's plain silence rule blanks a first short word; Silero hears no speech in
+    # noise, so its partials are decoded as speech heard (`DecodeOptions.speech_heard`).
+    trusted = new_session(dataclasses.replace(CONFIG, vad_trusted=True))
+    (partial,) = jobs(feed(trusted, "s" * 20), final=False)
+    assert partial.speech_heard and plan(partial).options.speech_heard
+    (final,) = jobs(feed(trusted, "." * 30), final=True)
+    assert not final.speech_heard and not plan(final).options.speech_heard
+    # webrtcvad hears speech in much noise: its partials keep the rule.
+    (partial,) = jobs(feed(new_session(), "s" * 20), final=False)
+    assert not partial.speech_heard and not plan(partial).options.speech_heard

@@ -353,12 +353,12 @@ class Listener:
             end_reason=end_reason,
             ended_at=ended_at,
             trailing_silence_s=trailing_silence_s,
+            speech_heard=kind is JobKind.PARTIAL and self.config.vad_trusted,
         )
 
     def _open(self, utterance_id: int) -> Utterance | None:
         """The open utterance, if it is `utterance_id`."""
-        utterance = self.utterance
-        return utterance if utterance and utterance.utterance_id == utterance_id else None
+        return found if (found := self.utterance) and found.utterance_id == utterance_id else None
 
 
 def _prompt(config: SessionConfig, context: str) -> str | None:

@@ -29,6 +29,9 @@ class SessionConfig:
     """The knobs a session needs, in frames and samples (derived from `Settings`)."""
 
     enable_vad: bool = True
+    # The VAD hears no speech in noise (Silero: none of the non-speech set; webrtcvad: 59%),
+    # so a partial of what it heard may skip Whisper's plain silence rule.
+    vad_trusted: bool = False
     enable_interrupt_detection: bool = True
     endpoint_silence_ms: int = 500
     partial_first_ms: int = 200

@@ -50,6 +50,7 @@ logger = logging.getLogger(__name__)
 def session_config(settings: Settings) -> SessionConfig:
     return SessionConfig(
         enable_vad=settings.enable_vad,
+        vad_trusted=settings.enable_vad and settings.vad_engine == "silero",
         enable_interrupt_detection=settings.enable_interrupt_detection,
         endpoint_silence_ms=settings.endpoint_silence_ms,
         partial_first_ms=settings.partial_first_ms,
