@@ -142,8 +142,9 @@ def markdown(data: dict, png: str) -> str:
         "is the final when a rule ends the turn on it; otherwise the final is decoded after "
         "the decision (its time taken as the check's).",
         f"- Smart Turn: probability at {', '.join(str(p * FRAME_MS) for p in TURN_POINTS)} ms "
-        "of silence, with its measured time per call; in turn mode it runs beside the decode "
-        "and the verdict waits for the slower of the two.",
+        "of silence, with its measured time per call; in turn mode it runs first and the "
+        "decode after it (as `TurnCheckEngine` runs them), at the check and at each recheck "
+        "(the decode measured nearest before it).",
         f"- Alone, the decoder's end probability (checked at {CHECK_FRAMES * FRAME_MS} ms) and "
         f"Smart Turn (at each point) end the turn at {FALLBACK_MS} ms of silence when they "
         "never say *over*. Turn mode is replayed with the worker's own `TurnEndpoint` and "

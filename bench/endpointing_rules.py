@@ -119,9 +119,10 @@ class SmartTurnAlone(Rule):
 
 class Fused(Rule):
     """Turn mode as the worker runs it (`TurnEndpoint`, its `TurnRule`): a check at
-    `check_frames` (the decode and Smart Turn side by side), again at `recheck_frames` while
-    the turn holds; TURN_OVER ends the turn with the check's text, TURN_HOLDS waits up to
-    `max_frames`, TURN_UNDECIDED leaves it to the fixed `silence_frames`."""
+    `check_frames`, again at each of `recheck_frames` while the turn holds, each as
+    `TurnCheckEngine` runs it (Smart Turn, then the decode when Smart Turn hears an end);
+    TURN_OVER ends the turn with the check's text, TURN_HOLDS waits up to `max_frames`,
+    TURN_UNDECIDED leaves it to the fixed `silence_frames`."""
 
     family = "fused (turn mode)"
 
@@ -131,15 +132,18 @@ class Fused(Rule):
 
     def decide(self, pause: PauseFeatures) -> Verdict | None:
         policy = self.policy
-        check = pause.checks.get(CHECK_FRAMES)
+        first = pause.checks.get(CHECK_FRAMES)
         assert policy.check_frames == CHECK_FRAMES, "the check is decoded at CHECK_FRAMES"
-        for frames in (policy.check_frames, policy.recheck_frames):
-            if frames is None or check is None or frames not in pause.turn:
+        assert set(policy.recheck_frames) <= set(TURN_POINTS), "Smart Turn heard there"
+        for frames in (policy.check_frames, *policy.recheck_frames):
+            if first is None or frames not in pause.turn:
                 break
-            at = frames * FRAME_MS + max(check.decode_ms, pause.turn_ms)
+            check = pause.checks.get(frames, first)  # a later decode where one was measured
+            at = frames * FRAME_MS + pause.turn_ms + check.decode_ms
             if not pause.in_time(at):
                 return None
-            event = policy.judge(check.text, check.end_prob, pause.turn[frames])
+            pause_s = frames * FRAME_MS / 1000
+            event = policy.judge(check.text, check.end_prob, pause.turn[frames], pause_s)
             if event is Event.TURN_OVER:
                 return Verdict(at, at)
             if event is Event.TURN_UNDECIDED:

@@ -56,6 +56,11 @@ logger = logging.getLogger("bench.turn_latency")
 DEFAULT_OUT = ROOT / "bench" / "results" / "turn_latency"
 TRAIL_S = 1.5  # room noise after each sentence's last word
 LEAD_S = 0.3  # room noise before a session's first sentence
+# A final covers a sentence when its audio reaches this close to the last word's energy end:
+# the VAD may hear a word's soft tail ("him" fading out) as the pause, and a turn check
+# can end the turn on the whole text before that tail is over. A cut at a mid-sentence
+# pause leaves at least a word (more than this) for a later final.
+COVER_TOLERANCE_S = 0.3
 RAMP_PER_SESSION_S = 0.3
 MAX_RAMP_S = 5.0
 # The shared set's single sentences (the conversation and 36 s clips are several turns).
@@ -184,8 +189,11 @@ def measure_utterance(
     utterance = Utterance(
         config, len(run.plans), plan.session_id, place.sentence.name, None, None, None
     )
-    covering = [item for item in finals if item.message.audio_end_s >= place.end_s - 0.1]
+    covering = [
+        item for item in finals if item.message.audio_end_s >= place.end_s - COVER_TOLERANCE_S
+    ]
     if covering:
+        # Negative when the final came before the word's tail was sent.
         utterance.eos_to_final_ms = (covering[-1].received_at - end_sent) * 1000
     text = " ".join(item.message.transcript for item in finals)
     utterance.final_text, utterance.wer = text, wer(place.sentence.reference, text)

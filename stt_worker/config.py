@@ -585,12 +585,12 @@ class Settings(EnvSettings):
         ge=20,
     )
     turn_recheck_ms: int = setting(
-        0,
+        200,
         "STT_TURN_RECHECK_MS",
         group=Group.END_OF_TURN,
         description="Turn mode: when the first check held the turn open, the pause that "
-        "checks once more; 0 = no second check (Smart Turn hears most long pauses as the "
-        "end, so a second check cuts more sentences short).",
+        "checks again (Smart Turn first, a decode only if it hears an end), with the "
+        "stricter `STT_TURN_RECHECK_VETO_PROB`; 0 = no recheck.",
         ge=0,
     )
     turn_max_ms: int = setting(
@@ -625,6 +625,15 @@ class Settings(EnvSettings):
         group=Group.END_OF_TURN,
         description="Turn mode: below this decoder end probability the turn holds whatever "
         "Smart Turn says.",
+        ge=0,
+        le=1,
+    )
+    turn_recheck_veto_prob: float = setting(
+        0.85,
+        "STT_TURN_RECHECK_VETO_PROB",
+        group=Group.END_OF_TURN,
+        description="Turn mode: the decoder veto at a recheck; later in a pause Smart Turn "
+        "hears most clause ends as the end of the turn, so the words must be surer.",
         ge=0,
         le=1,
     )

@@ -87,7 +87,9 @@ def test_the_settings_choose_the_rule_and_its_lengths_in_frames():
 
 
 RULE = TurnRule(over_prob=0.5, hold_prob=0.3, end_veto_prob=0.5)
-TURN = TurnEndpoint(silence_frames=20, check_frames=4, recheck_frames=15, max_frames=40, rule=RULE)
+TURN = TurnEndpoint(
+    silence_frames=20, check_frames=4, recheck_frames=(15,), max_frames=40, rule=RULE
+)
 
 
 @pytest.mark.parametrize(
@@ -123,9 +125,7 @@ def test_the_turn_endpoint_checks_early_and_again_and_lets_a_check_decide():
     events = [TURN.on_frame(run) for run in range(50)]
     assert events[0] is Event.SPEECH_RESUMED
     assert [run for run, e in enumerate(events) if e is Event.CHECK_DUE] == [4, 15]
-    once = TurnEndpoint(
-        silence_frames=20, check_frames=4, recheck_frames=None, max_frames=40, rule=RULE
-    )
+    once = TurnEndpoint(silence_frames=20, check_frames=4, max_frames=40, rule=RULE)
     assert [run for run in range(50) if once.on_frame(run) is Event.CHECK_DUE] == [4]
     # A pending check or a holding turn waits up to the long pause; otherwise the fixed one.
     for phase in (Phase.CHECKING, Phase.HOLDING):
@@ -139,7 +139,19 @@ def test_turn_mode_settings_choose_the_turn_endpoint():
     )
     policy = config.endpoint_policy()
     assert isinstance(policy, TurnEndpoint)
-    assert (policy.check_frames, policy.recheck_frames, policy.max_frames) == (4, None, 60)
+    # A recheck at 200 ms by default.
+    assert (policy.check_frames, policy.recheck_frames, policy.max_frames) == (4, (10,), 60)
     assert policy.silence_frames == 25 and policy.rule == TurnRule()
     rechecked = SessionConfig(endpoint_mode="turn", turn_recheck_ms=400).endpoint_policy()
-    assert isinstance(rechecked, TurnEndpoint) and rechecked.recheck_frames == 20
+    assert isinstance(rechecked, TurnEndpoint) and rechecked.recheck_frames == (20,)
+    once = SessionConfig(endpoint_mode="turn", turn_recheck_ms=0).endpoint_policy()
+    assert isinstance(once, TurnEndpoint) and once.recheck_frames == ()
+
+
+def test_a_recheck_needs_words_the_decoder_is_surer_end_there():
+    # Late in a pause Smart Turn hears a clause end as an end: the stricter veto holds it.
+    clause = ("For a full hour he had paced up.", 0.63, 0.96)
+    assert TURN.judge(*clause, pause_s=0.08) is Event.TURN_OVER
+    assert TURN.judge(*clause, pause_s=0.3) is Event.TURN_HOLDS
+    sentence = ("He could wait no longer.", 0.9, 0.96)
+    assert TURN.judge(*sentence, pause_s=0.3) is Event.TURN_OVER

@@ -13,6 +13,7 @@ from stt_worker.core.protocol import Error, Interrupt, SessionClosed, Transcript
 from stt_worker.core.session import Session, SessionConfig, frames_of
 from stt_worker.core.turns import Commands
 from stt_worker.core.vad import FRAME_SAMPLES
+from stt_worker.runtime.decode_plan import plan
 
 CONFIG = SessionConfig(
     endpoint_silence_ms=200,
@@ -532,3 +533,29 @@ def test_turn_mode_holds_a_turn_that_smart_turn_hears_unfinished_and_checks_it_a
     (again,) = turn_checks(feed(session, "." * 11))
     out = checked(session, again, "He hoped there would be stew for dinner.", 0.9, 0.9)
     assert published(out, Transcription)[0].transcript == "He hoped there would be stew for dinner."
+
+
+def test_turn_mode_rechecks_a_held_pause_with_the_stricter_veto():
+    # Smart Turn hears the clause end as over by the recheck; the decoder, only fairly sure
+    # (above the first check's veto, below the recheck's), keeps the turn open.
+    session = new_session(TURN)
+    (check,) = turn_checks(feed(session, "s" * 30 + "." * 4))
+    assert checked(session, check, "", 0.0, 0.05) == []  # Smart Turn alone held it
+    (again,) = turn_checks(feed(session, "." * 11))
+    assert checked(session, again, "For a full hour he had paced up.", 0.7, 0.96) == []
+    assert jobs(feed(session, "." * 14), final=True) == []
+    (final,) = jobs(feed(session, "."), final=True)  # the longest wait decides
+    assert final.end_reason == "silence"
+
+
+def test_partials_of_speech_a_trusted_vad_heard_skip_whispers_silence_rule():
+    # Whisper's plain silence rule blanks a first short word; Silero hears no speech in
+    # noise, so its partials are decoded as speech heard (`DecodeOptions.speech_heard`).
+    trusted = new_session(dataclasses.replace(CONFIG, vad_trusted=True))
+    (partial,) = jobs(feed(trusted, "s" * 20), final=False)
+    assert partial.speech_heard and plan(partial).options.speech_heard
+    (final,) = jobs(feed(trusted, "." * 30), final=True)
+    assert not final.speech_heard and not plan(final).options.speech_heard
+    # webrtcvad hears speech in much noise: its partials keep the rule.
+    (partial,) = jobs(feed(new_session(), "s" * 20), final=False)
+    assert not partial.speech_heard and not plan(partial).options.speech_heard

@@ -13,8 +13,9 @@ frames, and the caller counts the frames of the current pause (`silence_run`).
 - `TurnEndpoint` (the default): a turn check after a very short pause (`turn_check_ms`)
   decodes the words and asks Smart Turn, the audio end-of-turn model, whether the turn is
   complete; `TurnRule` fuses the words, the decoder's end probability and Smart Turn's. Over:
-  the check's text is the final at once. Holds: the pause may run to `turn_max_ms` (with a
-  second check at `turn_recheck_ms`, when set). Undecided: the fixed rule decides.
+  the check's text is the final at once. Holds: the pause may run to `turn_max_ms`, checked
+  again at each of `recheck_frames` with a stricter decoder veto. Undecided: the fixed rule
+  decides.
 
 Each policy names what happened as a `phases.Event`; `phases.TRANSITIONS` says what it does
 to the utterance (a check is only asked for from `SPEAKING`, a longer pause only allowed
@@ -28,6 +29,7 @@ from typing import Protocol
 
 from stt_worker.core.phases import Event, Phase
 from stt_worker.core.turns import ends_mid_phrase, sounds_finished, turn_is_over
+from stt_worker.core.vad import FRAME_MS
 
 
 class EndpointPolicy(Protocol):
@@ -40,9 +42,15 @@ class EndpointPolicy(Protocol):
         """Does a pause of `silence_run` frames end an utterance in `phase`?"""
         ...
 
-    def judge(self, text: str, end_prob: float | None, turn_prob: float | None = None) -> Event:
-        """A turn check's verdict on its words (and Smart Turn's probability, when it ran):
-        `TURN_OVER`, `TURN_HOLDS` or `TURN_UNDECIDED`."""
+    def judge(
+        self,
+        text: str,
+        end_prob: float | None,
+        turn_prob: float | None = None,
+        pause_s: float = 0.0,
+    ) -> Event:
+        """A turn check's verdict on its words (and Smart Turn's probability, when it ran),
+        asked `pause_s` into the pause: `TURN_OVER`, `TURN_HOLDS` or `TURN_UNDECIDED`."""
         ...
 
 
@@ -58,7 +66,13 @@ class FixedEndpoint:
     def ends(self, silence_run: int, phase: Phase) -> bool:
         return silence_run >= self.silence_frames
 
-    def judge(self, text: str, end_prob: float | None, turn_prob: float | None = None) -> Event:
+    def judge(
+        self,
+        text: str,
+        end_prob: float | None,
+        turn_prob: float | None = None,
+        pause_s: float = 0.0,
+    ) -> Event:
         return Event.TURN_UNDECIDED  # the pause alone decides
 
 
@@ -92,7 +106,13 @@ class AdaptiveEndpoint:
         limit = self.max_frames if phase is Phase.HOLDING else self.silence_frames
         return silence_run >= limit
 
-    def judge(self, text: str, end_prob: float | None, turn_prob: float | None = None) -> Event:
+    def judge(
+        self,
+        text: str,
+        end_prob: float | None,
+        turn_prob: float | None = None,
+        pause_s: float = 0.0,
+    ) -> Event:
         over = turn_is_over(
             text,
             end_prob,
@@ -116,11 +136,16 @@ class TurnRule:
     hold_prob: float = 0.9
     # The decoder's end probability below this vetoes an end: the words go on.
     end_veto_prob: float = 0.5
+    # The veto at a recheck, later in the pause: by 200 ms Smart Turn hears most pauses as an
+    # end, clause ends mid-sentence too, so only words the decoder is surer of may end it.
+    recheck_veto_prob: float = 0.85
     # Without Smart Turn (it failed or was not asked): the adaptive mode's decoder thresholds.
     finished_prob: float = 0.75
     unfinished_prob: float = 0.5
 
-    def judge(self, text: str, end_prob: float | None, turn_prob: float | None) -> Event:
+    def judge(
+        self, text: str, end_prob: float | None, turn_prob: float | None, *, recheck: bool = False
+    ) -> Event:
         if turn_prob is not None and turn_prob < self.hold_prob:
             # The voice says mid-turn: the words cannot end it (the engine skips their
             # decode, `TurnCheckEngine`), and a continuation would hold it anyway.
@@ -139,8 +164,9 @@ class TurnRule:
             if over is None:
                 return Event.TURN_UNDECIDED
             return Event.TURN_OVER if over else Event.TURN_HOLDS
-        if end_prob is not None and end_prob < self.end_veto_prob:
-            return Event.TURN_HOLDS  # the language model is sure the sentence goes on
+        veto = self.recheck_veto_prob if recheck else self.end_veto_prob
+        if end_prob is not None and end_prob < veto:
+            return Event.TURN_HOLDS  # the language model expects the sentence to go on
         if turn_prob >= self.over_prob:
             return Event.TURN_OVER
         if turn_prob < self.hold_prob:
@@ -149,17 +175,17 @@ class TurnRule:
 
 
 class TurnEndpoint:
-    """Turn checks at `check_frames` of pause (and again at `recheck_frames` while the turn
-    holds); `rule` judges them. While a check decodes or the turn holds, the pause may run
-    to `max_frames`: the check, not the clock, decides; after an undecided check the fixed
-    `silence_frames` does."""
+    """Turn checks at `check_frames` of pause (and again at each of `recheck_frames` while
+    the turn holds); `rule` judges them, a recheck with its stricter veto. While a check
+    decodes or the turn holds, the pause may run to `max_frames`: the check, not the clock,
+    decides; after an undecided check the fixed `silence_frames` does."""
 
     def __init__(
         self,
         *,
         silence_frames: int,
         check_frames: int,
-        recheck_frames: int | None,
+        recheck_frames: tuple[int, ...] = (),
         max_frames: int,
         rule: TurnRule,
     ) -> None:
@@ -172,7 +198,7 @@ class TurnEndpoint:
     def on_frame(self, silence_run: int) -> Event | None:
         if silence_run == 0:
             return Event.SPEECH_RESUMED
-        if silence_run in (self.check_frames, self.recheck_frames):
+        if silence_run == self.check_frames or silence_run in self.recheck_frames:
             return Event.CHECK_DUE  # from `HOLDING` too: the longer pause is heard afresh
         return None
 
@@ -180,5 +206,12 @@ class TurnEndpoint:
         waiting = phase in (Phase.HOLDING, Phase.CHECKING)
         return silence_run >= (self.max_frames if waiting else self.silence_frames)
 
-    def judge(self, text: str, end_prob: float | None, turn_prob: float | None = None) -> Event:
-        return self.rule.judge(text, end_prob, turn_prob)
+    def judge(
+        self,
+        text: str,
+        end_prob: float | None,
+        turn_prob: float | None = None,
+        pause_s: float = 0.0,
+    ) -> Event:
+        recheck = pause_s * 1000 > self.check_frames * FRAME_MS
+        return self.rule.judge(text, end_prob, turn_prob, recheck=recheck)

@@ -58,6 +58,9 @@ class Job:
     # trailing silence already waited by then, so end of speech -> final can be measured.
     ended_at: float | None = None
     trailing_silence_s: float = 0.0
+    # A partial of speech a trusted VAD heard (Silero): decoded without Whisper's plain
+    # silence rule, which blanks the first short word (`DecodeOptions.speech_heard`).
+    speech_heard: bool = False
 
     @property
     def is_final(self) -> bool:

@@ -273,7 +273,7 @@ class Listener:
         if utterance.voiced_frames > utterance.voiced_at_check:
             utterance.move(Event.CHECK_MOOT)
             return None  # speaking again since the check: not the end of the turn
-        verdict = self._endpoint.judge(text, end_prob, turn_prob)
+        verdict = self._endpoint.judge(text, end_prob, turn_prob, job.trailing_silence_s)
         logger.debug(
             "turn check: %r, end probability %s, turn probability %s: %s",
             text,
@@ -353,12 +353,12 @@ class Listener:
             end_reason=end_reason,
             ended_at=ended_at,
             trailing_silence_s=trailing_silence_s,
+            speech_heard=kind is JobKind.PARTIAL and self.config.vad_trusted,
         )
 
     def _open(self, utterance_id: int) -> Utterance | None:
         """The open utterance, if it is `utterance_id`."""
-        utterance = self.utterance
-        return utterance if utterance and utterance.utterance_id == utterance_id else None
+        return found if (found := self.utterance) and found.utterance_id == utterance_id else None
 
 
 def _prompt(config: SessionConfig, context: str) -> str | None:

@@ -29,6 +29,9 @@ class SessionConfig:
     """The knobs a session needs, in frames and samples (derived from `Settings`)."""
 
     enable_vad: bool = True
+    # The VAD hears no speech in noise (Silero: none of the non-speech set; webrtcvad: 59%),
+    # so a partial of what it heard may skip Whisper's plain silence rule.
+    vad_trusted: bool = False
     enable_interrupt_detection: bool = True
     endpoint_silence_ms: int = 500
     partial_first_ms: int = 200
@@ -66,7 +69,7 @@ class SessionConfig:
     # Turn mode: the check's pause, a second check's (0: none) while the turn holds, the
     # longest pause a holding turn waits, and the rule that judges the checks.
     turn_check_ms: int = 80
-    turn_recheck_ms: int = 0
+    turn_recheck_ms: int = 200
     turn_max_ms: int = 1200
     turn_rule: TurnRule = field(default_factory=TurnRule)
     # Per-session options (`core/options.py`): partials published at all; the session's own
@@ -123,7 +126,7 @@ class SessionConfig:
             return TurnEndpoint(
                 silence_frames=self.endpoint_frames,
                 check_frames=_frames(self.turn_check_ms),
-                recheck_frames=_frames(self.turn_recheck_ms) if self.turn_recheck_ms else None,
+                recheck_frames=(_frames(self.turn_recheck_ms),) if self.turn_recheck_ms else (),
                 max_frames=_frames(self.turn_max_ms),
                 rule=self.turn_rule,
             )

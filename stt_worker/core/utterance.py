@@ -77,6 +77,7 @@ class Utterance:
         end_reason: EndReason | None = None,
         ended_at: float | None = None,
         trailing_silence_s: float = 0.0,
+        speech_heard: bool = False,
     ) -> Job:
         """A transcription of the audio so far (or whole, for a final)."""
         return Job(
@@ -93,6 +94,7 @@ class Utterance:
             end_reason=end_reason,
             ended_at=ended_at,
             trailing_silence_s=trailing_silence_s,
+            speech_heard=speech_heard,
         )
 
     def cut(self, tail_id: int) -> tuple[Utterance, Utterance]:

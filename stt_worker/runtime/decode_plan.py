@@ -56,7 +56,9 @@ def plan(job: Job) -> DecodePlan:
             )
             return DecodePlan(Lane.FINAL, EngineRole.FINAL, final, "final")
         case JobKind.PARTIAL:
-            return DecodePlan(Lane.PARTIAL, EngineRole.PARTIAL, options, "partial")
+            # Speech the VAD heard: the first partial's short word is not blanked as silence.
+            partial = dataclasses.replace(options, speech_heard=job.speech_heard)
+            return DecodePlan(Lane.PARTIAL, EngineRole.PARTIAL, partial, "partial")
         case JobKind.BARGE_IN_PROBE:
             # Speech was heard (Whisper's silence rule would blank a short word), and only
             # the first words matter.

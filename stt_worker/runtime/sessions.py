@@ -50,6 +50,7 @@ logger = logging.getLogger(__name__)
 def session_config(settings: Settings) -> SessionConfig:
     return SessionConfig(
         enable_vad=settings.enable_vad,
+        vad_trusted=settings.enable_vad and settings.vad_engine == "silero",
         enable_interrupt_detection=settings.enable_interrupt_detection,
         endpoint_silence_ms=settings.endpoint_silence_ms,
         partial_first_ms=settings.partial_first_ms,
@@ -78,6 +79,7 @@ def session_config(settings: Settings) -> SessionConfig:
             over_prob=settings.turn_over_prob,
             hold_prob=settings.turn_hold_prob,
             end_veto_prob=settings.turn_end_veto_prob,
+            recheck_veto_prob=settings.turn_recheck_veto_prob,
             finished_prob=settings.endpoint_finished_prob,
             unfinished_prob=settings.endpoint_unfinished_prob,
         ),
