@@ -1,0 +1,89 @@
+"""Elastic durable mode (STT_ELASTIC): one durable consumer per partition, served by whichever
+worker holds the partition's lease (`ownership.Ownership`), so workers may come and go.
+
+Everything about a message once it arrives is durable mode's (`delivery.DurableDelivery`);
+this adds which consumers run here. Taking a partition re-creates its consumer, so the audio
+its previous owner left unacknowledged (a killed worker's, or the `start` a drained one kept)
+comes at once and in order. Giving one up stops its subscription, ends its sessions as a
+drain does (finals out, audio acknowledged, the `start` kept for the next owner) and only
+then deletes the consumer and lets the lease go.
+"""
+
+from __future__ import annotations
+
+import contextlib
+import logging
+
+import nats.errors
+from nats.aio.client import Client
+from nats.aio.subscription import Subscription
+from nats.js.errors import NotFoundError
+
+from stt_worker.config import Settings
+from stt_worker.runtime.delivery import (
+    DurableDelivery,
+    MessageHandler,
+    Retire,
+    drain_subscriptions,
+    ensure_work_queue,
+)
+from stt_worker.runtime.ownership import Ownership
+from stt_worker.runtime.telemetry.metrics import Metrics
+
+logger = logging.getLogger(__name__)
+
+
+class ElasticDelivery(DurableDelivery):
+    """Durable mode over the partitions this worker holds the leases of."""
+
+    def __init__(self, settings: Settings, metrics: Metrics, retire: Retire) -> None:
+        super().__init__(settings, metrics)
+        self._retire = retire
+        self._subs: dict[int, Subscription] = {}
+        self._nc: Client | None = None
+        self._on_message: MessageHandler | None = None
+        self.ownership: Ownership | None = None
+
+    async def subscribe(
+        self, nc: Client, subjects: list[str], on_message: MessageHandler
+    ) -> list[Subscription]:
+        """Join the members and take a first share; partitions come and go from here on,
+        so there are no subscriptions for the worker to keep."""
+        self._nc, self._on_message = nc, on_message
+        js = nc.jetstream()
+        await ensure_work_queue(js, self._settings)
+        self.ownership = Ownership(self._settings, js, self._take, self._give_up)
+        await self.ownership.start()
+        logger.info("elastic mode", extra={"worker_id": self.ownership.me})
+        return []
+
+    async def stop_taking(self, subs: list[Subscription]) -> None:
+        if self.ownership is not None:
+            await self.ownership.drain()
+        await drain_subscriptions(self._subs.values())
+
+    async def hand_over(self) -> None:
+        if self.ownership is not None:
+            await self.ownership.hand_over()
+
+    def _consumer(self, partition: int) -> str:
+        return f"{self._settings.durable_consumer}-p{partition}"
+
+    async def _take(self, partition: int) -> None:
+        assert self._nc is not None and self._on_message is not None
+        subject = self._settings.partition_subject.format(partition=partition)
+        self._subs[partition] = await self.consume(
+            self._nc, self._consumer(partition), [subject], self._on_message
+        )
+
+    async def _give_up(self, partition: int, handed_over: bool) -> None:
+        sub = self._subs.pop(partition, None)
+        if sub is not None:
+            await drain_subscriptions([sub])
+        consumer = self._consumer(partition)
+        await self._retire(lambda acks: acks.consumer == consumer)
+        if not handed_over:
+            return  # the consumer is the new owner's now
+        assert self._nc is not None
+        with contextlib.suppress(NotFoundError, nats.errors.Error):
+            await self._nc.jetstream().delete_consumer(self._settings.jetstream_stream, consumer)
