@@ -17,7 +17,6 @@ import logging
 import nats.errors
 from nats.aio.client import Client
 from nats.aio.subscription import Subscription
-from nats.js.errors import NotFoundError
 
 from stt_worker.config import Settings
 from stt_worker.runtime.delivery import (
@@ -52,7 +51,9 @@ class ElasticDelivery(DurableDelivery):
         self._nc, self._on_message = nc, on_message
         js = nc.jetstream()
         await ensure_work_queue(js, self._settings)
-        self.ownership = Ownership(self._settings, js, self._take, self._give_up)
+        self.ownership = Ownership(
+            self._settings, js, take=self._take, give_up=self._give_up, forget=self._forget
+        )
         await self.ownership.start()
         logger.info("elastic mode", extra={"worker_id": self.ownership.me})
         return []
@@ -76,14 +77,17 @@ class ElasticDelivery(DurableDelivery):
             self._nc, self._consumer(partition), [subject], self._on_message
         )
 
-    async def _give_up(self, partition: int, handed_over: bool) -> None:
+    async def _give_up(self, partition: int) -> None:
         sub = self._subs.pop(partition, None)
         if sub is not None:
             await drain_subscriptions([sub])
         consumer = self._consumer(partition)
         await self._retire(lambda acks: acks.consumer == consumer)
-        if not handed_over:
-            return  # the consumer is the new owner's now
+
+    async def _forget(self, partition: int) -> None:
+        """Delete the consumer (we still hold the lease): what it leaves unacknowledged, the
+        next owner's consumer delivers."""
         assert self._nc is not None
-        with contextlib.suppress(NotFoundError, nats.errors.Error):
-            await self._nc.jetstream().delete_consumer(self._settings.jetstream_stream, consumer)
+        js = self._nc.jetstream()
+        with contextlib.suppress(nats.errors.Error):  # already gone, or the connection
+            await js.delete_consumer(self._settings.jetstream_stream, self._consumer(partition))

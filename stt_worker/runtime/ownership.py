@@ -32,10 +32,9 @@ from stt_worker.core.ownership import moves
 
 logger = logging.getLogger(__name__)
 
-# take(partition): start serving it. give_up(partition, handed_over): stop serving it, and
-# when `handed_over` (we release it, nobody took it) delete what only its owner may delete.
-Take = Callable[[int], Awaitable[None]]
-GiveUp = Callable[[int, bool], Awaitable[None]]
+# What serving a partition takes, by partition: start serving it (take), stop (give_up),
+# delete what only its owner may delete, just before its lease goes (forget).
+PartitionCall = Callable[[int], Awaitable[None]]
 
 _MEMBER, _LEASE = "member.", "lease."
 _NOT_KEY_CHARS = re.compile(r"[^-_=a-zA-Z0-9]")
@@ -53,15 +52,27 @@ def worker_id(settings: Settings) -> str:
 class Ownership:
     """Keeps this worker's fair share of the partitions leased, until `stop`."""
 
-    def __init__(self, settings: Settings, js: JetStreamContext, take: Take, give_up: GiveUp):
+    def __init__(
+        self,
+        settings: Settings,
+        js: JetStreamContext,
+        *,
+        take: PartitionCall,
+        give_up: PartitionCall,
+        forget: PartitionCall,
+    ) -> None:
         self.me = worker_id(settings)
         self._settings = settings
         self._js = js
         self._take = take
         self._give_up = give_up
+        self._forget = forget
         self._kv: KeyValue | None = None
         self.owned: dict[int, int] = {}  # partition -> our lease's revision
         self._releasing: dict[int, asyncio.Task[None]] = {}
+        # Renewals and deletions of our leases one at a time: a renewal racing a deletion
+        # would bring the lease back, or forget one we still hold.
+        self._leases = asyncio.Lock()
         self._loop: asyncio.Task[None] | None = None
         self._draining = False
 
@@ -86,7 +97,7 @@ class Ownership:
             with contextlib.suppress(asyncio.CancelledError):
                 await self._loop
         for partition in sorted(self.owned):
-            await self._give_up(partition, True)
+            await self._give_up(partition)
             await self._delete_lease(partition)
 
     @property
@@ -119,15 +130,19 @@ class Ownership:
             await self._claim(partition)
 
     async def _renew(self) -> None:
-        for partition, revision in list(self.owned.items()):
-            try:
-                self.owned[partition] = await self._bucket.update(
-                    _LEASE + str(partition), self.me.encode(), last=revision
-                )
-            except nats.js.errors.KeyWrongLastSequenceError:
-                logger.error("lease of partition %d lost; no longer serving it", partition)
-                del self.owned[partition]
-                await self._give_up(partition, False)
+        lost = []
+        async with self._leases:
+            for partition, revision in list(self.owned.items()):
+                try:
+                    self.owned[partition] = await self._bucket.update(
+                        _LEASE + str(partition), self.me.encode(), last=revision
+                    )
+                except nats.js.errors.KeyWrongLastSequenceError:
+                    del self.owned[partition]
+                    lost.append(partition)
+        for partition in lost:
+            logger.error("lease of partition %d lost; no longer serving it", partition)
+            await self._give_up(partition)
 
     async def _claim(self, partition: int) -> None:
         try:
@@ -135,23 +150,32 @@ class Ownership:
         except nats.js.errors.KeyValueError:
             return  # another worker was quicker
         self.owned[partition] = revision
+        try:
+            await self._take(partition)
+        except Exception:
+            logger.exception("could not serve partition %d; letting it go", partition)
+            await self._delete_lease(partition)
+            return
         logger.info("partition %d taken", partition, extra={"partition": partition})
-        await self._take(partition)
 
     async def _release(self, partition: int) -> None:
         """Finish the partition's sessions here, then let the lease go (still renewed meanwhile,
         so nobody starts on the partition while its open utterances end)."""
         try:
-            await self._give_up(partition, True)
+            await self._give_up(partition)
             await self._delete_lease(partition)
             logger.info("partition %d handed over", partition, extra={"partition": partition})
         finally:
             del self._releasing[partition]
 
     async def _delete_lease(self, partition: int) -> None:
-        revision = self.owned.pop(partition, None)
-        with contextlib.suppress(nats.errors.Error):
-            await self._bucket.delete(_LEASE + str(partition), last=revision)
+        async with self._leases:
+            revision = self.owned.pop(partition, None)
+            if revision is None:
+                return  # lost meanwhile: the lease and the consumer are somebody else's
+            await self._forget(partition)
+            with contextlib.suppress(nats.errors.Error):
+                await self._bucket.delete(_LEASE + str(partition), last=revision)
 
     async def _snapshot(self) -> tuple[set[str], dict[int, str]]:
         """The live members and each leased partition's owner, as the bucket holds them now."""
