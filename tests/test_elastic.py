@@ -16,7 +16,8 @@ from nats.js import JetStreamContext
 from stt_worker.config import load_settings
 from stt_worker.runtime.nats_server import NatsServer
 from tests.helpers import Inbox, until
-from tests.test_process import finals, stream_head, stream_tail
+from tests.test_process import HEAD_WORD, finals, stream_head, stream_tail, worker_env
+from tests.worker_process import WorkerProcess
 
 PARTITIONS = 8
 REBALANCE_S = 10  # what the issue asks of a join or a leave
@@ -91,3 +92,35 @@ async def test_a_join_a_drain_and_a_restart_each_rebalance_within_10_s(js_url, m
         await until(split_is({"a": 4, "b": 4}, js), REBALANCE_S)
     finally:
         await nc.close()
+
+
+async def test_a_killed_workers_partitions_and_open_utterance_are_taken_over(js_url):
+    """SIGKILL: nothing is handed over; the leases expire and the survivor's new consumer
+    replays the audio the dead worker never acknowledged."""
+    nc = await nats.connect(js_url)
+    js = nc.jetstream()
+
+    def env(worker_id: str) -> dict[str, str]:
+        return worker_env(
+            js_url, STT_DURABLE="true", STT_ELASTIC="true", STT_PARTITIONS=str(PARTITIONS),
+            STT_LEASE_S="3", STT_WORKER_ID=worker_id,
+        )  # fmt: skip
+
+    try:
+        async with WorkerProcess(env("a")), WorkerProcess(env("b")) as b:
+            await until(split_is({"a": 4, "b": 4}, js), REBALANCE_S)
+            partition = min(p for p, owner in (await owners(js)).items() if owner == "b")
+            session = f"killed-{uuid.uuid4().hex[:8]}"
+            inbox = await Inbox.open(nc, session)
+            prefix = f"ai.voice.partitioned.{partition}"
+            stats = await stream_head(nc, session, subject_prefix=prefix)
+            await inbox.until(lambda m: m.get("is_partial") is True, within_s=60)
+            await b.kill()
+            await until(split_is({"a": 8}, js), REBALANCE_S)
+            await stream_tail(nc, session, stats, subject_prefix=prefix)
+            messages = await inbox.until_closed(within_s=60)
+    finally:
+        await nc.close()
+    (final,) = finals(messages)
+    text = final["transcript"].lower()
+    assert HEAD_WORD in text and "sauce" in text, text  # the dead worker's audio, replayed
