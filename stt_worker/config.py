@@ -915,6 +915,14 @@ class Settings(EnvSettings):
         description="Elastic mode's KV bucket of partition leases and worker heartbeats; "
         "created when missing.",
     )
+    session_bucket: str = setting(
+        "STT_SESSIONS",
+        "STT_SESSION_BUCKET",
+        group=Group.DURABILITY,
+        description="Elastic mode's KV bucket of live sessions' numbering (next `utterance_id` "
+        "and `sequence`, last final published), so a session that moves goes on; created "
+        "when missing.",
+    )
     lease_s: float = setting(
         6.0,
         "STT_LEASE_S",

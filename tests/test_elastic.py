@@ -78,15 +78,21 @@ async def test_a_join_a_drain_and_a_restart_each_rebalance_within_10_s(js_url, m
         await inbox.until(lambda m: m.get("is_partial") is True, within_s=60)
         stop_b.set()
         await asyncio.wait_for(task_b, 30)
-        drained = await inbox.until_closed(within_s=5)
-        assert [m["end_reason"] for m in finals(drained)] == ["shutdown"]
+        cut = await inbox.until(lambda m: m.get("is_final") is True, within_s=5)
+        assert cut["end_reason"] == "shutdown"
         await until(split_is({"a": 8}, js), REBALANCE_S)
 
-        # The publisher goes on: a serves the rest with the `start` b kept for it.
+        # The publisher goes on: a serves the rest with the `start` b kept for it, and the
+        # session goes on, never closed in between: its numbering continues.
         await stream_tail(nc, session, stats, subject_prefix=prefix)
-        (final,) = finals(await inbox.until_closed(within_s=60))
+        moved = await inbox.until_closed(within_s=60)
+        assert not any(m.get("type") == "session_closed" for m in inbox.received[:-1])
+        (final,) = finals(moved)
         assert "sauce" in final["transcript"].lower(), final
         assert final["speaker_id"] == "alice"
+        assert final["utterance_id"] == cut["utterance_id"] + 1
+        assert moved[0]["sequence"] == cut["sequence"] + 1
+        assert moved[-1]["utterances"] == final["utterance_id"]
 
         await make_worker(**elastic(js_url, "b"))  # b comes back
         await until(split_is({"a": 4, "b": 4}, js), REBALANCE_S)

@@ -68,8 +68,9 @@ class SessionAcks(Protocol):
     ) -> None:
         """Keep a message the session accepted (`sample_rate_hz`, `channels`: its format)."""
 
-    def stamp(self, message: ServerMessage) -> ServerMessage:
-        """The message to publish: a transcript names the stream sequences of its audio."""
+    def stamp(self, message: ServerMessage) -> ServerMessage | None:
+        """The message to publish (a transcript names the stream sequences of its audio), or
+        None when it must not be: elastic mode's replay of what was already published."""
 
     async def settle(self, session: Session) -> None:
         """Acknowledge what no result still to come depends on (call after publishing)."""
@@ -327,7 +328,7 @@ class DurableDelivery:
         return msg.metadata.timestamp.timestamp()
 
     def session_acks(self) -> SessionAcks:
-        return _LedgerAcks(self)
+        return LedgerAcks(self)
 
     async def reject(self, msg: Msg) -> None:
         await _Delivered(msg, self._failures).ack()
@@ -359,7 +360,7 @@ class DurableDelivery:
             await each.message.ack()
 
 
-class _LedgerAcks:
+class LedgerAcks:
     """A session's JetStream messages, held in its `AckLedger` until settled."""
 
     def __init__(self, delivery: DurableDelivery) -> None:

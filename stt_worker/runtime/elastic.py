@@ -16,17 +16,24 @@ import logging
 
 import nats.errors
 from nats.aio.client import Client
+from nats.aio.msg import Msg
 from nats.aio.subscription import Subscription
 
 from stt_worker.config import Settings
+from stt_worker.core.continuity import Continuation
+from stt_worker.core.protocol import ClientMessage, CloseReason, ServerMessage
+from stt_worker.core.session import Session
 from stt_worker.runtime.delivery import (
     DurableDelivery,
+    LedgerAcks,
     MessageHandler,
     Retire,
+    SessionAcks,
     drain_subscriptions,
     ensure_work_queue,
 )
 from stt_worker.runtime.ownership import Ownership
+from stt_worker.runtime.session_store import SessionStore
 from stt_worker.runtime.telemetry.metrics import Metrics
 
 logger = logging.getLogger(__name__)
@@ -42,6 +49,7 @@ class ElasticDelivery(DurableDelivery):
         self._nc: Client | None = None
         self._on_message: MessageHandler | None = None
         self.ownership: Ownership | None = None
+        self._store: SessionStore | None = None
 
     async def subscribe(
         self, nc: Client, subjects: list[str], on_message: MessageHandler
@@ -51,6 +59,7 @@ class ElasticDelivery(DurableDelivery):
         self._nc, self._on_message = nc, on_message
         js = nc.jetstream()
         await ensure_work_queue(js, self._settings)
+        self._store = await SessionStore.open(js, self._settings)
         self.ownership = Ownership(
             self._settings, js, take=self._take, give_up=self._give_up, forget=self._forget
         )
@@ -66,6 +75,10 @@ class ElasticDelivery(DurableDelivery):
     async def hand_over(self) -> None:
         if self.ownership is not None:
             await self.ownership.hand_over()
+
+    def session_acks(self) -> SessionAcks:
+        assert self._store is not None, "not subscribed"
+        return _ContinuedAcks(self, self._store)
 
     def _consumer(self, partition: int) -> str:
         return f"{self._settings.durable_consumer}-p{partition}"
@@ -91,3 +104,41 @@ class ElasticDelivery(DurableDelivery):
         js = self._nc.jetstream()
         with contextlib.suppress(nats.errors.Error):  # already gone, or the connection
             await js.delete_consumer(self._settings.jetstream_stream, self._consumer(partition))
+
+
+class _ContinuedAcks(LedgerAcks):
+    """Durable mode's acknowledgements, and the session's numbering carried over from its
+    previous owner (`core/continuity.py`): loaded before its first message is handled, saved
+    after each final, before the final's audio is acknowledged (a crash in between replays
+    the audio, and the record still says what was published)."""
+
+    def __init__(self, delivery: DurableDelivery, store: SessionStore) -> None:
+        super().__init__(delivery)
+        self._store = store
+        self._session_id: str | None = None
+        self._continuation = Continuation()
+        self._saved = self._continuation.record
+
+    async def hold(
+        self, message: ClientMessage, msg: Msg, *, sample_rate_hz: int, channels: int, now: float
+    ) -> None:
+        if self._session_id is None:  # the session's first message: nothing published yet
+            self._session_id = msg.subject.rsplit(".", 1)[-1]
+            self._continuation = Continuation(await self._store.load(self._session_id))
+            self._saved = self._continuation.record
+        await super().hold(message, msg, sample_rate_hz=sample_rate_hz, channels=channels, now=now)
+
+    def stamp(self, message: ServerMessage) -> ServerMessage | None:
+        return self._continuation.outgoing(super().stamp(message))
+
+    async def settle(self, session: Session) -> None:
+        record = self._continuation.record
+        if record is not self._saved and self._session_id is not None:
+            await self._store.save(self._session_id, record)
+            self._saved = record
+        await super().settle(session)
+
+    async def release(self, reason: CloseReason) -> None:
+        if reason != "shutdown" and self._session_id is not None:
+            await self._store.forget(self._session_id)  # over, not moving
+        await super().release(reason)

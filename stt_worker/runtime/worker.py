@@ -279,9 +279,9 @@ class Worker:
         for action in actions:
             match action:
                 case Publish(message=message):
-                    message = stream.acks.stamp(message)
-                    await self._publish(stream.subject, message, stream.observer.span_for(message))
-                    stream.observer.published(message, job)
+                    if (out := stream.acks.stamp(message)) is not None:  # None: a replay
+                        await self._publish(stream.subject, out, stream.observer.span_for(out))
+                        stream.observer.published(out, job)
                 case Transcribe(job=queued):
                     await self._submit(stream, queued)
                 case Close(reason=reason):
