@@ -96,6 +96,9 @@ async def test_a_join_a_drain_and_a_restart_each_rebalance_within_10_s(js_url, m
 
         await make_worker(**elastic(js_url, "b"))  # b comes back
         await until(split_is({"a": 4, "b": 4}, js), REBALANCE_S)
+        # Each round's look at the bucket is an ephemeral consumer that must not pile up.
+        bucket = await js.stream_info(f"KV_{load_settings().ownership_bucket}")
+        assert bucket.state.consumer_count <= 2 * 2, bucket.state
     finally:
         await nc.close()
 

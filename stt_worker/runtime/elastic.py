@@ -70,7 +70,8 @@ class ElasticDelivery(DurableDelivery):
     async def stop_taking(self, subs: list[Subscription]) -> None:
         if self.ownership is not None:
             await self.ownership.drain()
-        await drain_subscriptions(self._subs.values())
+        subs, self._subs = list(self._subs.values()), {}
+        await drain_subscriptions(subs)
 
     async def hand_over(self) -> None:
         if self.ownership is not None:

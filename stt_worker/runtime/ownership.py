@@ -113,6 +113,8 @@ class Ownership:
                 await self.round()
             except (nats.errors.Error, TimeoutError) as exc:  # e.g. reconnecting: next round
                 logger.warning("ownership round failed: %r", exc)
+            except Exception:  # the loop must go on, or every lease we hold expires
+                logger.exception("ownership round failed")
 
     async def round(self) -> None:
         """Heartbeat, renew, look, move."""
@@ -145,6 +147,8 @@ class Ownership:
             await self._give_up(partition)
 
     async def _claim(self, partition: int) -> None:
+        if self._draining:  # a round that began before SIGTERM
+            return
         try:
             revision = await self._bucket.create(_LEASE + str(partition), self.me.encode())
         except nats.js.errors.KeyValueError:
@@ -165,6 +169,8 @@ class Ownership:
             await self._give_up(partition)
             await self._delete_lease(partition)
             logger.info("partition %d handed over", partition, extra={"partition": partition})
+        except Exception:  # still ours and renewed: a later round tries again
+            logger.exception("could not hand partition %d over", partition)
         finally:
             del self._releasing[partition]
 
@@ -181,9 +187,11 @@ class Ownership:
         """The live members and each leased partition's owner, as the bucket holds them now."""
         members: set[str] = set()
         owners: dict[int, str] = {}
-        watcher = await self._bucket.watchall(ignore_deletes=True)
+        round_s = self._settings.lease_s / 3
+        # Each snapshot is an ephemeral consumer: gone a round after we stop reading it.
+        watcher = await self._bucket.watchall(ignore_deletes=True, inactive_threshold=round_s)
         try:
-            async with asyncio.timeout(self._settings.lease_s / 3):
+            async with asyncio.timeout(round_s):
                 async for entry in watcher:
                     if entry is None:  # the end of what is stored
                         break
