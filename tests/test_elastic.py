@@ -30,9 +30,12 @@ async def js_url(tmp_path) -> AsyncIterator[str]:
 
 
 def elastic(js_url: str, worker_id: str) -> dict[str, object]:
+    # The publishers pause mid-utterance while workers come and go: a pause that long must
+    # not end the utterance, so that only a hand-over does.
     return dict(
         nats_url=js_url, http_port=0, otel_enabled=False, durable=True, elastic=True,
         partitions=PARTITIONS, lease_s=3.0, drain_timeout_s=10, worker_id=worker_id,
+        chunk_timeout_s=60,
     )  # fmt: skip
 
 
@@ -112,7 +115,7 @@ async def test_a_killed_workers_partitions_and_open_utterance_are_taken_over(js_
     def env(worker_id: str) -> dict[str, str]:
         return worker_env(
             js_url, STT_DURABLE="true", STT_ELASTIC="true", STT_PARTITIONS=str(PARTITIONS),
-            STT_LEASE_S="3", STT_WORKER_ID=worker_id,
+            STT_LEASE_S="3", STT_WORKER_ID=worker_id, STT_CHUNK_TIMEOUT="60",
         )  # fmt: skip
 
     try:
@@ -133,3 +136,40 @@ async def test_a_killed_workers_partitions_and_open_utterance_are_taken_over(js_
     (final,) = finals(messages)
     text = final["transcript"].lower()
     assert HEAD_WORD in text and "sauce" in text, text  # the dead worker's audio, replayed
+
+
+async def test_a_join_moves_only_the_given_up_partitions_sessions(js_url, make_worker):
+    """A lone worker gives partitions 4-7 up when a second joins: its open session on
+    partition 7 is cut there and goes on at the newcomer, numbering continued; its session on
+    partition 0, which it keeps, is not touched."""
+    nc = await nats.connect(js_url)
+    js = nc.jetstream()
+    try:
+        await make_worker(**elastic(js_url, "a"))
+        await until(split_is({"a": 8}, js), REBALANCE_S)
+        kept, moved = (f"{kind}-{uuid.uuid4().hex[:8]}" for kind in ("kept", "moved"))
+        inboxes = {session: await Inbox.open(nc, session) for session in (kept, moved)}
+        prefixes = {kept: "ai.voice.partitioned.0", moved: "ai.voice.partitioned.7"}
+        stats = {s: await stream_head(nc, s, subject_prefix=prefixes[s]) for s in (kept, moved)}
+        for inbox in inboxes.values():
+            await inbox.until(lambda m: m.get("is_partial") is True, within_s=60)
+
+        await make_worker(**elastic(js_url, "b"))
+        await until(split_is({"a": 4, "b": 4}, js), REBALANCE_S)
+        assert (await owners(js))[7] == "b"
+        cut = await inboxes[moved].until(lambda m: m.get("is_final") is True, within_s=10)
+        assert cut["end_reason"] == "shutdown"
+
+        for session in (kept, moved):
+            await stream_tail(nc, session, stats[session], subject_prefix=prefixes[session])
+        results = {s: await inboxes[s].until_closed(within_s=60) for s in (kept, moved)}
+    finally:
+        await nc.close()
+    (whole,) = finals(inboxes[kept].received)
+    assert whole["end_reason"] == "end" and whole["utterance_id"] == 1
+    assert HEAD_WORD in whole["transcript"].lower() and "sauce" in whole["transcript"].lower()
+    (rest,) = finals(results[moved])
+    assert rest["utterance_id"] == cut["utterance_id"] + 1
+    assert "sauce" in rest["transcript"].lower(), rest
+    closes = [m for m in inboxes[moved].received if m.get("type") == "session_closed"]
+    assert len(closes) == 1  # moved, not closed and reopened
