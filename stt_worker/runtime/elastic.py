@@ -61,7 +61,12 @@ class ElasticDelivery(DurableDelivery):
         await ensure_work_queue(js, self._settings)
         self._store = await SessionStore.open(js, self._settings)
         self.ownership = Ownership(
-            self._settings, js, take=self._take, give_up=self._give_up, forget=self._forget
+            self._settings,
+            js,
+            take=self._take,
+            give_up=self._give_up,
+            forget=self._forget,
+            intact=self._intact,
         )
         await self.ownership.start()
         logger.info("elastic mode", extra={"worker_id": self.ownership.me})
@@ -97,6 +102,18 @@ class ElasticDelivery(DurableDelivery):
             await drain_subscriptions([sub])
         consumer = self._consumer(partition)
         await self._retire(lambda acks: acks.consumer == consumer)
+
+    async def _intact(self, partition: int) -> bool:
+        """Our subscription is still the one its consumer delivers to (a worker that held
+        the partition meanwhile re-created the consumer, or deleted it)."""
+        sub = self._subs.get(partition)
+        if sub is None:
+            return False
+        try:
+            info = await sub.consumer_info()
+        except nats.errors.Error:
+            return False
+        return info.config.deliver_subject == sub.subject
 
     async def _forget(self, partition: int) -> None:
         """Delete the consumer (we still hold the lease): what it leaves unacknowledged, the

@@ -7,8 +7,9 @@ their last revision, reads the bucket, and makes the moves `core/ownership.moves
 claims free partitions with `create` (two workers never both succeed) and gives surplus ones
 up. What a partition's consumer and sessions need is the caller's (`take`, `give_up`).
 
-A lease renewal that fails means somebody else holds the partition now (ours expired while we
-stalled): we stop serving it at once. A worker that dies renews nothing: its heartbeat and
+A lease renewal that fails means ours expired (we stalled, or the server was away): if the
+partition is still free we take it back at once, else somebody else holds it now and we stop
+serving it. A worker that dies renews nothing: its heartbeat and
 leases expire after the TTL and the others claim its partitions.
 """
 
@@ -33,8 +34,10 @@ from stt_worker.core.ownership import moves
 logger = logging.getLogger(__name__)
 
 # What serving a partition takes, by partition: start serving it (take), stop (give_up),
-# delete what only its owner may delete, just before its lease goes (forget).
+# delete what only its owner may delete, just before its lease goes (forget); and whether
+# what `take` started is still in place (intact).
 PartitionCall = Callable[[int], Awaitable[None]]
+PartitionCheck = Callable[[int], Awaitable[bool]]
 
 _MEMBER, _LEASE = "member.", "lease."
 _NOT_KEY_CHARS = re.compile(r"[^-_=a-zA-Z0-9]")
@@ -60,6 +63,7 @@ class Ownership:
         take: PartitionCall,
         give_up: PartitionCall,
         forget: PartitionCall,
+        intact: PartitionCheck,
     ) -> None:
         self.me = worker_id(settings)
         self._settings = settings
@@ -67,6 +71,7 @@ class Ownership:
         self._take = take
         self._give_up = give_up
         self._forget = forget
+        self._intact = intact
         self._kv: KeyValue | None = None
         self.owned: dict[int, int] = {}  # partition -> our lease's revision
         self._releasing: dict[int, asyncio.Task[None]] = {}
@@ -113,6 +118,9 @@ class Ownership:
                 await self.round()
             except (nats.errors.Error, TimeoutError) as exc:  # e.g. reconnecting: next round
                 logger.warning("ownership round failed: %r", exc)
+                # The bucket may be gone (a server that lost its store): make it again.
+                with contextlib.suppress(nats.errors.Error, TimeoutError):
+                    self._kv = await _bucket(self._js, self._settings)
             except Exception:  # the loop must go on, or every lease we hold expires
                 logger.exception("ownership round failed")
 
@@ -132,19 +140,29 @@ class Ownership:
             await self._claim(partition)
 
     async def _renew(self) -> None:
-        lost = []
+        lost, regained = [], []
         async with self._leases:
             for partition, revision in list(self.owned.items()):
+                key = _LEASE + str(partition)
                 try:
                     self.owned[partition] = await self._bucket.update(
-                        _LEASE + str(partition), self.me.encode(), last=revision
+                        key, self.me.encode(), last=revision
                     )
                 except nats.js.errors.KeyWrongLastSequenceError:
-                    del self.owned[partition]
-                    lost.append(partition)
+                    try:  # expired (we stalled, or the server was away) but still free
+                        self.owned[partition] = await self._bucket.create(key, self.me.encode())
+                        regained.append(partition)
+                    except nats.js.errors.KeyValueError:
+                        del self.owned[partition]
+                        lost.append(partition)
         for partition in lost:
             logger.error("lease of partition %d lost; no longer serving it", partition)
             await self._give_up(partition)
+        for partition in regained:
+            if not await self._intact(partition):  # somebody held it meanwhile: start over
+                logger.warning("partition %d was served elsewhere meanwhile", partition)
+                await self._give_up(partition)
+                await self._take(partition)
 
     async def _claim(self, partition: int) -> None:
         if self._draining:  # a round that began before SIGTERM
@@ -210,6 +228,6 @@ async def _bucket(js: JetStreamContext, settings: Settings) -> KeyValue:
         return await js.key_value(name)
     except nats.js.errors.BucketNotFoundError:
         config = KeyValueConfig(
-            bucket=name, history=1, ttl=settings.lease_s, storage=StorageType.MEMORY
+            bucket=name, history=1, ttl=settings.lease_s, storage=StorageType.FILE
         )
         return await js.create_key_value(config)
