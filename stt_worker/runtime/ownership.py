@@ -159,6 +159,8 @@ class Ownership:
             logger.error("lease of partition %d lost; no longer serving it", partition)
             await self._give_up(partition)
         for partition in regained:
+            if self._draining:
+                break  # its subscriptions are stopped already: the hand-over follows
             if not await self._intact(partition):  # somebody held it meanwhile: start over
                 logger.warning("partition %d was served elsewhere meanwhile", partition)
                 await self._give_up(partition)
