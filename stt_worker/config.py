@@ -908,6 +908,47 @@ class Settings(EnvSettings):
         gt=0,
     )
 
+    # Elastic ownership of the partitions, through JetStream KV (docs/scaling.md).
+    elastic: bool = setting(
+        False,
+        "STT_ELASTIC",
+        group=Group.DURABILITY,
+        description="Elastic mode (with `STT_DURABLE` and `STT_PARTITIONS`): the workers share "
+        "the partitions through leases in a JetStream KV bucket, one durable consumer per "
+        "partition, whatever their number; `STT_REPLICAS` and the ordinal are not read.",
+    )
+    ownership_bucket: str = setting(
+        "STT_OWNERSHIP",
+        "STT_OWNERSHIP_BUCKET",
+        group=Group.DURABILITY,
+        description="Elastic mode's KV bucket of partition leases and worker heartbeats; "
+        "created when missing.",
+    )
+    session_bucket: str = setting(
+        "STT_SESSIONS",
+        "STT_SESSION_BUCKET",
+        group=Group.DURABILITY,
+        description="Elastic mode's KV bucket of live sessions' numbering (next `utterance_id` "
+        "and `sequence`, last final published), so a session that moves goes on; created "
+        "when missing.",
+    )
+    lease_s: float = setting(
+        6.0,
+        "STT_LEASE_S",
+        group=Group.DURABILITY,
+        description="Elastic mode: a worker's leases and heartbeat expire this many seconds "
+        "after its last renewal (renewed every third of it), so a dead worker's partitions "
+        "are taken over within it; at most `STT_ACK_WAIT_S`.",
+        ge=1.5,
+    )
+    worker_id: str = setting(
+        "",
+        "STT_WORKER_ID",
+        group=Group.DURABILITY,
+        description="Elastic mode: this worker's id in the leases; empty = `HOSTNAME` and a "
+        "random suffix (a restarted pod is a new member).",
+    )
+
     http_host: str = setting(
         "0.0.0.0",
         "STT_HTTP_HOST",
@@ -1034,6 +1075,9 @@ class Settings(EnvSettings):
 
     def stream_subjects(self) -> list[str]:
         """What this worker subscribes to: the seed subject, or its share of the partitions."""
+        if self.elastic:
+            self._check_elastic()
+            return [self.partition_subject.format(partition=p) for p in range(self.partitions)]
         if not self.partitions:
             return [self.stream_subject]
         index, replicas = self._share()
@@ -1041,6 +1085,14 @@ class Settings(EnvSettings):
             self.partition_subject.format(partition=partition)
             for partition in range(index, self.partitions, replicas)
         ]
+
+    def _check_elastic(self) -> None:
+        """Elastic mode moves partitions between durable consumers: it needs both."""
+        if not (self.durable and self.partitions):
+            raise ValueError("STT_ELASTIC needs STT_DURABLE=true and STT_PARTITIONS > 0")
+        if self.lease_s > self.ack_wait_s:
+            # A dead worker's audio must reach its successor no later than a redelivery would.
+            raise ValueError("STT_LEASE_S must not exceed STT_ACK_WAIT_S")
 
     def jetstream_subjects(self) -> list[str]:
         """What the durable mode's stream captures: every audio subject the workers take."""

@@ -31,22 +31,28 @@ def finals(messages: list[dict]) -> list[dict]:
     return [m for m in messages if m.get("type") == "transcript" and m["is_final"]]
 
 
-async def stream_head(nc, session: str, speaker_id: str | None = None) -> StreamStats:
+async def stream_head(
+    nc, session: str, speaker_id: str | None = None, subject_prefix: str = "ai.voice.stream"
+) -> StreamStats:
     """The clip's first CUT_S seconds, as fast as possible, without `end`: an open utterance."""
     samples, rate = read_wav(SPEECH_DIR / CLIP)
     head = samples[: int(CUT_S * rate)]
     return await publish_pcm(
-        nc, session, head, sample_rate_hz=rate, speed=0, send_end=False, speaker_id=speaker_id
-    )
+        nc, session, head, sample_rate_hz=rate, speed=0, send_end=False, speaker_id=speaker_id,
+        subject_prefix=subject_prefix,
+    )  # fmt: skip
 
 
-async def stream_tail(nc, session: str, stats: StreamStats) -> None:
+async def stream_tail(
+    nc, session: str, stats: StreamStats, subject_prefix: str = "ai.voice.stream"
+) -> None:
     """The rest of the clip on the same session (continuing its `seq`), then `end`."""
     samples, rate = read_wav(SPEECH_DIR / CLIP)
     tail = samples[int(CUT_S * rate) :]
     await publish_pcm(
-        nc, session, tail, sample_rate_hz=rate, speed=0, send_start=False, stats=stats
-    )
+        nc, session, tail, sample_rate_hz=rate, speed=0, send_start=False, stats=stats,
+        subject_prefix=subject_prefix,
+    )  # fmt: skip
 
 
 def worker_env(nats_url: str, **extra: str) -> dict[str, str]:

@@ -59,13 +59,18 @@ _BYTES_PER_PENDING_MSG = 4096
 class SessionAcks(Protocol):
     """One session's messages not yet acknowledged."""
 
+    # The durable consumer the session's messages came through (None in core NATS): in
+    # elastic mode, which partition the session belongs to.
+    consumer: str | None
+
     async def hold(
         self, message: ClientMessage, msg: Msg, *, sample_rate_hz: int, channels: int, now: float
     ) -> None:
         """Keep a message the session accepted (`sample_rate_hz`, `channels`: its format)."""
 
-    def stamp(self, message: ServerMessage) -> ServerMessage:
-        """The message to publish: a transcript names the stream sequences of its audio."""
+    def stamp(self, message: ServerMessage) -> ServerMessage | None:
+        """The message to publish (a transcript names the stream sequences of its audio), or
+        None when it must not be: elastic mode's replay of what was already published."""
 
     async def settle(self, session: Session) -> None:
         """Acknowledge what no result still to come depends on (call after publishing)."""
@@ -106,8 +111,32 @@ class Delivery(Protocol):
     async def sweep(self, sessions: Iterable[SessionAcks], now: float) -> None:
         """Called every tick: keep long-held messages from being redelivered."""
 
+    async def stop_taking(self, subs: list[Subscription]) -> None:
+        """SIGTERM: handle what was received, take nothing more."""
 
-def delivery_for(settings: Settings, metrics: Metrics) -> Delivery:
+    async def hand_over(self) -> None:
+        """After the drain, every session closed: let other workers take over."""
+
+
+# End the live sessions whose acknowledgements the predicate picks, as a drain does, and
+# return once they are closed (the worker's).
+Retire = Callable[[Callable[[SessionAcks], bool]], Awaitable[None]]
+
+
+async def drain_subscriptions(subs: Iterable[Subscription]) -> None:
+    for sub in subs:
+        try:
+            await sub.drain()  # handles the messages already received, then unsubscribes
+        except nats.errors.Error as exc:  # e.g. the connection is already closed
+            logger.warning("could not drain the subscription: %r", exc)
+
+
+def delivery_for(settings: Settings, metrics: Metrics, retire: Retire) -> Delivery:
+    """`retire`: the worker's way to end the sessions of a partition elastic mode gives up."""
+    if settings.elastic:
+        from stt_worker.runtime.elastic import ElasticDelivery  # it builds on this module
+
+        return ElasticDelivery(settings, metrics, retire)
     if settings.durable:
         return DurableDelivery(settings, metrics)
     return CoreDelivery(settings)
@@ -118,6 +147,8 @@ def delivery_for(settings: Settings, metrics: Metrics) -> Delivery:
 
 class _NoAcks:
     """Core NATS: nothing to acknowledge, transcripts go out as they are."""
+
+    consumer = None
 
     async def hold(
         self, message: ClientMessage, msg: Msg, *, sample_rate_hz: int, channels: int, now: float
@@ -178,6 +209,12 @@ class CoreDelivery:
     async def sweep(self, sessions: Iterable[SessionAcks], now: float) -> None:
         pass
 
+    async def stop_taking(self, subs: list[Subscription]) -> None:
+        await drain_subscriptions(subs)
+
+    async def hand_over(self) -> None:
+        pass
+
 
 # ---------------------------------------------------------------- durable mode: JetStream
 
@@ -220,19 +257,26 @@ class DurableDelivery:
     def __init__(self, settings: Settings, metrics: Metrics) -> None:
         self._settings = settings
         self._failures = metrics.ack_failures
-        # The highest stream sequence taken, and the sequences held unacknowledged.
-        self._last_stream_seq = 0
+        # The highest stream sequence taken from each consumer (a consumer created later
+        # replays older sequences), and the sequences held unacknowledged.
+        self._last_stream_seq: dict[str, int] = {}
         self._held_seqs: set[int] = set()
         self._sweep_at = 0.0
 
     async def subscribe(
         self, nc: Client, subjects: list[str], on_message: MessageHandler
     ) -> list[Subscription]:
+        await ensure_work_queue(nc.jetstream(), self._settings)
+        consumer = self._settings.consumer_name()
+        return [await self.consume(nc, consumer, subjects, on_message)]
+
+    async def consume(
+        self, nc: Client, consumer: str, subjects: list[str], on_message: MessageHandler
+    ) -> Subscription:
+        """(Re-)create the durable `consumer` over `subjects` and subscribe to it."""
         settings = self._settings
         js = nc.jetstream()
         name = settings.jetstream_stream
-        await _ensure_work_queue(js, settings)
-        consumer = settings.consumer_name()
         # Re-created at every start: what the previous process held unacknowledged then comes
         # again at once and in order, rather than after ack_wait and behind newer audio. A
         # work queue keeps only unacknowledged messages, so "deliver all" resumes exactly at
@@ -249,11 +293,12 @@ class DurableDelivery:
             filter_subjects=subjects,
         )
         await js.add_consumer(name, config)
+        self._last_stream_seq.pop(consumer, None)
         logger.info("durable mode", extra={"stream": name, "consumer": consumer})
         # The server never has more than max_ack_pending out, so a buffer that large never
         # drops a message (SlowConsumerError): back-pressure stays on the server, which keeps it.
         limit = max(settings.pending_msgs_limit, settings.max_ack_pending)
-        subscription = await js.subscribe_bind(
+        return await js.subscribe_bind(
             name,
             config,
             consumer,
@@ -262,12 +307,12 @@ class DurableDelivery:
             pending_msgs_limit=limit,
             pending_bytes_limit=limit * _BYTES_PER_PENDING_MSG,
         )
-        return [subscription]
 
     async def admit(self, msg: Msg) -> bool:
-        seq = msg.metadata.sequence.stream
-        if seq > self._last_stream_seq:
-            self._last_stream_seq = seq
+        metadata = msg.metadata
+        seq, consumer = metadata.sequence.stream, metadata.consumer or ""
+        if seq > self._last_stream_seq.get(consumer, 0):
+            self._last_stream_seq[consumer] = seq
             return True
         # Still held: it is in progress. Not held: its audio was used, or dropped and
         # reported (`audio_dropped`); either way it is done.
@@ -283,7 +328,7 @@ class DurableDelivery:
         return msg.metadata.timestamp.timestamp()
 
     def session_acks(self) -> SessionAcks:
-        return _LedgerAcks(self)
+        return LedgerAcks(self)
 
     async def reject(self, msg: Msg) -> None:
         await _Delivered(msg, self._failures).ack()
@@ -298,6 +343,12 @@ class DurableDelivery:
         for acks in sessions:
             await acks.keep_alive(now, ack_wait_s / 2)
 
+    async def stop_taking(self, subs: list[Subscription]) -> None:
+        await drain_subscriptions(subs)
+
+    async def hand_over(self) -> None:
+        pass  # the consumer stays: the next process re-creates it
+
     def held(self, msg: Msg) -> _Delivered:
         delivered = _Delivered(msg, self._failures)
         self._held_seqs.add(delivered.stream_seq)
@@ -309,16 +360,18 @@ class DurableDelivery:
             await each.message.ack()
 
 
-class _LedgerAcks:
+class LedgerAcks:
     """A session's JetStream messages, held in its `AckLedger` until settled."""
 
     def __init__(self, delivery: DurableDelivery) -> None:
         self._delivery = delivery
         self._ledger = AckLedger()
+        self.consumer: str | None = None
 
     async def hold(
         self, message: ClientMessage, msg: Msg, *, sample_rate_hz: int, channels: int, now: float
     ) -> None:
+        self.consumer = msg.metadata.consumer
         delivered = self._delivery.held(msg)
         superseded = self._ledger.hold(
             message,
@@ -355,7 +408,7 @@ class _LedgerAcks:
             await message.in_progress()
 
 
-async def _ensure_work_queue(js: JetStreamContext, settings: Settings) -> None:
+async def ensure_work_queue(js: JetStreamContext, settings: Settings) -> None:
     """The audio stream, created when missing; it must be a work queue."""
     name = settings.jetstream_stream
     try:

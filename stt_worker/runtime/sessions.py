@@ -160,8 +160,6 @@ class Sessions:
         self.live: dict[str, Stream] = {}  # session id -> stream still taking audio
         self.streams: dict[Hashable, Stream] = {}  # key -> stream, closing ones included
         self._keys = itertools.count(1)
-        self._all_closed = asyncio.Event()
-        self._all_closed.set()
 
     async def route(
         self,
@@ -202,11 +200,15 @@ class Sessions:
         """The session closed."""
         self.streams.pop(stream.key, None)
         self.unlist(stream)
-        if not self.streams:
-            self._all_closed.set()
 
-    async def wait_all_closed(self) -> None:
-        await self._all_closed.wait()
+    async def wait_closed(self, streams: list[Stream], within_s: float) -> None:
+        """Until none of `streams` is open (a drain), or `within_s` has passed."""
+        try:
+            async with asyncio.timeout(within_s):
+                while any(s.key in self.streams for s in streams):  # noqa: ASYNC110
+                    await asyncio.sleep(0.05)
+        except TimeoutError:
+            logger.error("drain timed out", extra={"open_sessions": len(self.streams)})
 
     def _start(
         self,
@@ -317,6 +319,5 @@ class Sessions:
         )
         self.live[session_id] = stream
         self.streams[stream.key] = stream
-        self._all_closed.clear()
         logger.info("session opened", extra={"trace_id": stream.trace_id})
         return stream

@@ -16,9 +16,8 @@ import asyncio
 import contextlib
 import logging
 import time
-from collections.abc import Hashable, Iterable
+from collections.abc import Callable, Hashable, Iterable
 
-import nats
 from nats.aio.client import Client
 from nats.aio.msg import Msg
 from nats.aio.subscription import Subscription
@@ -38,7 +37,7 @@ from stt_worker.engines.base import Engine
 from stt_worker.engines.turn_check import TurnCheckEngine
 from stt_worker.runtime.asgi import serving_in_loop
 from stt_worker.runtime.connection import SERVICE, connect
-from stt_worker.runtime.delivery import delivery_for
+from stt_worker.runtime.delivery import SessionAcks, delivery_for
 from stt_worker.runtime.intake import Intake
 from stt_worker.runtime.observation import Observer, trace_id_of
 from stt_worker.runtime.pipeline import dsp_executor
@@ -93,7 +92,7 @@ class Worker:
             partial_engine=self._checks,
         )
         self._observer = Observer(self.telemetry, engine, self._scheduler.engine_for)
-        self._delivery = delivery_for(settings, self.telemetry.metrics)
+        self._delivery = delivery_for(settings, self.telemetry.metrics, self._retire)
         self._dsp = dsp_executor()
         wait = self._scheduler.partial_wait_s  # stretches every session's partial cadence
         self._sessions = Sessions(
@@ -202,25 +201,25 @@ class Worker:
         self.ready.clear()
         self._draining = True
         logger.info("draining", extra={"sessions": len(self._sessions.live)})
-        for sub in subs:
-            try:
-                await sub.drain()  # handles the messages already received, then unsubscribes
-            except nats.errors.Error as exc:  # e.g. the connection is already closed
-                logger.warning("could not drain the subscription: %r", exc)
+        await self._delivery.stop_taking(subs)
+        await self._retire(lambda acks: True)
+        await self._delivery.hand_over()
+
+    async def _retire(self, belongs: Callable[[SessionAcks], bool]) -> None:
+        """End the sessions `belongs` picks (all at SIGTERM, a partition's when elastic mode
+        gives it up) once their inboxes are served; return when they, closing ones too, are."""
         inboxes = self._intake.inboxes
         try:  # what the subscription admitted goes through its session first
             await asyncio.wait_for(inboxes.wait_served(), self.settings.drain_timeout_s)
         except TimeoutError:
             logger.error("drain timed out with messages still in sessions' inboxes")
         now = time.time()
-        for stream in list(self._sessions.live.values()):
-            await self._apply(
-                stream, stream.flush(now) + stream.session.end(now=now, reason="shutdown")
-            )
-        try:
-            await asyncio.wait_for(self._sessions.wait_all_closed(), self.settings.drain_timeout_s)
-        except TimeoutError:
-            logger.error("drain timed out", extra={"open_sessions": len(self._sessions.streams)})
+        ending = [s for s in self._sessions.streams.values() if belongs(s.acks)]
+        for stream in ending:
+            if stream.session.closing is None:
+                actions = stream.flush(now) + stream.session.end(now=now, reason="shutdown")
+                await self._apply(stream, actions)
+        await self._sessions.wait_closed(ending, self.settings.drain_timeout_s)
 
     async def _tick_forever(self) -> None:
         while True:
@@ -280,9 +279,9 @@ class Worker:
         for action in actions:
             match action:
                 case Publish(message=message):
-                    message = stream.acks.stamp(message)
-                    await self._publish(stream.subject, message, stream.observer.span_for(message))
-                    stream.observer.published(message, job)
+                    if (out := stream.acks.stamp(message)) is not None:  # None: a replay
+                        await self._publish(stream.subject, out, stream.observer.span_for(out))
+                        stream.observer.published(out, job)
                 case Transcribe(job=queued):
                     await self._submit(stream, queued)
                 case Close(reason=reason):

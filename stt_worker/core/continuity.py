@@ -1,0 +1,87 @@
+"""Elastic mode: a session that moves to another worker goes on where it stood.
+
+Sans-I/O: `runtime/session_store.py` keeps each session's `SessionRecord` in a JetStream KV
+bucket; this module decides what the new owner publishes. The session's format, speaker and
+turn need nothing here: the `start` and `state_change` messages stay unacknowledged in the
+stream until the session closes, so the new owner's consumer replays them first.
+
+What a record adds is the numbering and what was already published:
+
+- A transcript made from audio the previous owner already covered with a published final
+  (its `source_seq_first` lies before that final's `source_seq_last`; one shared boundary
+  message is new, as in docs/operations.md) is a replay: it is not published again, nor
+  are the interrupts and errors of its utterance.
+- The first utterance that is not a replay takes the record's next `utterance_id`, and the
+  first transcript the record's next `sequence`; later ones keep their local spacing.
+- A session closed by a drain (`shutdown`) is moving, not ending: its `session_closed` is
+  not published. The next owner reopens it from its kept `start` and closes it for real
+  (`end`, or `idle` when the publisher has stopped).
+"""
+
+from __future__ import annotations
+
+import msgspec
+
+from stt_worker.core.protocol import Error, Interrupt, ServerMessage, SessionClosed, Transcription
+
+
+class SessionRecord(msgspec.Struct, frozen=True):
+    """What the next owner of a session needs to go on numbering it (written on each final)."""
+
+    next_utterance_id: int = 1
+    next_sequence: int = 0
+    # `source_seq_last` of the last final published: audio up to it is transcribed.
+    last_final_seq: int = 0
+
+
+class Continuation:
+    """One session's published numbering, carried on from `record` (None: a new session)."""
+
+    def __init__(self, record: SessionRecord | None = None) -> None:
+        self._resumed = record or SessionRecord()
+        self._utterance_offset: int | None = None if record else 0
+        self._sequence_offset: int | None = None if record else 0
+        self._replayed: set[int] = set()  # local utterance ids found to be replays
+        self.record = self._resumed
+
+    def outgoing(self, message: ServerMessage) -> ServerMessage | None:
+        """`message` as consumers see it, or None for a replay of what they have."""
+        match message:
+            case Transcription():
+                return self._transcription(message)
+            case Interrupt(utterance_id=local) | Error(utterance_id=int(local)):
+                if local in self._replayed:
+                    return None
+                return msgspec.structs.replace(message, utterance_id=self._utterance(local))
+            case SessionClosed(reason="shutdown"):
+                return None
+            case SessionClosed(utterances=count):
+                if self._utterance_offset is None:  # nothing new since the move
+                    return msgspec.structs.replace(
+                        message, utterances=self._resumed.next_utterance_id - 1
+                    )
+                return msgspec.structs.replace(message, utterances=count + self._utterance_offset)
+        return message
+
+    def _transcription(self, message: Transcription) -> Transcription | None:
+        first = message.source_seq_first
+        if isinstance(first, int) and first < self._resumed.last_final_seq:
+            self._replayed.add(message.utterance_id)
+            return None
+        if self._sequence_offset is None:
+            self._sequence_offset = self._resumed.next_sequence - message.sequence
+        utterance_id = self._utterance(message.utterance_id)
+        sequence = message.sequence + self._sequence_offset
+        if message.is_final:
+            last = message.source_seq_last
+            self.record = SessionRecord(
+                next_utterance_id=utterance_id + 1,
+                next_sequence=sequence + 1,
+                last_final_seq=last if isinstance(last, int) else self.record.last_final_seq,
+            )
+        return msgspec.structs.replace(message, utterance_id=utterance_id, sequence=sequence)
+
+    def _utterance(self, local: int) -> int:
+        if self._utterance_offset is None:
+            self._utterance_offset = self._resumed.next_utterance_id - local
+        return local + self._utterance_offset

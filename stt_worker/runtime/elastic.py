@@ -1,0 +1,162 @@
+"""Elastic durable mode (STT_ELASTIC): one durable consumer per partition, served by whichever
+worker holds the partition's lease (`ownership.Ownership`), so workers may come and go.
+
+Everything about a message once it arrives is durable mode's (`delivery.DurableDelivery`);
+this adds which consumers run here. Taking a partition re-creates its consumer, so the audio
+its previous owner left unacknowledged (a killed worker's, or the `start` a drained one kept)
+comes at once and in order. Giving one up stops its subscription, ends its sessions as a
+drain does (finals out, audio acknowledged, the `start` kept for the next owner) and only
+then deletes the consumer and lets the lease go.
+"""
+
+from __future__ import annotations
+
+import contextlib
+import logging
+
+import nats.errors
+from nats.aio.client import Client
+from nats.aio.msg import Msg
+from nats.aio.subscription import Subscription
+
+from stt_worker.config import Settings
+from stt_worker.core.continuity import Continuation
+from stt_worker.core.protocol import ClientMessage, CloseReason, ServerMessage
+from stt_worker.core.session import Session
+from stt_worker.runtime.delivery import (
+    DurableDelivery,
+    LedgerAcks,
+    MessageHandler,
+    Retire,
+    SessionAcks,
+    drain_subscriptions,
+    ensure_work_queue,
+)
+from stt_worker.runtime.ownership import Ownership
+from stt_worker.runtime.session_store import SessionStore
+from stt_worker.runtime.telemetry.metrics import Metrics
+
+logger = logging.getLogger(__name__)
+
+
+class ElasticDelivery(DurableDelivery):
+    """Durable mode over the partitions this worker holds the leases of."""
+
+    def __init__(self, settings: Settings, metrics: Metrics, retire: Retire) -> None:
+        super().__init__(settings, metrics)
+        self._retire = retire
+        self._subs: dict[int, Subscription] = {}
+        self._nc: Client | None = None
+        self._on_message: MessageHandler | None = None
+        self.ownership: Ownership | None = None
+        self._store: SessionStore | None = None
+
+    async def subscribe(
+        self, nc: Client, subjects: list[str], on_message: MessageHandler
+    ) -> list[Subscription]:
+        """Join the members and take a first share; partitions come and go from here on,
+        so there are no subscriptions for the worker to keep."""
+        self._nc, self._on_message = nc, on_message
+        js = nc.jetstream()
+        await ensure_work_queue(js, self._settings)
+        self._store = await SessionStore.open(js, self._settings)
+        self.ownership = Ownership(
+            self._settings,
+            js,
+            take=self._take,
+            give_up=self._give_up,
+            forget=self._forget,
+            intact=self._intact,
+        )
+        await self.ownership.start()
+        logger.info("elastic mode", extra={"worker_id": self.ownership.me})
+        return []
+
+    async def stop_taking(self, subs: list[Subscription]) -> None:
+        if self.ownership is not None:
+            await self.ownership.drain()
+        subs, self._subs = list(self._subs.values()), {}
+        await drain_subscriptions(subs)
+
+    async def hand_over(self) -> None:
+        if self.ownership is not None:
+            await self.ownership.hand_over()
+
+    def session_acks(self) -> SessionAcks:
+        assert self._store is not None, "not subscribed"
+        return _ContinuedAcks(self, self._store)
+
+    def _consumer(self, partition: int) -> str:
+        return f"{self._settings.durable_consumer}-p{partition}"
+
+    async def _take(self, partition: int) -> None:
+        assert self._nc is not None and self._on_message is not None
+        subject = self._settings.partition_subject.format(partition=partition)
+        self._subs[partition] = await self.consume(
+            self._nc, self._consumer(partition), [subject], self._on_message
+        )
+
+    async def _give_up(self, partition: int) -> None:
+        sub = self._subs.pop(partition, None)
+        if sub is not None:
+            await drain_subscriptions([sub])
+        consumer = self._consumer(partition)
+        await self._retire(lambda acks: acks.consumer == consumer)
+
+    async def _intact(self, partition: int) -> bool:
+        """Our subscription is still the one its consumer delivers to (a worker that held
+        the partition meanwhile re-created the consumer, or deleted it)."""
+        sub = self._subs.get(partition)
+        if sub is None:
+            return False
+        try:
+            info = await sub.consumer_info()
+        except nats.errors.Error:
+            return False
+        return info.config.deliver_subject == sub.subject
+
+    async def _forget(self, partition: int) -> None:
+        """Delete the consumer (we still hold the lease): what it leaves unacknowledged, the
+        next owner's consumer delivers."""
+        assert self._nc is not None
+        js = self._nc.jetstream()
+        with contextlib.suppress(nats.errors.Error):  # already gone, or the connection
+            await js.delete_consumer(self._settings.jetstream_stream, self._consumer(partition))
+
+
+class _ContinuedAcks(LedgerAcks):
+    """Durable mode's acknowledgements, and the session's numbering carried over from its
+    previous owner (`core/continuity.py`): loaded before its first message is handled, saved
+    after each final, before the final's audio is acknowledged (a crash in between replays
+    the audio, and the record still says what was published)."""
+
+    def __init__(self, delivery: DurableDelivery, store: SessionStore) -> None:
+        super().__init__(delivery)
+        self._store = store
+        self._session_id: str | None = None
+        self._continuation = Continuation()
+        self._saved = self._continuation.record
+
+    async def hold(
+        self, message: ClientMessage, msg: Msg, *, sample_rate_hz: int, channels: int, now: float
+    ) -> None:
+        if self._session_id is None:  # the session's first message: nothing published yet
+            self._session_id = msg.subject.rsplit(".", 1)[-1]
+            self._continuation = Continuation(await self._store.load(self._session_id))
+            self._saved = self._continuation.record
+        await super().hold(message, msg, sample_rate_hz=sample_rate_hz, channels=channels, now=now)
+
+    def stamp(self, message: ServerMessage) -> ServerMessage | None:
+        return self._continuation.outgoing(super().stamp(message))
+
+    async def settle(self, session: Session) -> None:
+        record = self._continuation.record
+        if record is not self._saved and self._session_id is not None:
+            await self._store.save(self._session_id, record)
+            self._saved = record
+        await super().settle(session)
+
+    async def release(self, reason: CloseReason) -> None:
+        if reason != "shutdown" and self._session_id is not None:
+            await self._store.forget(self._session_id)  # over, not moving
+        await super().release(reason)
