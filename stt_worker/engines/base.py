@@ -11,9 +11,11 @@ import abc
 import asyncio
 import concurrent.futures
 import dataclasses
+import logging
 import re
 import time
 import zlib
+from collections.abc import Sequence
 from dataclasses import dataclass, field
 
 import numpy as np
@@ -21,6 +23,8 @@ import numpy.typing as npt
 
 from stt_worker.core.errors import EngineError, SttError
 from stt_worker.core.protocol import Task, Word
+
+logger = logging.getLogger(__name__)
 
 Audio = npt.NDArray[np.float32]
 
@@ -170,9 +174,31 @@ class Engine(abc.ABC):
     # the engine cannot tell (a remote backend).
     multilingual: bool | None = None
 
+    # Whether `transcribe_batch` decodes several jobs in one model call (not one by one).
+    batching: bool = False
+
     @abc.abstractmethod
     async def transcribe(self, audio: Audio, options: DecodeOptions) -> Transcript:
         """Transcribe `audio`; raise `EngineError` (never a library exception) on failure."""
+
+    async def transcribe_batch(
+        self, jobs: Sequence[tuple[Audio, DecodeOptions]]
+    ) -> list[Transcript | SttError]:
+        """Each job's transcript, or its error: one job's failure is its own. This default
+        decodes them one by one; engines with `batching` decode them together."""
+        outcomes: list[Transcript | SttError] = []
+        for audio, options in jobs:
+            try:
+                outcomes.append(await self.transcribe(audio, options))
+            except SttError as exc:
+                outcomes.append(exc)
+        return outcomes
+
+    @property
+    def batch_engine(self) -> Engine | None:
+        """The engine whose `transcribe_batch` decodes this one's plain jobs in one call (a
+        wrapper names its inner engine), or None when it cannot batch."""
+        return self if self.batching else None
 
     @property
     def healthy(self) -> bool:
@@ -213,6 +239,31 @@ class LocalEngine(Engine):
         except Exception as exc:  # library errors are mapped here, in one place
             raise EngineError(f"{self.info.name} failed: {exc!r}") from exc
         return _with_timing(result, audio, time.perf_counter() - started)
+
+    def _decode_batch(self, jobs: Sequence[tuple[Audio, DecodeOptions]]) -> list[Transcript]:
+        """Blocking decode of several jobs at once (engines with `batching` override it)."""
+        return [self._decode(audio, options) for audio, options in jobs]
+
+    async def transcribe_batch(
+        self, jobs: Sequence[tuple[Audio, DecodeOptions]]
+    ) -> list[Transcript | SttError]:
+        if not self.batching or len(jobs) < 2:
+            return await super().transcribe_batch(jobs)
+        loop = asyncio.get_running_loop()
+        started = time.perf_counter()
+        try:
+            results = await loop.run_in_executor(self._executor, self._decode_batch, jobs)
+        except Exception:
+            # One bad job must not fail its companions: each is tried alone, failing alone.
+            logger.exception(
+                "%s batch of %d failed; decoding one by one", self.info.name, len(jobs)
+            )
+            return await super().transcribe_batch(jobs)
+        # Each job took as long as the whole batch: that is how long its session waited.
+        elapsed = time.perf_counter() - started
+        return [
+            _with_timing(r, audio, elapsed) for r, (audio, _) in zip(results, jobs, strict=True)
+        ]
 
     def transcribe_blocking(self, audio: Audio, options: DecodeOptions) -> Transcript:
         """Synchronous decode for benchmarks and offline baselines (not for the event loop)."""
