@@ -8,6 +8,8 @@ first 1-4 s as partials, mixed lengths, in a fixed shuffled order) are decoded:
   batches of 2, 4 and 8 (`transcribe_batch`). *ratio*: jobs per second against one by one;
 - by the scheduler (`InferenceScheduler`, every job of its own session, all queued at once),
   with `STT_BATCH_MAX` 1 (today) and above;
+- the same by the engine when every job has one window size (3 s partials of every clip):
+  the most batching can give, as the engine batches jobs of one window size together;
 - a lone job (nothing else queued) by the scheduler with `STT_BATCH_MAX` 1 and 8: what
   batching costs a single session (a batch of one is decoded exactly as before).
 
@@ -27,7 +29,8 @@ import random
 import statistics
 import subprocess
 import time
-from dataclasses import dataclass
+from collections.abc import Awaitable
+from dataclasses import dataclass, field
 from datetime import UTC, datetime
 from pathlib import Path
 
@@ -58,6 +61,11 @@ class BenchJob:
         return FINAL if self.final else PARTIAL
 
 
+def uniform_jobs(count: int) -> list[BenchJob]:
+    """`count` 3 s partials, all of one encoder window."""
+    return [BenchJob(job.audio[: 3 * 16_000], final=False) for job in speech_jobs(count)]
+
+
 def speech_jobs(count: int) -> list[BenchJob]:
     """`count` jobs from the shared clips (cut to 15 s): each clip whole, then its prefixes."""
     pool: list[BenchJob] = []
@@ -70,9 +78,40 @@ def speech_jobs(count: int) -> list[BenchJob]:
     return (pool * (count // len(pool) + 1))[:count]
 
 
-async def engine_run(engine: Engine, jobs: list[BenchJob], size: int) -> dict:
-    """Decode `jobs` on the engine's slots, `size` at a time per slot; wall and mean
-    per-job decode (a batched job's decode is its whole batch's)."""
+@dataclass(slots=True)
+class Timing:
+    """One configuration's runs: wall and process CPU seconds each (CPU time is what a busy
+    machine's capacity is made of, and less noisy than wall time when neighbours load it)."""
+
+    walls: list[float] = field(default_factory=list)
+    cpus: list[float] = field(default_factory=list)
+    decode_s: list[float] = field(default_factory=list)
+
+    async def run(self, work: Awaitable[list[float]]) -> None:
+        wall, cpu = time.perf_counter(), time.process_time()
+        self.decode_s += await work
+        self.walls.append(time.perf_counter() - wall)
+        self.cpus.append(time.process_time() - cpu)
+
+    def row(self, jobs: int, baseline: Timing | None) -> dict:
+        base = baseline or self
+        wall, cpu = statistics.median(self.walls), statistics.median(self.cpus)
+        row = {
+            "wall_s": wall,
+            "cpu_s": cpu,
+            "jobs_per_s": jobs / wall,
+            "jobs_per_cpu_s": jobs / cpu,
+            "ratio_wall": statistics.median(base.walls) / wall,
+            "ratio_cpu": statistics.median(base.cpus) / cpu,
+        }
+        if self.decode_s:
+            row["mean_decode_s"] = statistics.mean(self.decode_s)
+        return row
+
+
+async def engine_run(engine: Engine, jobs: list[BenchJob], size: int) -> list[float]:
+    """Decode `jobs` on the engine's slots, `size` at a time per slot; each job's decode
+    time (a batched job's is its whole batch's)."""
     queue = [jobs[i : i + size] for i in range(0, len(jobs), size)]
     decode_s: list[float] = []
 
@@ -85,22 +124,18 @@ async def engine_run(engine: Engine, jobs: list[BenchJob], size: int) -> dict:
                 outcomes = await engine.transcribe_batch([(j.audio, j.options) for j in batch])
             decode_s.extend(o.inference_s for o in outcomes if not isinstance(o, Exception))
 
-    started = time.perf_counter()
     await asyncio.gather(*(slot() for _ in range(engine.parallelism)))
-    wall = time.perf_counter() - started
     assert len(decode_s) == len(jobs), "a job failed"
-    return {"size": size, "wall_s": wall, "jobs_per_s": len(jobs) / wall, "decode_s": decode_s}
+    return decode_s
 
 
-async def scheduler_run(engine: Engine, jobs: list[BenchJob], batch_max: int) -> dict:
-    """All jobs queued at once, each from its own session; wall until the last result."""
-    done: list[float] = []
-    finished = asyncio.Event()
-    started = time.perf_counter()
+async def scheduler_run(engine: Engine, jobs: list[BenchJob], batch_max: int) -> list[float]:
+    """All jobs queued at once, each from its own session, until the last result."""
+    finished, done = asyncio.Event(), [0]
 
     async def on_done(key, job: Job, outcome, wait_s: float) -> None:
-        done.append(time.perf_counter() - started)
-        if len(done) == len(jobs):
+        done[0] += 1
+        if done[0] == len(jobs):
             finished.set()
 
     rule = BatchRule(max_size=batch_max)
@@ -109,12 +144,10 @@ async def scheduler_run(engine: Engine, jobs: list[BenchJob], batch_max: int) ->
         pcm = np.round(job.audio * 32767).astype(np.int16)
         kind = JobKind.FINAL if job.final else JobKind.PARTIAL
         scheduler.submit(index, Job(1, kind, (pcm,), 0.0, len(pcm) / 16_000, True))
-    started = time.perf_counter()
     runner = asyncio.create_task(scheduler.run())
     await finished.wait()
     runner.cancel()
-    wall = time.perf_counter() - started
-    return {"batch_max": batch_max, "wall_s": wall, "jobs_per_s": len(jobs) / wall}
+    return []
 
 
 async def lone_latency(engine: Engine, job: BenchJob, batch_max: int, repeats: int) -> float:
@@ -139,26 +172,35 @@ async def lone_latency(engine: Engine, job: BenchJob, batch_max: int, repeats: i
     return statistics.median(latencies)
 
 
-async def measure(model: str, count: int, repeats: int) -> dict:
+async def measure(model: str, count: int, rounds: int, repeats: int) -> dict:
     settings = load_settings(whisper_model_size=model)
     engine = FasterWhisperEngine(settings)
     await engine.warmup()
-    jobs = speech_jobs(count)
+    jobs, uniform = speech_jobs(count), uniform_jobs(count)
     await engine_run(engine, jobs[: 2 * max(SIZES)], max(SIZES))  # batch shapes warmed too
-    engine_rows = [await engine_run(engine, jobs, size) for size in SIZES]
-    scheduler_rows = [await scheduler_run(engine, jobs, size) for size in (1, 4, 8)]
+    mixed = {size: Timing() for size in SIZES}
+    one_window = {size: Timing() for size in (1, max(SIZES))}
+    scheduled = {size: Timing() for size in (1, 4, 8)}
+    # Interleaved rounds, medians: a neighbour's burst of load lands on every configuration.
+    for _ in range(rounds):
+        for size, timing in mixed.items():
+            await timing.run(engine_run(engine, jobs, size))
+        for size, timing in one_window.items():
+            await timing.run(engine_run(engine, uniform, size))
+        for size, timing in scheduled.items():
+            await timing.run(scheduler_run(engine, jobs, size))
     lone = next(job for job in jobs if job.final and len(job.audio) < 6 * 16_000)
     lone_rows = {size: await lone_latency(engine, lone, size, repeats) for size in (1, 8)}
     engine.close()
-    for rows in (engine_rows, scheduler_rows):
-        for row in rows:
-            row["ratio"] = row["jobs_per_s"] / rows[0]["jobs_per_s"]
-    for row in engine_rows:
-        row["mean_decode_s"] = statistics.mean(row.pop("decode_s"))
+
+    def rows(timings: dict[int, Timing], key: str) -> list[dict]:
+        return [{key: k, **t.row(count, timings[1])} for k, t in timings.items()]
+
     return {
-        "meta": meta(model, jobs, settings.max_concurrent_inferences),
-        "engine": engine_rows,
-        "scheduler": scheduler_rows,
+        "meta": meta(model, jobs, settings.max_concurrent_inferences) | {"rounds": rounds},
+        "engine": rows(mixed, "size"),
+        "engine_one_window": rows(one_window, "size"),
+        "scheduler": rows(scheduled, "batch_max"),
         "lone_final_s": {
             "audio_s": len(lone.audio) / 16_000,
             **{f"batch_max_{k}": v for k, v in lone_rows.items()},
@@ -194,26 +236,17 @@ def markdown(data: dict, command: str) -> str:
         f"{m['jobs']} jobs ({m['finals']} finals, the rest partial-like prefixes), "
         f"{m['audio_s']} s of audio, {m['model']}, {m['slots']} decode slots; "
         f"{m['nproc']} CPUs ({m['cpu']}), load average {m['loadavg']} at the end; "
-        f"commit {m['commit']}, {m['when']}. A shared machine: read the ratios.",
+        f"commit {m['commit']}, {m['when']}; the median of {m['rounds']} interleaved rounds. "
+        "A shared machine: read the ratios, the CPU ones first.",
         "",
-        "| engine, jobs a call | wall s | jobs/s | ratio | mean decode s (a job's batch) |",
-        "| ---: | ---: | ---: | ---: | ---: |",
-    ]
-    for row in data["engine"]:
-        lines.append(
-            f"| {row['size']} | {row['wall_s']:.2f} | {row['jobs_per_s']:.1f} | "
-            f"{row['ratio']:.2f} | {row['mean_decode_s']:.3f} |"
-        )
-    lines += [
+        *table(data["engine"], "size", "engine, jobs a call"),
         "",
-        "| scheduler, STT_BATCH_MAX | wall s | jobs/s | ratio |",
-        "| ---: | ---: | ---: | ---: |",
+        "The same, every job of one window size (3 s partials):",
+        "",
+        *table(data["engine_one_window"], "size", "engine, jobs a call"),
+        "",
+        *table(data["scheduler"], "batch_max", "scheduler, STT_BATCH_MAX"),
     ]
-    for row in data["scheduler"]:
-        lines.append(
-            f"| {row['batch_max']} | {row['wall_s']:.2f} | {row['jobs_per_s']:.1f} | "
-            f"{row['ratio']:.2f} |"
-        )
     lone = data["lone_final_s"]
     lines += [
         "",
@@ -224,15 +257,31 @@ def markdown(data: dict, command: str) -> str:
     return "\n".join(lines) + "\n"
 
 
+def table(rows: list[dict], key: str, title: str) -> list[str]:
+    decode = "mean_decode_s" in rows[0]
+    lines = [
+        f"| {title} | wall s | CPU s | jobs/s | jobs/CPU s | ratio (wall) | ratio (CPU) |"
+        + (" mean decode s (its batch's) |" if decode else ""),
+        "| ---: " * (7 + decode) + "|",
+    ]
+    for row in rows:
+        lines.append(
+            f"| {row[key]} | {row['wall_s']:.2f} | {row['cpu_s']:.2f} | {row['jobs_per_s']:.1f} "
+            f"| {row['jobs_per_cpu_s']:.1f} | {row['ratio_wall']:.2f} | {row['ratio_cpu']:.2f} |"
+            + (f" {row['mean_decode_s']:.3f} |" if decode else "")
+        )
+    return lines
+
+
 def main(argv: list[str] | None = None) -> int:
     parser = argparse.ArgumentParser(description=__doc__.split("\n", 1)[0])
-    parser.add_argument("--quick", action="store_true", help="16 jobs, 3 lone repeats")
+    parser.add_argument("--quick", action="store_true", help="16 jobs, one round")
     parser.add_argument("--json", action="store_true", help="print JSON, not Markdown")
     parser.add_argument("--model", default="tiny.en")
     parser.add_argument("--out", type=Path, help="write PREFIX.md and PREFIX.json")
     args = parser.parse_args(argv)
-    count, repeats = (16, 3) if args.quick else (64, 9)
-    data = asyncio.run(measure(args.model, count, repeats))
+    count, rounds, repeats = (16, 1, 3) if args.quick else (48, 3, 9)
+    data = asyncio.run(measure(args.model, count, rounds, repeats))
     command = "python -m bench.batching" + (" --quick" if args.quick else "")
     text = markdown(data, command)
     print(json.dumps(data, indent=2) if args.json else text)
