@@ -6,11 +6,11 @@ import pytest
 
 from stt_worker.core.batching import BatchRule, Waiting
 
-ENGINE, OTHER = "tiny", "base"
+GROUP, OTHER = ("tiny", 600), ("tiny", 800)
 
 
-def waiting(session: str, *, final: bool, engine: str | None = ENGINE) -> Waiting[str]:
-    return Waiting(session, engine, final, f"{session}-{'final' if final else 'partial'}")
+def waiting(session: str, *, final: bool, group: tuple | None = GROUP) -> Waiting[str]:
+    return Waiting(session, group, final, f"{session}-{'final' if final else 'partial'}")
 
 
 QUEUE = [
@@ -20,8 +20,8 @@ QUEUE = [
     waiting("p2", final=False),
     waiting("f2", final=True),
     waiting("lead", final=True),  # the lead session's next final waits for its next turn
-    waiting("base", final=True, engine=OTHER),
-    waiting("probe", final=False, engine=None),
+    waiting("base", final=True, group=OTHER),
+    waiting("probe", final=False, group=None),
 ]
 
 
@@ -33,7 +33,7 @@ def test_one_job_a_batch_takes_no_companions() -> None:
     assert items(BatchRule(max_size=1), waiting("lead", final=True)) == []
 
 
-def test_finals_join_first_then_partials_one_per_session_of_the_same_engine() -> None:
+def test_finals_join_first_then_partials_one_per_session_of_the_same_group() -> None:
     lead = waiting("lead", final=True)
     assert items(BatchRule(max_size=8), lead) == [
         "f1-final",
@@ -56,11 +56,11 @@ def test_a_session_appears_once_in_a_batch() -> None:
 
 
 def test_jobs_that_cannot_batch_never_lead_nor_join() -> None:
-    probe = waiting("probe", final=False, engine=None)
+    probe = waiting("probe", final=False, group=None)
     assert not BatchRule(max_size=8).batches(probe)
     assert items(BatchRule(max_size=8), probe) == []
     assert "probe-partial" not in items(BatchRule(max_size=8), waiting("x", final=False))
-    assert items(BatchRule(max_size=8), waiting("x", final=True, engine=OTHER)) == ["base-final"]
+    assert items(BatchRule(max_size=8), waiting("x", final=True, group=OTHER)) == ["base-final"]
 
 
 @pytest.mark.parametrize(

@@ -171,7 +171,8 @@ async def test_sessions_batched_on_the_real_model_get_their_own_text(
     async with asyncio.timeout(60):
         await all_done.wait()
     runner.cancel()
-    assert batches == [4]
+    # b's 1.8 s needs a smaller window than the others' 2-3.3 s: it is decoded alone.
+    assert batches == [3]
     for key, job_ in jobs.items():
         audio = np.concatenate(job_.pcm).astype(np.float32) / 32768
         options = DecodeOptions(full_window_retry=job_.is_final)

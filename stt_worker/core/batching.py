@@ -2,6 +2,9 @@
 
 The scheduler picks a job by its usual order (the lead); companions from other sessions then
 join it, so one model call serves several sessions (on a GPU, nearly for the price of one).
+Only jobs of one group join: the engine's word for jobs it decodes in one call (the same
+model and, for CTranslate2, the same window size), so a final never waits on a companion's
+decode of its own.
 They join in the scheduler's own order, finals before partials, so batching never lets a
 partial overtake a final. Barge-in probes and turn checks are never batched, and a batch
 stops waiting for companions as soon as one is queued: a turn decision waits on each.
@@ -21,8 +24,8 @@ class Waiting(Generic[T]):
     """A queued job as batching sees it; `item` is the caller's handle on it."""
 
     session: Hashable
-    # What decodes it: jobs batch only with jobs of the same engine; None: never batched.
-    engine: Hashable | None
+    # Jobs batch only with jobs of the same group (one model call); None: never batched.
+    group: Hashable | None
     final: bool
     item: T
 
@@ -37,13 +40,13 @@ class BatchRule:
 
     def batches(self, lead: Waiting[T]) -> bool:
         """Whether `lead` may take companions at all (1 = every job decoded alone)."""
-        return self.max_size > 1 and lead.engine is not None
+        return self.max_size > 1 and lead.group is not None
 
     def companions(
         self, lead: Waiting[T], waiting: Sequence[Waiting[T]], busy: Container[Hashable]
     ) -> list[Waiting[T]]:
         """Up to `max_size - 1` jobs to decode with `lead`, from `waiting` (in queue order):
-        one per session, none of a session with a job running, all of `lead`'s engine;
+        one per session, none of a session with a job running, all of `lead`'s group;
         finals first, then partials."""
         if not self.batches(lead):
             return []
@@ -55,8 +58,8 @@ class BatchRule:
                     return chosen
                 if (
                     job.final is finals
-                    and job.engine is not None
-                    and job.engine == lead.engine
+                    and job.group is not None
+                    and job.group == lead.group
                     and job.session not in sessions
                     and job.session not in busy
                 ):

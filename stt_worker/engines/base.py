@@ -2,7 +2,8 @@
 
 An engine turns float32 16 kHz mono audio into a `Transcript`. Local engines run their
 synchronous `_decode` on their own executor, one thread per parallel decode, so the event
-loop never waits on inference.
+loop never waits on inference. `transcribe_batch` takes several sessions' jobs at once; an
+engine with `batching` decodes them in one model call (`_decode_batch`), any other one by one.
 """
 
 from __future__ import annotations
@@ -15,7 +16,7 @@ import logging
 import re
 import time
 import zlib
-from collections.abc import Sequence
+from collections.abc import Hashable, Sequence
 from dataclasses import dataclass, field
 
 import numpy as np
@@ -193,6 +194,11 @@ class Engine(abc.ABC):
             except SttError as exc:
                 outcomes.append(exc)
         return outcomes
+
+    def batch_key(self, samples: int, options: DecodeOptions) -> Hashable:
+        """Jobs whose keys are equal decode in one model call when batched (an engine that
+        splits a batch by window size says so here, so the scheduler batches alike jobs)."""
+        return ()
 
     @property
     def batch_engine(self) -> Engine | None:

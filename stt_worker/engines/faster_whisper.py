@@ -36,7 +36,7 @@ import functools
 import logging
 import math
 import os
-from collections.abc import Callable, Sequence
+from collections.abc import Callable, Hashable, Sequence
 from dataclasses import dataclass, replace
 from pathlib import Path
 
@@ -179,6 +179,10 @@ class FasterWhisperEngine(LocalEngine):
 
     def _decode_batch(self, jobs: Sequence[tuple[Audio, DecodeOptions]]) -> list[Transcript]:
         return decode_batch(self, jobs, self._decode)
+
+    def batch_key(self, samples: int, options: DecodeOptions) -> Hashable:
+        # How `ct2_batch` groups, as far as the length tells: the window and the token cap.
+        return self._window.frames(samples // HOP_SAMPLES), options.max_new_tokens
 
     def window_frames(self, content_frames: int) -> int:
         """The encoder window (mel frames) for a window of `content_frames` of audio."""

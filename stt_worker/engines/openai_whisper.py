@@ -17,7 +17,7 @@ import collections
 import dataclasses
 import logging
 import math
-from collections.abc import Sequence
+from collections.abc import Hashable, Sequence
 from pathlib import Path
 
 import numpy as np
@@ -148,6 +148,10 @@ class OpenAIWhisperEngine(LocalEngine):
                 segment = self._segment(windows[row], count, 0, result, jobs[index][1])
                 transcripts[index] = _transcript([segment])
         return [transcripts[index] for index in range(len(jobs))]
+
+    def batch_key(self, samples: int, options: DecodeOptions) -> Hashable:
+        # What `_decode_batch` groups by: whisper.decode takes one of each per call.
+        return self._wanted_language(options), options.task, options.prompt
 
     def _mel(self, audio: Audio) -> torch.Tensor:
         samples = torch.from_numpy(np.array(audio, dtype=np.float32))

@@ -64,6 +64,7 @@ class _Entry:
     plan: DecodePlan
     trace_context: Context | None = None
     enqueued_at: float = field(default_factory=time.perf_counter)
+    group: Hashable | None = None  # the jobs it may batch with (`core/batching.Waiting`)
 
 
 class InferenceScheduler:
@@ -107,6 +108,7 @@ class InferenceScheduler:
 
     def submit(self, key: Hashable, job: Job, trace_context: Context | None = None) -> None:
         entry = _Entry(key, job, plan(job), trace_context)
+        entry.group = self._group(entry)
         if entry.plan.lane is Lane.URGENT:
             self._probes[key] = entry  # a newer probe of the same speech replaces the old
         elif entry.plan.lane is Lane.FINAL:
@@ -227,11 +229,17 @@ class InferenceScheduler:
             del self._finals[key]
         return entry
 
+    def _group(self, entry: _Entry) -> Hashable | None:
+        if self._batch.max_size == 1 or entry.plan.lane is Lane.URGENT:
+            return None  # probes and turn checks are never batched
+        engine = self.engine_for(entry.plan.engine).batch_engine
+        if engine is None:
+            return None
+        samples = sum(len(chunk) for chunk in entry.job.pcm)
+        return engine, engine.batch_key(samples, entry.plan.options)
+
     def _waiting(self, entry: _Entry) -> Waiting[_Entry]:
-        engine = None
-        if entry.plan.lane is not Lane.URGENT:  # probes and turn checks are never batched
-            engine = self.engine_for(entry.plan.engine).batch_engine
-        return Waiting(entry.key, engine, entry.plan.lane is Lane.FINAL, entry)
+        return Waiting(entry.key, entry.group, entry.plan.lane is Lane.FINAL, entry)
 
     async def _companions(self, lead: _Entry) -> list[_Entry]:
         """Waiting jobs of other sessions to decode with `lead`, taken off their queues."""
