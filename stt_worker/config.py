@@ -250,12 +250,12 @@ class Settings(EnvSettings):
         ge=1,
     )
     batch_max: int = setting(
-        1,
+        4,
         "STT_BATCH_MAX",
         group=Group.ENGINE,
         description="Most jobs of different sessions decoded in one model call (finals "
-        "first, then partials; barge-in probes and turn checks never); 1 = every job alone. "
-        "Batches only on the local engines.",
+        "first, then partials; barge-in probes and turn checks never), of one window size, "
+        "on the local engines; 1 = every job alone, as before.",
         ge=1,
         le=64,
     )
