@@ -259,11 +259,9 @@ class LocalEngine(Engine):
         started = time.perf_counter()
         try:
             results = await loop.run_in_executor(self._executor, self._decode_batch, jobs)
-        except Exception:
+        except Exception as exc:
             # One bad job must not fail its companions: each is tried alone, failing alone.
-            logger.exception(
-                "%s batch of %d failed; decoding one by one", self.info.name, len(jobs)
-            )
+            logger.warning("batch of %d failed (%r); decoding one by one", len(jobs), exc)
             return await super().transcribe_batch(jobs)
         # Each job took as long as the whole batch: that is how long its session waited.
         elapsed = time.perf_counter() - started

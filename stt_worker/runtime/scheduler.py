@@ -41,7 +41,7 @@ from opentelemetry import context as otel_context
 from opentelemetry.context import Context
 
 from stt_worker.config import Settings
-from stt_worker.core.audio import pcm16_to_float32
+from stt_worker.core.audio import SAMPLE_RATE_HZ, pcm16_to_float32
 from stt_worker.core.batching import BatchRule, Waiting
 from stt_worker.core.errors import EngineError, OverloadedError, SttError
 from stt_worker.core.jobs import Job
@@ -235,7 +235,7 @@ class InferenceScheduler:
         engine = self.engine_for(entry.plan.engine).batch_engine
         if engine is None:
             return None
-        samples = sum(len(chunk) for chunk in entry.job.pcm)
+        samples = round(entry.job.audio_s * SAMPLE_RATE_HZ)
         return engine, engine.batch_key(samples, entry.plan.options)
 
     def _waiting(self, entry: _Entry) -> Waiting[_Entry]:
