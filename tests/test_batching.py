@@ -49,6 +49,13 @@ def test_finals_join_first_then_partials_one_per_session_of_the_same_group() -> 
     ]
 
 
+def test_no_batch_while_another_slot_is_free() -> None:
+    lead = waiting("lead", final=True)
+    assert items(BatchRule(max_size=8), lead) != []
+    assert BatchRule(max_size=8).companions(lead, QUEUE, busy=(), free_slots=1) == []
+    assert BatchRule(max_size=8, wait_s=0.1).wait_left_s(1, 0.0, False, free_slots=1) == 0.0
+
+
 def test_a_session_appears_once_in_a_batch() -> None:
     twice = [waiting("a", final=True), waiting("a", final=False), waiting("b", final=False)]
     chosen = BatchRule(max_size=4).companions(waiting("lead", final=True), twice, busy=())

@@ -90,6 +90,23 @@ async def test_a_batch_takes_finals_first_then_partials_and_probes_go_alone() ->
     assert [end for key, end, _ in results.done if key == "b"] == [3.0, 3.5]
 
 
+async def test_no_batch_while_another_slot_is_free() -> None:
+    engine, results = BatchGatedEngine(), Results()
+    engine.parallelism = 2
+    rule = BatchRule(max_size=4)
+    scheduler = InferenceScheduler(engine, results.on_done, concurrency=2, batch=rule)
+    for key, seconds in (("a", 1.0), ("b", 2.0), ("c", 3.0)):
+        scheduler.submit(key, job(1, seconds, final=True))
+    runner = asyncio.create_task(scheduler.run())
+    await engine.calls_at_least(2)
+    # The first slot's final alone (the second slot was free), the second slot's with c;
+    # which call reaches the engine first is the threads' race.
+    assert sorted(engine.calls) == [[1.0], [2.0, 3.0]]
+    engine.release.release()
+    await engine.finish_call(results, 3)
+    runner.cancel()
+
+
 async def test_batches_of_one_job_are_decoded_as_without_batching() -> None:
     engine, results = BatchGatedEngine(), Results()
     scheduler = InferenceScheduler(engine, results.on_done, concurrency=1)  # STT_BATCH_MAX=1

@@ -7,7 +7,9 @@ model and, for CTranslate2, the same window size), so a final never waits on a c
 decode of its own.
 They join in the scheduler's own order, finals before partials, so batching never lets a
 partial overtake a final. Barge-in probes and turn checks are never batched, and a batch
-stops waiting for companions as soon as one is queued: a turn decision waits on each.
+stops waiting for companions as soon as one is queued: a turn decision waits on each. While
+another decode slot is free there is no batch: that slot decodes the next job beside this
+one, sooner than a batch would (on a CPU a batch of two takes longer than one job).
 """
 
 from __future__ import annotations
@@ -43,12 +45,16 @@ class BatchRule:
         return self.max_size > 1 and lead.group is not None
 
     def companions(
-        self, lead: Waiting[T], waiting: Sequence[Waiting[T]], busy: Container[Hashable]
+        self,
+        lead: Waiting[T],
+        waiting: Sequence[Waiting[T]],
+        busy: Container[Hashable],
+        free_slots: int = 0,
     ) -> list[Waiting[T]]:
         """Up to `max_size - 1` jobs to decode with `lead`, from `waiting` (in queue order):
         one per session, none of a session with a job running, all of `lead`'s group;
-        finals first, then partials."""
-        if not self.batches(lead):
+        finals first, then partials. None while `free_slots` (other than `lead`'s) remain."""
+        if not self.batches(lead) or free_slots > 0:
             return []
         sessions = {lead.session}
         chosen: list[Waiting[T]] = []
@@ -67,9 +73,12 @@ class BatchRule:
                     sessions.add(job.session)
         return chosen
 
-    def wait_left_s(self, size: int, waited_s: float, urgent_queued: bool) -> float:
+    def wait_left_s(
+        self, size: int, waited_s: float, urgent_queued: bool, free_slots: int = 0
+    ) -> float:
         """How much longer a batch of `size` jobs waits for companions: none once it is
-        full, its wait is over, or an urgent job (probe, turn check) is queued."""
-        if size >= self.max_size or urgent_queued:
+        full, its wait is over, an urgent job (probe, turn check) is queued, or another slot
+        is free (a job arriving now goes there)."""
+        if size >= self.max_size or urgent_queued or free_slots > 0:
             return 0.0
         return max(0.0, self.wait_s - waited_s)

@@ -248,9 +248,10 @@ class InferenceScheduler:
             waiting = [self._waiting(queued[0]) for queued in self._finals.values()]
             if self._engine.healthy:  # else partials are shed (`_next`)
                 waiting += [self._waiting(entry) for entry in self._partials.values()]
-            chosen = rule.companions(self._waiting(lead), waiting, self._busy)
+            free = self._concurrency - self._running
+            chosen = rule.companions(self._waiting(lead), waiting, self._busy, free)
             waited_s = time.perf_counter() - started
-            left_s = rule.wait_left_s(1 + len(chosen), waited_s, bool(self._probes))
+            left_s = rule.wait_left_s(1 + len(chosen), waited_s, bool(self._probes), free)
             if left_s <= 0:
                 break
             self._arrived.clear()
