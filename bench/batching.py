@@ -7,7 +7,8 @@ first 1-4 s as partials, mixed lengths, in a fixed shuffled order) are decoded:
   each taking the next `size` jobs): one by one (`transcribe`, today's path), then in
   batches of 2, 4 and 8 (`transcribe_batch`). *ratio*: jobs per second against one by one;
 - by the scheduler (`InferenceScheduler`, every job of its own session, all queued at once),
-  with `STT_BATCH_MAX` 1 (today) and above;
+  with `STT_BATCH_MAX` 1 (today) and above, and when the finals' results came (finals go
+  first; partials that join a final's batch make it longer);
 - the same by the engine when every job has one window size (3 s partials of every clip):
   the most batching can give, as the engine batches jobs of one window size together;
 - a lone job (nothing else queued) by the scheduler with `STT_BATCH_MAX` 1 and 8: what
@@ -129,12 +130,17 @@ async def engine_run(engine: Engine, jobs: list[BenchJob], size: int) -> list[fl
     return decode_s
 
 
-async def scheduler_run(engine: Engine, jobs: list[BenchJob], batch_max: int) -> list[float]:
-    """All jobs queued at once, each from its own session, until the last result."""
-    finished, done = asyncio.Event(), [0]
+async def scheduler_run(
+    engine: Engine, jobs: list[BenchJob], batch_max: int, finals_s: list[float]
+) -> list[float]:
+    """All jobs queued at once, each from its own session, until the last result; appends
+    when each final's result came (s from the start) to `finals_s`."""
+    finished, done, started = asyncio.Event(), [0], time.perf_counter()
 
     async def on_done(key, job: Job, outcome, wait_s: float) -> None:
         done[0] += 1
+        if job.is_final:
+            finals_s.append(time.perf_counter() - started)
         if done[0] == len(jobs):
             finished.set()
 
@@ -181,6 +187,7 @@ async def measure(model: str, count: int, rounds: int, repeats: int) -> dict:
     mixed = {size: Timing() for size in SIZES}
     one_window = {size: Timing() for size in (1, max(SIZES))}
     scheduled = {size: Timing() for size in (1, 4, 8)}
+    finals_at: dict[int, list[float]] = {size: [] for size in scheduled}
     # Interleaved rounds, medians: a neighbour's burst of load lands on every configuration.
     for _ in range(rounds):
         for size, timing in mixed.items():
@@ -188,7 +195,7 @@ async def measure(model: str, count: int, rounds: int, repeats: int) -> dict:
         for size, timing in one_window.items():
             await timing.run(engine_run(engine, uniform, size))
         for size, timing in scheduled.items():
-            await timing.run(scheduler_run(engine, jobs, size))
+            await timing.run(scheduler_run(engine, jobs, size, finals_at[size]))
     lone = next(job for job in jobs if job.final and len(job.audio) < 6 * 16_000)
     lone_rows = {size: await lone_latency(engine, lone, size, repeats) for size in (1, 8)}
     engine.close()
@@ -200,7 +207,10 @@ async def measure(model: str, count: int, rounds: int, repeats: int) -> dict:
         "meta": meta(model, jobs, settings.max_concurrent_inferences) | {"rounds": rounds},
         "engine": rows(mixed, "size"),
         "engine_one_window": rows(one_window, "size"),
-        "scheduler": rows(scheduled, "batch_max"),
+        "scheduler": [
+            row | {"finals_p50_s": statistics.median(finals_at[row["batch_max"]])}
+            for row in rows(scheduled, "batch_max")
+        ],
         "lone_final_s": {
             "audio_s": len(lone.audio) / 16_000,
             **{f"batch_max_{k}": v for k, v in lone_rows.items()},
@@ -246,6 +256,13 @@ def markdown(data: dict, command: str) -> str:
         *table(data["engine_one_window"], "size", "engine, jobs a call"),
         "",
         *table(data["scheduler"], "batch_max", "scheduler, STT_BATCH_MAX"),
+        "",
+        "Finals' results, median s from all jobs queued (finals go first): "
+        + ", ".join(
+            f"STT_BATCH_MAX={row['batch_max']} {row['finals_p50_s']:.2f} s"
+            for row in data["scheduler"]
+        )
+        + ".",
     ]
     lone = data["lone_final_s"]
     lines += [
