@@ -230,7 +230,7 @@ def meta(model: str, jobs: list[BenchJob], slots: int) -> dict:
         "slots": slots,
         "nproc": os.cpu_count(),
         "cpu": platform.processor() or platform.machine(),
-        "loadavg": list(os.getloadavg()),
+        "loadavg": [round(load, 2) for load in os.getloadavg()],
         "commit": commit,
         "when": datetime.now(UTC).isoformat(timespec="seconds"),
     }
