@@ -249,6 +249,25 @@ class Settings(EnvSettings):
         "`WHISPER_HTTP_MAX_CONCURRENCY`, the PyTorch engine 1).",
         ge=1,
     )
+    batch_max: int = setting(
+        4,
+        "STT_BATCH_MAX",
+        group=Group.ENGINE,
+        description="Most jobs of different sessions decoded in one model call (finals "
+        "first, then partials; barge-in probes and turn checks never), of one window size, "
+        "on the local engines; 1 = every job alone, as before.",
+        ge=1,
+        le=64,
+    )
+    batch_wait_ms: int = setting(
+        0,
+        "STT_BATCH_WAIT_MS",
+        group=Group.ENGINE,
+        description="How long a job that could batch waits for companions; 0 = only jobs "
+        "already queued join it, so a lone session is never slowed.",
+        ge=0,
+        le=100,
+    )
     whisper_language: str | None = setting(
         None,
         "WHISPER_LANGUAGE",

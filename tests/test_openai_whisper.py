@@ -263,3 +263,33 @@ def test_the_torch_engine_needs_neither_ctranslate2_nor_faster_whisper() -> None
     )
     result = subprocess.run([sys.executable, "-c", code], capture_output=True, text=True)
     assert result.returncode == 0, result.stderr
+
+
+async def test_a_batch_on_torch_decodes_as_each_job_alone(
+    engine: OpenAIWhisperEngine, clips: dict[str, np.ndarray], monkeypatch: pytest.MonkeyPatch
+) -> None:
+    partial = DecodeOptions(full_window_retry=False)
+    jobs = [
+        (clips["jfk.wav"], DecodeOptions()),
+        (clips["ls_1089-134691-0001.wav"], replace(partial, word_timestamps=True)),
+        (clips["jfk.wav"][: 3 * SAMPLE_RATE_HZ], partial),
+        (np.zeros(SAMPLE_RATE_HZ, np.float32), partial),  # silence: not decoded
+        (clips["lj_LJ001-0006.wav"], replace(partial, prompt="Printing, in the only sense.")),
+    ]
+    alone = [engine.transcribe_blocking(audio, options) for audio, options in jobs]
+    calls: list[int] = []
+    decode = whisper.decode
+
+    def counted(model, mel, options):
+        calls.append(mel.shape[0] if mel.ndim == 3 else 1)
+        return decode(model, mel, options)
+
+    monkeypatch.setattr(engine_module.whisper, "decode", counted)
+    batched = await engine.transcribe_batch(jobs)
+    assert sorted(calls) == [1, 3]  # the same prompt together, the one with a context alone
+    for got, want in zip(batched, alone, strict=True):
+        assert not isinstance(got, Exception), got
+        assert got.text == want.text
+        assert got.no_speech_prob == pytest.approx(want.no_speech_prob, abs=1e-3)
+        assert [w.word for w in got.words] == [w.word for w in want.words]
+    assert alone[1].words and alone[0].text and not alone[3].text

@@ -2,7 +2,8 @@
 
 An engine turns float32 16 kHz mono audio into a `Transcript`. Local engines run their
 synchronous `_decode` on their own executor, one thread per parallel decode, so the event
-loop never waits on inference.
+loop never waits on inference. `transcribe_batch` takes several sessions' jobs at once; an
+engine with `batching` decodes them in one model call (`_decode_batch`), any other one by one.
 """
 
 from __future__ import annotations
@@ -11,9 +12,11 @@ import abc
 import asyncio
 import concurrent.futures
 import dataclasses
+import logging
 import re
 import time
 import zlib
+from collections.abc import Hashable, Sequence
 from dataclasses import dataclass, field
 
 import numpy as np
@@ -21,6 +24,8 @@ import numpy.typing as npt
 
 from stt_worker.core.errors import EngineError, SttError
 from stt_worker.core.protocol import Task, Word
+
+logger = logging.getLogger(__name__)
 
 Audio = npt.NDArray[np.float32]
 
@@ -170,9 +175,36 @@ class Engine(abc.ABC):
     # the engine cannot tell (a remote backend).
     multilingual: bool | None = None
 
+    # Whether `transcribe_batch` decodes several jobs in one model call (not one by one).
+    batching: bool = False
+
     @abc.abstractmethod
     async def transcribe(self, audio: Audio, options: DecodeOptions) -> Transcript:
         """Transcribe `audio`; raise `EngineError` (never a library exception) on failure."""
+
+    async def transcribe_batch(
+        self, jobs: Sequence[tuple[Audio, DecodeOptions]]
+    ) -> list[Transcript | SttError]:
+        """Each job's transcript, or its error: one job's failure is its own. This default
+        decodes them one by one; engines with `batching` decode them together."""
+        outcomes: list[Transcript | SttError] = []
+        for audio, options in jobs:
+            try:
+                outcomes.append(await self.transcribe(audio, options))
+            except SttError as exc:
+                outcomes.append(exc)
+        return outcomes
+
+    def batch_key(self, samples: int, options: DecodeOptions) -> Hashable:
+        """Jobs whose keys are equal decode in one model call when batched (an engine that
+        splits a batch by window size says so here, so the scheduler batches alike jobs)."""
+        return ()
+
+    @property
+    def batch_engine(self) -> Engine | None:
+        """The engine whose `transcribe_batch` decodes this one's plain jobs in one call (a
+        wrapper names its inner engine), or None when it cannot batch."""
+        return self if self.batching else None
 
     @property
     def healthy(self) -> bool:
@@ -213,6 +245,29 @@ class LocalEngine(Engine):
         except Exception as exc:  # library errors are mapped here, in one place
             raise EngineError(f"{self.info.name} failed: {exc!r}") from exc
         return _with_timing(result, audio, time.perf_counter() - started)
+
+    def _decode_batch(self, jobs: Sequence[tuple[Audio, DecodeOptions]]) -> list[Transcript]:
+        """Blocking decode of several jobs at once (engines with `batching` override it)."""
+        return [self._decode(audio, options) for audio, options in jobs]
+
+    async def transcribe_batch(
+        self, jobs: Sequence[tuple[Audio, DecodeOptions]]
+    ) -> list[Transcript | SttError]:
+        if not self.batching or len(jobs) < 2:
+            return await super().transcribe_batch(jobs)
+        loop = asyncio.get_running_loop()
+        started = time.perf_counter()
+        try:
+            results = await loop.run_in_executor(self._executor, self._decode_batch, jobs)
+        except Exception as exc:
+            # One bad job must not fail its companions: each is tried alone, failing alone.
+            logger.warning("batch of %d failed (%r); decoding one by one", len(jobs), exc)
+            return await super().transcribe_batch(jobs)
+        # Each job took as long as the whole batch: that is how long its session waited.
+        elapsed = time.perf_counter() - started
+        return [
+            _with_timing(r, audio, elapsed) for r, (audio, _) in zip(results, jobs, strict=True)
+        ]
 
     def transcribe_blocking(self, audio: Audio, options: DecodeOptions) -> Transcript:
         """Synchronous decode for benchmarks and offline baselines (not for the event loop)."""

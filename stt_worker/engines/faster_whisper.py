@@ -36,6 +36,7 @@ import functools
 import logging
 import math
 import os
+from collections.abc import Callable, Hashable, Sequence
 from dataclasses import dataclass, replace
 from pathlib import Path
 
@@ -55,11 +56,12 @@ from stt_worker.engines.base import (
     DecodeOptions,
     EngineInfo,
     LocalEngine,
-    Segment,
     Transcript,
     is_hallucination,
     is_inaudible,
 )
+from stt_worker.engines.ct2_batch import decode_batch
+from stt_worker.engines.ct2_windows import WindowResult, window_transcript
 from stt_worker.engines.decoding import (
     FRAMES_PER_S,
     HOP_SAMPLES,
@@ -93,18 +95,11 @@ class WindowPolicy:
         return min(WINDOW_FRAMES, math.ceil(wanted / bucket) * bucket)
 
 
-@dataclass(frozen=True, slots=True)
-class _WindowResult:
-    text: str
-    avg_logprob: float
-    no_speech_prob: float
-    language: str
-    end_prob: float | None = None
-    words: tuple[Word, ...] = ()  # `word_timestamps`: from the window's start
-
-
 class FasterWhisperEngine(LocalEngine):
-    """Whisper (CTranslate2) on CPU or CUDA, decoding each utterance in a right-sized window."""
+    """Whisper (CTranslate2) on CPU or CUDA, decoding each utterance in a right-sized window;
+    batches of several sessions' jobs in one call per window size (`ct2_batch`)."""
+
+    batching = True
 
     def __init__(
         self,
@@ -182,49 +177,51 @@ class FasterWhisperEngine(LocalEngine):
             )
         return self._decode_audio(audio, options)
 
-    def _decode_audio(self, audio: Audio, options: DecodeOptions) -> Transcript:
+    def _decode_batch(self, jobs: Sequence[tuple[Audio, DecodeOptions]]) -> list[Transcript]:
+        return decode_batch(self, jobs, self._decode)
+
+    def batch_key(self, samples: int, options: DecodeOptions) -> Hashable:
+        # How `ct2_batch` groups, as far as the length tells: the window and the token cap.
+        return self._window.frames(samples // HOP_SAMPLES), options.max_new_tokens
+
+    def window_frames(self, content_frames: int) -> int:
+        """The encoder window (mel frames) for a window of `content_frames` of audio."""
+        return self._window.frames(content_frames)
+
+    def mel(self, audio: Audio) -> np.ndarray:
+        """Log-mel of the whole utterance (one frame more than it holds audio for)."""
         # Mel over the whole utterance once, as faster-whisper does: log-mel clamping uses
         # the clip's maximum, so per-window features would differ from the baseline's.
-        mel = self._features(np.asarray(audio, dtype=np.float32))
+        return self._features(np.asarray(audio, dtype=np.float32))
+
+    def _decode_audio(self, audio: Audio, options: DecodeOptions) -> Transcript:
+        mel = self.mel(audio)
         content_frames = mel.shape[-1] - 1
         language = options.language or self._language
         prompt = options.prompt
-        segments: list[Segment] = []
-        results: list[_WindowResult] = []
-        words: list[Word] = []
+        windows: list[tuple[int, int, WindowResult]] = []
         # Utterances are cut at <= 30 s upstream; longer audio is decoded in consecutive
         # 30 s windows, each prompted with the previous window's text for continuity.
         for start in range(0, max(content_frames, 1), WINDOW_FRAMES):
             chunk = mel[:, start : min(start + WINDOW_FRAMES, content_frames)]
-            result = self._decode_window(chunk, language, prompt, options)
+            frames = self.window_frames(chunk.shape[-1])
+            first = self._decode_frames(chunk, frames, language, prompt, options)
+            result = self.finish_window(chunk, frames, language, prompt, options, first)
             language = language or result.language
             prompt = result.text or prompt
-            results.append(result)
-            offset_s = start / FRAMES_PER_S
-            words += [_shifted(word, offset_s) for word in result.words]
-            segments.append(
-                Segment(
-                    start_s=start / FRAMES_PER_S,
-                    end_s=(start + chunk.shape[-1]) / FRAMES_PER_S,
-                    text=result.text,
-                    avg_logprob=result.avg_logprob,
-                    no_speech_prob=result.no_speech_prob,
-                )
-            )
-        return Transcript(
-            text=" ".join(r.text for r in results if r.text),
-            segments=tuple(s for s in segments if s.text),
-            language=results[0].language,
-            no_speech_prob=min(r.no_speech_prob for r in results),
-            end_prob=results[-1].end_prob,
-            words=tuple(words),
-        )
+            windows.append((start, chunk.shape[-1], result))
+        return window_transcript(windows)
 
-    def _decode_window(
-        self, chunk: np.ndarray, language: str | None, prompt: str | None, options: DecodeOptions
-    ) -> _WindowResult:
-        frames = self._window.frames(chunk.shape[-1])
-        result = self._decode_frames(chunk, frames, language, prompt, options)
+    def finish_window(
+        self,
+        chunk: np.ndarray,
+        frames: int,
+        language: str | None,
+        prompt: str | None,
+        options: DecodeOptions,
+        result: WindowResult,
+    ) -> WindowResult:
+        """A window's result with its loops collapsed, decoded again at 30 s if it looped."""
         if (
             options.full_window_retry
             and frames < WINDOW_FRAMES
@@ -243,31 +240,72 @@ class FasterWhisperEngine(LocalEngine):
         language: str | None,
         prompt: str | None,
         options: DecodeOptions,
-    ) -> _WindowResult:
+    ) -> WindowResult:
+        encoded = self.encode([chunk], frames)
+        (language,) = self.languages(encoded, [language])
+        prompt_tokens = self.prompt_tokens(language, options.task, prompt)
+        (result,) = self.generate(encoded, [prompt_tokens], frames, [language], [options])
+        audio_frames = min(chunk.shape[-1], frames)
+        return self.window_result(result, language, options, audio_frames, lambda: encoded)
+
+    def encode(self, chunks: Sequence[np.ndarray], frames: int) -> ctranslate2.StorageView:
+        """The encoder's output for mel windows padded (or cut) to `frames`, as one batch."""
         # Pad in the log-mel domain with 0, exactly as faster-whisper's `pad_or_trim` does.
-        padded = np.zeros((1, chunk.shape[0], frames), dtype=np.float32)
-        padded[0, :, : chunk.shape[-1]] = chunk[:, :frames]
-        encoded = self._model.encode(ctranslate2.StorageView.from_array(padded), to_cpu=False)
+        padded = np.zeros((len(chunks), self._model.n_mels, frames), dtype=np.float32)
+        for row, chunk in zip(padded, chunks, strict=True):
+            row[:, : chunk.shape[-1]] = chunk[:, :frames]
+        return self._model.encode(ctranslate2.StorageView.from_array(padded), to_cpu=False)
+
+    def languages(
+        self, encoded: ctranslate2.StorageView, wanted: Sequence[str | None]
+    ) -> list[str]:
+        """Each window's language: the one asked for, else detected (multilingual models)."""
         if not self._multilingual:
-            language = "en"
-        elif language is None:
-            language_token, _ = self._model.detect_language(encoded)[0][0]
-            language = language_token[2:-2]
-        tokenizer, suppress_tokens = self._tokenizer(language, options.task)
-        prompt_tokens = self._prompt(tokenizer, prompt)
+            return ["en"] * len(wanted)
+        wanted = [language or self._language for language in wanted]
+        if all(wanted):
+            return [language for language in wanted if language]
+        detected = self._model.detect_language(encoded)
+        pairs = zip(wanted, detected, strict=True)
+        return [language or found[0][0][2:-2] for language, found in pairs]
+
+    def generate(
+        self,
+        encoded: ctranslate2.StorageView,
+        prompts: list[list[int]],
+        frames: int,
+        languages: Sequence[str],
+        options: Sequence[DecodeOptions],
+    ) -> list[ctranslate2.models.WhisperGenerationResult]:
+        """One generate call for a batch of windows of `frames`, whose prompts are of one
+        length and whose token caps are one (CTranslate2 takes one of each per call)."""
         max_new = MIN_NEW_TOKENS + math.ceil(frames / FRAMES_PER_S * MAX_TOKENS_PER_S)
-        max_new = min(max_new, options.max_new_tokens or max_new)
-        result = self._model.generate(
+        max_new = min(max_new, options[0].max_new_tokens or max_new)
+        # The suppressed tokens are the vocabulary's: one list for every language and task.
+        _, suppress_tokens = self._tokenizer(languages[0], options[0].task)
+        return self._model.generate(
             encoded,
-            [prompt_tokens],
+            prompts,
             beam_size=self._beam_size,
-            max_length=min(MAX_LENGTH_TOKENS, len(prompt_tokens) + max_new),
+            max_length=min(MAX_LENGTH_TOKENS, len(prompts[0]) + max_new),
             return_scores=True,
             return_no_speech_prob=True,
-            return_logits_vocab=options.end_probability,
+            return_logits_vocab=any(o.end_probability for o in options),
             suppress_blank=True,
             suppress_tokens=suppress_tokens,
-        )[0]
+        )
+
+    def window_result(
+        self,
+        result: ctranslate2.models.WhisperGenerationResult,
+        language: str,
+        options: DecodeOptions,
+        audio_frames: int,
+        encoded: Callable[[], ctranslate2.StorageView],
+    ) -> WindowResult:
+        """A window's text and scores from its generation result; `encoded` gives the
+        window's encoder output alone, for word times."""
+        tokenizer, _ = self._tokenizer(language, options.task)
         tokens = result.sequences_ids[0]
         # CTranslate2 reports cum_logprob / len (length_penalty=1); Whisper averages over
         # len + 1 to count the end-of-text token.
@@ -283,9 +321,8 @@ class FasterWhisperEngine(LocalEngine):
             end_prob = _end_probability(tokenizer, tokens, result.logits[0])
         words: tuple[Word, ...] = ()
         if options.word_timestamps and text:
-            audio_frames = min(chunk.shape[-1], frames)
-            words = align_words(self._model, tokenizer, encoded, tokens, audio_frames)
-        return _WindowResult(
+            words = align_words(self._model, tokenizer, encoded(), tokens, audio_frames)
+        return WindowResult(
             text=text,
             avg_logprob=avg_logprob,
             no_speech_prob=result.no_speech_prob,
@@ -293,6 +330,10 @@ class FasterWhisperEngine(LocalEngine):
             end_prob=end_prob,
             words=words,
         )
+
+    def prompt_tokens(self, language: str, task: Task, previous_text: str | None) -> list[int]:
+        """The decoder's prompt: the previous text, if any, then the start sequence."""
+        return self._prompt(self._tokenizer(language, task)[0], previous_text)
 
     def _tokenizer(self, language: str, task: Task) -> tuple[Tokenizer, list[int]]:
         """The tokenizer for `language` and `task` (its start sequence names both), and the
@@ -317,10 +358,6 @@ class FasterWhisperEngine(LocalEngine):
             # Whisper keeps at most half its context for previous text.
             prompt = [tokenizer.sot_prev, *previous[-(MAX_LENGTH_TOKENS // 2 - 1) :]]
         return [*prompt, *tokenizer.sot_sequence, tokenizer.no_timestamps]
-
-
-def _shifted(word: Word, offset_s: float) -> Word:
-    return Word(word.word, word.start_s + offset_s, word.end_s + offset_s, word.probability)
 
 
 def _end_probability(tokenizer: Tokenizer, tokens: list[int], logits: list) -> float | None:

@@ -13,8 +13,11 @@ whose ``.pt`` is already on disk.
 
 from __future__ import annotations
 
+import collections
+import dataclasses
 import logging
 import math
+from collections.abc import Hashable, Sequence
 from pathlib import Path
 
 import numpy as np
@@ -55,7 +58,10 @@ WHISPER_DOWNLOAD_ROOT = Path("~/.cache/whisper")
 
 
 class OpenAIWhisperEngine(LocalEngine):
-    """Whisper on PyTorch: fp16 on a GPU, fp32 on CPU, one 30 s window at a time."""
+    """Whisper on PyTorch: fp16 on a GPU, fp32 on CPU, one 30 s window at a time, or a batch
+    of several sessions' windows in one call."""
+
+    batching = True
 
     def __init__(self, settings: Settings, *, checkpoint: Path | None = None) -> None:
         super().__init__()
@@ -100,56 +106,107 @@ class OpenAIWhisperEngine(LocalEngine):
     def _decode(self, audio: Audio, options: DecodeOptions) -> Transcript:
         if is_inaudible(audio):  # Whisper would normalise dither up to speech level
             return Transcript(text="", no_speech_prob=1.0)
-        samples = torch.from_numpy(np.array(audio, dtype=np.float32))
-        # One mel over the whole utterance (log-mel clamping uses the clip's maximum) with
-        # faster-whisper's one-hop padding, so both engines see the same features.
-        mel = whisper.log_mel_spectrogram(
-            samples, self._model.dims.n_mels, padding=HOP_SAMPLES, device=self._device
-        )
+        mel = self._mel(audio)
         content_frames = mel.shape[-1] - 1
-        language = options.language or self._language
-        if not self._model.is_multilingual:
-            language = "en"
+        language = self._wanted_language(options)
         prompt = options.prompt
-        segments: list[Segment] = []
-        languages: list[str] = []
-        words: list[Word] = []
+        windows: list[tuple[Segment, str, tuple[Word, ...]]] = []
         # Longer audio goes in consecutive 30 s windows, each prompted with the previous text.
         for start in range(0, max(content_frames, 1), N_FRAMES):
             window_frames = min(N_FRAMES, content_frames - start)
-            # Pad with log-mel 0 as faster-whisper does. whisper.transcribe pads with silent
-            # audio instead, and then tiny.en reads pure silence as "you" (avg_logprob -0.38,
-            # no_speech_prob 0.95), which the silence rule lets through.
-            window = whisper.pad_or_trim(mel[:, start : start + window_frames], N_FRAMES)
+            window = _window(mel[:, start : start + window_frames])
             result = self._decode_window(window, window_frames, language, prompt, options)
-            text = result.text.strip()
-            heard = options.speech_heard
-            if is_hallucination(
-                text, result.no_speech_prob, result.avg_logprob, speech_heard=heard
-            ):
-                text = ""
-            if options.word_timestamps and text:
-                offset_s = start / FRAMES_PER_S
-                words += self._words(window, window_frames, result, options.task, offset_s)
-            text = collapse_loops(text)
+            windows.append(self._segment(window, window_frames, start, result, options))
             language = language or result.language
-            languages.append(result.language)
-            prompt = text or prompt
-            segments.append(
-                Segment(
-                    start_s=start / FRAMES_PER_S,
-                    end_s=(start + window_frames) / FRAMES_PER_S,
-                    text=text,
-                    avg_logprob=result.avg_logprob,
-                    no_speech_prob=result.no_speech_prob,
-                )
-            )
-        return Transcript(
-            text=" ".join(s.text for s in segments if s.text),
-            segments=tuple(s for s in segments if s.text),
-            language=languages[0],
-            no_speech_prob=min(s.no_speech_prob for s in segments),
-            words=tuple(words),
+            prompt = windows[-1][0].text or prompt
+        return _transcript(windows)
+
+    def _decode_batch(self, jobs: Sequence[tuple[Audio, DecodeOptions]]) -> list[Transcript]:
+        """Jobs of one language, task and prompt (openai-whisper takes one of each per call)
+        decode as one batched mel tensor; each keeps its own token cap."""
+        transcripts: dict[int, Transcript] = {}
+        groups: dict[tuple[str | None, Task, str | None], list[int]] = collections.defaultdict(list)
+        for index, (audio, options) in enumerate(jobs):
+            if is_inaudible(audio) or len(audio) > N_FRAMES * HOP_SAMPLES:
+                transcripts[index] = self._decode(audio, options)  # no decode, or windows
+            else:
+                key = (self._wanted_language(options), options.task, options.prompt)
+                groups[key].append(index)
+        for (language, _, prompt), indices in groups.items():
+            mels = [self._mel(jobs[index][0]) for index in indices]
+            frames = [mel.shape[-1] - 1 for mel in mels]
+            windows = torch.stack([_window(mel[:, :-1]) for mel in mels])
+            caps = [
+                _max_new_tokens(count, jobs[index][1].max_new_tokens)
+                for count, index in zip(frames, indices, strict=True)
+            ]
+            options = dataclasses.replace(jobs[indices[0]][1], max_new_tokens=max(caps))
+            results = self._decode_window(windows, max(frames), language, prompt, options)
+            for row, (index, count, cap) in enumerate(zip(indices, frames, caps, strict=True)):
+                result = self._capped(results[row], cap, jobs[index][1].task)
+                segment = self._segment(windows[row], count, 0, result, jobs[index][1])
+                transcripts[index] = _transcript([segment])
+        return [transcripts[index] for index in range(len(jobs))]
+
+    def batch_key(self, samples: int, options: DecodeOptions) -> Hashable:
+        # What `_decode_batch` groups by: whisper.decode takes one of each per call.
+        return self._wanted_language(options), options.task, options.prompt
+
+    def _mel(self, audio: Audio) -> torch.Tensor:
+        samples = torch.from_numpy(np.array(audio, dtype=np.float32))
+        # One mel over the whole utterance (log-mel clamping uses the clip's maximum) with
+        # faster-whisper's one-hop padding, so both engines see the same features.
+        return whisper.log_mel_spectrogram(
+            samples, self._model.dims.n_mels, padding=HOP_SAMPLES, device=self._device
+        )
+
+    def _wanted_language(self, options: DecodeOptions) -> str | None:
+        return "en" if not self._model.is_multilingual else options.language or self._language
+
+    def _capped(
+        self, result: whisper.DecodingResult, cap: int, task: Task
+    ) -> whisper.DecodingResult:
+        """A batch item's result cut to the token cap it has alone (its companions' may be
+        higher); the decoder chose each token without regard to the others in the batch."""
+        if len(result.tokens) <= cap:
+            return result
+        tokenizer = self._tokenizer(result.language, task)
+        tokens = result.tokens[:cap]
+        return dataclasses.replace(result, tokens=tokens, text=tokenizer.decode(tokens))
+
+    def _segment(
+        self,
+        window: torch.Tensor,
+        window_frames: int,
+        start: int,
+        result: whisper.DecodingResult,
+        options: DecodeOptions,
+    ) -> tuple[Segment, str, tuple[Word, ...]]:
+        """A decoded window as a segment (text checked and loops collapsed), its language
+        and, when asked, its words timed from the audio's start."""
+        text = result.text.strip()
+        heard = options.speech_heard
+        if is_hallucination(text, result.no_speech_prob, result.avg_logprob, speech_heard=heard):
+            text = ""
+        words: tuple[Word, ...] = ()
+        if options.word_timestamps and text:
+            offset_s = start / FRAMES_PER_S
+            words = self._words(window, window_frames, result, options.task, offset_s)
+        segment = Segment(
+            start_s=start / FRAMES_PER_S,
+            end_s=(start + window_frames) / FRAMES_PER_S,
+            text=collapse_loops(text),
+            avg_logprob=result.avg_logprob,
+            no_speech_prob=result.no_speech_prob,
+        )
+        return segment, result.language, words
+
+    def _tokenizer(self, language: str, task: Task) -> whisper.tokenizer.Tokenizer:
+        return whisper.tokenizer.get_tokenizer(
+            self._model.is_multilingual,
+            num_languages=self._model.num_languages,
+            language=language,
+            task=task,
         )
 
     def _words(
@@ -162,12 +219,7 @@ class OpenAIWhisperEngine(LocalEngine):
     ) -> tuple[Word, ...]:
         """The window's words timed by openai-whisper's cross-attention alignment, from
         `offset_s` (the window's start in the audio)."""
-        tokenizer = whisper.tokenizer.get_tokenizer(
-            self._model.is_multilingual,
-            num_languages=self._model.num_languages,
-            language=result.language,
-            task=task,
-        )
+        tokenizer = self._tokenizer(result.language, task)
         tokens = [token for token in result.tokens if token < tokenizer.eot]
         timings = whisper.timing.find_alignment(
             self._model, tokenizer, tokens, window, window_frames
@@ -183,8 +235,9 @@ class OpenAIWhisperEngine(LocalEngine):
         language: str | None,
         prompt: str | None,
         options: DecodeOptions,
-    ) -> whisper.DecodingResult:
-        """One 30 s log-mel window, greedy or beam search, capped to its audio's tokens."""
+    ) -> whisper.DecodingResult | list[whisper.DecodingResult]:
+        """One 30 s log-mel window, greedy or beam search, capped to its audio's tokens (a
+        batch of windows: a result each)."""
         return whisper.decode(
             self._model,
             window,
@@ -198,6 +251,24 @@ class OpenAIWhisperEngine(LocalEngine):
                 sample_len=_max_new_tokens(window_frames, options.max_new_tokens),
             ),
         )
+
+
+def _window(mel: torch.Tensor) -> torch.Tensor:
+    # Pad with log-mel 0 as faster-whisper does. whisper.transcribe pads with silent audio
+    # instead, and then tiny.en reads pure silence as "you" (avg_logprob -0.38,
+    # no_speech_prob 0.95), which the silence rule lets through.
+    return whisper.pad_or_trim(mel, N_FRAMES)
+
+
+def _transcript(windows: Sequence[tuple[Segment, str, tuple[Word, ...]]]) -> Transcript:
+    segments = [segment for segment, _, _ in windows]
+    return Transcript(
+        text=" ".join(s.text for s in segments if s.text),
+        segments=tuple(s for s in segments if s.text),
+        language=windows[0][1],
+        no_speech_prob=min(s.no_speech_prob for s in segments),
+        words=tuple(word for _, _, words in windows for word in words),
+    )
 
 
 def _max_new_tokens(window_frames: int, cap: int | None) -> int:

@@ -51,6 +51,11 @@ class TurnCheckEngine(Engine):
     def healthy(self) -> bool:
         return self.inner.healthy
 
+    @property
+    def batch_engine(self) -> Engine | None:
+        # Jobs that ask for no turn probability pass straight through: the inner engine's.
+        return self.inner.batch_engine
+
     async def load(self) -> None:
         """Load Smart Turn and run it once, so the first check pays no start-up cost."""
         if not self._wanted:

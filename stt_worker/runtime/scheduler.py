@@ -21,12 +21,17 @@
   dropped: the work we can lose goes first, finals keep their place.
 - A job may carry the trace context it was submitted under; the engine call runs in it, so
   an engine that makes requests (HTTP) can pass the trace on.
+- With `STT_BATCH_MAX` above 1, a slot that takes a final or a partial also takes waiting
+  jobs of other sessions for the same engine (`core/batching.BatchRule`: finals first, then
+  partials; probes and turn checks never) and decodes them in one call
+  (`Engine.transcribe_batch`); a batch of one is decoded exactly as without batching.
 """
 
 from __future__ import annotations
 
 import asyncio
 import collections
+import contextlib
 import logging
 import time
 from collections.abc import Awaitable, Callable, Hashable
@@ -35,10 +40,13 @@ from dataclasses import dataclass, field
 from opentelemetry import context as otel_context
 from opentelemetry.context import Context
 
-from stt_worker.core.audio import pcm16_to_float32
+from stt_worker.config import Settings
+from stt_worker.core.audio import SAMPLE_RATE_HZ, pcm16_to_float32
+from stt_worker.core.batching import BatchRule, Waiting
 from stt_worker.core.errors import EngineError, OverloadedError, SttError
 from stt_worker.core.jobs import Job
 from stt_worker.engines.base import Audio, Engine, Transcript
+from stt_worker.runtime.batch_decode import decode_batch
 from stt_worker.runtime.decode_plan import DecodePlan, EngineRole, Lane, plan
 
 logger = logging.getLogger(__name__)
@@ -56,6 +64,7 @@ class _Entry:
     plan: DecodePlan
     trace_context: Context | None = None
     enqueued_at: float = field(default_factory=time.perf_counter)
+    group: Hashable | None = None  # the jobs it may batch with (`core/batching.Waiting`)
 
 
 class InferenceScheduler:
@@ -70,6 +79,7 @@ class InferenceScheduler:
         max_pending_finals: int = 256,
         max_pending_finals_per_session: int = 8,
         partial_engine: Engine | None = None,
+        batch: BatchRule | None = None,
     ) -> None:
         self._engine = engine
         self._partial_engine = partial_engine or engine
@@ -93,9 +103,12 @@ class InferenceScheduler:
         self._idle = asyncio.Event()
         self._idle.set()
         self._partial_wait_s = 0.0
+        self._batch = batch or BatchRule()
+        self._arrived = asyncio.Event()  # a job was queued: a gathering batch looks again
 
     def submit(self, key: Hashable, job: Job, trace_context: Context | None = None) -> None:
         entry = _Entry(key, job, plan(job), trace_context)
+        entry.group = self._group(entry)
         if entry.plan.lane is Lane.URGENT:
             self._probes[key] = entry  # a newer probe of the same speech replaces the old
         elif entry.plan.lane is Lane.FINAL:
@@ -108,6 +121,7 @@ class InferenceScheduler:
             self._partials[key] = entry  # replaces a stale partial, keeping its place
         self._idle.clear()
         self._wakeup.set()
+        self._arrived.set()
 
     def _queue_final(self, key: Hashable, entry: _Entry) -> None:
         queued = self._finals.get(key)
@@ -168,12 +182,18 @@ class InferenceScheduler:
             self._running += 1
             self._running_partials += partial
             self._busy.add(entry.key)
+            batch = [entry]
             try:
-                await self._run_one(entry)
+                if self._batch.batches(self._waiting(entry)):
+                    batch += await self._companions(entry)
+                if len(batch) == 1:
+                    await self._run_one(entry)
+                else:
+                    await self._run_batch(batch)
             finally:
                 self._running -= 1
                 self._running_partials -= partial
-                self._busy.discard(entry.key)
+                self._busy.difference_update(queued.key for queued in batch)
                 self._wakeup.set()  # that session's next job may run now
                 self._update_idle()
 
@@ -184,15 +204,9 @@ class InferenceScheduler:
             if key not in self._busy:
                 del self._probes[key]
                 return entry
-        for key, queued in self._finals.items():
+        for key in self._finals:
             if key not in self._busy:
-                entry = queued.popleft()
-                self._final_count -= 1
-                if queued:
-                    self._finals.move_to_end(key)  # its next final waits for the next round
-                else:
-                    del self._finals[key]
-                return entry
+                return self._take_final(key)
         if self._partials and not self._engine.healthy:
             # A failing backend gets only finals: partials are the work we can lose.
             logger.warning("engine unhealthy: shedding %d partials", len(self._partials))
@@ -205,10 +219,69 @@ class InferenceScheduler:
                 return entry
         return None
 
-    async def _run_one(self, entry: _Entry) -> None:
+    def _take_final(self, key: Hashable) -> _Entry:
+        queued = self._finals[key]
+        entry = queued.popleft()
+        self._final_count -= 1
+        if queued:
+            self._finals.move_to_end(key)  # its next final waits for the next round
+        else:
+            del self._finals[key]
+        return entry
+
+    def _group(self, entry: _Entry) -> Hashable | None:
+        if self._batch.max_size == 1 or entry.plan.lane is Lane.URGENT:
+            return None  # probes and turn checks are never batched
+        engine = self.engine_for(entry.plan.engine).batch_engine
+        if engine is None:
+            return None
+        samples = round(entry.job.audio_s * SAMPLE_RATE_HZ)
+        return engine, engine.batch_key(samples, entry.plan.options)
+
+    def _waiting(self, entry: _Entry) -> Waiting[_Entry]:
+        return Waiting(entry.key, entry.group, entry.plan.lane is Lane.FINAL, entry)
+
+    async def _companions(self, lead: _Entry) -> list[_Entry]:
+        """Waiting jobs of other sessions to decode with `lead`, taken off their queues."""
+        rule, started = self._batch, time.perf_counter()
+        while True:
+            waiting = [self._waiting(queued[0]) for queued in self._finals.values()]
+            if self._engine.healthy:  # else partials are shed (`_next`)
+                waiting += [self._waiting(entry) for entry in self._partials.values()]
+            free = self._concurrency - self._running
+            chosen = rule.companions(self._waiting(lead), waiting, self._busy, free)
+            waited_s = time.perf_counter() - started
+            left_s = rule.wait_left_s(1 + len(chosen), waited_s, bool(self._probes), free)
+            if left_s <= 0:
+                break
+            self._arrived.clear()
+            with contextlib.suppress(TimeoutError):
+                await asyncio.wait_for(self._arrived.wait(), left_s)
+        for job in chosen:
+            if job.final:
+                self._take_final(job.session)
+            else:
+                del self._partials[job.session]
+            self._busy.add(job.session)
+        return [job.item for job in chosen]
+
+    def _queue_wait_s(self, entry: _Entry) -> float:
         wait_s = time.perf_counter() - entry.enqueued_at
         if entry.plan.lane is Lane.PARTIAL:
             self._partial_wait_s += PARTIAL_WAIT_WEIGHT * (wait_s - self._partial_wait_s)
+        return wait_s
+
+    async def _run_batch(self, batch: list[_Entry]) -> None:
+        waits_s = [self._queue_wait_s(entry) for entry in batch]
+        engine = self.engine_for(batch[0].plan.engine).batch_engine
+        assert engine is not None
+        jobs = [(entry.job.pcm, entry.plan.options) for entry in batch]
+        outcomes = await decode_batch(engine, jobs, batch[0].trace_context)
+        for entry, outcome, wait_s in zip(batch, outcomes, waits_s, strict=True):
+            await self._deliver(entry, outcome, wait_s)
+
+    async def _run_one(self, entry: _Entry) -> None:
+        wait_s = self._queue_wait_s(entry)
         outcome: Outcome
         try:
             # Joining and scaling up to 30 s of samples is CPU work: keep it off the loop.
@@ -221,6 +294,9 @@ class InferenceScheduler:
         except Exception as exc:  # an engine that broke its contract must not kill the loop
             logger.exception("engine raised an unmapped exception")
             outcome = EngineError(f"unexpected engine failure: {exc!r}")
+        await self._deliver(entry, outcome, wait_s)
+
+    async def _deliver(self, entry: _Entry, outcome: Outcome, wait_s: float) -> None:
         try:
             await self._on_done(entry.key, entry.job, outcome, wait_s)
         except asyncio.CancelledError:
@@ -241,3 +317,19 @@ class InferenceScheduler:
     def _update_idle(self) -> None:
         if not self._finals and not self._partials and not self._probes and self._running == 0:
             self._idle.set()
+
+
+def scheduler_for(
+    settings: Settings, engine: Engine, on_done: DoneCallback, partial_engine: Engine
+) -> InferenceScheduler:
+    """The worker's scheduler: `engine`'s parallelism, the queue bounds and batches of
+    `settings`, partials (and probes, turn checks) on `partial_engine`."""
+    return InferenceScheduler(
+        engine,
+        on_done,
+        concurrency=engine.parallelism,
+        max_pending_finals=settings.max_pending_finals,
+        max_pending_finals_per_session=settings.max_pending_finals_per_session,
+        partial_engine=partial_engine,
+        batch=BatchRule(settings.batch_max, settings.batch_wait_ms / 1000),
+    )

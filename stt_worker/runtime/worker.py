@@ -44,7 +44,7 @@ from stt_worker.runtime.pipeline import dsp_executor
 from stt_worker.runtime.probes import create_probe_app
 from stt_worker.runtime.process import HeapTrimmer, install_stop_signals
 from stt_worker.runtime.replies import ErrorReplies
-from stt_worker.runtime.scheduler import InferenceScheduler, Outcome
+from stt_worker.runtime.scheduler import Outcome, scheduler_for
 from stt_worker.runtime.sessions import Sessions, Stream
 from stt_worker.runtime.telemetry import Telemetry
 from stt_worker.runtime.telemetry.logs import session_context
@@ -83,14 +83,7 @@ class Worker:
         # Turn checks run on the partials' engine; in turn mode they also ask Smart Turn.
         turn_mode, hold_below = settings.endpoint_mode == "turn", settings.turn_hold_prob
         self._checks = TurnCheckEngine(partial_engine or engine, turn_mode, hold_below)
-        self._scheduler = InferenceScheduler(
-            engine,
-            self._on_outcome,
-            concurrency=engine.parallelism,
-            max_pending_finals=settings.max_pending_finals,
-            max_pending_finals_per_session=settings.max_pending_finals_per_session,
-            partial_engine=self._checks,
-        )
+        self._scheduler = scheduler_for(settings, engine, self._on_outcome, self._checks)
         self._observer = Observer(self.telemetry, engine, self._scheduler.engine_for)
         self._delivery = delivery_for(settings, self.telemetry.metrics, self._retire)
         self._dsp = dsp_executor()
