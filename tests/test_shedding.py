@@ -2,7 +2,7 @@
 driven with the wire protocol as nats-server writes it: a shed subject's messages are
 skipped for the hold (large payloads too, across reads), `end` always passes, other subjects
 and protocol lines pass whole and in order, and the first message after the hold goes
-through again."""
+through again (its followers held until it is admitted)."""
 
 from __future__ import annotations
 
@@ -73,9 +73,13 @@ async def test_a_shed_subject_is_dropped_in_the_reader_for_the_hold_and_end_pass
     assert shedder.shed_count == 200
     assert metrics.registry.get_sample_value("stt_shed_messages_total") == 200
     assert shedder.take(FLOODER) == (200, 200 * len(payload))
-    await asyncio.sleep(0.25)  # the hold is over: the next one goes to admission again
-    await reader._ps.parse(state)
+    await asyncio.sleep(0.25)  # the hold is over: the next one goes to admission again...
+    await reader._ps.parse(state * 50)
     assert reader.subjects[-1] == FLOODER.encode() and len(reader.processed) == 4
+    assert shedder.shed_count == 249  # ... and the rest wait shed for its verdict
+    shedder.release(FLOODER)  # admitted: the hold ends
+    await reader._ps.parse(state * 2)
+    assert len(reader.processed) == 6 and shedder.shed_count == 249
 
 
 async def test_large_shed_payloads_are_skipped_across_reads_and_the_rest_arrives_whole():

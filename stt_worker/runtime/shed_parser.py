@@ -92,23 +92,25 @@ class ShedParser(Parser):
             line = buf[pos:eol]
             pos = eol + len(_CRLF)
             shed = shed_lines.get(line)
-            if shed is not None and shedder.holds(shed[0], now):
+            if shed is None:
+                pos += await self._control(line, now)
+            elif shedder.holds(shed[0], now):
                 shedder.count(shed[0], shed[1])  # a flood's fast path: one lookup a message
                 pos += shed[1] + len(_CRLF)
             else:
-                pos += await self._control(line, now)
+                pos += await self._control(line, now, probe=True)
         return pos
 
-    async def _control(self, line: bytes, now: float) -> int:
+    async def _control(self, line: bytes, now: float, *, probe: bool = False) -> int:
         """Take in a control line (without its CRLF): the bytes to skip when it begins a
-        message that is shed."""
+        message that is shed; a `probe` (the hold just ended) goes to admission."""
         found = MSG_AT.match(line + _CRLF) or HMSG_AT.match(line + _CRLF)
         if found is None:
             await self._other(bytearray(line + _CRLF))
             return 0
         subject, sid, _, reply, *sizes = found.groups()
         needed = int(sizes[-1])
-        held = self._shedder.holds(subject, now)
+        held = not probe and self._shedder.holds(subject, now)
         if held and not self._shedder.maybe_end(needed):
             if len(self._shed_lines) >= _MAX_SHED_LINES:
                 self._shed_lines.clear()

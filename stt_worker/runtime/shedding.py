@@ -11,9 +11,10 @@ messages by offset (`shed_parser.ShedParser`: no bytes, message object, queue or
 a large payload is dropped as it arrives), counted in
 `stt_shed_messages_total` and summed in the session's next ``rate_limited``. The first message
 after the hold goes through admission again, which sheds anew while the session is still over
-budget. ``end`` is never shed (tiny payloads are looked at), so a flooding session still
-closes. Durable mode needs none of this: JetStream pushes at most ``STT_MAX_ACK_PENDING``
-unacknowledged messages.
+budget (its next messages wait shed for that verdict, so a flood does not pour through
+meanwhile; an admitted one ends the hold). ``end`` is never shed (tiny payloads are looked
+at), so a flooding session still closes. Durable mode needs none of this: JetStream pushes
+at most ``STT_MAX_ACK_PENDING`` unacknowledged messages.
 """
 
 from __future__ import annotations
@@ -82,7 +83,7 @@ class Shedder:
         return told
 
     def holds(self, subject: bytes, now: float) -> bool:
-        """Whether `subject`'s messages are shed at `now` (a hold past its end is forgotten)."""
+        """Whether the message of `subject` at hand is shed at `now`."""
         until = self._until
         if not until:
             return False
@@ -91,8 +92,16 @@ class Shedder:
             return False
         if now < deadline:
             return True
-        del until[subject]
+        # The hold is over: this message goes to admission as a probe, and the subject's
+        # next ones stay shed until its verdict (`release` when admitted, `shed` again when
+        # refused); otherwise a flood pours through to the callback meanwhile.
+        until[subject] = now + self._hold_s
         return False
+
+    def release(self, subject: str) -> None:
+        """A message of `subject` was admitted: stop shedding it."""
+        if self._until:
+            self._until.pop(subject.encode(), None)
 
     @staticmethod
     def maybe_end(size: int) -> bool:
