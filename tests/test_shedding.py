@@ -88,7 +88,11 @@ async def test_large_shed_payloads_are_skipped_across_reads_and_the_rest_arrives
     chunk = {"type": "audio_chunk", "audio": b"\x01" * 256_000}
     honest = {"type": "audio_chunk", "audio": bytes(range(256)) * 100}
     traced_end = wire(HONEST, {"type": "end"}, headers=b"NATS/1.0\r\nTrace: t1\r\n\r\n")
-    garbage = [wire(FLOODER, b"\xc1" * 40), wire(FLOODER, b"\xc1" * 3)]
+    end = msgpack.packb({"type": "end"})
+    # Short payloads may be an `end`: looked at (garbage with "end" in it too), the `end` kept.
+    short = [wire(FLOODER, b"\xc1" * len(end)), wire(FLOODER, b"\xa3end".ljust(len(end)))]
+    garbage = [wire(FLOODER, b"\xc1" * 40), wire(FLOODER, b"\xc1" * 3), *short * 3]
+    garbage += [wire(FLOODER, end), *short]
     shed = wire(FLOODER, chunk)
     parts = [shed * 3, wire(HONEST, honest), b"PING\r\n", shed, traced_end, *garbage]
     stream = b"".join([*parts, wire("a.\x0bb", b"x")])
@@ -97,15 +101,16 @@ async def test_large_shed_payloads_are_skipped_across_reads_and_the_rest_arrives
         await feed(reader, stream, step)
         assert [(s, len(d)) for s, d, _ in reader.processed] == [
             (HONEST.encode(), len(msgpack.packb(honest))),
-            (HONEST.encode(), len(msgpack.packb({"type": "end"}))),
+            (HONEST.encode(), len(end)),
+            (FLOODER.encode(), len(end)),
             (b"a.\x0bb", 1),  # a subject nats-py took apart (nats_parser.py) comes through
         ], step
         assert msgpack.unpackb(reader.processed[0][1]) == honest
         assert reader.processed[1][2] == b"NATS/1.0\r\nTrace: t1\r\n\r\n"
     assert reader.pings == 5
-    # Per pass: four 256 KB chunks and the 40-byte garbage skipped, the 3-byte one (short
-    # enough to be an `end`) looked at and shed.
-    assert shedder.shed_count == 5 * 6
+    # Per pass: four 256 KB chunks and the 40-byte garbage skipped, the 3-byte one and the
+    # eight like an `end` (short enough to be one) looked at and shed.
+    assert shedder.shed_count == 5 * 14
     assert reader._ps.buf == bytearray() and not reader._ps._skip
 
 

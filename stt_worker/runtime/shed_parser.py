@@ -90,15 +90,44 @@ class ShedParser(Parser):
             if eol < 0:
                 break  # a line split across reads
             line = buf[pos:eol]
-            pos = eol + len(_CRLF)
             shed = shed_lines.get(line)
-            if shed is None:
-                pos += await self._control(line, now)
-            elif shedder.holds(shed[0], now):
-                shedder.count(shed[0], shed[1])  # a flood's fast path: one lookup a message
-                pos += shed[1] + len(_CRLF)
-            else:
-                pos += await self._control(line, now, probe=True)
+            if shed is not None:
+                if not shedder.holds(shed[0], now):
+                    pos = eol + len(_CRLF)
+                    pos += await self._control(line, now, probe=True)
+                    continue
+                run_end = self._skip_run(buf, pos, shed[0])
+                if run_end != pos:
+                    pos = run_end
+                    continue
+            pos = eol + len(_CRLF)
+            pos += await self._control(line, now)
+        return pos
+
+    def _skip_run(self, buf: bytes, pos: int, subject: bytes) -> int:
+        """A flood's fast path: the messages of held `subject` back to back from `pos` whose
+        control lines were seen shed before, skipped with one lookup each and counted at
+        once; where the run ends (past `buf` by what is left of a payload). A payload that
+        may be an `end` ends the run, to be looked at whole."""
+        messages = nbytes = 0
+        shed_lines, shedder = self._shed_lines, self._shedder
+        while True:
+            eol = buf.find(_CRLF, pos)
+            if eol < 0:
+                break
+            shed = shed_lines.get(buf[pos:eol])
+            if shed is None or shed[0] != subject:
+                break
+            start, size = eol + len(_CRLF), shed[1]
+            if shedder.maybe_end(size) and (
+                start + size > len(buf) or buf.find(b"end", start, start + size) >= 0
+            ):
+                break
+            messages += 1
+            nbytes += size
+            pos = start + size + len(_CRLF)
+        if messages:
+            shedder.count(subject, nbytes, messages)
         return pos
 
     async def _control(self, line: bytes, now: float, *, probe: bool = False) -> int:
@@ -111,12 +140,13 @@ class ShedParser(Parser):
         subject, sid, _, reply, *sizes = found.groups()
         needed = int(sizes[-1])
         held = not probe and self._shedder.holds(subject, now)
-        if held and not self._shedder.maybe_end(needed):
+        if held:
             if len(self._shed_lines) >= _MAX_SHED_LINES:
                 self._shed_lines.clear()
             self._shed_lines[line] = (subject, needed)
-            self._shedder.count(subject, needed)
-            return needed + len(_CRLF)
+            if not self._shedder.maybe_end(needed):
+                self._shedder.count(subject, needed)
+                return needed + len(_CRLF)
         self.msg_arg = {"subject": subject, "sid": int(sid), "reply": reply or b"", "held": held}
         self.needed, self.header_needed = needed, int(sizes[0]) if len(sizes) == 2 else 0
         self.state = AWAITING_MSG_PAYLOAD

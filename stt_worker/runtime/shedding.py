@@ -110,6 +110,7 @@ class Shedder:
 
     @staticmethod
     def is_end(data: bytes) -> bool:
+        # An `end` holds the bytes "end" (its type), whatever else a client packs with it.
         if len(data) > _SMALL_BYTES or b"end" not in data:
             return False
         try:
@@ -117,14 +118,15 @@ class Shedder:
         except ProtocolError:
             return False
 
-    def count(self, subject: bytes, nbytes: int) -> None:
-        """One message of `nbytes` on `subject` shed: in the metric and its next notice."""
-        self.shed_count += 1
+    def count(self, subject: bytes, nbytes: int, messages: int = 1) -> None:
+        """`messages` of `nbytes` in all on `subject` shed: in the metric and its next
+        notice."""
+        self.shed_count += messages
         counts = self._shed.get(subject)
         if counts is None and len(self._shed) < _MAX_SUBJECTS:
             counts = self._shed[subject] = [0, 0]
         if counts is not None:
-            counts[0] += 1
+            counts[0] += messages
             counts[1] += nbytes
 
     def install(self, nc: Client) -> None:
