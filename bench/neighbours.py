@@ -659,11 +659,11 @@ MECHANISMS = {
     "state_change flood is: its messages are skipped in the worker's protocol parser "
     "(stt_worker/runtime/shed_parser.py), but each still crosses nats-server and the worker's "
     "one connection, and the honest sessions' messages wait in nats-server's queue behind "
-    "the flood (up to ~48 MB before nats-server stalls the publisher)",
+    "the flood (tens of MB before nats-server holds the publisher back)",
     "state_change_flood": "the flood is skipped in the worker's protocol parser "
     "(stt_worker/runtime/shed_parser.py), but the publisher sends as fast as the worker "
     "reads, so the honest sessions' messages wait in nats-server's queue for the worker's "
-    "one connection behind it (up to ~48 MB before nats-server stalls the publisher; "
+    "one connection behind it (tens of MB before nats-server holds the publisher back; "
     "docs/operations.md, slow-consumer section)",
     "max_chunks_192k_8ch": "a refused 256 KB chunk is skipped by the worker's protocol parser "
     "as it arrives (never buffered), but every byte the abuser sends still crosses "
