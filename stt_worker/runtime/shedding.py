@@ -34,7 +34,7 @@ logger = logging.getLogger(__name__)
 # How long a refused session's subject is shed; short, so a session back within budget loses
 # little and an `end` that comes in the window is still looked at (below).
 HOLD_S = 0.2
-# `{"type": "end"}` is 13 bytes of msgpack; anything this short is decoded to keep `end`.
+# `{"type": "end"}` is 10 bytes of msgpack; anything this short is looked at to keep `end`.
 _SMALL_BYTES = 32
 # Subjects shed at once at most (a flood over many session ids sheds the first this many).
 _MAX_SUBJECTS = 10_000
