@@ -655,16 +655,20 @@ def markdown(result: dict[str, Any], command: str) -> str:
 # What each mode's abuser costs the others when it misses, by mechanism (read from the code,
 # docs/operations.md and the figures of the run): the run's own numbers are filled in.
 MECHANISMS = {
-    "garbage_flood": "past its share of error replies the subject is shed after parsing, as a "
-    "state_change flood is (stt_worker/runtime/intake.py), so the connection holds, but the "
-    "honest sessions' messages wait in nats-server's queue for the worker's one connection "
-    "behind the flood",
-    "state_change_flood": "the flood is shed after parsing, so the connection holds, but the "
-    "honest sessions' messages wait in nats-server's queue for the worker's one connection "
-    "behind it (docs/operations.md measured 3-7x in the slow-consumer section)",
-    "max_chunks_192k_8ch": "a refused 256 KB chunk is shed only after nats-py has read and "
-    "parsed it: every byte the abuser sends crosses the worker's socket and parser, and waits "
-    "in nats-server's queue ahead of the honest chunks",
+    "garbage_flood": "past its share of error replies the subject is shed, as a "
+    "state_change flood is: its messages are skipped in the worker's protocol parser "
+    "(stt_worker/runtime/shed_parser.py), but each still crosses nats-server and the worker's "
+    "one connection, and the honest sessions' messages wait in nats-server's queue behind "
+    "the flood (tens of MB before nats-server holds the publisher back)",
+    "state_change_flood": "the flood is skipped in the worker's protocol parser "
+    "(stt_worker/runtime/shed_parser.py), but the publisher sends as fast as the worker "
+    "reads, so the honest sessions' messages wait in nats-server's queue for the worker's "
+    "one connection behind it (tens of MB before nats-server holds the publisher back; "
+    "docs/operations.md, slow-consumer section)",
+    "max_chunks_192k_8ch": "a refused 256 KB chunk is skipped by the worker's protocol parser "
+    "as it arrives (never buffered), but every byte the abuser sends still crosses "
+    "nats-server, the socket and the event loop's reads, and waits in nats-server's queue "
+    "ahead of the honest chunks",
     "echo_50x": "the echo canceller is off the loop and releases the GIL (measured: a thread "
     "running it does not slow the loop thread), so the cost is more likely the abuser's "
     "admitted audio (2x real time of microphone plus 2x of `playback`): its speech, mixed "

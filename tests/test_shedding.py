@@ -1,6 +1,8 @@
-"""Shedding in the NATS client's reader (`runtime/shedding.py`), driven through nats-py's own
-protocol parser: a shed subject's messages are dropped unread for the hold, `end` always
-passes, other subjects pass, and the first message after the hold goes through again."""
+"""Shedding in the NATS client's protocol parser (`runtime/shedding.py`, `shed_parser.py`),
+driven with the wire protocol as nats-server writes it: a shed subject's messages are
+skipped for the hold (large payloads too, across reads), `end` always passes, other subjects
+and protocol lines pass whole and in order, and the first message after the hold goes
+through again (its followers held until it is admitted)."""
 
 from __future__ import annotations
 
@@ -9,6 +11,7 @@ import asyncio
 import msgpack
 from nats.protocol.parser import Parser
 
+from stt_worker.runtime import nats_parser
 from stt_worker.runtime.shedding import Shedder
 from stt_worker.runtime.telemetry.metrics import Metrics
 
@@ -17,34 +20,108 @@ HONEST = "ai.voice.stream.honest"
 
 
 class Reader:
-    """What the parser hands the client: `_process_msg` per MSG (records the subjects)."""
+    """What the parser hands the client: `_process_msg` per MSG, `_process_ping` per PING."""
 
     def __init__(self) -> None:
-        self.processed: list[bytes] = []
+        self.processed: list[tuple[bytes, bytes, bytes | None]] = []
+        self.pings = 0
+        self._ps = Parser(self)
 
     async def _process_msg(self, sid, subject, reply, data, headers) -> None:
-        self.processed.append(subject)
+        self.processed.append((subject, data, headers))
+
+    async def _process_ping(self) -> None:
+        self.pings += 1
+
+    @property
+    def subjects(self) -> list[bytes]:
+        return [subject for subject, _, _ in self.processed]
 
 
-def wire(subject: str, message: dict) -> bytes:
-    payload = msgpack.packb(message)
+def wire(subject: str, message: dict | bytes, headers: bytes = b"") -> bytes:
+    payload = message if isinstance(message, bytes) else msgpack.packb(message)
+    if headers:
+        size = len(headers) + len(payload)
+        line = b"HMSG %s 1 %d %d\r\n" % (subject.encode(), len(headers), size)
+        return line + headers + payload + b"\r\n"
     return b"MSG %s 1 %d\r\n%s\r\n" % (subject.encode(), len(payload), payload)
 
 
-async def test_a_shed_subject_is_dropped_in_the_reader_for_the_hold_and_end_passes():
+def installed(hold_s: float = 0.2) -> tuple[Reader, Shedder, Metrics]:
     reader = Reader()
     metrics = Metrics()
-    shedder = Shedder(metrics, hold_s=0.2)
+    shedder = Shedder(metrics, hold_s=hold_s)
     shedder.install(reader)  # type: ignore[arg-type]
-    parser = Parser(reader)
-    state = wire(FLOODER, {"type": "state_change", "state": "responding"})
-    await parser.parse(state)
+    return reader, shedder, metrics
+
+
+async def feed(reader: Reader, data: bytes, step: int) -> None:
+    """`data` in reads of `step` bytes, as the socket may cut it anywhere."""
+    for start in range(0, len(data), step):
+        await reader._ps.parse(data[start : start + step])
+
+
+async def test_a_shed_subject_is_dropped_in_the_reader_for_the_hold_and_end_passes():
+    reader, shedder, metrics = installed()
+    payload = msgpack.packb({"type": "state_change", "state": "responding"})
+    state = wire(FLOODER, payload)
+    await reader._ps.parse(state)
     shedder.shed(FLOODER)
-    await parser.parse(state * 100 + wire(HONEST, {"type": "start"}) + state * 100)
-    await parser.parse(wire(FLOODER, {"type": "end"}))
-    assert reader.processed == [FLOODER.encode(), HONEST.encode(), FLOODER.encode()]
+    await reader._ps.parse(state * 100 + wire(HONEST, {"type": "start"}) + state * 100)
+    await reader._ps.parse(wire(FLOODER, {"type": "end"}))
+    assert reader.subjects == [FLOODER.encode(), HONEST.encode(), FLOODER.encode()]
     assert shedder.shed_count == 200
     assert metrics.registry.get_sample_value("stt_shed_messages_total") == 200
-    await asyncio.sleep(0.25)  # the hold is over: the next one goes to admission again
-    await parser.parse(state)
-    assert reader.processed[-1] == FLOODER.encode() and len(reader.processed) == 4
+    assert shedder.take(FLOODER) == (200, 200 * len(payload))
+    await asyncio.sleep(0.25)  # the hold is over: the next one goes to admission again...
+    await reader._ps.parse(state * 50)
+    assert reader.subjects[-1] == FLOODER.encode() and len(reader.processed) == 4
+    assert shedder.shed_count == 249  # ... and the rest wait shed for its verdict
+    shedder.release(FLOODER)  # admitted: the hold ends
+    await reader._ps.parse(state * 2)
+    assert len(reader.processed) == 6 and shedder.shed_count == 249
+
+
+async def test_large_shed_payloads_are_skipped_across_reads_and_the_rest_arrives_whole():
+    reader, shedder, _ = installed(hold_s=60)
+    shedder.shed(FLOODER)
+    chunk = {"type": "audio_chunk", "audio": b"\x01" * 256_000}
+    honest = {"type": "audio_chunk", "audio": bytes(range(256)) * 100}
+    traced_end = wire(HONEST, {"type": "end"}, headers=b"NATS/1.0\r\nTrace: t1\r\n\r\n")
+    end = msgpack.packb({"type": "end"})
+    # Short payloads may be an `end`: looked at (garbage with "end" in it too), the `end` kept.
+    short = [wire(FLOODER, b"\xc1" * len(end)), wire(FLOODER, b"\xa3end".ljust(len(end)))]
+    garbage = [wire(FLOODER, b"\xc1" * 40), wire(FLOODER, b"\xc1" * 3), *short * 3]
+    garbage += [wire(FLOODER, end), *short]
+    shed = wire(FLOODER, chunk)
+    parts = [shed * 3, wire(HONEST, honest), b"PING\r\n", shed, traced_end, *garbage]
+    stream = b"".join([*parts, wire("a.\x0bb", b"x")])
+    for step in (1, 7, 1000, 32768, len(stream)):
+        reader.processed.clear()
+        await feed(reader, stream, step)
+        assert [(s, len(d)) for s, d, _ in reader.processed] == [
+            (HONEST.encode(), len(msgpack.packb(honest))),
+            (HONEST.encode(), len(end)),
+            (FLOODER.encode(), len(end)),
+            (b"a.\x0bb", 1),  # a subject nats-py took apart (nats_parser.py) comes through
+        ], step
+        assert msgpack.unpackb(reader.processed[0][1]) == honest
+        assert reader.processed[1][2] == b"NATS/1.0\r\nTrace: t1\r\n\r\n"
+    assert reader.pings == 5
+    # Per pass: four 256 KB chunks and the 40-byte garbage skipped, the 3-byte one and the
+    # eight like an `end` (short enough to be one) looked at and shed.
+    assert shedder.shed_count == 5 * 14
+    assert reader._ps.buf == bytearray() and not reader._ps._skip
+
+
+async def test_nats_py_parser_is_taken_over_mid_message():
+    reader = Reader()
+    honest = wire(HONEST, {"type": "start"})
+    await reader._ps.parse(honest[:30])
+    Shedder(Metrics()).install(reader)  # type: ignore[arg-type]
+    await reader._ps.parse(honest[30:] + honest)
+    assert reader.subjects == [HONEST.encode()] * 2
+
+
+def test_the_hardened_patterns_are_in_place_for_the_parser():
+    assert nats_parser.harden()

@@ -105,6 +105,7 @@ class Intake:
             await self._delivery.reject(msg)
             return
         if verdict is True:
+            self.shedder.release(msg.subject)
             return
         self.shedder.shed(msg.subject)  # its next messages go before they cost a callback
         await self._delivery.reject(msg)  # durable mode: a refused message is not replayed

@@ -20,11 +20,9 @@ logger = logging.getLogger(__name__)
 
 _FIELD = rb"([^ \t\r\n]+)"
 _SEP = rb"[ \t]+"
-MSG_RE = re.compile(
-    rb"\AMSG" + _SEP + _FIELD + _SEP + _FIELD + _SEP + rb"(" + _FIELD + _SEP + rb")?(\d+)\r\n"
-)
-HMSG_RE = re.compile(
-    rb"\AHMSG"
+_MSG_LINE = rb"MSG" + _SEP + _FIELD + _SEP + _FIELD + _SEP + rb"(" + _FIELD + _SEP + rb")?(\d+)\r\n"
+_HMSG_LINE = (
+    rb"HMSG"
     + _SEP
     + _FIELD
     + _SEP
@@ -37,6 +35,12 @@ HMSG_RE = re.compile(
     + _SEP
     + rb"(\d+)\r\n"
 )
+MSG_RE = re.compile(rb"\A" + _MSG_LINE)
+HMSG_RE = re.compile(rb"\A" + _HMSG_LINE)
+# The same lines matched where `pattern.match(buffer, pos)` starts (`\A` only matches at 0),
+# for `shedding.ShedParser`, which walks a buffer by offset instead of trimming it per line.
+MSG_AT = re.compile(_MSG_LINE)
+HMSG_AT = re.compile(_HMSG_LINE)
 # The patterns this fix replaces; any other nats-py is left alone.
 _KNOWN_MSG = rb"\AMSG\s+([^\s]+)\s+([^\s]+)\s+(([^\s]+)[^\S" + b"\r\n" + rb"]+)?(\d+)" + b"\r\n"
 

@@ -6,25 +6,27 @@ connection that lets 64 MB pile up (Slow Consumer). One nats-py publisher sends 
 tiny messages a second; a nats-py subscriber takes at most about 160,000 a second through its
 callbacks on this machine (docs/operations.md), so the worker cannot afford even the cheapest
 admission for each message of a flood. Once `Intake` refuses a session's message for its
-budget, that subject is `shed` for `hold_s`: the client's reader drops its next messages right
-after parsing them (no message object, no queue, no callback), counted in
+budget, that subject is `shed` for `hold_s`: the client's protocol parser skips its next
+messages by offset (`shed_parser.ShedParser`: no bytes, message object, queue or callback;
+a large payload is dropped as it arrives), counted in
 `stt_shed_messages_total` and summed in the session's next ``rate_limited``. The first message
 after the hold goes through admission again, which sheds anew while the session is still over
-budget. ``end`` is never shed (tiny payloads are looked at), so a flooding session still
-closes. Durable mode needs none of this: JetStream pushes at most ``STT_MAX_ACK_PENDING``
-unacknowledged messages.
+budget (its next messages wait shed for that verdict, so a flood does not pour through
+meanwhile; an admitted one ends the hold). ``end`` is never shed (tiny payloads are looked
+at), so a flooding session still closes. Durable mode needs none of this: JetStream pushes
+at most ``STT_MAX_ACK_PENDING`` unacknowledged messages.
 """
 
 from __future__ import annotations
 
 import logging
 import time
-from collections.abc import Awaitable, Callable
 
 from nats.aio.client import Client
 
 from stt_worker.core.errors import ProtocolError
 from stt_worker.core.protocol import End, decode_client_message
+from stt_worker.runtime.shed_parser import ShedParser
 from stt_worker.runtime.telemetry.metrics import Metrics
 
 logger = logging.getLogger(__name__)
@@ -32,12 +34,10 @@ logger = logging.getLogger(__name__)
 # How long a refused session's subject is shed; short, so a session back within budget loses
 # little and an `end` that comes in the window is still looked at (below).
 HOLD_S = 0.2
-# `{"type": "end"}` is 13 bytes of msgpack; anything this short is decoded to keep `end`.
+# `{"type": "end"}` is 10 bytes of msgpack; anything this short is looked at to keep `end`.
 _SMALL_BYTES = 32
 # Subjects shed at once at most (a flood over many session ids sheds the first this many).
 _MAX_SUBJECTS = 10_000
-
-_ProcessMsg = Callable[[int, bytes, bytes, bytes, bytes], Awaitable[None]]
 
 
 class Shedder:
@@ -82,35 +82,53 @@ class Shedder:
             told.append((subject.decode(errors="replace"), messages, nbytes))
         return told
 
+    def holds(self, subject: bytes, now: float) -> bool:
+        """Whether the message of `subject` at hand is shed at `now`."""
+        until = self._until
+        if not until:
+            return False
+        deadline = until.get(subject)
+        if deadline is None:
+            return False
+        if now < deadline:
+            return True
+        # The hold is over: this message goes to admission as a probe, and the subject's
+        # next ones stay shed until its verdict (`release` when admitted, `shed` again when
+        # refused); otherwise a flood pours through to the callback meanwhile.
+        until[subject] = now + self._hold_s
+        return False
+
+    def release(self, subject: str) -> None:
+        """A message of `subject` was admitted: stop shedding it."""
+        if self._until:
+            self._until.pop(subject.encode(), None)
+
+    @staticmethod
+    def maybe_end(size: int) -> bool:
+        """Whether a payload of `size` bytes may be an `end` (to be looked at, not shed)."""
+        return size <= _SMALL_BYTES
+
+    @staticmethod
+    def is_end(data: bytes) -> bool:
+        # An `end` holds the bytes "end" (its type), whatever else a client packs with it.
+        if len(data) > _SMALL_BYTES or b"end" not in data:
+            return False
+        try:
+            return isinstance(decode_client_message(data), End)
+        except ProtocolError:
+            return False
+
+    def count(self, subject: bytes, nbytes: int, messages: int = 1) -> None:
+        """`messages` of `nbytes` in all on `subject` shed: in the metric and its next
+        notice."""
+        self.shed_count += messages
+        counts = self._shed.get(subject)
+        if counts is None and len(self._shed) < _MAX_SUBJECTS:
+            counts = self._shed[subject] = [0, 0]
+        if counts is not None:
+            counts[0] += messages
+            counts[1] += nbytes
+
     def install(self, nc: Client) -> None:
-        """Wrap the client's per-message entry point (called by its parser for each MSG)."""
-        process: _ProcessMsg = nc._process_msg
-        until, shed = self._until, self._shed
-
-        async def process_unless_shed(
-            sid: int, subject: bytes, reply: bytes, data: bytes, headers: bytes
-        ) -> None:
-            deadline = until.get(subject)
-            if deadline is not None:
-                if time.monotonic() < deadline and not _is_end(data):
-                    self.shed_count += 1
-                    counts = shed.get(subject)
-                    if counts is None and len(shed) < _MAX_SUBJECTS:
-                        counts = shed[subject] = [0, 0]
-                    if counts is not None:
-                        counts[0] += 1
-                        counts[1] += len(data)
-                    return
-                until.pop(subject, None)
-            await process(sid, subject, reply, data, headers)
-
-        nc._process_msg = process_unless_shed  # type: ignore[method-assign]
-
-
-def _is_end(data: bytes) -> bool:
-    if len(data) > _SMALL_BYTES:
-        return False
-    try:
-        return isinstance(decode_client_message(data), End)
-    except ProtocolError:
-        return False
+        """Put a `ShedParser` in place of the client's protocol parser."""
+        nc._ps = ShedParser.replacing(nc._ps, self)

@@ -1,0 +1,171 @@
+"""nats-py's protocol parser with shedding built in: a shed subject's messages are skipped by
+offset, before the client makes bytes, a message object or a task of them.
+
+Why not nats-py's own parser: per message it matches the control line at the buffer's start,
+trims the buffer, copies the payload and awaits the client's `_process_msg`, which builds a
+`Msg`. At a flood's rate (hundreds of thousands a second, or hundreds of MB/s of maximal
+chunks) that per-message work is what the worker's one event loop spends its time on, and
+the honest sessions' messages wait behind it (bench/results/neighbours.md). Here a held
+subject's message costs a dictionary lookup of its control line once that line has been seen
+(a flood repeats a few); a large payload is dropped as it arrives, never buffered; the buffer
+is trimmed once per read, not per message. Everything else (honest messages, PING, INFO, ...)
+goes on as nats-py handles it. `python -m bench.shed_parser` measures it against nats-py's.
+"""
+
+from __future__ import annotations
+
+import time
+from typing import TYPE_CHECKING, Any
+
+from nats.protocol.parser import AWAITING_CONTROL_LINE, AWAITING_MSG_PAYLOAD, Parser
+
+from stt_worker.runtime.nats_parser import HMSG_AT, MSG_AT
+
+if TYPE_CHECKING:
+    from stt_worker.runtime.shedding import Shedder
+
+_CRLF = b"\r\n"
+# Control lines of shed messages remembered for the fast path (a flood repeats a few).
+_MAX_SHED_LINES = 1024
+
+
+class ShedParser(Parser):
+    """Drop-in for the client's `_ps`: `parse` is fed each read of the socket, in order."""
+
+    def __init__(self, nc: Any, shedder: Shedder) -> None:
+        self._shedder = shedder
+        self._epoch = 0
+        # A shed message's control line (no CRLF): its subject and payload size.
+        self._shed_lines: dict[bytes, tuple[bytes, int]] = {}
+        super().__init__(nc)
+
+    def reset(self) -> None:
+        super().reset()
+        self._epoch += 1  # tells a `parse` under way across an await that it is stale
+        # Bytes still to drop of a shed payload that ran past the last read.
+        self._skip = 0
+
+    @classmethod
+    def replacing(cls, old: Parser, shedder: Shedder) -> ShedParser:
+        """A parser that takes over where `old` stands (mid-message included)."""
+        new = cls(old.nc, shedder)
+        new.buf, new.state, new.needed = old.buf, old.state, old.needed
+        new.header_needed, new.msg_arg = old.header_needed, old.msg_arg
+        return new
+
+    async def parse(self, data: bytes = b"") -> None:
+        if self._skip:
+            if len(data) <= self._skip:
+                self._skip -= len(data)
+                return
+            data = data[self._skip :]
+            self._skip = 0
+        if self.state == AWAITING_MSG_PAYLOAD and len(self.buf) + len(data) < self.needed + 2:
+            self.buf += data  # a large payload still arriving: no walk over it yet
+            return
+        # Walked as bytes, so that a control line sliced off is a key for `_shed_lines`.
+        buf = bytes(self.buf) + data if self.buf else data
+        self.buf = bytearray()
+        epoch = self._epoch
+        pos = await self._walk(buf, time.monotonic(), epoch)
+        if self._epoch != epoch:
+            return
+        if pos < len(buf):
+            self.buf += memoryview(buf)[pos:]
+        else:
+            self._skip = pos - len(buf)
+
+    async def _walk(self, buf: bytes, now: float, epoch: int) -> int:
+        """Take in the messages in `buf`: where the first one not complete in it starts (or
+        past its end by what is left of a shed payload)."""
+        pos, shed_lines, shedder = 0, self._shed_lines, self._shedder
+        while pos < len(buf) and self._epoch == epoch:
+            if self.state == AWAITING_MSG_PAYLOAD:
+                end = pos + self.needed + len(_CRLF)
+                if len(buf) < end:
+                    break
+                await self._payload(buf, pos)
+                pos = end
+                continue
+            eol = buf.find(_CRLF, pos)
+            if eol < 0:
+                break  # a line split across reads
+            line = buf[pos:eol]
+            shed = shed_lines.get(line)
+            if shed is not None:
+                if not shedder.holds(shed[0], now):
+                    pos = eol + len(_CRLF)
+                    pos += await self._control(line, now, probe=True)
+                    continue
+                run_end = self._skip_run(buf, pos, shed[0])
+                if run_end != pos:
+                    pos = run_end
+                    continue
+            pos = eol + len(_CRLF)
+            pos += await self._control(line, now)
+        return pos
+
+    def _skip_run(self, buf: bytes, pos: int, subject: bytes) -> int:
+        """A flood's fast path: the messages of held `subject` back to back from `pos` whose
+        control lines were seen shed before, skipped with one lookup each and counted at
+        once; where the run ends (past `buf` by what is left of a payload). A payload that
+        may be an `end` ends the run, to be looked at whole."""
+        messages = nbytes = 0
+        shed_lines, shedder = self._shed_lines, self._shedder
+        while True:
+            eol = buf.find(_CRLF, pos)
+            if eol < 0:
+                break
+            shed = shed_lines.get(buf[pos:eol])
+            if shed is None or shed[0] != subject:
+                break
+            start, size = eol + len(_CRLF), shed[1]
+            if shedder.maybe_end(size) and (
+                start + size > len(buf) or buf.find(b"end", start, start + size) >= 0
+            ):
+                break
+            messages += 1
+            nbytes += size
+            pos = start + size + len(_CRLF)
+        if messages:
+            shedder.count(subject, nbytes, messages)
+        return pos
+
+    async def _control(self, line: bytes, now: float, *, probe: bool = False) -> int:
+        """Take in a control line (without its CRLF): the bytes to skip when it begins a
+        message that is shed; a `probe` (the hold just ended) goes to admission."""
+        found = MSG_AT.match(line + _CRLF) or HMSG_AT.match(line + _CRLF)
+        if found is None:
+            await self._other(bytearray(line + _CRLF))
+            return 0
+        subject, sid, _, reply, *sizes = found.groups()
+        needed = int(sizes[-1])
+        held = not probe and self._shedder.holds(subject, now)
+        if held:
+            if len(self._shed_lines) >= _MAX_SHED_LINES:
+                self._shed_lines.clear()
+            self._shed_lines[line] = (subject, needed)
+            if not self._shedder.maybe_end(needed):
+                self._shedder.count(subject, needed)
+                return needed + len(_CRLF)
+        self.msg_arg = {"subject": subject, "sid": int(sid), "reply": reply or b"", "held": held}
+        self.needed, self.header_needed = needed, int(sizes[0]) if len(sizes) == 2 else 0
+        self.state = AWAITING_MSG_PAYLOAD
+        return 0
+
+    async def _payload(self, buf: bytes, pos: int) -> None:
+        """Hand the message at `pos` (its payload complete in `buf`) to the client."""
+        arg, headers, needed = self.msg_arg, self.header_needed, self.needed
+        self.state, self.header_needed = AWAITING_CONTROL_LINE, 0
+        hdr = buf[pos : pos + headers] if headers else None
+        payload = buf[pos + headers : pos + needed]
+        if arg["held"] and not self._shedder.is_end(payload):
+            self._shedder.count(arg["subject"], needed)
+            return
+        await self.nc._process_msg(arg["sid"], arg["subject"], arg["reply"], payload, hdr)
+
+    async def _other(self, line: bytearray) -> None:
+        """PING, PONG, INFO, +OK, -ERR (or a bad line): nats-py's parser handles it alone."""
+        self.buf = line
+        await super().parse()
+        self.buf = bytearray()
