@@ -250,12 +250,13 @@ class Settings(EnvSettings):
         ge=1,
     )
     batch_max: int = setting(
-        4,
+        1,
         "STT_BATCH_MAX",
         group=Group.ENGINE,
         description="Most jobs of different sessions decoded in one model call (finals "
         "first, then partials; barge-in probes and turn checks never), of one window size, "
-        "on the local engines; 1 = every job alone, as before.",
+        "on the local engines; 1 = every job alone (the default: on a CPU batches cost capacity, "
+        "bench/results/capacity.md), raise it on a GPU.",
         ge=1,
         le=64,
     )

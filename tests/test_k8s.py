@@ -467,9 +467,15 @@ def test_http_overlay_admits_only_the_workers_to_whisper_predictor() -> None:
         "Deployment/whisper-predictor"
     ]
     assert "Ingress" in spec["policyTypes"]
-    (rule,) = spec["ingress"]
+    rule, scraper = spec["ingress"]
     # Pods of this namespace only: no namespaceSelector or ipBlock widening the peers.
     assert rule["from"] and all(set(peer) == {"podSelector"} for peer in rule["from"])
+    # The scraper's peer names both its namespace and its pods (one entry: both must hold),
+    # so no other pod of the monitoring namespace gets in.
+    (peer,) = scraper["from"]
+    assert set(peer) == {"namespaceSelector", "podSelector"}
+    assert peer["podSelector"]["matchLabels"] and peer["namespaceSelector"]["matchLabels"]
+    assert scraper["ports"] == rule["ports"]
     admitted = [
         name
         for name, labels in pods.items()
