@@ -68,6 +68,18 @@ async def serving(make_worker: Any, **settings: Any) -> AsyncIterator[Worker]:
         await asyncio.wait_for(task, 60)
 
 
+async def delivered(sender: Client, subject: str, receiver: Any) -> bool:
+    """Does a publish on `subject` reach `receiver`? Sent again each second, up to 10 times:
+    one core NATS message went unheard once in a loaded CI run (passing alone), and an
+    allowed path is what this asks, not one message's fate; a denied one never arrives."""
+    for _ in range(10):
+        await sender.publish(subject, b"text")
+        await sender.flush()  # sent, not left to the client's flusher on a loaded machine
+        with contextlib.suppress(nats.errors.TimeoutError):
+            return (await receiver.next_msg(timeout=1)).data == b"text"
+    return False
+
+
 def logged_text(records: list[logging.LogRecord]) -> str:
     return "\n".join(f"{r.getMessage()} {r.__dict__}" for r in records)
 
@@ -294,9 +306,7 @@ async def test_k8s_accounts_conf_lets_each_user_touch_only_its_subjects(make_wor
         assert (await heard.next_msg(timeout=5)).data == b"audio"
         answers = await publisher.subscribe("ai.voice.transcription.probe")  # allowed
         await publisher.flush()
-        await as_worker.publish("ai.voice.transcription.probe", b"text")  # allowed
-        await as_worker.flush()  # sent, not left to the client's flusher on a loaded machine
-        assert (await answers.next_msg(timeout=10)).data == b"text", violations
+        assert await delivered(as_worker, "ai.voice.transcription.probe", answers), violations
 
         await as_worker.publish("ai.voice.stream.forged", b"audio")  # denied
         await as_worker.subscribe("ai.voice.transcription.>")  # denied
