@@ -158,3 +158,13 @@ def test_the_command_prints_the_page_and_writes_it(tmp_path: Path):
     target = tmp_path / "configuration.md"
     assert configuration_docs.main(["--write", str(target)]) == 0
     assert target.read_text(encoding="utf-8") == render_page()
+
+
+def test_each_group_s_fields_live_in_the_config_module_named_for_it():
+    # Settings declares no field itself: each group's are a base of their own, in a module
+    # named for the group (Group.END_OF_TURN in stt_worker/config/end_of_turn.py).
+    for name, field in Settings.model_fields.items():
+        (owner,) = [
+            base for base in Settings.__bases__ if name in getattr(base, "model_fields", {})
+        ]
+        assert owner.__module__ == f"stt_worker.config.{Group(group_of(field)).name.lower()}", name

@@ -51,7 +51,7 @@ _BOUNDS: tuple[tuple[type, str, str], ...] = (
     (annotated_types.Lt, "lt", "<"),
 )
 _PREAMBLE = f"""\
-<!-- Generated from stt_worker/config.py and stt_worker/gateway/settings.py by
+<!-- Generated from stt_worker/config/ and stt_worker/gateway/settings.py by
 `{COMMAND}` (or `./dev docs`): edit those, not this file. -->
 
 # Configuration
