@@ -61,7 +61,7 @@ async def fill_with_partials(gateway, nc: Client, session_id: str) -> int:
         )
         await nc.flush()
         bridge = gateway.gateway.bridges[worker_id]
-        assert len(bridge._outbox) <= MAX_QUEUE
+        assert len(bridge._sender.outbox) <= MAX_QUEUE
         if stats.dropped_partials:
             return published
     pytest.fail("the client's socket never filled")

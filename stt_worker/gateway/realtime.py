@@ -54,7 +54,7 @@ class RealtimeBridge(Bridge):
 
     def __post_init__(self) -> None:
         Bridge.__post_init__(self)
-        self._start = self._start_of(self.config_realtime)
+        self._workers.start = self._start_of(self.config_realtime)
         self._items = Items()
         # Where each worker session's audio starts in the connection's, by the client's name
         # for it, and how much audio the connection has sent (ms).
@@ -91,25 +91,26 @@ class RealtimeBridge(Bridge):
         step = self.config.max_chunk_bytes - self.config.max_chunk_bytes % 2
         for offset in range(0, len(audio), step):
             piece = audio[offset : offset + step]
-            segment = await self._active()
+            segment = await self._workers.active()
             self._offsets_ms.setdefault(segment.client_id, self._sent_ms)
-            await self._publish(segment, protocol.Chunk(audio=piece, seq=segment.next_seq))
+            await self._workers.publish(segment, protocol.Chunk(audio=piece, seq=segment.next_seq))
             segment.next_seq += 1
-            self._sent_ms += len(piece) / 2 / self._start.sample_rate * 1000
+            self._sent_ms += len(piece) / 2 / self._workers.start.sample_rate * 1000
 
     async def _configure(self, config: SessionConfig) -> None:
         self.config_realtime = config
-        self._start = self._start_of(config)
+        self._workers.start = self._start_of(config)
         # A repeated `start` updates the open worker session's rate and language; its prompt
         # and end-of-turn options hold until the next worker session (a commit or clear).
-        if self._current is not None:
-            await self._publish(self._current, self._start_for(self._current.session_id))
+        current = self._segments.current
+        if current is not None:
+            await self._workers.publish(current, self._workers.start_for(current.session_id))
         self._send_event(session_event("updated", self.client_id, config))
 
     def _start_of(self, config: SessionConfig) -> protocol.Start:
         """The `start` of the worker sessions the connection opens from now on."""
         return msgspec.structs.replace(
-            self._start,
+            self._workers.start,
             sample_rate=config.sample_rate,
             language=config.language,
             **start_options(config),
