@@ -12,13 +12,27 @@ from typing import Any
 
 import numpy as np
 
-from stt_worker.evaluation.results import EOS_INFERENCE_FACTOR, EvalReport, Spread
+from stt_worker.evaluation.results import EOS_INFERENCE_FACTOR, EvalReport, Spread, Summary
 from stt_worker.evaluation.runner import _wall_ms
 
 
 def render_markdown(report: EvalReport) -> str:
     """The report as markdown: targets, per clip, overall, per final, transcripts."""
-    meta, setup, summary = report.meta, report.setup, report.summary
+    sections = (
+        _heading(report),
+        _targets(report),
+        _per_clip(report),
+        _overall(report.summary),
+        _finals(report),
+        _errors(report),
+        _transcripts(report),
+    )
+    return "\n".join(line for section in sections for line in section) + "\n"
+
+
+def _heading(report: EvalReport) -> list[str]:
+    """The command, the machine and the setup, and a warning when not run at real time."""
+    meta, setup = report.meta, report.setup
     lines = [
         "# Streaming evaluation",
         "",
@@ -36,7 +50,11 @@ def render_markdown(report: EvalReport) -> str:
             "include queueing behind earlier audio and are not meaningful.**",
             "",
         ]
-    lines += [
+    return lines
+
+
+def _targets(report: EvalReport) -> list[str]:
+    lines = [
         "## Targets",
         "",
         "| metric | value | target | verdict | detail |",
@@ -47,7 +65,11 @@ def render_markdown(report: EvalReport) -> str:
         lines.append(
             f"| {check.name} | {check.value} | {check.target} | {verdict} | {check.detail} |"
         )
-    lines += [
+    return lines
+
+
+def _per_clip(report: EvalReport) -> list[str]:
+    lines = [
         "",
         "## Per clip",
         "",
@@ -73,7 +95,11 @@ def render_markdown(report: EvalReport) -> str:
             f"| {r.stability.words_changed}/{r.stability.words_shown} "
             f"({r.stability.words_edited}) |"
         )
-    lines += [
+    return lines
+
+
+def _overall(summary: Summary) -> list[str]:
+    return [
         "",
         "## Overall",
         "",
@@ -109,6 +135,11 @@ def render_markdown(report: EvalReport) -> str:
         f"{summary.stability.revised_partials} / {summary.stability.partials} |",
         f"| sessions without session_closed | {summary.sessions_not_closed or 'none'} |",
         f"| clips without a final | {summary.clips_without_final or 'none'} |",
+    ]
+
+
+def _finals(report: EvalReport) -> list[str]:
+    lines = [
         "",
         "## Finals",
         "",
@@ -126,10 +157,19 @@ def render_markdown(report: EvalReport) -> str:
                 f"| {f.bare_inference_ms:.0f} | {f.eos_bound_ms:.0f} | {f.eos_over_bare:.2f} "
                 f"| {f.text!r}{same} |"
             )
+    return lines
+
+
+def _errors(report: EvalReport) -> list[str]:
+    """The section of errors, left out when there were none."""
     errors = [(r.name, e) for r in report.clips for e in r.errors]
-    if errors:
-        lines += ["", "## Errors", ""] + [f"- {name}: {e}" for name, e in errors]
-    lines += ["", "## Transcripts", ""]
+    if not errors:
+        return []
+    return ["", "## Errors", ""] + [f"- {name}: {e}" for name, e in errors]
+
+
+def _transcripts(report: EvalReport) -> list[str]:
+    lines = ["", "## Transcripts", ""]
     for r in report.clips:
         lines += [
             f"- **{r.name}**",
@@ -137,7 +177,7 @@ def render_markdown(report: EvalReport) -> str:
             f"  - stream: {r.stream_text}",
             f"  - offline: {r.offline_text}",
         ]
-    return "\n".join(lines) + "\n"
+    return lines
 
 
 def report_json(report: EvalReport) -> dict[str, Any]:
