@@ -29,7 +29,7 @@ from stt_worker.core.errors import EngineError, ProtocolError
 from stt_worker.core.protocol import Error, SessionClosed, Transcription
 from stt_worker.core.vad import FRAME_MS
 from stt_worker.engines import create_engine
-from stt_worker.engines.base import DecodeOptions, LocalEngine
+from stt_worker.engines.base import Audio, DecodeOptions, LocalEngine, Transcript
 from stt_worker.evaluation.clips import audio_slice, load_clips, trailing_silence_frames
 from stt_worker.evaluation.results import (
     _WER_TOLERANCE,
@@ -179,20 +179,9 @@ async def worker_process(
         stdin=asyncio.subprocess.DEVNULL,
         stderr=asyncio.subprocess.PIPE,
     )
-    log: collections.deque[str] = collections.deque(maxlen=40)
+    handle = WorkerProcess(process.pid, collections.deque(maxlen=40))
     ready = asyncio.Event()
-    handle = WorkerProcess(process.pid, log)
-
-    async def read_log() -> None:
-        assert process.stderr is not None
-        async for line in process.stderr:
-            log.append(line.decode(errors="replace").rstrip())
-            if handle.probe_url is None and (found := _PROBE_URL.search(log[-1])):
-                handle.probe_url = found.group(1)
-            if "worker ready" in log[-1]:
-                ready.set()
-
-    reader = asyncio.create_task(read_log())
+    reader = asyncio.create_task(_read_log(process, handle, ready))
     try:
         waiting = asyncio.create_task(ready.wait())
         exited = asyncio.create_task(process.wait())
@@ -201,17 +190,35 @@ async def worker_process(
         )
         waiting.cancel()
         if not ready.is_set():
-            raise RuntimeError("the worker did not become ready:\n" + "\n".join(log))
+            raise RuntimeError("the worker did not become ready:\n" + "\n".join(handle.log))
         yield handle
     finally:
-        if process.returncode is None:
-            process.send_signal(signal.SIGTERM)  # drain, as Kubernetes stops it
-            try:
-                await asyncio.wait_for(process.wait(), 60)
-            except TimeoutError:
-                process.kill()
-                await process.wait()
+        await _stop(process)
         await reader
+
+
+async def _read_log(
+    process: asyncio.subprocess.Process, handle: WorkerProcess, ready: asyncio.Event
+) -> None:
+    """Keep the worker's last log lines, note its probes URL, and see it become ready."""
+    assert process.stderr is not None
+    log = handle.log
+    async for line in process.stderr:
+        log.append(line.decode(errors="replace").rstrip())
+        if handle.probe_url is None and (found := _PROBE_URL.search(log[-1])):
+            handle.probe_url = found.group(1)
+        if "worker ready" in log[-1]:
+            ready.set()
+
+
+async def _stop(process: asyncio.subprocess.Process) -> None:
+    if process.returncode is None:
+        process.send_signal(signal.SIGTERM)  # drain, as Kubernetes stops it
+        try:
+            await asyncio.wait_for(process.wait(), 60)
+        except TimeoutError:
+            process.kill()
+            await process.wait()
 
 
 def settings_env(settings: Settings) -> dict[str, str]:
@@ -273,6 +280,7 @@ async def measure_clip(
 ) -> ClipResult:
     """Stream `clip`, then decode it offline and each final's slice bare on the idle engine."""
     stats, received, closed = await stream_clip(nc, settings, clip, session_id, speed)
+    run = _ClipRun(engine, settings, clip, stats, speed)
     finals: list[FinalResult] = []
     partials: list[PartialResult] = []
     errors: list[str] = []
@@ -283,71 +291,13 @@ async def measure_clip(
             errors.append(f"{message.code}: {message.message}")
         if not isinstance(message, Transcription):
             continue
-        start_s, end_s = message.audio_start_s, message.audio_end_s
-        sent = stats.send_time_for(end_s)
+        sent = stats.send_time_for(message.audio_end_s)
         if sent is None:
-            errors.append(f"no chunk sent for audio_end_s={end_s}")
-            continue
-        latency_ms = (item.received_at - sent) * 1000
-        text = message.transcript.strip()
-        if not message.is_final:
-            partials.append(
-                PartialResult(
-                    message.utterance_id,
-                    end_s,
-                    latency_ms,
-                    message.inference_ms,
-                    item.received_at,
-                    text,
-                )
-            )
-            continue
-        silence = trailing_silence_frames(clip, start_s, end_s)
-        ended_by = message.end_reason or "-"
-        speech_end_s = end_s - silence * FRAME_MS / 1000
-        speech_sent = stats.send_time_for(speech_end_s) or sent
-        if ended_by == "size":
-            # The speaker is still talking: the cut is decided when the utterance reaches the
-            # length bound, after its chosen cut point; no final can exist before that chunk.
-            bound_s = start_s + settings.max_utterance_samples / SAMPLE_RATE_HZ
-            sent = speech_sent = stats.send_time_for(bound_s) or sent
-            latency_ms = (item.received_at - sent) * 1000
-        eos_latency_ms = (item.received_at - speech_sent) * 1000
-        # Engine time for exactly this audio, on the now idle engine (off the event loop).
-        # One decode, like the worker's own: measured here, back-to-back repeats run on warm
-        # caches and come out ~10% faster than a first decode after idle (median of three:
-        # bare 94 ms vs 106 ms in the worker; single run: 119 vs 120 ms), which is the state
-        # the worker decodes a final in.
-        audio = audio_slice(clip, start_s, end_s)
-        runs = [
-            await asyncio.to_thread(engine.transcribe_blocking, audio, DecodeOptions())
-            for _ in range(BARE_RUNS)
-        ]
-        bare = sorted(runs, key=lambda run: run.inference_s)[BARE_RUNS // 2]
-        bare_ms = bare.inference_s * 1000
-        # The worker waited the endpoint silence, or less when `end` or the length cap came
-        # first: subtract what it actually waited, so such finals do not look faster. Faster
-        # than real time, that audio also took less wall time to arrive.
-        waited_ms = _wall_ms(min(silence * FRAME_MS, settings.endpoint_silence_ms), speed)
-        endpoint_ms = _wall_ms(settings.endpoint_silence_ms, speed)
-        finals.append(
-            FinalResult(
-                utterance_id=message.utterance_id,
-                audio_start_s=start_s,
-                audio_end_s=end_s,
-                ended_by=ended_by,
-                trailing_silence_s=silence * FRAME_MS / 1000,
-                speech_end_s=round(speech_end_s, 3),
-                latency_last_chunk_ms=latency_ms,
-                latency_speech_end_ms=eos_latency_ms,
-                inference_ms=message.inference_ms,
-                bare_inference_ms=bare_ms,
-                eos_bound_ms=endpoint_ms + EOS_INFERENCE_FACTOR * bare_ms,
-                eos_over_bare=(eos_latency_ms - waited_ms) / bare_ms if bare_ms else math.inf,
-                text=text,
-                bare_text=bare.text.strip(),
-            )
-        )
+            errors.append(f"no chunk sent for audio_end_s={message.audio_end_s}")
+        elif message.is_final:
+            finals.append(await _measure_final(run, message, item.received_at, sent))
+        else:
+            partials.append(_partial(message, item.received_at, sent))
     offline = await asyncio.to_thread(
         engine.transcribe_blocking, pcm16_to_float32([clip.pcm]), DecodeOptions()
     )
@@ -367,6 +317,85 @@ async def measure_clip(
         partials=partials,
         errors=errors,
     )
+
+
+@dataclass(frozen=True, slots=True)
+class _ClipRun:
+    """One streamed clip, as measuring its finals needs it."""
+
+    engine: LocalEngine
+    settings: Settings
+    clip: Clip
+    stats: StreamStats
+    speed: float
+
+
+def _partial(message: Transcription, received_at: float, sent: float) -> PartialResult:
+    return PartialResult(
+        message.utterance_id,
+        message.audio_end_s,
+        (received_at - sent) * 1000,
+        message.inference_ms,
+        received_at,
+        message.transcript.strip(),
+    )
+
+
+async def _measure_final(
+    run: _ClipRun, message: Transcription, received_at: float, sent: float
+) -> FinalResult:
+    """A final's latencies, against its slice decoded bare on the idle engine."""
+    settings, speed = run.settings, run.speed
+    start_s, end_s = message.audio_start_s, message.audio_end_s
+    silence = trailing_silence_frames(run.clip, start_s, end_s)
+    ended_by = message.end_reason or "-"
+    speech_end_s = end_s - silence * FRAME_MS / 1000
+    speech_sent = run.stats.send_time_for(speech_end_s) or sent
+    if ended_by == "size":
+        # The speaker is still talking: the cut is decided when the utterance reaches the
+        # length bound, after its chosen cut point; no final can exist before that chunk.
+        bound_s = start_s + settings.max_utterance_samples / SAMPLE_RATE_HZ
+        sent = speech_sent = run.stats.send_time_for(bound_s) or sent
+    latency_ms = (received_at - sent) * 1000
+    eos_latency_ms = (received_at - speech_sent) * 1000
+    bare = await _bare_decode(run.engine, audio_slice(run.clip, start_s, end_s))
+    bare_ms = bare.inference_s * 1000
+    # The worker waited the endpoint silence, or less when `end` or the length cap came
+    # first: subtract what it actually waited, so such finals do not look faster. Faster
+    # than real time, that audio also took less wall time to arrive.
+    waited_ms = _wall_ms(min(silence * FRAME_MS, settings.endpoint_silence_ms), speed)
+    endpoint_ms = _wall_ms(settings.endpoint_silence_ms, speed)
+    return FinalResult(
+        utterance_id=message.utterance_id,
+        audio_start_s=start_s,
+        audio_end_s=end_s,
+        ended_by=ended_by,
+        trailing_silence_s=silence * FRAME_MS / 1000,
+        speech_end_s=round(speech_end_s, 3),
+        latency_last_chunk_ms=latency_ms,
+        latency_speech_end_ms=eos_latency_ms,
+        inference_ms=message.inference_ms,
+        bare_inference_ms=bare_ms,
+        eos_bound_ms=endpoint_ms + EOS_INFERENCE_FACTOR * bare_ms,
+        eos_over_bare=(eos_latency_ms - waited_ms) / bare_ms if bare_ms else math.inf,
+        text=message.transcript.strip(),
+        bare_text=bare.text.strip(),
+    )
+
+
+async def _bare_decode(engine: LocalEngine, audio: Audio) -> Transcript:
+    """Engine time for exactly this audio, on the now idle engine (off the event loop).
+
+    One decode, like the worker's own: measured here, back-to-back repeats run on warm
+    caches and come out ~10% faster than a first decode after idle (median of three: bare
+    94 ms vs 106 ms in the worker; single run: 119 vs 120 ms), which is the state the worker
+    decodes a final in.
+    """
+    runs = [
+        await asyncio.to_thread(engine.transcribe_blocking, audio, DecodeOptions())
+        for _ in range(BARE_RUNS)
+    ]
+    return sorted(runs, key=lambda each: each.inference_s)[BARE_RUNS // 2]
 
 
 def _wall_ms(audio_ms: float, speed: float) -> float:
@@ -412,67 +441,76 @@ def summarise(results: Sequence[ClipResult], settings: Settings) -> Summary:
 
 def check_targets(summary: Summary, settings: Settings, speed: float) -> list[TargetCheck]:
     """Issue 5's targets, each with its measured value and PASS / FAIL / not measured."""
-    ratio = summary.wer_ratio
-    checks = [
-        TargetCheck(
-            "streaming WER / offline WER (corpus)",
-            "-" if ratio is None else f"{ratio:.3f}",
-            f"<= {WER_RATIO_TARGET}",
-            summary.stream_wer <= WER_RATIO_TARGET * summary.offline_wer + _WER_TOLERANCE,
-            f"{summary.stream_wer:.4f} vs {summary.offline_wer:.4f}",
-        )
+    return [
+        _wer_check(summary),
+        _end_of_speech_check(summary, settings, speed),
+        _partial_change_check(summary),
+        _stable_change_check(summary),
     ]
+
+
+def _wer_check(summary: Summary) -> TargetCheck:
+    ratio = summary.wer_ratio
+    return TargetCheck(
+        "streaming WER / offline WER (corpus)",
+        "-" if ratio is None else f"{ratio:.3f}",
+        f"<= {WER_RATIO_TARGET}",
+        summary.stream_wer <= WER_RATIO_TARGET * summary.offline_wer + _WER_TOLERANCE,
+        f"{summary.stream_wer:.4f} vs {summary.offline_wer:.4f}",
+    )
+
+
+def _end_of_speech_check(summary: Summary, settings: Settings, speed: float) -> TargetCheck:
     eos = summary.eos_over_bare
+    name = "end of speech -> final: (latency - silence waited) / bare inference, p95"
+    value = "-" if eos.p95 is None else f"{eos.p95:.2f}"
     if speed != 1:
-        checks.append(
-            TargetCheck(
-                "end of speech -> final: (latency - silence waited) / bare inference, p95",
-                "-" if eos.p95 is None else f"{eos.p95:.2f}",
-                f"<= {EOS_INFERENCE_FACTOR}",
-                None,
-                f"not measured: speed {speed:g}, latency is only meaningful at speed 1",
-            )
+        return TargetCheck(
+            name,
+            value,
+            f"<= {EOS_INFERENCE_FACTOR}",
+            None,
+            f"not measured: speed {speed:g}, latency is only meaningful at speed 1",
         )
-    else:
-        checks.append(
-            TargetCheck(
-                "end of speech -> final: (latency - silence waited) / bare inference, p95",
-                "-" if eos.p95 is None else f"{eos.p95:.2f}",
-                f"<= {EOS_INFERENCE_FACTOR}",
-                None if eos.p95 is None else eos.p95 <= EOS_INFERENCE_FACTOR,
-                f"{summary.finals_within_eos_bound} / {summary.finals} finals within "
-                f"{settings.endpoint_silence_ms} ms + {EOS_INFERENCE_FACTOR} x bare inference",
-            )
-        )
+    return TargetCheck(
+        name,
+        value,
+        f"<= {EOS_INFERENCE_FACTOR}",
+        None if eos.p95 is None else eos.p95 <= EOS_INFERENCE_FACTOR,
+        f"{summary.finals_within_eos_bound} / {summary.finals} finals within "
+        f"{settings.endpoint_silence_ms} ms + {EOS_INFERENCE_FACTOR} x bare inference",
+    )
+
+
+def _partial_change_check(summary: Summary) -> TargetCheck:
     stability = summary.stability
     rate = summary.partial_change_rate
-    checks.append(
-        TargetCheck(
-            "partial words later changed",
-            "-" if rate is None else f"{rate:.3f}",
-            f"< {PARTIAL_CHANGE_TARGET}",
-            None if rate is None else rate < PARTIAL_CHANGE_TARGET,
-            f"{stability.words_changed} / {stability.words_shown} words; "
-            f"{stability.revised_partials} / {stability.partials} partials revised; "
-            f"{stability.words_edited} words edited (aligned)",
-        )
+    return TargetCheck(
+        "partial words later changed",
+        "-" if rate is None else f"{rate:.3f}",
+        f"< {PARTIAL_CHANGE_TARGET}",
+        None if rate is None else rate < PARTIAL_CHANGE_TARGET,
+        f"{stability.words_changed} / {stability.words_shown} words; "
+        f"{stability.revised_partials} / {stability.partials} partials revised; "
+        f"{stability.words_edited} words edited (aligned)",
     )
+
+
+def _stable_change_check(summary: Summary) -> TargetCheck:
+    stability = summary.stability
     stable_rate = summary.stable_change_rate
-    checks.append(
-        TargetCheck(
-            "words within stable_chars later changed",
-            "-" if stable_rate is None else f"{stable_rate:.3f}",
-            "report only",
-            # No verdict: finals are decoded afresh with the whole utterance and may
-            # correct a stable word (issue 5's "without reason"); reported, not gated.
-            None,
-            "messages carry no stable_chars"
-            if not stability.stable_partials
-            else f"{stability.stable_words_changed} / {stability.stable_words} words in "
-            f"{stability.stable_partials} partials",
-        )
+    return TargetCheck(
+        "words within stable_chars later changed",
+        "-" if stable_rate is None else f"{stable_rate:.3f}",
+        "report only",
+        # No verdict: finals are decoded afresh with the whole utterance and may
+        # correct a stable word (issue 5's "without reason"); reported, not gated.
+        None,
+        "messages carry no stable_chars"
+        if not stability.stable_partials
+        else f"{stability.stable_words_changed} / {stability.stable_words} words in "
+        f"{stability.stable_partials} partials",
     )
-    return checks
 
 
 def _partial_intervals(results: Sequence[ClipResult]) -> list[float]:
