@@ -25,7 +25,8 @@ import asyncio
 import contextlib
 import logging
 import time
-from collections.abc import AsyncIterator
+from collections.abc import AsyncIterator, Callable
+from contextlib import AbstractAsyncContextManager
 
 from opentelemetry import trace
 from opentelemetry.sdk.trace import TracerProvider
@@ -103,6 +104,39 @@ def create_app(
         metrics=metrics,
         tracer=tracer,
     )
+    routes = [
+        Route(TRANSCRIPTIONS_PATH, service.transcribe, methods=["POST"]),
+        Route(HEALTH_PATH, service.health, methods=["GET"]),
+        Route(METRICS_PATH, service.metrics, methods=["GET"]),
+        Route(MODELS_PATH, service.models, methods=["GET"]),
+    ]
+    paths = frozenset(route.path for route in routes)
+    return Starlette(
+        routes=routes,
+        middleware=_middleware(metrics, tracer, paths, api_key),
+        exception_handlers={
+            RequestError: request_error,
+            HTTPException: http_error,
+            Exception: internal_error,
+        },
+        lifespan=_warm_up(engine),
+    )
+
+
+def _middleware(
+    metrics: ServerMetrics, tracer: trace.Tracer, paths: frozenset[str], api_key: str | None
+) -> list[Middleware]:
+    """Every request counted and traced; then, with `api_key`, the key checked."""
+    middleware = [Middleware(Observed, metrics=metrics, tracer=tracer, routes=paths)]
+    if api_key is not None:
+        # Probes and scrapers rarely carry keys, and neither path tells anything secret.
+        open_paths = frozenset({HEALTH_PATH, METRICS_PATH})
+        middleware.append(Middleware(ApiKeyGate, key=api_key, open_paths=open_paths))
+    return middleware
+
+
+def _warm_up(engine: Engine) -> Callable[[Starlette], AbstractAsyncContextManager[None]]:
+    """The app's lifespan: the engine warmed up before the first request is taken."""
 
     @contextlib.asynccontextmanager
     async def lifespan(app: Starlette) -> AsyncIterator[None]:
@@ -117,28 +151,7 @@ def create_app(
         )
         yield
 
-    routes = [
-        Route(TRANSCRIPTIONS_PATH, service.transcribe, methods=["POST"]),
-        Route(HEALTH_PATH, service.health, methods=["GET"]),
-        Route(METRICS_PATH, service.metrics, methods=["GET"]),
-        Route(MODELS_PATH, service.models, methods=["GET"]),
-    ]
-    paths = frozenset(route.path for route in routes)
-    middleware = [Middleware(Observed, metrics=metrics, tracer=tracer, routes=paths)]
-    if api_key is not None:
-        # Probes and scrapers rarely carry keys, and neither path tells anything secret.
-        open_paths = frozenset({HEALTH_PATH, METRICS_PATH})
-        middleware.append(Middleware(ApiKeyGate, key=api_key, open_paths=open_paths))
-    return Starlette(
-        routes=routes,
-        middleware=middleware,
-        exception_handlers={
-            RequestError: request_error,
-            HTTPException: http_error,
-            Exception: internal_error,
-        },
-        lifespan=lifespan,
-    )
+    return lifespan
 
 
 class _Service:
