@@ -111,3 +111,36 @@ async def test_slow_reader_that_would_lose_finals_is_closed_1013(nc, make_gatewa
     assert ws.close_code == 1013
     assert "too slow" in (ws.close_reason or "")
     await until(lambda: worker_id not in gateway.gateway.bridges, within_s=10)
+
+
+async def test_results_held_behind_an_open_session_past_the_bound_close_1013(
+    nc, make_gateway
+) -> None:
+    """A flush opens the connection's next worker session on the next audio; that session's
+    results wait until the first one closes, and past `max_queue` of them the client is closed
+    as too slow (it was an AttributeError once)."""
+    gateway = await make_gateway(max_queue=MAX_QUEUE)
+    session_id = "bp-held"
+    ws = await open_idle_client(gateway, nc, session_id)
+    first = gateway.worker_id(session_id)
+    second = f"{first}~2"
+    await ws.send(b"\x00\x00" * 160)
+    await ws.send(json.dumps({"type": "final"}))
+    second_started = await nc.subscribe(f"ai.voice.stream.{second}", max_msgs=1)
+    await ws.send(b"\x00\x00" * 160)
+    await second_started.next_msg(timeout=10)  # subscribed to its results before this
+
+    subject = f"ai.voice.transcription.{second}"
+    for utterance in range(1, MAX_QUEUE + 1):
+        await nc.publish(subject, result(second, utterance, f"held {utterance}", final=True))
+    await nc.flush()
+    assert gateway.gateway.stats.overflow_closes == 0
+    await nc.publish(subject, result(second, MAX_QUEUE + 1, "one too many", final=True))
+    await nc.flush()
+    await until(lambda: gateway.gateway.stats.overflow_closes == 1, within_s=10)
+
+    with pytest.raises(ConnectionClosed):
+        while True:
+            await ws.recv()
+    assert ws.close_code == 1013
+    assert "held behind an open session" in (ws.close_reason or "")

@@ -316,7 +316,9 @@ class Bridge:
         elif len(segment.held) < self.config.max_queue:
             segment.held.append(message)
         else:
-            self._too_slow()
+            # A later session's results wait for an earlier one's end; past the bound the
+            # client is as good as not reading.
+            self._sender.too_slow(f"{self.config.max_queue} results held behind an open session")
 
     def _deliver(self, segment: Segment, message: ServerMessage) -> None:
         if isinstance(message, Transcription) and message.is_final and message.end_reason == "end":

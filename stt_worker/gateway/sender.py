@@ -54,14 +54,16 @@ class Sender:
             accepted = self.outbox.push(frame, partial=partial)
             self._stats.dropped_partials += self.outbox.dropped_partials - dropped
             if not accepted:
-                self._stats.overflow_closes += 1
-                logger.warning("gateway: client of session %s too slow; closing", self._session_id)
-                self.abort(
-                    CLOSE_TRY_AGAIN_LATER,
-                    f"client too slow: {self.outbox.max_frames} results unsent",
-                )
+                self.too_slow(f"{self.outbox.max_frames} results unsent")
                 return
         self._wake.set()
+
+    def too_slow(self, detail: str) -> None:
+        """Close with 1013: the client reads slower than its results come, and a final would
+        otherwise be lost."""
+        self._stats.overflow_closes += 1
+        logger.warning("gateway: client of session %s too slow; closing", self._session_id)
+        self.abort(CLOSE_TRY_AGAIN_LATER, f"client too slow: {detail}")
 
     def close_after_sending(self, code: int, reason: str) -> None:
         if self.close is None:
