@@ -9,6 +9,8 @@ from __future__ import annotations
 import asyncio
 
 import msgpack
+import pytest
+from nats.errors import ProtocolError
 from nats.protocol.parser import Parser
 
 from stt_worker.runtime import nats_parser
@@ -114,13 +116,22 @@ async def test_large_shed_payloads_are_skipped_across_reads_and_the_rest_arrives
     assert reader._ps.buf == bytearray() and not reader._ps._skip
 
 
-async def test_nats_py_parser_is_taken_over_mid_message():
+@pytest.mark.parametrize("cut", ["control line", "payload"])
+async def test_nats_py_parser_is_taken_over_mid_message(cut: str):
     reader = Reader()
-    honest = wire(HONEST, {"type": "start"})
-    await reader._ps.parse(honest[:30])
+    honest = wire(HONEST, {"type": "start", "sample_rate": 16000})
+    at = 30 if cut == "control line" else honest.index(b"\r\n") + 5
+    await reader._ps.parse(honest[:at])
     Shedder(Metrics()).install(reader)  # type: ignore[arg-type]
-    await reader._ps.parse(honest[30:] + honest)
+    await reader._ps.parse(honest[at:] + honest)
     assert reader.subjects == [HONEST.encode()] * 2
+
+
+async def test_a_malformed_sid_is_a_protocol_error_so_the_client_reconnects():
+    reader = Reader()
+    Shedder(Metrics()).install(reader)  # type: ignore[arg-type]
+    with pytest.raises(ProtocolError):
+        await reader._ps.parse(b"MSG ai.voice.stream.x 1x 2\r\nhi\r\n")
 
 
 def test_the_hardened_patterns_are_in_place_for_the_parser():
