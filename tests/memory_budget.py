@@ -79,9 +79,12 @@ def held_seconds(settings: Settings) -> float:
 
 
 def subscriptions(settings: Settings) -> int:
-    """The worker's subscriptions: one, or its share of the partitions."""
+    """The worker's subscriptions: one, or its share of the partitions; in elastic mode all of
+    them, which a lone worker holds (the last one standing, or the first one up)."""
     if not settings.partitions:
         return 1
+    if settings.elastic:
+        return settings.partitions
     replicas = settings.replicas or settings.partitions
     return math.ceil(settings.partitions / replicas)
 

@@ -8,23 +8,30 @@ equal to STT_REPLICAS, STT_PARTITIONS equal to the NATS mapping's partition coun
 The rendered settings are loaded by the worker's own `Settings`, which also computes each
 pod's partition subjects. The NATS config is then run on the real nats-server: the mapping
 must deliver each session's audio exactly once, to one stable partition, and so to one pod.
+The elastic overlays' autoscalers are checked against what a real elastic worker exports and
+creates on that server: its metric for the HPA, its stream and consumers for KEDA.
 """
 
 from __future__ import annotations
 
+import asyncio
 import functools
+import json
 import os
 import re
 import shutil
+import socket
 import subprocess
 import sys
 import textwrap
+import urllib.request
 from collections import Counter
 from collections.abc import Iterator
 from pathlib import Path
 from typing import Any
 from urllib.parse import urlsplit
 
+import jsonschema
 import kubernetes_validate
 import nats
 import pytest
@@ -34,16 +41,21 @@ from nats.aio.subscription import Subscription
 from stt_worker.config import Settings
 from stt_worker.engines.models import BUNDLED_MODELS
 from stt_worker.runtime.nats_server import NatsServer
+from tests.helpers import until
 from tests.memory_budget import MIB, quantity_bytes, worst_case
 
 K8S_DIR = Path(__file__).resolve().parent.parent / "k8s"
 NATS_CONF = K8S_DIR / "nats" / "nats.conf"
+# KEDA's ScaledObject has no schema among Kubernetes' own: a minimal one, source inside.
+SCALEDOBJECT_SCHEMA = Path(__file__).resolve().parent / "data" / "keda" / "scaledobject.schema.json"
 
 # One pinned version, so that a kubernetes-validate upgrade cannot change what passes; old
 # enough that the manifests apply to the clusters most people run.
 KUBERNETES_VERSION = "1.31.0"
-# Kinds defined by CRDs have no schema among the core ones; they are skipped by name.
-CRD_KINDS = frozenset({("monitoring.coreos.com/v1", "ServiceMonitor")})
+# Kinds defined by CRDs have no schema among the core ones: ScaledObject is checked against
+# the vendored schema, the rest are skipped by name.
+SCALEDOBJECT = ("keda.sh/v1alpha1", "ScaledObject")
+CRD_KINDS = frozenset({("monitoring.coreos.com/v1", "ServiceMonitor"), SCALEDOBJECT})
 
 NAMESPACE = "ai-ml"
 WORKER = "stt-streaming"
@@ -57,15 +69,24 @@ DRAIN_MARGIN_S = 10
 # A local model may load before the health port opens.
 MIN_STARTUP_BUDGET_S = 300
 
-WORKER_TARGETS = {
+# The static layout: each pod's share of the partitions is its ordinal's.
+STATIC_TARGETS = {
     "base": "stt-streaming:http",
     "overlays/http": "stt-streaming:http",
     "overlays/cpu": "stt-streaming:cpu",
     "overlays/rocm": "stt-streaming:rocm",
     "overlays/nvidia": "stt-streaming:cuda",
 }
+# Elastic mode, each with one autoscaler.
+ELASTIC_TARGETS = {
+    "overlays/elastic": "stt-streaming:cpu",
+    "overlays/keda": "stt-streaming:cpu",
+}
+WORKER_TARGETS = STATIC_TARGETS | ELASTIC_TARGETS
 OVERLAYS = [target for target in WORKER_TARGETS if target.startswith("overlays/")]
 TARGETS = [*WORKER_TARGETS, "nats"]
+# The issue's bound on a rebalance after a join or a leave.
+REBALANCE_S = 10
 
 Doc = dict[str, Any]
 
@@ -208,6 +229,9 @@ def test_servicemonitor_component(tmp_path: Path) -> None:
 
 
 def validate(target: str, doc: Doc) -> None:
+    if (doc["apiVersion"], doc["kind"]) == SCALEDOBJECT:
+        validate_scaledobject(target, doc)
+        return
     if (doc["apiVersion"], doc["kind"]) in CRD_KINDS:
         return
     name = f"{doc['kind']}/{doc['metadata']['name']}"
@@ -222,6 +246,42 @@ def validate(target: str, doc: Doc) -> None:
     pytest.fail(error, pytrace=False)
 
 
+def validate_scaledobject(target: str, doc: Doc) -> None:
+    """The vendored schema, then the HPA behaviour it embeds as an HPA's own (KEDA copies it
+    into the HPA it makes, where the API server checks it)."""
+    schema = json.loads(SCALEDOBJECT_SCHEMA.read_text())
+    errors = [
+        f"{'.'.join(str(p) for p in e.absolute_path)}: {e.message}"
+        for e in jsonschema.Draft7Validator(schema).iter_errors(doc)
+    ]
+    assert not errors, f"{target}: ScaledObject/{doc['metadata']['name']}: {errors}"
+    behavior = doc["spec"].get("advanced", {}).get("horizontalPodAutoscalerConfig", {})
+    if "behavior" in behavior:
+        hpa = {
+            "apiVersion": "autoscaling/v2",
+            "kind": "HorizontalPodAutoscaler",
+            "metadata": {"name": doc["metadata"]["name"]},
+            "spec": {
+                "scaleTargetRef": doc["spec"]["scaleTargetRef"],
+                "maxReplicas": doc["spec"].get("maxReplicaCount", 100),
+                "behavior": behavior["behavior"],
+            },
+        }
+        validate(f"{target} (ScaledObject behavior)", hpa)
+
+
+def test_the_scaledobject_schema_refuses_what_keda_would() -> None:
+    """The vendored schema is no rubber stamp: a typo and a wrong metric type fail."""
+    scaledobject = find(render("overlays/keda"), "ScaledObject", WORKER)
+    schema = jsonschema.Draft7Validator(json.loads(SCALEDOBJECT_SCHEMA.read_text()))
+    assert schema.is_valid(scaledobject)
+    typo = {**scaledobject, "spec": {**scaledobject["spec"], "maxReplicasCount": 3}}
+    trigger = {**scaledobject["spec"]["triggers"][0], "metricType": "Average"}
+    wrong_type = {**scaledobject, "spec": {**scaledobject["spec"], "triggers": [trigger]}}
+    assert not schema.is_valid(typo)
+    assert not schema.is_valid(wrong_type)
+
+
 @pytest.mark.parametrize("target", TARGETS)
 def test_everything_is_in_the_namespace_and_labelled(target: str) -> None:
     for doc in render(target):
@@ -233,7 +293,7 @@ def test_everything_is_in_the_namespace_and_labelled(target: str) -> None:
 # ------------------------------------------------------------------ the worker
 
 
-@pytest.mark.parametrize("target", WORKER_TARGETS)
+@pytest.mark.parametrize("target", STATIC_TARGETS)
 def test_worker_replicas_and_partitions_agree(target: str) -> None:
     docs = render(target)
     env = worker_env(docs)
@@ -253,7 +313,7 @@ def test_worker_replicas_and_partitions_agree(target: str) -> None:
     assert "STT_REPLICA_INDEX" not in env
 
 
-@pytest.mark.parametrize("target", WORKER_TARGETS)
+@pytest.mark.parametrize("target", STATIC_TARGETS)
 def test_worker_pods_split_the_partitions_between_them(target: str) -> None:
     """The rendered settings pass the worker's validation, and the pods, each by its own
     ordinal, subscribe to every partition exactly once."""
@@ -578,6 +638,145 @@ def test_gpu_overlays_patch_the_same_fields() -> None:
     assert shape(nvidia) == shape(rocm)
 
 
+# ------------------------------------------------------------------ elastic mode
+
+
+def elastic_settings(docs: tuple[Doc, ...]) -> Settings:
+    """The rendered settings as one pod reads them (its name is its worker id)."""
+    return Settings(**worker_env(docs), STT_WORKER_ID=f"{WORKER}-0")
+
+
+def autoscalers(docs: tuple[Doc, ...]) -> list[Doc]:
+    kinds = {"HorizontalPodAutoscaler", "ScaledObject"}
+    return [d for d in docs if d["kind"] in kinds]
+
+
+@pytest.mark.parametrize("target", ELASTIC_TARGETS)
+def test_elastic_workers_share_the_partitions_whatever_their_number(target: str) -> None:
+    docs = render(target)
+    env = worker_env(docs)
+    settings = elastic_settings(docs)
+    statefulset = find(docs, "StatefulSet", WORKER)
+    container = only_container(statefulset)
+    pod = statefulset["spec"]["template"]["spec"]
+
+    # Durable, elastic and partitioned as the NATS mapping is: every pod may serve any
+    # partition (the worker's own check: leases within the ack wait).
+    assert (settings.durable, settings.elastic) == (True, True)
+    assert settings.partitions == nats_conf_mapping()[2]
+    assert settings.stream_subjects() == [
+        PARTITION_SUBJECT.format(partition=p) for p in range(settings.partitions)
+    ]
+    # No replica count anywhere: the autoscaler owns it, and a pod beyond any count starts.
+    assert "replicas" not in statefulset["spec"]
+    assert "STT_REPLICAS" not in env and "STT_REPLICA_INDEX" not in env
+    Settings(**env, HOSTNAME=f"{WORKER}-99").stream_subjects()
+    # The worker id is the pod's name, from the downward API.
+    (worker_id,) = [e for e in container["env"] if e["name"] == "STT_WORKER_ID"]
+    assert worker_id["valueFrom"]["fieldRef"]["fieldPath"] == "metadata.name"
+    # SIGTERM waits for the inboxes and then for the finals, each within the drain timeout,
+    # before the hand-over.
+    assert pod["terminationGracePeriodSeconds"] >= 2 * settings.drain_timeout_s + DRAIN_MARGIN_S
+    # A rollout moves on once the new pod has had its share handed to it.
+    assert statefulset["spec"]["minReadySeconds"] >= REBALANCE_S
+    assert container["readinessProbe"]["httpGet"]["path"] == "/readyz"
+    # Exactly one autoscaler, on this StatefulSet, never beyond the partitions nor below two.
+    (scaler,) = autoscalers(docs)
+    spec = scaler["spec"]
+    target = {"apiVersion": "apps/v1", "kind": "StatefulSet", "name": WORKER}
+    assert spec["scaleTargetRef"] == target
+    low, high = (
+        (spec["minReplicas"], spec["maxReplicas"])
+        if scaler["kind"] == "HorizontalPodAutoscaler"
+        else (spec["minReplicaCount"], spec["maxReplicaCount"])
+    )
+    assert 2 <= low < high <= settings.partitions
+
+
+@pytest.mark.parametrize("variant", ["overlays/rocm", "overlays/nvidia"])
+def test_the_elastic_components_compose_with_a_gpu_variant(tmp_path: Path, variant: str) -> None:
+    """As k8s/README.md says: a variant, then the elastic component and an autoscaler; the
+    variant's patches still apply (the workload is the same StatefulSet) and its memory limit
+    holds a lone worker's buffers for every partition."""
+    docs = kustomize(
+        write_kustomization(
+            tmp_path,
+            f"""
+            resources: ['{{k8s}}/{variant}']
+            components: ['{{k8s}}/components/elastic', '{{k8s}}/components/hpa']
+            """,
+        )
+    )
+    for doc in docs:
+        validate(f"{variant} + elastic", doc)
+    settings = elastic_settings(docs)
+    container = only_container(find(docs, "StatefulSet", WORKER))
+    assert settings.elastic and "replicas" not in find(docs, "StatefulSet", WORKER)["spec"]
+    assert container["image"] == STATIC_TARGETS[variant]
+    assert any(key.endswith("/gpu") for key in container["resources"]["limits"])
+    worst = worst_case(settings, STATIC_TARGETS[variant])
+    assert worst.total <= quantity_bytes(container["resources"]["limits"]["memory"])
+
+
+def test_static_overlays_have_no_autoscaler() -> None:
+    """Only elastic pods may be counted by someone else: static ones keep their STT_REPLICAS."""
+    for target in STATIC_TARGETS:
+        assert not autoscalers(render(target)), target
+
+
+def scaling_behaviour(docs: tuple[Doc, ...]) -> Doc:
+    (scaler,) = autoscalers(docs)
+    if scaler["kind"] == "HorizontalPodAutoscaler":
+        return scaler["spec"]["behavior"]
+    return scaler["spec"]["advanced"]["horizontalPodAutoscalerConfig"]["behavior"]
+
+
+def test_both_autoscalers_scale_down_slowly_and_alike() -> None:
+    """A scale-down is a drain and a hand-over: one pod at a time, minutes apart, after a
+    long look back; and KEDA's HPA behaves as ours does."""
+    behaviour = scaling_behaviour(render("overlays/elastic"))
+    assert scaling_behaviour(render("overlays/keda")) == behaviour
+    down = behaviour["scaleDown"]
+    assert down["stabilizationWindowSeconds"] >= 300
+    assert down["policies"] == [{"type": "Pods", "value": 1, "periodSeconds": 300}]
+    # Up: a spike shorter than the window is ignored (KEDA's missing-consumer reading).
+    assert behaviour["scaleUp"]["stabilizationWindowSeconds"] >= 30
+
+
+def test_the_hpa_scales_on_live_sessions_per_worker_through_the_adapter() -> None:
+    hpa = find(render("overlays/elastic"), "HorizontalPodAutoscaler", WORKER)
+    (metric,) = hpa["spec"]["metrics"]
+    assert metric["type"] == "Pods"
+    assert metric["pods"]["metric"]["name"] == "stt_sessions_active"
+    assert metric["pods"]["target"]["type"] == "AverageValue"
+    # Below what one worker sustains (48 on 2 cores, bench/results/capacity.md).
+    assert 0 < int(metric["pods"]["target"]["averageValue"]) < 48
+
+    # The adapter's rule serves that name, per pod and namespace, from the worker's series.
+    adapter = K8S_DIR / "components" / "hpa" / "prometheus-adapter-values.yaml"
+    values = yaml.safe_load(adapter.read_text())
+    (rule,) = values["rules"]["custom"]
+    assert rule["name"]["as"] == metric["pods"]["metric"]["name"]
+    assert rule["seriesQuery"].startswith("stt_sessions_active{")
+    assert set(rule["resources"]["overrides"]) == {"namespace", "pod"}
+
+
+def test_keda_watches_every_partition_consumer_on_the_nats_monitoring_port() -> None:
+    docs = render("overlays/keda")
+    settings = elastic_settings(docs)
+    triggers = find(docs, "ScaledObject", WORKER)["spec"]["triggers"]
+    assert {t["type"] for t in triggers} == {"nats-jetstream"}
+    assert len({t["metadata"]["consumer"] for t in triggers}) == settings.partitions
+    service = find(docs, "Service", "nats")
+    monitor = {p["name"]: p["port"] for p in service["spec"]["ports"]}["monitor"]
+    for trigger in triggers:
+        meta = trigger["metadata"]
+        endpoint = f"nats.{NAMESPACE}.svc.cluster.local:{monitor}"
+        assert meta["natsServerMonitoringEndpoint"] == endpoint
+        assert meta["stream"] == settings.jetstream_stream
+        assert int(meta["lagThreshold"]) > 0
+
+
 # ------------------------------------------------------------------ the NATS mapping
 
 
@@ -648,14 +847,15 @@ async def partitions_seen(url: str, subjects_by_pod: dict[int, list[str]]) -> di
         await nc.close()
 
 
-async def test_nats_config_partitions_sessions_on_the_real_server() -> None:
+async def test_nats_config_partitions_sessions_on_the_real_server(tmp_path: Path) -> None:
     _, _, partitions = nats_conf_mapping()
     docs = render("base")
     subjects_by_pod = pod_subjects(
         worker_env(docs), find(docs, "StatefulSet", WORKER)["spec"]["replicas"]
     )
-    # The config's own ports are overridden: -p -1 and -m -1 let the server pick free ones.
-    config = ("-c", str(NATS_CONF), "-m", "-1")
+    # The config's own ports are overridden: -p -1 and -m -1 let the server pick free ones;
+    # JetStream's store is an argument in the pod too.
+    config = ("-c", str(NATS_CONF), "-m", "-1", "-sd", str(tmp_path))
 
     async with NatsServer(extra_args=config) as server:
         first = await partitions_seen(server.url, subjects_by_pod)
@@ -690,3 +890,90 @@ def test_the_worst_case_memory_fits_the_workers_limit(target: str) -> None:
     )
     print(report)
     assert worst.total <= limit, report
+
+
+# ------------------------------------------------------------------ JetStream, for real
+
+
+def free_port() -> int:
+    with socket.socket() as probe:
+        probe.bind(("127.0.0.1", 0))
+        return probe.getsockname()[1]
+
+
+def http_get(url: str) -> str:
+    with urllib.request.urlopen(url, timeout=5) as response:
+        return response.read().decode()
+
+
+def jetstream_store(docs: tuple[Doc, ...]) -> tuple[str, Doc]:
+    """The nats container's --store_dir, and the volume mounted there."""
+    deployment = find(docs, "Deployment", "nats")
+    nats_pod = deployment["spec"]["template"]["spec"]
+    container = only_container(deployment)
+    store_dir = container["args"][container["args"].index("--store_dir") + 1]
+    mounts = {m["mountPath"]: m["name"] for m in container["volumeMounts"]}
+    (volume,) = [v for v in nats_pod["volumes"] if v["name"] == mounts[store_dir]]
+    return store_dir, volume
+
+
+@pytest.mark.timeout(180)
+async def test_keda_finds_the_elastic_workers_consumers_on_the_shipped_nats(
+    tmp_path: Path, make_worker
+) -> None:
+    """The shipped nats.conf runs JetStream with its limits; a real worker with the keda
+    overlay's settings creates its stream and partition consumers there, and KEDA's request
+    to the monitoring port (/jsz, as its nats-jetstream scaler sends it) finds every trigger's
+    consumer. The worker also exports the HPA's metric."""
+    docs = render("overlays/keda")
+    rendered = elastic_settings(docs)
+    store_dir, volume = jetstream_store(docs)
+    claim = find(docs, "PersistentVolumeClaim", volume["persistentVolumeClaim"]["claimName"])
+    triggers = find(docs, "ScaledObject", WORKER)["spec"]["triggers"]
+    monitor = free_port()
+    config = ("-c", str(NATS_CONF), "-m", str(monitor), "-sd", str(tmp_path))
+    async with NatsServer(extra_args=config) as server:
+        jsz = f"http://127.0.0.1:{monitor}/jsz"
+        limits = json.loads(await asyncio.to_thread(http_get, jsz))["config"]
+        # The volume holds all that JetStream may store on file.
+        size = quantity_bytes(claim["spec"]["resources"]["requests"]["storage"])
+        assert 0 < limits["max_storage"] < size
+        assert 0 < limits["max_memory"] <= 64 * MIB
+        assert store_dir.startswith("/")
+
+        overrides = rendered.model_dump() | {
+            "nats_url": server.url,
+            "http_port": 0,
+            "otel_enabled": False,
+            "log_format": "text",
+        }
+        # Stopped inside the server's lifetime: its hand-over needs the server.
+        worker, stop, task = await make_worker(return_handles=True, **overrides)
+        expected = {t["metadata"]["consumer"] for t in triggers}
+
+        async def consumers_seen() -> set[str]:
+            (account,) = {t["metadata"]["account"] for t in triggers}
+            (stream,) = {t["metadata"]["stream"] for t in triggers}
+            # KEDA's own URL (pkg/scalers/nats_jetstream_scaler.go).
+            url = f"{jsz}?acc={account}&consumers=true&config=true"
+            report = json.loads(await asyncio.to_thread(http_get, url))
+            return {
+                consumer["name"]
+                for details in report.get("account_details", [])
+                if details["name"] == account
+                for found in details.get("stream_detail", [])
+                if found["name"] == stream
+                for consumer in found.get("consumer_detail", [])
+            }
+
+        async def all_seen() -> bool:
+            return await consumers_seen() == expected
+
+        await until(all_seen, REBALANCE_S, every_s=0.2)
+        assert worker.probe_url is not None
+        metrics = await asyncio.to_thread(http_get, f"{worker.probe_url}/metrics")
+        assert re.search(r"^stt_sessions_active 0\.0$", metrics, flags=re.MULTILINE)
+        stop.set()
+        await asyncio.wait_for(task, 60)
+        # Handed over on the way out: its consumers are gone, for the next owner to make.
+        assert not await consumers_seen()

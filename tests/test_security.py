@@ -268,7 +268,9 @@ async def test_worker_connects_over_mutual_tls_and_plain_clients_are_refused(mak
 # ---------------------------------------------------------------- k8s account config
 
 
-async def test_k8s_accounts_conf_lets_each_user_touch_only_its_subjects(make_worker, monkeypatch):
+async def test_k8s_accounts_conf_lets_each_user_touch_only_its_subjects(
+    make_worker, monkeypatch, tmp_path
+):
     # nats-server parses an env value as a config token: token_urlsafe's leading "-" (1 in
     # 32 runs for two passwords) reads as a negative number and fails ("Expected a digit").
     worker_password, publisher_password = (f"pw{secrets.token_hex(16)}" for _ in range(2))
@@ -277,7 +279,8 @@ async def test_k8s_accounts_conf_lets_each_user_touch_only_its_subjects(make_wor
     monkeypatch.setenv("VOICE_PUBLISHER_NATS_PASSWORD", publisher_password)
     worker_user = {"user": "stt-worker", "password": worker_password}
     publisher_user = {"user": "voice-publisher", "password": publisher_password}
-    config = ("-c", str(ACCOUNTS_CONF), "-m", "-1")
+    # nats.conf enables JetStream; its store is an argument, as in the pod.
+    config = ("-c", str(ACCOUNTS_CONF), "-m", "-1", "-sd", str(tmp_path))
     async with NatsServer(extra_args=config) as server:
         # The worker as deployed: partitioned, with the worker user's password.
         deployed = {"partitions": 12, "replicas": 1, "replica_index": 0}
