@@ -19,6 +19,11 @@ reruns only replay the rules (delete it to measure the decode times again).
 
     .venv/bin/python -m bench.endpointing            # bench/results/endpointing.{md,json,png}
     .venv/bin/python -m bench.endpointing --quick --out /tmp/ep   # 3 sentences, 2 lengths
+    .venv/bin/python -m bench.endpointing --time-scale 0.3   # model calls 0.3x as long
+
+`--time-scale` replays the cached model times scaled: the times were measured on whatever
+machine filled the cache (a loaded one is slower, and a slow verdict that lands after speech
+resumed is no cut), so it shows how the curve moves on a faster or quieter one.
 """
 
 from __future__ import annotations
@@ -247,7 +252,7 @@ def shipped(settings: Settings) -> list[Rule]:
     ]
 
 
-def run(quick: bool, out: Path) -> dict:
+def run(quick: bool, out: Path, time_scale: float = 1.0) -> dict:
     settings = load_settings()
     names = QUICK_SENTENCES if quick else None
     lengths = QUICK_PAUSES_MS if quick else pause_set.PAUSES_MS
@@ -269,8 +274,9 @@ def run(quick: bool, out: Path) -> dict:
     finally:
         measurer.save()
         measurer.close()
+    measured = [p.timed(time_scale) for p in measured]
     data = {
-        "meta": _meta(settings, quick, time.perf_counter() - started),
+        "meta": _meta(settings, quick, time_scale, time.perf_counter() - started),
         "pause_lengths_ms": list(lengths),
         "halves": half,
         "counts": {h: _counts([p for p in measured if p.half == h]) for h in (HELD_OUT, TUNE)},
@@ -308,12 +314,15 @@ def _describe(p: PauseFeatures) -> dict:
     }
 
 
-def _meta(settings: Settings, quick: bool, seconds: float) -> dict:
+def _meta(settings: Settings, quick: bool, time_scale: float, seconds: float) -> dict:
     commit = subprocess.run(
         ["git", "rev-parse", "--short", "HEAD"], cwd=ROOT, capture_output=True, text=True
     ).stdout.strip()
     return {
-        "command": "python -m bench.endpointing" + (" --quick" if quick else ""),
+        "command": "python -m bench.endpointing"
+        + (" --quick" if quick else "")
+        + (f" --time-scale {time_scale}" if time_scale != 1 else ""),
+        "time_scale": time_scale,
         "date": datetime.now(UTC).isoformat(timespec="seconds"),
         "commit": commit,
         "cpu": platform.processor() or platform.machine(),
@@ -332,9 +341,12 @@ def _meta(settings: Settings, quick: bool, seconds: float) -> dict:
 def main() -> None:
     parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
     parser.add_argument("--quick", action="store_true", help="3 sentences, 250 and 700 ms")
+    parser.add_argument(
+        "--time-scale", type=float, default=1.0, help="multiply the cached model times by this"
+    )
     parser.add_argument("--out", type=Path, default=OUT, help="output prefix (.md/.json/.png)")
     args = parser.parse_args()
-    run(args.quick, args.out)
+    run(args.quick, args.out, args.time_scale)
     print(args.out.with_suffix(".md"))
 
 

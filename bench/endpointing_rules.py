@@ -13,7 +13,7 @@ from __future__ import annotations
 
 import statistics
 from collections.abc import Sequence
-from dataclasses import dataclass, field
+from dataclasses import dataclass, field, replace
 
 from stt_worker.core.endpoint import AdaptiveEndpoint, TurnEndpoint
 from stt_worker.core.phases import Event
@@ -52,6 +52,16 @@ class PauseFeatures:
     checks: dict[int, Check] = field(default_factory=dict)  # frames -> the check there
     turn: dict[int, float] = field(default_factory=dict)  # frames -> Smart Turn probability
     turn_ms: float = 0.0  # one Smart Turn call's time
+
+    def timed(self, scale: float) -> PauseFeatures:
+        """The same pause with every model call's time multiplied by `scale`."""
+        checks = {
+            frames: replace(check, decode_ms=check.decode_ms * scale)
+            for frames, check in self.checks.items()
+        }
+        return replace(
+            self, checks=checks, final_ms=self.final_ms * scale, turn_ms=self.turn_ms * scale
+        )
 
     def in_time(self, at_ms: float) -> bool:
         """Is a decision made `at_ms` into the run made before speech was heard again?"""
