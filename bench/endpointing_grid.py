@@ -3,9 +3,10 @@
 Every combination of `GRID`'s values is replayed as the worker builds turn mode from its
 settings (`STT_TURN_*`). The tuned point is the one meeting issue 16's cut-off target on the
 tuning half with the lowest mean latency over its sentence ends (a half holds only a few, so
-every one counts; then the fewest cut-offs);
-it and the shipped defaults are then scored on the held-out half, which chose nothing. The
-neighbours move one setting at a time away from the defaults, to show which way each pulls.
+every one counts; then the fewest cut-offs); it and the shipped defaults are then scored on
+the held-out half, which chose nothing (and, as a check, a point tuned on the held-out half
+is scored on the tuning one). The neighbours move one setting at a time away from the
+defaults, to show which way each pulls.
 """
 
 from __future__ import annotations
@@ -86,20 +87,33 @@ def scored(
     return found
 
 
-def sweep(settings: Settings, pauses: Sequence[PauseFeatures], lengths: Sequence[int]) -> dict:
-    """The tuned point, the defaults and their neighbours, each scored on both halves."""
+def tune(
+    settings: Settings, pauses: Sequence[PauseFeatures], lengths: Sequence[int]
+) -> dict[str, float] | None:
+    """The combination meeting the target on `pauses` with the lowest mean latency over
+    their sentence ends (then the fewest cut-offs); None when none meets it."""
     names = list(GRID)
-    tune = [p for p in pauses if p.half == TUNE]
     best, best_key = None, None
     for combo in itertools.product(*GRID.values()):
         values = dict(zip(names, combo, strict=True))
         rule = Fused(values["turn_over_prob"], label(values), policy(settings, values))
-        point = score(rule, tune, lengths)
+        point = score(rule, pauses, lengths)
         if not meets_target(point):
             continue
         key = (point["latency_mean_ms"], point["cut_rate"])
         if best_key is None or key < best_key:
             best, best_key = values, key
+    return best
+
+
+def sweep(settings: Settings, pauses: Sequence[PauseFeatures], lengths: Sequence[int]) -> dict:
+    """The point tuned on each half, the defaults and their neighbours, each scored on both
+    halves. `tuned` is tuned on the tuning half; `swapped`, the check the other way round, on
+    the held-out one."""
+    picked = {
+        half: tune(settings, [p for p in pauses if p.half == half], lengths)
+        for half in (TUNE, HELD_OUT)
+    }
     shipped = defaults(settings)
     neighbours = []
     for name, axis in GRID.items():
@@ -111,6 +125,9 @@ def sweep(settings: Settings, pauses: Sequence[PauseFeatures], lengths: Sequence
         "grid": {name: list(axis) for name, axis in GRID.items()},
         "combinations": len(list(itertools.product(*GRID.values()))),
         "shipped": scored(settings, shipped, pauses, lengths),
-        "tuned": None if best is None else scored(settings, best, pauses, lengths),
+        **{
+            key: None if picked[half] is None else scored(settings, picked[half], pauses, lengths)
+            for key, half in (("tuned", TUNE), ("swapped", HELD_OUT))
+        },
         "neighbours": neighbours,
     }

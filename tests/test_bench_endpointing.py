@@ -16,6 +16,7 @@ from pathlib import Path
 
 import pytest
 
+from bench import endpointing_grid as grid
 from bench.pause_halves import HELD_OUT, TUNE, halves, speaker
 from stt_worker.config import load_settings
 
@@ -111,3 +112,22 @@ def test_the_halves_share_no_utterance_and_both_hear_each_speaker() -> None:
     for h in (HELD_OUT, TUNE):
         assert sum(complete[name] for name in gaps if half[name] == h) == 2
     assert half["ls_1089-134686-0000"] != half["noisy10db_lj_LJ001-0004"]
+
+
+def test_the_grid_builds_turn_mode_as_the_worker_does() -> None:
+    settings = load_settings()
+    moved = grid.policy(
+        settings,
+        {
+            "turn_over_prob": 0.8,
+            "turn_hold_prob": grid.SAME_AS_OVER,
+            "turn_check_ms": 60,
+            "turn_recheck_ms": 0,
+            "turn_max_ms": 1200,
+        },
+    )
+    assert (moved.rule.over_prob, moved.rule.hold_prob) == (0.8, 0.8)
+    assert (moved.check_frames, moved.recheck_frames, moved.max_frames) == (3, (), 60)
+    shipped = grid.policy(settings, grid.defaults(settings))
+    assert shipped.rule.hold_prob == settings.turn_hold_prob
+    assert shipped.check_frames * 20 == settings.turn_check_ms
