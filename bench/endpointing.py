@@ -2,26 +2,33 @@
 
 Every pause of `bench.pauses` (each inserted pause, each sentence's own pauses, each
 sentence's real end) is measured once: the worker's VAD over the clip gives the silence run;
-at `CHECK_FRAMES` of silence the worker's engine decodes the audio so far as a turn check
-does (`DecodeOptions(end_probability=True)`: text, end probability, its measured time);
-Smart Turn gives its probability at each of `TURN_POINTS`. The rules of
+at each of `CHECK_POINTS` frames of silence the worker's engine decodes the audio so far as a
+turn check does (`DecodeOptions(end_probability=True)`: text, end probability, its measured
+time); Smart Turn gives its probability at each of `TURN_POINTS`. The rules of
 `bench.endpointing_rules` are then replayed on those features over a sweep of their
 thresholds: the fixed silence rule, the decoder's end probability alone, Smart Turn alone
-and the fused rule. Cut-off rate: the share of inserted pauses where the turn is ended
-(overall, per length), and the sentences with no inserted pause that are cut at one of their
-own. Latency: end of the last word (energy, `bench.speech_marks`) -> the final's text ready
-(the decision, then the final's decode unless the check's text is the final), median and
-p95 over the sentences whose text ends a sentence. Decodes and model outputs are cached in
-.cache/endpointing, keyed by the audio, so reruns only replay the rules.
+and the fused rule (turn mode); `bench.endpointing_grid` sweeps all of turn mode's settings
+together. The sentences are split into two halves (`bench.pause_halves`): turn mode's
+settings are tuned on one, and every curve is reported on the other. Cut-off rate: the share
+of inserted pauses where the turn is ended (overall, per length), and the sentences with no
+inserted pause that are cut at one of their own. Latency: end of the last word (energy,
+`bench.speech_marks`) -> the final's text ready (the decision, then the final's decode
+unless the check's text is the final), median and p95 over the sentences whose text ends a
+sentence. Decodes and model outputs are cached in .cache/endpointing, keyed by the audio, so
+reruns only replay the rules (delete it to measure the decode times again).
 
     .venv/bin/python -m bench.endpointing            # bench/results/endpointing.{md,json,png}
     .venv/bin/python -m bench.endpointing --quick --out /tmp/ep   # 3 sentences, 2 lengths
+    .venv/bin/python -m bench.endpointing --time-scale 0.3   # model calls 0.3x as long
+
+`--time-scale` replays the cached model times scaled: the times were measured on whatever
+machine filled the cache (a loaded one is slower, and a slow verdict that lands after speech
+resumed is no cut), so it shows how the curve moves on a faster or quieter one.
 """
 
 from __future__ import annotations
 
 import argparse
-import dataclasses
 import hashlib
 import json
 import os
@@ -34,6 +41,7 @@ from pathlib import Path
 
 import numpy as np
 
+from bench import endpointing_grid as grid
 from bench import pauses as pause_set
 from bench.endpointing_report import write_report
 from bench.endpointing_rules import (
@@ -52,8 +60,9 @@ from bench.endpointing_rules import (
     SmartTurnAlone,
     score,
 )
+from bench.pause_halves import HELD_OUT, TUNE, halves
 from stt_worker.config import Settings, load_settings
-from stt_worker.core.endpoint import AdaptiveEndpoint, TurnEndpoint
+from stt_worker.core.endpoint import AdaptiveEndpoint
 from stt_worker.core.vad import FRAME_SAMPLES, VoiceActivityDetector
 from stt_worker.runtime.pipeline import speech_detectors
 from stt_worker.runtime.sessions import session_config
@@ -65,8 +74,7 @@ QUICK_SENTENCES = ("ls_1089-134691-0000", "ls_1089-134686-0001", "lj_LJ001-0008"
 QUICK_PAUSES_MS = (250, 700)
 FIXED_MS = tuple(range(200, 1501, 100))
 PROBS = (0.3, 0.4, 0.5, 0.6, 0.7, 0.75, 0.8, 0.85, 0.9, 0.95, 0.98)
-VETOES = (0.5, 0.8)  # turn mode's decoder veto (STT_TURN_END_VETO_PROB), swept too
-HOLDS = (0.3, None)  # turn mode's hold threshold (STT_TURN_HOLD_PROB); None: = over_prob
+TURN_FAMILY = "turn mode, Smart Turn threshold swept"
 SHIPPED_FIXED_MS = 500  # STT_ENDPOINT_SILENCE_MS's default: today's shipped rule
 
 
@@ -152,7 +160,7 @@ def silence_runs(speech: Sequence[bool]) -> list[tuple[int, int]]:
 
 
 def measure(
-    measurer: Measurer, clip: pause_set.PauseClip, kind: str, run: tuple[int, int], resumed: bool
+    measurer: Measurer, clip: pause_set.PauseClip, kind: str, run: tuple[int, int], half: str
 ) -> PauseFeatures:
     """One pause's features along its silence run (`run`: first frame, length)."""
     first, frames = run
@@ -169,24 +177,25 @@ def measure(
             turn[point] = prob
             turn_ms.append(ms)
     at = (first + CHECK_FRAMES) * FRAME_SAMPLES
-    final_ms = checks[CHECK_FRAMES].decode_ms if checks else measurer.check(samples[:at]).decode_ms
+    final = checks.get(CHECK_FRAMES) or measurer.check(samples[:at])
     return PauseFeatures(
         clip=clip.name,
         sentence=clip.sentence.name,
         kind=kind,
+        half=half,
         pause_ms=clip.pause_ms,
         complete=clip.sentence.complete,
         run_start_ms=first * FRAME_MS - clip.pause_start_s * 1000,
         run_frames=frames,
-        resumed=resumed,
-        final_ms=final_ms,
+        resumed=kind != "end",
+        final_ms=final.decode_ms,
         checks=checks,
         turn=turn,
         turn_ms=float(np.median(turn_ms)) if turn_ms else 0.0,
     )
 
 
-def features(measurer: Measurer, clip: pause_set.PauseClip) -> list[PauseFeatures]:
+def features(measurer: Measurer, clip: pause_set.PauseClip, half: str) -> list[PauseFeatures]:
     """An inserted pause's features; for a sentence as spoken, its own pauses (those long
     enough for any rule to end the turn) and its real end."""
     runs = silence_runs(measurer.speech(clip.samples))
@@ -197,46 +206,33 @@ def features(measurer: Measurer, clip: pause_set.PauseClip) -> list[PauseFeature
             r for r in runs if r[0] * frame_s < resume and (r[0] + r[1]) * frame_s > start
         ]
         if not overlapping:  # the VAD heard no silence at all in the pause
-            return [measure(measurer, clip, "inserted", (round(start / frame_s), 0), True)]
+            return [measure(measurer, clip, "inserted", (round(start / frame_s), 0), half)]
         longest = max(overlapping, key=lambda r: r[1])
-        return [measure(measurer, clip, "inserted", longest, True)]
+        return [measure(measurer, clip, "inserted", longest, half)]
     end = clip.speech_end_s
     found = [
-        measure(measurer, clip, "natural", r, True)
+        measure(measurer, clip, "natural", r, half)
         for r in runs
-        if r[1] >= CHECK_FRAMES and (r[0] + r[1]) * frame_s < end
+        if r[1] >= min(CHECK_POINTS) and (r[0] + r[1]) * frame_s < end
     ]
     last = [r for r in runs if (r[0] + r[1]) * frame_s >= end]
     assert last, f"{clip.name}: no silence after the last word"
-    return [*found, measure(measurer, clip, "end", last[0], False)]
+    return [*found, measure(measurer, clip, "end", last[0], half)]
 
 
 def rules(settings: Settings) -> list[Rule]:
-    """Each family over its thresholds; turn mode over its Smart Turn threshold, with the
-    default hold threshold and with none (no undecided band left to the fixed 500 ms), at
-    two decoder vetoes, its other settings the defaults."""
+    """Each family over its thresholds; turn mode over its Smart Turn threshold (`over_prob`,
+    and `hold_prob` with it: no undecided band), its other settings the defaults
+    (`bench.endpointing_grid` moves those)."""
     swept: list[Rule] = [FixedSilence(ms, f"{ms} ms") for ms in FIXED_MS]
     swept += [EndProbability(p, f"end prob >= {p}") for p in PROBS]
     swept += [SmartTurnAlone(p, f"turn prob >= {p}") for p in PROBS]
-    for hold in HOLDS:
-        for veto in VETOES:
-            for p in PROBS:
-                held = p if hold is None else min(p, hold)
-                policy = turn_policy(settings, over_prob=p, hold_prob=held, end_veto_prob=veto)
-                rule = Fused(p, f"over >= {p}, veto < {veto}", policy)
-                rule.family = f"turn mode, hold {'= over' if hold is None else f'< {hold}'}"
-                swept.append(rule)
+    for p in PROBS:
+        policy = grid.policy(settings, {"turn_over_prob": p, "turn_hold_prob": p})
+        rule = Fused(p, f"over = hold >= {p}", policy)
+        rule.family = TURN_FAMILY
+        swept.append(rule)
     return swept
-
-
-def turn_policy(settings: Settings, **rule: float) -> TurnEndpoint:
-    """Turn mode's policy as the worker builds it from `settings`, its rule's thresholds
-    replaced by `rule`'s."""
-    config = session_config(settings.model_copy(update={"endpoint_mode": "turn"}))
-    config = dataclasses.replace(config, turn_rule=dataclasses.replace(config.turn_rule, **rule))
-    policy = config.endpoint_policy()
-    assert isinstance(policy, TurnEndpoint)
-    return policy
 
 
 def shipped(settings: Settings) -> list[Rule]:
@@ -246,40 +242,51 @@ def shipped(settings: Settings) -> list[Rule]:
     policy = adaptive.endpoint_policy()
     assert isinstance(policy, AdaptiveEndpoint)
     assert adaptive.endpoint_min_ms == ADAPTIVE_FRAMES * FRAME_MS, "decoded at ADAPTIVE_FRAMES"
-    rule = turn_policy(settings).rule
+    turn = grid.policy(settings, {})
     return [
         FixedSilence(SHIPPED_FIXED_MS, f"{SHIPPED_FIXED_MS} ms (default before turn mode)"),
         ShippedAdaptive(
             adaptive.endpoint_min_ms, adaptive.endpoint_max_ms, adaptive.endpoint_silence_ms, policy
         ),
-        Fused(rule.over_prob, "turn mode, defaults", turn_policy(settings)),
+        Fused(turn.rule.over_prob, "turn mode, defaults", turn),
     ]
 
 
-def run(quick: bool, out: Path) -> dict:
+def run(quick: bool, out: Path, time_scale: float = 1.0) -> dict:
     settings = load_settings()
     names = QUICK_SENTENCES if quick else None
     lengths = QUICK_PAUSES_MS if quick else pause_set.PAUSES_MS
     detector = speech_detectors(settings)
     measurer = Measurer(settings, lambda: VoiceActivityDetector(detector()))
     started = time.perf_counter()
+    sentences = pause_set.sentences(names)
+    half = halves(
+        {s.name: len(pause_set.word_gaps(s)) for s in sentences},
+        {s.name: s.complete for s in sentences},
+    )
     try:
         measured = [
-            f for clip in pause_set.pause_set(names, lengths) for f in features(measurer, clip)
+            found
+            for sentence in sentences
+            for clip in pause_set.clips(sentence, lengths)
+            for found in features(measurer, clip, half[sentence.name])
         ]
     finally:
         measurer.save()
         measurer.close()
-    points = [score(rule, measured, lengths) for rule in rules(settings)]
-    today = [score(rule, measured, lengths) for rule in shipped(settings)]
+    measured = [p.timed(time_scale) for p in measured]
     data = {
-        "meta": _meta(settings, quick, time.perf_counter() - started),
+        "meta": _meta(settings, quick, time_scale, time.perf_counter() - started),
         "pause_lengths_ms": list(lengths),
-        "counts": _counts(measured),
-        "points": points,
-        "shipped": today,
-        "pauses": [_describe(p) for p in measured],
+        "halves": half,
+        "counts": {h: _counts([p for p in measured if p.half == h]) for h in (HELD_OUT, TUNE)},
     }
+    for name, key in ((HELD_OUT, ""), (TUNE, "tune_")):
+        chosen = [p for p in measured if p.half == name]
+        data[f"{key}points"] = [score(rule, chosen, lengths) for rule in rules(settings)]
+        data[f"{key}shipped"] = [score(rule, chosen, lengths) for rule in shipped(settings)]
+    data["turn_grid"] = grid.sweep(settings, measured, lengths)
+    data["pauses"] = [_describe(p) for p in measured]
     write_report(data, out)
     return data
 
@@ -297,6 +304,7 @@ def _describe(p: PauseFeatures) -> dict:
     return {
         "clip": p.clip,
         "kind": p.kind,
+        "half": p.half,
         "run_start_ms": round(p.run_start_ms),
         "run_frames": p.run_frames,
         "text": check.text if check else None,
@@ -306,12 +314,15 @@ def _describe(p: PauseFeatures) -> dict:
     }
 
 
-def _meta(settings: Settings, quick: bool, seconds: float) -> dict:
+def _meta(settings: Settings, quick: bool, time_scale: float, seconds: float) -> dict:
     commit = subprocess.run(
         ["git", "rev-parse", "--short", "HEAD"], cwd=ROOT, capture_output=True, text=True
     ).stdout.strip()
     return {
-        "command": "python -m bench.endpointing" + (" --quick" if quick else ""),
+        "command": "python -m bench.endpointing"
+        + (" --quick" if quick else "")
+        + (f" --time-scale {time_scale}" if time_scale != 1 else ""),
+        "time_scale": time_scale,
         "date": datetime.now(UTC).isoformat(timespec="seconds"),
         "commit": commit,
         "cpu": platform.processor() or platform.machine(),
@@ -330,9 +341,12 @@ def _meta(settings: Settings, quick: bool, seconds: float) -> dict:
 def main() -> None:
     parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
     parser.add_argument("--quick", action="store_true", help="3 sentences, 250 and 700 ms")
+    parser.add_argument(
+        "--time-scale", type=float, default=1.0, help="multiply the cached model times by this"
+    )
     parser.add_argument("--out", type=Path, default=OUT, help="output prefix (.md/.json/.png)")
     args = parser.parse_args()
-    run(args.quick, args.out)
+    run(args.quick, args.out, args.time_scale)
     print(args.out.with_suffix(".md"))
 
 

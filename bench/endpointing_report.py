@@ -9,6 +9,8 @@ from pathlib import Path
 from bench.endpointing_rules import (
     ADAPTIVE_FRAMES,
     CHECK_FRAMES,
+    CHECK_POINTS,
+    CURVE_MAX_PAUSE_MS,
     FALLBACK_MS,
     FRAME_MS,
     TURN_POINTS,
@@ -19,10 +21,10 @@ from bench.endpointing_rules import (
 CUT_LEVELS = (0.05, 0.10)
 
 
-def summarise(data: dict) -> dict:
-    """Per family: its operating points, and the fused rule's points meeting the target."""
+def summarise(scored: list[dict]) -> dict:
+    """Per family: its operating points, and its points meeting the target."""
     families: dict[str, list[dict]] = defaultdict(list)
-    for point in data["points"]:
+    for point in scored:
         families[point["family"]].append(point)
     summary = {}
     for family, points in families.items():
@@ -40,7 +42,8 @@ def summarise(data: dict) -> dict:
 
 def write_report(data: dict, out: Path) -> None:
     out.parent.mkdir(parents=True, exist_ok=True)
-    data["summary"] = summarise(data)
+    data["summary"] = summarise(data["points"])
+    data["tune_summary"] = summarise(data["tune_points"])
     out.with_suffix(".json").write_text(json.dumps(data, indent=1) + "\n")
     plot(data, out.with_suffix(".png"))
     page = out.with_suffix(".md")
@@ -63,30 +66,37 @@ def _fmt(value: float | None) -> str:
     return "-" if value is None else f"{value:.0%}"
 
 
-def _row(p: dict, lengths: list[int]) -> str:
+def _cells(p: dict, lengths: list[int]) -> str:
+    """A point's scores as table cells, after the columns that name it."""
     rates = " | ".join(_fmt(p["cut_rate_by_pause_ms"][str(n)]) for n in lengths)
     whole = f"{len(p['whole_sentences_cut'])}/{p['whole_sentences']}"
     target = "yes" if meets_target(p) else "no"
     return (
-        f"| {p['family']} | {p['label']} | {_fmt(p['cut_rate'])} | {rates} | {whole} "
+        f"| {_fmt(p['cut_rate'])} | {rates} | {whole} "
         f"| {p['latency_p50_ms']:.0f} | {p['latency_p95_ms']:.0f} "
         f"| {p['latency_p50_ms_all_ends']:.0f} | {target} |"
     )
 
 
-def markdown(data: dict, png: str) -> str:
-    lengths = data["pause_lengths_ms"]
-    meta, counts, summary = data["meta"], data["counts"], data["summary"]
-    head = " | ".join(f"cut {n} ms" for n in lengths)
-    table = [
-        f"| rule | threshold | cut (all inserted) | {head} | whole sentences cut "
-        "| p50 ms | p95 ms | p50 ms, all ends | target met |",
-        "| --- | --- | ---: | "
-        + " | ".join("---:" for _ in lengths)
-        + " | ---: | ---: | ---: | ---: | --- |",
+def _header(lead: list[str], lengths: list[int]) -> list[str]:
+    scores = [
+        f"cut (inserted, <= {CURVE_MAX_PAUSE_MS} ms)",
+        *(f"cut {n} ms" for n in lengths),
+        "whole sentences cut",
+        "p50 ms",
+        "p95 ms",
+        "p50 ms, all ends",
     ]
-    table += [_row(p, lengths) for p in data["shipped"]]
-    table += [_row(p, lengths) for p in data["points"]]
+    aligns = ["---"] * len(lead) + ["---:"] * len(scores) + ["---"]
+    return [f"| {' | '.join([*lead, *scores, 'target met'])} |", f"| {' | '.join(aligns)} |"]
+
+
+def _table(points: list[dict], lengths: list[int]) -> list[str]:
+    rows = [f"| {p['family']} | {p['label']} " + _cells(p, lengths) for p in points]
+    return [*_header(["rule", "threshold"], lengths), *rows]
+
+
+def _operating_points(summary: dict) -> list[str]:
     ops = ["| rule | latency at 5% cut-offs (p50 / p95 ms) | at 10% | best meeting the target |"]
     ops.append("| --- | --- | --- | --- |")
     for family, s in summary.items():
@@ -99,6 +109,70 @@ def markdown(data: dict, png: str) -> str:
                 else f"{p['latency_p50_ms']:.0f} / {p['latency_p95_ms']:.0f} ({p['label']})"
             )
         ops.append(f"| {family} | " + " | ".join(cells) + " |")
+    return ops
+
+
+def _set_line(data: dict) -> str:
+    lengths = ", ".join(map(str, data["pause_lengths_ms"]))
+    parts = []
+    for half, counts in data["counts"].items():
+        names = sorted(name for name, h in data["halves"].items() if h == half)
+        parts.append(
+            f"*{half}*: {counts['sentences']} sentences ({counts['complete_ends']} ending a "
+            f"sentence), {counts['inserted']} inserted pauses, {counts['natural']} pauses of "
+            f"their own long enough for a rule to act on ({', '.join(names)})"
+        )
+    return (
+        f"Set: pauses of {lengths} ms of room tone inserted at every usable word gap "
+        "(`bench.pauses`), the sentences dealt into two halves by `bench.pause_halves`; "
+        + "; ".join(parts)
+        + "."
+    )
+
+
+def _grid(data: dict, lengths: list[int]) -> list[str]:
+    grid = data["turn_grid"]
+    axes = "; ".join(f"`{k}` {', '.join(map(str, v))}" for k, v in grid["grid"].items())
+    rows = [("shipped defaults", grid["shipped"])]
+    for key, name in (
+        ("tuned", "tuned on the tuning half"),
+        ("swapped", "tuned on the held-out half"),
+    ):
+        if grid[key] is not None:
+            rows.append((name, grid[key]))
+    table = _header(["point", "half"], lengths)
+    for name, entry in rows:
+        for half in ("held-out", "tune"):
+            table.append(f"| {name} | {half} " + _cells(entry[half], lengths))
+    neighbours = _header(["moved setting", "value", "half"], lengths)
+    for entry in grid["neighbours"]:
+        moved, value = entry["moved"], entry["settings"][entry["moved"]]
+        for half in ("held-out", "tune"):
+            neighbours.append(f"| `{moved}` | {value} | {half} " + _cells(entry[half], lengths))
+    picked = {
+        key: "none met the target" if grid[key] is None else f"`{grid[key]['settings']}`"
+        for key in ("tuned", "swapped")
+    }
+    return [
+        "## Turn mode's settings: tuned on one half, judged on the other",
+        "",
+        f"All {grid['combinations']} combinations of {axes} (`hold` -1: equal to `over`), "
+        "replayed on the tuning half; the tuned point meets the target there with the lowest "
+        f"mean latency over its sentence ends (then the fewest cut-offs): {picked['tuned']}. "
+        "The check the other way round, tuned on the held-out half and judged on the tuning "
+        f"one: {picked['swapped']}.",
+        "",
+        *table,
+        "",
+        "One setting moved at a time from the defaults:",
+        "",
+        *neighbours,
+    ]
+
+
+def markdown(data: dict, png: str) -> str:
+    lengths = data["pause_lengths_ms"]
+    meta = data["meta"]
     lines = [
         "# End of turn: cut-offs against latency",
         "",
@@ -108,50 +182,53 @@ def markdown(data: dict, png: str) -> str:
         f"{meta['nproc']} CPUs ({meta['cpu']}); {meta['engine']} {meta['model']}; "
         f"VAD {meta['vad']}; {meta['seconds']} s (cached features are reused).",
         "",
-        f"Set: {counts['sentences']} sentences ({counts['complete_ends']} ending a sentence), "
-        f"{counts['inserted']} inserted pauses ({', '.join(map(str, lengths))} ms of silence "
-        f"between the two words, room tone), {counts['natural']} pauses of the sentences' own "
-        "that are long enough for a rule to act on.",
+        _set_line(data),
         "",
-        "## Operating points",
+        "## Operating points (held-out half)",
         "",
-        "Cut-offs here: the share of inserted pauses (all lengths) where the turn is ended; a "
+        f"Cut-offs here: the share of inserted pauses up to {CURVE_MAX_PAUSE_MS} ms where the "
+        "turn is ended (a longer one outlasts most rules' longest wait); a "
         "point qualifies only if no sentence without an inserted pause is cut. Target "
         "(issue 16): <= 10% of 400 ms and <= 20% of 700 ms pauses cut, none in a sentence "
         "without one.",
         "",
-        *ops,
+        *_operating_points(data["summary"]),
         "",
-        f"![cut-offs against latency]({png})",
+        f"![cut-offs against latency, held-out half]({png})",
         "",
-        "## Every point",
+        "On the tuning half:",
+        "",
+        *_operating_points(data["tune_summary"]),
+        "",
+        *_grid(data, lengths),
+        "",
+        "## Every point (held-out half)",
         "",
         "Latency: end of the last word (energy) -> the final's text ready, on the sentences "
         "whose text ends a sentence (*all ends*: every sentence's end, LJ utterances that stop "
-        "at a comma included).",
+        "at a comma included). Every point on the tuning half is in the JSON (`tune_points`).",
         "",
-        *table,
+        *_table(data["shipped"] + data["points"], lengths),
         "",
         "## How the rules are replayed",
         "",
         f"- Silence runs from the worker's VAD over each clip, in {FRAME_MS} ms frames, from "
         "its first silent frame (which may fall before or after the word's energy end).",
-        f"- Turn check: the engine decodes the audio up to {CHECK_FRAMES * FRAME_MS} ms "
-        f"(turn mode's check) and {ADAPTIVE_FRAMES * FRAME_MS} ms (the adaptive mode's) into "
-        "the silence run with the turn check's options; its measured time counts. Its text "
-        "is the final when a rule ends the turn on it; otherwise the final is decoded after "
-        "the decision (its time taken as the check's).",
+        f"- Turn check: the engine decodes the audio up to "
+        f"{', '.join(str(p * FRAME_MS) for p in CHECK_POINTS)} ms into the silence run with "
+        f"the turn check's options (turn mode's check and recheck, the adaptive mode's at "
+        f"{ADAPTIVE_FRAMES * FRAME_MS} ms); its measured time counts. Its text is the final "
+        "when a rule ends the turn on it; otherwise the final is decoded after the decision "
+        f"(its time taken as the {CHECK_FRAMES * FRAME_MS} ms check's).",
         f"- Smart Turn: probability at {', '.join(str(p * FRAME_MS) for p in TURN_POINTS)} ms "
         "of silence, with its measured time per call; in turn mode it runs first and the "
-        "decode after it (as `TurnCheckEngine` runs them), at the check and at each recheck "
-        "(the decode measured nearest before it).",
+        "decode after it (as `TurnCheckEngine` runs them), at the check and at each recheck.",
         f"- Alone, the decoder's end probability (checked at {CHECK_FRAMES * FRAME_MS} ms) and "
         f"Smart Turn (at each point) end the turn at {FALLBACK_MS} ms of silence when they "
         "never say *over*. Turn mode is replayed with the worker's own `TurnEndpoint` and "
-        "`TurnRule` (built by `runtime.sessions.session_config`), its Smart Turn threshold "
-        "(`over_prob`) and decoder veto swept, its other settings the defaults; the adaptive "
-        "mode with its own `AdaptiveEndpoint`. A decision that lands after speech resumed is "
-        "not a cut.",
+        "`TurnRule` (built by `runtime.sessions.session_config` from the settings); the "
+        "adaptive mode with its own `AdaptiveEndpoint`. A decision that lands after speech "
+        "resumed is not a cut.",
         "",
     ]
     return "\n".join(lines)
@@ -168,14 +245,14 @@ def plot(data: dict, path: Path) -> None:
     for point in data["points"]:
         families[point["family"]].append(point)
     for family, points in families.items():
-        ordered = sorted(points, key=lambda p: p["latency_p50_ms"])
+        ordered = sorted(points, key=lambda p: p["threshold"])  # a curve along its threshold
         (line,) = ax.plot(
             [p["latency_p50_ms"] for p in ordered],
             [p["cut_rate"] * 100 for p in ordered],
             marker=".",
             label=family,
         )
-        best = data["summary"][family]["at_10pct_cut"]
+        best = data["summary"][family]["at_5pct_cut"]
         if best is not None:
             ax.plot(
                 best["latency_p50_ms"],
@@ -197,8 +274,19 @@ def plot(data: dict, path: Path) -> None:
     for level in CUT_LEVELS:
         ax.axhline(level * 100, color="grey", lw=0.6, ls="--")
     ax.set_xlabel("median end of last word -> final text ready (ms)")
-    ax.set_ylabel("inserted pauses where the turn is ended (%)")
-    ax.set_title("End of turn: cut-offs against latency (circles: latency at 10% cut-offs)")
+    ax.set_ylabel(f"inserted pauses <= {CURVE_MAX_PAUSE_MS} ms where the turn is ended (%)")
+    tuned = data["turn_grid"]["tuned"]
+    if tuned is not None:
+        point = tuned["held-out"]
+        ax.plot(point["latency_p50_ms"], point["cut_rate"] * 100, "X", ms=11, color="crimson")
+        ax.annotate(
+            "turn mode, tuned on the other half",
+            (point["latency_p50_ms"], point["cut_rate"] * 100),
+            textcoords="offset points",
+            xytext=(6, -10),
+            fontsize=8,
+        )
+    ax.set_title("Held-out half: cut-offs against latency (circles: latency at 5% cut-offs)")
     ax.grid(alpha=0.3)
     ax.legend(fontsize=8)
     fig.tight_layout()

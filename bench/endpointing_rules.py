@@ -13,7 +13,7 @@ from __future__ import annotations
 
 import statistics
 from collections.abc import Sequence
-from dataclasses import dataclass, field
+from dataclasses import dataclass, field, replace
 
 from stt_worker.core.endpoint import AdaptiveEndpoint, TurnEndpoint
 from stt_worker.core.phases import Event
@@ -21,9 +21,13 @@ from stt_worker.core.phases import Event
 FRAME_MS = 20
 CHECK_FRAMES = 4  # turn mode's check (STT_TURN_CHECK_MS, 80 ms): decoded here
 ADAPTIVE_FRAMES = 15  # the adaptive mode's check (STT_ENDPOINT_MIN_SILENCE_MS): and here
-CHECK_POINTS = (CHECK_FRAMES, ADAPTIVE_FRAMES)
-TURN_POINTS = (4, 10, 15, 20, 25, 30, 40, 50)  # Smart Turn runs at these silence lengths
+# Where turn mode's check and recheck may fall in the sweep (60-400 ms): decoded there too.
+CHECK_POINTS = (3, CHECK_FRAMES, 6, 10, ADAPTIVE_FRAMES, 20)
+TURN_POINTS = (3, 4, 6, 10, 15, 20, 25, 30, 40, 50)  # Smart Turn runs at these silence lengths
 FALLBACK_MS = 1000  # a lone model that never says "over" still ends the turn here
+# The curve's cut-off rate counts pauses up to this long; a longer one outlasts most rules'
+# longest wait, so it is reported by its length only.
+CURVE_MAX_PAUSE_MS = 1000
 
 
 @dataclass(frozen=True)
@@ -38,6 +42,7 @@ class PauseFeatures:
     clip: str
     sentence: str
     kind: str  # "inserted", "natural" (a sentence's own pause) or "end" (its last word)
+    half: str  # `bench.pause_halves`: "tune" or "held-out"
     pause_ms: int  # the inserted pause's length; 0 for the others
     complete: bool  # the sentence's text ends a sentence (an "end" whose latency counts)
     run_start_ms: float  # the VAD's first silent frame, from the end of the word before
@@ -47,6 +52,16 @@ class PauseFeatures:
     checks: dict[int, Check] = field(default_factory=dict)  # frames -> the check there
     turn: dict[int, float] = field(default_factory=dict)  # frames -> Smart Turn probability
     turn_ms: float = 0.0  # one Smart Turn call's time
+
+    def timed(self, scale: float) -> PauseFeatures:
+        """The same pause with every model call's time multiplied by `scale`."""
+        checks = {
+            frames: replace(check, decode_ms=check.decode_ms * scale)
+            for frames, check in self.checks.items()
+        }
+        return replace(
+            self, checks=checks, final_ms=self.final_ms * scale, turn_ms=self.turn_ms * scale
+        )
 
     def in_time(self, at_ms: float) -> bool:
         """Is a decision made `at_ms` into the run made before speech was heard again?"""
@@ -129,16 +144,15 @@ class Fused(Rule):
     def __init__(self, threshold: float, label: str, policy: TurnEndpoint) -> None:
         super().__init__(threshold, label)
         self.policy = policy
+        points = {policy.check_frames, *policy.recheck_frames}
+        assert points <= set(CHECK_POINTS) & set(TURN_POINTS), "decoded and heard there"
 
     def decide(self, pause: PauseFeatures) -> Verdict | None:
         policy = self.policy
-        first = pause.checks.get(CHECK_FRAMES)
-        assert policy.check_frames == CHECK_FRAMES, "the check is decoded at CHECK_FRAMES"
-        assert set(policy.recheck_frames) <= set(TURN_POINTS), "Smart Turn heard there"
         for frames in (policy.check_frames, *policy.recheck_frames):
-            if first is None or frames not in pause.turn:
-                break
-            check = pause.checks.get(frames, first)  # a later decode where one was measured
+            check = pause.checks.get(frames)
+            if check is None or frames not in pause.turn:
+                break  # speech resumed before this check
             at = frames * FRAME_MS + pause.turn_ms + check.decode_ms
             if not pause.in_time(at):
                 return None
@@ -177,35 +191,52 @@ def percentile(values: Sequence[float], q: float) -> float:
     return ordered[min(len(ordered) - 1, round(q / 100 * (len(ordered) - 1)))]
 
 
-def score(rule: Rule, pauses: Sequence[PauseFeatures], lengths: Sequence[int]) -> dict:
+def decisions(rule: Rule, pauses: Sequence[PauseFeatures]) -> dict[str, Verdict | None]:
+    """The rule's verdict on each pause (by clip and kind: a whole sentence's own pauses
+    share its clip), decided once and scored on any subset."""
+    return {_key(p): rule.decide(p) for p in pauses}
+
+
+def _key(pause: PauseFeatures) -> str:
+    return f"{pause.clip}:{pause.kind}:{pause.run_start_ms:.0f}"
+
+
+def score(
+    rule: Rule,
+    pauses: Sequence[PauseFeatures],
+    lengths: Sequence[int],
+    decided: dict[str, Verdict | None] | None = None,
+) -> dict:
     """Cut-off rates (inserted pauses, per length; sentences cut at a pause of their own)
     and end-of-turn latency (end of the last word -> final text ready) on the real ends."""
+    decided = decisions(rule, pauses) if decided is None else decided
     inserted = [p for p in pauses if p.kind == "inserted"]
-    cut = {p.clip: rule.decide(p) is not None for p in inserted}
+    cut = {p.clip: decided[_key(p)] is not None for p in inserted}
     by_length = {
         str(n): _share([cut[p.clip] for p in inserted if p.pause_ms == n]) for n in lengths
     }
     whole = {p.sentence for p in pauses if p.kind == "end"}
-    cut_whole = sorted({p.sentence for p in pauses if p.kind == "natural" and rule.decide(p)})
-    latency = [_latency(rule, p) for p in pauses if p.kind == "end" and p.complete]
-    every_end = [_latency(rule, p) for p in pauses if p.kind == "end"]
+    natural = [p for p in pauses if p.kind == "natural" and decided[_key(p)] is not None]
+    latency = [_latency(decided, p) for p in pauses if p.kind == "end" and p.complete]
+    every_end = [_latency(decided, p) for p in pauses if p.kind == "end"]
     return {
         "family": rule.family,
         "label": rule.label,
         "threshold": rule.threshold,
-        "cut_rate": _share(list(cut.values())),
+        "cut_rate": _share([cut[p.clip] for p in inserted if p.pause_ms <= CURVE_MAX_PAUSE_MS]),
         "cut_rate_by_pause_ms": by_length,
-        "whole_sentences_cut": cut_whole,
+        "whole_sentences_cut": sorted({p.sentence for p in natural}),
         "whole_sentences": len(whole),
         "latency_p50_ms": statistics.median(latency),
         "latency_p95_ms": percentile(latency, 95),
+        "latency_mean_ms": statistics.fmean(latency),
         "latency_p50_ms_all_ends": statistics.median(every_end),
     }
 
 
-def _latency(rule: Rule, pause: PauseFeatures) -> float:
-    verdict = rule.decide(pause)
-    assert verdict is not None, f"{rule.label} never ended {pause.clip}"
+def _latency(decided: dict[str, Verdict | None], pause: PauseFeatures) -> float:
+    verdict = decided[_key(pause)]
+    assert verdict is not None, f"never ended {pause.clip}"
     return pause.run_start_ms + verdict.ready_ms
 
 

@@ -2,10 +2,13 @@
 
 Sentences come from ../shared/speech: LibriSpeech speaker 1089 (male), LJ Speech (female;
 `long_lj_LJ001-0001_to_0005.wav` split into its five utterances at its 0.35 s silences) and
-the noisy LJ clip. A word gap is a boundary between two of Whisper's word timestamps
+the noisy LJ clip (`jfk.wav` is left out: its one sentence pauses 0.66-1.18 s between
+its clauses, longer than any rule holds, and the conversational clips repeat these
+sentences). A word gap is a boundary between two of Whisper's word timestamps
 (tiny.en, offline, cached) where the audio really falls quiet: a run of 10 ms frames below
 `speech_marks`' speech level within `SEARCH_S` of the boundary, holding the quietest frame
-there, at most `MAX_GAP_MS` long. The pause fills the gap up to 250, 400, 700 or 1000 ms of
+there, at most `MAX_GAP_MS` long; every such gap of a sentence is used. The pause fills the
+gap up to 250, 400, 700, 1000 or 1500 ms of
 silence from the end of the word before to the start of the next, with room tone from the
 same recording (its quietest stretch, looped with short crossfades, never digital zero).
 Every sentence also appears with no inserted pause: its own pauses must never end the turn.
@@ -38,7 +41,7 @@ ROOT = Path(__file__).resolve().parents[1]
 SPEECH = ROOT.parent / "shared" / "speech"
 OUT = ROOT / ".cache" / "pauses"
 RATE = 16_000
-PAUSES_MS = (250, 400, 700, 1000)
+PAUSES_MS = (250, 400, 700, 1000, 1500)
 WHOLE = (
     ("ls_1089-134686-0000.wav", "male"),
     ("ls_1089-134686-0001.wav", "male"),
@@ -56,7 +59,6 @@ SPLIT_MIN_S = 0.3  # the long clip's joins: runs of digital zero at least this l
 SEARCH_S = 0.15  # Whisper's word times are coarse: look this far around a boundary
 MIN_GAP_MS = 30  # a quiet run shorter than this is not a gap between words
 MAX_GAP_MS = 240  # longer: already a pause of its own, no room to insert 250 ms
-MAX_GAPS = 3  # gaps used per sentence, the longest first
 TONE_S = 0.1  # the room tone's source: the quietest stretch this long
 TONE_SPREAD_DB = 6.0  # a clip's own tone this much louder than its recording's: borrow
 FADE_S = 0.01  # crossfade where room tone is joined
@@ -253,7 +255,7 @@ def _transcribe_words(samples: np.ndarray) -> list[tuple[float, float, str]]:
 
 
 def word_gaps(sentence: Sentence) -> list[Gap]:
-    """Boundaries between words where the audio falls quiet: the longest `MAX_GAPS`."""
+    """Boundaries between words where the audio falls quiet, in order."""
     loud = loud_frames(sentence.samples, RATE)
     db = frame_db(sentence.samples, RATE)
     words = word_times(sentence)
@@ -267,7 +269,7 @@ def word_gaps(sentence: Sentence) -> list[Gap]:
             size = round(FRAME_S * RATE)
             gaps.setdefault(a, Gap(quietest * size + size // 2, a * FRAME_S, b * FRAME_S, word))
     fitting = [g for g in gaps.values() if MIN_GAP_MS <= g.ms <= MAX_GAP_MS]
-    return sorted(sorted(fitting, key=lambda g: -g.ms)[:MAX_GAPS], key=lambda g: g.start_s)
+    return sorted(fitting, key=lambda g: g.start_s)
 
 
 def _quiet_run(
