@@ -107,11 +107,11 @@ def capacity(steps: Sequence[tuple[int, bool]]) -> int:
 
 
 def _percentile(values: Sequence[float], q: float) -> float | None:
-    if not values:
+    """Interpolated between the two latencies around `q`; None when the upper one is a
+    missing final (infinite), as any figure between a final and never would be made up."""
+    if not values or math.isinf(np.percentile(values, q, method="higher")):
         return None
-    finite = np.where(np.isinf(values), 1e12, values)
-    value = float(np.percentile(finite, q))
-    return None if value >= 1e12 else round(value, 1)
+    return round(float(np.percentile(values, q)), 1)
 
 
 def _ms(value: float | None) -> str:

@@ -54,6 +54,19 @@ def test_one_missing_final_fails_the_step_and_counts_as_infinitely_late() -> Non
     assert verdict.max_ms is None  # the missing one is the maximum
 
 
+def test_a_percentile_that_reaches_a_missing_final_is_unknown_not_a_number() -> None:
+    # 20 utterances: p95 lies between the 19th latency and the missing 20th (infinite), so
+    # no finite figure is true; with 40, p95 lies between two finals that came.
+    twenty = steady(count=20)
+    twenty[-1] = Utterance(twenty[-1].end_s, None)
+    assert judge(twenty, WINDOW_S).p95_ms is None
+    forty = steady(count=40)
+    forty[-1] = Utterance(forty[-1].end_s, None)
+    verdict = judge(forty, WINDOW_S)
+    assert verdict.p95_ms is not None and 680 <= verdict.p95_ms <= 720
+    assert verdict.p50_ms is not None and 680 <= verdict.p50_ms <= 720
+
+
 def test_a_window_without_utterances_or_without_a_trend_is_not_sustained() -> None:
     assert not judge([], WINDOW_S).sustained
     early_only = [Utterance(1.0, 600.0), Utterance(2.0, 600.0)]
