@@ -7,8 +7,17 @@ import argparse
 
 import pytest
 
-from bench.capacity import parse_config
-from bench.steady import BOUND_MS, GROWTH_LIMIT_MS, Utterance, capacity, judge
+from bench.capacity import QUICK, Config, Step, parse_config, summarise
+from bench.steady import (
+    BOUND_MS,
+    GROWTH_LIMIT_MS,
+    Utterance,
+    capacity,
+    first_failure,
+    judge,
+    not_a_figure,
+    ratio_range,
+)
 
 WINDOW_S = 45.0
 
@@ -80,6 +89,44 @@ def test_capacity_is_the_highest_step_held_below_the_first_failure() -> None:
     assert capacity([(8, True), (16, False), (24, True)]) == 8
     assert capacity([(8, False), (16, False)]) == 0
     assert capacity([(16, True), (8, True)]) == 16
+
+
+def test_each_capacity_is_an_interval_and_the_ratio_a_range() -> None:
+    unbatched = [(8, True), (16, True), (24, True), (32, False)]
+    batched = [(8, True), (16, True), (24, False), (32, False)]
+    assert first_failure(unbatched) == 32 and first_failure(batched) == 24
+    assert first_failure([(8, True), (16, True)]) is None  # only a lower bound
+    # Batched capacity in [16, 24), unbatched in [24, 32): the ratio lies in (0.5, 1.0).
+    assert ratio_range((16, 24), (24, 32)) == (0.5, 1.0)
+    assert ratio_range((16, None), (24, 32)) == (0.5, None)
+    assert ratio_range((16, 24), (0, 8)) == (2.0, None)
+    assert ratio_range((16, 24), (24, None)) == (None, 1.0)
+
+
+def step(config: str, sessions: int, sustained: bool) -> Step:
+    return Step(
+        config, sessions, sustained, "ok" if sustained else "p95", 10, 0, 700.0, 900.0, 950.0,
+        0.0, 45.0, 10, sessions, 0.76, 1.8, 0.0, (0.1, 0.1), 1.0, 1.0, {},
+    )  # fmt: skip
+
+
+def test_a_short_window_or_other_work_makes_a_step_no_figure() -> None:
+    assert not not_a_figure(45.0, 0.25) and not not_a_figure(60.0, None)
+    assert not_a_figure(44.0, 0.0) and not_a_figure(45.0, 0.26)
+
+
+def test_the_summary_holds_each_capacitys_interval_and_the_ratio_range() -> None:
+    steps = {
+        "batched": [step("batched", 8, True), step("batched", 16, False)],
+        "unbatched": [step("unbatched", 8, True), step("unbatched", 16, True)],
+    }
+    configs = [Config("batched", {"STT_BATCH_MAX": "4"}), Config("unbatched", {})]
+    result = summarise(QUICK, configs, steps)
+    assert result["configs"]["batched"]["sustained"] == 8
+    assert result["configs"]["batched"]["first_failed"] == 16
+    assert result["configs"]["unbatched"]["first_failed"] is None
+    assert result["batching_ratio"] == 0.5  # kept beside the range
+    assert result["batching_ratio_range"] == {"low": None, "high": 1.0}
 
 
 def test_compare_configurations_parse_names_and_environment() -> None:
