@@ -38,7 +38,7 @@ _HMSG_LINE = (
 MSG_RE = re.compile(rb"\A" + _MSG_LINE)
 HMSG_RE = re.compile(rb"\A" + _HMSG_LINE)
 # The same lines matched where `pattern.match(buffer, pos)` starts (`\A` only matches at 0),
-# for `shedding.ShedParser`, which walks a buffer by offset instead of trimming it per line.
+# for `shed_parser.ShedParser`, which walks a buffer by offset instead of trimming it per line.
 MSG_AT = re.compile(_MSG_LINE)
 HMSG_AT = re.compile(_HMSG_LINE)
 # The patterns this fix replaces; any other nats-py is left alone.
