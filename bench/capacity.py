@@ -22,9 +22,12 @@ one configuration, ``default``, without it), the configurations alternating whic
 first at each rung so that other work on the machine falls on both alike; a configuration
 stops one step after its first unsustained one (to show the collapse). Its capacity is the
 highest step sustained below that failure. With configurations named ``batched`` and
-``unbatched`` the JSON holds ``batching_ratio`` (their capacities' ratio). Environment
-variables are passed through to the worker as they are: one a checkout does not know is
-ignored by its worker.
+``unbatched`` the JSON holds ``batching_ratio`` (their capacities' ratio) and
+``batching_ratio_range`` (the ratios the rungs allow: each capacity lies from its sustained
+rung, ``sustained``, up to below its first failed one, ``first_failed``). A step whose
+window was under 45 s, or during which other processes used more than 0.25 cores, says
+``not_a_figure``. Environment variables are passed through to the worker as they are: one a
+checkout does not know is ignored by its worker.
 
     .venv/bin/python -m bench.capacity [--steps 8,16,24,32,48,64] [--window 45] [--ramp 10]
         [--compare NAME=ENV=VAL,ENV=VAL ...] [--quick] [--json bench/results/capacity.json]
@@ -52,7 +55,17 @@ import numpy as np
 
 from bench.harness import Connections, Sampler, connected
 from bench.loadgen import CHUNK_S, LoadRun, plan_sessions, room_noise, run_load
-from bench.steady import BOUND_MS, GROWTH_LIMIT_MS, Utterance, Verdict, capacity, judge
+from bench.steady import (
+    BOUND_MS,
+    GROWTH_LIMIT_MS,
+    Utterance,
+    Verdict,
+    capacity,
+    first_failure,
+    judge,
+    not_a_figure,
+    ratio_range,
+)
 from bench.turn_latency import SENTENCES, Placement, Sentence, sentences
 from stt_worker.config import Settings, load_settings
 from stt_worker.core.audio import SAMPLE_RATE_HZ
@@ -136,6 +149,9 @@ class Step:
     # (seconds into the window its speech ended, end of speech -> final ms or None) per
     # judged utterance: the run can be judged again, or plotted, from the JSON.
     trace: list[tuple[float, float | None]] = dataclasses.field(default_factory=list)
+    # The window under 45 s or other work on the machine (`bench.steady.not_a_figure`): its
+    # verdict is no capacity figure.
+    not_a_figure: bool = False
 
 
 def session_audio(
@@ -228,6 +244,7 @@ async def measure_step(
     step.trace = [(round(u.end_s, 2), _rounded(u.latency_ms, 1)) for u in utterances]
     step.worker_cores = _rounded(sampler.cores(opens, closes), 3)
     step.foreign_cores = sampler.foreign_cores(opens, closes)
+    step.not_a_figure = not_a_figure(plan.window_s, step.foreign_cores)
     step.final_queue_mean = (
         _queue_mean(sampler, opens, middle),
         _queue_mean(sampler, middle, closes),
@@ -315,27 +332,38 @@ async def run_ladders(plan: Plan, configs: Sequence[Config]) -> dict[str, list[S
 def summarise(
     plan: Plan, configs: Sequence[Config], steps: dict[str, list[Step]]
 ) -> dict[str, Any]:
-    """The JSON: per configuration its capacity and steps; `batching_ratio` when both
-    ``batched`` and ``unbatched`` ran."""
+    """The JSON: per configuration its capacity and steps, the capacity as the interval
+    from the sustained rung to the first failed one; when both ``batched`` and
+    ``unbatched`` ran, `batching_ratio` (of the sustained rungs) and the range the two
+    intervals allow."""
     result: dict[str, Any] = {
         "bound_ms": BOUND_MS,
         "growth_limit_ms": GROWTH_LIMIT_MS,
-        "configs": {
-            c.name: {
-                "env": c.env,
-                "sustained": capacity([(s.sessions, s.sustained) for s in steps[c.name]]),
-                "steps": [dataclasses.asdict(s) for s in steps[c.name]],
-            }
-            for c in configs
-        },
+        "configs": {c.name: _config_summary(c, steps[c.name]) for c in configs},
     }
     found = result["configs"]
     if "batched" in found and "unbatched" in found:
-        base = found["unbatched"]["sustained"]
-        ratio = found["batched"]["sustained"] / base if base else None
+        batched, unbatched = found["batched"], found["unbatched"]
+        base = unbatched["sustained"]
+        ratio = batched["sustained"] / base if base else None
         result["batching_ratio"] = None if ratio is None else round(ratio, 3)
+        low, high = ratio_range(
+            (batched["sustained"], batched["first_failed"]),
+            (unbatched["sustained"], unbatched["first_failed"]),
+        )
+        result["batching_ratio_range"] = {"low": low, "high": high}
     result["meta"] = {**machine_info(), "plan": dataclasses.asdict(plan)}
     return result
+
+
+def _config_summary(config: Config, steps: Sequence[Step]) -> dict[str, Any]:
+    rungs = [(s.sessions, s.sustained) for s in steps]
+    return {
+        "env": config.env,
+        "sustained": capacity(rungs),
+        "first_failed": first_failure(rungs),
+        "steps": [dataclasses.asdict(s) for s in steps],
+    }
 
 
 def main(argv: list[str] | None = None) -> int:

@@ -10,9 +10,14 @@ import sys
 from pathlib import Path
 from typing import Any
 
-# CPU used during a window by processes other than the bench's own (worker, generator,
-# nats-server): above this, other work shared the machine.
-FOREIGN_CORES_LIMIT = 0.25
+from bench.steady import (
+    FIGURE_WINDOW_S,
+    FOREIGN_CORES_LIMIT,
+    first_failure,
+    not_a_figure,
+    ratio_range,
+)
+
 # Kept on every rendering: what this bench replaced, and the earlier figures still valid.
 HISTORY = """\
 ## Why the earlier figure of 64 was wrong
@@ -48,13 +53,36 @@ def _env(env: dict[str, str]) -> str:
     return ", ".join(f"`{k}={v}`" for k, v in env.items()) or "the defaults"
 
 
+def _first_failed(config: dict[str, Any]) -> int | None:
+    # From the steps, so that a JSON written before `first_failed` was recorded renders too.
+    return first_failure([(s["sessions"], s["sustained"]) for s in config["steps"]])
+
+
+def _not_a_figure(step: dict[str, Any]) -> bool:
+    # From the step's fields, as for `_first_failed`.
+    return not_a_figure(step["window_s"], step["foreign_cores"])
+
+
+def _ratio_line(configs: dict[str, Any], ratio: float | None) -> str:
+    batched, unbatched = configs["batched"], configs["unbatched"]
+    low, high = ratio_range(
+        (batched["sustained"], _first_failed(batched)),
+        (unbatched["sustained"], _first_failed(unbatched)),
+    )
+    return (
+        f"Batching ratio (batched / unbatched): **{ratio}** at the sustained rungs; the rungs "
+        f"allow {_num(low, 2)} to {_num(high, 2)} (each capacity lies from its sustained rung "
+        "to below its first failed one; - where a bound is unknown)."
+    )
+
+
 def render_markdown(result: dict[str, Any]) -> str:
     meta, plan = result["meta"], result["meta"]["plan"]
     configs = result["configs"]
     steps = [s for c in configs.values() for s in c["steps"]]
     busiest = max((s["loadavg_max"] for s in steps), default=0.0)
     foreign = max((s["foreign_cores"] or 0.0 for s in steps), default=0.0)
-    short = plan["window_s"] < 45
+    short = plan["window_s"] < FIGURE_WINDOW_S
     busy = foreign > FOREIGN_CORES_LIMIT
     lines = [
         "# Capacity: live speech sessions one worker sustains in a steady state",
@@ -69,8 +97,9 @@ def render_markdown(result: dict[str, Any]) -> str:
     if short or busy:
         lines += [
             "**Not a capacity figure**: "
-            + ("windows under 45 s; " if short else "")
+            + (f"windows under {FIGURE_WINDOW_S:g} s; " if short else "")
             + (f"other work used up to {foreign:.2f} cores; " if busy else "")
+            + f"{sum(map(_not_a_figure, steps))} of {len(steps)} steps marked; "
             + "rerun on a quiet machine with the full command.",
             "",
         ]
@@ -86,13 +115,16 @@ def render_markdown(result: dict[str, Any]) -> str:
         "(a growing backlog). The final queue's mean depth per half is the worker's own "
         "gauge, a witness beside the trend.",
         "",
-        "| config | sustained (highest N) | environment |",
-        "| --- | ---: | --- |",
-        *(f"| {name} | **{c['sustained']}** | {_env(c['env'])} |" for name, c in configs.items()),
+        "| config | sustained (highest N) | first failed N | environment |",
+        "| --- | ---: | ---: | --- |",
+        *(
+            f"| {name} | **{c['sustained']}** | {_num(_first_failed(c), 0)} | {_env(c['env'])} |"
+            for name, c in configs.items()
+        ),
         "",
     ]
     if "batching_ratio" in result:
-        lines += [f"Batching ratio (batched / unbatched): **{result['batching_ratio']}**.", ""]
+        lines += [_ratio_line(configs, result["batching_ratio"]), ""]
     lines += [
         "| config | N | sustained | utterances (missing) | p50 / p95 / max ms | growth ms | "
         "final queue 1st / 2nd half | worker / other cores | talk | generator pace | "
@@ -103,7 +135,8 @@ def render_markdown(result: dict[str, Any]) -> str:
         first, second = s["final_queue_mean"]
         lines.append(
             f"| {s['config']} | {s['sessions']} "
-            f"| {'yes' if s['sustained'] else 'no: ' + s['why']} "
+            f"| {'yes' if s['sustained'] else 'no: ' + s['why']}"
+            f"{' (not a figure)' if _not_a_figure(s) else ''} "
             f"| {s['utterances']} ({s['missing']}) "
             f"| {_ms(s['p50_ms'])} / {_ms(s['p95_ms'])} / {_ms(s['max_ms'])} "
             f"| {_num(s['growth_ms'], 0)} | {_num(first, 2)} / {_num(second, 2)} "

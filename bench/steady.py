@@ -32,6 +32,11 @@ BOUND_MS = 1500.0  # issue 18: p95 end of speech -> final within 1.5 s
 # Half-window medians of a steady step differ by tens of ms; a backlog adds its growth rate
 # times half the window (at 45 s, 250 ms is a backlog growing ~11 ms a second).
 GROWTH_LIMIT_MS = 250.0
+# A step is a capacity figure only with a window this long (shorter ones measure a transient)
+# and with at most this many cores used by processes other than the bench's own (worker,
+# generator, nats-server): above it, other work shared the machine.
+FIGURE_WINDOW_S = 45.0
+FOREIGN_CORES_LIMIT = 0.25
 
 
 @dataclass(frozen=True, slots=True)
@@ -106,12 +111,40 @@ def capacity(steps: Sequence[tuple[int, bool]]) -> int:
     return found
 
 
+def not_a_figure(window_s: float, foreign_cores: float | None) -> bool:
+    """Whether a step's verdict is no capacity figure: its window too short for the queues to
+    settle, or other processes using more than `FOREIGN_CORES_LIMIT` cores during it."""
+    return window_s < FIGURE_WINDOW_S or (foreign_cores or 0.0) > FOREIGN_CORES_LIMIT
+
+
+def first_failure(steps: Sequence[tuple[int, bool]]) -> int | None:
+    """The lowest sessions count not sustained: the capacity lies below it and at or above
+    `capacity(steps)` (None: every step held, so the capacity has no upper bound)."""
+    return min((sessions for sessions, sustained in steps if not sustained), default=None)
+
+
+def ratio_range(
+    batched: tuple[int, int | None], unbatched: tuple[int, int | None]
+) -> tuple[float | None, float | None]:
+    """The lowest and highest ratio of two capacities each known only as (sustained, first
+    failure): a ladder's rungs bound its capacity, so the point ratio of the sustained rungs
+    is one value in this range. None for a bound that is unknown (no failure, or 0 held)."""
+    (held_b, failed_b), (held_u, failed_u) = batched, unbatched
+    low = held_b / failed_u if failed_u else None
+    high = failed_b / held_u if failed_b is not None and held_u else None
+    return _rounded(low), _rounded(high)
+
+
+def _rounded(value: float | None) -> float | None:
+    return None if value is None else round(value, 3)
+
+
 def _percentile(values: Sequence[float], q: float) -> float | None:
-    if not values:
+    """Interpolated between the two latencies around `q`; None when the upper one is a
+    missing final (infinite), as any figure between a final and never would be made up."""
+    if not values or math.isinf(np.percentile(values, q, method="higher")):
         return None
-    finite = np.where(np.isinf(values), 1e12, values)
-    value = float(np.percentile(finite, q))
-    return None if value >= 1e12 else round(value, 1)
+    return round(float(np.percentile(values, q)), 1)
 
 
 def _ms(value: float | None) -> str:

@@ -40,12 +40,16 @@ def test_capacity_bench_quick_run_compares_two_configurations(tmp_path: Path) ->
         assert step["generator"]["ticks"] > 0 and 0.3 < step["talk_fraction"] < 0.9
         assert step["worker_cores"] > 0 and step["foreign_cores"] >= 0
         assert config["sustained"] == (2 if step["sustained"] else 0)
+        assert config["first_failed"] == (None if step["sustained"] else 2)
+        assert step["not_a_figure"] is True  # a 6 s window
     ratio = data["batching_ratio"]
     assert ratio is None or ratio > 0
+    assert set(data["batching_ratio_range"]) == {"low", "high"}
 
     markdown = path.with_suffix(".md").read_text()
     assert "Not a capacity figure" in markdown  # a 6 s window is no figure
     assert "| batched | **" in markdown and "Batching ratio" in markdown
+    assert "(not a figure)" in markdown and "the rungs allow" in markdown
 
 
 @pytest.mark.timeout(180)

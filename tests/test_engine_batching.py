@@ -127,3 +127,21 @@ async def test_multilingual_batch_detects_each_language_and_isolates_a_bad_job(
     outcomes = await base.transcribe_batch(bad)
     assert_same(outcomes[:2], alone[:2])
     assert isinstance(outcomes[2], EngineError)
+
+
+async def test_jobs_share_a_batch_key_only_when_one_generate_call_takes_them(
+    tiny: FasterWhisperEngine, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    """CTranslate2 takes prompts of one token length per generate call, and live sessions'
+    prompts (their recent finals) rarely share one: the key keeps them apart, so the
+    scheduler does not batch jobs that would decode one after another."""
+    audio = load_clip("jfk.wav")[: 16_000 * 4]
+    prompts = ("Hello there.", "Good night.", "Okay, so what do we do about the budget?")
+    jobs = [(audio, dataclasses.replace(PARTIAL, prompt=prompt)) for prompt in prompts]
+    lengths = [len(tiny.prompt_tokens("en", PARTIAL.task, prompt)) for prompt in prompts]
+    assert lengths[0] == lengths[1] != lengths[2]  # the case holds on this tokenizer
+    keys = [tiny.batch_key(len(audio), options) for _, options in jobs]
+    assert keys[0] == keys[1] != keys[2]
+    sizes = count_generate_calls(tiny, monkeypatch)
+    await tiny.transcribe_batch(jobs[:2])
+    assert sizes == [2]  # what shares a key decodes in one call

@@ -242,6 +242,19 @@ def with_turn_detection(turn_detection: Any, prompt: str | None = None) -> dict:
     return session
 
 
+async def published_starts(nc: Any) -> list[protocol.Start]:
+    """The `start` messages the gateway publishes to worker sessions from now on."""
+    starts: list[protocol.Start] = []
+
+    async def record(msg: Any) -> None:
+        message = protocol.decode_client_message(msg.data)
+        if isinstance(message, protocol.Start):
+            starts.append(message)
+
+    await nc.subscribe("ai.voice.stream.>", cb=record)
+    return starts
+
+
 @pytest.mark.parametrize(
     ("turn_detection", "items"),
     [
@@ -256,14 +269,7 @@ async def test_turn_detection_and_prompt_reach_the_worker(
 ) -> None:
     """Two clips a second apart: how many items they make is the session's turn detection
     at work in the worker; the `start` the gateway publishes carries it and the prompt."""
-    starts: list[protocol.Start] = []
-
-    async def record(msg: Any) -> None:
-        message = protocol.decode_client_message(msg.data)
-        if isinstance(message, protocol.Start):
-            starts.append(message)
-
-    await nc.subscribe("ai.voice.stream.>", cb=record)
+    starts = await published_starts(nc)
     gateway = await make_gateway()
     async with connect(gateway.http_url, "sk-test") as connection:
         await connection.session.update(session=with_turn_detection(turn_detection, "Wait."))
@@ -288,6 +294,31 @@ async def test_turn_detection_and_prompt_reach_the_worker(
     assert {start.endpoint_silence_ms for start in starts} == {silence}, starts
 
 
+async def test_server_vad_after_null_brings_back_the_workers_endpoint(
+    worker, make_gateway, nc
+) -> None:
+    """Each update's `start` is laid over the last one: server_vad after null (the client
+    commits, a 5 s endpoint) must send the worker's default again, so that the 1 s pause
+    between the clips ends a turn without a commit."""
+    starts = await published_starts(nc)
+    gateway = await make_gateway()
+    events: list = []
+    async with connect(gateway.http_url, "sk-test") as connection:
+        for turn_detection in (None, {"type": "server_vad"}):
+            await connection.session.update(session=with_turn_detection(turn_detection))
+            await events_until(connection, "session.updated")
+        await append(connection, pcm24k(CLIP) + pcm24k(CLIP_2))
+        with contextlib.suppress(TimeoutError):
+            events = await events_until(
+                connection, "conversation.item.input_audio_transcription.completed", 2, 30
+            )
+    assert starts and {(s.endpoint_mode, s.endpoint_silence_ms) for s in starts} == {
+        (None, None)
+    }, starts
+    completed = of(events, "conversation.item.input_audio_transcription.completed")
+    assert len(completed) == 2, [event.transcript for event in completed]
+
+
 def test_turn_detection_and_prompt_are_checked_and_mapped() -> None:
     def update(**transcription_session: Any) -> Any:
         event = {"type": "transcription_session.update", "session": transcription_session}
@@ -304,7 +335,17 @@ def test_turn_detection_and_prompt_are_checked_and_mapped() -> None:
             update(**bad)
         assert refused.value.code == ErrorCode.INVALID_FIELD, bad
     semantic = update(turn_detection={"type": "semantic_vad", "eagerness": "high"})
-    assert start_options(semantic.config) == {"prompt": None, "endpoint_mode": "turn"}
+    assert start_options(semantic.config) == {
+        "prompt": None,
+        "endpoint_mode": "turn",
+        "endpoint_silence_ms": None,
+    }
+    default = update(turn_detection={"type": "server_vad"})
+    assert start_options(default.config) == {
+        "prompt": None,
+        "endpoint_mode": None,
+        "endpoint_silence_ms": None,
+    }
     kept = update(input_audio_transcription={"prompt": "Loki"}, turn_detection=None)
     assert start_options(kept.config) == {
         "prompt": "Loki",

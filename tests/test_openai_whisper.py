@@ -271,6 +271,7 @@ async def test_a_batch_on_torch_decodes_as_each_job_alone(
     partial = DecodeOptions(full_window_retry=False)
     jobs = [
         (clips["jfk.wav"], DecodeOptions()),
+        (clips["jfk.wav"], partial),  # the same length, so the same token cap as the first
         (clips["ls_1089-134691-0001.wav"], replace(partial, word_timestamps=True)),
         (clips["jfk.wav"][: 3 * SAMPLE_RATE_HZ], partial),
         (np.zeros(SAMPLE_RATE_HZ, np.float32), partial),  # silence: not decoded
@@ -286,10 +287,23 @@ async def test_a_batch_on_torch_decodes_as_each_job_alone(
 
     monkeypatch.setattr(engine_module.whisper, "decode", counted)
     batched = await engine.transcribe_batch(jobs)
-    assert sorted(calls) == [1, 3]  # the same prompt together, the one with a context alone
+    # One prompt and one token cap a call: only the two jobs of one length went together.
+    assert sorted(calls) == [1, 1, 1, 2]
     for got, want in zip(batched, alone, strict=True):
         assert not isinstance(got, Exception), got
         assert got.text == want.text
         assert got.no_speech_prob == pytest.approx(want.no_speech_prob, abs=1e-3)
         assert [w.word for w in got.words] == [w.word for w in want.words]
-    assert alone[1].words and alone[0].text and not alone[3].text
+        for segment, reference in zip(got.segments, want.segments, strict=True):
+            assert segment.avg_logprob == pytest.approx(reference.avg_logprob, abs=1e-3)
+    assert alone[2].words and alone[0].text and not alone[4].text
+
+
+def test_jobs_under_different_token_caps_never_share_a_batch(engine: OpenAIWhisperEngine) -> None:
+    """A batch decodes to one cap; an item cut back to its own would keep the longer
+    decode's avg_logprob, which the hallucination check reads, so caps must not mix."""
+    three_s, final = 3 * SAMPLE_RATE_HZ, DecodeOptions()
+    assert engine.batch_key(three_s, final) == engine.batch_key(three_s + 100, final)
+    assert engine.batch_key(three_s, final) != engine.batch_key(2 * three_s, final)
+    capped = DecodeOptions(max_new_tokens=20)  # below both lengths' own caps
+    assert engine.batch_key(three_s, capped) == engine.batch_key(2 * three_s, capped)

@@ -135,6 +135,9 @@ class FasterWhisperEngine(LocalEngine):
         self._multilingual = self.multilingual = self._model.is_multilingual
         self._features = FeatureExtractor(feature_size=self._model.n_mels)
         self._tokenizers: dict[tuple[str, Task], tuple[Tokenizer, list[int]]] = {}
+        # The scheduler keys every job by its prompt's length, and a session sends one prompt
+        # (its recent finals) with many jobs: tokenize each once, holding only recent ones.
+        self._prompt_length = functools.lru_cache(maxsize=1024)(self._count_prompt_tokens)
         self.info = EngineInfo(
             name="faster-whisper",
             model=settings.whisper_model_size,
@@ -181,8 +184,14 @@ class FasterWhisperEngine(LocalEngine):
         return decode_batch(self, jobs, self._decode)
 
     def batch_key(self, samples: int, options: DecodeOptions) -> Hashable:
-        # How `ct2_batch` groups, as far as the length tells: the window and the token cap.
-        return self._window.frames(samples // HOP_SAMPLES), options.max_new_tokens
+        # How `ct2_batch` groups, one generate call a group: the window, the prompt's token
+        # length and the token cap.
+        frames = self._window.frames(samples // HOP_SAMPLES)
+        return frames, self._prompt_length(options.task, options.prompt), options.max_new_tokens
+
+    def _count_prompt_tokens(self, task: Task, prompt: str | None) -> int:
+        # As `ct2_batch` counts: the length is the same whatever the language.
+        return len(self.prompt_tokens("en", task, prompt))
 
     def window_frames(self, content_frames: int) -> int:
         """The encoder window (mel frames) for a window of `content_frames` of audio."""

@@ -14,7 +14,6 @@ whose ``.pt`` is already on disk.
 from __future__ import annotations
 
 import collections
-import dataclasses
 import logging
 import math
 from collections.abc import Hashable, Sequence
@@ -122,35 +121,34 @@ class OpenAIWhisperEngine(LocalEngine):
         return _transcript(windows)
 
     def _decode_batch(self, jobs: Sequence[tuple[Audio, DecodeOptions]]) -> list[Transcript]:
-        """Jobs of one language, task and prompt (openai-whisper takes one of each per call)
-        decode as one batched mel tensor; each keeps its own token cap."""
+        """Jobs of one language, task, prompt and token cap (openai-whisper takes one of each
+        per call) decode as one batched mel tensor. So sessions with different prompts (their
+        recent finals) do not batch on this engine, nor jobs whose caps differ: the cap follows
+        the audio's length, and an item cut back from a longer cap would keep the longer
+        decode's avg_logprob, which the hallucination check reads."""
         transcripts: dict[int, Transcript] = {}
-        groups: dict[tuple[str | None, Task, str | None], list[int]] = collections.defaultdict(list)
+        groups: dict[Hashable, list[int]] = collections.defaultdict(list)
         for index, (audio, options) in enumerate(jobs):
             if is_inaudible(audio) or len(audio) > N_FRAMES * HOP_SAMPLES:
                 transcripts[index] = self._decode(audio, options)  # no decode, or windows
             else:
-                key = (self._wanted_language(options), options.task, options.prompt)
-                groups[key].append(index)
-        for (language, _, prompt), indices in groups.items():
+                groups[self.batch_key(len(audio), options)].append(index)
+        for indices in groups.values():
             mels = [self._mel(jobs[index][0]) for index in indices]
             frames = [mel.shape[-1] - 1 for mel in mels]
             windows = torch.stack([_window(mel[:, :-1]) for mel in mels])
-            caps = [
-                _max_new_tokens(count, jobs[index][1].max_new_tokens)
-                for count, index in zip(frames, indices, strict=True)
-            ]
-            options = dataclasses.replace(jobs[indices[0]][1], max_new_tokens=max(caps))
-            results = self._decode_window(windows, max(frames), language, prompt, options)
-            for row, (index, count, cap) in enumerate(zip(indices, frames, caps, strict=True)):
-                result = self._capped(results[row], cap, jobs[index][1].task)
-                segment = self._segment(windows[row], count, 0, result, jobs[index][1])
+            options = jobs[indices[0]][1]
+            language = self._wanted_language(options)
+            results = self._decode_window(windows, frames[0], language, options.prompt, options)
+            for row, (index, count) in enumerate(zip(indices, frames, strict=True)):
+                segment = self._segment(windows[row], count, 0, results[row], jobs[index][1])
                 transcripts[index] = _transcript([segment])
         return [transcripts[index] for index in range(len(jobs))]
 
     def batch_key(self, samples: int, options: DecodeOptions) -> Hashable:
         # What `_decode_batch` groups by: whisper.decode takes one of each per call.
-        return self._wanted_language(options), options.task, options.prompt
+        cap = _max_new_tokens(samples // HOP_SAMPLES, options.max_new_tokens)
+        return self._wanted_language(options), options.task, options.prompt, cap
 
     def _mel(self, audio: Audio) -> torch.Tensor:
         samples = torch.from_numpy(np.array(audio, dtype=np.float32))
@@ -162,17 +160,6 @@ class OpenAIWhisperEngine(LocalEngine):
 
     def _wanted_language(self, options: DecodeOptions) -> str | None:
         return "en" if not self._model.is_multilingual else options.language or self._language
-
-    def _capped(
-        self, result: whisper.DecodingResult, cap: int, task: Task
-    ) -> whisper.DecodingResult:
-        """A batch item's result cut to the token cap it has alone (its companions' may be
-        higher); the decoder chose each token without regard to the others in the batch."""
-        if len(result.tokens) <= cap:
-            return result
-        tokenizer = self._tokenizer(result.language, task)
-        tokens = result.tokens[:cap]
-        return dataclasses.replace(result, tokens=tokens, text=tokenizer.decode(tokens))
 
     def _segment(
         self,

@@ -226,16 +226,17 @@ def start_options(config: SessionConfig) -> dict[str, Any]:
     """The worker `start` options a session's configuration asks for (docs/gateway.md):
     the transcription prompt, and its turn detection as the end-of-turn rule. ``null`` (the
     client commits each turn) is the longest pause the worker allows, so that only a commit
-    or a very long silence ends an utterance."""
-    options: dict[str, Any] = {"prompt": config.prompt}
+    or a very long silence ends an utterance. Every option is always given (None: the
+    worker's setting), as each update's `start` is laid over the previous one's."""
     turn = config.turn_detection
+    mode, silence_ms = None, None
     if turn is None:
-        options.update(endpoint_mode="fixed", endpoint_silence_ms=ENDPOINT_MS[1])
+        mode, silence_ms = "fixed", ENDPOINT_MS[1]
     elif turn.get("type") == "semantic_vad":
-        options.update(endpoint_mode="turn")
+        mode = "turn"
     elif turn.get("silence_duration_ms") is not None:
-        options.update(endpoint_mode="fixed", endpoint_silence_ms=turn["silence_duration_ms"])
-    return options
+        mode, silence_ms = "fixed", turn["silence_duration_ms"]
+    return {"prompt": config.prompt, "endpoint_mode": mode, "endpoint_silence_ms": silence_ms}
 
 
 def _object(value: Any, name: str) -> dict[str, Any]:
