@@ -17,6 +17,7 @@ from __future__ import annotations
 import time
 from typing import TYPE_CHECKING, Any
 
+from nats.errors import ProtocolError
 from nats.protocol.parser import AWAITING_CONTROL_LINE, AWAITING_MSG_PAYLOAD, Parser
 
 from stt_worker.runtime.nats_parser import HMSG_AT, MSG_AT
@@ -50,7 +51,8 @@ class ShedParser(Parser):
         """A parser that takes over where `old` stands (mid-message included)."""
         new = cls(old.nc, shedder)
         new.buf, new.state, new.needed = old.buf, old.state, old.needed
-        new.header_needed, new.msg_arg = old.header_needed, old.msg_arg
+        # nats-py's own argument has no "held": a payload it began is never a shed one.
+        new.header_needed, new.msg_arg = old.header_needed, {"held": False, **old.msg_arg}
         return new
 
     async def parse(self, data: bytes = b"") -> None:
@@ -148,6 +150,9 @@ class ShedParser(Parser):
             if not self._shedder.maybe_end(needed):
                 self._shedder.count(subject, needed)
                 return needed + len(_CRLF)
+        if not sid.isdigit():
+            # As nats-py says it: the client reconnects, where a ValueError would end its reads.
+            raise ProtocolError("nats: malformed MSG")
         self.msg_arg = {"subject": subject, "sid": int(sid), "reply": reply or b"", "held": held}
         self.needed, self.header_needed = needed, int(sizes[0]) if len(sizes) == 2 else 0
         self.state = AWAITING_MSG_PAYLOAD
