@@ -157,6 +157,11 @@ class _ContinuedAcks(LedgerAcks):
         await super().settle(session)
 
     async def release(self, reason: CloseReason) -> None:
-        if reason != "shutdown" and self._session_id is not None:
-            await self._store.forget(self._session_id)  # over, not moving
+        if self._session_id is not None:
+            record = self._continuation.record
+            if reason != "shutdown":
+                await self._store.forget(self._session_id)  # over, not moving
+            elif record is not self._saved:  # moving: the record first, then the audio's acks
+                await self._store.save(self._session_id, record)
+            self._saved = record  # so the settle that follows in `_apply` writes nothing back
         await super().release(reason)
