@@ -156,15 +156,30 @@ class Ownership:
                         del self.owned[partition]
                         lost.append(partition)
         for partition in lost:
-            logger.error("lease of partition %d lost; no longer serving it", partition)
-            await self._give_up(partition)
+            await self._lost(partition)
         for partition in regained:
             if self._draining:
                 break  # its subscriptions are stopped already: the hand-over follows
-            if not await self._intact(partition):  # somebody held it meanwhile: start over
+            await self._retaken(partition)
+
+    async def _lost(self, partition: int) -> None:
+        logger.error("lease of partition %d lost; no longer serving it", partition)
+        try:
+            await self._give_up(partition)
+        except Exception:  # the others lost with it are given up all the same
+            logger.exception("could not stop serving partition %d", partition)
+
+    async def _retaken(self, partition: int) -> None:
+        """A lease we took back after it expired: serve the partition afresh if somebody held
+        it meanwhile; if that fails, let the lease go rather than renew one nobody serves."""
+        try:
+            if not await self._intact(partition):
                 logger.warning("partition %d was served elsewhere meanwhile", partition)
                 await self._give_up(partition)
                 await self._take(partition)
+        except Exception:
+            logger.exception("could not serve partition %d again; letting it go", partition)
+            await self._delete_lease(partition)
 
     async def _claim(self, partition: int) -> None:
         if self._draining:  # a round that began before SIGTERM
