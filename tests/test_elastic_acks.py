@@ -19,6 +19,7 @@ from stt_worker.core.ledger import Held
 from stt_worker.core.protocol import (
     Chunk,
     ClientMessage,
+    Interrupt,
     Start,
     Transcription,
     encode_client_message,
@@ -151,3 +152,22 @@ async def test_a_drained_session_saves_its_record_before_acknowledging_its_audio
     assert events == ["save", "ack 2", "ack 3"]
     record = await store.load(SESSION)
     assert record == SessionRecord(next_utterance_id=2, next_sequence=1, last_final_seq=3)
+
+
+async def test_a_resumed_sessions_interrupt_is_a_replay_by_where_its_utterance_began(js):
+    """The previous owner published a final covering stream messages up to 3, and was killed
+    before acknowledging them: they come again, and the interrupts come before any text."""
+    store = await SessionStore.open(js.jetstream(), load_settings())
+    await store.save(
+        SESSION, SessionRecord(next_utterance_id=5, next_sequence=10, last_final_seq=3)
+    )
+    delivered = Delivered(js, DurableDelivery(SETTINGS, Metrics()))
+    messages = [Start(), chunk(), chunk(), chunk()]  # stream sequences 1 to 4
+    await delivered.start(messages)
+    acks = _ContinuedAcks(delivered.delivery, store)
+    for message, msg in zip(messages, delivered.msgs, strict=True):
+        await acks.hold(message, msg, sample_rate_hz=16_000, channels=1, now=0.0)
+    replayed = Interrupt(SESSION, 0.0, None, utterance_id=1)  # began in message 2
+    assert acks.stamp(replayed, start_sample=0) is None
+    new = Interrupt(SESSION, 0.0, None, utterance_id=2)  # began in message 4
+    assert acks.stamp(new, start_sample=2 * CHUNK_SAMPLES).utterance_id == 5

@@ -146,8 +146,14 @@ class _ContinuedAcks(LedgerAcks):
             self._saved = self._continuation.record
         await super().hold(message, msg, sample_rate_hz=sample_rate_hz, channels=channels, now=now)
 
-    def stamp(self, message: ServerMessage) -> ServerMessage | None:
-        return self._continuation.outgoing(super().stamp(message))
+    def stamp(
+        self, message: ServerMessage, start_sample: int | None = None
+    ) -> ServerMessage | None:
+        first_seq = None
+        if start_sample is not None:  # an interrupt or error: where its utterance began
+            seqs = self._ledger.source_seqs(start_sample, start_sample + 1)
+            first_seq = None if seqs is None else seqs[0]
+        return self._continuation.outgoing(super().stamp(message), first_seq)
 
     async def settle(self, session: Session) -> None:
         record = self._continuation.record

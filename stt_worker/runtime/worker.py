@@ -271,8 +271,8 @@ class Worker:
         """Carry out `actions`; `job` is the transcription they answer, if any."""
         for action in actions:
             match action:
-                case Publish(message=message):
-                    if (out := stream.acks.stamp(message)) is not None:  # None: a replay
+                case Publish(message=message, start_sample=start):
+                    if (out := stream.acks.stamp(message, start)) is not None:  # None: a replay
                         await self._publish(stream.subject, out, stream.observer.span_for(out))
                         stream.observer.published(out, job)
                 case Transcribe(job=queued):
