@@ -36,6 +36,9 @@ class Serving:
         # Partitions whose next take or give-up fails (a consumer call that timed out).
         self.failing_take: set[int] = set()
         self.failing_give_up: set[int] = set()
+        # Partitions whose give-up waits for `finals_out` (their sessions' finals decoding).
+        self.slow_give_up: set[int] = set()
+        self.finals_out = asyncio.Event()
 
     def owner(self, me: str, js) -> Ownership:
         async def take(partition: int) -> None:
@@ -51,6 +54,9 @@ class Serving:
             if partition in self.failing_give_up:
                 self.failing_give_up.discard(partition)
                 raise TimeoutError(f"partition {partition}'s subscription")
+            if partition in self.slow_give_up:
+                self.moves.append(("giving_up", me, partition))
+                await self.finals_out.wait()
             if self.by.get(partition) == me:
                 del self.by[partition]
             self.moves.append(("give_up", me, partition))
@@ -144,6 +150,35 @@ async def test_a_failing_give_up_of_one_lost_lease_does_not_keep_the_others_serv
             await kv.put(f"lease.{partition}", b"b")
         await until(lambda: ("give_up", "a", 1) in serving.moves, 10)
     finally:
+        await owner.drain()
+        await owner.hand_over()
+        await nc.close()
+
+
+async def test_a_slow_give_up_of_a_lost_lease_lets_the_rounds_renew_the_others(js_server):
+    """Partition 0's lease is lost while its sessions' finals take longer than the leases'
+    TTL: the owner's other leases must not expire meanwhile."""
+    nc = await nats.connect(js_server.url)
+    serving = Serving()
+    owner = serving.owner("a", nc.jetstream())
+    lease_s = owner._settings.lease_s
+    try:
+        await owner.start()
+        serving.slow_give_up.add(0)
+        kv = await nc.jetstream().key_value(load_settings().ownership_bucket)
+        await kv.put("lease.0", b"b")  # somebody else holds it now
+        await until(lambda: ("giving_up", "a", 0) in serving.moves, 10)
+        started = asyncio.get_running_loop().time()
+        await asyncio.wait_for(owner.round(), lease_s / 3)  # not held up by the give-up
+        assert asyncio.get_running_loop().time() - started < lease_s / 3
+        await asyncio.sleep(2 * lease_s)  # the give-up still waits: leases 1-7 are renewed
+        for partition in range(1, PARTITIONS):
+            assert (await kv.get(f"lease.{partition}")).value == b"a", partition
+        assert serving.by.get(0) == "a"  # still finishing its sessions
+        serving.finals_out.set()
+        await until(lambda: ("give_up", "a", 0) in serving.moves, 5)
+    finally:
+        serving.finals_out.set()
         await owner.drain()
         await owner.hand_over()
         await nc.close()

@@ -74,6 +74,8 @@ class Ownership:
         self._intact = intact
         self._kv: KeyValue | None = None
         self.owned: dict[int, int] = {}  # partition -> our lease's revision
+        # Give-ups (and retakes) under way, beside the rounds: a give-up waits for finals, and
+        # the rounds must go on renewing the other leases meanwhile.
         self._releasing: dict[int, asyncio.Task[None]] = {}
         # Renewals and deletions of our leases one at a time: a renewal racing a deletion
         # would bring the lease back, or forget one we still hold.
@@ -134,8 +136,7 @@ class Ownership:
         members, owners = await self._snapshot()
         step = moves(self._settings.partitions, members, self.me, owners)
         for partition in step.release:
-            if partition not in self._releasing:
-                self._releasing[partition] = asyncio.create_task(self._release(partition))
+            self._beside(partition, self._release)
         for partition in step.claim:
             await self._claim(partition)
 
@@ -156,11 +157,22 @@ class Ownership:
                         del self.owned[partition]
                         lost.append(partition)
         for partition in lost:
-            await self._lost(partition)
+            self._beside(partition, self._lost)
         for partition in regained:
             if self._draining:
                 break  # its subscriptions are stopped already: the hand-over follows
-            await self._retaken(partition)
+            self._beside(partition, self._retaken)
+
+    def _beside(self, partition: int, work: PartitionCall) -> None:
+        """Run `work(partition)` as a task of its own, unless one for it is under way."""
+        if partition not in self._releasing:
+            self._releasing[partition] = asyncio.create_task(self._tracked(partition, work))
+
+    async def _tracked(self, partition: int, work: PartitionCall) -> None:
+        try:
+            await work(partition)
+        finally:
+            del self._releasing[partition]
 
     async def _lost(self, partition: int) -> None:
         logger.error("lease of partition %d lost; no longer serving it", partition)
@@ -182,7 +194,7 @@ class Ownership:
             await self._delete_lease(partition)
 
     async def _claim(self, partition: int) -> None:
-        if self._draining:  # a round that began before SIGTERM
+        if self._draining or partition in self._releasing:  # SIGTERM came, or still giving up
             return
         try:
             revision = await self._bucket.create(_LEASE + str(partition), self.me.encode())
@@ -206,8 +218,6 @@ class Ownership:
             logger.info("partition %d handed over", partition, extra={"partition": partition})
         except Exception:  # still ours and renewed: a later round tries again
             logger.exception("could not hand partition %d over", partition)
-        finally:
-            del self._releasing[partition]
 
     async def _delete_lease(self, partition: int) -> None:
         async with self._leases:
