@@ -4,8 +4,9 @@ the order a move needs them."""
 
 from __future__ import annotations
 
+import asyncio
 import base64
-from collections.abc import AsyncIterator, Iterable
+from collections.abc import AsyncIterator, Callable, Iterable
 from dataclasses import dataclass
 
 import nats
@@ -24,8 +25,8 @@ from stt_worker.core.protocol import (
     Transcription,
     encode_client_message,
 )
-from stt_worker.runtime.delivery import DurableDelivery, ensure_work_queue
-from stt_worker.runtime.elastic import _ContinuedAcks
+from stt_worker.runtime.delivery import DurableDelivery, SessionAcks, ensure_work_queue
+from stt_worker.runtime.elastic import ElasticDelivery, _ContinuedAcks
 from stt_worker.runtime.nats_server import NatsServer
 from stt_worker.runtime.session_store import SessionStore
 from stt_worker.runtime.telemetry.metrics import Metrics
@@ -171,3 +172,37 @@ async def test_a_resumed_sessions_interrupt_is_a_replay_by_where_its_utterance_b
     assert acks.stamp(replayed, start_sample=0) is None
     new = Interrupt(SESSION, 0.0, None, utterance_id=2)  # began in message 4
     assert acks.stamp(new, start_sample=2 * CHUNK_SAMPLES).utterance_id == 5
+
+
+class SlowStore(NotingStore):
+    """A record takes a while to write (a JetStream server slow to answer)."""
+
+    async def save(self, session_id: str, record: SessionRecord) -> None:
+        await asyncio.sleep(0.3)
+        await super().save(session_id, record)
+
+
+async def test_a_partition_is_given_up_only_once_its_sessions_records_are_written(js):
+    """The worker's drain sees a session closed as soon as it leaves the table, while its
+    release (record, then acknowledgements) goes on: the hand-over must wait for that, or the
+    next owner reads a stale record."""
+    events: list[str] = []
+    closing: list[asyncio.Task[None]] = []
+
+    async def retire(belongs: Callable[[SessionAcks], bool]) -> None:  # as the worker's
+        assert belongs(acks)
+        closing.append(asyncio.create_task(acks.release("shutdown")))  # its `_apply` goes on
+        await asyncio.sleep(0)  # the session left the table: the drain is over
+
+    delivery = ElasticDelivery(SETTINGS, Metrics(), retire)
+    delivery._store = SlowStore(await SessionStore.open(js.jetstream(), load_settings()), events)
+    delivered = Delivered(js, delivery)
+    await delivered.start([Start(), chunk()])
+    acks = delivery.session_acks()
+    for message, msg in zip([Start(), chunk()], delivered.msgs, strict=True):
+        await acks.hold(message, msg, sample_rate_hz=16_000, channels=1, now=0.0)
+    assert acks.stamp(final(1.0)) is not None
+    await delivery._give_up(0)
+    events.append("given up")
+    assert events == ["save", "given up"]
+    await asyncio.gather(*closing)

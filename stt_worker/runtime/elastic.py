@@ -11,8 +11,10 @@ then deletes the consumer and lets the lease go.
 
 from __future__ import annotations
 
+import asyncio
 import contextlib
 import logging
+import weakref
 
 import nats.errors
 from nats.aio.client import Client
@@ -50,6 +52,7 @@ class ElasticDelivery(DurableDelivery):
         self._on_message: MessageHandler | None = None
         self.ownership: Ownership | None = None
         self._store: SessionStore | None = None
+        self._sessions: weakref.WeakSet[_ContinuedAcks] = weakref.WeakSet()
 
     async def subscribe(
         self, nc: Client, subjects: list[str], on_message: MessageHandler
@@ -84,7 +87,9 @@ class ElasticDelivery(DurableDelivery):
 
     def session_acks(self) -> SessionAcks:
         assert self._store is not None, "not subscribed"
-        return _ContinuedAcks(self, self._store)
+        acks = _ContinuedAcks(self, self._store)
+        self._sessions.add(acks)
+        return acks
 
     def _consumer(self, partition: int) -> str:
         return f"{self._settings.durable_consumer}-p{partition}"
@@ -102,6 +107,19 @@ class ElasticDelivery(DurableDelivery):
             await drain_subscriptions([sub])
         consumer = self._consumer(partition)
         await self._retire(lambda acks: acks.consumer == consumer)
+        await self._released(consumer)
+
+    async def _released(self, consumer: str) -> None:
+        """Until the partition's closed sessions have written their records and acknowledged
+        their audio: the worker's drain sees a session closed before that, and the next owner
+        must not read a record still being written."""
+        releases = [acks.released for acks in self._sessions if acks.consumer == consumer]
+        waits = [released.wait() for released in releases if released is not None]
+        try:
+            async with asyncio.timeout(self._settings.drain_timeout_s):
+                await asyncio.gather(*waits)
+        except TimeoutError:
+            logger.error("sessions' records still being written at a hand-over")
 
     async def _intact(self, partition: int) -> bool:
         """Our subscription is still the one its consumer delivers to (a worker that held
@@ -136,6 +154,8 @@ class _ContinuedAcks(LedgerAcks):
         self._session_id: str | None = None
         self._continuation = Continuation()
         self._saved = self._continuation.record
+        # Set once `release` has written the record and acknowledged the audio (None: open).
+        self.released: asyncio.Event | None = None
 
     async def hold(
         self, message: ClientMessage, msg: Msg, *, sample_rate_hz: int, channels: int, now: float
@@ -163,6 +183,13 @@ class _ContinuedAcks(LedgerAcks):
         await super().settle(session)
 
     async def release(self, reason: CloseReason) -> None:
+        self.released = asyncio.Event()
+        try:
+            await self._release(reason)
+        finally:
+            self.released.set()
+
+    async def _release(self, reason: CloseReason) -> None:
         if self._session_id is not None:
             record = self._continuation.record
             if reason != "shutdown":
