@@ -83,10 +83,10 @@ def chunk() -> Chunk:
     return Chunk(audio_b64=base64.b64encode(b"\0" * 2 * CHUNK_SAMPLES).decode())
 
 
-def final(end_s: float) -> Transcription:
+def final(end_s: float, start_s: float = 0.0, utterance_id: int = 1) -> Transcription:
     return Transcription(
-        SESSION, "words", 0, False, True, 0.0, None, True, "listening",
-        utterance_id=1, audio_start_s=0.0, audio_end_s=end_s,
+        SESSION, "words", utterance_id - 1, False, True, 0.0, None, True, "listening",
+        utterance_id=utterance_id, audio_start_s=start_s, audio_end_s=end_s,
     )  # fmt: skip
 
 
@@ -206,3 +206,26 @@ async def test_a_partition_is_given_up_only_once_its_sessions_records_are_writte
     events.append("given up")
     assert events == ["save", "given up"]
     await asyncio.gather(*closing)
+
+
+async def test_a_finals_record_is_written_beside_the_session_and_its_audio_acked_after(js):
+    """Settling never waits for a KV write (it holds a decode slot); the audio a final covers
+    is acknowledged only once a record covering it is written, and of records that pile up
+    behind a slow write only the latest is written."""
+    events: list[str] = []
+    store = SlowStore(await SessionStore.open(js.jetstream(), load_settings()), events)
+    acks, _ = await held_session(js, store, Noting(SETTINGS, events))  # messages 1 to 3
+    clock = asyncio.get_running_loop().time
+    started = clock()
+    acks.stamp(final(1.0))  # utterance 1 covers message 2
+    await acks.settle(Settled(first_unsettled_sample=CHUNK_SAMPLES))
+    await asyncio.sleep(0.05)  # its write begins
+    acks.stamp(final(2.0, 1.0, utterance_id=2))  # 2 and 3 cover message 3
+    await acks.settle(Settled(first_unsettled_sample=CHUNK_SAMPLES))
+    acks.stamp(final(2.0, 1.0, utterance_id=3))
+    await acks.settle(Settled(first_unsettled_sample=2 * CHUNK_SAMPLES))
+    assert clock() - started < 0.2 and events == []  # the first write is still under way
+    await until(lambda: len(events) == 4, 5)
+    assert events == ["save", "ack 2", "save", "ack 3"]  # utterance 2's record never written
+    record = await store.load(SESSION)
+    assert record == SessionRecord(next_utterance_id=4, next_sequence=3, last_final_seq=3)

@@ -23,6 +23,7 @@ from nats.aio.subscription import Subscription
 
 from stt_worker.config import Settings
 from stt_worker.core.continuity import Continuation
+from stt_worker.core.ledger import Held
 from stt_worker.core.protocol import ClientMessage, CloseReason, ServerMessage
 from stt_worker.core.session import Session
 from stt_worker.runtime.delivery import (
@@ -146,7 +147,12 @@ class _ContinuedAcks(LedgerAcks):
     """Durable mode's acknowledgements, and the session's numbering carried over from its
     previous owner (`core/continuity.py`): loaded before its first message is handled, saved
     after each final, before the final's audio is acknowledged (a crash in between replays
-    the audio, and the record still says what was published)."""
+    the audio, and the record still says what was published).
+
+    The record is written beside the session, not in the `_apply` that published the final
+    (a KV write may take up to the JetStream timeout, and a decode slot would wait for it):
+    one write at a time, of the latest record, and the audio settled meanwhile acknowledged
+    after the write that covers it."""
 
     def __init__(self, delivery: DurableDelivery, store: SessionStore) -> None:
         super().__init__(delivery)
@@ -154,8 +160,11 @@ class _ContinuedAcks(LedgerAcks):
         self._session_id: str | None = None
         self._continuation = Continuation()
         self._saved = self._continuation.record
-        # Set once `release` has written the record and acknowledged the audio (None: open).
+        # Made when `release` begins, set once it has written the record and acknowledged the
+        # audio (None: open).
         self.released: asyncio.Event | None = None
+        self._writer: asyncio.Task[None] | None = None
+        self._unwritten: list[Held] = []  # settled audio waiting for the record's write
 
     async def hold(
         self, message: ClientMessage, msg: Msg, *, sample_rate_hz: int, channels: int, now: float
@@ -176,11 +185,30 @@ class _ContinuedAcks(LedgerAcks):
         return self._continuation.outgoing(super().stamp(message), first_seq)
 
     async def settle(self, session: Session) -> None:
-        record = self._continuation.record
-        if record is not self._saved and self._session_id is not None:
-            await self._store.save(self._session_id, record)
-            self._saved = record
-        await super().settle(session)
+        settled = self._ledger.settled(session.first_unsettled_sample)
+        if self.released is not None:  # closing: its release writes and acknowledges last
+            self._unwritten += settled
+            return
+        if self._continuation.record is self._saved and self._writer is None:
+            await self._delivery.ack(settled)  # no record to write before them
+            return
+        self._unwritten += settled
+        if self._writer is None:
+            self._writer = asyncio.create_task(self._write(), name="session-record")
+
+    async def _write(self) -> None:
+        """Write the latest record, then acknowledge the audio that waited for it; again while
+        finals came meanwhile (records in between are never written: the latest covers them)."""
+        assert self._session_id is not None, "a final before the session's first message"
+        try:
+            while self._unwritten or self._continuation.record is not self._saved:
+                record, settled, self._unwritten = self._continuation.record, self._unwritten, []
+                if record is not self._saved:
+                    await self._store.save(self._session_id, record)
+                    self._saved = record
+                await self._delivery.ack(settled)
+        finally:
+            self._writer = None
 
     async def release(self, reason: CloseReason) -> None:
         self.released = asyncio.Event()
@@ -190,11 +218,15 @@ class _ContinuedAcks(LedgerAcks):
             self.released.set()
 
     async def _release(self, reason: CloseReason) -> None:
+        if self._writer is not None:  # none starts from here on: `settle` leaves it to us
+            await self._writer
         if self._session_id is not None:
             record = self._continuation.record
             if reason != "shutdown":
                 await self._store.forget(self._session_id)  # over, not moving
             elif record is not self._saved:  # moving: the record first, then the audio's acks
                 await self._store.save(self._session_id, record)
-            self._saved = record  # so the settle that follows in `_apply` writes nothing back
+            self._saved = record
+        settled, self._unwritten = self._unwritten, []
+        await self._delivery.ack(settled)
         await super().release(reason)
