@@ -67,3 +67,23 @@ def test_a_record_round_trips_through_msgpack():
 def test_a_drained_session_moves_on_without_a_session_closed():
     go_on = Continuation()
     assert go_on.outgoing(SessionClosed("s", "shutdown", 0.0, "alice", utterances=2)) is None
+
+
+def test_an_interrupt_of_a_replayed_utterance_is_dropped_and_shifts_no_id():
+    """Killed between a final's publish and its audio's acknowledgement: the new owner hears
+    utterance 4 again (local 1), and its barge-in fires at speech onset, before any text."""
+    go_on = Continuation(SessionRecord(next_utterance_id=5, next_sequence=10, last_final_seq=100))
+    assert go_on.outgoing(Interrupt("s", 0.0, "alice", utterance_id=1), first_seq=60) is None
+    assert go_on.outgoing(transcript(1, 0, 60, 100, final=True)) is None
+    interrupt = go_on.outgoing(Interrupt("s", 0.0, "alice", utterance_id=2), first_seq=101)
+    final = go_on.outgoing(transcript(2, 1, 101, 130, final=True))
+    assert interrupt.utterance_id == final.utterance_id == 5
+
+
+def test_an_error_without_known_audio_does_not_fix_the_numbering():
+    go_on = Continuation(SessionRecord(next_utterance_id=5, next_sequence=10, last_final_seq=100))
+    error = go_on.outgoing(Error("s", "engine_error", "failed", 0.0, utterance_id=1))
+    assert error.utterance_id == 5  # as if the first new utterance: nothing better is known
+    # Utterance 1 was a replay after all; 2 is the first new one and takes the stored id.
+    assert go_on.outgoing(transcript(1, 0, 60, 100, final=True)) is None
+    assert go_on.outgoing(transcript(2, 1, 101, 130, final=True)).utterance_id == 5

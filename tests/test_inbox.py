@@ -69,6 +69,8 @@ async def test_a_session_stuck_on_its_message_does_not_hold_up_another():
             assert offer(table, "quick", Chunk(audio=bytes(640), seq=seq)) is True
         await recorder.until("quick", 50)  # all of quick's, while slow's first still waits
         assert recorder.handled["slow"] == []
+        # Waiting for one session's inbox (a partition given up) does not wait for slow's.
+        await asyncio.wait_for(table.wait_served(lambda session_id: session_id == "quick"), 1)
         recorder.gate.set()
         await asyncio.wait_for(table.wait_served(), 5)
     slow = recorder.handled["slow"]

@@ -145,6 +145,8 @@ def test_barge_in_interrupts_first_then_transcribes_the_speech():
     assert session.state == "listening"
     (final,) = jobs(actions, final=True)
     assert final.audio_start_s <= 4 * 0.02  # the barge-in words, pre-roll included
+    # Where its utterance began, for elastic mode to tell a replayed interrupt apart.
+    assert actions[first_interrupt].start_sample == round(final.audio_start_s * 16_000)
 
 
 def test_short_noise_while_responding_is_not_an_interrupt():
@@ -187,6 +189,8 @@ def test_word_mode_interrupts_when_the_probe_holds_real_words():
     out = session.result(probe, "Stop, wait.", now=1.0, language=None, inference_s=0.05)
     (interrupt,) = published(out, Interrupt)
     assert interrupt.transcript == "Stop, wait." and interrupt.utterance_id == probe.utterance_id
+    (publish,) = [a for a in out if isinstance(a, Publish)]
+    assert publish.start_sample == round(probe.audio_start_s * 16_000)
     assert session.state == "listening"
     # From here on it is the user's turn: partials and an ordinary final.
     actions = feed(session, "s" * 30 + "." * 10)

@@ -10,9 +10,11 @@ What a record adds is the numbering and what was already published:
 - A transcript made from audio the previous owner already covered with a published final
   (its `source_seq_first` lies before that final's `source_seq_last`; one shared boundary
   message is new, as in docs/operations.md) is a replay: it is not published again, nor
-  are the interrupts and errors of its utterance.
+  are the interrupts and errors of its utterance. An interrupt comes at speech onset, before
+  any transcript: it is told apart by the stream message its utterance began in.
 - The first utterance that is not a replay takes the record's next `utterance_id`, and the
-  first transcript the record's next `sequence`; later ones keep their local spacing.
+  first transcript the record's next `sequence`; later ones keep their local spacing. Only a
+  message whose audio is known fixes that offset.
 - A session closed by a drain (`shutdown`) is moving, not ending: its `session_closed` is
   not published. The next owner reopens it from its kept `start` and closes it for real
   (`end`, or `idle` when the publisher has stopped).
@@ -44,15 +46,21 @@ class Continuation:
         self._replayed: set[int] = set()  # local utterance ids found to be replays
         self.record = self._resumed
 
-    def outgoing(self, message: ServerMessage) -> ServerMessage | None:
-        """`message` as consumers see it, or None for a replay of what they have."""
+    def outgoing(
+        self, message: ServerMessage, first_seq: int | None = None
+    ) -> ServerMessage | None:
+        """`message` as consumers see it, or None for a replay of what they have. `first_seq`:
+        for an interrupt or error, the stream sequence its utterance began in, when known."""
         match message:
             case Transcription():
                 return self._transcription(message)
             case Interrupt(utterance_id=local) | Error(utterance_id=int(local)):
+                if first_seq is not None and first_seq < self._resumed.last_final_seq:
+                    self._replayed.add(local)
                 if local in self._replayed:
                     return None
-                return msgspec.structs.replace(message, utterance_id=self._utterance(local))
+                utterance_id = self._utterance(local, fix=first_seq is not None)
+                return msgspec.structs.replace(message, utterance_id=utterance_id)
             case SessionClosed(reason="shutdown"):
                 return None
             case SessionClosed(utterances=count):
@@ -81,7 +89,13 @@ class Continuation:
             )
         return msgspec.structs.replace(message, utterance_id=utterance_id, sequence=sequence)
 
-    def _utterance(self, local: int) -> int:
-        if self._utterance_offset is None:
-            self._utterance_offset = self._resumed.next_utterance_id - local
-        return local + self._utterance_offset
+    def _utterance(self, local: int, *, fix: bool = True) -> int:
+        """The published id of local utterance `local`; the first new one takes the record's
+        next id. `fix`: whether `local` is known to be new (without it, a replay's message
+        would shift every later id)."""
+        if self._utterance_offset is not None:
+            return local + self._utterance_offset
+        offset = self._resumed.next_utterance_id - local
+        if fix:
+            self._utterance_offset = offset
+        return local + offset

@@ -79,6 +79,9 @@ class Transcribe:
 @dataclass(frozen=True, slots=True)
 class Publish:
     message: ServerMessage
+    # Where the audio of the utterance an interrupt or error is about begins (16 kHz samples):
+    # elastic mode tells a replay of one apart by the stream message that holds it.
+    start_sample: int | None = None
 
 
 @dataclass(frozen=True, slots=True)

@@ -20,7 +20,7 @@ from dataclasses import dataclass
 
 import msgspec
 
-from stt_worker.core.audio import Pcm16
+from stt_worker.core.audio import SAMPLE_RATE_HZ, Pcm16
 from stt_worker.core.errors import SttError
 from stt_worker.core.jobs import Action, Close, Job, JobKind, Publish
 from stt_worker.core.listener import BargeIn, Heard, Listener
@@ -171,7 +171,8 @@ class Session:
             return []  # its turn check's text was published for it already
         message = f"utterance {job.utterance_id} ({job.audio_s:.2f} s) failed: {error.message}"
         error_message = self.error(error.code, message, now=now, utterance_id=job.utterance_id)
-        return [Publish(error_message), *self._maybe_close(now)]
+        start = round(job.audio_start_s * SAMPLE_RATE_HZ)
+        return [Publish(error_message, start), *self._maybe_close(now)]
 
     def error(
         self, code: str, message: str, *, now: float, utterance_id: int | None = None
@@ -243,7 +244,10 @@ class Session:
             utterance_id=barge_in.utterance_id,
             transcript=barge_in.transcript,
         )
-        return Publish(interrupt)
+        utterance = self._listener.utterance
+        if utterance is None or utterance.utterance_id != barge_in.utterance_id:
+            return Publish(interrupt)  # its utterance ended before a probe's words took the turn
+        return Publish(interrupt, utterance.start_sample)
 
     def _final(self, job: Job, decoded: Decoded, promised: bool, now: float) -> list[Action]:
         """Publish `decoded` as the final of `job`'s utterance."""

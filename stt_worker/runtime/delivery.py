@@ -68,9 +68,12 @@ class SessionAcks(Protocol):
     ) -> None:
         """Keep a message the session accepted (`sample_rate_hz`, `channels`: its format)."""
 
-    def stamp(self, message: ServerMessage) -> ServerMessage | None:
+    def stamp(
+        self, message: ServerMessage, start_sample: int | None = None
+    ) -> ServerMessage | None:
         """The message to publish (a transcript names the stream sequences of its audio), or
-        None when it must not be: elastic mode's replay of what was already published."""
+        None when it must not be: elastic mode's replay of what was already published.
+        `start_sample`: where the utterance an interrupt or error is about begins."""
 
     async def settle(self, session: Session) -> None:
         """Acknowledge what no result still to come depends on (call after publishing)."""
@@ -155,7 +158,7 @@ class _NoAcks:
     ) -> None:
         pass
 
-    def stamp(self, message: ServerMessage) -> ServerMessage:
+    def stamp(self, message: ServerMessage, start_sample: int | None = None) -> ServerMessage:
         return message
 
     async def settle(self, session: Session) -> None:
@@ -383,7 +386,7 @@ class LedgerAcks:
         )
         await self._delivery.ack(superseded)
 
-    def stamp(self, message: ServerMessage) -> ServerMessage:
+    def stamp(self, message: ServerMessage, start_sample: int | None = None) -> ServerMessage:
         if not isinstance(message, Transcription):
             return message
         start = round(message.audio_start_s * SAMPLE_RATE_HZ)

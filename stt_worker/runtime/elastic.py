@@ -11,8 +11,10 @@ then deletes the consumer and lets the lease go.
 
 from __future__ import annotations
 
+import asyncio
 import contextlib
 import logging
+import weakref
 
 import nats.errors
 from nats.aio.client import Client
@@ -21,6 +23,7 @@ from nats.aio.subscription import Subscription
 
 from stt_worker.config import Settings
 from stt_worker.core.continuity import Continuation
+from stt_worker.core.ledger import Held
 from stt_worker.core.protocol import ClientMessage, CloseReason, ServerMessage
 from stt_worker.core.session import Session
 from stt_worker.runtime.delivery import (
@@ -50,6 +53,7 @@ class ElasticDelivery(DurableDelivery):
         self._on_message: MessageHandler | None = None
         self.ownership: Ownership | None = None
         self._store: SessionStore | None = None
+        self._sessions: weakref.WeakSet[_ContinuedAcks] = weakref.WeakSet()
 
     async def subscribe(
         self, nc: Client, subjects: list[str], on_message: MessageHandler
@@ -84,7 +88,9 @@ class ElasticDelivery(DurableDelivery):
 
     def session_acks(self) -> SessionAcks:
         assert self._store is not None, "not subscribed"
-        return _ContinuedAcks(self, self._store)
+        acks = _ContinuedAcks(self, self._store)
+        self._sessions.add(acks)
+        return acks
 
     def _consumer(self, partition: int) -> str:
         return f"{self._settings.durable_consumer}-p{partition}"
@@ -102,6 +108,19 @@ class ElasticDelivery(DurableDelivery):
             await drain_subscriptions([sub])
         consumer = self._consumer(partition)
         await self._retire(lambda acks: acks.consumer == consumer)
+        await self._released(consumer)
+
+    async def _released(self, consumer: str) -> None:
+        """Until the partition's closed sessions have written their records and acknowledged
+        their audio: the worker's drain sees a session closed before that, and the next owner
+        must not read a record still being written."""
+        releases = [acks.released for acks in self._sessions if acks.consumer == consumer]
+        waits = [released.wait() for released in releases if released is not None]
+        try:
+            async with asyncio.timeout(self._settings.drain_timeout_s):
+                await asyncio.gather(*waits)
+        except TimeoutError:
+            logger.error("sessions' records still being written at a hand-over")
 
     async def _intact(self, partition: int) -> bool:
         """Our subscription is still the one its consumer delivers to (a worker that held
@@ -128,7 +147,12 @@ class _ContinuedAcks(LedgerAcks):
     """Durable mode's acknowledgements, and the session's numbering carried over from its
     previous owner (`core/continuity.py`): loaded before its first message is handled, saved
     after each final, before the final's audio is acknowledged (a crash in between replays
-    the audio, and the record still says what was published)."""
+    the audio, and the record still says what was published).
+
+    The record is written beside the session, not in the `_apply` that published the final
+    (a KV write may take up to the JetStream timeout, and a decode slot would wait for it):
+    one write at a time, of the latest record, and the audio settled meanwhile acknowledged
+    after the write that covers it."""
 
     def __init__(self, delivery: DurableDelivery, store: SessionStore) -> None:
         super().__init__(delivery)
@@ -136,6 +160,11 @@ class _ContinuedAcks(LedgerAcks):
         self._session_id: str | None = None
         self._continuation = Continuation()
         self._saved = self._continuation.record
+        # Made when `release` begins, set once it has written the record and acknowledged the
+        # audio (None: open).
+        self.released: asyncio.Event | None = None
+        self._writer: asyncio.Task[None] | None = None
+        self._unwritten: list[Held] = []  # settled audio waiting for the record's write
 
     async def hold(
         self, message: ClientMessage, msg: Msg, *, sample_rate_hz: int, channels: int, now: float
@@ -146,22 +175,58 @@ class _ContinuedAcks(LedgerAcks):
             self._saved = self._continuation.record
         await super().hold(message, msg, sample_rate_hz=sample_rate_hz, channels=channels, now=now)
 
-    def stamp(self, message: ServerMessage) -> ServerMessage | None:
-        return self._continuation.outgoing(super().stamp(message))
+    def stamp(
+        self, message: ServerMessage, start_sample: int | None = None
+    ) -> ServerMessage | None:
+        first_seq = None
+        if start_sample is not None:  # an interrupt or error: where its utterance began
+            seqs = self._ledger.source_seqs(start_sample, start_sample + 1)
+            first_seq = None if seqs is None else seqs[0]
+        return self._continuation.outgoing(super().stamp(message), first_seq)
 
     async def settle(self, session: Session) -> None:
-        record = self._continuation.record
-        if record is not self._saved and self._session_id is not None:
-            await self._store.save(self._session_id, record)
-            self._saved = record
-        await super().settle(session)
+        settled = self._ledger.settled(session.first_unsettled_sample)
+        if self.released is not None:  # closing: its release writes and acknowledges last
+            self._unwritten += settled
+            return
+        if self._continuation.record is self._saved and self._writer is None:
+            await self._delivery.ack(settled)  # no record to write before them
+            return
+        self._unwritten += settled
+        if self._writer is None:
+            self._writer = asyncio.create_task(self._write(), name="session-record")
+
+    async def _write(self) -> None:
+        """Write the latest record, then acknowledge the audio that waited for it; again while
+        finals came meanwhile (records in between are never written: the latest covers them)."""
+        assert self._session_id is not None, "a final before the session's first message"
+        try:
+            while self._unwritten or self._continuation.record is not self._saved:
+                record, settled, self._unwritten = self._continuation.record, self._unwritten, []
+                if record is not self._saved:
+                    await self._store.save(self._session_id, record)
+                    self._saved = record
+                await self._delivery.ack(settled)
+        finally:
+            self._writer = None
 
     async def release(self, reason: CloseReason) -> None:
+        self.released = asyncio.Event()
+        try:
+            await self._release(reason)
+        finally:
+            self.released.set()
+
+    async def _release(self, reason: CloseReason) -> None:
+        if self._writer is not None:  # none starts from here on: `settle` leaves it to us
+            await self._writer
         if self._session_id is not None:
             record = self._continuation.record
             if reason != "shutdown":
                 await self._store.forget(self._session_id)  # over, not moving
             elif record is not self._saved:  # moving: the record first, then the audio's acks
                 await self._store.save(self._session_id, record)
-            self._saved = record  # so the settle that follows in `_apply` writes nothing back
+            self._saved = record
+        settled, self._unwritten = self._unwritten, []
+        await self._delivery.ack(settled)
         await super().release(reason)

@@ -75,9 +75,6 @@ class Inboxes:
         self._metrics = metrics
         self._inboxes: dict[str, _Inbox] = {}
         self._group: asyncio.TaskGroup | None = None
-        self._serving = 0
-        self._all_served = asyncio.Event()
-        self._all_served.set()
         self._swept_at = 0.0
         # Sessions with refusals not yet told (a notice held back by its interval).
         self._untold: set[str] = set()
@@ -146,9 +143,15 @@ class Inboxes:
                 self._untold.discard(session_id)
         return due
 
-    async def wait_served(self) -> None:
-        """Until every admitted message has been handled (drain)."""
-        await self._all_served.wait()
+    async def wait_served(self, picks: Callable[[str], bool] = lambda session_id: True) -> None:
+        """Until every message admitted for the sessions `picks` picks (by id; all of them at a
+        drain) has been handled."""
+        while tasks := [
+            inbox.task
+            for session_id, inbox in self._inboxes.items()
+            if inbox.task is not None and picks(session_id)
+        ]:
+            await asyncio.wait(tasks)
 
     def cancel(self) -> None:
         """Stop every session's task (after a drain that timed out)."""
@@ -169,8 +172,6 @@ class Inboxes:
     def _start(self, session_id: str, inbox: _Inbox) -> None:
         assert self._group is not None
         inbox.task = self._group.create_task(self._serve(session_id, inbox), name="inbox")
-        self._serving += 1
-        self._all_served.clear()
 
     async def _serve(self, session_id: str, inbox: _Inbox) -> None:
         try:
@@ -183,9 +184,6 @@ class Inboxes:
                 await asyncio.sleep(0)  # the other sessions' turn
         finally:
             inbox.task = None
-            self._serving -= 1
-            if self._serving == 0:
-                self._all_served.set()
 
     def dropped(self, session_id: str, now: float) -> int:
         """The NATS client dropped a message of the session (slow consumer): how many to tell

@@ -74,6 +74,8 @@ class Ownership:
         self._intact = intact
         self._kv: KeyValue | None = None
         self.owned: dict[int, int] = {}  # partition -> our lease's revision
+        # Give-ups (and retakes) under way, beside the rounds: a give-up waits for finals, and
+        # the rounds must go on renewing the other leases meanwhile.
         self._releasing: dict[int, asyncio.Task[None]] = {}
         # Renewals and deletions of our leases one at a time: a renewal racing a deletion
         # would bring the lease back, or forget one we still hold.
@@ -134,8 +136,7 @@ class Ownership:
         members, owners = await self._snapshot()
         step = moves(self._settings.partitions, members, self.me, owners)
         for partition in step.release:
-            if partition not in self._releasing:
-                self._releasing[partition] = asyncio.create_task(self._release(partition))
+            self._beside(partition, self._release)
         for partition in step.claim:
             await self._claim(partition)
 
@@ -156,18 +157,44 @@ class Ownership:
                         del self.owned[partition]
                         lost.append(partition)
         for partition in lost:
-            logger.error("lease of partition %d lost; no longer serving it", partition)
-            await self._give_up(partition)
+            self._beside(partition, self._lost)
         for partition in regained:
             if self._draining:
                 break  # its subscriptions are stopped already: the hand-over follows
-            if not await self._intact(partition):  # somebody held it meanwhile: start over
+            self._beside(partition, self._retaken)
+
+    def _beside(self, partition: int, work: PartitionCall) -> None:
+        """Run `work(partition)` as a task of its own, unless one for it is under way."""
+        if partition not in self._releasing:
+            self._releasing[partition] = asyncio.create_task(self._tracked(partition, work))
+
+    async def _tracked(self, partition: int, work: PartitionCall) -> None:
+        try:
+            await work(partition)
+        finally:
+            del self._releasing[partition]
+
+    async def _lost(self, partition: int) -> None:
+        logger.error("lease of partition %d lost; no longer serving it", partition)
+        try:
+            await self._give_up(partition)
+        except Exception:  # the others lost with it are given up all the same
+            logger.exception("could not stop serving partition %d", partition)
+
+    async def _retaken(self, partition: int) -> None:
+        """A lease we took back after it expired: serve the partition afresh if somebody held
+        it meanwhile; if that fails, let the lease go rather than renew one nobody serves."""
+        try:
+            if not await self._intact(partition):
                 logger.warning("partition %d was served elsewhere meanwhile", partition)
                 await self._give_up(partition)
                 await self._take(partition)
+        except Exception:
+            logger.exception("could not serve partition %d again; letting it go", partition)
+            await self._delete_lease(partition)
 
     async def _claim(self, partition: int) -> None:
-        if self._draining:  # a round that began before SIGTERM
+        if self._draining or partition in self._releasing:  # SIGTERM came, or still giving up
             return
         try:
             revision = await self._bucket.create(_LEASE + str(partition), self.me.encode())
@@ -191,8 +218,6 @@ class Ownership:
             logger.info("partition %d handed over", partition, extra={"partition": partition})
         except Exception:  # still ours and renewed: a later round tries again
             logger.exception("could not hand partition %d over", partition)
-        finally:
-            del self._releasing[partition]
 
     async def _delete_lease(self, partition: int) -> None:
         async with self._leases:

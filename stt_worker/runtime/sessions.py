@@ -201,6 +201,16 @@ class Sessions:
         self.streams.pop(stream.key, None)
         self.unlist(stream)
 
+    def picker(self, belongs: Callable[[SessionAcks], bool]) -> Callable[[str], bool]:
+        """Which session ids `belongs` may pick: its live sessions, and those not opened yet
+        (what waits in their inboxes may open one of them)."""
+
+        def picks(session_id: str) -> bool:
+            stream = self.live.get(session_id)
+            return stream is None or belongs(stream.acks)
+
+        return picks
+
     async def wait_closed(self, streams: list[Stream], within_s: float) -> None:
         """Until none of `streams` is open (a drain), or `within_s` has passed."""
         try:
@@ -208,7 +218,11 @@ class Sessions:
                 while any(s.key in self.streams for s in streams):  # noqa: ASYNC110
                     await asyncio.sleep(0.05)
         except TimeoutError:
-            logger.error("drain timed out", extra={"open_sessions": len(self.streams)})
+            cut = self._settings.max_session_id_chars
+            still = [s.session.session_id[:cut] for s in streams if s.key in self.streams]
+            # Only the sessions this drain (or partition) ended: others are not late.
+            extra = {"open_sessions": len(still), "sessions": ",".join(still[:10])}
+            logger.error("drain timed out", extra=extra)
 
     def _start(
         self,

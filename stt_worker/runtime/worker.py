@@ -201,9 +201,9 @@ class Worker:
     async def _retire(self, belongs: Callable[[SessionAcks], bool]) -> None:
         """End the sessions `belongs` picks (all at SIGTERM, a partition's when elastic mode
         gives it up) once their inboxes are served; return when they, closing ones too, are."""
-        inboxes = self._intake.inboxes
+        inboxes, picks = self._intake.inboxes, self._sessions.picker(belongs)
         try:  # what the subscription admitted goes through its session first
-            await asyncio.wait_for(inboxes.wait_served(), self.settings.drain_timeout_s)
+            await asyncio.wait_for(inboxes.wait_served(picks), self.settings.drain_timeout_s)
         except TimeoutError:
             logger.error("drain timed out with messages still in sessions' inboxes")
         now = time.time()
@@ -271,8 +271,8 @@ class Worker:
         """Carry out `actions`; `job` is the transcription they answer, if any."""
         for action in actions:
             match action:
-                case Publish(message=message):
-                    if (out := stream.acks.stamp(message)) is not None:  # None: a replay
+                case Publish(message=message, start_sample=start):
+                    if (out := stream.acks.stamp(message, start)) is not None:  # None: a replay
                         await self._publish(stream.subject, out, stream.observer.span_for(out))
                         stream.observer.published(out, job)
                 case Transcribe(job=queued):
