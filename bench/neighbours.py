@@ -92,6 +92,8 @@ REFUSED = re.compile(r"(\d+) messages refused")
 CONNECTION_LOG = re.compile(r"disconnect|reconnect|slow consumer", re.IGNORECASE)
 ABUSE_LEAD_S = 1.0  # the abuse is under way before the first honest session starts
 IDLE_TIMEOUT_S = 90.0  # for the worker to finish the abuser's leftovers before the next run
+# A subject the worker does not subscribe to: a control run's flood goes there, to a sink.
+CONTROL_SUBJECT = "stt-neighbours-control"
 MODES = (
     "audio_50x",
     "audio_200x_1s",
@@ -100,6 +102,9 @@ MODES = (
     "state_change_flood",
     "garbage_flood",
 )
+# The modes that send as fast as the socket takes: each also gets a control run (the same
+# flood at the same rate through the same nats-server, drained by `bench.flood_sink`).
+FLOODS = ("max_chunks_192k_8ch", "state_change_flood", "garbage_flood")
 
 
 @dataclass(frozen=True, slots=True)
@@ -195,8 +200,11 @@ def abuse_of(mode: str, max_chunk_bytes: int) -> Abuse:
     raise ValueError(f"unknown abuse mode {mode!r}; one of {', '.join(MODES)}")
 
 
-async def abuse(mode: str, url: str, subject: str, seconds: float) -> dict[str, Any]:
-    """Publish `mode` on `subject` for `seconds`; what was sent, and the CPU it took."""
+async def abuse(
+    mode: str, url: str, subject: str, seconds: float, rate: float | None = None
+) -> dict[str, Any]:
+    """Publish `mode` on `subject` for `seconds` (a flood at most `rate` messages a second);
+    what was sent, and the CPU it took."""
     settings = load_settings()
     plan = abuse_of(mode, settings.max_chunk_bytes)
     header = pub_header(subject)
@@ -212,10 +220,10 @@ async def abuse(mode: str, url: str, subject: str, seconds: float) -> dict[str, 
     deadline = started + seconds
     tick = 0
     while (now := time.monotonic()) < deadline:
-        if plan.paced:
-            delay = started + tick * CHUNK_S - now
-            if delay > 0:
-                await asyncio.sleep(delay)
+        # Paced: one batch per tick; a control's flood: no faster than the real one went.
+        due = tick * CHUNK_S if plan.paced else (messages / rate if rate else 0.0)
+        if (delay := started + due - now) > 0:
+            await asyncio.sleep(delay)
         index = tick % len(batches)
         publisher.write([batches[index]])
         await publisher.drain()
@@ -312,6 +320,7 @@ class Abuser:
     told: collections.Counter[str]
     subscription: Any
     finals: list[Transcription] = dataclasses.field(default_factory=list)
+    sink: asyncio.subprocess.Process | None = None  # a control run's: drains the flood
 
     def finals_summary(self) -> dict[str, Any]:
         """Its finals: how much inference its admitted audio cost the shared engine."""
@@ -325,7 +334,24 @@ class Abuser:
         }
 
 
-async def start_abuser(bench: Bench, mode: str, session: str) -> Abuser:
+async def _started(args: list[str], ready: bytes) -> asyncio.subprocess.Process:
+    """`python -m ARGS` once it printed `ready` (its first line)."""
+    process = await asyncio.create_subprocess_exec(
+        sys.executable, "-m", *args, stdout=asyncio.subprocess.PIPE
+    )
+    assert process.stdout is not None
+    line = await asyncio.wait_for(process.stdout.readline(), 60)
+    if line.strip() != ready:
+        raise RuntimeError(f"{args[0]} {args[1:3]} did not start: {line!r}")
+    return process
+
+
+async def start_abuser(
+    bench: Bench, mode: str, session: str, control_rate: float | None = None
+) -> Abuser:
+    """`mode`'s abuser on `session`; with `control_rate` (messages a second), a control: the
+    flood goes at that rate to a subject the worker does not subscribe to, drained by a
+    sink process."""
     told: collections.Counter[str] = collections.Counter()
     finals: list[Transcription] = []
 
@@ -341,43 +367,46 @@ async def start_abuser(bench: Bench, mode: str, session: str) -> Abuser:
     await bench.nc.results.flush()
     subject = f"{bench.settings.stream_subject.removesuffix('.*')}.{session}"
     seconds = ABUSE_LEAD_S + bench.plan.ramp_s + bench.plan.run_s
-    process = await asyncio.create_subprocess_exec(
-        sys.executable,
-        "-m",
-        "bench.neighbours",
-        "--abuse",
-        mode,
-        "--url",
-        bench.server.url,
-        "--subject",
-        subject,
-        "--seconds",
-        str(seconds),
-        stdout=asyncio.subprocess.PIPE,
-    )
-    assert process.stdout is not None
-    line = await asyncio.wait_for(process.stdout.readline(), 60)
-    if line.strip() != b"abusing":
-        raise RuntimeError(f"abuser {mode} did not start: {line!r}")
+    where = ["--url", bench.server.url, "--seconds", str(seconds)]
+    sink = None
+    if control_rate is not None:
+        subject = f"{CONTROL_SUBJECT}.{session}"
+        # It outlasts the abuser by a second, to drain what nats-server still holds.
+        sink_where = [*where[:2], "--seconds", str(seconds + 1.0)]
+        sink = await _started(["bench.flood_sink", *sink_where, "--subject", subject], b"sinking")
+        where += ["--rate", str(control_rate)]
+    args = ["bench.neighbours", "--abuse", mode, "--subject", subject, *where]
+    process = await _started(args, b"abusing")
     await asyncio.sleep(ABUSE_LEAD_S)
-    return Abuser(process, told, subscription, finals)
+    return Abuser(process, told, subscription, finals, sink)
+
+
+async def _last_line(process: asyncio.subprocess.Process) -> dict[str, Any]:
+    """The JSON line a helper process prints last, once it exits (killed after a minute)."""
+    try:
+        out, _ = await asyncio.wait_for(process.communicate(), 60)
+    except TimeoutError:
+        process.kill()
+        out, _ = await process.communicate()
+    return dict(json.loads(out.decode().splitlines()[-1])) if out.strip() else {}
 
 
 async def stop_abuser(abuser: Abuser) -> dict[str, Any]:
-    try:
-        out, _ = await asyncio.wait_for(abuser.process.communicate(), 60)
-    except TimeoutError:
-        abuser.process.kill()
-        out, _ = await abuser.process.communicate()
-    sent = json.loads(out.decode().splitlines()[-1]) if out.strip() else {}
+    """What the abuser sent (and, in a control, what its sink read)."""
+    sent = await _last_line(abuser.process)
+    if abuser.sink is not None:
+        sent["sink"] = await _last_line(abuser.sink)
     return sent
 
 
-async def honest_run(bench: Bench, mode: str, abused: bool) -> dict[str, Any]:
-    """The honest load once, beside `mode`'s abuser or alone; then wait until the worker is
-    idle. Its summary, with each session's finals (audio spans) for the comparison."""
+async def honest_run(
+    bench: Bench, mode: str, label: str, control_rate: float | None = None
+) -> dict[str, Any]:
+    """The honest load once: `label` "alone", "beside" `mode`'s abuser, or "control" (its
+    flood at `control_rate` to a sink, not the worker); then wait until the worker is idle.
+    Its summary, with each session's finals (audio spans) for the comparison."""
     plan = bench.plan
-    label = "beside" if abused else "alone"
+    abused = label != "alone"
     prefix = f"{label}-{mode}-{time.time_ns() % 10**6:06d}"
     audio = [bench.timelines(i) for i in range(plan.sessions)]
     plans = plan_sessions(plan.sessions, plan.ramp_s, prefix, audio)
@@ -387,7 +416,7 @@ async def honest_run(bench: Bench, mode: str, abused: bool) -> dict[str, Any]:
     abuser = None
     async with sampler.running():
         if abused:
-            abuser = await start_abuser(bench, mode, f"abuser-{prefix}")
+            abuser = await start_abuser(bench, mode, f"abuser-{prefix}", control_rate)
         run = await stream_load(
             bench.nc.results,
             bench.nc.publisher,
@@ -494,16 +523,29 @@ def missing_finals(alone: Spans, beside: Spans) -> int:
 # ---------------------------------------------------------------- modes and the whole run
 
 
+def _ratio(run: dict[str, Any], alone: dict[str, Any]) -> float | None:
+    if alone["p95_ms"] and run["p95_ms"] is not None:
+        return round(run["p95_ms"] / alone["p95_ms"], 3)
+    return None
+
+
 async def measure_mode(bench: Bench, mode: str, abused_first: bool) -> dict[str, Any]:
-    runs = {}
-    for abused in (abused_first, not abused_first):
-        runs[abused] = await honest_run(bench, mode, abused)
-    alone, beside = runs[False], runs[True]
-    ratio = None
-    if alone["p95_ms"] and beside["p95_ms"] is not None:
-        ratio = round(beside["p95_ms"] / alone["p95_ms"], 3)
+    """`mode` alone and beside its abuser (in that order or the other) and, for a flood,
+    the control right after the abused run, at the rate its abuser reached there."""
+    runs: dict[str, dict[str, Any]] = {}
+    for label in ("beside", "alone") if abused_first else ("alone", "beside"):
+        runs[label] = await honest_run(bench, mode, label)
+        if label == "beside" and mode in FLOODS:
+            rate = runs["beside"]["abuser_sent"].get("messages_per_s")
+            runs["control"] = await honest_run(bench, mode, "control", rate)
+    alone, beside = runs["alone"], runs["beside"]
+    ratio = _ratio(beside, alone)
     dropped = sum(beside["errors"].get(code, 0) for code in DROPPED_CODES)
-    missing = missing_finals(alone.pop("spans"), beside.pop("spans"))
+    missing = missing_finals(alone["spans"], beside.pop("spans"))
+    control = runs.get("control")
+    if control is not None:
+        control["missing"] = missing_finals(alone["spans"], control.pop("spans"))
+    alone.pop("spans")
     told = beside["abuser_told"]
     misses = []
     if ratio is None or ratio > RATIO_TARGET:
@@ -518,6 +560,8 @@ async def measure_mode(bench: Bench, mode: str, abused_first: bool) -> dict[str,
         "mode": mode,
         "order": "beside first" if abused_first else "alone first",
         "honest_p95_ratio": ratio,
+        # The same flood beside the same load, but to a sink: what the machine alone costs.
+        "control_p95_ratio": _ratio(control, alone) if control else None,
         "honest_p95_ms": beside["p95_ms"],
         "honest_p95_alone_ms": alone["p95_ms"],
         "honest_missing": missing,
@@ -530,6 +574,7 @@ async def measure_mode(bench: Bench, mode: str, abused_first: bool) -> dict[str,
         "misses": misses,
         "beside": beside,
         "alone": alone,
+        "control": control,
     }
 
 
@@ -604,11 +649,11 @@ def markdown(result: dict[str, Any], command: str) -> str:
         "",
         "## Results",
         "",
-        "| mode | p95 alone ms | p95 beside ms | ratio | missing | dropped | abuser sent | "
-        "abuser told | worker RSS MB | worker cores | nats-server cores | abuser cores | "
-        "slow consumers | load | verdict |",
-        "| --- | ---: | ---: | ---: | ---: | ---: | --- | --- | ---: | ---: | ---: | ---: | ---: "
-        "| ---: | --- |",
+        "| mode | p95 alone ms | p95 beside ms | ratio | control ratio | missing | dropped | "
+        "abuser sent | abuser told | worker RSS MB | worker cores | nats-server cores | "
+        "abuser cores | slow consumers | load | verdict |",
+        "| --- | ---: | ---: | ---: | ---: | ---: | ---: | --- | --- | ---: | ---: | ---: | ---: "
+        "| ---: | ---: | --- |",
     ]
     for mode in result["modes"].values():
         beside, alone = mode["beside"], mode["alone"]
@@ -616,7 +661,8 @@ def markdown(result: dict[str, Any], command: str) -> str:
         told = ", ".join(f"{n} `{code}`" for code, n in sorted(mode["abuser_codes"].items()))
         lines.append(
             f"| {mode['mode']} | {mode['honest_p95_alone_ms']} | {mode['honest_p95_ms']} | "
-            f"{mode['honest_p95_ratio']} | {mode['honest_missing']} | "
+            f"{mode['honest_p95_ratio']} | {mode.get('control_p95_ratio') or '-'} | "
+            f"{mode['honest_missing']} | "
             f"{mode['honest_dropped']} | {sent.get('messages_per_s', '?')} msg/s, "
             f"{sent.get('mb_per_s', '?')} MB/s | {told or 'nothing'} | "
             f"{alone['worker_rss_mb_max']} / {beside['worker_rss_mb_max']} | "
@@ -630,7 +676,13 @@ def markdown(result: dict[str, Any], command: str) -> str:
         "",
         "RSS, worker and nats-server cores: alone / beside (the machine's cores are shared by "
         "the worker, nats-server, the load generator and the abuser). Load: the 1-minute load "
-        "average, highest during the abused run.",
+        "average, highest during the abused run. Control ratio (floods only): honest p95 in a "
+        "control run over p95 alone; in the control the same abuser floods at the rate it "
+        "reached beside the worker, through the same nats-server, but to a subject the worker "
+        "does not subscribe to, drained by a sink process (`bench/flood_sink.py`): nats-server "
+        "and the machine pay for the flood, the worker pays nothing. A control ratio near the "
+        "real one says the cost is the machine's (CPU taken by nats-server and the abuser), "
+        "not the worker's.",
         "",
         "## Verdicts",
         "",
@@ -701,8 +753,32 @@ def diagnosis(mode: dict[str, Any]) -> str:
             f"{finals['inference_s_total']} s of inference, longest decode "
             f"{finals['inference_ms_max']} ms)"
         )
+    control = mode.get("control")
+    if control is not None:
+        facts.append(_control_facts(mode, control))
     mechanism = MECHANISMS.get(mode["mode"])
     return "; ".join(facts) + (f". Likely cause: {mechanism}." if mechanism else ".")
+
+
+def _control_facts(mode: dict[str, Any], control: dict[str, Any]) -> str:
+    """The control run beside the real one: how much of the cost is the machine's."""
+    real, machine = mode["honest_p95_ratio"], mode["control_p95_ratio"]
+    sent = control["abuser_sent"]
+    text = (
+        f"in the control (the same flood at {sent.get('messages_per_s')} msg/s, "
+        f"{sent.get('mb_per_s')} MB/s, to a sink the worker never sees) honest p95 was "
+        f"{control['p95_ms']} ms, ratio {machine} against {real} beside the worker; "
+        f"nats-server used {control['other_cores'].get('nats-server')} cores, the sink "
+        f"{sent.get('sink', {}).get('cores')}, the worker {control['worker_cores']}"
+    )
+    if real is None or machine is None:
+        return text
+    if machine > RATIO_TARGET:
+        text += (
+            f", so the machine alone (nats-server, the abuser and the sink taking CPU from the "
+            f"worker on shared cores) misses the {RATIO_TARGET} target"
+        )
+    return text + f"; the worker's own share of the ratio is about {real - machine:+.2f}"
 
 
 def write_outputs(result: dict[str, Any], out: Path, command: str) -> Path:
@@ -726,9 +802,10 @@ def main(argv: list[str] | None = None) -> int:
     parser.add_argument("--url", help=argparse.SUPPRESS)
     parser.add_argument("--subject", help=argparse.SUPPRESS)
     parser.add_argument("--seconds", type=float, help=argparse.SUPPRESS)
+    parser.add_argument("--rate", type=float, help=argparse.SUPPRESS)
     args = parser.parse_args(argv)
     if args.abuse:
-        sent = asyncio.run(abuse(args.abuse, args.url, args.subject, args.seconds))
+        sent = asyncio.run(abuse(args.abuse, args.url, args.subject, args.seconds, args.rate))
         print(json.dumps(sent), flush=True)
         return 0
     logging.basicConfig(level=logging.WARNING, format="%(asctime)s %(name)s: %(message)s")
