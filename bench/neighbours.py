@@ -291,6 +291,44 @@ class ServerView:
         }
 
 
+WORKER_CONNECTION = "stt-streaming"  # the name the worker's NATS connection gives
+PENDING_EVERY_S = 0.25
+
+
+@dataclass(slots=True)
+class PendingWatch:
+    """nats-server's outbound queue to the worker's connection (`pending_bytes` in connz),
+    sampled through a run: the bytes an honest message published now waits behind before
+    the worker reads it (nats-server holds a publisher back only once this nears
+    `max_pending`)."""
+
+    monitor_port: int
+    samples: list[int] = dataclasses.field(default_factory=list)
+
+    def _read(self) -> int | None:
+        connz = _monitor(self.monitor_port, "connz?limit=1024")
+        for connection in connz.get("connections") or []:
+            if connection.get("name") == WORKER_CONNECTION:
+                return int(connection.get("pending_bytes", 0))
+        return None
+
+    async def watch(self) -> None:
+        """Until cancelled."""
+        while True:
+            pending = await asyncio.to_thread(self._read)
+            if pending is not None:
+                self.samples.append(pending)
+            await asyncio.sleep(PENDING_EVERY_S)
+
+    def summary(self) -> dict[str, float | None]:
+        if not self.samples:
+            return {"max_mb": None, "mean_mb": None}
+        return {
+            "max_mb": round(max(self.samples) / 1e6, 1),
+            "mean_mb": round(sum(self.samples) / len(self.samples) / 1e6, 1),
+        }
+
+
 @dataclass(slots=True)
 class Bench:
     """What every run shares: the server, the worker, the connections, the audio."""
@@ -414,6 +452,8 @@ async def honest_run(
     server_before = await asyncio.to_thread(ServerView.read, bench.monitor_port)
     loadavg_before = os.getloadavg()[0]
     abuser = None
+    pending = PendingWatch(bench.monitor_port)
+    watching = asyncio.create_task(pending.watch())
     async with sampler.running():
         if abused:
             abuser = await start_abuser(bench, mode, f"abuser-{prefix}", control_rate)
@@ -427,6 +467,7 @@ async def honest_run(
             results_grace_s=plan.grace_s,
         )
         sent = await stop_abuser(abuser) if abuser else {}
+        watching.cancel()
         idle_from = time.monotonic()
         await wait_idle(sampler, IDLE_TIMEOUT_S)
         idle_wait_s = time.monotonic() - idle_from
@@ -451,6 +492,8 @@ async def honest_run(
         "loadavg_max": round(max((s.loadavg_1m for s in window), default=loadavg_before), 2),
         "generator": run.lateness_summary(),
         "server": server.since(server_before),
+        # What honest messages waited behind at nats-server: the worker's queue there.
+        "worker_pending_mb": pending.summary(),
         "worker_connection_log": bench.worker_connection_log(),
         "idle_wait_s": round(idle_wait_s, 1),
         "abuser_sent": sent,
@@ -651,9 +694,9 @@ def markdown(result: dict[str, Any], command: str) -> str:
         "",
         "| mode | p95 alone ms | p95 beside ms | ratio | control ratio | missing | dropped | "
         "abuser sent | abuser told | worker RSS MB | worker cores | nats-server cores | "
-        "abuser cores | slow consumers | load | verdict |",
+        "abuser cores | queue at nats-server MB | slow consumers | load | verdict |",
         "| --- | ---: | ---: | ---: | ---: | ---: | ---: | --- | --- | ---: | ---: | ---: | ---: "
-        "| ---: | ---: | --- |",
+        "| ---: | ---: | ---: | --- |",
     ]
     for mode in result["modes"].values():
         beside, alone = mode["beside"], mode["alone"]
@@ -669,6 +712,7 @@ def markdown(result: dict[str, Any], command: str) -> str:
             f"{alone['worker_cores']} / {beside['worker_cores']} | "
             f"{alone['other_cores'].get('nats-server')} / "
             f"{beside['other_cores'].get('nats-server')} | {sent.get('cores', '?')} | "
+            f"{beside['worker_pending_mb']['mean_mb']} / {beside['worker_pending_mb']['max_mb']} | "
             f"{beside['server']['slow_consumers']} | "
             f"{beside['loadavg_max']} | {'met' if mode['met'] else 'MISSED'} |"
         )
@@ -676,13 +720,15 @@ def markdown(result: dict[str, Any], command: str) -> str:
         "",
         "RSS, worker and nats-server cores: alone / beside (the machine's cores are shared by "
         "the worker, nats-server, the load generator and the abuser). Load: the 1-minute load "
-        "average, highest during the abused run. Control ratio (floods only): honest p95 in a "
-        "control run over p95 alone; in the control the same abuser floods at the rate it "
-        "reached beside the worker, through the same nats-server, but to a subject the worker "
-        "does not subscribe to, drained by a sink process (`bench/flood_sink.py`): nats-server "
-        "and the machine pay for the flood, the worker pays nothing. A control ratio near the "
-        "real one says the cost is the machine's (CPU taken by nats-server and the abuser), "
-        "not the worker's.",
+        "average, highest during the abused run. Queue at nats-server: the bytes waiting in "
+        "nats-server for the worker's connection beside the abuser, mean / max (sampled every "
+        f"{PENDING_EVERY_S} s): an honest message waits behind them. Control ratio (floods "
+        "only): honest p95 in a control run over p95 alone; in the control the same abuser "
+        "floods at the rate it reached beside the worker, through the same nats-server, but to "
+        "a subject the worker does not subscribe to, drained by a sink process "
+        "(`bench/flood_sink.py`): nats-server and the machine pay for the flood, the worker "
+        "pays nothing. A control ratio near the real one says the cost is the machine's (CPU "
+        "taken by nats-server and the abuser), not the worker's.",
         "",
         "## Verdicts",
         "",
@@ -745,6 +791,13 @@ def diagnosis(mode: dict[str, Any]) -> str:
         f"nats-server used {beside['other_cores'].get('nats-server')} cores beside it, "
         f"{mode['alone']['other_cores'].get('nats-server')} alone"
     )
+    queue, rate = beside["worker_pending_mb"], sent.get("mb_per_s")
+    if queue.get("mean_mb") is not None and rate:
+        facts.append(
+            f"nats-server held {queue['mean_mb']} MB for the worker on average (at most "
+            f"{queue['max_mb']} MB): at the {rate} MB/s the worker took in, an honest chunk "
+            f"published meanwhile reached it about {1000 * queue['mean_mb'] / rate:.0f} ms late"
+        )
     finals = beside["abuser_finals"]
     if finals.get("finals"):
         facts.append(
