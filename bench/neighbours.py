@@ -44,6 +44,7 @@ import os
 import re
 import socket
 import sys
+import tempfile
 import time
 import urllib.request
 from dataclasses import dataclass
@@ -621,7 +622,19 @@ async def measure_mode(bench: Bench, mode: str, abused_first: bool) -> dict[str,
     }
 
 
-async def run_all(plan: Plan) -> dict[str, Any]:
+def server_args(monitor_port: int, max_pending_mb: float | None, folder: Path) -> tuple[str, ...]:
+    """nats-server's arguments: monitoring on `monitor_port`; with `max_pending_mb`, a config
+    file in `folder` that sets its per-connection queue limit (nats-server holds publishers
+    back once a connection's queue nears it, and cuts the connection off past it)."""
+    args = ("-m", str(monitor_port))
+    if max_pending_mb is None:
+        return args
+    config = folder / "nats-server.conf"
+    config.write_text(f"max_pending: {round(max_pending_mb * 2**20)}\n")
+    return (*args, "-c", str(config))
+
+
+async def run_all(plan: Plan, max_pending_mb: float | None = None) -> dict[str, Any]:
     """Every mode of `plan`, alone and beside its abuser, on one server and one worker."""
     meta = machine_info()
     meta["loadavg_start"] = [round(x, 2) for x in os.getloadavg()]
@@ -631,10 +644,14 @@ async def run_all(plan: Plan) -> dict[str, Any]:
     started = time.monotonic()
     monitor_port = free_port()
     modes = []
-    async with NatsServer(extra_args=("-m", str(monitor_port))) as server:
-        settings = load_settings(nats_url=server.url, otel_enabled=False, http_port=0)
+    with tempfile.TemporaryDirectory(prefix="stt-neighbours-") as folder:
+        extra_args = server_args(monitor_port, max_pending_mb, Path(folder))
         async with (
-            worker_process(settings, "faster-whisper") as worker,
+            NatsServer(extra_args=extra_args) as server,
+            worker_process(
+                settings := load_settings(nats_url=server.url, otel_enabled=False, http_port=0),
+                "faster-whisper",
+            ) as worker,
             connected(server.url) as nc,
         ):
             bench = Bench(server, monitor_port, worker, nc, settings, timelines, plan)
@@ -643,6 +660,7 @@ async def run_all(plan: Plan) -> dict[str, Any]:
     meta["loadavg_end"] = [round(x, 2) for x in os.getloadavg()]
     meta["wall_s"] = round(time.monotonic() - started, 1)
     meta["plan"] = dataclasses.asdict(plan)
+    meta["server_max_pending_mb"] = max_pending_mb  # None: nats-server's default (64 MB)
     meta["clips"] = [c.name for c in clips]
     meta["worker"] = {
         "model": settings.whisper_model_size,
@@ -679,7 +697,8 @@ def markdown(result: dict[str, Any], command: str) -> str:
         f"chunks, {meta['plan']['run_s']:.0f} s each run, starts over {meta['plan']['ramp_s']} s; "
         "per mode the same load alone and beside one abuser (its own process, one session), "
         "the order alternating by mode. Worker: `stt-streaming serve`, shipped defaults "
-        f"({json.dumps(meta['worker'])}).",
+        f"({json.dumps(meta['worker'])}); nats-server's max_pending: "
+        f"{meta.get('server_max_pending_mb') or 'its default, 64'} MiB.",
         "",
         "## Targets",
         "",
@@ -850,6 +869,11 @@ def main(argv: list[str] | None = None) -> int:
     parser.add_argument(
         "--mode", action="append", choices=MODES, help="only this mode (repeatable)"
     )
+    parser.add_argument(
+        "--max-pending-mb",
+        type=float,
+        help="nats-server's max_pending per connection, in MiB (default: its own, 64)",
+    )
     # The abuser's own process (started by the benchmark).
     parser.add_argument("--abuse", choices=MODES, help=argparse.SUPPRESS)
     parser.add_argument("--url", help=argparse.SUPPRESS)
@@ -870,7 +894,7 @@ def main(argv: list[str] | None = None) -> int:
     plan = QUICK if args.quick else FULL
     if args.mode:
         plan = dataclasses.replace(plan, modes=tuple(args.mode))
-    result = asyncio.run(run_all(plan))
+    result = asyncio.run(run_all(plan, args.max_pending_mb))
     command = ".venv/bin/python -m bench.neighbours" + " ".join(["", *(argv or sys.argv[1:])])
     path = write_outputs(result, args.out, command)
     print(path.read_text())
