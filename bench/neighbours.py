@@ -766,6 +766,14 @@ def markdown(result: dict[str, Any], command: str) -> str:
     if missed:
         lines += ["", "## Why the misses", ""]
         lines += [f"- **{mode['mode']}**: {diagnosis(mode)}" for mode in missed]
+        controlled = [mode for mode in missed if mode.get("control_p95_ratio") is not None]
+        if controlled:
+            over = [m["mode"] for m in controlled if m["control_p95_ratio"] > RATIO_TARGET]
+            lines += [
+                "",
+                f"Controls: the machine alone misses in {', '.join(over) or 'no mode'} "
+                f"({len(over)} of {len(controlled)} missed floods). {REMEDY}",
+            ]
     return "\n".join(lines) + "\n"
 
 
@@ -773,25 +781,44 @@ def markdown(result: dict[str, Any], command: str) -> str:
 # docs/operations.md and the figures of the run): the run's own numbers are filled in.
 MECHANISMS = {
     "garbage_flood": "past its share of error replies the subject is shed, as a "
-    "state_change flood is: its messages are skipped in the worker's protocol parser "
-    "(stt_worker/runtime/shed_parser.py), but each still crosses nats-server and the worker's "
-    "one connection, and the honest sessions' messages wait in nats-server's queue behind "
-    "the flood (tens of MB before nats-server holds the publisher back)",
-    "state_change_flood": "the flood is skipped in the worker's protocol parser "
-    "(stt_worker/runtime/shed_parser.py), but the publisher sends as fast as the worker "
-    "reads, so the honest sessions' messages wait in nats-server's queue for the worker's "
-    "one connection behind it (tens of MB before nats-server holds the publisher back; "
-    "docs/operations.md, slow-consumer section)",
-    "max_chunks_192k_8ch": "a refused 256 KB chunk is skipped by the worker's protocol parser "
-    "as it arrives (never buffered), but every byte the abuser sends still crosses "
-    "nats-server, the socket and the event loop's reads, and waits in nats-server's queue "
-    "ahead of the honest chunks",
+    "state_change flood is: skipped unread in the worker's protocol parser, but every "
+    "message still crosses nats-server and waits in its queue for the worker's one "
+    "connection, ahead of the honest messages published after it",
+    "state_change_flood": "the flood is skipped unread in the worker's protocol parser "
+    "(stt_worker/runtime/shed_parser.py, a few hundred ns a message), but the publisher sends "
+    "as fast as the worker reads: nats-server holds a publisher back only once its queue for "
+    "a connection passes 3/4 of `max_pending` (64 MB), so that queue stays tens of MB deep "
+    "and every honest message published meanwhile waits behind it (the queue column: the "
+    "wait is the queue over the rate the worker reads). A cheaper skip lets the flood go "
+    "faster, not the queue shrink; a smaller `max_pending` shrinks it, but a worker that "
+    "falls behind is then cut off sooner (at 8 MiB nats-server cut it off on a loaded "
+    "machine). On a starved CPU the honest sessions' own inboxes fall behind too",
+    "max_chunks_192k_8ch": "a refused 256 KB chunk is skipped as its bytes arrive (never "
+    "buffered; read 256 KiB at a time, stt_worker/runtime/read_size.py), but hundreds of MB/s "
+    "still cross nats-server, the socket and the event loop's reads, and fill nats-server's "
+    "queue for the worker ahead of the honest chunks; the abuser's admitted audio (2x real "
+    "time, legal) makes finals of up to 16 s, each one decode of over a second on one of the "
+    "engine's two slots",
     "echo_50x": "the echo canceller is off the loop and releases the GIL (measured: a thread "
     "running it does not slow the loop thread), so the cost is more likely the abuser's "
     "admitted audio (2x real time of microphone plus 2x of `playback`): its speech, mixed "
     "with the played voice, has no pauses, so its utterances run long and each final is one "
     "long decode that honest finals queued behind it wait for (no decode is preempted)",
 }
+# What the control runs say, and what would reach the target (after the misses).
+REMEDY = (
+    "A control ratio over the target means the machine alone misses: on one 2-core machine "
+    "the worker shares its CPUs with nats-server (0.2-0.6 cores beside a flood), the abuser "
+    "and the load generator, which production does not ask of it. What the worker pays "
+    "itself (the real ratio less the control's) is mostly the wait behind nats-server's "
+    "queue for its one connection and, on a starved CPU, its own backlog. What would reach "
+    "the target: the worker on CPUs of its own (a Kubernetes Guaranteed QoS pod with whole "
+    "cores, requests equal to limits, the kubelet's static CPU manager) and nats-server on "
+    "other nodes, so a flood costs the worker only its reads; publishers that are not "
+    "trusted behind the gateway (its own limits) or on durable mode, where a flood waits in "
+    "the stream and the worker is pushed at most `STT_MAX_ACK_PENDING` messages. With core "
+    "NATS no worker can keep a flood out of the queue its honest messages wait in."
+)
 
 
 def diagnosis(mode: dict[str, Any]) -> str:
