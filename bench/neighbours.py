@@ -580,7 +580,8 @@ async def measure_mode(bench: Bench, mode: str, abused_first: bool) -> dict[str,
     for label in ("beside", "alone") if abused_first else ("alone", "beside"):
         runs[label] = await honest_run(bench, mode, label)
         if label == "beside" and mode in FLOODS:
-            rate = runs["beside"]["abuser_sent"].get("messages_per_s")
+            # 0 (no figure from the abused run): the control floods unthrottled.
+            rate = runs["beside"]["abuser_sent"].get("messages_per_s") or 0.0
             runs["control"] = await honest_run(bench, mode, "control", rate)
     alone, beside = runs["alone"], runs["beside"]
     ratio = _ratio(beside, alone)
