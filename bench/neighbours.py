@@ -25,9 +25,17 @@ Per mode: honest p95 end of speech -> final (end of speech from the audio's own 
 honest finals missing (a final of the lone run whose audio no final of the abused run
 overlaps, same session and audio); honest ``audio_dropped`` / ``rate_limited`` /
 ``overloaded`` errors and the messages they say were refused; what the abuser was told; the
-worker's RSS and CPU, nats-server's slow consumers, the load average.
+worker's RSS and CPU, nats-server's slow consumers and its queue for the worker's
+connection, the load average.
+
+Each flood (`FLOODS`) also runs as a control, right after its abused run: the same abuser at
+the rate it reached there, through the same nats-server, to a subject the worker does not
+subscribe to, drained by `bench.flood_sink`; its ratio (`control_p95_ratio`) is what the
+flood costs the honest sessions through the machine alone (nats-server's and the abuser's
+CPU), the real ratio less it what the worker pays itself.
 
     .venv/bin/python -m bench.neighbours [--quick] [--out PREFIX] [--mode MODE ...]
+        [--max-pending-mb MiB]
 
 writes ``<out>.md`` and ``<out>.json`` (default ``bench/results/neighbours``).
 """
