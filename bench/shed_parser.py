@@ -1,6 +1,7 @@
 """What a shed flood costs the worker's protocol parser: `ShedParser` skipping a shed
 subject's messages against nats-py's own parser reading the same bytes (the worker's path
-before: parse, copy, then drop in `_process_msg`), fed in the reads nats-py makes (32 KB).
+before: parse, copy, then drop in `_process_msg`), fed in the reads the worker's client makes
+(`runtime/read_size.py`: 256 KiB).
 
 Targets, as ratios so that a loaded machine does not move them: tiny ``state_change``
 messages at least 3x nats-py's rate, garbage of 1-200 bytes (`bench.neighbours`' garbage
@@ -22,11 +23,11 @@ from nats.protocol.parser import Parser
 
 from stt_worker.core.protocol import StateChange, encode_client_message
 from stt_worker.runtime import nats_parser
+from stt_worker.runtime.read_size import READ_BYTES
 from stt_worker.runtime.shedding import Shedder
 from stt_worker.runtime.telemetry.metrics import Metrics
 
 SUBJECT = "ai.voice.stream.flood"
-READ_BYTES = 32768
 TARGETS = {"state_change": 3.0, "garbage": 2.5, "chunk_256k": 10.0}
 ROUNDS = 8
 

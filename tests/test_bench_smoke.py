@@ -76,6 +76,15 @@ def test_neighbours_bench_quick_run_writes_its_outputs(tmp_path: Path) -> None:
             assert {"worker_cores", "loadavg_max", "server"} <= set(run)
         assert mode["alone"]["finals"] > 0  # the honest load itself was transcribed
         assert mode["beside"]["abuser_sent"]["messages"] > 0
+    # A flood also runs as a control: the same flood drained by a sink, not the worker.
+    assert data["modes"]["audio_200x_1s"]["control"] is None
+    flood = data["modes"]["garbage_flood"]
+    control = flood["control"]
+    assert control["label"] == "control" and control["finals"] > 0
+    assert control["abuser_sent"]["sink"]["bytes"] > 0 and not control["abuser_told"]
+    assert flood["control_p95_ratio"] == round(control["p95_ms"] / flood["alone"]["p95_ms"], 3)
+    # nats-server's queue for the worker's connection was found and sampled through the run.
+    assert flood["beside"]["worker_pending_mb"]["max_mb"] is not None
 
     markdown = prefix.with_suffix(".md").read_text()
     for heading in ("## Targets", "## Results", "## Verdicts"):

@@ -136,3 +136,23 @@ async def test_refused_audio_over_budget_is_counted_and_idle_entries_are_forgott
         table.serve_in(group)
         await asyncio.wait_for(table.wait_served(), 5)
         assert offer(table, "c", one_s, now=5.0) is True
+
+
+async def test_a_session_s_clock_stays_at_its_oldest_queued_message_until_it_catches_up():
+    recorder = Recorder()
+    table = inboxes(recorder)
+    async with asyncio.TaskGroup() as group:
+        table.serve_in(group)
+        assert table.clock("slow", 50.0) == 50.0  # no inbox: the wall clock
+        for arrived in (10.0, 10.5, 11.0):
+            assert offer(table, "slow", Chunk(audio=bytes(640)), now=arrived) is True
+        await asyncio.sleep(0.05)  # its task holds the first message (the gate is shut)
+        # Two chunks it has not seen arrived at 10.5 and 11: 20 s later it is still 10.5
+        # for its timeouts, not 30 s of silence.
+        assert table.clock("slow", 30.0) == 10.5
+        assert offer(table, "other", End(), now=12.0) is True
+        await recorder.until("other", 1)
+        assert table.clock("other", 30.0) == 30.0  # caught up: the wall clock
+        recorder.gate.set()
+        await recorder.until("slow", 3)
+        assert table.clock("slow", 31.0) == 31.0

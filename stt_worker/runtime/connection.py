@@ -22,7 +22,7 @@ from nats.errors import NoServersError
 
 from stt_worker.config import Settings
 from stt_worker.core.errors import ErrorCode
-from stt_worker.runtime import nats_parser
+from stt_worker.runtime import nats_parser, read_size
 from stt_worker.runtime.bus import BusError
 
 logger = logging.getLogger(__name__)
@@ -65,6 +65,7 @@ async def connect(
     url = redact_url(settings.nats_url)
     logger.info("connecting to NATS at %s (%s)", url, describe(settings))
     nats_parser.harden()  # before any message can arrive: see nats_parser.py
+    read_size.widen()  # before the socket's stream reader is made: see read_size.py
     callbacks: dict[str, Any] = {"error_cb": error_cb or _log_error}
     if disconnected_cb is not None:
         callbacks["disconnected_cb"] = disconnected_cb

@@ -159,6 +159,15 @@ class Inboxes:
             if inbox.task is not None:
                 inbox.task.cancel()
 
+    def clock(self, session_id: str, now: float) -> float:
+        """The time a session's timeouts are measured at: when its oldest message still
+        queued arrived, else `now`. A session working through a backlog (a starved CPU, a
+        flood's bytes read first) has input it has not seen yet: the time it waits in the
+        inbox is not silence, and must not end its utterance (``STT_CHUNK_TIMEOUT``) nor the
+        session."""
+        inbox = self._inboxes.get(session_id)
+        return inbox.queue[0][2] if inbox is not None and inbox.queue else now
+
     @property
     def queued(self) -> int:
         return sum(len(inbox.queue) for inbox in self._inboxes.values())

@@ -219,7 +219,8 @@ class Worker:
             await asyncio.sleep(TICK_S)
             now = time.time()
             for stream in list(self._sessions.streams.values()):
-                await self._apply(stream, stream.session.tick(now=now))
+                at = self._intake.inboxes.clock(stream.session.session_id, now)
+                await self._apply(stream, stream.session.tick(now=at))
             await self._intake.tell_untold(now)
             await self._replies.tell_held_back(now)
             streams = list(self._sessions.streams.values())
