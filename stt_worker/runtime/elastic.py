@@ -21,7 +21,7 @@ from nats.aio.subscription import Subscription
 
 from stt_worker.config import Settings
 from stt_worker.core.continuity import Continuation
-from stt_worker.core.protocol import ClientMessage, CloseReason, ServerMessage
+from stt_worker.core.protocol import Chunk, ClientMessage, CloseReason, ServerMessage
 from stt_worker.core.session import Session
 from stt_worker.runtime.delivery import (
     DurableDelivery,
@@ -140,11 +140,24 @@ class _ContinuedAcks(LedgerAcks):
     async def hold(
         self, message: ClientMessage, msg: Msg, *, sample_rate_hz: int, channels: int, now: float
     ) -> None:
-        if self._session_id is None:  # the session's first message: nothing published yet
+        await self._resume(msg)
+        await super().hold(message, msg, sample_rate_hz=sample_rate_hz, channels=channels, now=now)
+
+    async def skip(self, message: ClientMessage, msg: Msg) -> bool:
+        await self._resume(msg)
+        if not isinstance(message, Chunk):  # a kept `start` or turn reopens the session
+            return False
+        if not self._continuation.covers(msg.metadata.sequence.stream):
+            return False
+        await self._delivery.acknowledge(msg)
+        return True
+
+    async def _resume(self, msg: Msg) -> None:
+        """Load the session's record at its first message: what its previous owner published."""
+        if self._session_id is None:
             self._session_id = msg.subject.rsplit(".", 1)[-1]
             self._continuation = Continuation(await self._store.load(self._session_id))
             self._saved = self._continuation.record
-        await super().hold(message, msg, sample_rate_hz=sample_rate_hz, channels=channels, now=now)
 
     def stamp(self, message: ServerMessage) -> ServerMessage | None:
         return self._continuation.outgoing(super().stamp(message))
