@@ -18,6 +18,7 @@ from stt_worker.core.continuity import SessionRecord
 from stt_worker.runtime.delivery import ensure_work_queue
 from stt_worker.runtime.nats_server import NatsServer
 from stt_worker.runtime.session_store import SessionStore
+from stt_worker.runtime.worker import Worker
 from tests.helpers import Inbox, until
 from tests.test_process import HEAD_WORD, finals, stream_head, stream_tail, worker_env
 from tests.worker_process import WorkerProcess
@@ -54,6 +55,11 @@ async def owners(js: JetStreamContext) -> dict[int, str]:
         if entry.value:
             leased[partition] = entry.value.decode()
     return leased
+
+
+def owned(worker: Worker) -> float | None:
+    """The worker's `stt_partitions_owned` gauge."""
+    return worker.telemetry.metrics.registry.get_sample_value("stt_partitions_owned")
 
 
 def split_is(expected: dict[str, int], js: JetStreamContext):
@@ -148,8 +154,9 @@ async def test_a_join_moves_only_the_given_up_partitions_sessions(js_url, make_w
     nc = await nats.connect(js_url)
     js = nc.jetstream()
     try:
-        await make_worker(**elastic(js_url, "a"))
+        a = await make_worker(**elastic(js_url, "a"))
         await until(split_is({"a": 8}, js), REBALANCE_S)
+        await until(lambda: owned(a) == PARTITIONS, REBALANCE_S)
         kept, moved = (f"{kind}-{uuid.uuid4().hex[:8]}" for kind in ("kept", "moved"))
         inboxes = {session: await Inbox.open(nc, session) for session in (kept, moved)}
         prefixes = {kept: "ai.voice.partitioned.0", moved: "ai.voice.partitioned.7"}
@@ -157,9 +164,10 @@ async def test_a_join_moves_only_the_given_up_partitions_sessions(js_url, make_w
         for inbox in inboxes.values():
             await inbox.until(lambda m: m.get("is_partial") is True, within_s=60)
 
-        await make_worker(**elastic(js_url, "b"))
+        b = await make_worker(**elastic(js_url, "b"))
         await until(split_is({"a": 4, "b": 4}, js), REBALANCE_S)
         assert (await owners(js))[7] == "b"
+        await until(lambda: owned(a) == owned(b) == 4, REBALANCE_S)  # a's hand-over done
         cut = await inboxes[moved].until(lambda m: m.get("is_final") is True, within_s=10)
         assert cut["end_reason"] == "shutdown"
 

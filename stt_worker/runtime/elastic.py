@@ -50,6 +50,14 @@ class ElasticDelivery(DurableDelivery):
         self._on_message: MessageHandler | None = None
         self.ownership: Ownership | None = None
         self._store: SessionStore | None = None
+        metrics.watch(
+            "stt_partitions_owned",
+            "Partitions this worker holds the lease of (elastic mode)",
+            self._partitions_owned,
+        )
+
+    def _partitions_owned(self) -> float:
+        return float(len(self.ownership.owned)) if self.ownership is not None else 0.0
 
     async def subscribe(
         self, nc: Client, subjects: list[str], on_message: MessageHandler
