@@ -81,6 +81,41 @@ def speech_end_s(plan: SessionPlan, final: Heard) -> float:
 
 
 @dataclass(slots=True)
+class Matching:
+    """One session's disrupted finals matched to its calm ones by their words."""
+
+    holders: list[set[int]]  # by calm final: the disrupted finals holding its words
+    heard: list[bool]  # by calm final: most of its words arrived
+    duplicates: int
+
+    @property
+    def lost(self) -> int:
+        return self.heard.count(False)
+
+
+def match(calm: Sequence[Heard], disrupted: Sequence[Heard]) -> Matching:
+    calm_words = [(k, w) for k, final in enumerate(calm) for w in final.words]
+    chaos_words = [(j, w) for j, final in enumerate(disrupted) for w in final.words]
+    matcher = difflib.SequenceMatcher(
+        None, [w for _, w in calm_words], [w for _, w in chaos_words], autojunk=False
+    )
+    holders: list[set[int]] = [set() for _ in calm]
+    matched_calm: dict[int, int] = defaultdict(int)
+    matched_chaos: dict[int, int] = defaultdict(int)
+    for block in matcher.get_matching_blocks():
+        for offset in range(block.size):
+            k, j = calm_words[block.a + offset][0], chaos_words[block.b + offset][0]
+            holders[k].add(j)
+            matched_calm[k] += 1
+            matched_chaos[j] += 1
+    heard = [
+        not final.words or matched_calm[k] / len(final.words) >= MATCHED_ENOUGH
+        for k, final in enumerate(calm)
+    ]
+    return Matching(holders, heard, _duplicates(disrupted, matched_chaos))
+
+
+@dataclass(slots=True)
 class SessionScore:
     lost: int = 0
     duplicates: int = 0
@@ -98,37 +133,19 @@ def score_session(
     disrupted_run: LoadRun,
 ) -> SessionScore:
     """One session's lost and duplicate finals and its latencies in both runs."""
-    calm_words = [(k, w) for k, final in enumerate(calm) for w in final.words]
-    chaos_words = [(j, w) for j, final in enumerate(disrupted) for w in final.words]
-    matcher = difflib.SequenceMatcher(
-        None, [w for _, w in calm_words], [w for _, w in chaos_words], autojunk=False
-    )
-    holders: dict[int, set[int]] = defaultdict(set)  # calm final -> disrupted finals
-    matched_calm: dict[int, int] = defaultdict(int)
-    matched_chaos: dict[int, int] = defaultdict(int)
-    for block in matcher.get_matching_blocks():
-        for offset in range(block.size):
-            k, j = calm_words[block.a + offset][0], chaos_words[block.b + offset][0]
-            holders[k].add(j)
-            matched_calm[k] += 1
-            matched_chaos[j] += 1
-    score = SessionScore()
+    matching = match(calm, disrupted)
+    score = SessionScore(lost=matching.lost, duplicates=matching.duplicates)
     for k, final in enumerate(calm):
-        heard = len(final.words) == 0 or matched_calm[k] / len(final.words) >= MATCHED_ENOUGH
-        score.lost += not heard
         if final.ended_by != "silence" or not final.words:
             continue
         end_s = speech_end_s(calm_plan, final)
-        calm_sent, chaos_sent = (
-            calm_run.send_time(calm_plan, end_s),
-            disrupted_run.send_time(disrupted_plan, end_s),
-        )
+        calm_sent = calm_run.send_time(calm_plan, end_s)
+        chaos_sent = disrupted_run.send_time(disrupted_plan, end_s)
         if calm_sent is not None:
             score.calm_latency.append((calm_sent, final.received_at - calm_sent))
-        if heard and chaos_sent is not None and holders[k]:
-            last = max(disrupted[j].received_at for j in holders[k])
+        if matching.heard[k] and chaos_sent is not None and matching.holders[k]:
+            last = max(disrupted[j].received_at for j in matching.holders[k])
             score.disrupted_latency.append((chaos_sent, last - chaos_sent))
-    score.duplicates = _duplicates(disrupted, matched_chaos)
     return score
 
 
