@@ -55,7 +55,7 @@ from bench.harness import MAX_LOOP_CLIP_S, Connections, Timelines, connected, sp
 from bench.loadgen import LoadRun, plan_sessions, run_load
 from stt_worker.config import Settings, load_settings
 from stt_worker.core.ownership import fair_share
-from stt_worker.core.protocol import SessionClosed
+from stt_worker.core.protocol import Error, SessionClosed
 from stt_worker.evaluation.clips import load_clips
 from stt_worker.evaluation.results import DEFAULT_MANIFEST, ROOT, Clip
 from stt_worker.evaluation.runner import WorkerProcess, machine_info, worker_process
@@ -267,11 +267,19 @@ def score(bench: Bench, calm: LoadRun, chaos: LoadRun, events: list[dict[str, An
             "after": len(after),
         },
         "unclosed": {"calm": _unclosed(calm), "disrupted": _unclosed(chaos)},
+        # Errors the worker published to the sessions, by code (`rate_limited`: audio shed).
+        "errors": {"calm": _errors(calm), "disrupted": _errors(chaos)},
         "per_session": [{"lost": p.lost, "duplicates": p.duplicates} for p in per],
         "events": [{k: v for k, v in e.items() if k != "ended_at"} for e in events],
         "disruption_s": round(last - first, 1),
         "generator": {"calm": calm.lateness_summary(), "disrupted": chaos.lateness_summary()},
     }
+
+
+def _errors(run: LoadRun) -> dict[str, int]:
+    return dict(
+        collections.Counter(r.message.code for r in run.received if isinstance(r.message, Error))
+    )
 
 
 def _unclosed(run: LoadRun) -> int:
@@ -354,7 +362,7 @@ def markdown(result: dict[str, Any], command: str) -> str:
         ),
         "",
         f"Latencies counted: {json.dumps(result['latency_counts'])}; sessions left unclosed: "
-        f"{json.dumps(result['unclosed'])}.",
+        f"{json.dumps(result['unclosed'])}; errors published: {json.dumps(result['errors'])}.",
     ]
     return "\n".join(lines) + "\n"
 

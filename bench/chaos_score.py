@@ -10,7 +10,7 @@ aligned (`difflib`), and each calm utterance learns which disrupted finals hold 
 - lost: a calm utterance with words of which fewer than half are in the disrupted run;
 - duplicate: a disrupted final whose `utterance_id` the session already had, or one (of at
   least three words) whose words mostly align with nothing of the calm run but repeat what
-  the session's earlier finals said;
+  another final of the session said (the alignment takes one of two twins);
 - latency: end of speech (the calm final's audio, the worker's own VAD) -> the last final
   holding its words, for the calm utterances that ended on silence; a drain cuts an
   utterance in two and it counts when its rest is out.
@@ -32,7 +32,7 @@ from stt_worker.evaluation.textnorm import normalise
 
 MATCHED_ENOUGH = 0.5  # of an utterance's words, for it to count as heard
 REPEAT_MIN_WORDS = 3  # a shorter final repeating words is ordinary speech, not a replay
-REPEATED = 0.8  # of a final's words found, in order, in the session's earlier finals
+REPEATED = 0.8  # of a final's words found, in order, in the session's other finals
 
 
 @dataclass(frozen=True, slots=True)
@@ -151,17 +151,16 @@ def score_session(
 
 def _duplicates(disrupted: Sequence[Heard], matched: dict[int, int]) -> int:
     seen: set[int] = set()
-    earlier: list[str] = []
     count = 0
     for j, final in enumerate(disrupted):
         repeated = final.utterance_id in seen
         said = final.words
         unmatched = len(said) >= REPEAT_MIN_WORDS and matched[j] / len(said) < MATCHED_ENOUGH
-        if not repeated and unmatched:
-            found = difflib.SequenceMatcher(None, earlier, list(said), autojunk=False)
+        if not repeated and unmatched:  # the alignment may have taken its twin instead
+            others = [w for k, other in enumerate(disrupted) if k != j for w in other.words]
+            found = difflib.SequenceMatcher(None, others, list(said), autojunk=False)
             in_order = sum(block.size for block in found.get_matching_blocks())
             repeated = in_order / len(said) >= REPEATED
         count += repeated
         seen.add(final.utterance_id)
-        earlier += said
     return count
