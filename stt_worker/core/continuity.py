@@ -7,6 +7,10 @@ stream until the session closes, so the new owner's consumer replays them first.
 
 What a record adds is the numbering and what was already published:
 
+- Audio the previous owner already covered with a published final comes again when its
+  acknowledgements never reached the stream (they raced the consumer's deletion at a
+  hand-over, or the owner died between the final and the acknowledgements): such a chunk is
+  skipped, not heard again (`covers`).
 - A transcript made from audio the previous owner already covered with a published final
   (its `source_seq_first` lies before that final's `source_seq_last`; one shared boundary
   message is new, as in docs/operations.md) is a replay: it is not published again, nor
@@ -45,6 +49,12 @@ class Continuation:
         self._sequence_offset: int | None = None if record else 0
         self._replayed: set[int] = set()  # local utterance ids found to be replays
         self.record = self._resumed
+
+    def covers(self, stream_seq: int) -> bool:
+        """Whether a message at `stream_seq` lies wholly within audio a published final was
+        made from: the next owner skips it rather than transcribe it again (its audio would
+        join the new audio after it into one utterance, all of it then a replay)."""
+        return stream_seq < self._resumed.last_final_seq
 
     def outgoing(
         self, message: ServerMessage, first_seq: int | None = None

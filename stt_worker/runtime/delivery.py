@@ -68,6 +68,10 @@ class SessionAcks(Protocol):
     ) -> None:
         """Keep a message the session accepted (`sample_rate_hz`, `channels`: its format)."""
 
+    async def skip(self, message: ClientMessage, msg: Msg) -> bool:
+        """Whether `message` is done with before the session hears it (and acknowledged):
+        elastic mode's audio that a final published by the previous owner covered."""
+
     def stamp(
         self, message: ServerMessage, start_sample: int | None = None
     ) -> ServerMessage | None:
@@ -157,6 +161,9 @@ class _NoAcks:
         self, message: ClientMessage, msg: Msg, *, sample_rate_hz: int, channels: int, now: float
     ) -> None:
         pass
+
+    async def skip(self, message: ClientMessage, msg: Msg) -> bool:
+        return False
 
     def stamp(self, message: ServerMessage, start_sample: int | None = None) -> ServerMessage:
         return message
@@ -334,6 +341,10 @@ class DurableDelivery:
         return LedgerAcks(self)
 
     async def reject(self, msg: Msg) -> None:
+        await self.acknowledge(msg)
+
+    async def acknowledge(self, msg: Msg) -> None:
+        """Done with `msg` without holding it."""
         await _Delivered(msg, self._failures).ack()
 
     async def sweep(self, sessions: Iterable[SessionAcks], now: float) -> None:
@@ -385,6 +396,9 @@ class LedgerAcks:
             now=now,
         )
         await self._delivery.ack(superseded)
+
+    async def skip(self, message: ClientMessage, msg: Msg) -> bool:
+        return False
 
     def stamp(self, message: ServerMessage, start_sample: int | None = None) -> ServerMessage:
         if not isinstance(message, Transcription):

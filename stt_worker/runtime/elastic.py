@@ -24,7 +24,7 @@ from nats.aio.subscription import Subscription
 from stt_worker.config import Settings
 from stt_worker.core.continuity import Continuation
 from stt_worker.core.ledger import Held
-from stt_worker.core.protocol import ClientMessage, CloseReason, ServerMessage
+from stt_worker.core.protocol import Chunk, ClientMessage, CloseReason, ServerMessage
 from stt_worker.core.session import Session
 from stt_worker.runtime.delivery import (
     DurableDelivery,
@@ -54,6 +54,14 @@ class ElasticDelivery(DurableDelivery):
         self.ownership: Ownership | None = None
         self._store: SessionStore | None = None
         self._sessions: weakref.WeakSet[_ContinuedAcks] = weakref.WeakSet()
+        metrics.watch(
+            "stt_partitions_owned",
+            "Partitions this worker holds the lease of (elastic mode)",
+            self._partitions_owned,
+        )
+
+    def _partitions_owned(self) -> float:
+        return float(len(self.ownership.owned)) if self.ownership is not None else 0.0
 
     async def subscribe(
         self, nc: Client, subjects: list[str], on_message: MessageHandler
@@ -169,11 +177,24 @@ class _ContinuedAcks(LedgerAcks):
     async def hold(
         self, message: ClientMessage, msg: Msg, *, sample_rate_hz: int, channels: int, now: float
     ) -> None:
-        if self._session_id is None:  # the session's first message: nothing published yet
+        await self._resume(msg)
+        await super().hold(message, msg, sample_rate_hz=sample_rate_hz, channels=channels, now=now)
+
+    async def skip(self, message: ClientMessage, msg: Msg) -> bool:
+        await self._resume(msg)
+        if not isinstance(message, Chunk):  # a kept `start` or turn reopens the session
+            return False
+        if not self._continuation.covers(msg.metadata.sequence.stream):
+            return False
+        await self._delivery.acknowledge(msg)
+        return True
+
+    async def _resume(self, msg: Msg) -> None:
+        """Load the session's record at its first message: what its previous owner published."""
+        if self._session_id is None:
             self._session_id = msg.subject.rsplit(".", 1)[-1]
             self._continuation = Continuation(await self._store.load(self._session_id))
             self._saved = self._continuation.record
-        await super().hold(message, msg, sample_rate_hz=sample_rate_hz, channels=channels, now=now)
 
     def stamp(
         self, message: ServerMessage, start_sample: int | None = None

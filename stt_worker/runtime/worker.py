@@ -245,6 +245,8 @@ class Worker:
         trace_id = stream.trace_id if stream else trace_id_of(parent)
         # Cut for the log too: a hostile 4 KB id must not make every log line 4 KB.
         with session_context(session_id[: self.settings.max_session_id_chars], trace_id):
+            if stream is not None and await stream.acks.skip(message, msg):
+                return  # elastic mode: audio a final published before a move covered
             try:
                 stream, actions = await self._sessions.route(
                     session_id, stream, message, now, parent

@@ -1,0 +1,166 @@
+"""How `bench.chaos` scores a disrupted run against the calm run of the same audio, from the
+consumer's side: only what the worker published and when it arrived.
+
+The calm run is the truth: its sessions never move, so each of its finals names the audio it
+covers. A session that moves mid-run is renumbered on (`utterance_id`, `sequence`) but its
+`audio_*_s` count from the audio its new owner heard, so the disrupted run's finals are
+matched to the calm run's by their words instead: each session's words of both runs are
+aligned (`difflib`), and each calm utterance learns which disrupted finals hold its words.
+
+- lost: a calm utterance with words of which fewer than half are in the disrupted run;
+- duplicate: a disrupted final whose `utterance_id` the session already had, or one (of at
+  least three words) whose words mostly align with nothing of the calm run but repeat what
+  another final of the session said (the alignment takes one of two twins);
+- latency: end of speech (the calm final's audio, the worker's own VAD) -> the last final
+  holding its words, for the calm utterances that ended on silence; a drain cuts an
+  utterance in two and it counts when its rest is out.
+"""
+
+from __future__ import annotations
+
+import difflib
+import itertools
+from collections import defaultdict
+from collections.abc import Sequence
+from dataclasses import dataclass, field
+
+from bench.loadgen import LoadRun, SessionPlan
+from stt_worker.core.protocol import Transcription
+from stt_worker.core.vad import FRAME_MS
+from stt_worker.evaluation.clips import trailing_silence_frames
+from stt_worker.evaluation.textnorm import normalise
+
+MATCHED_ENOUGH = 0.5  # of an utterance's words, for it to count as heard
+REPEAT_MIN_WORDS = 3  # a shorter final repeating words is ordinary speech, not a replay
+REPEATED = 0.8  # of a final's words found, in order, in the session's other finals
+
+
+@dataclass(frozen=True, slots=True)
+class Heard:
+    """One final as the consumer received it."""
+
+    utterance_id: int
+    words: tuple[str, ...]
+    start_s: float
+    end_s: float
+    ended_by: str
+    received_at: float  # time.time()
+
+
+def finals(run: LoadRun) -> list[list[Heard]]:
+    """Each session's finals in arrival order, by session number (ids differ by run)."""
+    index = {plan.session_id: i for i, plan in enumerate(run.plans)}
+    heard: list[list[Heard]] = [[] for _ in run.plans]
+    for item in run.received:
+        message = item.message
+        if item.session_id in index and isinstance(message, Transcription) and message.is_final:
+            heard[index[item.session_id]].append(
+                Heard(
+                    message.utterance_id,
+                    words(message.transcript),
+                    message.audio_start_s,
+                    message.audio_end_s,
+                    message.end_reason or "-",
+                    item.received_at,
+                )
+            )
+    return heard
+
+
+def words(text: str) -> tuple[str, ...]:
+    """The normalised words, each run of one word repeated kept once: a decoding loop
+    ("p-p-p-p ...") at a cut must not outweigh the utterance's real words."""
+    return tuple(w for w, _ in itertools.groupby(normalise(text).split()))
+
+
+def speech_end_s(plan: SessionPlan, final: Heard) -> float:
+    """Where the final's speech ended in its session's audio (its trailing silence off)."""
+    assert plan.audio is not None
+    silence = trailing_silence_frames(plan.audio, final.start_s, final.end_s)
+    return final.end_s - silence * FRAME_MS / 1000
+
+
+@dataclass(slots=True)
+class Matching:
+    """One session's disrupted finals matched to its calm ones by their words."""
+
+    holders: list[set[int]]  # by calm final: the disrupted finals holding its words
+    heard: list[bool]  # by calm final: most of its words arrived
+    duplicates: int
+
+    @property
+    def lost(self) -> int:
+        return self.heard.count(False)
+
+
+def match(calm: Sequence[Heard], disrupted: Sequence[Heard]) -> Matching:
+    calm_words = [(k, w) for k, final in enumerate(calm) for w in final.words]
+    chaos_words = [(j, w) for j, final in enumerate(disrupted) for w in final.words]
+    matcher = difflib.SequenceMatcher(
+        None, [w for _, w in calm_words], [w for _, w in chaos_words], autojunk=False
+    )
+    holders: list[set[int]] = [set() for _ in calm]
+    matched_calm: dict[int, int] = defaultdict(int)
+    matched_chaos: dict[int, int] = defaultdict(int)
+    for block in matcher.get_matching_blocks():
+        for offset in range(block.size):
+            k, j = calm_words[block.a + offset][0], chaos_words[block.b + offset][0]
+            holders[k].add(j)
+            matched_calm[k] += 1
+            matched_chaos[j] += 1
+    heard = [
+        not final.words or matched_calm[k] / len(final.words) >= MATCHED_ENOUGH
+        for k, final in enumerate(calm)
+    ]
+    return Matching(holders, heard, _duplicates(disrupted, matched_chaos))
+
+
+@dataclass(slots=True)
+class SessionScore:
+    lost: int = 0
+    duplicates: int = 0
+    # (end of speech, wall time; seconds to its final) of each endpointed calm utterance.
+    calm_latency: list[tuple[float, float]] = field(default_factory=list)
+    disrupted_latency: list[tuple[float, float]] = field(default_factory=list)
+
+
+def score_session(
+    calm: Sequence[Heard],
+    disrupted: Sequence[Heard],
+    calm_plan: SessionPlan,
+    calm_run: LoadRun,
+    disrupted_plan: SessionPlan,
+    disrupted_run: LoadRun,
+) -> SessionScore:
+    """One session's lost and duplicate finals and its latencies in both runs."""
+    matching = match(calm, disrupted)
+    score = SessionScore(lost=matching.lost, duplicates=matching.duplicates)
+    for k, final in enumerate(calm):
+        if final.ended_by != "silence" or not final.words:
+            continue
+        end_s = speech_end_s(calm_plan, final)
+        calm_sent = calm_run.send_time(calm_plan, end_s)
+        chaos_sent = disrupted_run.send_time(disrupted_plan, end_s)
+        if calm_sent is not None:
+            score.calm_latency.append((calm_sent, final.received_at - calm_sent))
+        if matching.heard[k] and chaos_sent is not None and matching.holders[k]:
+            last = max(disrupted[j].received_at for j in matching.holders[k])
+            score.disrupted_latency.append((chaos_sent, last - chaos_sent))
+    return score
+
+
+def _duplicates(disrupted: Sequence[Heard], matched: dict[int, int]) -> int:
+    seen: set[int] = set()
+    count = 0
+    for j, final in enumerate(disrupted):
+        repeated = final.utterance_id in seen
+        said = final.words
+        unmatched = len(said) >= REPEAT_MIN_WORDS and matched[j] / len(said) < MATCHED_ENOUGH
+        if not repeated and unmatched:  # the alignment may have taken its twin instead
+            others = [w for k, other in enumerate(disrupted) if k != j for w in other.words]
+            found = difflib.SequenceMatcher(None, others, list(said), autojunk=False)
+            in_order = sum(block.size for block in found.get_matching_blocks())
+            repeated = in_order / len(said) >= REPEATED
+        count += repeated
+        seen.add(final.utterance_id)
+    return count
