@@ -103,12 +103,15 @@ async def test_a_server_restart_moves_no_partition(js_server):
     try:
         await owner.start()
         assert len(serving.by) == PARTITIONS
+        assert owner.health() is None
         await js_server.kill()
         await asyncio.sleep(2)  # longer than the leases' 1.5 s: they expire meanwhile
+        assert "no lease round has succeeded" in (owner.health() or "")  # /readyz: not ready
         await js_server.start()
         await until(lambda: nc.is_connected, 10)
         await asyncio.sleep(2)  # rounds renew (re-create) the leases
         assert sorted(owner.owned) == list(range(PARTITIONS))
+        await until(lambda: owner.health() is None, 10)
     finally:
         await owner.drain()
         await owner.hand_over()

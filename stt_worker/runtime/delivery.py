@@ -124,6 +124,9 @@ class Delivery(Protocol):
     async def hand_over(self) -> None:
         """After the drain, every session closed: let other workers take over."""
 
+    def health(self) -> str | None:
+        """For /readyz: None when delivery works, else why it does not."""
+
 
 # End the live sessions whose acknowledgements the predicate picks, as a drain does, and
 # return once they are closed (the worker's).
@@ -224,6 +227,9 @@ class CoreDelivery:
 
     async def hand_over(self) -> None:
         pass
+
+    def health(self) -> str | None:
+        return None
 
 
 # ---------------------------------------------------------------- durable mode: JetStream
@@ -362,6 +368,9 @@ class DurableDelivery:
 
     async def hand_over(self) -> None:
         pass  # the consumer stays: the next process re-creates it
+
+    def health(self) -> str | None:
+        return None
 
     def held(self, msg: Msg) -> _Delivered:
         delivered = _Delivered(msg, self._failures)

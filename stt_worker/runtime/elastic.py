@@ -94,6 +94,9 @@ class ElasticDelivery(DurableDelivery):
         if self.ownership is not None:
             await self.ownership.hand_over()
 
+    def health(self) -> str | None:
+        return None if self.ownership is None else self.ownership.health()
+
     def session_acks(self) -> SessionAcks:
         assert self._store is not None, "not subscribed"
         acks = _ContinuedAcks(self, self._store)

@@ -19,6 +19,7 @@ import asyncio
 import contextlib
 import logging
 import re
+import time
 import uuid
 from collections.abc import Awaitable, Callable
 
@@ -74,6 +75,7 @@ class Ownership:
         self._intact = intact
         self._kv: KeyValue | None = None
         self.owned: dict[int, int] = {}  # partition -> our lease's revision
+        self._round_ok_at = time.monotonic()  # the last round that renewed every lease
         # Give-ups (and retakes) under way, beside the rounds: a give-up waits for finals, and
         # the rounds must go on renewing the other leases meanwhile.
         self._releasing: dict[int, asyncio.Task[None]] = {}
@@ -107,6 +109,15 @@ class Ownership:
             await self._give_up(partition)
             await self._delete_lease(partition)
 
+    def health(self) -> str | None:
+        """None while the rounds succeed; else why not: a worker connected to NATS whose leases
+        lapse (KV unreachable, rounds failing) must not look ready."""
+        late_s = time.monotonic() - self._round_ok_at
+        if late_s <= self._settings.lease_s:
+            return None
+        lease_s = self._settings.lease_s
+        return f"no lease round has succeeded for {late_s:.0f} s (STT_LEASE_S={lease_s:g})"
+
     @property
     def _bucket(self) -> KeyValue:
         assert self._kv is not None, "not started"
@@ -118,6 +129,7 @@ class Ownership:
             await asyncio.sleep(every_s)
             try:
                 await self.round()
+                self._round_ok_at = time.monotonic()
             except (nats.errors.Error, TimeoutError) as exc:  # e.g. reconnecting: next round
                 logger.warning("ownership round failed: %r", exc)
                 # The bucket may be gone (a server that lost its store): make it again.

@@ -120,6 +120,7 @@ class Worker:
             if self._warmed and all(e.healthy for e in self._engines())
             else ("failing" if self._warmed else "loading"),
             "draining": "draining" if self._draining else None,
+            "delivery": self._delivery.health(),  # elastic mode: its leases renewed
         }
 
     def _engines(self) -> list[Engine]:
