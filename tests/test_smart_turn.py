@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import asyncio
 import wave
 from functools import cache
 
@@ -10,11 +11,14 @@ import pytest
 
 from stt_worker.core.audio import Pcm16
 from stt_worker.core.endpoint import TurnRule
+from stt_worker.core.jobs import Job, JobKind
 from stt_worker.core.phases import Event
 from stt_worker.engines.base import Audio, DecodeOptions, Engine, Transcript
 from stt_worker.engines.smart_turn import WINDOW_SAMPLES, SmartTurn, load_smart_turn, log_mel
 from stt_worker.engines.turn_check import TurnCheckEngine
+from stt_worker.runtime.scheduler import InferenceScheduler
 from tests.helpers import SPEECH_DIR
+from tests.test_scheduler import GatedEngine, job
 
 # "After early nightfall, the yellow lamps would light up here and there, the squalid quarter
 # of the brothels." Word ends measured with tiny.en's word timestamps: "there," ends at
@@ -89,4 +93,47 @@ async def test_a_check_that_sounds_mid_turn_skips_its_decode(engine: Engine):
         assert counting.decodes == 1
         assert TurnRule().judge(mid.text, mid.end_prob, mid.turn_prob) is Event.TURN_HOLDS
     finally:
+        checks.close()
+
+
+def _check(samples: Pcm16) -> Job:
+    return Job(1, JobKind.TURN_CHECK, (samples,), 0.0, samples.size / 16_000, True)
+
+
+async def test_the_scheduler_asks_smart_turn_before_a_check_takes_an_engine_slot():
+    """While the engine's only slot decodes another session's final, a check that sounds
+    mid-turn is answered at once (Smart Turn on its own thread, no decode); one that sounds
+    like an end waits for the slot, is decoded first, and carries Smart Turn's verdict."""
+    gated = GatedEngine(parallelism=1)
+    checks = TurnCheckEngine(gated, smart_turn=True, hold_below=0.9)
+    await checks.load()
+    answers: dict[str, Transcript] = {}
+    answered = asyncio.Condition()
+
+    async def on_done(key, job_: Job, outcome, wait_s: float) -> None:
+        async with answered:
+            answers[key] = outcome
+            answered.notify_all()
+
+    scheduler = InferenceScheduler(
+        gated, on_done, concurrency=1, partial_engine=checks, screen=checks
+    )
+    runner = asyncio.create_task(scheduler.run())
+    try:
+        scheduler.submit("busy", job(1, 5.0, final=True))
+        await gated.started_at_least(1)
+        scheduler.submit("mid", _check(_until(MID_PHRASE_END_S)))
+        scheduler.submit("end", _check(_until(SENTENCE_END_S)))
+        async with asyncio.timeout(10), answered:
+            await answered.wait_for(lambda: "mid" in answers)
+        assert answers["mid"].text == "" and answers["mid"].turn_prob < 0.9
+        assert "end" not in answers and gated.started == [5.0]
+        gated.release.release()
+        gated.release.release()
+        async with asyncio.timeout(10), answered:
+            await answered.wait_for(lambda: "end" in answers)
+        assert gated.started == [5.0, pytest.approx(SENTENCE_END_S + PAUSE_HEARD_S)]
+        assert answers["end"].turn_prob >= 0.9
+    finally:
+        runner.cancel()
         checks.close()

@@ -19,6 +19,10 @@
   partial cadence by: a busy engine is asked for fewer partials, not more.
 - While the engine reports itself unhealthy (a failing HTTP backend), pending partials are
   dropped: the work we can lose goes first, finals keep their place.
+- Turn mode's checks hear Smart Turn first (`TurnCheckEngine.screen`, on its own thread)
+  and take an engine slot only for the decode that follows when it hears an end: most
+  pauses sound mid-turn and need no decode, and a slot that waited on Smart Turn would hold
+  up other sessions' finals and checks.
 - A job may carry the trace context it was submitted under; the engine call runs in it, so
   an engine that makes requests (HTTP) can pass the trace on.
 - With `STT_BATCH_MAX` above 1, a slot that takes a final or a partial also takes waiting
@@ -32,6 +36,7 @@ from __future__ import annotations
 import asyncio
 import collections
 import contextlib
+import dataclasses
 import logging
 import time
 from collections.abc import Awaitable, Callable, Hashable
@@ -46,6 +51,7 @@ from stt_worker.core.batching import BatchRule, Waiting
 from stt_worker.core.errors import EngineError, OverloadedError, SttError
 from stt_worker.core.jobs import Job
 from stt_worker.engines.base import Audio, Engine, Transcript
+from stt_worker.engines.turn_check import TurnCheckEngine
 from stt_worker.runtime.batch_decode import decode_batch
 from stt_worker.runtime.decode_plan import DecodePlan, EngineRole, Lane, plan
 
@@ -65,6 +71,7 @@ class _Entry:
     trace_context: Context | None = None
     enqueued_at: float = field(default_factory=time.perf_counter)
     group: Hashable | None = None  # the jobs it may batch with (`core/batching.Waiting`)
+    turn_prob: float | None = None  # Smart Turn's, heard before the decode (`_screen`)
 
 
 class InferenceScheduler:
@@ -80,6 +87,7 @@ class InferenceScheduler:
         max_pending_finals_per_session: int = 8,
         partial_engine: Engine | None = None,
         batch: BatchRule | None = None,
+        screen: TurnCheckEngine | None = None,
     ) -> None:
         self._engine = engine
         self._partial_engine = partial_engine or engine
@@ -105,11 +113,19 @@ class InferenceScheduler:
         self._partial_wait_s = 0.0
         self._batch = batch or BatchRule()
         self._arrived = asyncio.Event()  # a job was queued: a gathering batch looks again
+        self._screen = screen
+        self._screening: dict[Hashable, _Entry] = {}  # turn checks Smart Turn is hearing
+        self._screens: set[asyncio.Task[None]] = set()
 
     def submit(self, key: Hashable, job: Job, trace_context: Context | None = None) -> None:
         entry = _Entry(key, job, plan(job), trace_context)
         entry.group = self._group(entry)
-        if entry.plan.lane is Lane.URGENT:
+        if entry.plan.options.turn_probability and self._screen and self._screen.screens:
+            self._screening[key] = entry  # a newer check of the session replaces the old
+            task = asyncio.create_task(self._screened(key, entry, self._screen))
+            self._screens.add(task)
+            task.add_done_callback(self._screens.discard)
+        elif entry.plan.lane is Lane.URGENT:
             self._probes[key] = entry  # a newer probe of the same speech replaces the old
         elif entry.plan.lane is Lane.FINAL:
             self._queue_final(key, entry)
@@ -140,6 +156,27 @@ class InferenceScheduler:
         queued.append(entry)
         self._final_count += 1
 
+    async def _screened(self, key: Hashable, entry: _Entry, screen: TurnCheckEngine) -> None:
+        """A turn check after Smart Turn: answered when it alone holds the turn, else
+        queued for its decode (first in line, as every urgent job)."""
+        try:
+            turn_prob, held = await screen.screen(entry.job.pcm)
+        except Exception:  # e.g. its thread shut down: the check goes by its words
+            logger.exception("Smart Turn could not hear a turn check")
+            turn_prob, held = None, None
+        if self._screening.get(key) is not entry:
+            return  # the session closed, or a newer check replaced this one
+        del self._screening[key]
+        if held is not None:
+            await self._deliver(entry, held, self._queue_wait_s(entry))
+        else:
+            options = dataclasses.replace(entry.plan.options, turn_probability=False)
+            entry.plan = dataclasses.replace(entry.plan, options=options)
+            entry.turn_prob = turn_prob
+            self._probes[key] = entry
+            self._wakeup.set()
+        self._update_idle()
+
     def engine_for(self, role: EngineRole) -> Engine:
         return self._engine if role is EngineRole.FINAL else self._partial_engine
 
@@ -147,6 +184,7 @@ class InferenceScheduler:
         """Drop a session's pending partial and probe (its session closed)."""
         self._partials.pop(key, None)
         self._probes.pop(key, None)
+        self._screening.pop(key, None)
         self._update_idle()
 
     def partial_wait_s(self) -> float:
@@ -159,16 +197,20 @@ class InferenceScheduler:
 
     @property
     def pending(self) -> int:
-        return self._final_count + len(self._partials) + len(self._probes)
+        return self._final_count + len(self._partials) + len(self._probes) + len(self._screening)
 
     async def wait_idle(self) -> None:
         """Until nothing is queued or running (used by drain)."""
         await self._idle.wait()
 
     async def run(self) -> None:
-        async with asyncio.TaskGroup() as group:
-            for index in range(self._concurrency):
-                group.create_task(self._serve(), name=f"inference-{index}")
+        try:
+            async with asyncio.TaskGroup() as group:
+                for index in range(self._concurrency):
+                    group.create_task(self._serve(), name=f"inference-{index}")
+        finally:
+            for task in self._screens:
+                task.cancel()
 
     async def _serve(self) -> None:
         while True:
@@ -287,6 +329,8 @@ class InferenceScheduler:
             # Joining and scaling up to 30 s of samples is CPU work: keep it off the loop.
             audio = await asyncio.to_thread(pcm16_to_float32, entry.job.pcm)
             outcome = await self._transcribe(entry, audio)
+            if entry.turn_prob is not None:
+                outcome = dataclasses.replace(outcome, turn_prob=entry.turn_prob)
         except asyncio.CancelledError:
             raise
         except SttError as exc:
@@ -315,7 +359,8 @@ class InferenceScheduler:
             otel_context.detach(token)
 
     def _update_idle(self) -> None:
-        if not self._finals and not self._partials and not self._probes and self._running == 0:
+        queued = self._finals or self._partials or self._probes or self._screening
+        if not queued and self._running == 0:
             self._idle.set()
 
 
@@ -332,4 +377,5 @@ def scheduler_for(
         max_pending_finals_per_session=settings.max_pending_finals_per_session,
         partial_engine=partial_engine,
         batch=BatchRule(settings.batch_max, settings.batch_wait_ms / 1000),
+        screen=partial_engine if isinstance(partial_engine, TurnCheckEngine) else None,
     )
