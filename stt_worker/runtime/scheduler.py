@@ -114,17 +114,17 @@ class InferenceScheduler:
         self._batch = batch or BatchRule()
         self._arrived = asyncio.Event()  # a job was queued: a gathering batch looks again
         self._screen = screen
-        self._screening: dict[Hashable, _Entry] = {}  # turn checks Smart Turn is hearing
-        self._screens: set[asyncio.Task[None]] = set()
+        # Turn checks waiting for Smart Turn, oldest first; how many it is hearing (0 or 1).
+        self._screening: collections.OrderedDict[Hashable, _Entry] = collections.OrderedDict()
+        self._hearing = 0
+        self._check_arrived = asyncio.Event()
 
     def submit(self, key: Hashable, job: Job, trace_context: Context | None = None) -> None:
         entry = _Entry(key, job, plan(job), trace_context)
         entry.group = self._group(entry)
         if entry.plan.options.turn_probability and self._screen and self._screen.screens:
             self._screening[key] = entry  # a newer check of the session replaces the old
-            task = asyncio.create_task(self._screened(key, entry, self._screen))
-            self._screens.add(task)
-            task.add_done_callback(self._screens.discard)
+            self._check_arrived.set()
         elif entry.plan.lane is Lane.URGENT:
             self._probes[key] = entry  # a newer probe of the same speech replaces the old
         elif entry.plan.lane is Lane.FINAL:
@@ -156,26 +156,33 @@ class InferenceScheduler:
         queued.append(entry)
         self._final_count += 1
 
-    async def _screened(self, key: Hashable, entry: _Entry, screen: TurnCheckEngine) -> None:
-        """A turn check after Smart Turn: answered when it alone holds the turn, else
-        queued for its decode (first in line, as every urgent job)."""
-        try:
-            turn_prob, held = await screen.screen(entry.job.pcm)
-        except Exception:  # e.g. its thread shut down: the check goes by its words
-            logger.exception("Smart Turn could not hear a turn check")
-            turn_prob, held = None, None
-        if self._screening.get(key) is not entry:
-            return  # the session closed, or a newer check replaced this one
-        del self._screening[key]
-        if held is not None:
-            await self._deliver(entry, held, self._queue_wait_s(entry))
-        else:
-            options = dataclasses.replace(entry.plan.options, turn_probability=False)
-            entry.plan = dataclasses.replace(entry.plan, options=options)
-            entry.turn_prob = turn_prob
-            self._probes[key] = entry
-            self._wakeup.set()
-        self._update_idle()
+    async def _hear_checks(self, screen: TurnCheckEngine) -> None:
+        """Turn checks before their decode, one at a time (Smart Turn has one thread): one
+        it holds on is answered here; the others queue for their decode, first in line as
+        every urgent job. Never more waits than one check per session."""
+        while True:
+            if not self._screening:
+                self._check_arrived.clear()
+                await self._check_arrived.wait()
+                continue
+            key, entry = self._screening.popitem(last=False)
+            self._hearing = 1
+            try:
+                turn_prob, held = await screen.screen(entry.job.pcm)
+            except Exception:  # e.g. its thread shut down: the check goes by its words
+                logger.exception("Smart Turn could not hear a turn check")
+                turn_prob, held = None, None
+            finally:
+                self._hearing = 0
+            if held is not None:
+                await self._deliver(entry, held, self._queue_wait_s(entry))
+            else:
+                options = dataclasses.replace(entry.plan.options, turn_probability=False)
+                entry.plan = dataclasses.replace(entry.plan, options=options)
+                entry.turn_prob = turn_prob
+                self._probes[key] = entry
+                self._wakeup.set()
+            self._update_idle()
 
     def engine_for(self, role: EngineRole) -> Engine:
         return self._engine if role is EngineRole.FINAL else self._partial_engine
@@ -204,13 +211,11 @@ class InferenceScheduler:
         await self._idle.wait()
 
     async def run(self) -> None:
-        try:
-            async with asyncio.TaskGroup() as group:
-                for index in range(self._concurrency):
-                    group.create_task(self._serve(), name=f"inference-{index}")
-        finally:
-            for task in self._screens:
-                task.cancel()
+        async with asyncio.TaskGroup() as group:
+            for index in range(self._concurrency):
+                group.create_task(self._serve(), name=f"inference-{index}")
+            if self._screen is not None:
+                group.create_task(self._hear_checks(self._screen), name="turn-checks")
 
     async def _serve(self) -> None:
         while True:
@@ -360,7 +365,7 @@ class InferenceScheduler:
 
     def _update_idle(self) -> None:
         queued = self._finals or self._partials or self._probes or self._screening
-        if not queued and self._running == 0:
+        if not queued and self._running == 0 and not self._hearing:
             self._idle.set()
 
 
