@@ -564,6 +564,20 @@ def test_turn_mode_rechecks_a_held_pause_with_the_stricter_veto():
     assert final.end_reason == "silence"
 
 
+def test_partials_are_marked_first_words_until_a_partial_with_words_is_published():
+    session = new_session()
+    (first,) = jobs(feed(session, "s" * 20), final=False)
+    assert first.first_words
+    session.result(first, ".", now=1.0, language="en", inference_s=0.1)  # no word yet
+    (again,) = jobs(feed(session, "s" * 5), final=False)  # 100 ms on after a wordless one
+    assert again.first_words
+    assert published(
+        session.result(again, "He could", now=1.2, language="en", inference_s=0.1), Transcription
+    )
+    (later,) = jobs(feed(session, "s" * 20), final=False)
+    assert not later.first_words
+
+
 def test_partials_of_speech_a_trusted_vad_heard_skip_whispers_silence_rule():
     # Whisper's plain silence rule blanks a first short word; Silero hears no speech in
     # noise, so its partials are decoded as speech heard (`DecodeOptions.speech_heard`).

@@ -114,6 +114,7 @@ class Utterance:
             ended_at=ended_at,
             trailing_silence_s=trailing_silence_s,
             speech_heard=speech_heard,
+            first_words=kind is JobKind.PARTIAL and self.published is None,
         )
 
     def cut(self, tail_id: int) -> tuple[Utterance, Utterance]:

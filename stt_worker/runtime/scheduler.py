@@ -12,6 +12,8 @@
   for the session drops its pending partial.
 - Exactly the engine's `parallelism` inferences run at once, so nothing queues unseen inside
   the engine and the finals-first order is the order work starts in.
+- Partials are served in line, except that a partial of an utterance with no words shown
+  yet goes before the others (the first words are what a voice assistant waits for).
 - Partials never take the last free slot when there are two or more: a final or a turn
   check arriving then starts at once instead of waiting out a partial's decode.
 - How long partials wait for a slot, smoothed (`partial_wait_s`, from a session's first
@@ -260,11 +262,12 @@ class InferenceScheduler:
             self._partials.clear()
         if self._running_partials >= self._partial_slots:
             return None
-        for key, entry in self._partials.items():
-            if key not in self._busy:
-                del self._partials[key]
-                return entry
-        return None
+        waiting = [key for key in self._partials if key not in self._busy]
+        if not waiting:
+            return None
+        # An utterance's first words before other utterances' next partials; else in line.
+        key = next((k for k in waiting if self._partials[k].job.first_words), waiting[0])
+        return self._partials.pop(key)
 
     def _take_final(self, key: Hashable) -> _Entry:
         queued = self._finals[key]
