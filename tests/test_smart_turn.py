@@ -100,10 +100,10 @@ def _check(samples: Pcm16) -> Job:
     return Job(1, JobKind.TURN_CHECK, (samples,), 0.0, samples.size / 16_000, True)
 
 
-async def test_the_scheduler_asks_smart_turn_before_a_check_takes_an_engine_slot():
-    """While the engine's only slot decodes another session's final, a check that sounds
-    mid-turn is answered at once (Smart Turn on its own thread, no decode); one that sounds
-    like an end waits for the slot, is decoded first, and carries Smart Turn's verdict."""
+async def test_the_scheduler_has_smart_turn_hear_checks_first_and_decodes_only_an_end():
+    """Checks go before other sessions' queued finals: Smart Turn hears each in a slot, one
+    that sounds mid-turn is answered without a decode, one that sounds like an end is
+    decoded next (before the final) and carries Smart Turn's verdict."""
     gated = GatedEngine(parallelism=1)
     checks = TurnCheckEngine(gated, smart_turn=True, hold_below=0.9)
     await checks.load()
@@ -122,18 +122,18 @@ async def test_the_scheduler_asks_smart_turn_before_a_check_takes_an_engine_slot
     try:
         scheduler.submit("busy", job(1, 5.0, final=True))
         await gated.started_at_least(1)
+        scheduler.submit("later", job(1, 2.0, final=True))
         scheduler.submit("mid", _check(_until(MID_PHRASE_END_S)))
         scheduler.submit("end", _check(_until(SENTENCE_END_S)))
-        async with asyncio.timeout(10), answered:
-            await answered.wait_for(lambda: "mid" in answers)
-        assert answers["mid"].text == "" and answers["mid"].turn_prob < 0.9
-        assert "end" not in answers and gated.started == [5.0]
         gated.release.release()
-        gated.release.release()
-        async with asyncio.timeout(10), answered:
-            await answered.wait_for(lambda: "end" in answers)
+        await gated.started_at_least(2)
         assert gated.started == [5.0, pytest.approx(SENTENCE_END_S + PAUSE_HEARD_S)]
-        assert answers["end"].turn_prob >= 0.9
+        assert answers["mid"].text == "" and answers["mid"].turn_prob < 0.9
+        gated.release.release()
+        gated.release.release()
+        async with asyncio.timeout(10), answered:
+            await answered.wait_for(lambda: "later" in answers)
+        assert answers["end"].turn_prob >= 0.9 and gated.started[2] == 2.0
     finally:
         runner.cancel()
         checks.close()

@@ -21,10 +21,10 @@
   partial cadence by: a busy engine is asked for fewer partials, not more.
 - While the engine reports itself unhealthy (a failing HTTP backend), pending partials are
   dropped: the work we can lose goes first, finals keep their place.
-- Turn mode's checks hear Smart Turn first (`TurnCheckEngine.screen`, on its own thread)
-  and take an engine slot only for the decode that follows when it hears an end: most
-  pauses sound mid-turn and need no decode, and a slot that waited on Smart Turn would hold
-  up other sessions' finals and checks.
+- Turn mode's checks hear Smart Turn first (`TurnCheckEngine.screen`, about 35 ms), ahead
+  of everything else, in a slot of their own (so no more CPU work runs than the engine has
+  slots for), and are queued again for a decode only when it hears an end: most pauses
+  sound mid-turn and need none, and the slot is free again at once.
 - A job may carry the trace context it was submitted under; the engine call runs in it, so
   an engine that makes requests (HTTP) can pass the trace on.
 - With `STT_BATCH_MAX` above 1, a slot that takes a final or a partial also takes waiting
@@ -73,7 +73,8 @@ class _Entry:
     trace_context: Context | None = None
     enqueued_at: float = field(default_factory=time.perf_counter)
     group: Hashable | None = None  # the jobs it may batch with (`core/batching.Waiting`)
-    turn_prob: float | None = None  # Smart Turn's, heard before the decode (`_screen`)
+    hearing: bool = False  # a turn check for Smart Turn, before its decode (`_hear`)
+    turn_prob: float | None = None  # Smart Turn's, heard before the decode
 
 
 class InferenceScheduler:
@@ -116,17 +117,15 @@ class InferenceScheduler:
         self._batch = batch or BatchRule()
         self._arrived = asyncio.Event()  # a job was queued: a gathering batch looks again
         self._screen = screen
-        # Turn checks waiting for Smart Turn, oldest first; how many it is hearing (0 or 1).
+        # Turn checks waiting for Smart Turn, oldest first: served before any other job.
         self._screening: collections.OrderedDict[Hashable, _Entry] = collections.OrderedDict()
-        self._hearing = 0
-        self._check_arrived = asyncio.Event()
 
     def submit(self, key: Hashable, job: Job, trace_context: Context | None = None) -> None:
         entry = _Entry(key, job, plan(job), trace_context)
         entry.group = self._group(entry)
         if entry.plan.options.turn_probability and self._screen and self._screen.screens:
+            entry.hearing = True
             self._screening[key] = entry  # a newer check of the session replaces the old
-            self._check_arrived.set()
         elif entry.plan.lane is Lane.URGENT:
             self._probes[key] = entry  # a newer probe of the same speech replaces the old
         elif entry.plan.lane is Lane.FINAL:
@@ -158,33 +157,21 @@ class InferenceScheduler:
         queued.append(entry)
         self._final_count += 1
 
-    async def _hear_checks(self, screen: TurnCheckEngine) -> None:
-        """Turn checks before their decode, one at a time (Smart Turn has one thread): one
-        it holds on is answered here; the others queue for their decode, first in line as
-        every urgent job. Never more waits than one check per session."""
-        while True:
-            if not self._screening:
-                self._check_arrived.clear()
-                await self._check_arrived.wait()
-                continue
-            key, entry = self._screening.popitem(last=False)
-            self._hearing = 1
-            try:
-                turn_prob, held = await screen.screen(entry.job.pcm)
-            except Exception:  # e.g. its thread shut down: the check goes by its words
-                logger.exception("Smart Turn could not hear a turn check")
-                turn_prob, held = None, None
-            finally:
-                self._hearing = 0
-            if held is not None:
-                await self._deliver(entry, held, self._queue_wait_s(entry))
-            else:
-                options = dataclasses.replace(entry.plan.options, turn_probability=False)
-                entry.plan = dataclasses.replace(entry.plan, options=options)
-                entry.turn_prob = turn_prob
-                self._probes[key] = entry
-                self._wakeup.set()
-            self._update_idle()
+    async def _hear(self, entry: _Entry, screen: TurnCheckEngine) -> None:
+        """A turn check's slot while Smart Turn hears it: answered here when that alone
+        holds the turn, else queued for its decode, first in line as every urgent job."""
+        try:
+            turn_prob, held = await screen.screen(entry.job.pcm)
+        except Exception:  # e.g. its thread shut down: the check goes by its words
+            logger.exception("Smart Turn could not hear a turn check")
+            turn_prob, held = None, None
+        if held is not None:
+            await self._deliver(entry, held, self._queue_wait_s(entry))
+            return
+        options = dataclasses.replace(entry.plan.options, turn_probability=False)
+        entry.plan = dataclasses.replace(entry.plan, options=options)
+        entry.hearing, entry.turn_prob = False, turn_prob
+        self._probes[entry.key] = entry
 
     def engine_for(self, role: EngineRole) -> Engine:
         return self._engine if role is EngineRole.FINAL else self._partial_engine
@@ -216,8 +203,6 @@ class InferenceScheduler:
         async with asyncio.TaskGroup() as group:
             for index in range(self._concurrency):
                 group.create_task(self._serve(), name=f"inference-{index}")
-            if self._screen is not None:
-                group.create_task(self._hear_checks(self._screen), name="turn-checks")
 
     async def _serve(self) -> None:
         while True:
@@ -233,12 +218,15 @@ class InferenceScheduler:
             self._busy.add(entry.key)
             batch = [entry]
             try:
-                if self._batch.batches(self._waiting(entry)):
-                    batch += await self._companions(entry)
-                if len(batch) == 1:
-                    await self._run_one(entry)
+                if entry.hearing and self._screen is not None:
+                    await self._hear(entry, self._screen)
                 else:
-                    await self._run_batch(batch)
+                    if self._batch.batches(self._waiting(entry)):
+                        batch += await self._companions(entry)
+                    if len(batch) == 1:
+                        await self._run_one(entry)
+                    else:
+                        await self._run_batch(batch)
             finally:
                 self._running -= 1
                 self._running_partials -= partial
@@ -249,10 +237,11 @@ class InferenceScheduler:
     def _next(self) -> _Entry | None:
         # One job per session at a time: its results then arrive in utterance order, and one
         # talkative session cannot hold every slot.
-        for key, entry in self._probes.items():
-            if key not in self._busy:
-                del self._probes[key]
-                return entry
+        for lane in (self._screening, self._probes):
+            for key, entry in lane.items():
+                if key not in self._busy:
+                    del lane[key]
+                    return entry
         for key in self._finals:
             if key not in self._busy:
                 return self._take_final(key)
@@ -368,7 +357,7 @@ class InferenceScheduler:
 
     def _update_idle(self) -> None:
         queued = self._finals or self._partials or self._probes or self._screening
-        if not queued and self._running == 0 and not self._hearing:
+        if not queued and self._running == 0:
             self._idle.set()
 
 
