@@ -100,10 +100,10 @@ def _check(samples: Pcm16) -> Job:
     return Job(1, JobKind.TURN_CHECK, (samples,), 0.0, samples.size / 16_000, True)
 
 
-async def test_the_scheduler_has_smart_turn_hear_checks_first_and_decodes_only_an_end():
-    """Checks go before other sessions' queued finals: Smart Turn hears each in a slot, one
-    that sounds mid-turn is answered without a decode, one that sounds like an end is
-    decoded next (before the final) and carries Smart Turn's verdict."""
+async def test_the_scheduler_has_smart_turn_hear_checks_before_partials_and_decodes_only_an_end():
+    """Checks go before other sessions' partials: Smart Turn hears each in a slot, one that
+    sounds mid-turn is answered without a decode, one that sounds like an end is decoded
+    next (before the partial) and carries Smart Turn's verdict."""
     gated = GatedEngine(parallelism=1)
     checks = TurnCheckEngine(gated, smart_turn=True, hold_below=0.9)
     await checks.load()
@@ -122,7 +122,7 @@ async def test_the_scheduler_has_smart_turn_hear_checks_first_and_decodes_only_a
     try:
         scheduler.submit("busy", job(1, 5.0, final=True))
         await gated.started_at_least(1)
-        scheduler.submit("later", job(1, 2.0, final=True))
+        scheduler.submit("later", job(1, 2.0, final=False))
         scheduler.submit("mid", _check(_until(MID_PHRASE_END_S)))
         scheduler.submit("end", _check(_until(SENTENCE_END_S)))
         gated.release.release()

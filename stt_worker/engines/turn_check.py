@@ -4,7 +4,7 @@ A turn check (`DecodeOptions.turn_probability`) needs Smart Turn's verdict on it
 unless that verdict alone holds the turn, the words. Smart Turn runs first (about 35 ms on
 its own thread): below `hold_below` the speaker is mid-turn whatever the words, so the
 decode is skipped and the check answers with no text. The worker's scheduler has it hear
-each check (`screen`) first and queues a decode only for a pause that sounds like an end;
+each check (`screen`) in a slot and queues a decode only for a pause that sounds like an end;
 `transcribe` does both in one call for any other caller. Speech pauses at nearly every word
 gap, and a decode of the whole utterance at each one costs more than the worker has under
 load (at 16 live sessions the checks alone took it past capacity); only the pauses that

@@ -21,10 +21,10 @@
   partial cadence by: a busy engine is asked for fewer partials, not more.
 - While the engine reports itself unhealthy (a failing HTTP backend), pending partials are
   dropped: the work we can lose goes first, finals keep their place.
-- Turn mode's checks hear Smart Turn first (`TurnCheckEngine.screen`, about 35 ms), ahead
-  of everything else, in a slot of their own (so no more CPU work runs than the engine has
-  slots for), and are queued again for a decode only when it hears an end: most pauses
-  sound mid-turn and need none, and the slot is free again at once.
+- Turn mode's checks hear Smart Turn first (`TurnCheckEngine.screen`, about 35 ms), after
+  the probes and finals and before partials, in a slot of their own (so no more CPU work
+  runs than the engine has slots for), and are queued again for a decode (an urgent job)
+  only when it hears an end: most pauses sound mid-turn and need none.
 - A job may carry the trace context it was submitted under; the engine call runs in it, so
   an engine that makes requests (HTTP) can pass the trace on.
 - With `STT_BATCH_MAX` above 1, a slot that takes a final or a partial also takes waiting
@@ -117,7 +117,7 @@ class InferenceScheduler:
         self._batch = batch or BatchRule()
         self._arrived = asyncio.Event()  # a job was queued: a gathering batch looks again
         self._screen = screen
-        # Turn checks waiting for Smart Turn, oldest first: served before any other job.
+        # Turn checks waiting for Smart Turn, oldest first: served after finals.
         self._screening: collections.OrderedDict[Hashable, _Entry] = collections.OrderedDict()
 
     def submit(self, key: Hashable, job: Job, trace_context: Context | None = None) -> None:
@@ -237,14 +237,19 @@ class InferenceScheduler:
     def _next(self) -> _Entry | None:
         # One job per session at a time: its results then arrive in utterance order, and one
         # talkative session cannot hold every slot.
-        for lane in (self._screening, self._probes):
-            for key, entry in lane.items():
-                if key not in self._busy:
-                    del lane[key]
-                    return entry
+        for key, entry in self._probes.items():
+            if key not in self._busy:
+                del self._probes[key]
+                return entry
         for key in self._finals:
             if key not in self._busy:
                 return self._take_final(key)
+        # Turn checks after due finals: a check may end a turn, a final has; checks come at
+        # nearly every pause, and served first they starved finals on an overloaded machine.
+        for key, entry in self._screening.items():
+            if key not in self._busy:
+                del self._screening[key]
+                return entry
         if self._partials and not self._engine.healthy:
             # A failing backend gets only finals: partials are the work we can lose.
             logger.warning("engine unhealthy: shedding %d partials", len(self._partials))
