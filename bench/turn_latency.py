@@ -19,7 +19,11 @@ and `new` (the defaults). A worker ignores environment variables it does not kno
 is the same command on any checkout.
 
     .venv/bin/python -m bench.turn_latency [--sessions 1,16] [--configs old,new] [--quick]
-        [--json PATH]     # writes bench/results/turn_latency.{md,json}
+        [--baseline DIR] [--json PATH]     # writes bench/results/turn_latency.{md,json}
+
+`--baseline DIR` measures each configuration on the worker of the checkout at DIR too, just
+before this checkout's (`CONFIG@base`): a change against its parent in one run, as the
+machine's load drifts between runs.
 """
 
 from __future__ import annotations
@@ -258,15 +262,22 @@ async def measure_step(
 
 
 async def run_all(
-    configs: Sequence[str], counts: Sequence[int], chosen: Sequence[Sentence]
+    configs: Sequence[str],
+    counts: Sequence[int],
+    chosen: Sequence[Sentence],
+    baseline: Path | None = None,
 ) -> tuple[dict[str, dict[str, Any]], list[Utterance]]:
-    """Every configuration in turn, each in a worker process of its own on one server."""
+    """Every configuration in turn, each in a worker process of its own on one server (the
+    baseline checkout's first, when given)."""
     results: dict[str, dict[str, Any]] = {}
     utterances: list[Utterance] = []
+    trees = [("@base", baseline), ("", None)] if baseline else [("", None)]
     with NatsServer() as server:
         settings = load_settings(nats_url=server.url, otel_enabled=False, http_port=0)
-        for config in configs:
-            async with worker_process(settings, "faster-whisper", env=CONFIGS[config]):
+        for name, (suffix, tree) in itertools.product(configs, trees):
+            config = name + suffix
+            env = CONFIGS[name]
+            async with worker_process(settings, "faster-whisper", env=env, cwd=tree):
                 for sessions in counts:
                     summary, measured = await measure_step(config, server.url, chosen, sessions)
                     results.setdefault(config, {})[str(sessions)] = summary
@@ -342,6 +353,7 @@ def main(argv: list[str] | None = None) -> int:
     parser.add_argument("--sessions", default="1,16", help="session counts, comma-separated")
     parser.add_argument("--configs", default="old,new,turn", help="of: " + ", ".join(CONFIGS))
     parser.add_argument("--quick", action="store_true", help="two short sentences, one session")
+    parser.add_argument("--baseline", type=Path, help="a checkout to measure beside this one")
     parser.add_argument("--json", type=Path, help="the JSON's path (default beside the .md)")
     parser.add_argument("--out", type=Path, default=DEFAULT_OUT, help="prefix of .md and .json")
     args = parser.parse_args(argv)
@@ -353,11 +365,12 @@ def main(argv: list[str] | None = None) -> int:
     counts = [1] if args.quick else [int(n) for n in args.sessions.split(",")]
     chosen = sentences(QUICK_SENTENCES if args.quick else SENTENCES)
     loadavg_start = [round(x, 2) for x in os.getloadavg()]
-    results, utterances = asyncio.run(run_all(configs, counts, chosen))
+    results, utterances = asyncio.run(run_all(configs, counts, chosen, args.baseline))
     meta = machine_info() | {
         "loadavg_start": loadavg_start,
         "sentences": [s.name for s in chosen],
         "configs": {c: CONFIGS[c] for c in configs},
+        "baseline": str(args.baseline) if args.baseline else None,
     }
     data = {
         "meta": meta,

@@ -122,7 +122,11 @@ def test_the_turn_rule_thresholds_move_its_verdicts():
 
 
 def test_the_turn_endpoint_checks_early_and_again_and_lets_a_check_decide():
-    events = [TURN.on_frame(run) for run in range(50)]
+    checked_at, events = 0, []
+    for run in range(50):  # each check asked as it comes due, as the `Listener` does
+        events.append(TURN.on_frame(run, checked_at))
+        if events[-1] is Event.CHECK_DUE:
+            checked_at = TURN.check_point(run)
     assert events[0] is Event.SPEECH_RESUMED
     assert [run for run, e in enumerate(events) if e is Event.CHECK_DUE] == [4, 15]
     once = TurnEndpoint(silence_frames=20, check_frames=4, max_frames=40, rule=RULE)
@@ -131,6 +135,18 @@ def test_the_turn_endpoint_checks_early_and_again_and_lets_a_check_decide():
     for phase in (Phase.CHECKING, Phase.HOLDING):
         assert not TURN.ends(39, phase) and TURN.ends(40, phase)
     assert not TURN.ends(19, Phase.SPEAKING) and TURN.ends(20, Phase.SPEAKING)
+
+
+def test_a_recheck_whose_point_passed_is_due_until_asked_and_hears_its_own_point():
+    # The first check (at 4) still decoded at 15: the recheck stays due from then on, frame
+    # after frame, until one is asked; the fixed points are asked once.
+    late = [run for run in range(5, 30) if TURN.on_frame(run, checked_at=4) is Event.CHECK_DUE]
+    assert late == list(range(15, 30))
+    assert [run for run in range(1, 30) if TURN.on_frame(run, 15) is Event.CHECK_DUE] == [4]
+    # However late it is asked, a check hears the pause to its own point.
+    assert [TURN.check_point(run) for run in (4, 9, 15, 22)] == [4, 4, 15, 15]
+    adaptive = SessionConfig(endpoint_mode="adaptive").endpoint_policy()
+    assert adaptive.check_point(22) == 22
 
 
 def test_turn_mode_settings_choose_the_turn_endpoint():

@@ -196,6 +196,21 @@ async def test_partials_waiting_behind_a_busy_engine_raise_the_partial_wait():
     runner.cancel()
 
 
+async def test_an_utterances_first_words_go_before_other_sessions_next_partials():
+    engine = GatedEngine(parallelism=1)
+    results = Results()
+    scheduler = InferenceScheduler(engine, results.on_done, concurrency=1)
+    runner = asyncio.create_task(scheduler.run())
+    scheduler.submit("a", job(1, 1.0, final=False))
+    await engine.started_at_least(1)
+    scheduler.submit("b", job(1, 2.0, final=False))  # b's words are on show already
+    scheduler.submit("c", dataclasses.replace(job(1, 3.0, final=False), first_words=True))
+    scheduler.submit("d", job(1, 4.0, final=False))
+    await results.release_and_wait(engine, 4)
+    assert engine.started == [1.0, 3.0, 2.0, 4.0]
+    runner.cancel()
+
+
 async def test_partials_leave_one_slot_free_for_a_final():
     engine = GatedEngine(parallelism=2)
     results = Results()

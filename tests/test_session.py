@@ -539,6 +539,22 @@ def test_turn_mode_holds_a_turn_that_smart_turn_hears_unfinished_and_checks_it_a
     assert published(out, Transcription)[0].transcript == "He hoped there would be stew for dinner."
 
 
+def test_a_recheck_that_came_due_while_the_first_check_decoded_is_asked_when_it_holds():
+    # Under load the first check answers after the recheck's 300 ms: the recheck is asked at
+    # the next frame, with the audio up to 300 ms of pause (what an on-time one heard),
+    # instead of leaving the turn to the longest wait.
+    session = new_session(TURN)
+    (check,) = turn_checks(feed(session, "s" * 30 + "." * 4))
+    assert turn_checks(feed(session, "." * 14)) == []  # 360 ms of pause, the check still out
+    assert checked(session, check, "", 0.0, 0.05) == []  # Smart Turn held it
+    (again,) = turn_checks(feed(session, "."))
+    assert again.trailing_silence_s == pytest.approx(0.3)
+    assert again.audio_s == pytest.approx(check.audio_s + 0.22)  # 15 frames of pause, not 19
+    assert turn_checks(feed(session, "." * 5)) == []  # asked once
+    out = checked(session, again, "He hoped there would be stew for dinner.", 0.9, 0.95)
+    assert published(out, Transcription)[0].transcript == "He hoped there would be stew for dinner."
+
+
 def test_turn_mode_rechecks_a_held_pause_with_the_stricter_veto():
     # Smart Turn hears the clause end as over by the recheck; the decoder, only fairly sure
     # (above the first check's veto, below the recheck's), keeps the turn open.
@@ -550,6 +566,20 @@ def test_turn_mode_rechecks_a_held_pause_with_the_stricter_veto():
     assert jobs(feed(session, "." * 14), final=True) == []
     (final,) = jobs(feed(session, "."), final=True)  # the longest wait decides
     assert final.end_reason == "silence"
+
+
+def test_partials_are_marked_first_words_until_a_partial_with_words_is_published():
+    session = new_session()
+    (first,) = jobs(feed(session, "s" * 20), final=False)
+    assert first.first_words
+    session.result(first, ".", now=1.0, language="en", inference_s=0.1)  # no word yet
+    (again,) = jobs(feed(session, "s" * 5), final=False)  # 100 ms on after a wordless one
+    assert again.first_words
+    assert published(
+        session.result(again, "He could", now=1.2, language="en", inference_s=0.1), Transcription
+    )
+    (later,) = jobs(feed(session, "s" * 20), final=False)
+    assert not later.first_words
 
 
 def test_partials_of_speech_a_trusted_vad_heard_skip_whispers_silence_rule():

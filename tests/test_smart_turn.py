@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import asyncio
 import wave
 from functools import cache
 
@@ -10,11 +11,14 @@ import pytest
 
 from stt_worker.core.audio import Pcm16
 from stt_worker.core.endpoint import TurnRule
+from stt_worker.core.jobs import Job, JobKind
 from stt_worker.core.phases import Event
 from stt_worker.engines.base import Audio, DecodeOptions, Engine, Transcript
 from stt_worker.engines.smart_turn import WINDOW_SAMPLES, SmartTurn, load_smart_turn, log_mel
 from stt_worker.engines.turn_check import TurnCheckEngine
+from stt_worker.runtime.scheduler import InferenceScheduler
 from tests.helpers import SPEECH_DIR
+from tests.test_scheduler import GatedEngine, job
 
 # "After early nightfall, the yellow lamps would light up here and there, the squalid quarter
 # of the brothels." Word ends measured with tiny.en's word timestamps: "there," ends at
@@ -89,4 +93,47 @@ async def test_a_check_that_sounds_mid_turn_skips_its_decode(engine: Engine):
         assert counting.decodes == 1
         assert TurnRule().judge(mid.text, mid.end_prob, mid.turn_prob) is Event.TURN_HOLDS
     finally:
+        checks.close()
+
+
+def _check(samples: Pcm16) -> Job:
+    return Job(1, JobKind.TURN_CHECK, (samples,), 0.0, samples.size / 16_000, True)
+
+
+async def test_the_scheduler_has_smart_turn_hear_checks_before_partials_and_decodes_only_an_end():
+    """Checks go before other sessions' partials: Smart Turn hears each in a slot, one that
+    sounds mid-turn is answered without a decode, one that sounds like an end is decoded
+    next (before the partial) and carries Smart Turn's verdict."""
+    gated = GatedEngine(parallelism=1)
+    checks = TurnCheckEngine(gated, smart_turn=True, hold_below=0.9)
+    await checks.load()
+    answers: dict[str, Transcript] = {}
+    answered = asyncio.Condition()
+
+    async def on_done(key, job_: Job, outcome, wait_s: float) -> None:
+        async with answered:
+            answers[key] = outcome
+            answered.notify_all()
+
+    scheduler = InferenceScheduler(
+        gated, on_done, concurrency=1, partial_engine=checks, screen=checks
+    )
+    runner = asyncio.create_task(scheduler.run())
+    try:
+        scheduler.submit("busy", job(1, 5.0, final=True))
+        await gated.started_at_least(1)
+        scheduler.submit("later", job(1, 2.0, final=False))
+        scheduler.submit("mid", _check(_until(MID_PHRASE_END_S)))
+        scheduler.submit("end", _check(_until(SENTENCE_END_S)))
+        gated.release.release()
+        await gated.started_at_least(2)
+        assert gated.started == [5.0, pytest.approx(SENTENCE_END_S + PAUSE_HEARD_S)]
+        assert answers["mid"].text == "" and answers["mid"].turn_prob < 0.9
+        gated.release.release()
+        gated.release.release()
+        async with asyncio.timeout(10), answered:
+            await answered.wait_for(lambda: "later" in answers)
+        assert answers["end"].turn_prob >= 0.9 and gated.started[2] == 2.0
+    finally:
+        runner.cancel()
         checks.close()

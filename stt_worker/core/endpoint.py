@@ -33,9 +33,14 @@ from stt_worker.core.vad import FRAME_MS
 
 
 class EndpointPolicy(Protocol):
-    def on_frame(self, silence_run: int) -> Event | None:
+    def on_frame(self, silence_run: int, checked_at: int = 0) -> Event | None:
         """What a frame of the user's utterance means here, given the pause it ends
-        (`silence_run` = 0: the frame was voiced)."""
+        (`silence_run` = 0: the frame was voiced) and the point of this pause the last turn
+        check heard (`checked_at`, frames; 0: none asked in it)."""
+        ...
+
+    def check_point(self, silence_run: int) -> int:
+        """How much of the pause (frames) a turn check asked at `silence_run` hears."""
         ...
 
     def ends(self, silence_run: int, phase: Phase) -> bool:
@@ -60,8 +65,11 @@ class FixedEndpoint:
     def __init__(self, silence_frames: int) -> None:
         self.silence_frames = silence_frames
 
-    def on_frame(self, silence_run: int) -> Event | None:
+    def on_frame(self, silence_run: int, checked_at: int = 0) -> Event | None:
         return None  # no turn checks: only the length of the pause counts
+
+    def check_point(self, silence_run: int) -> int:
+        return silence_run
 
     def ends(self, silence_run: int, phase: Phase) -> bool:
         return silence_run >= self.silence_frames
@@ -95,12 +103,15 @@ class AdaptiveEndpoint:
         self.finished_prob = finished_prob
         self.unfinished_prob = unfinished_prob
 
-    def on_frame(self, silence_run: int) -> Event | None:
+    def on_frame(self, silence_run: int, checked_at: int = 0) -> Event | None:
         if silence_run == 0:
             return Event.SPEECH_RESUMED  # the next pause is judged afresh
         if silence_run == self.min_frames:
             return Event.CHECK_DUE
         return None
+
+    def check_point(self, silence_run: int) -> int:
+        return silence_run
 
     def ends(self, silence_run: int, phase: Phase) -> bool:
         limit = self.max_frames if phase is Phase.HOLDING else self.silence_frames
@@ -195,12 +206,24 @@ class TurnEndpoint:
         self.max_frames = max_frames
         self.rule = rule
 
-    def on_frame(self, silence_run: int) -> Event | None:
+    def on_frame(self, silence_run: int, checked_at: int = 0) -> Event | None:
         if silence_run == 0:
             return Event.SPEECH_RESUMED
-        if silence_run == self.check_frames or silence_run in self.recheck_frames:
-            return Event.CHECK_DUE  # from `HOLDING` too: the longer pause is heard afresh
+        if silence_run == self.check_frames:
+            return Event.CHECK_DUE
+        # A recheck is due from its point on until asked (from `HOLDING` too: the longer
+        # pause is heard afresh): under load the check before it may still be decoding
+        # there, and a recheck that waited for it must not be skipped, leaving the turn to
+        # `max_frames`.
+        if any(checked_at < point <= silence_run for point in self.recheck_frames):
+            return Event.CHECK_DUE
         return None
+
+    def check_point(self, silence_run: int) -> int:
+        # A late check hears the pause up to its own point, as an on-time one would: its
+        # verdict is the one the rule was tuned on, only later.
+        points = (self.check_frames, *self.recheck_frames)
+        return max((point for point in points if point <= silence_run), default=silence_run)
 
     def ends(self, silence_run: int, phase: Phase) -> bool:
         waiting = phase in (Phase.HOLDING, Phase.CHECKING)

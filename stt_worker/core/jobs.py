@@ -61,6 +61,10 @@ class Job:
     # A partial of speech a trusted VAD heard (Silero): decoded without Whisper's plain
     # silence rule, which blanks the first short word (`DecodeOptions.speech_heard`).
     speech_heard: bool = False
+    # A partial of an utterance none of whose words were published yet: the scheduler
+    # serves it before other utterances' next partials (the first words are the ones a
+    # voice assistant waits for; later partials only refine what it shows).
+    first_words: bool = False
 
     @property
     def is_final(self) -> bool:

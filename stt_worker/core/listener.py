@@ -128,7 +128,7 @@ class Listener:
             if utterance.phase is Phase.DONE:
                 self.segmenter.take()  # a short noise while the assistant talks
                 return heard
-        event = self._endpoint.on_frame(utterance.silence_run)
+        event = self._endpoint.on_frame(utterance.silence_run, utterance.checked_at)
         if event is not None and utterance.move(event) and utterance.phase is Phase.CHECKING:
             heard.append(self._check_turn(utterance, now))
         if self._endpoint.ends(utterance.silence_run, utterance.phase):
@@ -248,9 +248,8 @@ class Listener:
     # ------------------------------------------------------------ end of turn
 
     def _check_turn(self, utterance: Utterance, now: float) -> Transcribe:
-        utterance.voiced_at_check = utterance.voiced_frames
-        silence_s = utterance.silence_run * FRAME_MS / 1000
-        job = self._job(utterance, JobKind.TURN_CHECK, ended_at=now, trailing_silence_s=silence_s)
+        pause_s = utterance.ask_check(self._endpoint.check_point(utterance.silence_run))
+        job = self._job(utterance, JobKind.TURN_CHECK, ended_at=now, trailing_silence_s=pause_s)
         return Transcribe(job)
 
     def turn_checked(

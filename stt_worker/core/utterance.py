@@ -14,6 +14,7 @@ from stt_worker.core.jobs import Job, JobKind
 from stt_worker.core.phases import UNCONFIRMED, Event, Phase, advance
 from stt_worker.core.protocol import EndReason, Task
 from stt_worker.core.streaming import LocalAgreement
+from stt_worker.core.vad import FRAME_MS
 
 CUT_SEARCH_FRAMES = 75  # look for a pause in the last 1.5 s before the length bound
 
@@ -37,8 +38,10 @@ class Utterance:
     # Word mode: voiced frames when the last probe was sent, and that probe's last word.
     voiced_at_last_probe: int = 0
     last_probe_word: str | None = None
-    # Adaptive endpoint: voiced frames when the last turn check was sent.
+    # Adaptive endpoint: voiced frames when the last turn check was sent, and the point of
+    # its pause (frames) it heard.
     voiced_at_check: int = 0
+    check_point: int = 0
 
     def append(self, frame: Pcm16, is_speech: bool) -> None:
         self.pcm.append(frame)
@@ -55,6 +58,16 @@ class Utterance:
         before = self.phase
         self.phase = advance(before, event)
         return self.phase is not before
+
+    @property
+    def checked_at(self) -> int:
+        """The point of the current pause (frames) its last turn check heard; 0: none."""
+        return self.check_point if self.voiced_at_check == self.voiced_frames else 0
+
+    def ask_check(self, point: int) -> float:
+        """A turn check of the pause up to `point` frames is sent: its pause in seconds."""
+        self.voiced_at_check, self.check_point = self.voiced_frames, point
+        return point * FRAME_MS / 1000
 
     @property
     def unconfirmed(self) -> bool:
@@ -79,13 +92,19 @@ class Utterance:
         trailing_silence_s: float = 0.0,
         speech_heard: bool = False,
     ) -> Job:
-        """A transcription of the audio so far (or whole, for a final)."""
+        """A transcription of the audio so far (or whole, for a final). A turn check's ends
+        `trailing_silence_s` into the pause: a late one hears no more than an on-time one."""
+        pcm, samples = tuple(self.pcm), self.samples
+        unheard = self.silence_run - round(trailing_silence_s * 1000 / FRAME_MS)
+        if kind is JobKind.TURN_CHECK and unheard > 0:
+            samples -= sum(frame.size for frame in pcm[-unheard:])
+            pcm = pcm[:-unheard]
         return Job(
             utterance_id=self.utterance_id,
             kind=kind,
-            pcm=tuple(self.pcm),
+            pcm=pcm,
             audio_start_s=self.start_sample / SAMPLE_RATE_HZ,
-            audio_end_s=(self.start_sample + self.samples) / SAMPLE_RATE_HZ,
+            audio_end_s=(self.start_sample + samples) / SAMPLE_RATE_HZ,
             has_voice_activity=self.voiced_frames > 0,
             language=language,
             prompt=prompt,
@@ -95,6 +114,7 @@ class Utterance:
             ended_at=ended_at,
             trailing_silence_s=trailing_silence_s,
             speech_heard=speech_heard,
+            first_words=kind is JobKind.PARTIAL and self.published is None,
         )
 
     def cut(self, tail_id: int) -> tuple[Utterance, Utterance]:

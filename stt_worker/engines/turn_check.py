@@ -3,7 +3,9 @@
 A turn check (`DecodeOptions.turn_probability`) needs Smart Turn's verdict on its audio and,
 unless that verdict alone holds the turn, the words. Smart Turn runs first (about 35 ms on
 its own thread): below `hold_below` the speaker is mid-turn whatever the words, so the
-decode is skipped and the check answers with no text. Speech pauses at nearly every word
+decode is skipped and the check answers with no text. The worker's scheduler has it hear
+each check (`screen`) in a slot and queues a decode only for a pause that sounds like an end;
+`transcribe` does both in one call for any other caller. Speech pauses at nearly every word
 gap, and a decode of the whole utterance at each one costs more than the worker has under
 load (at 16 live sessions the checks alone took it past capacity); only the pauses that
 sound like an end pay for a decode. Every other job passes straight through.
@@ -15,10 +17,11 @@ import asyncio
 import concurrent.futures
 import dataclasses
 import logging
+from collections.abc import Sequence
 
 import numpy as np
 
-from stt_worker.core.audio import SAMPLE_RATE_HZ
+from stt_worker.core.audio import SAMPLE_RATE_HZ, Pcm16
 from stt_worker.engines.base import Audio, DecodeOptions, Engine, EngineInfo, Transcript
 from stt_worker.engines.smart_turn import SmartTurn, load_smart_turn
 
@@ -67,23 +70,37 @@ class TurnCheckEngine(Engine):
         )
         self._smart_turn = smart_turn
 
-    async def transcribe(self, audio: Audio, options: DecodeOptions) -> Transcript:
-        if not options.turn_probability or self._smart_turn is None:
-            return await self.inner.transcribe(audio, options)
+    @property
+    def screens(self) -> bool:
+        """Smart Turn is loaded: the scheduler has it hear checks (`screen`) first."""
+        return self._smart_turn is not None
+
+    async def screen(self, pcm: Sequence[Pcm16]) -> tuple[float | None, Transcript | None]:
+        """Smart Turn's probability for a check's int16 frames, on its own thread, and the
+        check's answer when that alone holds the turn (no decode then)."""
         loop = asyncio.get_running_loop()
-        turn_prob = await loop.run_in_executor(self._executor, self._probability, audio)
+        turn_prob = await loop.run_in_executor(self._executor, self._probability, pcm)
         if turn_prob is not None and turn_prob < self._hold_below:
             # Mid-turn by its voice: `TurnRule` holds on Smart Turn alone, and a check
             # without text never becomes a final (`Listener.turn_checked`).
-            return Transcript("", audio_s=audio.size / SAMPLE_RATE_HZ, turn_prob=turn_prob)
+            audio_s = sum(frame.size for frame in pcm) / SAMPLE_RATE_HZ
+            return turn_prob, Transcript("", audio_s=audio_s, turn_prob=turn_prob)
+        return turn_prob, None
+
+    async def transcribe(self, audio: Audio, options: DecodeOptions) -> Transcript:
+        if not options.turn_probability or self._smart_turn is None:
+            return await self.inner.transcribe(audio, options)
+        pcm = np.clip(np.round(audio * 32768.0), -32768, 32767).astype(np.int16)
+        turn_prob, held = await self.screen((pcm,))
+        if held is not None:
+            return held
         transcript = await self.inner.transcribe(audio, options)
         return dataclasses.replace(transcript, turn_prob=turn_prob)
 
-    def _probability(self, audio: Audio) -> float | None:
+    def _probability(self, pcm: Sequence[Pcm16]) -> float | None:
         assert self._smart_turn is not None
-        pcm = np.clip(np.round(audio * 32768.0), -32768, 32767).astype(np.int16)
         try:
-            return self._smart_turn.probability(pcm)
+            return self._smart_turn.probability(np.concatenate(pcm))
         except Exception:  # the words alone then decide (`TurnRule` without Smart Turn)
             logger.exception("Smart Turn failed; this turn check goes by its words")
             return None

@@ -19,6 +19,7 @@ import time
 from collections.abc import AsyncIterator, Mapping, Sequence
 from dataclasses import dataclass
 from datetime import UTC, datetime
+from pathlib import Path
 from typing import Any
 
 from pydantic import SecretStr
@@ -157,6 +158,7 @@ async def worker_process(
     module: str = "stt_worker.tools.cli",
     *,
     env: Mapping[str, str] | None = None,
+    cwd: Path | None = None,
 ) -> AsyncIterator[WorkerProcess]:
     """`stt-streaming serve` in its own process, as deployments run it: in this process the
     publisher and subscriber would share its CPU and GIL (measured: in-worker inference ~7%
@@ -165,7 +167,8 @@ async def worker_process(
     `module` runs another worker with the same command line (``-m MODULE serve --engine
     KIND``) and readiness line ("worker ready"). `env` is
     added last: variables a `Settings` of this checkout may not know yet (a worker ignores
-    unknown ones)."""
+    unknown ones). `cwd`: the checkout whose worker runs (`python -m` imports from there
+    first), to measure another commit beside this one in one run."""
     # Probes on a free port unless asked otherwise: the harness must not need 8080.
     env = {"STT_HTTP_PORT": "0", **os.environ, **settings_env(settings), **(env or {})}
     process = await asyncio.create_subprocess_exec(
@@ -176,6 +179,7 @@ async def worker_process(
         "--engine",
         engine_kind,
         env=env,
+        cwd=cwd,
         stdin=asyncio.subprocess.DEVNULL,
         stderr=asyncio.subprocess.PIPE,
     )

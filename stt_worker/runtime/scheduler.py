@@ -12,6 +12,8 @@
   for the session drops its pending partial.
 - Exactly the engine's `parallelism` inferences run at once, so nothing queues unseen inside
   the engine and the finals-first order is the order work starts in.
+- Partials are served in line, except that a partial of an utterance with no words shown
+  yet goes before the others (the first words are what a voice assistant waits for).
 - Partials never take the last free slot when there are two or more: a final or a turn
   check arriving then starts at once instead of waiting out a partial's decode.
 - How long partials wait for a slot, smoothed (`partial_wait_s`, from a session's first
@@ -19,6 +21,10 @@
   partial cadence by: a busy engine is asked for fewer partials, not more.
 - While the engine reports itself unhealthy (a failing HTTP backend), pending partials are
   dropped: the work we can lose goes first, finals keep their place.
+- Turn mode's checks hear Smart Turn first (`TurnCheckEngine.screen`, about 35 ms), after
+  the probes and finals and before partials, in a slot of their own (so no more CPU work
+  runs than the engine has slots for), and are queued again for a decode (an urgent job)
+  only when it hears an end: most pauses sound mid-turn and need none.
 - A job may carry the trace context it was submitted under; the engine call runs in it, so
   an engine that makes requests (HTTP) can pass the trace on.
 - With `STT_BATCH_MAX` above 1, a slot that takes a final or a partial also takes waiting
@@ -32,6 +38,7 @@ from __future__ import annotations
 import asyncio
 import collections
 import contextlib
+import dataclasses
 import logging
 import time
 from collections.abc import Awaitable, Callable, Hashable
@@ -46,6 +53,7 @@ from stt_worker.core.batching import BatchRule, Waiting
 from stt_worker.core.errors import EngineError, OverloadedError, SttError
 from stt_worker.core.jobs import Job
 from stt_worker.engines.base import Audio, Engine, Transcript
+from stt_worker.engines.turn_check import TurnCheckEngine
 from stt_worker.runtime.batch_decode import decode_batch
 from stt_worker.runtime.decode_plan import DecodePlan, EngineRole, Lane, plan
 
@@ -65,6 +73,8 @@ class _Entry:
     trace_context: Context | None = None
     enqueued_at: float = field(default_factory=time.perf_counter)
     group: Hashable | None = None  # the jobs it may batch with (`core/batching.Waiting`)
+    hearing: bool = False  # a turn check for Smart Turn, before its decode (`_hear`)
+    turn_prob: float | None = None  # Smart Turn's, heard before the decode
 
 
 class InferenceScheduler:
@@ -80,6 +90,7 @@ class InferenceScheduler:
         max_pending_finals_per_session: int = 8,
         partial_engine: Engine | None = None,
         batch: BatchRule | None = None,
+        screen: TurnCheckEngine | None = None,
     ) -> None:
         self._engine = engine
         self._partial_engine = partial_engine or engine
@@ -105,11 +116,17 @@ class InferenceScheduler:
         self._partial_wait_s = 0.0
         self._batch = batch or BatchRule()
         self._arrived = asyncio.Event()  # a job was queued: a gathering batch looks again
+        self._screen = screen
+        # Turn checks waiting for Smart Turn, oldest first: served after finals.
+        self._screening: collections.OrderedDict[Hashable, _Entry] = collections.OrderedDict()
 
     def submit(self, key: Hashable, job: Job, trace_context: Context | None = None) -> None:
         entry = _Entry(key, job, plan(job), trace_context)
         entry.group = self._group(entry)
-        if entry.plan.lane is Lane.URGENT:
+        if entry.plan.options.turn_probability and self._screen and self._screen.screens:
+            entry.hearing = True
+            self._screening[key] = entry  # a newer check of the session replaces the old
+        elif entry.plan.lane is Lane.URGENT:
             self._probes[key] = entry  # a newer probe of the same speech replaces the old
         elif entry.plan.lane is Lane.FINAL:
             self._queue_final(key, entry)
@@ -140,6 +157,22 @@ class InferenceScheduler:
         queued.append(entry)
         self._final_count += 1
 
+    async def _hear(self, entry: _Entry, screen: TurnCheckEngine) -> None:
+        """A turn check's slot while Smart Turn hears it: answered here when that alone
+        holds the turn, else queued for its decode, first in line as every urgent job."""
+        try:
+            turn_prob, held = await screen.screen(entry.job.pcm)
+        except Exception:  # e.g. its thread shut down: the check goes by its words
+            logger.exception("Smart Turn could not hear a turn check")
+            turn_prob, held = None, None
+        if held is not None:
+            await self._deliver(entry, held, self._queue_wait_s(entry))
+            return
+        options = dataclasses.replace(entry.plan.options, turn_probability=False)
+        entry.plan = dataclasses.replace(entry.plan, options=options)
+        entry.hearing, entry.turn_prob = False, turn_prob
+        self._probes[entry.key] = entry
+
     def engine_for(self, role: EngineRole) -> Engine:
         return self._engine if role is EngineRole.FINAL else self._partial_engine
 
@@ -147,6 +180,7 @@ class InferenceScheduler:
         """Drop a session's pending partial and probe (its session closed)."""
         self._partials.pop(key, None)
         self._probes.pop(key, None)
+        self._screening.pop(key, None)
         self._update_idle()
 
     def partial_wait_s(self) -> float:
@@ -159,7 +193,7 @@ class InferenceScheduler:
 
     @property
     def pending(self) -> int:
-        return self._final_count + len(self._partials) + len(self._probes)
+        return self._final_count + len(self._partials) + len(self._probes) + len(self._screening)
 
     async def wait_idle(self) -> None:
         """Until nothing is queued or running (used by drain)."""
@@ -184,12 +218,15 @@ class InferenceScheduler:
             self._busy.add(entry.key)
             batch = [entry]
             try:
-                if self._batch.batches(self._waiting(entry)):
-                    batch += await self._companions(entry)
-                if len(batch) == 1:
-                    await self._run_one(entry)
+                if entry.hearing and self._screen is not None:
+                    await self._hear(entry, self._screen)
                 else:
-                    await self._run_batch(batch)
+                    if self._batch.batches(self._waiting(entry)):
+                        batch += await self._companions(entry)
+                    if len(batch) == 1:
+                        await self._run_one(entry)
+                    else:
+                        await self._run_batch(batch)
             finally:
                 self._running -= 1
                 self._running_partials -= partial
@@ -207,17 +244,24 @@ class InferenceScheduler:
         for key in self._finals:
             if key not in self._busy:
                 return self._take_final(key)
+        # Turn checks after due finals: a check may end a turn, a final has; checks come at
+        # nearly every pause, and served first they starved finals on an overloaded machine.
+        for key, entry in self._screening.items():
+            if key not in self._busy:
+                del self._screening[key]
+                return entry
         if self._partials and not self._engine.healthy:
             # A failing backend gets only finals: partials are the work we can lose.
             logger.warning("engine unhealthy: shedding %d partials", len(self._partials))
             self._partials.clear()
         if self._running_partials >= self._partial_slots:
             return None
-        for key, entry in self._partials.items():
-            if key not in self._busy:
-                del self._partials[key]
-                return entry
-        return None
+        waiting = [key for key in self._partials if key not in self._busy]
+        if not waiting:
+            return None
+        # An utterance's first words before other utterances' next partials; else in line.
+        key = next((k for k in waiting if self._partials[k].job.first_words), waiting[0])
+        return self._partials.pop(key)
 
     def _take_final(self, key: Hashable) -> _Entry:
         queued = self._finals[key]
@@ -287,6 +331,8 @@ class InferenceScheduler:
             # Joining and scaling up to 30 s of samples is CPU work: keep it off the loop.
             audio = await asyncio.to_thread(pcm16_to_float32, entry.job.pcm)
             outcome = await self._transcribe(entry, audio)
+            if entry.turn_prob is not None:
+                outcome = dataclasses.replace(outcome, turn_prob=entry.turn_prob)
         except asyncio.CancelledError:
             raise
         except SttError as exc:
@@ -315,7 +361,8 @@ class InferenceScheduler:
             otel_context.detach(token)
 
     def _update_idle(self) -> None:
-        if not self._finals and not self._partials and not self._probes and self._running == 0:
+        queued = self._finals or self._partials or self._probes or self._screening
+        if not queued and self._running == 0:
             self._idle.set()
 
 
@@ -332,4 +379,5 @@ def scheduler_for(
         max_pending_finals_per_session=settings.max_pending_finals_per_session,
         partial_engine=partial_engine,
         batch=BatchRule(settings.batch_max, settings.batch_wait_ms / 1000),
+        screen=partial_engine if isinstance(partial_engine, TurnCheckEngine) else None,
     )
