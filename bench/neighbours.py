@@ -34,8 +34,13 @@ subscribe to, drained by `bench.flood_sink`; its ratio (`control_p95_ratio`) is 
 flood costs the honest sessions through the machine alone (nats-server's and the abuser's
 CPU), the real ratio less it what the worker pays itself.
 
+With ``--durable`` the worker runs in durable mode (nats-server with JetStream, audio through
+the work-queue stream): the same load, abusers and controls; the stream's bytes are sampled
+beside nats-server's queue (an honest message waits behind both), and
+``--max-msgs-per-subject`` sets the stream's per-subject limit (0: none).
+
     .venv/bin/python -m bench.neighbours [--quick] [--out PREFIX] [--mode MODE ...]
-        [--max-pending-mb MiB]
+        [--max-pending-mb MiB] [--durable [--max-msgs-per-subject N]]
 
 writes ``<out>.md`` and ``<out>.json`` (default ``bench/results/neighbours``).
 """
@@ -114,6 +119,24 @@ MODES = (
 # The modes that send as fast as the socket takes: each also gets a control run (the same
 # flood at the same rate through the same nats-server, drained by `bench.flood_sink`).
 FLOODS = ("max_chunks_192k_8ch", "state_change_flood", "garbage_flood")
+
+
+@dataclass(frozen=True, slots=True)
+class Transport:
+    """How messages reach the worker: nats-server's per-connection queue limit (None: its
+    default), and durable mode with the stream's per-subject limit (None: the setting's)."""
+
+    max_pending_mb: float | None = None
+    durable: bool = False
+    max_msgs_per_subject: int | None = None
+
+    def overrides(self) -> dict[str, Any]:
+        """The worker's settings for it."""
+        if not self.durable:
+            return {}
+        if self.max_msgs_per_subject is None:
+            return {"durable": True}
+        return {"durable": True, "stream_max_msgs_per_subject": self.max_msgs_per_subject}
 
 
 @dataclass(frozen=True, slots=True)
@@ -312,7 +335,11 @@ class PendingWatch:
     `max_pending`)."""
 
     monitor_port: int
+    durable: bool = False
     samples: list[int] = dataclasses.field(default_factory=list)
+    # Durable mode: the bytes stored in the audio stream (each audio message waits behind
+    # those stored before it, until they are delivered).
+    stored: list[int] = dataclasses.field(default_factory=list)
 
     def _read(self) -> int | None:
         connz = _monitor(self.monitor_port, "connz?limit=1024")
@@ -321,21 +348,38 @@ class PendingWatch:
                 return int(connection.get("pending_bytes", 0))
         return None
 
+    def _read_stored(self) -> int:
+        jsz = _monitor(self.monitor_port, "jsz?streams=true")
+        return sum(
+            int(stream.get("state", {}).get("bytes", 0))
+            for account in jsz.get("account_details") or []
+            for stream in account.get("stream_detail") or []
+        )
+
     async def watch(self) -> None:
         """Until cancelled."""
         while True:
             pending = await asyncio.to_thread(self._read)
             if pending is not None:
                 self.samples.append(pending)
+            if self.durable:
+                self.stored.append(await asyncio.to_thread(self._read_stored))
             await asyncio.sleep(PENDING_EVERY_S)
 
     def summary(self) -> dict[str, float | None]:
-        if not self.samples:
-            return {"max_mb": None, "mean_mb": None}
-        return {
-            "max_mb": round(max(self.samples) / 1e6, 1),
-            "mean_mb": round(sum(self.samples) / len(self.samples) / 1e6, 1),
-        }
+        return _mb(self.samples)
+
+    def stored_summary(self) -> dict[str, float | None]:
+        return _mb(self.stored)
+
+
+def _mb(samples: list[int]) -> dict[str, float | None]:
+    if not samples:
+        return {"max_mb": None, "mean_mb": None}
+    return {
+        "max_mb": round(max(samples) / 1e6, 1),
+        "mean_mb": round(sum(samples) / len(samples) / 1e6, 1),
+    }
 
 
 @dataclass(slots=True)
@@ -461,7 +505,7 @@ async def honest_run(
     server_before = await asyncio.to_thread(ServerView.read, bench.monitor_port)
     loadavg_before = os.getloadavg()[0]
     abuser = None
-    pending = PendingWatch(bench.monitor_port)
+    pending = PendingWatch(bench.monitor_port, bench.settings.durable)
     watching = asyncio.create_task(pending.watch())
     async with sampler.running():
         if abused:
@@ -503,6 +547,7 @@ async def honest_run(
         "server": server.since(server_before),
         # What honest messages waited behind at nats-server: the worker's queue there.
         "worker_pending_mb": pending.summary(),
+        "stream_stored_mb": pending.stored_summary(),
         "worker_connection_log": bench.worker_connection_log(),
         "idle_wait_s": round(idle_wait_s, 1),
         "abuser_sent": sent,
@@ -631,19 +676,22 @@ async def measure_mode(bench: Bench, mode: str, abused_first: bool) -> dict[str,
     }
 
 
-def server_args(monitor_port: int, max_pending_mb: float | None, folder: Path) -> tuple[str, ...]:
-    """nats-server's arguments: monitoring on `monitor_port`; with `max_pending_mb`, a config
-    file in `folder` that sets its per-connection queue limit (nats-server holds publishers
-    back once a connection's queue nears it, and cuts the connection off past it)."""
-    args = ("-m", str(monitor_port))
-    if max_pending_mb is None:
+def server_args(monitor_port: int, transport: Transport, folder: Path) -> tuple[str, ...]:
+    """nats-server's arguments: monitoring on `monitor_port`; JetStream (stored in `folder`)
+    in durable mode; with a `max_pending_mb`, a config file in `folder` that sets its
+    per-connection queue limit (nats-server holds publishers back once a connection's queue
+    nears it, and cuts the connection off past it)."""
+    args: tuple[str, ...] = ("-m", str(monitor_port))
+    if transport.durable:
+        args += ("-js", "-sd", str(folder / "jetstream"))
+    if transport.max_pending_mb is None:
         return args
     config = folder / "nats-server.conf"
-    config.write_text(f"max_pending: {round(max_pending_mb * 2**20)}\n")
+    config.write_text(f"max_pending: {round(transport.max_pending_mb * 2**20)}\n")
     return (*args, "-c", str(config))
 
 
-async def run_all(plan: Plan, max_pending_mb: float | None = None) -> dict[str, Any]:
+async def run_all(plan: Plan, transport: Transport | None = None) -> dict[str, Any]:
     """Every mode of `plan`, alone and beside its abuser, on one server and one worker."""
     meta = machine_info()
     meta["loadavg_start"] = [round(x, 2) for x in os.getloadavg()]
@@ -652,13 +700,16 @@ async def run_all(plan: Plan, max_pending_mb: float | None = None) -> dict[str, 
     timelines = Timelines(clips, plan.run_s + 1.0, detector)
     started = time.monotonic()
     monitor_port = free_port()
+    transport = transport or Transport()
     modes = []
     with tempfile.TemporaryDirectory(prefix="stt-neighbours-") as folder:
-        extra_args = server_args(monitor_port, max_pending_mb, Path(folder))
+        extra_args = server_args(monitor_port, transport, Path(folder))
         async with (
             NatsServer(extra_args=extra_args) as server,
             worker_process(
-                settings := load_settings(nats_url=server.url, otel_enabled=False, http_port=0),
+                settings := load_settings(
+                    nats_url=server.url, otel_enabled=False, http_port=0, **transport.overrides()
+                ),
                 "faster-whisper",
             ) as worker,
             connected(server.url) as nc,
@@ -669,7 +720,8 @@ async def run_all(plan: Plan, max_pending_mb: float | None = None) -> dict[str, 
     meta["loadavg_end"] = [round(x, 2) for x in os.getloadavg()]
     meta["wall_s"] = round(time.monotonic() - started, 1)
     meta["plan"] = dataclasses.asdict(plan)
-    meta["server_max_pending_mb"] = max_pending_mb  # None: nats-server's default (64 MB)
+    # None: nats-server's default (64 MB)
+    meta["server_max_pending_mb"] = transport.max_pending_mb
     meta["clips"] = [c.name for c in clips]
     meta["worker"] = {
         "model": settings.whisper_model_size,
@@ -679,7 +731,11 @@ async def run_all(plan: Plan, max_pending_mb: float | None = None) -> dict[str, 
         "max_chunk_bytes": settings.max_chunk_bytes,
         "max_pending_finals_per_session": settings.max_pending_finals_per_session,
         "endpoint_silence_ms": settings.endpoint_silence_ms,
+        "durable": settings.durable,
     }
+    if settings.durable:
+        meta["worker"]["stream_max_msgs_per_subject"] = settings.stream_max_msgs_per_subject
+        meta["worker"]["max_ack_pending"] = settings.max_ack_pending
     targets = {
         "honest_p95_ratio": f"<= {RATIO_TARGET}",
         "honest_missing": "0",
@@ -722,9 +778,10 @@ def markdown(result: dict[str, Any], command: str) -> str:
         "",
         "| mode | p95 alone ms | p95 beside ms | ratio | control ratio | missing | dropped | "
         "abuser sent | abuser told | worker RSS MB | worker cores | nats-server cores | "
-        "abuser cores | queue at nats-server MB | slow consumers | load | verdict |",
+        "abuser cores | queue at nats-server MB | stored in stream MB | slow consumers | load | "
+        "verdict |",
         "| --- | ---: | ---: | ---: | ---: | ---: | ---: | --- | --- | ---: | ---: | ---: | ---: "
-        "| ---: | ---: | ---: | --- |",
+        "| ---: | ---: | ---: | ---: | --- |",
     ]
     for mode in result["modes"].values():
         beside, alone = mode["beside"], mode["alone"]
@@ -741,6 +798,7 @@ def markdown(result: dict[str, Any], command: str) -> str:
             f"{alone['other_cores'].get('nats-server')} / "
             f"{beside['other_cores'].get('nats-server')} | {sent.get('cores', '?')} | "
             f"{beside['worker_pending_mb']['mean_mb']} / {beside['worker_pending_mb']['max_mb']} | "
+            f"{_stored(beside)} | "
             f"{beside['server']['slow_consumers']} | "
             f"{beside['loadavg_max']} | {'met' if mode['met'] else 'MISSED'} |"
         )
@@ -830,6 +888,14 @@ REMEDY = (
 )
 
 
+def _stored(run: dict[str, Any]) -> str:
+    """The stream's bytes, mean / max ('-' in core NATS, or a result from before them)."""
+    stored = run.get("stream_stored_mb") or {}
+    if stored.get("max_mb") is None:
+        return "-"
+    return f"{stored['mean_mb']} / {stored['max_mb']}"
+
+
 def diagnosis(mode: dict[str, Any]) -> str:
     """Why `mode` missed, with the run's evidence."""
     beside = mode["beside"]
@@ -910,6 +976,14 @@ def main(argv: list[str] | None = None) -> int:
         type=float,
         help="nats-server's max_pending per connection, in MiB (default: its own, 64)",
     )
+    parser.add_argument(
+        "--durable", action="store_true", help="the worker in durable mode (JetStream)"
+    )
+    parser.add_argument(
+        "--max-msgs-per-subject",
+        type=int,
+        help="durable mode: the stream's per-subject limit (0: none; default: the setting's)",
+    )
     # The abuser's own process (started by the benchmark).
     parser.add_argument("--abuse", choices=MODES, help=argparse.SUPPRESS)
     parser.add_argument("--url", help=argparse.SUPPRESS)
@@ -930,7 +1004,8 @@ def main(argv: list[str] | None = None) -> int:
     plan = QUICK if args.quick else FULL
     if args.mode:
         plan = dataclasses.replace(plan, modes=tuple(args.mode))
-    result = asyncio.run(run_all(plan, args.max_pending_mb))
+    transport = Transport(args.max_pending_mb, args.durable, args.max_msgs_per_subject)
+    result = asyncio.run(run_all(plan, transport))
     command = ".venv/bin/python -m bench.neighbours" + " ".join(["", *(argv or sys.argv[1:])])
     path = write_outputs(result, args.out, command)
     print(path.read_text())
