@@ -327,6 +327,27 @@ WORKER_CONNECTION = "stt-streaming"  # the name the worker's NATS connection giv
 PENDING_EVERY_S = 0.25
 
 
+def stored_bytes(monitor_port: int) -> int:
+    """The bytes JetStream's streams hold (durable mode: the audio not yet acknowledged)."""
+    jsz = _monitor(monitor_port, "jsz?streams=true")
+    return sum(
+        int(stream.get("state", {}).get("bytes", 0))
+        for account in jsz.get("account_details") or []
+        for stream in account.get("stream_detail") or []
+    )
+
+
+async def stream_drained(bench: Bench, sampler: Sampler) -> None:
+    """Durable mode: until the stream is empty and the worker idle again, so a flood's
+    backlog never falls into the next run (at most `IDLE_TIMEOUT_S`)."""
+    deadline = time.monotonic() + IDLE_TIMEOUT_S
+    while time.monotonic() < deadline:
+        if not await asyncio.to_thread(stored_bytes, bench.monitor_port):
+            break
+        await asyncio.sleep(PENDING_EVERY_S)
+    await wait_idle(sampler, max(0.0, deadline - time.monotonic()))
+
+
 @dataclass(slots=True)
 class PendingWatch:
     """nats-server's outbound queue to the worker's connection (`pending_bytes` in connz),
@@ -348,14 +369,6 @@ class PendingWatch:
                 return int(connection.get("pending_bytes", 0))
         return None
 
-    def _read_stored(self) -> int:
-        jsz = _monitor(self.monitor_port, "jsz?streams=true")
-        return sum(
-            int(stream.get("state", {}).get("bytes", 0))
-            for account in jsz.get("account_details") or []
-            for stream in account.get("stream_detail") or []
-        )
-
     async def watch(self) -> None:
         """Until cancelled."""
         while True:
@@ -363,7 +376,7 @@ class PendingWatch:
             if pending is not None:
                 self.samples.append(pending)
             if self.durable:
-                self.stored.append(await asyncio.to_thread(self._read_stored))
+                self.stored.append(await asyncio.to_thread(stored_bytes, self.monitor_port))
             await asyncio.sleep(PENDING_EVERY_S)
 
     def summary(self) -> dict[str, float | None]:
@@ -371,6 +384,30 @@ class PendingWatch:
 
     def stored_summary(self) -> dict[str, float | None]:
         return _mb(self.stored)
+
+
+@dataclass(slots=True)
+class SubjectWatch:
+    """Durable mode: the most messages each session's subject held in the stream at once
+    (sampled with `PendingWatch`), honest sessions apart from the abuser's: what a
+    per-subject limit must leave an honest session."""
+
+    js: Any  # the bench's JetStream context
+    stream: str
+    peaks: dict[str, int] = dataclasses.field(default_factory=dict)
+
+    async def watch(self) -> None:
+        """Until cancelled."""
+        while True:
+            info = await self.js.stream_info(self.stream, subjects_filter=">")
+            for subject, count in (info.state.subjects or {}).items():
+                self.peaks[subject] = max(count, self.peaks.get(subject, 0))
+            await asyncio.sleep(PENDING_EVERY_S)
+
+    def summary(self) -> dict[str, int]:
+        honest = [n for subject, n in self.peaks.items() if "abuser-" not in subject]
+        abuser = [n for subject, n in self.peaks.items() if "abuser-" in subject]
+        return {"honest_max": max(honest, default=0), "abuser_max": max(abuser, default=0)}
 
 
 def _mb(samples: list[int]) -> dict[str, float | None]:
@@ -506,7 +543,10 @@ async def honest_run(
     loadavg_before = os.getloadavg()[0]
     abuser = None
     pending = PendingWatch(bench.monitor_port, bench.settings.durable)
-    watching = asyncio.create_task(pending.watch())
+    watching = [asyncio.create_task(pending.watch())]
+    subjects = SubjectWatch(bench.nc.results.jetstream(), bench.settings.jetstream_stream)
+    if bench.settings.durable:
+        watching.append(asyncio.create_task(subjects.watch()))
     async with sampler.running():
         if abused:
             abuser = await start_abuser(bench, mode, f"abuser-{prefix}", control_rate)
@@ -520,9 +560,12 @@ async def honest_run(
             results_grace_s=plan.grace_s,
         )
         sent = await stop_abuser(abuser) if abuser else {}
-        watching.cancel()
+        for task in watching:
+            task.cancel()
         idle_from = time.monotonic()
         await wait_idle(sampler, IDLE_TIMEOUT_S)
+        if bench.settings.durable:
+            await stream_drained(bench, sampler)
         idle_wait_s = time.monotonic() - idle_from
     if abuser is not None:
         await abuser.subscription.unsubscribe()
@@ -548,6 +591,7 @@ async def honest_run(
         # What honest messages waited behind at nats-server: the worker's queue there.
         "worker_pending_mb": pending.summary(),
         "stream_stored_mb": pending.stored_summary(),
+        "stream_msgs_per_subject": subjects.summary() if bench.settings.durable else None,
         "worker_connection_log": bench.worker_connection_log(),
         "idle_wait_s": round(idle_wait_s, 1),
         "abuser_sent": sent,
@@ -827,19 +871,20 @@ def markdown(result: dict[str, Any], command: str) -> str:
             f"{beside['errors'] or 'none'}; sessions unclosed: {beside['unclosed']}; finals "
             f"{mode['alone']['finals']} alone, {beside['finals']} beside; worker idle again "
             f"{beside['idle_wait_s']} s after the run; nats-server closed "
-            f"{beside['server']['closed'] or 'no connection'}."
+            f"{beside['server']['closed'] or 'no connection'}{_per_subject(beside)}."
         )
     missed = [mode for mode in result["modes"].values() if not mode["met"]]
     if missed:
         lines += ["", "## Why the misses", ""]
-        lines += [f"- **{mode['mode']}**: {diagnosis(mode)}" for mode in missed]
+        worker = meta["worker"]
+        lines += [f"- **{mode['mode']}**: {diagnosis(mode, worker)}" for mode in missed]
         controlled = [mode for mode in missed if mode.get("control_p95_ratio") is not None]
         if controlled:
             over = [m["mode"] for m in controlled if m["control_p95_ratio"] > RATIO_TARGET]
             lines += [
                 "",
                 f"Controls: the machine alone misses in {', '.join(over) or 'no mode'} "
-                f"({len(over)} of {len(controlled)} missed floods). {REMEDY}",
+                f"({len(over)} of {len(controlled)} missed floods). {remedy(worker)}",
             ]
     return "\n".join(lines) + "\n"
 
@@ -888,6 +933,41 @@ REMEDY = (
 )
 
 
+# Durable mode, the same for every flood: what the stream does with it.
+DURABLE_UNLIMITED = (
+    "in durable mode nothing is shed before the callback (every message must be taken and "
+    "acknowledged, or the server delivers it again), so each flood message is stored, pushed, "
+    "decoded, refused and acknowledged one by one; the flood is stored faster than it is "
+    "delivered and worked through, the stream's backlog grows as long as the flood lasts, and the "
+    "consumer delivers in stream order, so every honest message stored after the backlog "
+    "waits for all of it (`STT_MAX_ACK_PENDING` bounds what is pushed, not what is stored "
+    "ahead). `STT_STREAM_MAX_MSGS_PER_SUBJECT` makes the server refuse the excess"
+)
+DURABLE_LIMITED = (
+    "the server refused the abuser's messages past `STT_STREAM_MAX_MSGS_PER_SUBJECT` (the "
+    "most its subject held is in the verdict), so an honest message waits behind at most "
+    "that many of the abuser's; but each acknowledgement frees a slot the flood fills at "
+    "once, so the worker still takes the abuser's messages one by one as fast as it can "
+    "(durable mode sheds nothing), on the same CPUs as the honest sessions' decodes"
+)
+DURABLE_REMEDY = (
+    "Durable mode keeps the flood out of the worker's connection only with the per-subject "
+    "limit: without it the stream's backlog grows for as long as the flood lasts and honest "
+    "messages wait behind all of it."
+)
+
+
+def mechanism_of(mode: str, worker: dict[str, Any]) -> str | None:
+    """What the abuser of `mode` costs the others, by transport."""
+    if not worker.get("durable"):
+        return MECHANISMS.get(mode)
+    return DURABLE_LIMITED if worker.get("stream_max_msgs_per_subject") else DURABLE_UNLIMITED
+
+
+def remedy(worker: dict[str, Any]) -> str:
+    return DURABLE_REMEDY if worker.get("durable") else REMEDY
+
+
 def _stored(run: dict[str, Any]) -> str:
     """The stream's bytes, mean / max ('-' in core NATS, or a result from before them)."""
     stored = run.get("stream_stored_mb") or {}
@@ -896,8 +976,18 @@ def _stored(run: dict[str, Any]) -> str:
     return f"{stored['mean_mb']} / {stored['max_mb']}"
 
 
-def diagnosis(mode: dict[str, Any]) -> str:
-    """Why `mode` missed, with the run's evidence."""
+def _per_subject(run: dict[str, Any]) -> str:
+    peaks = run.get("stream_msgs_per_subject")
+    if not peaks:
+        return ""
+    return (
+        f"; most messages one subject held in the stream: {peaks['honest_max']} (an honest "
+        f"session), {peaks['abuser_max']} (the abuser)"
+    )
+
+
+def diagnosis(mode: dict[str, Any], worker: dict[str, Any]) -> str:
+    """Why `mode` missed, with the run's evidence (`worker`: the run's worker settings)."""
     beside = mode["beside"]
     facts = []
     cut = [why for why in beside["server"]["closed"] if "Slow Consumer" in why]
@@ -913,7 +1003,14 @@ def diagnosis(mode: dict[str, Any]) -> str:
         f"{mode['alone']['other_cores'].get('nats-server')} alone"
     )
     queue, rate = beside["worker_pending_mb"], sent.get("mb_per_s")
-    if queue.get("mean_mb") is not None and rate:
+    stored = beside.get("stream_stored_mb") or {}
+    if stored.get("max_mb") is not None:
+        facts.append(
+            f"the stream held {stored['mean_mb']} MB on average (at most {stored['max_mb']} MB) "
+            f"and nats-server {queue['mean_mb']} MB for the worker's connection (at most "
+            f"{queue['max_mb']} MB)"
+        )
+    elif queue.get("mean_mb") is not None and rate:
         facts.append(
             f"nats-server held {queue['mean_mb']} MB for the worker on average (at most "
             f"{queue['max_mb']} MB): at the {rate} MB/s the worker took in, an honest chunk "
@@ -930,7 +1027,7 @@ def diagnosis(mode: dict[str, Any]) -> str:
     control = mode.get("control")
     if control is not None:
         facts.append(_control_facts(mode, control))
-    mechanism = MECHANISMS.get(mode["mode"])
+    mechanism = mechanism_of(mode["mode"], worker)
     return "; ".join(facts) + (f". Likely cause: {mechanism}." if mechanism else ".")
 
 
