@@ -927,9 +927,13 @@ REMEDY = (
     "the target: the worker on CPUs of its own (a Kubernetes Guaranteed QoS pod with whole "
     "cores, requests equal to limits, the kubelet's static CPU manager) and nats-server on "
     "other nodes, so a flood costs the worker only its reads; publishers that are not "
-    "trusted behind the gateway (its own limits) or on durable mode, where a flood waits in "
-    "the stream and the worker is pushed at most `STT_MAX_ACK_PENDING` messages. With core "
-    "NATS no worker can keep a flood out of the queue its honest messages wait in."
+    "trusted behind the gateway (its own limits). Durable mode is no remedy by itself "
+    "(`--durable`, bench/results/neighbours-floods-durable*.md): without a per-subject limit "
+    "a flood's backlog in the stream grows to GBs and honest sessions lose most of their "
+    "finals; with `STT_STREAM_MAX_MSGS_PER_SUBJECT` the server refuses the excess, but the "
+    "flood refills its share of the stream as fast as the worker acknowledges it and "
+    "nats-server spends up to a core refusing the rest. With core NATS no worker can keep a "
+    "flood out of the queue its honest messages wait in."
 )
 
 
@@ -946,14 +950,20 @@ DURABLE_UNLIMITED = (
 DURABLE_LIMITED = (
     "the server refused the abuser's messages past `STT_STREAM_MAX_MSGS_PER_SUBJECT` (the "
     "most its subject held is in the verdict), so an honest message waits behind at most "
-    "that many of the abuser's; but each acknowledgement frees a slot the flood fills at "
-    "once, so the worker still takes the abuser's messages one by one as fast as it can "
-    "(durable mode sheds nothing), on the same CPUs as the honest sessions' decodes"
+    "that many of the abuser's in the consumer's one ordered delivery; but each "
+    "acknowledgement frees a slot the flood fills at once, so the worker spends its time "
+    "taking, refusing and acknowledging the abuser's messages one by one (durable mode sheds "
+    "nothing) and nats-server spends CPU refusing the rest (the cores columns); a count "
+    "bounds no bytes: of maximal chunks the limit is `STT_MAX_CHUNK_BYTES` times as many "
+    "bytes, pushed faster than the worker reads (past `max_pending` it is cut off)"
 )
 DURABLE_REMEDY = (
-    "Durable mode keeps the flood out of the worker's connection only with the per-subject "
-    "limit: without it the stream's backlog grows for as long as the flood lasts and honest "
-    "messages wait behind all of it."
+    "Durable mode keeps a flood's excess out of the stream only with the per-subject limit: "
+    "without it the stream's backlog grows for as long as the flood lasts and honest "
+    "messages wait behind all of it. With it, what is left is what the flood's share of the "
+    "stream costs (the worker's time on it, refilled as fast as it is acknowledged) and "
+    "nats-server's CPU refusing the rest; a smaller limit shortens the first, but an honest "
+    "session must keep its open utterance and what arrives while no worker takes its audio."
 )
 
 

@@ -59,7 +59,7 @@ async def test_a_subject_past_the_limit_is_refused_by_the_server_and_others_are_
     flood, honest = _subject(settings, "flood"), _subject(settings, "honest")
     for _ in range(LIMIT):
         await js.publish(flood, PAYLOAD)
-    with pytest.raises(APIError, match="(?i)maximum messages per subject"):
+    with pytest.raises(APIError, match=r"(?i)maximum messages per subject"):
         await js.publish(flood, PAYLOAD)
     for _ in range(50):  # core NATS: dropped by the server, nobody told
         await nc.publish(flood, PAYLOAD)
