@@ -962,7 +962,8 @@ DURABLE_REMEDY = (
     "without it the stream's backlog grows for as long as the flood lasts and honest "
     "messages wait behind all of it. With it, what is left is what the flood's share of the "
     "stream costs (the worker's time on it, refilled as fast as it is acknowledged) and "
-    "nats-server's CPU refusing the rest; a smaller limit shortens the first, but an honest "
+    "nats-server's CPU refusing the rest: CPU, not a queue, so a smaller limit did not help "
+    "(1,000 against 3,000, bench/results/neighbours-floods-durable-1000.md), and an honest "
     "session must keep its open utterance and what arrives while no worker takes its audio."
 )
 

@@ -99,7 +99,7 @@ def test_neighbours_bench_durable_run_samples_the_stream_and_its_limit_holds(
 ) -> None:
     prefix = tmp_path / "neighbours-durable"
     limit = 500
-    args = ["--quick", "--durable", "--max-msgs-per-subject", str(limit)]
+    args = ["--quick", "--durable", "--max-msgs-per-subject", str(limit), "--out", str(prefix)]
     done = subprocess.run(
         [sys.executable, "-m", "bench.neighbours", *args, "--mode", "state_change_flood"],
         cwd=ROOT,
