@@ -34,8 +34,13 @@ subscribe to, drained by `bench.flood_sink`; its ratio (`control_p95_ratio`) is 
 flood costs the honest sessions through the machine alone (nats-server's and the abuser's
 CPU), the real ratio less it what the worker pays itself.
 
+With ``--durable`` the worker runs in durable mode (nats-server with JetStream, audio through
+the work-queue stream): the same load, abusers and controls; the stream's bytes are sampled
+beside nats-server's queue (an honest message waits behind both), and
+``--max-msgs-per-subject`` sets the stream's per-subject limit (0: none).
+
     .venv/bin/python -m bench.neighbours [--quick] [--out PREFIX] [--mode MODE ...]
-        [--max-pending-mb MiB]
+        [--max-pending-mb MiB] [--durable [--max-msgs-per-subject N]]
 
 writes ``<out>.md`` and ``<out>.json`` (default ``bench/results/neighbours``).
 """
@@ -114,6 +119,24 @@ MODES = (
 # The modes that send as fast as the socket takes: each also gets a control run (the same
 # flood at the same rate through the same nats-server, drained by `bench.flood_sink`).
 FLOODS = ("max_chunks_192k_8ch", "state_change_flood", "garbage_flood")
+
+
+@dataclass(frozen=True, slots=True)
+class Transport:
+    """How messages reach the worker: nats-server's per-connection queue limit (None: its
+    default), and durable mode with the stream's per-subject limit (None: the setting's)."""
+
+    max_pending_mb: float | None = None
+    durable: bool = False
+    max_msgs_per_subject: int | None = None
+
+    def overrides(self) -> dict[str, Any]:
+        """The worker's settings for it."""
+        if not self.durable:
+            return {}
+        if self.max_msgs_per_subject is None:
+            return {"durable": True}
+        return {"durable": True, "stream_max_msgs_per_subject": self.max_msgs_per_subject}
 
 
 @dataclass(frozen=True, slots=True)
@@ -304,6 +327,27 @@ WORKER_CONNECTION = "stt-streaming"  # the name the worker's NATS connection giv
 PENDING_EVERY_S = 0.25
 
 
+def stored_bytes(monitor_port: int) -> int:
+    """The bytes JetStream's streams hold (durable mode: the audio not yet acknowledged)."""
+    jsz = _monitor(monitor_port, "jsz?streams=true")
+    return sum(
+        int(stream.get("state", {}).get("bytes", 0))
+        for account in jsz.get("account_details") or []
+        for stream in account.get("stream_detail") or []
+    )
+
+
+async def stream_drained(bench: Bench, sampler: Sampler) -> None:
+    """Durable mode: until the stream is empty and the worker idle again, so a flood's
+    backlog never falls into the next run (at most `IDLE_TIMEOUT_S`)."""
+    deadline = time.monotonic() + IDLE_TIMEOUT_S
+    while time.monotonic() < deadline:
+        if not await asyncio.to_thread(stored_bytes, bench.monitor_port):
+            break
+        await asyncio.sleep(PENDING_EVERY_S)
+    await wait_idle(sampler, max(0.0, deadline - time.monotonic()))
+
+
 @dataclass(slots=True)
 class PendingWatch:
     """nats-server's outbound queue to the worker's connection (`pending_bytes` in connz),
@@ -312,7 +356,11 @@ class PendingWatch:
     `max_pending`)."""
 
     monitor_port: int
+    durable: bool = False
     samples: list[int] = dataclasses.field(default_factory=list)
+    # Durable mode: the bytes stored in the audio stream (each audio message waits behind
+    # those stored before it, until they are delivered).
+    stored: list[int] = dataclasses.field(default_factory=list)
 
     def _read(self) -> int | None:
         connz = _monitor(self.monitor_port, "connz?limit=1024")
@@ -327,15 +375,48 @@ class PendingWatch:
             pending = await asyncio.to_thread(self._read)
             if pending is not None:
                 self.samples.append(pending)
+            if self.durable:
+                self.stored.append(await asyncio.to_thread(stored_bytes, self.monitor_port))
             await asyncio.sleep(PENDING_EVERY_S)
 
     def summary(self) -> dict[str, float | None]:
-        if not self.samples:
-            return {"max_mb": None, "mean_mb": None}
-        return {
-            "max_mb": round(max(self.samples) / 1e6, 1),
-            "mean_mb": round(sum(self.samples) / len(self.samples) / 1e6, 1),
-        }
+        return _mb(self.samples)
+
+    def stored_summary(self) -> dict[str, float | None]:
+        return _mb(self.stored)
+
+
+@dataclass(slots=True)
+class SubjectWatch:
+    """Durable mode: the most messages each session's subject held in the stream at once
+    (sampled with `PendingWatch`), honest sessions apart from the abuser's: what a
+    per-subject limit must leave an honest session."""
+
+    js: Any  # the bench's JetStream context
+    stream: str
+    peaks: dict[str, int] = dataclasses.field(default_factory=dict)
+
+    async def watch(self) -> None:
+        """Until cancelled."""
+        while True:
+            info = await self.js.stream_info(self.stream, subjects_filter=">")
+            for subject, count in (info.state.subjects or {}).items():
+                self.peaks[subject] = max(count, self.peaks.get(subject, 0))
+            await asyncio.sleep(PENDING_EVERY_S)
+
+    def summary(self) -> dict[str, int]:
+        honest = [n for subject, n in self.peaks.items() if "abuser-" not in subject]
+        abuser = [n for subject, n in self.peaks.items() if "abuser-" in subject]
+        return {"honest_max": max(honest, default=0), "abuser_max": max(abuser, default=0)}
+
+
+def _mb(samples: list[int]) -> dict[str, float | None]:
+    if not samples:
+        return {"max_mb": None, "mean_mb": None}
+    return {
+        "max_mb": round(max(samples) / 1e6, 1),
+        "mean_mb": round(sum(samples) / len(samples) / 1e6, 1),
+    }
 
 
 @dataclass(slots=True)
@@ -461,8 +542,11 @@ async def honest_run(
     server_before = await asyncio.to_thread(ServerView.read, bench.monitor_port)
     loadavg_before = os.getloadavg()[0]
     abuser = None
-    pending = PendingWatch(bench.monitor_port)
-    watching = asyncio.create_task(pending.watch())
+    pending = PendingWatch(bench.monitor_port, bench.settings.durable)
+    watching = [asyncio.create_task(pending.watch())]
+    subjects = SubjectWatch(bench.nc.results.jetstream(), bench.settings.jetstream_stream)
+    if bench.settings.durable:
+        watching.append(asyncio.create_task(subjects.watch()))
     async with sampler.running():
         if abused:
             abuser = await start_abuser(bench, mode, f"abuser-{prefix}", control_rate)
@@ -476,9 +560,12 @@ async def honest_run(
             results_grace_s=plan.grace_s,
         )
         sent = await stop_abuser(abuser) if abuser else {}
-        watching.cancel()
+        for task in watching:
+            task.cancel()
         idle_from = time.monotonic()
         await wait_idle(sampler, IDLE_TIMEOUT_S)
+        if bench.settings.durable:
+            await stream_drained(bench, sampler)
         idle_wait_s = time.monotonic() - idle_from
     if abuser is not None:
         await abuser.subscription.unsubscribe()
@@ -503,6 +590,8 @@ async def honest_run(
         "server": server.since(server_before),
         # What honest messages waited behind at nats-server: the worker's queue there.
         "worker_pending_mb": pending.summary(),
+        "stream_stored_mb": pending.stored_summary(),
+        "stream_msgs_per_subject": subjects.summary() if bench.settings.durable else None,
         "worker_connection_log": bench.worker_connection_log(),
         "idle_wait_s": round(idle_wait_s, 1),
         "abuser_sent": sent,
@@ -631,19 +720,22 @@ async def measure_mode(bench: Bench, mode: str, abused_first: bool) -> dict[str,
     }
 
 
-def server_args(monitor_port: int, max_pending_mb: float | None, folder: Path) -> tuple[str, ...]:
-    """nats-server's arguments: monitoring on `monitor_port`; with `max_pending_mb`, a config
-    file in `folder` that sets its per-connection queue limit (nats-server holds publishers
-    back once a connection's queue nears it, and cuts the connection off past it)."""
-    args = ("-m", str(monitor_port))
-    if max_pending_mb is None:
+def server_args(monitor_port: int, transport: Transport, folder: Path) -> tuple[str, ...]:
+    """nats-server's arguments: monitoring on `monitor_port`; JetStream (stored in `folder`)
+    in durable mode; with a `max_pending_mb`, a config file in `folder` that sets its
+    per-connection queue limit (nats-server holds publishers back once a connection's queue
+    nears it, and cuts the connection off past it)."""
+    args: tuple[str, ...] = ("-m", str(monitor_port))
+    if transport.durable:
+        args += ("-js", "-sd", str(folder / "jetstream"))
+    if transport.max_pending_mb is None:
         return args
     config = folder / "nats-server.conf"
-    config.write_text(f"max_pending: {round(max_pending_mb * 2**20)}\n")
+    config.write_text(f"max_pending: {round(transport.max_pending_mb * 2**20)}\n")
     return (*args, "-c", str(config))
 
 
-async def run_all(plan: Plan, max_pending_mb: float | None = None) -> dict[str, Any]:
+async def run_all(plan: Plan, transport: Transport | None = None) -> dict[str, Any]:
     """Every mode of `plan`, alone and beside its abuser, on one server and one worker."""
     meta = machine_info()
     meta["loadavg_start"] = [round(x, 2) for x in os.getloadavg()]
@@ -652,13 +744,16 @@ async def run_all(plan: Plan, max_pending_mb: float | None = None) -> dict[str, 
     timelines = Timelines(clips, plan.run_s + 1.0, detector)
     started = time.monotonic()
     monitor_port = free_port()
+    transport = transport or Transport()
     modes = []
     with tempfile.TemporaryDirectory(prefix="stt-neighbours-") as folder:
-        extra_args = server_args(monitor_port, max_pending_mb, Path(folder))
+        extra_args = server_args(monitor_port, transport, Path(folder))
         async with (
             NatsServer(extra_args=extra_args) as server,
             worker_process(
-                settings := load_settings(nats_url=server.url, otel_enabled=False, http_port=0),
+                settings := load_settings(
+                    nats_url=server.url, otel_enabled=False, http_port=0, **transport.overrides()
+                ),
                 "faster-whisper",
             ) as worker,
             connected(server.url) as nc,
@@ -669,7 +764,8 @@ async def run_all(plan: Plan, max_pending_mb: float | None = None) -> dict[str, 
     meta["loadavg_end"] = [round(x, 2) for x in os.getloadavg()]
     meta["wall_s"] = round(time.monotonic() - started, 1)
     meta["plan"] = dataclasses.asdict(plan)
-    meta["server_max_pending_mb"] = max_pending_mb  # None: nats-server's default (64 MB)
+    # None: nats-server's default (64 MB)
+    meta["server_max_pending_mb"] = transport.max_pending_mb
     meta["clips"] = [c.name for c in clips]
     meta["worker"] = {
         "model": settings.whisper_model_size,
@@ -679,7 +775,11 @@ async def run_all(plan: Plan, max_pending_mb: float | None = None) -> dict[str, 
         "max_chunk_bytes": settings.max_chunk_bytes,
         "max_pending_finals_per_session": settings.max_pending_finals_per_session,
         "endpoint_silence_ms": settings.endpoint_silence_ms,
+        "durable": settings.durable,
     }
+    if settings.durable:
+        meta["worker"]["stream_max_msgs_per_subject"] = settings.stream_max_msgs_per_subject
+        meta["worker"]["max_ack_pending"] = settings.max_ack_pending
     targets = {
         "honest_p95_ratio": f"<= {RATIO_TARGET}",
         "honest_missing": "0",
@@ -722,9 +822,10 @@ def markdown(result: dict[str, Any], command: str) -> str:
         "",
         "| mode | p95 alone ms | p95 beside ms | ratio | control ratio | missing | dropped | "
         "abuser sent | abuser told | worker RSS MB | worker cores | nats-server cores | "
-        "abuser cores | queue at nats-server MB | slow consumers | load | verdict |",
+        "abuser cores | queue at nats-server MB | stored in stream MB | slow consumers | load | "
+        "verdict |",
         "| --- | ---: | ---: | ---: | ---: | ---: | ---: | --- | --- | ---: | ---: | ---: | ---: "
-        "| ---: | ---: | ---: | --- |",
+        "| ---: | ---: | ---: | ---: | --- |",
     ]
     for mode in result["modes"].values():
         beside, alone = mode["beside"], mode["alone"]
@@ -741,6 +842,7 @@ def markdown(result: dict[str, Any], command: str) -> str:
             f"{alone['other_cores'].get('nats-server')} / "
             f"{beside['other_cores'].get('nats-server')} | {sent.get('cores', '?')} | "
             f"{beside['worker_pending_mb']['mean_mb']} / {beside['worker_pending_mb']['max_mb']} | "
+            f"{_stored(beside)} | "
             f"{beside['server']['slow_consumers']} | "
             f"{beside['loadavg_max']} | {'met' if mode['met'] else 'MISSED'} |"
         )
@@ -769,19 +871,20 @@ def markdown(result: dict[str, Any], command: str) -> str:
             f"{beside['errors'] or 'none'}; sessions unclosed: {beside['unclosed']}; finals "
             f"{mode['alone']['finals']} alone, {beside['finals']} beside; worker idle again "
             f"{beside['idle_wait_s']} s after the run; nats-server closed "
-            f"{beside['server']['closed'] or 'no connection'}."
+            f"{beside['server']['closed'] or 'no connection'}{_per_subject(beside)}."
         )
     missed = [mode for mode in result["modes"].values() if not mode["met"]]
     if missed:
         lines += ["", "## Why the misses", ""]
-        lines += [f"- **{mode['mode']}**: {diagnosis(mode)}" for mode in missed]
+        worker = meta["worker"]
+        lines += [f"- **{mode['mode']}**: {diagnosis(mode, worker)}" for mode in missed]
         controlled = [mode for mode in missed if mode.get("control_p95_ratio") is not None]
         if controlled:
             over = [m["mode"] for m in controlled if m["control_p95_ratio"] > RATIO_TARGET]
             lines += [
                 "",
                 f"Controls: the machine alone misses in {', '.join(over) or 'no mode'} "
-                f"({len(over)} of {len(controlled)} missed floods). {REMEDY}",
+                f"({len(over)} of {len(controlled)} missed floods). {remedy(worker)}",
             ]
     return "\n".join(lines) + "\n"
 
@@ -824,14 +927,78 @@ REMEDY = (
     "the target: the worker on CPUs of its own (a Kubernetes Guaranteed QoS pod with whole "
     "cores, requests equal to limits, the kubelet's static CPU manager) and nats-server on "
     "other nodes, so a flood costs the worker only its reads; publishers that are not "
-    "trusted behind the gateway (its own limits) or on durable mode, where a flood waits in "
-    "the stream and the worker is pushed at most `STT_MAX_ACK_PENDING` messages. With core "
-    "NATS no worker can keep a flood out of the queue its honest messages wait in."
+    "trusted behind the gateway (its own limits). Durable mode is no remedy by itself "
+    "(`--durable`, bench/results/neighbours-floods-durable*.md): without a per-subject limit "
+    "a flood's backlog in the stream grows to GBs and honest sessions lose most of their "
+    "finals; with `STT_STREAM_MAX_MSGS_PER_SUBJECT` the server refuses the excess, but the "
+    "flood refills its share of the stream as fast as the worker acknowledges it and "
+    "nats-server spends up to a core refusing the rest. With core NATS no worker can keep a "
+    "flood out of the queue its honest messages wait in."
 )
 
 
-def diagnosis(mode: dict[str, Any]) -> str:
-    """Why `mode` missed, with the run's evidence."""
+# Durable mode, the same for every flood: what the stream does with it.
+DURABLE_UNLIMITED = (
+    "in durable mode nothing is shed before the callback (every message must be taken and "
+    "acknowledged, or the server delivers it again), so each flood message is stored, pushed, "
+    "decoded, refused and acknowledged one by one; the flood is stored faster than it is "
+    "delivered and worked through, the stream's backlog grows as long as the flood lasts, and the "
+    "consumer delivers in stream order, so every honest message stored after the backlog "
+    "waits for all of it (`STT_MAX_ACK_PENDING` bounds what is pushed, not what is stored "
+    "ahead). `STT_STREAM_MAX_MSGS_PER_SUBJECT` makes the server refuse the excess"
+)
+DURABLE_LIMITED = (
+    "the server refused the abuser's messages past `STT_STREAM_MAX_MSGS_PER_SUBJECT` (the "
+    "most its subject held is in the verdict), so an honest message waits behind at most "
+    "that many of the abuser's in the consumer's one ordered delivery; but each "
+    "acknowledgement frees a slot the flood fills at once, so the worker spends its time "
+    "taking, refusing and acknowledging the abuser's messages one by one (durable mode sheds "
+    "nothing) and nats-server spends CPU refusing the rest (the cores columns); a count "
+    "bounds no bytes: of maximal chunks the limit is `STT_MAX_CHUNK_BYTES` times as many "
+    "bytes, pushed faster than the worker reads (past `max_pending` it is cut off)"
+)
+DURABLE_REMEDY = (
+    "Durable mode keeps a flood's excess out of the stream only with the per-subject limit: "
+    "without it the stream's backlog grows for as long as the flood lasts and honest "
+    "messages wait behind all of it. With it, what is left is what the flood's share of the "
+    "stream costs (the worker's time on it, refilled as fast as it is acknowledged) and "
+    "nats-server's CPU refusing the rest: CPU, not a queue, so a smaller limit did not help "
+    "(1,000 against 3,000, bench/results/neighbours-floods-durable-1000.md), and an honest "
+    "session must keep its open utterance and what arrives while no worker takes its audio."
+)
+
+
+def mechanism_of(mode: str, worker: dict[str, Any]) -> str | None:
+    """What the abuser of `mode` costs the others, by transport."""
+    if not worker.get("durable"):
+        return MECHANISMS.get(mode)
+    return DURABLE_LIMITED if worker.get("stream_max_msgs_per_subject") else DURABLE_UNLIMITED
+
+
+def remedy(worker: dict[str, Any]) -> str:
+    return DURABLE_REMEDY if worker.get("durable") else REMEDY
+
+
+def _stored(run: dict[str, Any]) -> str:
+    """The stream's bytes, mean / max ('-' in core NATS, or a result from before them)."""
+    stored = run.get("stream_stored_mb") or {}
+    if stored.get("max_mb") is None:
+        return "-"
+    return f"{stored['mean_mb']} / {stored['max_mb']}"
+
+
+def _per_subject(run: dict[str, Any]) -> str:
+    peaks = run.get("stream_msgs_per_subject")
+    if not peaks:
+        return ""
+    return (
+        f"; most messages one subject held in the stream: {peaks['honest_max']} (an honest "
+        f"session), {peaks['abuser_max']} (the abuser)"
+    )
+
+
+def diagnosis(mode: dict[str, Any], worker: dict[str, Any]) -> str:
+    """Why `mode` missed, with the run's evidence (`worker`: the run's worker settings)."""
     beside = mode["beside"]
     facts = []
     cut = [why for why in beside["server"]["closed"] if "Slow Consumer" in why]
@@ -847,7 +1014,14 @@ def diagnosis(mode: dict[str, Any]) -> str:
         f"{mode['alone']['other_cores'].get('nats-server')} alone"
     )
     queue, rate = beside["worker_pending_mb"], sent.get("mb_per_s")
-    if queue.get("mean_mb") is not None and rate:
+    stored = beside.get("stream_stored_mb") or {}
+    if stored.get("max_mb") is not None:
+        facts.append(
+            f"the stream held {stored['mean_mb']} MB on average (at most {stored['max_mb']} MB) "
+            f"and nats-server {queue['mean_mb']} MB for the worker's connection (at most "
+            f"{queue['max_mb']} MB)"
+        )
+    elif queue.get("mean_mb") is not None and rate:
         facts.append(
             f"nats-server held {queue['mean_mb']} MB for the worker on average (at most "
             f"{queue['max_mb']} MB): at the {rate} MB/s the worker took in, an honest chunk "
@@ -864,7 +1038,7 @@ def diagnosis(mode: dict[str, Any]) -> str:
     control = mode.get("control")
     if control is not None:
         facts.append(_control_facts(mode, control))
-    mechanism = MECHANISMS.get(mode["mode"])
+    mechanism = mechanism_of(mode["mode"], worker)
     return "; ".join(facts) + (f". Likely cause: {mechanism}." if mechanism else ".")
 
 
@@ -910,6 +1084,14 @@ def main(argv: list[str] | None = None) -> int:
         type=float,
         help="nats-server's max_pending per connection, in MiB (default: its own, 64)",
     )
+    parser.add_argument(
+        "--durable", action="store_true", help="the worker in durable mode (JetStream)"
+    )
+    parser.add_argument(
+        "--max-msgs-per-subject",
+        type=int,
+        help="durable mode: the stream's per-subject limit (0: none; default: the setting's)",
+    )
     # The abuser's own process (started by the benchmark).
     parser.add_argument("--abuse", choices=MODES, help=argparse.SUPPRESS)
     parser.add_argument("--url", help=argparse.SUPPRESS)
@@ -930,7 +1112,8 @@ def main(argv: list[str] | None = None) -> int:
     plan = QUICK if args.quick else FULL
     if args.mode:
         plan = dataclasses.replace(plan, modes=tuple(args.mode))
-    result = asyncio.run(run_all(plan, args.max_pending_mb))
+    transport = Transport(args.max_pending_mb, args.durable, args.max_msgs_per_subject)
+    result = asyncio.run(run_all(plan, transport))
     command = ".venv/bin/python -m bench.neighbours" + " ".join(["", *(argv or sys.argv[1:])])
     path = write_outputs(result, args.out, command)
     print(path.read_text())

@@ -58,6 +58,17 @@ class DurabilityFields(BaseModel):
         "(a replica gone for good); applies to a stream the worker creates.",
         gt=0,
     )
+    stream_max_msgs_per_subject: int = setting(
+        3000,
+        "STT_STREAM_MAX_MSGS_PER_SUBJECT",
+        group=Group.DURABILITY,
+        description="Messages one session's subject may keep in the stream; the server "
+        "refuses the rest (discard new per subject), so a flooding publisher loses its own "
+        "excess before it reaches a worker. An honest session keeps its open utterance (30 s "
+        "at most, 3,000 chunks of 10 ms) and its `start`; 0 = no limit. Applies to a stream "
+        "the worker creates.",
+        ge=0,
+    )
 
     # Elastic ownership of the partitions, through JetStream KV (docs/scaling.md).
     elastic: bool = setting(

@@ -32,6 +32,7 @@ from nats.js.api import (
     AckPolicy,
     ConsumerConfig,
     DeliverPolicy,
+    DiscardPolicy,
     RetentionPolicy,
     StorageType,
     StreamConfig,
@@ -440,15 +441,21 @@ async def ensure_work_queue(js: JetStreamContext, settings: Settings) -> None:
     try:
         info = await js.stream_info(name)
     except NotFoundError:
-        info = await js.add_stream(
-            StreamConfig(
-                name=name,
-                subjects=settings.jetstream_subjects(),
-                retention=RetentionPolicy.WORK_QUEUE,
-                storage=StorageType.FILE,
-                max_age=settings.jetstream_max_age_s,
-            )
+        config = StreamConfig(
+            name=name,
+            subjects=settings.jetstream_subjects(),
+            retention=RetentionPolicy.WORK_QUEUE,
+            storage=StorageType.FILE,
+            max_age=settings.jetstream_max_age_s,
         )
+        if per_subject := settings.stream_max_msgs_per_subject:
+            # The server refuses a session's messages past the limit (a JetStream publish
+            # gets an error, a core one is dropped): a flood stays the publisher's loss
+            # instead of queueing ahead of other sessions' audio.
+            config.max_msgs_per_subject = per_subject
+            config.discard = DiscardPolicy.NEW
+            config.discard_new_per_subject = True
+        info = await js.add_stream(config)
     if info.config.retention != RetentionPolicy.WORK_QUEUE:
         # Re-creating the consumer below would replay audio already transcribed.
         raise SttError(f"JetStream stream {name!r} must have work-queue retention")
