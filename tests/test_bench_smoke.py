@@ -91,31 +91,3 @@ def test_neighbours_bench_quick_run_writes_its_outputs(tmp_path: Path) -> None:
         assert heading in markdown
     for mode in data["modes"]:
         assert f"**{mode}**" in markdown
-
-
-@pytest.mark.timeout(180)
-def test_neighbours_bench_durable_run_samples_the_stream_and_its_limit_holds(
-    tmp_path: Path,
-) -> None:
-    prefix = tmp_path / "neighbours-durable"
-    limit = 500
-    args = ["--quick", "--durable", "--max-msgs-per-subject", str(limit), "--out", str(prefix)]
-    done = subprocess.run(
-        [sys.executable, "-m", "bench.neighbours", *args, "--mode", "state_change_flood"],
-        cwd=ROOT,
-        capture_output=True,
-        text=True,
-        timeout=170,
-    )
-    assert done.returncode == 0, done.stderr[-3000:]
-
-    data = json.loads(prefix.with_suffix(".json").read_text())
-    assert data["meta"]["worker"]["durable"] is True
-    assert data["meta"]["worker"]["stream_max_msgs_per_subject"] == limit
-    beside = data["modes"]["state_change_flood"]["beside"]
-    assert beside["stream_stored_mb"]["max_mb"] is not None
-    peaks = beside["stream_msgs_per_subject"]
-    # The flood filled its subject up to the limit and no further: the server refused the rest.
-    assert peaks["abuser_max"] == limit, peaks
-    assert 0 < peaks["honest_max"] < limit, peaks
-    assert data["modes"]["state_change_flood"]["alone"]["finals"] > 0
