@@ -109,12 +109,6 @@ async def settled_rss(process: psutil.Process, below: int, within_s: float = 30.
     return lowest
 
 
-@pytest.mark.xfail(
-    strict=False,
-    reason="since this session's merges the heap is often not handed back after eviction "
-    "when the test runs alone (498-534 MiB against baseline + 24, 4 of 4 alone; passes under "
-    "parallel load); cause not found yet: the next session's first task",
-)
 async def test_a_flood_of_unended_sessions_is_bounded_and_evicted(worker_process, nc):
     closed: asyncio.Queue[dict] = asyncio.Queue()
 

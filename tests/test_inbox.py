@@ -147,9 +147,9 @@ async def test_a_session_s_clock_stays_at_its_oldest_queued_message_until_it_cat
         for arrived in (10.0, 10.5, 11.0):
             assert offer(table, "slow", Chunk(audio=bytes(640)), now=arrived) is True
         await asyncio.sleep(0.05)  # its task holds the first message (the gate is shut)
-        # Two chunks it has not seen arrived at 10.5 and 11: 20 s later it is still 10.5
-        # for its timeouts, not 30 s of silence.
-        assert table.clock("slow", 30.0) == 10.5
+        # The chunk it is handling arrived at 10 and two it has not seen at 10.5 and 11:
+        # 20 s later it is still 10 for its timeouts, not 30 s of silence.
+        assert table.clock("slow", 30.0) == 10.0
         assert offer(table, "other", End(), now=12.0) is True
         await recorder.until("other", 1)
         assert table.clock("other", 30.0) == 30.0  # caught up: the wall clock

@@ -43,13 +43,15 @@ Handler = Callable[[str, ClientMessage, Msg, float], Awaitable[None]]
 
 
 class _Inbox:
-    __slots__ = ("admission", "drops", "queue", "queued_bytes", "task")
+    __slots__ = ("admission", "drops", "handling_since", "queue", "queued_bytes", "task")
 
     def __init__(self, admission: Admission) -> None:
         self.admission = admission
         self.drops = RefusalNotice(admission.limits.notice_interval_s)
         self.queue: collections.deque[tuple[ClientMessage, Msg, float]] = collections.deque()
         self.queued_bytes = 0
+        # When the message its task is handling now arrived (None between messages).
+        self.handling_since: float | None = None
         self.task: asyncio.Task[None] | None = None
 
 
@@ -160,13 +162,18 @@ class Inboxes:
                 inbox.task.cancel()
 
     def clock(self, session_id: str, now: float) -> float:
-        """The time a session's timeouts are measured at: when its oldest message still
-        queued arrived, else `now`. A session working through a backlog (a starved CPU, a
-        flood's bytes read first) has input it has not seen yet: the time it waits in the
-        inbox is not silence, and must not end its utterance (``STT_CHUNK_TIMEOUT``) nor the
-        session."""
+        """The time a session's timeouts are measured at: when its oldest message not yet
+        handled arrived (the one its task is handling, else the first queued), else `now`. A
+        session working through a backlog (a starved CPU, a flood's bytes read first) has
+        input it has not seen yet: the time it waits in the inbox or on a DSP thread is not
+        silence, and must not end its utterance (``STT_CHUNK_TIMEOUT``) nor the session
+        while its audio is still being worked on."""
         inbox = self._inboxes.get(session_id)
-        return inbox.queue[0][2] if inbox is not None and inbox.queue else now
+        if inbox is None:
+            return now
+        if inbox.handling_since is not None:
+            return inbox.handling_since
+        return inbox.queue[0][2] if inbox.queue else now
 
     @property
     def queued(self) -> int:
@@ -189,7 +196,11 @@ class Inboxes:
                 while inbox.queue and time.perf_counter() - sliced_at < SLICE_S:
                     message, msg, now = inbox.queue.popleft()
                     inbox.queued_bytes -= len(msg.data)
-                    await self._handle(session_id, message, msg, now)
+                    inbox.handling_since = now
+                    try:
+                        await self._handle(session_id, message, msg, now)
+                    finally:
+                        inbox.handling_since = None
                 await asyncio.sleep(0)  # the other sessions' turn
         finally:
             inbox.task = None
