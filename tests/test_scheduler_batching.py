@@ -107,6 +107,25 @@ async def test_no_batch_while_another_slot_is_free() -> None:
     runner.cancel()
 
 
+async def test_partials_batch_when_the_free_slot_is_kept_for_finals() -> None:
+    """Two slots, partials only: one slot is kept for finals, so the partials' slot takes
+    them as a batch (they once queued one by one while that slot sat idle)."""
+    engine, results = BatchGatedEngine(), Results()
+    rule = BatchRule(max_size=8)
+    scheduler = InferenceScheduler(engine, results.on_done, concurrency=2, batch=rule)
+    runner = asyncio.create_task(scheduler.run())
+    scheduler.submit("a", job(1, 1.0, final=False))
+    await engine.calls_at_least(1)  # a alone: nothing else was queued
+    for index, key in enumerate("bcdef"):
+        scheduler.submit(key, job(1, 2.0 + index, final=False))
+    await engine.finish_call(results, 1)
+    await engine.calls_at_least(2)
+    await engine.finish_call(results, 6)
+    await scheduler.wait_idle()
+    runner.cancel()
+    assert engine.calls == [[1.0], [2.0, 3.0, 4.0, 5.0, 6.0]]
+
+
 async def test_batches_of_one_job_are_decoded_as_without_batching() -> None:
     engine, results = BatchGatedEngine(), Results()
     scheduler = InferenceScheduler(engine, results.on_done, concurrency=1)  # STT_BATCH_MAX=1

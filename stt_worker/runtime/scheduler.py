@@ -293,6 +293,10 @@ class InferenceScheduler:
             if self._engine.healthy:  # else partials are shed (`_next`)
                 waiting += [self._waiting(entry) for entry in self._partials.values()]
             free = self._concurrency - self._running
+            if not (self._finals or self._probes or self._screening):
+                # Only partials wait, and the slot kept for finals would not take one: to them
+                # it is not free, so they batch rather than queue one by one behind the lead.
+                free = min(free, self._partial_slots - self._running_partials)
             chosen = rule.companions(self._waiting(lead), waiting, self._busy, free)
             waited_s = time.perf_counter() - started
             left_s = rule.wait_left_s(1 + len(chosen), waited_s, bool(self._probes), free)
