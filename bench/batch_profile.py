@@ -61,15 +61,21 @@ def timed(work, rounds: int) -> tuple[float, float]:
     return statistics.median(walls), statistics.median(cpus)
 
 
-def profile(engine: FasterWhisperEngine, audio: list[np.ndarray], rounds: int) -> list[dict]:
+def profile(
+    engine: FasterWhisperEngine,
+    audio: list[np.ndarray],
+    rounds: int,
+    windows_s: tuple[float, ...] = WINDOWS_S,
+    sizes: tuple[int, ...] = SIZES,
+) -> list[dict]:
     rows = []
     prompt = engine.prompt_tokens("en", OPTIONS.task, None)
-    for window_s in WINDOWS_S:
+    for window_s in windows_s:
         mels = [engine.mel(clip[: int(window_s * 16_000)]) for clip in audio]
         chunks = [mel[:, : mel.shape[-1] - 1] for mel in mels]
         frames = engine.window_frames(chunks[0].shape[-1])
         base: dict | None = None
-        for size in SIZES:
+        for size in sizes:
             batch = [chunks[i % len(chunks)] for i in range(size)]
             encoded = engine.encode(batch, frames)  # warms this shape
             languages = ["en"] * size
@@ -132,11 +138,15 @@ def main(argv: list[str] | None = None) -> int:
     parser.add_argument("--model", default="tiny.en")
     parser.add_argument("--rounds", type=int, default=3)
     parser.add_argument("--out", type=Path, help="write PREFIX.md and PREFIX.json")
+    parser.add_argument("--quick", action="store_true", help="2 s windows, batches of 1 and 2")
     args = parser.parse_args(argv)
     settings = load_settings(whisper_model_size=args.model, whisper_cpu_threads=1)
     engine = FasterWhisperEngine(settings)
     try:
-        rows = profile(engine, clips(), args.rounds)
+        if args.quick:
+            rows = profile(engine, clips(), 1, windows_s=(2.0,), sizes=(1, 2))
+        else:
+            rows = profile(engine, clips(), args.rounds)
     finally:
         engine.close()
     commit = subprocess.run(

@@ -91,3 +91,25 @@ def test_neighbours_bench_quick_run_writes_its_outputs(tmp_path: Path) -> None:
         assert heading in markdown
     for mode in data["modes"]:
         assert f"**{mode}**" in markdown
+
+
+@pytest.mark.timeout(120)
+def test_batch_profile_quick_run_splits_encoder_and_decoder_time(tmp_path: Path) -> None:
+    prefix = tmp_path / "batch_profile"
+    done = subprocess.run(
+        [sys.executable, "-m", "bench.batch_profile", "--quick", "--out", str(prefix)],
+        cwd=ROOT,
+        capture_output=True,
+        text=True,
+        timeout=110,
+    )
+    assert done.returncode == 0, done.stderr[-3000:]
+    rows = json.loads(prefix.with_suffix(".json").read_text())["rows"]
+    assert [(row["window_s"], row["batch"]) for row in rows] == [(2.0, 1), (2.0, 2)]
+    for row in rows:
+        # The real model ran: both halves took time, and the CPU figure counts the engine's
+        # own threads (a thread clock would read about 0).
+        assert row["encode_ms_per_job"] > 0 and row["generate_ms_per_job"] > 0
+        assert row["cpu_ms_per_job"] > 1.0
+    assert rows[0]["gain_per_job"] == 1.0 and rows[1]["cpu_gain_per_job"] > 0
+    assert "| 2 | 2 |" in prefix.with_suffix(".md").read_text()
