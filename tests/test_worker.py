@@ -10,6 +10,7 @@ import asyncio
 import base64
 import uuid
 
+import httpx
 import msgpack
 import numpy as np
 import pytest
@@ -130,6 +131,28 @@ async def test_first_partial_comes_early_in_the_speech_then_every_300_ms(worker,
     heard = np.array([m["audio_end_s"] for m in partials if m["audio_end_s"] <= speech.end_s])
     # Then one per 300 ms of audio (more apart only across pauses in the sentence).
     assert np.median(np.diff(heard)) <= 0.35, heard
+
+
+async def test_a_pause_s_speculation_is_its_final_with_no_decode_after_it(make_worker, nc):
+    # A long endpoint gives the speculation (asked 200 ms into the pause) time to come back
+    # on a loaded machine; the final is then its text, decoded once, in the pause.
+    worker = await make_worker(endpoint_silence_ms=2000, endpoint_speculate_ms=200)
+    samples, rate = read_wav(SPEECH_DIR / "ls_1089-134691-0001.wav")
+    pause = np.zeros((3 * rate, *samples.shape[1:]), dtype=samples.dtype)
+    session = sid()
+    inbox = await Inbox.open(nc, session)
+    await publish_pcm(nc, session, np.concatenate([samples, pause]), sample_rate_hz=rate)
+    messages = await inbox.until_closed(within_s=120)
+    (final,) = finals(messages)
+    assert final["end_reason"] == "silence" and final["audio_end_s"] > samples.shape[0] / rate
+    assert wer(manifest_text("ls_1089-134691-0001.wav"), final["transcript"]) <= WER_BOUND
+    async with httpx.AsyncClient(base_url=worker.probe_url) as http:
+        metrics = (await http.get("/metrics")).text
+    # Counted as a speculative final, and no engine call was a final's.
+    assert "stt_speculative_finals_total 1.0" in metrics
+    final_decodes = 'stt_inference_duration_seconds_count{engine="faster-whisper",kind="final"}'
+    assert final_decodes not in metrics
+    assert "stt_final_latency_seconds_count 1.0" in metrics
 
 
 async def test_two_utterances_separated_by_silence_give_two_finals(worker, nc):

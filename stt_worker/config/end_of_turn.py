@@ -32,6 +32,16 @@ class EndOfTurnFields(BaseModel):
         "finished sentence, wait up to `STT_ENDPOINT_MAX_SILENCE_MS` after an unfinished "
         "phrase.",
     )
+    endpoint_speculate_ms: int = setting(
+        200,
+        "STT_ENDPOINT_SPECULATE_MS",
+        group=Group.END_OF_TURN,
+        description="Fixed mode: this far into a pause the speech so far is decoded as its "
+        "final would be (in the partials' line, shown as a partial); if the pause then ends "
+        "the utterance with no speech since, that text is the final, with no decode waited "
+        "for. 0 = off; ignored unless below `STT_ENDPOINT_SILENCE_MS`.",
+        ge=0,
+    )
     endpoint_min_silence_ms: int = setting(
         300,
         "STT_ENDPOINT_MIN_SILENCE_MS",

@@ -9,10 +9,11 @@ decode options it gets (`runtime/decode_plan.py`), and what the session does wit
 from __future__ import annotations
 
 import enum
+from collections.abc import Sequence
 from dataclasses import dataclass
 
 from stt_worker.core.audio import Pcm16
-from stt_worker.core.protocol import CloseReason, EndReason, ServerMessage, Task
+from stt_worker.core.protocol import CloseReason, EndReason, ServerMessage, Task, Word
 
 
 class JobKind(enum.Enum):
@@ -65,6 +66,10 @@ class Job:
     # serves it before other utterances' next partials (the first words are the ones a
     # voice assistant waits for; later partials only refine what it shows).
     first_words: bool = False
+    # A partial asked early in a pause and decoded as a final is (the finals' engine and
+    # options): if the pause ends the utterance with no speech since, its text is the final,
+    # and no decode is waited for then (`SessionConfig.speculate_ms`).
+    speculative: bool = False
 
     @property
     def is_final(self) -> bool:
@@ -73,6 +78,16 @@ class Job:
     @property
     def audio_s(self) -> float:
         return self.audio_end_s - self.audio_start_s
+
+
+@dataclass(frozen=True, slots=True)
+class Decoded:
+    """What the engine made of a job."""
+
+    text: str
+    language: str | None
+    inference_s: float
+    words: Sequence[Word] = ()
 
 
 @dataclass(frozen=True, slots=True)
@@ -89,8 +104,16 @@ class Publish:
 
 
 @dataclass(frozen=True, slots=True)
+class Speculated:
+    """The final of `job` is its speculation's text (`core/speculation.py`): no decode; the
+    runtime counts it as a final asked for and answered now, before the `Publish` after it."""
+
+    job: Job
+
+
+@dataclass(frozen=True, slots=True)
 class Close:
     reason: CloseReason
 
 
-Action = Transcribe | Publish | Close
+Action = Transcribe | Publish | Close | Speculated

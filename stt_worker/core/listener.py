@@ -22,8 +22,10 @@ from stt_worker.core.barge_in import WordBargeIn
 from stt_worker.core.finals import Finals
 from stt_worker.core.jobs import Job, JobKind, Transcribe
 from stt_worker.core.phases import Event, Phase, advance
+from stt_worker.core.prompt_context import PromptContext
 from stt_worker.core.protocol import EndReason
 from stt_worker.core.session_config import SessionConfig
+from stt_worker.core.speculation import ReadyFinal, Speculation
 from stt_worker.core.streaming import Partial, partial_text
 from stt_worker.core.utterance import Segmenter, Utterance
 from stt_worker.core.vad import FRAME_MS
@@ -56,7 +58,7 @@ class CheckedFinal:
     promised: bool
 
 
-Heard = Transcribe | BargeIn
+Heard = Transcribe | BargeIn | ReadyFinal
 
 
 class Listener:
@@ -73,10 +75,11 @@ class Listener:
         self._endpoint = config.endpoint_policy()
         self._barge_in = config.barge_in_policy()
         self._cadence = config.partial_cadence()
+        self._speculation = Speculation(config.speculate_frames, config.endpoint_frames)
         self.segmenter = Segmenter(
             preroll_frames=config.preroll_frames, start_frames=config.start_frames
         )
-        self._context = ""  # recent finals, passed to the model as its prompt
+        self.context = PromptContext(config.prompt, config.context_chars)
 
     @property
     def utterance(self) -> Utterance | None:
@@ -131,6 +134,9 @@ class Listener:
         event = self._endpoint.on_frame(utterance.silence_run, utterance.checked_at)
         if event is not None and utterance.move(event) and utterance.phase is Phase.CHECKING:
             heard.append(self._check_turn(utterance, now))
+        if self._speculation.due(utterance):
+            job = self._job(utterance, JobKind.PARTIAL, speculative=True)
+            heard.append(Transcribe(self._speculation.padded(job, utterance)))
         if self._endpoint.ends(utterance.silence_run, utterance.phase):
             heard += self.finalize(now, "silence")
         elif utterance.samples >= self.config.max_utterance_samples:
@@ -289,26 +295,32 @@ class Listener:
         self.segmenter.take()
         return dataclasses.replace(final, promised=utterance.promised)
 
-    def finalize(self, now: float, reason: EndReason) -> list[Transcribe]:
+    def finalize(self, now: float, reason: EndReason) -> list[Transcribe | ReadyFinal]:
         """End the open utterance, if any: its final, unless it holds nothing to transcribe."""
         return self._end(self.segmenter.take(), now, reason)
 
-    def _end(self, utterance: Utterance | None, now: float, reason: EndReason) -> list[Transcribe]:
+    def _end(
+        self, utterance: Utterance | None, now: float, reason: EndReason
+    ) -> list[Transcribe | ReadyFinal]:
         if utterance is None:
             return []
         kind = JobKind.CANDIDATE_FINAL if utterance.unconfirmed else JobKind.FINAL
+        ready = None if utterance.unconfirmed else utterance.ready_final
         utterance.move(self._ending(utterance, reason))
         if utterance.phase is Phase.DONE:
             return []
+        silence_s = utterance.silence_run * FRAME_MS / 1000 if self.config.enable_vad else 0.0
+        job = self._job(
+            utterance, kind, end_reason=reason, ended_at=now, trailing_silence_s=silence_s
+        )
+        if ready is not None:
+            # No speech since the speculation, so its text is this final's: no decode.
+            return [ReadyFinal(job, ready, utterance.promised)]
         self.finals.ask(
             utterance.utterance_id,
             utterance.start_sample,
             promised=utterance.promised,
             phase=utterance.phase,
-        )
-        silence_s = utterance.silence_run * FRAME_MS / 1000 if self.config.enable_vad else 0.0
-        job = self._job(
-            utterance, kind, end_reason=reason, ended_at=now, trailing_silence_s=silence_s
         )
         return [Transcribe(job)]
 
@@ -323,17 +335,6 @@ class Listener:
             return Event.ENDED_IN_CHECKED_PAUSE
         return Event.ENDED
 
-    # ------------------------------------------------------------ jobs
-
-    def remember(self, text: str) -> None:
-        """A published final: recent finals are the next jobs' prompt."""
-        if self.config.context_chars and text:
-            # Whole words from the end, so the prompt never starts mid-word.
-            context = f"{self._context} {text}".strip()
-            while len(context) > self.config.context_chars and " " in context:
-                context = context.split(" ", 1)[1]
-            self._context = context[-self.config.context_chars :]
-
     def _job(
         self,
         utterance: Utterance,
@@ -342,25 +343,21 @@ class Listener:
         end_reason: EndReason | None = None,
         ended_at: float | None = None,
         trailing_silence_s: float = 0.0,
+        speculative: bool = False,
     ) -> Job:
         return utterance.job(
             kind,
             language=self.language,
-            prompt=_prompt(self.config, self._context),
+            prompt=self.context.prompt,
             task=self.config.task,
             word_timestamps=self.config.word_timestamps,
             end_reason=end_reason,
             ended_at=ended_at,
             trailing_silence_s=trailing_silence_s,
             speech_heard=kind is JobKind.PARTIAL and self.config.vad_trusted,
+            speculative=speculative,
         )
 
     def _open(self, utterance_id: int) -> Utterance | None:
         """The open utterance, if it is `utterance_id`."""
         return found if (found := self.utterance) and found.utterance_id == utterance_id else None
-
-
-def _prompt(config: SessionConfig, context: str) -> str | None:
-    """The session's own prompt (hotwords, names), then its recent finals: Whisper reads
-    the prompt as the text said just before."""
-    return " ".join(part for part in (config.prompt, context) if part) or None

@@ -16,13 +16,12 @@ from __future__ import annotations
 
 import logging
 from collections.abc import Sequence
-from dataclasses import dataclass
 
 import msgspec
 
 from stt_worker.core.audio import SAMPLE_RATE_HZ, Pcm16
 from stt_worker.core.errors import SttError
-from stt_worker.core.jobs import Action, Close, Job, JobKind, Publish
+from stt_worker.core.jobs import Action, Close, Decoded, Job, JobKind, Publish, Speculated
 from stt_worker.core.listener import BargeIn, Heard, Listener
 from stt_worker.core.phases import Event, Phase, advance
 from stt_worker.core.protocol import (
@@ -36,6 +35,7 @@ from stt_worker.core.protocol import (
     Word,
 )
 from stt_worker.core.session_config import SessionConfig
+from stt_worker.core.speculation import ReadyFinal, Speculation
 from stt_worker.core.vad import FRAME_SAMPLES, Frames
 
 __all__ = ["Session", "SessionConfig", "frames_of"]
@@ -73,7 +73,7 @@ class Session:
         self, *, now: float, state: State, speaker_id: SpeakerId, language: str | None
     ) -> list[Action]:
         """A repeated `start`: close the open utterance, then take the new parameters."""
-        actions: list[Action] = [*self._listener.finalize(now, "restart")]
+        actions = self._carry_out(self._listener.finalize(now, "restart"), now)
         self.speaker_id = speaker_id
         self.language = language
         actions += self.change_state(state, now=now)
@@ -99,7 +99,7 @@ class Session:
         actions: list[Action] = []
         if event is Event.TO_RESPONDING:
             # The pipeline decided the user's turn is over: settle it now.
-            actions += self._listener.finalize(now, "responding")
+            actions += self._carry_out(self._listener.finalize(now, "responding"), now)
         self._listener.change_turn(event)
         return actions
 
@@ -108,7 +108,7 @@ class Session:
         life = advance(self._life, Event.END)
         if life is self._life:
             return []  # ended already
-        actions: list[Action] = [*self._listener.finalize(now, reason)]
+        actions = self._carry_out(self._listener.finalize(now, reason), now)
         self._life, self._close_reason = life, reason
         return actions + self._maybe_close(now)
 
@@ -124,7 +124,7 @@ class Session:
             logger.info("session too old, ending", extra={"session_id": self.session_id})
             return self.end(now=now, reason="max_duration")
         if self.in_utterance and now - self._last_audio_at >= self.config.chunk_timeout_s:
-            return [*self._listener.finalize(now, "timeout")]
+            return self._carry_out(self._listener.finalize(now, "timeout"), now)
         return []
 
     def result(
@@ -154,6 +154,10 @@ class Session:
             if promised is None:
                 return []  # its turn check's text was published for it already
             return self._final(job, decoded, promised, now)
+        if job.speculative:
+            Speculation.answered(self._listener.utterance, job, decoded)
+            if not self.config.partials:
+                return []  # asked for its text as a final, not to be shown
         partial = self._listener.partial(job, text)
         if partial is None:
             return []
@@ -232,8 +236,17 @@ class Session:
 
     # ------------------------------------------------------------ messages
 
-    def _carry_out(self, heard: list[Heard], now: float) -> list[Action]:
-        return [self._interrupt(item, now) if isinstance(item, BargeIn) else item for item in heard]
+    def _carry_out(self, heard: Sequence[Heard], now: float) -> list[Action]:
+        actions: list[Action] = []
+        for item in heard:
+            if isinstance(item, BargeIn):
+                actions.append(self._interrupt(item, now))
+            elif isinstance(item, ReadyFinal):
+                actions.append(Speculated(item.job))
+                actions += self._final(item.job, item.decoded, item.promised, now)
+            else:
+                actions.append(item)
+        return actions
 
     def _interrupt(self, barge_in: BargeIn, now: float) -> Publish:
         logger.info("barge-in detected", extra={"session_id": self.session_id})
@@ -278,7 +291,7 @@ class Session:
             words=_in_session(decoded, job) if job.word_timestamps else msgspec.UNSET,
         )
         if not backchannel:
-            self._listener.remember(text)
+            self._listener.context.remember(text)
         return [*actions, final, *self._maybe_close(now)]
 
     def _maybe_close(self, now: float) -> list[Action]:
@@ -327,16 +340,6 @@ class Session:
         )
         self._sequence += 1
         return Publish(message)
-
-
-@dataclass(frozen=True, slots=True)
-class Decoded:
-    """What the engine made of a job."""
-
-    text: str
-    language: str | None
-    inference_s: float
-    words: Sequence[Word] = ()
 
 
 def _in_session(decoded: Decoded, job: Job) -> list[Word]:

@@ -72,6 +72,9 @@ class SessionConfig:
     turn_recheck_ms: int = 200
     turn_max_ms: int = 1200
     turn_rule: TurnRule = field(default_factory=TurnRule)
+    # Fixed mode: this far into a pause (0: never) the utterance so far is decoded as its
+    # final would be; if the pause ends it with no speech since, that text is the final.
+    speculate_ms: int = 0
     # Per-session options (`core/options.py`): partials published at all; the session's own
     # prompt (hotwords, names), decoded before its recent finals; transcribe or translate
     # into English; finals with the time of each word.
@@ -83,6 +86,15 @@ class SessionConfig:
     @property
     def endpoint_frames(self) -> int:
         return _frames(self.endpoint_silence_ms)
+
+    @property
+    def speculate_frames(self) -> int:
+        """Frames of pause at which a speculative final is asked for; 0: none (the other
+        modes' turn checks already decode at their pauses, and without VAD there are none)."""
+        if not self.speculate_ms or self.endpoint_mode != "fixed" or not self.enable_vad:
+            return 0
+        frames = _frames(self.speculate_ms)
+        return frames if frames < self.endpoint_frames else 0
 
     @property
     def start_frames(self) -> int:

@@ -10,7 +10,7 @@ from dataclasses import dataclass, field
 import numpy as np
 
 from stt_worker.core.audio import SAMPLE_RATE_HZ, Pcm16
-from stt_worker.core.jobs import Job, JobKind
+from stt_worker.core.jobs import Decoded, Job, JobKind
 from stt_worker.core.phases import UNCONFIRMED, Event, Phase, advance
 from stt_worker.core.protocol import EndReason, Task
 from stt_worker.core.streaming import LocalAgreement
@@ -42,6 +42,17 @@ class Utterance:
     # its pause (frames) it heard.
     voiced_at_check: int = 0
     check_point: int = 0
+    # Speculation (`SessionConfig.speculate_ms`): the audio (samples) and voiced frames of
+    # the last speculative partial asked for in a pause, and its text once it came back
+    # with no speech since; then it is the final if the pause ends the utterance.
+    speculated_samples: int = 0
+    speculated_voiced: int = -1
+    ready: Decoded | None = None
+
+    @property
+    def ready_final(self) -> Decoded | None:
+        """The speculation's text, while no speech came since it was asked for."""
+        return self.ready if self.voiced_frames == self.speculated_voiced else None
 
     def append(self, frame: Pcm16, is_speech: bool) -> None:
         self.pcm.append(frame)
@@ -91,6 +102,7 @@ class Utterance:
         ended_at: float | None = None,
         trailing_silence_s: float = 0.0,
         speech_heard: bool = False,
+        speculative: bool = False,
     ) -> Job:
         """A transcription of the audio so far (or whole, for a final). A turn check's ends
         `trailing_silence_s` into the pause: a late one hears no more than an on-time one."""
@@ -115,6 +127,7 @@ class Utterance:
             trailing_silence_s=trailing_silence_s,
             speech_heard=speech_heard,
             first_words=kind is JobKind.PARTIAL and self.published is None,
+            speculative=speculative,
         )
 
     def cut(self, tail_id: int) -> tuple[Utterance, Utterance]:

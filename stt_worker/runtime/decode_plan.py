@@ -55,6 +55,13 @@ def plan(job: Job) -> DecodePlan:
                 options, full_window_retry=True, word_timestamps=job.word_timestamps
             )
             return DecodePlan(Lane.FINAL, EngineRole.FINAL, final, "final")
+        case JobKind.PARTIAL if job.speculative:
+            # Its text may be the final: the finals' engine and options, in the partials'
+            # line (served when the engine has room; a final of its session drops it unstarted).
+            final = dataclasses.replace(
+                options, full_window_retry=True, word_timestamps=job.word_timestamps
+            )
+            return DecodePlan(Lane.PARTIAL, EngineRole.FINAL, final, "partial")
         case JobKind.PARTIAL:
             # Speech the VAD heard: the first partial's short word is not blanked as silence.
             partial = dataclasses.replace(options, speech_heard=job.speech_heard)

@@ -189,6 +189,12 @@ class SessionObserver:
             span.set_attribute("stt.end_reason", job.end_reason or "unknown")
         return self._utterances[job.utterance_id]
 
+    def speculated(self, job: Job) -> None:
+        """A final answered by its speculation: counted as asked for (its utterance, its end
+        reason), with no engine call of its own."""
+        self.submitted(job)
+        self._metrics.speculative_finals.inc()
+
     def published(self, message: ServerMessage, job: Job | None) -> None:
         """Count what went out; a final (or its error) also closes its utterance span."""
         metrics = self._metrics

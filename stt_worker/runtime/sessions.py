@@ -53,6 +53,7 @@ def session_config(settings: Settings) -> SessionConfig:
         vad_trusted=settings.enable_vad and settings.vad_engine == "silero",
         enable_interrupt_detection=settings.enable_interrupt_detection,
         endpoint_silence_ms=settings.endpoint_silence_ms,
+        speculate_ms=settings.endpoint_speculate_ms,
         partial_first_ms=settings.partial_first_ms,
         partial_interval_ms=settings.partial_interval_ms,
         speech_start_ms=settings.speech_start_ms,

@@ -26,7 +26,7 @@ from opentelemetry.trace import Span, set_span_in_context
 
 from stt_worker.config import Settings
 from stt_worker.core.errors import OverloadedError, SttError
-from stt_worker.core.jobs import Action, Close, Job, Publish, Transcribe
+from stt_worker.core.jobs import Action, Close, Job, Publish, Speculated, Transcribe
 from stt_worker.core.protocol import (
     ClientMessage,
     ErrorCode,
@@ -281,6 +281,8 @@ class Worker:
                         stream.observer.published(out, job)
                 case Transcribe(job=queued):
                     await self._submit(stream, queued)
+                case Speculated(job=job):
+                    stream.observer.speculated(job)  # and the `Publish` after it answers it
                 case Close(reason=reason):
                     self._close(stream, reason)
                     await stream.acks.release(reason)

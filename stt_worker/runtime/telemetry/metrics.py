@@ -76,13 +76,7 @@ class Metrics:
             buckets=_WAIT,
             registry=r,
         )
-        self.final_latency = Histogram(
-            "stt_final_latency_seconds",
-            "End of speech (last voiced audio) to the final published: trailing silence "
-            "waited + queue + inference",
-            buckets=_SECONDS,
-            registry=r,
-        )
+        self._count_finals(r)
         self._count_transport(r)
         self._count_refusals(r)
         self._refusals()
@@ -109,6 +103,22 @@ class Metrics:
             "Error replies withheld by the per-session and overall reply limits, by code",
             ["code"],
             registry=self.registry,
+        )
+
+    def _count_finals(self, r: CollectorRegistry) -> None:
+        """How soon finals come after the end of speech."""
+        self.final_latency = Histogram(
+            "stt_final_latency_seconds",
+            "End of speech (last voiced audio) to the final published: trailing silence "
+            "waited + queue + inference",
+            buckets=_SECONDS,
+            registry=r,
+        )
+        self.speculative_finals = Counter(
+            "stt_speculative_finals",
+            "Finals whose text a speculation early in the pause had decoded already "
+            "(STT_ENDPOINT_SPECULATE_MS): published with no decode after the endpoint",
+            registry=r,
         )
 
     def _count_refusals(self, r: CollectorRegistry) -> None:

@@ -1,0 +1,69 @@
+"""Speculative finals: the fixed endpoint's final decoded early in the pause. No I/O.
+
+The fixed rule ends an utterance after `endpoint_silence_ms` of silence and only then asked
+for its final, so the user waited the pause and a decode. With `speculate_ms` set, the
+utterance so far is decoded early in each pause, as its final would be, in the partials'
+line (`Job.speculative`): if the pause goes on to end the utterance with no speech since,
+that text is the final at once (`ReadyFinal`). Speech in the pause makes it moot; the next
+pause asks again. A busy engine serves it late or not at all (a final of its session drops
+it unstarted), and the final is then decoded as before.
+"""
+
+from __future__ import annotations
+
+import dataclasses
+import itertools
+from dataclasses import dataclass
+
+from stt_worker.core.audio import SAMPLE_RATE_HZ
+from stt_worker.core.jobs import Decoded, Job
+from stt_worker.core.phases import Phase
+from stt_worker.core.utterance import Utterance
+
+
+@dataclass(frozen=True, slots=True)
+class ReadyFinal:
+    """The utterance of `job` ended in a pause its speculation heard, with no speech since:
+    `decoded` (the speculation's) is its final, with no decode to wait for."""
+
+    job: Job
+    decoded: Decoded
+    promised: bool
+
+
+@dataclass(frozen=True, slots=True)
+class Speculation:
+    """When to speculate: at `frames` of pause (0: never), for an endpoint of
+    `endpoint_frames`."""
+
+    frames: int
+    endpoint_frames: int
+
+    def due(self, utterance: Utterance) -> bool:
+        """At this frame, a speculative final of `utterance` is asked for (and noted)."""
+        if not self.frames or utterance.silence_run != self.frames:
+            return False
+        if utterance.phase is not Phase.SPEAKING:
+            return False  # heard over the assistant, or the endpoint checks this pause itself
+        utterance.speculated_samples = utterance.samples
+        utterance.speculated_voiced = utterance.voiced_frames
+        utterance.ready = None
+        return True
+
+    def padded(self, job: Job, utterance: Utterance) -> Job:
+        """`job` with the pause heard so far repeated up to the endpoint's length: the final
+        it stands for would hear that much pause, and Whisper's window (and with it the text)
+        follows the audio's length. Its span stays the audio received."""
+        pause = utterance.pcm[-utterance.silence_run :]
+        tail = itertools.islice(itertools.cycle(pause), self.endpoint_frames - len(pause))
+        return dataclasses.replace(job, pcm=(*job.pcm, *tail))
+
+    @staticmethod
+    def answered(utterance: Utterance | None, job: Job, decoded: Decoded) -> None:
+        """A speculation's text: kept for `utterance` if it is the one asked last (speech
+        since is checked when the utterance ends: `Utterance.ready_final`)."""
+        if utterance is None or utterance.utterance_id != job.utterance_id:
+            return
+        asked_end_s = (utterance.start_sample + utterance.speculated_samples) / SAMPLE_RATE_HZ
+        if job.audio_end_s == asked_end_s:
+            utterance.ready = decoded

@@ -1,0 +1,107 @@
+"""Speculative finals (`STT_ENDPOINT_SPECULATE_MS`): the session on its own, no NATS.
+
+Fixed endpoint of 200 ms (10 frames), speculation at 80 ms (4 frames) of pause: the text of
+the speculation, asked early in the pause, is the final when the pause ends the utterance
+with no speech since; anything else leaves the final to its own decode, as before.
+"""
+
+from __future__ import annotations
+
+import dataclasses
+
+import pytest
+
+from stt_worker.core.jobs import JobKind
+from stt_worker.core.protocol import Transcription
+from stt_worker.core.session import Session
+from stt_worker.runtime.decode_plan import EngineRole, Lane, plan
+from tests.test_session import CONFIG, feed, jobs, published
+
+SPECULATING = dataclasses.replace(CONFIG, speculate_ms=80, partial_first_ms=10_000)
+
+
+def new_session(config=SPECULATING) -> Session:
+    return Session("s1", config, now=0.0)
+
+
+def speculation(actions):
+    (job,) = [job for job in jobs(actions) if job.speculative]
+    return job
+
+
+def answer(session: Session, job, text: str, inference_s: float = 0.123):
+    return session.result(job, text, now=1.0, language="en", inference_s=inference_s)
+
+
+def test_a_pause_that_ends_the_utterance_publishes_the_speculation_as_its_final():
+    session = new_session()
+    asked = feed(session, "sss" + "s" * 20 + "....")
+    job = speculation(asked)
+    assert job.kind is JobKind.PARTIAL and not job.is_final
+    # Decoded as the final would be, by the finals' engine, in the partials' line.
+    decode = plan(job)
+    assert decode.engine is EngineRole.FINAL and decode.lane is Lane.PARTIAL
+    assert decode.options.full_window_retry and not decode.options.speech_heard
+    # It hears the pause so far, repeated up to the endpoint's length (10 frames): Whisper's
+    # window follows the audio's length, and the final it stands for hears that much pause.
+    assert len(job.pcm) == 23 + 10 and job.audio_end_s == pytest.approx(27 * 0.02)
+    pause = job.pcm[23:27]
+    assert all(frame is pause[index % 4] for index, frame in enumerate(job.pcm[23:]))
+    (shown,) = published(answer(session, job, "Turn it off."), Transcription)
+    assert shown.is_partial and shown.transcript == "Turn it off."
+    ended = feed(session, "......")
+    assert jobs(ended) == []  # no decode asked for the final
+    (final,) = published(ended, Transcription)
+    assert final.is_final and final.transcript == "Turn it off."
+    assert final.end_reason == "silence" and final.inference_ms == 123.0
+    assert final.audio_end_s == pytest.approx(33 * 0.02)  # the whole utterance and pause
+    assert session.pending_finals == 0
+
+
+def test_speech_after_the_speculation_leaves_the_final_to_its_own_decode():
+    session = new_session()
+    job = speculation(feed(session, "s" * 23 + "...."))
+    answer(session, job, "Turn it")
+    (final,) = jobs(feed(session, "ssss" + ".........."), final=True)
+    assert final.kind is JobKind.FINAL and final.audio_end_s == pytest.approx(41 * 0.02)
+
+
+def test_a_speculation_answered_after_the_end_is_only_a_stale_partial():
+    session = new_session()
+    job = speculation(feed(session, "s" * 23 + "...."))
+    (final,) = jobs(feed(session, "......"), final=True)  # the engine was busy
+    assert answer(session, job, "Turn it off.") == []
+    published_final = session.result(final, "Turn it off.", now=1.5, language="en", inference_s=0.2)
+    (message,) = published(published_final, Transcription)
+    assert message.is_final and message.inference_ms == 200.0
+
+
+def test_an_earlier_pause_s_speculation_is_not_the_final_of_a_later_one():
+    session = new_session()
+    first = speculation(feed(session, "s" * 23 + "...."))
+    second = speculation(feed(session, "sss" + "...."))
+    answer(session, first, "Turn")  # it heard only the speech before the first pause
+    assert jobs(feed(session, "......"), final=True)  # the final is decoded
+    assert second.audio_end_s > first.audio_end_s
+
+
+def test_no_speculation_while_the_assistant_talks_or_when_turned_off():
+    # Speech over the assistant, shorter than a barge-in (200 ms): a candidate, not a turn.
+    session = Session("s1", SPECULATING, now=0.0, state="responding")
+    assert not [job for job in jobs(feed(session, "s" * 7 + "....")) if job.speculative]
+    off = new_session(dataclasses.replace(SPECULATING, speculate_ms=0))
+    assert not [job for job in jobs(feed(off, "s" * 23 + "....")) if job.speculative]
+    # At or past the endpoint it would come too late to matter.
+    late = new_session(dataclasses.replace(SPECULATING, speculate_ms=200))
+    assert late.config.speculate_frames == 0
+    # The adaptive and turn modes decode their own checks in the pause.
+    turn = dataclasses.replace(SPECULATING, endpoint_mode="turn")
+    assert turn.speculate_frames == 0
+
+
+def test_a_session_without_partials_still_speculates_but_shows_nothing():
+    session = new_session(dataclasses.replace(SPECULATING, partials=False))
+    job = speculation(feed(session, "s" * 23 + "...."))
+    assert answer(session, job, "Turn it off.") == []
+    (final,) = published(feed(session, "......"), Transcription)
+    assert final.is_final and final.transcript == "Turn it off."
