@@ -177,10 +177,7 @@ class Listener:
         if not text:
             return None  # no word heard yet: the next partial comes sooner
         partial = utterance.agreement.update(text)
-        if partial.text == utterance.published:
-            return None
-        utterance.published = partial.text
-        return partial
+        return partial if utterance.shows(partial) else None
 
     # ------------------------------------------------------------ barge-in
 

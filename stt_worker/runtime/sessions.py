@@ -55,6 +55,7 @@ def session_config(settings: Settings) -> SessionConfig:
         endpoint_silence_ms=settings.endpoint_silence_ms,
         partial_first_ms=settings.partial_first_ms,
         partial_interval_ms=settings.partial_interval_ms,
+        partial_lead_ms=settings.partial_lead_ms,
         speech_start_ms=settings.speech_start_ms,
         preroll_ms=settings.preroll_ms,
         interrupt_min_speech_ms=settings.interrupt_min_speech_ms,
