@@ -8,8 +8,8 @@ decode slot or for the session's previous job, the DSP, the transport). A gap be
 partials longer than the target is put down to the first of:
 
 - `pause`: the speaker paused between the two (no partial is asked for in a pause);
-- `skipped`: more new audio than a step between the two: a partial in between was decoded but
-  not published (no word yet, or the same text as the one before);
+- `spaced`: more new audio than a step between the two: a partial in between was decoded but
+  not published (no word yet, nothing new), or the cadence stretched as partials waited;
 - `decode`: the later partial's decode alone took longer than the target;
 - `waited`: the later partial waited more than `WAITED_MS` before its decode;
 - `growth`: none of those: one step of audio plus the later decode's growth over the
@@ -32,7 +32,8 @@ GAP_TARGET_MS = 300.0
 # for none after 60 ms of silence, and its VAD hears some words' soft ends as silence).
 PAUSE_MS = 100.0
 WAITED_MS = 50.0
-# More new audio than a step by this much: a partial between the two went unpublished.
+# More new audio than a step by this much: a partial between the two went unpublished, or
+# the cadence stretched.
 SKIP_SLACK_MS = 60.0
 WINDOW_BINS_S = (0.0, 1.0, 2.0, 3.0, 4.0, 6.0, 30.0)
 
@@ -90,7 +91,7 @@ def gaps(
             if pause_ms >= PAUSE_MS:
                 cause = "pause"
             elif audio_step_ms > step_ms + SKIP_SLACK_MS:
-                cause = "skipped"
+                cause = "spaced"
             elif later.decode_ms > GAP_TARGET_MS:
                 cause = "decode"
             elif later.waited_ms > WAITED_MS:

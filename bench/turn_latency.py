@@ -68,7 +68,7 @@ LEAD_S = 0.3  # room noise before a session's first sentence
 # pause leaves at least a word (more than this) for a later final.
 COVER_TOLERANCE_S = 0.3
 # The worker's default partial step (`STT_PARTIAL_INTERVAL_MS`), for configurations that
-# leave it alone: a gap with more new audio than this skipped a partial.
+# leave it alone: a gap with more new audio than this is `spaced`.
 DEFAULT_STEP_MS = 300.0
 RAMP_PER_SESSION_S = 0.3
 MAX_RAMP_S = 5.0
@@ -377,9 +377,10 @@ def gaps_report(results: dict[str, dict[str, Any]]) -> list[str]:
         "## Gaps between partials",
         "",
         f"Over {partial_gaps.GAP_TARGET_MS:.0f} ms by cause (`bench/partial_gaps.py`): "
-        "`pause` the speaker paused, `skipped` a decoded partial went unpublished, `decode` "
-        "the decode alone took longer, `waited` the partial waited for a slot or its "
-        "session's previous job, `growth` a step of audio plus the decode's growth and jitter. "
+        "`pause` the speaker paused, `spaced` more audio than a step (a decoded partial went "
+        "unpublished, or the cadence stretched), `decode` the decode alone took longer, "
+        "`waited` the partial waited for a slot or its session's previous job, `growth` a "
+        "step of audio plus the decode's growth and jitter. "
         "*In speech*: the gaps without a pause. *Changed*: words shown in partials that the "
         "next hypothesis changed; *stable changed*: words within `stable_chars` changed later.",
         "",
