@@ -25,6 +25,7 @@ from typing import Any
 
 import numpy as np
 
+from bench.harness import spread
 from bench.speech_marks import FRAME_S
 
 GAP_TARGET_MS = 300.0
@@ -113,17 +114,6 @@ def gaps(
     return found
 
 
-def _spread(values: Sequence[float]) -> dict[str, float | int | None]:
-    if not values:
-        return {"n": 0, "p50": None, "p95": None}
-    array = np.asarray(values, dtype=float)
-    return {
-        "n": int(array.size),
-        "p50": round(float(np.percentile(array, 50)), 1),
-        "p95": round(float(np.percentile(array, 95)), 1),
-    }
-
-
 def breakdown(found: Sequence[Gap], timings: Sequence[PartialTiming]) -> dict[str, Any]:
     """The gaps over the target by cause, the gaps within speech, and decode time against
     the window length."""
@@ -135,18 +125,18 @@ def breakdown(found: Sequence[Gap], timings: Sequence[PartialTiming]) -> dict[st
         inside = [t for t in timings if low * 1000 <= t.window_ms < high * 1000]
         if inside:
             by_window[f"{low:g}-{high:g} s"] = {
-                "decode_ms": _spread([t.decode_ms for t in inside]),
-                "waited_ms": _spread([t.waited_ms for t in inside]),
+                "decode_ms": spread([t.decode_ms for t in inside]),
+                "waited_ms": spread([t.waited_ms for t in inside]),
             }
     return {
         "gaps": len(found),
         "over_target": len(over),
         "over_target_by_cause": {cause: sum(g.cause == cause for g in over) for cause in causes},
         # The gaps with no pause of the speaker between them: "one every 300 ms of speech".
-        "gap_in_speech_ms": _spread([g.gap_ms for g in found if g.cause != "pause"]),
-        "decode_ms": _spread([t.decode_ms for t in timings]),
-        "waited_ms": _spread([t.waited_ms for t in timings]),
-        "decode_growth_ms": _spread([g.decode_ms - g.previous_decode_ms for g in found]),
+        "gap_in_speech_ms": spread([g.gap_ms for g in found if g.cause != "pause"]),
+        "decode_ms": spread([t.decode_ms for t in timings]),
+        "waited_ms": spread([t.waited_ms for t in timings]),
+        "decode_growth_ms": spread([g.decode_ms - g.previous_decode_ms for g in found]),
         "by_window": by_window,
     }
 
