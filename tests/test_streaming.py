@@ -58,3 +58,13 @@ def test_held_apart_a_guess_repeated_a_short_step_later_is_not_yet_stable():
     plain = LocalAgreement()
     plain.update("the wood")
     assert plain.update("the wood").stable_chars == len("the wood")
+
+
+def test_held_apart_over_many_short_steps_the_hypothesis_that_far_back_is_found():
+    agreement = LocalAgreement()
+    stable = [
+        agreement.update("one two", at_s=round(0.1 * step, 1), apart_s=1.0).stable_chars
+        for step in range(12)
+    ]
+    # Nothing a second earlier to agree with until 1.0 s; from then on, the words agree.
+    assert stable == [0] * 10 + [len("one two")] * 2

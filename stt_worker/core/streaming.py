@@ -24,8 +24,6 @@ _KEY = re.compile(r"[^\w']+")
 # A word of a partial: two letters or more (any script), or "I". Whisper writes single
 # letters, digits and stray punctuation ("n", "3", ".") for a fraction of a word.
 _WORD = re.compile(r"[^\W\d_]{2,}|\bI\b")
-# Earlier hypotheses kept to agree with: `apart_s` of audio back at the shortest step.
-_KEPT = 8
 
 
 def _key(word: str) -> str:
@@ -60,8 +58,8 @@ class LocalAgreement:
     def __init__(self) -> None:
         self._stable: list[str] = []
         # Earlier hypotheses as (the end of their audio, their words with the stable ones
-        # as committed), newest last.
-        self._earlier: collections.deque[tuple[float, list[str]]] = collections.deque(maxlen=_KEPT)
+        # as committed), newest last; none older than the latest one agreed with.
+        self._earlier: collections.deque[tuple[float, list[str]]] = collections.deque()
 
     @property
     def stable_text(self) -> str:
@@ -86,10 +84,15 @@ class LocalAgreement:
         return Partial(text=text, stable_chars=len(stable))
 
     def _reference(self, by_s: float) -> list[str] | None:
-        for at_s, words in reversed(self._earlier):
-            if at_s <= by_s + 1e-6:  # audio ends are sums of 20 ms frames
-                return words
-        return None
+        """The latest earlier hypothesis of audio up to `by_s`. Those before it are dropped:
+        a later hypothesis ends later, so it would pick this one or a newer one."""
+        found = None
+        while self._earlier and self._earlier[0][0] <= by_s + 1e-6:  # sums of 20 ms frames
+            found = self._earlier.popleft()
+        if found is None:
+            return None
+        self._earlier.appendleft(found)
+        return found[1]
 
     def _after_stable(self, words: list[str]) -> list[str]:
         """The hypothesis's words after the stable prefix, which stays as promised."""
