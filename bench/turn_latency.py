@@ -15,10 +15,11 @@ rotation. Per sentence:
 
 Configurations are measured in one run, one after the other, on the same server: `old`
 (the fixed 500 ms endpoint, webrtcvad and a partial a second: the defaults before issue 16)
-and `new` (the defaults). A worker ignores environment variables it does not know, so `old`
+and `new` (the defaults); `interval` is `new` with the partial cadence before its lead
+(`STT_PARTIAL_LEAD_MS=0`). A worker ignores environment variables it does not know, so `old`
 is the same command on any checkout.
 
-    .venv/bin/python -m bench.turn_latency [--sessions 1,16] [--configs old,new] [--quick]
+    .venv/bin/python -m bench.turn_latency [--sessions 1,16] [--configs old,new,interval] [--quick]
         [--baseline DIR] [--json PATH]     # writes bench/results/turn_latency.{md,json}
 
 `--baseline DIR` measures each configuration on the worker of the checkout at DIR too, just
