@@ -15,10 +15,11 @@ rotation. Per sentence:
 
 Configurations are measured in one run, one after the other, on the same server: `old`
 (the fixed 500 ms endpoint, webrtcvad and a partial a second: the defaults before issue 16)
-and `new` (the defaults). A worker ignores environment variables it does not know, so `old`
+and `new` (the defaults); `interval` is `new` with the partial cadence before its lead
+(`STT_PARTIAL_LEAD_MS=0`). A worker ignores environment variables it does not know, so `old`
 is the same command on any checkout.
 
-    .venv/bin/python -m bench.turn_latency [--sessions 1,16] [--configs old,new] [--quick]
+    .venv/bin/python -m bench.turn_latency [--sessions 1,16] [--configs old,new,interval] [--quick]
         [--baseline DIR] [--json PATH]     # writes bench/results/turn_latency.{md,json}
 
 `--baseline DIR` measures each configuration on the worker of the checkout at DIR too, just
@@ -42,16 +43,18 @@ from typing import Any
 
 import numpy as np
 
+from bench import partial_gaps
 from bench.harness import connected
 from bench.loadgen import LoadRun, SessionPlan, plan_sessions, room_noise, run_load
-from bench.speech_marks import speech_span
+from bench.speech_marks import loud_frames, speech_span
 from stt_worker.config import load_settings
 from stt_worker.core.audio import SAMPLE_RATE_HZ
 from stt_worker.core.protocol import Transcription
 from stt_worker.core.vad import WebrtcDetector
 from stt_worker.evaluation.clips import load_clips
-from stt_worker.evaluation.results import DEFAULT_MANIFEST, ROOT, Clip
+from stt_worker.evaluation.results import DEFAULT_MANIFEST, ROOT, Clip, Stability
 from stt_worker.evaluation.runner import machine_info, worker_process
+from stt_worker.evaluation.stability import partial_stability
 from stt_worker.evaluation.textnorm import wer
 from stt_worker.runtime.nats_server import NatsServer
 
@@ -65,6 +68,9 @@ LEAD_S = 0.3  # room noise before a session's first sentence
 # can end the turn on the whole text before that tail is over. A cut at a mid-sentence
 # pause leaves at least a word (more than this) for a later final.
 COVER_TOLERANCE_S = 0.3
+# The worker's default partial step (`STT_PARTIAL_INTERVAL_MS`), for configurations that
+# leave it alone: a gap with more new audio than this is `spaced`.
+DEFAULT_STEP_MS = 300.0
 RAMP_PER_SESSION_S = 0.3
 MAX_RAMP_S = 5.0
 # The shared set's single sentences (the conversation and 36 s clips are several turns).
@@ -90,6 +96,9 @@ CONFIGS: dict[str, dict[str, str]] = {
         "STT_PARTIAL_FIRST_MS": "1000",
     },
     "new": {},
+    # The defaults with the partial cadence before its lead: one partial every interval of
+    # new audio, however the decodes land.
+    "interval": {"STT_PARTIAL_LEAD_MS": "0"},
     # The defaults with turn mode (Smart Turn and the decoder's end probability), opt-in.
     "turn": {"STT_ENDPOINT_MODE": "turn"},
 }
@@ -102,6 +111,8 @@ TARGETS = (
     (1, "onset_to_first_partial_ms", "p50", 300.0),
     (1, "onset_to_first_partial_ms", "p95", 500.0),
     (1, "partial_gap_ms", "p95", 300.0),
+    # "One at least every 300 ms of speech": the gaps without a pause of the speaker.
+    (1, "gap_in_speech_ms", "p95", 300.0),
 )
 
 
@@ -111,6 +122,7 @@ class Sentence:
     reference: str
     pcm: np.ndarray  # cut at the end of the last word
     onset_s: float  # where its first word starts
+    loud: np.ndarray  # `loud_frames` of `pcm`: where the speaker pauses
 
 
 @dataclass(frozen=True, slots=True)
@@ -132,6 +144,9 @@ class Utterance:
     onset_to_first_partial_ms: float | None
     first_partial_heard_ms: float | None  # audio after the onset the first partial covered
     partial_gaps_ms: list[float] = field(default_factory=list)
+    # The partials that arrived during the sentence, and the gaps between them with causes.
+    partial_timings: list[partial_gaps.PartialTiming] = field(default_factory=list)
+    gaps: list[partial_gaps.Gap] = field(default_factory=list)
     partials: int = 0
     final_text: str = ""
     wer: float = 1.0
@@ -145,7 +160,8 @@ def sentences(names: Sequence[str]) -> list[Sentence]:
     for clip in clips:
         span = speech_span(clip.pcm, SAMPLE_RATE_HZ)
         pcm = clip.pcm[: round(span.end_s * SAMPLE_RATE_HZ)]
-        found.append(Sentence(clip.name, clip.reference, pcm, span.start_s))
+        loud = loud_frames(pcm, SAMPLE_RATE_HZ)
+        found.append(Sentence(clip.name, clip.reference, pcm, span.start_s, loud))
     return found
 
 
@@ -175,9 +191,15 @@ def session_audio(
 
 
 def measure_utterance(
-    config: str, run: LoadRun, plan: SessionPlan, place: Placement, messages: list[Any]
+    config: str,
+    run: LoadRun,
+    plan: SessionPlan,
+    place: Placement,
+    messages: list[Any],
+    step_ms: float,
 ) -> Utterance:
-    """What came back for one placed sentence; `messages` are the session's `Received`."""
+    """What came back for one placed sentence; `messages` are the session's `Received`,
+    `step_ms` the configuration's audio between two partials."""
     mine = [
         item
         for item in messages
@@ -205,10 +227,32 @@ def measure_utterance(
         first = partials[0]
         utterance.onset_to_first_partial_ms = (first.received_at - onset_sent) * 1000
         utterance.first_partial_heard_ms = (first.message.audio_end_s - place.onset_s) * 1000
-    during = [item.received_at for item in partials if item.received_at <= end_sent]
-    utterance.partial_gaps_ms = [(b - a) * 1000 for a, b in itertools.pairwise(during)]
+    during = [item for item in partials if item.received_at <= end_sent]
+    utterance.partial_gaps_ms = [
+        (b.received_at - a.received_at) * 1000 for a, b in itertools.pairwise(during)
+    ]
+    utterance.partial_timings = [timing(run, plan, place, item, onset_sent) for item in during]
+    utterance.gaps = partial_gaps.gaps(
+        utterance.partial_timings, place.sentence.loud, place.sentence.onset_s, step_ms
+    )
     utterance.partials = len(partials)
     return utterance
+
+
+def timing(
+    run: LoadRun, plan: SessionPlan, place: Placement, item: Any, onset_sent: float
+) -> partial_gaps.PartialTiming:
+    """One partial's arrival, audio, decode and what passed between asking and arrival."""
+    message = item.message
+    asked = run.send_time(plan, message.audio_end_s)
+    latency_s = item.received_at - asked if asked is not None else 0.0
+    return partial_gaps.PartialTiming(
+        at_ms=round((item.received_at - onset_sent) * 1000, 1),
+        audio_end_ms=round((message.audio_end_s - place.onset_s) * 1000, 1),
+        window_ms=round((message.audio_end_s - message.audio_start_s) * 1000, 1),
+        decode_ms=message.inference_ms,
+        latency_ms=round(latency_s * 1000, 1),
+    )
 
 
 def spread(values: Sequence[float]) -> dict[str, float | int | None]:
@@ -234,6 +278,10 @@ def summarise(utterances: Sequence[Utterance]) -> dict[str, Any]:
         "onset_to_first_partial_ms": spread(present("onset_to_first_partial_ms")),
         "first_partial_heard_ms": spread(present("first_partial_heard_ms")),
         "partial_gap_ms": spread([g for u in utterances for g in u.partial_gaps_ms]),
+        "gaps": partial_gaps.breakdown(
+            [g for u in utterances for g in u.gaps],
+            [t for u in utterances for t in u.partial_timings],
+        ),
         "wer_mean": round(float(np.mean([u.wer for u in utterances])), 3),
     }
 
@@ -251,11 +299,22 @@ async def measure_step(
     )
     async with connected(url) as nc:
         run = await run_load(nc.results, nc.publisher, plans, duration_s, results_grace_s=30.0)
-    utterances = []
+    utterances, stability = [], Stability()
+    step_ms = float(CONFIGS[config.split("@")[0]].get("STT_PARTIAL_INTERVAL_MS", DEFAULT_STEP_MS))
     for plan, (_, placements) in zip(plans, audio, strict=True):
         messages = [item for item in run.received if item.session_id == plan.session_id]
-        utterances += [measure_utterance(config, run, plan, p, messages) for p in placements]
-    summary = summarise(utterances) | {"generator": run.lateness_summary()}
+        utterances += [
+            measure_utterance(config, run, plan, p, messages, step_ms) for p in placements
+        ]
+        stability += partial_stability(item.message for item in messages)
+    summary = summarise(utterances) | {
+        "partial_stability": {
+            "change_rate": _rate(stability.change_rate),
+            "stable_change_rate": _rate(stability.stable_change_rate),
+            "partials": stability.partials,
+        },
+        "generator": run.lateness_summary(),
+    }
     summary["loadavg_1m"] = round(os.getloadavg()[0], 2)
     logger.info("%s N=%d: %s", config, sessions, json.dumps(summary))
     return summary, utterances
@@ -285,12 +344,17 @@ async def run_all(
     return results, utterances
 
 
+def _rate(value: float | None) -> float | None:
+    return None if value is None else round(value, 4)
+
+
 def judge(results: dict[str, dict[str, Any]]) -> list[dict[str, Any]]:
     """Issue 16's targets, on the `new` configuration where it was measured."""
     judged = []
     for sessions, metric, statistic, bound in TARGETS:
-        step = results.get("new", {}).get(str(sessions))
-        value = step[metric][statistic] if step else None
+        step = results.get("new", {}).get(str(sessions)) or {}
+        measured = step.get(metric) or step.get("gaps", {}).get(metric)
+        value = measured[statistic] if measured else None
         judged.append(
             {
                 "target": f"{metric} {statistic} <= {bound:.0f} at {sessions} session(s)",
@@ -304,6 +368,39 @@ def judge(results: dict[str, dict[str, Any]]) -> list[dict[str, Any]]:
 def _ms(spread_: dict[str, Any], statistic: str) -> str:
     value = spread_[statistic]
     return "-" if value is None else f"{value:.0f}"
+
+
+def gaps_report(results: dict[str, dict[str, Any]]) -> list[str]:
+    """Where the gaps between partials come from (`bench.partial_gaps`), and how stable the
+    partials were."""
+    lines = [
+        "",
+        "## Gaps between partials",
+        "",
+        f"Over {partial_gaps.GAP_TARGET_MS:.0f} ms by cause (`bench/partial_gaps.py`): "
+        "`pause` the speaker paused, `spaced` more audio than a step (a decoded partial went "
+        "unpublished, or the cadence stretched), `decode` the decode alone took longer, "
+        "`waited` the partial waited for a slot or its session's previous job, `growth` a "
+        "step of audio plus the decode's growth and jitter. "
+        "*In speech*: the gaps without a pause. *Changed*: words shown in partials that the "
+        "next hypothesis changed; *stable changed*: words within `stable_chars` changed later.",
+        "",
+        "| config | sessions | gaps | in speech p50 / p95 ms | over target by cause "
+        "| decode p50 / p95 ms | waited p50 / p95 ms | changed | stable changed |",
+        "| --- | ---: | ---: | --- | --- | --- | --- | ---: | ---: |",
+    ]
+    for config, steps in results.items():
+        for sessions, s in steps.items():
+            g, stability = s["gaps"], s["partial_stability"]
+            causes = ", ".join(f"{k} {v}" for k, v in g["over_target_by_cause"].items()) or "-"
+            speech, decode, waited = g["gap_in_speech_ms"], g["decode_ms"], g["waited_ms"]
+            lines.append(
+                f"| {config} | {sessions} | {g['gaps']} | {_ms(speech, 'p50')} / "
+                f"{_ms(speech, 'p95')} | {causes} | {_ms(decode, 'p50')} / {_ms(decode, 'p95')} "
+                f"| {_ms(waited, 'p50')} / {_ms(waited, 'p95')} | {stability['change_rate']} "
+                f"| {stability['stable_change_rate']} |"
+            )
+    return lines
 
 
 def report(data: dict[str, Any]) -> str:
@@ -334,6 +431,7 @@ def report(data: dict[str, Any]) -> str:
                 f"{_ms(gap, 'p95')} | {s['finals_missing']} | {s['wer_mean']:.3f} "
                 f"| {s['loadavg_1m']} |"
             )
+    lines += gaps_report(data["results"])
     lines += [
         "",
         "## Targets (issue 16, `new`)",

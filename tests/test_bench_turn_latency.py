@@ -52,6 +52,10 @@ def test_turn_latency_quick_run_measures_both_configs(tmp_path: Path) -> None:
         # less than the time from the onset to its arrival.
         heard, arrived = utterance["first_partial_heard_ms"], utterance["onset_to_first_partial_ms"]
         assert 0 < heard < arrived, utterance
+        # Each partial arrived after its decode, which began after its audio was sent.
+        timings = utterance["partial_timings"]
+        assert all(0 < t["decode_ms"] <= t["latency_ms"] for t in timings), utterance
+        assert len(utterance["gaps"]) == max(0, len(timings) - 1), utterance
     assert data["targets"][0]["target"].startswith("eos_to_final_ms p50")
 
     markdown = prefix.with_suffix(".md").read_text()

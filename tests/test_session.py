@@ -19,6 +19,7 @@ CONFIG = SessionConfig(
     endpoint_silence_ms=200,
     partial_first_ms=400,  # with all-speech patterns from sample 0: every 400 ms of audio
     partial_interval_ms=400,
+    partial_lead_ms=0,  # no lead: partials exactly every 400 ms of audio
     speech_start_ms=60,
     preroll_ms=100,
     interrupt_min_speech_ms=200,
@@ -99,6 +100,18 @@ def test_partials_follow_the_cadence_and_results_get_sequences():
     assert [(m.sequence, m.is_final, m.transcript, m.stable_chars) for m in out] == [
         (2, True, "hello world.", len("hello world."))
     ]
+
+
+def test_the_same_text_again_is_published_only_when_more_of_it_became_stable():
+    session = new_session()
+    partials = jobs(feed(session, "s" * 70), final=False)  # 0.4, 0.8, 1.2 s
+    assert len(partials) == 3
+    out = []
+    for job in partials:
+        out += session.result(job, "hello world", now=1.5, language="en", inference_s=0.1)
+    # The second agrees with the first: its words are now stable, which the client hears;
+    # the third adds nothing.
+    assert [m.stable_chars for m in published(out, Transcription)] == [0, len("hello world")]
 
 
 def test_no_partial_is_asked_for_during_a_pause():

@@ -43,3 +43,28 @@ def test_a_partial_that_is_one_phrase_looped_is_published_once():
     # A phrase that does not just repeat is left alone.
     assert partial_text("he could he could wait") == "he could he could wait"
     assert partial_text("He could walk.") == "He could walk."
+
+
+def test_held_apart_a_guess_repeated_a_short_step_later_is_not_yet_stable():
+    agreement = LocalAgreement()
+    agreement.update("the wood", at_s=0.2, apart_s=0.3)
+    # 200 ms later, the same guess at a word still being spoken: nothing 300 ms earlier to
+    # agree with yet, so nothing is promised.
+    assert agreement.update("the wood", at_s=0.4, apart_s=0.3) == Partial("the wood", 0)
+    # Held against the hypothesis of 0.2 s, "the" is agreed and the whole word is not lost.
+    out = agreement.update("the woodcutters", at_s=0.6, apart_s=0.3)
+    assert out == Partial("the woodcutters", len("the"))
+    # Without `apart_s` the repeated guess was promised, and the whole word broke it.
+    plain = LocalAgreement()
+    plain.update("the wood")
+    assert plain.update("the wood").stable_chars == len("the wood")
+
+
+def test_held_apart_over_many_short_steps_the_hypothesis_that_far_back_is_found():
+    agreement = LocalAgreement()
+    stable = [
+        agreement.update("one two", at_s=round(0.1 * step, 1), apart_s=1.0).stable_chars
+        for step in range(12)
+    ]
+    # Nothing a second earlier to agree with until 1.0 s; from then on, the words agree.
+    assert stable == [0] * 10 + [len("one two")] * 2

@@ -47,8 +47,20 @@ class UtteranceFields(BaseModel):
         "STT_PARTIAL_INTERVAL_MS",
         group=Group.UTTERANCES,
         description="New audio between two partials of an utterance while the engine keeps "
-        "up; a busy engine stretches it by the time partials wait in its queue.",
+        "up, and the longest wait between their results aimed at (see "
+        "`STT_PARTIAL_LEAD_MS`); a busy engine stretches it by the time partials wait in its "
+        "queue.",
         ge=100,
+    )
+    partial_lead_ms: int = setting(
+        100,
+        "STT_PARTIAL_LEAD_MS",
+        group=Group.UTTERANCES,
+        description="How much sooner than `STT_PARTIAL_INTERVAL_MS` the next partial is asked "
+        "for while partials do not wait for the engine, so that a decode a little slower than "
+        "the last still lands within the interval; it fades as partials wait and is gone "
+        "once they wait this long. 0: every interval of new audio.",
+        ge=0,
     )
 
     @property

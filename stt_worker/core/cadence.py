@@ -8,6 +8,15 @@ a word the next is asked for after `WORDLESS_STEP_SAMPLES` (100 ms) of new audio
 line (`partial_wait_s`, from the runtime): a partial asked for sooner would only replace
 one still waiting, so the cadence then follows what the engine can serve, and the decodes
 saved are the finals' (which the scheduler serves first anyway).
+
+`interval` is also the longest the client should wait between two partials. A partial
+arrives its decode after it is asked for, and each decode of the growing utterance takes a
+little longer than the one before, with jitter on a shared CPU: asked every `interval` of
+audio, half the partials arrived more than `interval` apart (`bench.turn_latency`'s `gaps`).
+So while partials do not wait, the next is asked for `lead` sooner. The lead fades as they
+start to wait, and is gone once they wait as long as it: from there on the cadence is the
+interval stretched by the wait, as without a lead, so a loaded engine is asked for no more
+partials than before.
 """
 
 from __future__ import annotations
@@ -25,12 +34,16 @@ class PartialCadence:
 
     first_voiced_frames: int
     interval_samples: int
+    lead_samples: int = 0
 
     def interval(self, partial_wait_s: float, *, wordless: bool = False) -> int:
         """New audio between two partials, in samples, when partials wait `partial_wait_s`
         and (`wordless`) the last one had no word."""
-        step = WORDLESS_STEP_SAMPLES if wordless else self.interval_samples
-        return step + round(max(0.0, partial_wait_s) * SAMPLE_RATE_HZ)
+        wait = round(max(0.0, partial_wait_s) * SAMPLE_RATE_HZ)
+        if wordless:
+            return WORDLESS_STEP_SAMPLES + wait
+        lead = max(0, self.lead_samples - wait)
+        return max(WORDLESS_STEP_SAMPLES, self.interval_samples - lead) + wait
 
     def due(
         self,

@@ -182,11 +182,10 @@ class Listener:
         utterance.wordless_partial = not text
         if not text:
             return None  # no word heard yet: the next partial comes sooner
-        partial = utterance.agreement.update(text)
-        if partial.text == utterance.published:
-            return None
-        utterance.published = partial.text
-        return partial
+        # Stable: agreed with a hypothesis at least an interval of audio earlier.
+        apart_s = self.config.partial_interval_ms / 1000
+        partial = utterance.agreement.update(text, at_s=job.audio_end_s, apart_s=apart_s)
+        return partial if utterance.shows(partial) else None
 
     # ------------------------------------------------------------ barge-in
 

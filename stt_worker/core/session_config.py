@@ -36,6 +36,7 @@ class SessionConfig:
     endpoint_silence_ms: int = 500
     partial_first_ms: int = 200
     partial_interval_ms: int = 300
+    partial_lead_ms: int = 100  # the next partial is asked this much sooner while none wait
     speech_start_ms: int = 60
     preroll_ms: int = 300
     interrupt_min_speech_ms: int = 250
@@ -128,6 +129,7 @@ class SessionConfig:
         return PartialCadence(
             first_voiced_frames=_frames(self.partial_first_ms),
             interval_samples=self.partial_interval_samples,
+            lead_samples=self.partial_lead_ms * SAMPLE_RATE_HZ // 1000,
         )
 
     def endpoint_policy(self) -> EndpointPolicy:

@@ -13,7 +13,7 @@ from stt_worker.core.audio import SAMPLE_RATE_HZ, Pcm16
 from stt_worker.core.jobs import Decoded, Job, JobKind
 from stt_worker.core.phases import UNCONFIRMED, Event, Phase, advance
 from stt_worker.core.protocol import EndReason, Task
-from stt_worker.core.streaming import LocalAgreement
+from stt_worker.core.streaming import LocalAgreement, Partial
 from stt_worker.core.vad import FRAME_MS
 
 CUT_SEARCH_FRAMES = 75  # look for a pause in the last 1.5 s before the length bound
@@ -34,6 +34,7 @@ class Utterance:
     samples_at_last_partial: int = 0
     agreement: LocalAgreement = field(default_factory=LocalAgreement)
     published: str | None = None  # the last partial text sent for this utterance
+    published_stable: int = 0  # and its `stable_chars`
     wordless_partial: bool = False  # the last partial answered had no word in it
     # Word mode: voiced frames when the last probe was sent, and that probe's last word.
     voiced_at_last_probe: int = 0
@@ -89,6 +90,15 @@ class Utterance:
     def promised(self) -> bool:
         """A partial went out: its final is published even when empty."""
         return self.published is not None
+
+    def shows(self, partial: Partial) -> bool:
+        """Whether `partial` is news to the client, noted as published if so: new text, or
+        the same text with more of it stable (the client may now act on those words, and
+        hears from the session within the partial interval)."""
+        if (partial.text, partial.stable_chars) == (self.published, self.published_stable):
+            return False
+        self.published, self.published_stable = partial.text, partial.stable_chars
+        return True
 
     def job(
         self,

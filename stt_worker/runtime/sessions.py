@@ -56,6 +56,7 @@ def session_config(settings: Settings) -> SessionConfig:
         speculate_ms=settings.endpoint_speculate_ms,
         partial_first_ms=settings.partial_first_ms,
         partial_interval_ms=settings.partial_interval_ms,
+        partial_lead_ms=settings.partial_lead_ms,
         speech_start_ms=settings.speech_start_ms,
         preroll_ms=settings.preroll_ms,
         interrupt_min_speech_ms=settings.interrupt_min_speech_ms,
