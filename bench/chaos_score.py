@@ -86,11 +86,15 @@ class Matching:
 
     holders: list[set[int]]  # by calm final: the disrupted finals holding its words
     heard: list[bool]  # by calm final: most of its words arrived
-    duplicates: int
+    repeated: list[int]  # the disrupted finals that repeat another, by index
 
     @property
     def lost(self) -> int:
         return self.heard.count(False)
+
+    @property
+    def duplicates(self) -> int:
+        return len(self.repeated)
 
 
 def match(calm: Sequence[Heard], disrupted: Sequence[Heard]) -> Matching:
@@ -117,8 +121,8 @@ def match(calm: Sequence[Heard], disrupted: Sequence[Heard]) -> Matching:
 
 @dataclass(slots=True)
 class SessionScore:
-    lost: int = 0
-    duplicates: int = 0
+    lost: list[int] = field(default_factory=list)  # calm finals, by index
+    duplicates: list[int] = field(default_factory=list)  # disrupted finals, by index
     # (end of speech, wall time; seconds to its final) of each endpointed calm utterance.
     calm_latency: list[tuple[float, float]] = field(default_factory=list)
     disrupted_latency: list[tuple[float, float]] = field(default_factory=list)
@@ -134,7 +138,8 @@ def score_session(
 ) -> SessionScore:
     """One session's lost and duplicate finals and its latencies in both runs."""
     matching = match(calm, disrupted)
-    score = SessionScore(lost=matching.lost, duplicates=matching.duplicates)
+    lost = [k for k, heard in enumerate(matching.heard) if not heard]
+    score = SessionScore(lost=lost, duplicates=matching.repeated)
     for k, final in enumerate(calm):
         if final.ended_by != "silence" or not final.words:
             continue
@@ -149,18 +154,19 @@ def score_session(
     return score
 
 
-def _duplicates(disrupted: Sequence[Heard], matched: dict[int, int]) -> int:
+def _duplicates(disrupted: Sequence[Heard], matched: dict[int, int]) -> list[int]:
     seen: set[int] = set()
-    count = 0
+    found: list[int] = []
     for j, final in enumerate(disrupted):
         repeated = final.utterance_id in seen
         said = final.words
         unmatched = len(said) >= REPEAT_MIN_WORDS and matched[j] / len(said) < MATCHED_ENOUGH
         if not repeated and unmatched:  # the alignment may have taken its twin instead
             others = [w for k, other in enumerate(disrupted) if k != j for w in other.words]
-            found = difflib.SequenceMatcher(None, others, list(said), autojunk=False)
-            in_order = sum(block.size for block in found.get_matching_blocks())
+            twins = difflib.SequenceMatcher(None, others, list(said), autojunk=False)
+            in_order = sum(block.size for block in twins.get_matching_blocks())
             repeated = in_order / len(said) >= REPEATED
-        count += repeated
+        if repeated:
+            found.append(j)
         seen.add(final.utterance_id)
-    return count
+    return found
