@@ -96,6 +96,48 @@ async def test_a_full_inbox_refuses_that_sessions_messages_only_and_says_so_once
     assert len(recorder.handled["slow"]) == 16 and len(recorder.handled["other"]) == 1
 
 
+async def test_room_waits_while_the_session_takes_messages_and_not_for_a_stalled_one():
+    """Durable mode's wait for a full inbox (`room`): it returns once the session's task has
+    taken a message; a task that takes none within the patience is not waited for again (the
+    next message is refused at once) until it takes one."""
+    recorder = Recorder()
+    table = inboxes(recorder, max_messages=16)
+    seqs = iter(range(100))
+
+    async def fill() -> None:
+        """The inbox full, its task stuck on the message it took."""
+        for _ in range(18):  # one taken, 16 queued, one refused
+            verdict = offer(table, "slow", Chunk(audio=bytes(640), seq=next(seqs)))
+            await asyncio.sleep(0)  # the task's turn to take its first
+        assert verdict is not True and table.queued == 16
+
+    async with asyncio.TaskGroup() as group:
+        table.serve_in(group)
+        await fill()
+        waiting = asyncio.create_task(table.room("slow", message_on("slow"), patience_s=5))
+        await asyncio.sleep(0.1)
+        assert not waiting.done()
+        recorder.gate.set()
+        await asyncio.wait_for(waiting, 1)
+        await asyncio.wait_for(table.wait_served(), 5)
+
+        recorder.gate.clear()
+        await fill()
+        await asyncio.wait_for(table.room("slow", message_on("slow"), patience_s=0.2), 1)
+        started = asyncio.get_running_loop().time()
+        await table.room("slow", message_on("slow"), patience_s=5)  # stalled: no wait
+        assert asyncio.get_running_loop().time() - started < 0.1
+        recorder.gate.set()
+        await asyncio.wait_for(table.wait_served(), 5)
+        recorder.gate.clear()
+        await fill()  # it took messages again: waited for again
+        waiting = asyncio.create_task(table.room("slow", message_on("slow"), patience_s=5))
+        await asyncio.sleep(0.1)
+        assert not waiting.done()
+        recorder.gate.set()
+        await asyncio.wait_for(waiting, 1)
+
+
 async def test_the_bytes_bound_counts_too_and_frees_as_messages_are_handled():
     recorder = Recorder()
     table = inboxes(recorder, max_bytes=3 * 640)

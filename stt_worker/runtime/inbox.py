@@ -43,7 +43,7 @@ Handler = Callable[[str, ClientMessage, Msg, float], Awaitable[None]]
 
 
 class _Inbox:
-    __slots__ = ("admission", "drops", "queue", "queued_bytes", "task")
+    __slots__ = ("admission", "drops", "queue", "queued_bytes", "stuck", "taken", "task")
 
     def __init__(self, admission: Admission) -> None:
         self.admission = admission
@@ -51,6 +51,8 @@ class _Inbox:
         self.queue: collections.deque[tuple[ClientMessage, Msg, float]] = collections.deque()
         self.queued_bytes = 0
         self.task: asyncio.Task[None] | None = None
+        self.taken = asyncio.Event()  # set as the session's task takes a message
+        self.stuck = False  # a wait for room ran out; no more waits until it takes one
 
 
 class Inboxes:
@@ -118,6 +120,19 @@ class Inboxes:
         if inbox.task is None and self._group is not None:
             self._start(session_id, inbox)
         return True
+
+    async def room(self, session_id: str, msg: Msg, patience_s: float) -> None:
+        """Wait until the session's inbox has room for `msg`, while its task takes a message
+        at least every `patience_s` (durable mode: what comes meanwhile waits in the stream,
+        so a replayed backlog is slowed down instead of refused and lost). A session whose
+        task stalls is not waited for again until it takes a message: `offer` refuses."""
+        inbox = self._inboxes.get(session_id)
+        while inbox is not None and not inbox.stuck and not self._room(inbox, msg):
+            inbox.taken.clear()
+            try:
+                await asyncio.wait_for(inbox.taken.wait(), patience_s)
+            except TimeoutError:
+                inbox.stuck = True
 
     def shed(self, session_id: str, messages: int, nbytes: int, now: float) -> None:
         """Messages of the session dropped unread (`shedding.Shedder`): told with its next
@@ -189,6 +204,8 @@ class Inboxes:
                 while inbox.queue and time.perf_counter() - sliced_at < SLICE_S:
                     message, msg, now = inbox.queue.popleft()
                     inbox.queued_bytes -= len(msg.data)
+                    inbox.stuck = False
+                    inbox.taken.set()
                     await self._handle(session_id, message, msg, now)
                 await asyncio.sleep(0)  # the other sessions' turn
         finally:

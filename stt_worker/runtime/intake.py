@@ -7,7 +7,9 @@ budgets and bounds); the worker's `_handle` does the rest in the session's own t
 session waits behind another's backlog. What is refused is answered here (a bad message at
 once, ``rate_limited`` at most once a second) and, in durable mode, acknowledged so it is not
 replayed; a session refused for its pace has its next messages shed unread for a moment
-(`shedding.Shedder`).
+(`shedding.Shedder`). Durable mode waits for room in a full inbox instead of refusing, while
+the session's task keeps taking messages: a backlog the stream replays at once (a partition
+taken over) is slowed down, not lost, and JetStream holds the rest.
 `Intake.dropped` answers the NATS client's slow-consumer reports, also at most once a second
 per session, since the client reports each dropped message on its read path.
 """
@@ -62,6 +64,9 @@ class Intake:
     ) -> None:
         self._max_session_id_chars = settings.max_session_id_chars
         self._delivery = delivery
+        # Durable mode waits for a full inbox (the stream holds what follows), up to this
+        # long per message the session takes; core NATS refuses at once.
+        self._patience_s = settings.ack_wait_s / 4 if settings.durable else None
         self._refuse = refuse
         self._limits = rate_limits(settings)
         self.shedder = Shedder(metrics)
@@ -85,6 +90,8 @@ class Intake:
             return
         # The session id is the subject's last token, partitioned or not.
         session_id = msg.subject.rsplit(".", 1)[-1]
+        if self._patience_s is not None:
+            await self.inboxes.room(session_id, msg, self._patience_s)
         now = time.time()
         try:
             check_session_id(session_id, self._max_session_id_chars)
