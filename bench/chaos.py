@@ -280,6 +280,7 @@ def score(bench: Bench, calm: LoadRun, chaos: LoadRun, events: list[dict[str, An
     return {
         "lost_finals": sum(len(p.lost) for p in per),
         "duplicate_finals": sum(len(p.duplicates) for p in per),
+        "reworded_finals": sum(len(p.reworded) for p in per),
         "wer_ratio": round(wer_chaos / wer_calm, 3) if wer_calm else None,
         "p95_disrupted_s": p95_s(during),
         "p95_calm_s": p95_s([s for p in per for _, s in p.calm_latency]),
@@ -306,6 +307,12 @@ def score(bench: Bench, calm: LoadRun, chaos: LoadRun, events: list[dict[str, An
             duplicate_entry(context, i, chaos_finals[i][j], calm_finals[i])
             for i, p in enumerate(per)
             for j in p.duplicates
+        ],
+        # Heard, but decoded differently: (session, calm words, disrupted words).
+        "reworded": [
+            [i, " ".join(calm_finals[i][k].words), " ".join(chaos_finals[i][j].words)]
+            for i, p in enumerate(per)
+            for k, j in p.reworded
         ],
         "events": [{k: v for k, v in e.items() if k != "ended_at"} for e in events],
         # Seconds into the disrupted run: each fleet action, and each change of the leases.
@@ -376,6 +383,7 @@ def markdown(result: dict[str, Any], command: str) -> str:
     rows = [
         ("lost_finals", result["lost_finals"]),
         ("duplicate_finals", result["duplicate_finals"]),
+        ("reworded_finals", result["reworded_finals"]),
         ("wer_ratio", f"{result['wer_ratio']} ({result['wer_disrupted']} / {result['wer_calm']})"),
         ("p95_calm_s", result["p95_calm_s"]),
         ("p95_disrupted_s", result["p95_disrupted_s"]),

@@ -61,6 +61,29 @@ def test_a_final_whose_words_never_came_is_lost_and_a_replayed_one_is_a_duplicat
     assert match(CALM, renumbered).duplicates == 1
 
 
+def test_an_utterance_decoded_differently_in_its_place_is_reworded_not_lost_nor_repeated():
+    """The same clip twice in a session, decoded two ways (Whisper's prompt differs): the
+    disrupted run's second decoding repeats the first's words in the place of the calm run's
+    other decoding. One utterance with other words, not a loss and a duplicate."""
+    calm = [
+        heard(1, "he is definitely counseled him"),
+        heard(2, "for a full hour he had paced up and down"),
+        heard(3, "stuff it into you his belly counseled him"),
+        heard(4, "has never been surpassed"),
+    ]
+    disrupted = [*calm[:2], heard(3, "he is definitely counseled him"), calm[3]]
+    matching = match(calm, disrupted)
+    assert (matching.lost, matching.duplicates, matching.reworded) == (0, 0, [(2, 2)])
+    # Nothing in its place: lost. The same words elsewhere: a duplicate still.
+    gone = [*calm[:2], calm[3]]
+    assert match(calm, gone).lost == 1 and match(calm, gone).reworded == []
+    replayed = [*calm, heard(5, "he is definitely counseled him")]
+    assert match(calm, replayed).duplicates == 1 and match(calm, replayed).reworded == []
+    # A repeated utterance_id is a duplicate even in a lost utterance's place.
+    renumbered = [*calm[:2], heard(2, "he is definitely counseled him"), calm[3]]
+    assert match(calm, renumbered).duplicates == 1 and match(calm, renumbered).lost == 1
+
+
 def test_a_decoding_loop_does_not_outweigh_the_words_of_its_utterance() -> None:
     looped = [heard(1, "he hoped there would be stew p-p-p-p-p-p-p-p-p-p-p-p-p-p-p-p")]
     assert match(looped, CALM[:1]).lost == 0
