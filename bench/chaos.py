@@ -366,6 +366,12 @@ async def bench_all(plan: Plan) -> dict[str, Any]:
                 calm, _ = await stream(bench, "calm", events=False)
                 chaos, events = await stream(bench, "chaos", events=True)
     result = score(bench, calm, chaos, events, {c.name: c for c in clips})
+    # Every final of both runs beside the logs, to read what came instead of a lost one.
+    heard = {
+        label: [[dataclasses.asdict(final) for final in session] for session in finals(run)]
+        for label, run in (("calm", calm), ("disrupted", chaos))
+    }
+    (logs / "finals.json").write_text(json.dumps(heard, default=_plain))
     meta |= {
         "loadavg_end": [round(x, 2) for x in os.getloadavg()],
         "wall_s": round(time.monotonic() - started, 1),

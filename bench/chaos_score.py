@@ -11,10 +11,10 @@ aligned (`difflib`), and each calm utterance learns which disrupted finals hold 
   no final in its place;
 - reworded: a calm utterance whose words did not come, but a final did in its place (between
   the finals holding the utterances before and after it) with words that align with nothing
-  of the calm run: the same audio decoded differently (Whisper's prompt is the session's
-  recent finals, so one different final changes the next ones' decoding), not lost. Such a
-  final may repeat what the session said earlier (each session loops the same clips) and is
-  then no duplicate either;
+  of the calm run: the same speech cut into an utterance a little differently (a moved
+  session's VAD starts afresh at its new owner) and so decoded differently, not lost. Such a
+  final may repeat what the session said earlier (each session loops the same clips, which
+  decode differently at different places even in the calm run) and is then no duplicate;
 - duplicate: a disrupted final whose `utterance_id` the session already had, or one (of at
   least three words) whose words mostly align with nothing of the calm run but repeat what
   another final of the session said (the alignment takes one of two twins), unless it is
