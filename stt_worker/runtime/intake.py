@@ -123,6 +123,11 @@ class Intake:
             error = SttError(text, code=ErrorCode.RATE_LIMITED, messages=told)
             await self._refuse(session_id, error, now, msg)
 
+    def stop_waiting(self) -> None:
+        """SIGTERM: a full inbox refuses again, so that draining the subscription (every
+        message it buffered through admission) cannot take as long as the backlog."""
+        self._patience_s = None
+
     async def tell_untold(self, now: float) -> None:
         """Send the ``rate_limited`` sums held back by their interval (every tick), so a
         flood that stops is still told of its last second."""
