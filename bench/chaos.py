@@ -19,6 +19,9 @@ After each, how long until every partition is leased to a live worker in fair sh
 Scored from the consumer's side (`bench.chaos_score`): `lost_finals`, `duplicate_finals`,
 WER of each run against the clips' transcripts and their ratio, p95 end of speech -> final
 in the calm run, during the disruption (first event to the last rebalance) and after it.
+Each lost and duplicate final is named (`bench.chaos_attribution`): session, partition, the
+calm run's utterance, the partition's lease holders around it and the nearest fleet action;
+each worker's whole log is kept in a temporary folder named in the output (`worker_logs`).
 
     .venv/bin/python -m bench.chaos [--quick] [--json PATH]
 
@@ -50,6 +53,7 @@ import numpy as np
 import psutil
 from nats.js import JetStreamContext
 
+from bench.chaos_attribution import Context, OwnerLog, duplicate_entry, lost_entry, table
 from bench.chaos_score import finals, score_session
 from bench.harness import MAX_LOOP_CLIP_S, Connections, Timelines, connected, spread
 from bench.loadgen import LoadRun, plan_sessions, run_load
@@ -103,26 +107,33 @@ class Fleet:
     """The worker processes that are ready, by name (their `STT_WORKER_ID`), oldest first,
     and the replacements still starting."""
 
-    def __init__(self, settings: dict[str, Any], stack: contextlib.AsyncExitStack) -> None:
+    def __init__(
+        self, settings: dict[str, Any], stack: contextlib.AsyncExitStack, logs: Path
+    ) -> None:
         self._settings = settings  # `load_settings` overrides, the worker id aside
         self._stack = stack
+        self._logs = logs  # each worker's whole log, `{name}.log`
         self._numbers = iter(range(1000))
         self.live: dict[str, WorkerProcess] = {}
         self._starting: set[asyncio.Task[str]] = set()
+        self.actions: list[tuple[float, str]] = []  # (time.time(), what happened to whom)
 
     async def start(self) -> str:
         name = f"w{next(self._numbers)}"
         settings = load_settings(**self._settings, worker_id=name)
-        process = worker_process(settings, "faster-whisper")
+        process = worker_process(settings, "faster-whisper", log_path=self._logs / f"{name}.log")
         self.live[name] = await self._stack.enter_async_context(process)
+        self.actions.append((time.time(), f"{name} ready"))
         return name
 
     async def stop(self, name: str, signum: signal.Signals) -> None:
         """Signal the worker and wait until it is gone (a drain has `STT_DRAIN_TIMEOUT_S`)."""
         pid = self.live.pop(name).pid
         os.kill(pid, signum)
+        self.actions.append((time.time(), f"{signum.name} {name}"))
         while psutil.pid_exists(pid) and psutil.Process(pid).status() != "zombie":  # noqa: ASYNC110
             await asyncio.sleep(0.1)
+        self.actions.append((time.time(), f"{name} gone"))
 
     async def started(self) -> None:
         """Until every replacement is ready."""
@@ -188,6 +199,15 @@ class Bench:
     fleet: Fleet
     nc: Connections
     timelines: Timelines
+    owners: OwnerLog = dataclasses.field(default_factory=OwnerLog)  # the disrupted run's
+
+
+async def watch_owners(bench: Bench) -> None:
+    """Poll the leases into `bench.owners` until cancelled."""
+    js = bench.nc.results.jetstream()
+    while True:
+        bench.owners.record(time.time(), await leases(js, bench.settings.ownership_bucket))
+        await asyncio.sleep(0.25)
 
 
 async def stream(bench: Bench, label: str, events: bool) -> tuple[LoadRun, list[dict[str, Any]]]:
@@ -212,11 +232,16 @@ async def stream(bench: Bench, label: str, events: bool) -> tuple[LoadRun, list[
             logger.info("%s", done[-1])
 
     chaos = asyncio.create_task(disrupt(time.time() + 0.1)) if events else None
+    watcher = asyncio.create_task(watch_owners(bench)) if events else None
     run = await run_load(
         bench.nc.results, bench.nc.publisher, plans, plan.run_s, results_grace_s=plan.grace_s
     )
     if chaos is not None:
         await chaos
+    if watcher is not None:
+        watcher.cancel()
+        with contextlib.suppress(asyncio.CancelledError):
+            await watcher
     await bench.fleet.started()
     return run, done
 
@@ -239,10 +264,12 @@ def p95_s(latencies: list[float]) -> float | None:
 
 
 def score(bench: Bench, calm: LoadRun, chaos: LoadRun, events: list[dict[str, Any]], clips):
+    calm_finals, chaos_finals = finals(calm), finals(chaos)
     per = [
         score_session(c, d, calm.plans[i], calm, chaos.plans[i], chaos)
-        for i, (c, d) in enumerate(zip(finals(calm), finals(chaos), strict=True))
+        for i, (c, d) in enumerate(zip(calm_finals, chaos_finals, strict=True))
     ]
+    context = Context(chaos, bench.owners, bench.fleet.actions, PARTITIONS)
     first = chaos.started_at + bench.plan.events[0][0] if events else chaos.started_at
     last = max((e["ended_at"] for e in events), default=first)
     during = [s for p in per for at, s in p.disrupted_latency if first <= at <= last]
@@ -251,8 +278,9 @@ def score(bench: Bench, calm: LoadRun, chaos: LoadRun, events: list[dict[str, An
     chaos_errors, chaos_words = word_errors(chaos, clips)
     wer_calm, wer_chaos = calm_errors / max(1, calm_words), chaos_errors / max(1, chaos_words)
     return {
-        "lost_finals": sum(p.lost for p in per),
-        "duplicate_finals": sum(p.duplicates for p in per),
+        "lost_finals": sum(len(p.lost) for p in per),
+        "duplicate_finals": sum(len(p.duplicates) for p in per),
+        "reworded_finals": sum(len(p.reworded) for p in per),
         "wer_ratio": round(wer_chaos / wer_calm, 3) if wer_calm else None,
         "p95_disrupted_s": p95_s(during),
         "p95_calm_s": p95_s([s for p in per for _, s in p.calm_latency]),
@@ -269,8 +297,30 @@ def score(bench: Bench, calm: LoadRun, chaos: LoadRun, events: list[dict[str, An
         "unclosed": {"calm": _unclosed(calm), "disrupted": _unclosed(chaos)},
         # Errors the worker published to the sessions, by code (`rate_limited`: audio shed).
         "errors": {"calm": _errors(calm), "disrupted": _errors(chaos)},
-        "per_session": [{"lost": p.lost, "duplicates": p.duplicates} for p in per],
+        "per_session": [{"lost": len(p.lost), "duplicates": len(p.duplicates)} for p in per],
+        "lost": [
+            lost_entry(context, i, calm_finals[i][k], chaos_finals[i])
+            for i, p in enumerate(per)
+            for k in p.lost
+        ],
+        "duplicates": [
+            duplicate_entry(context, i, chaos_finals[i][j], calm_finals[i])
+            for i, p in enumerate(per)
+            for j in p.duplicates
+        ],
+        # Heard, but decoded differently: (session, calm words, disrupted words).
+        "reworded": [
+            [i, " ".join(calm_finals[i][k].words), " ".join(chaos_finals[i][j].words)]
+            for i, p in enumerate(per)
+            for k, j in p.reworded
+        ],
         "events": [{k: v for k, v in e.items() if k != "ended_at"} for e in events],
+        # Seconds into the disrupted run: each fleet action, and each change of the leases.
+        "actions": [[round(at - chaos.started_at, 1), what] for at, what in bench.fleet.actions],
+        "owner_changes": [
+            [round(at - chaos.started_at, 1), owners]
+            for at, owners in zip(bench.owners.times, bench.owners.owners, strict=True)
+        ],
         "disruption_s": round(last - first, 1),
         "generator": {"calm": calm.lateness_summary(), "disrupted": chaos.lateness_summary()},
     }
@@ -293,6 +343,8 @@ async def bench_all(plan: Plan) -> dict[str, Any]:
     detector = speech_detectors(load_settings())
     clips = [c for c in load_clips(DEFAULT_MANIFEST, detector) if c.duration_s <= MAX_LOOP_CLIP_S]
     timelines = Timelines(clips, plan.run_s, detector)
+    logs = Path(tempfile.mkdtemp(prefix="chaos-logs-"))  # kept, to grep after the run
+    logger.info("worker logs in %s", logs)
     with tempfile.TemporaryDirectory() as store:
         config = Path(store) / "nats.conf"
         config.write_text(
@@ -307,13 +359,19 @@ async def bench_all(plan: Plan) -> dict[str, Any]:
             )  # fmt: skip
             settings = load_settings(**overrides)
             async with contextlib.AsyncExitStack() as stack:
-                fleet = Fleet(overrides, stack)
+                fleet = Fleet(overrides, stack, logs)
                 await asyncio.gather(*(fleet.start() for _ in range(plan.workers)))
                 nc = await stack.enter_async_context(connected(server.url))
                 bench = Bench(plan, settings, fleet, nc, timelines)
                 calm, _ = await stream(bench, "calm", events=False)
                 chaos, events = await stream(bench, "chaos", events=True)
     result = score(bench, calm, chaos, events, {c.name: c for c in clips})
+    # Every final of both runs beside the logs, to read what came instead of a lost one.
+    heard = {
+        label: [[dataclasses.asdict(final) for final in session] for session in finals(run)]
+        for label, run in (("calm", calm), ("disrupted", chaos))
+    }
+    (logs / "finals.json").write_text(json.dumps(heard, default=_plain))
     meta |= {
         "loadavg_end": [round(x, 2) for x in os.getloadavg()],
         "wall_s": round(time.monotonic() - started, 1),
@@ -321,6 +379,7 @@ async def bench_all(plan: Plan) -> dict[str, Any]:
         "clips": [c.name for c in clips],
         "model": settings.whisper_model_size,
         "endpoint_silence_ms": settings.endpoint_silence_ms,
+        "worker_logs": str(logs),
     }
     return {**result, "targets": TARGETS, "meta": meta}
 
@@ -330,6 +389,7 @@ def markdown(result: dict[str, Any], command: str) -> str:
     rows = [
         ("lost_finals", result["lost_finals"]),
         ("duplicate_finals", result["duplicate_finals"]),
+        ("reworded_finals", result["reworded_finals"]),
         ("wer_ratio", f"{result['wer_ratio']} ({result['wer_disrupted']} / {result['wer_calm']})"),
         ("p95_calm_s", result["p95_calm_s"]),
         ("p95_disrupted_s", result["p95_disrupted_s"]),
@@ -363,6 +423,7 @@ def markdown(result: dict[str, Any], command: str) -> str:
         "",
         f"Latencies counted: {json.dumps(result['latency_counts'])}; sessions left unclosed: "
         f"{json.dumps(result['unclosed'])}; errors published: {json.dumps(result['errors'])}.",
+        *table(result),
     ]
     return "\n".join(lines) + "\n"
 

@@ -7,10 +7,18 @@ covers. A session that moves mid-run is renumbered on (`utterance_id`, `sequence
 matched to the calm run's by their words instead: each session's words of both runs are
 aligned (`difflib`), and each calm utterance learns which disrupted finals hold its words.
 
-- lost: a calm utterance with words of which fewer than half are in the disrupted run;
+- lost: a calm utterance with words of which fewer than half are in the disrupted run, and
+  no final in its place;
+- reworded: a calm utterance whose words did not come, but a final did in its place (between
+  the finals holding the utterances before and after it) with words that align with nothing
+  of the calm run: the same speech cut into an utterance a little differently (a moved
+  session's VAD starts afresh at its new owner) and so decoded differently, not lost. Such a
+  final may repeat what the session said earlier (each session loops the same clips, which
+  decode differently at different places even in the calm run) and is then no duplicate;
 - duplicate: a disrupted final whose `utterance_id` the session already had, or one (of at
   least three words) whose words mostly align with nothing of the calm run but repeat what
-  another final of the session said (the alignment takes one of two twins);
+  another final of the session said (the alignment takes one of two twins), unless it is
+  a reworded utterance's final;
 - latency: end of speech (the calm final's audio, the worker's own VAD) -> the last final
   holding its words, for the calm utterances that ended on silence; a drain cuts an
   utterance in two and it counts when its rest is out.
@@ -85,12 +93,17 @@ class Matching:
     """One session's disrupted finals matched to its calm ones by their words."""
 
     holders: list[set[int]]  # by calm final: the disrupted finals holding its words
-    heard: list[bool]  # by calm final: most of its words arrived
-    duplicates: int
+    heard: list[bool]  # by calm final: most of its words arrived, or a reworded final
+    repeated: list[int]  # the disrupted finals that repeat another, by index
+    reworded: list[tuple[int, int]]  # (calm final, the disrupted final in its place)
 
     @property
     def lost(self) -> int:
         return self.heard.count(False)
+
+    @property
+    def duplicates(self) -> int:
+        return len(self.repeated)
 
 
 def match(calm: Sequence[Heard], disrupted: Sequence[Heard]) -> Matching:
@@ -112,13 +125,46 @@ def match(calm: Sequence[Heard], disrupted: Sequence[Heard]) -> Matching:
         not final.words or matched_calm[k] / len(final.words) >= MATCHED_ENOUGH
         for k, final in enumerate(calm)
     ]
-    return Matching(holders, heard, _duplicates(disrupted, matched_chaos))
+    by_id, by_words = _duplicates(disrupted, matched_chaos)
+    unmatched = {
+        j
+        for j, final in enumerate(disrupted)
+        if final.words and matched_chaos[j] / len(final.words) < MATCHED_ENOUGH
+    } - set(by_id)
+    reworded = _reworded(holders, heard, unmatched, len(disrupted))
+    for k, j in reworded:
+        heard[k] = True
+        holders[k].add(j)
+    in_place = {j for _, j in reworded}
+    repeated = sorted(by_id + [j for j in by_words if j not in in_place])
+    return Matching(holders, heard, repeated, reworded)
+
+
+def _reworded(
+    holders: list[set[int]], heard: list[bool], unmatched: set[int], count: int
+) -> list[tuple[int, int]]:
+    """Each unheard calm final paired with the first unmatched disrupted final (of `count`)
+    that lies between the finals holding the heard calm utterances before and after it."""
+    pairs: list[tuple[int, int]] = []
+    free = sorted(unmatched)
+    for k, ok in enumerate(heard):
+        if ok:
+            continue
+        before = [j for i in range(k) if heard[i] for j in holders[i]]
+        after = [j for i in range(k + 1, len(heard)) if heard[i] for j in holders[i]]
+        low, high = max(before, default=-1), min(after, default=count)
+        slot = next((j for j in free if low < j < high), None)
+        if slot is not None:
+            pairs.append((k, slot))
+            free.remove(slot)
+    return pairs
 
 
 @dataclass(slots=True)
 class SessionScore:
-    lost: int = 0
-    duplicates: int = 0
+    lost: list[int] = field(default_factory=list)  # calm finals, by index
+    duplicates: list[int] = field(default_factory=list)  # disrupted finals, by index
+    reworded: list[tuple[int, int]] = field(default_factory=list)  # (calm, disrupted)
     # (end of speech, wall time; seconds to its final) of each endpointed calm utterance.
     calm_latency: list[tuple[float, float]] = field(default_factory=list)
     disrupted_latency: list[tuple[float, float]] = field(default_factory=list)
@@ -134,7 +180,8 @@ def score_session(
 ) -> SessionScore:
     """One session's lost and duplicate finals and its latencies in both runs."""
     matching = match(calm, disrupted)
-    score = SessionScore(lost=matching.lost, duplicates=matching.duplicates)
+    lost = [k for k, heard in enumerate(matching.heard) if not heard]
+    score = SessionScore(lost=lost, duplicates=matching.repeated, reworded=matching.reworded)
     for k, final in enumerate(calm):
         if final.ended_by != "silence" or not final.words:
             continue
@@ -149,18 +196,21 @@ def score_session(
     return score
 
 
-def _duplicates(disrupted: Sequence[Heard], matched: dict[int, int]) -> int:
+def _duplicates(disrupted: Sequence[Heard], matched: dict[int, int]) -> tuple[list[int], list[int]]:
+    """The disrupted finals that repeat an `utterance_id`, and those that repeat words."""
     seen: set[int] = set()
-    count = 0
+    by_id: list[int] = []
+    by_words: list[int] = []
     for j, final in enumerate(disrupted):
-        repeated = final.utterance_id in seen
         said = final.words
         unmatched = len(said) >= REPEAT_MIN_WORDS and matched[j] / len(said) < MATCHED_ENOUGH
-        if not repeated and unmatched:  # the alignment may have taken its twin instead
+        if final.utterance_id in seen:
+            by_id.append(j)
+        elif unmatched:  # the alignment may have taken its twin instead
             others = [w for k, other in enumerate(disrupted) if k != j for w in other.words]
-            found = difflib.SequenceMatcher(None, others, list(said), autojunk=False)
-            in_order = sum(block.size for block in found.get_matching_blocks())
-            repeated = in_order / len(said) >= REPEATED
-        count += repeated
+            twins = difflib.SequenceMatcher(None, others, list(said), autojunk=False)
+            in_order = sum(block.size for block in twins.get_matching_blocks())
+            if in_order / len(said) >= REPEATED:
+                by_words.append(j)
         seen.add(final.utterance_id)
-    return count
+    return by_id, by_words

@@ -4,14 +4,19 @@ replaced under live sessions, and no final lost or published twice."""
 
 from __future__ import annotations
 
+import asyncio
 import json
 import subprocess
 import sys
+import uuid
 from pathlib import Path
 
+import nats
 import pytest
 
+from bench.chaos_attribution import OwnerLog, nearest, partition_of, table
 from bench.chaos_score import Heard, match, words
+from stt_worker.runtime.nats_server import NatsServer
 
 ROOT = Path(__file__).resolve().parents[1]
 KEYS = {"lost_finals", "duplicate_finals", "wer_ratio", "p95_disrupted_s", "p95_calm_s"}
@@ -31,8 +36,8 @@ def test_quick_chaos_run_loses_and_repeats_no_final(tmp_path: Path) -> None:
     # Speech went through both runs: there were utterances to lose.
     assert data["utterances"] >= 4 and data["finals_disrupted"] >= 4
     assert data["unclosed"] == {"calm": 0, "disrupted": 0}
-    assert data["lost_finals"] == 0, data["per_session"]
-    assert data["duplicate_finals"] == 0, data["per_session"]
+    assert len(data["lost"]) == data["lost_finals"] == 0, data["lost"]
+    assert len(data["duplicates"]) == data["duplicate_finals"] == 0, data["duplicates"]
     assert data["p95_calm_s"] is not None and data["wer_ratio"] is not None
     assert "| lost_finals | 0 |" in path.with_suffix(".md").read_text()
 
@@ -56,6 +61,88 @@ def test_a_final_whose_words_never_came_is_lost_and_a_replayed_one_is_a_duplicat
     assert match(CALM, renumbered).duplicates == 1
 
 
+def test_an_utterance_decoded_differently_in_its_place_is_reworded_not_lost_nor_repeated():
+    """The same clip twice in a session, decoded two ways (Whisper's prompt differs): the
+    disrupted run's second decoding repeats the first's words in the place of the calm run's
+    other decoding. One utterance with other words, not a loss and a duplicate."""
+    calm = [
+        heard(1, "he is definitely counseled him"),
+        heard(2, "for a full hour he had paced up and down"),
+        heard(3, "stuff it into you his belly counseled him"),
+        heard(4, "has never been surpassed"),
+    ]
+    disrupted = [*calm[:2], heard(3, "he is definitely counseled him"), calm[3]]
+    matching = match(calm, disrupted)
+    assert (matching.lost, matching.duplicates, matching.reworded) == (0, 0, [(2, 2)])
+    # Nothing in its place: lost. The same words elsewhere: a duplicate still.
+    gone = [*calm[:2], calm[3]]
+    assert match(calm, gone).lost == 1 and match(calm, gone).reworded == []
+    replayed = [*calm, heard(5, "he is definitely counseled him")]
+    assert match(calm, replayed).duplicates == 1 and match(calm, replayed).reworded == []
+    # A repeated utterance_id is a duplicate even in a lost utterance's place.
+    renumbered = [*calm[:2], heard(2, "he is definitely counseled him"), calm[3]]
+    assert match(calm, renumbered).duplicates == 1 and match(calm, renumbered).lost == 1
+
+
 def test_a_decoding_loop_does_not_outweigh_the_words_of_its_utterance() -> None:
     looped = [heard(1, "he hoped there would be stew p-p-p-p-p-p-p-p-p-p-p-p-p-p-p-p")]
     assert match(looped, CALM[:1]).lost == 0
+
+
+async def test_the_partition_named_for_a_session_is_the_one_the_server_maps_it_to(tmp_path):
+    config = tmp_path / "nats.conf"
+    config.write_text(
+        'mappings { "ai.voice.stream.*": "ai.voice.partitioned.{{partition(12,1)}}'
+        '.{{wildcard(1)}}" }\n'
+    )
+    sessions = [f"chaos-{uuid.uuid4().hex[:6]}-{i}" for i in range(40)]
+    mapped: dict[str, int] = {}
+    async with NatsServer(extra_args=("-c", str(config))) as server:
+        nc = await nats.connect(server.url)
+        try:
+
+            async def note(msg) -> None:
+                _, _, _, partition, session = msg.subject.split(".")
+                mapped[session] = int(partition)
+
+            await nc.subscribe("ai.voice.partitioned.>", cb=note)
+            for session in sessions:
+                await nc.publish(f"ai.voice.stream.{session}", b"")
+            await nc.flush()
+            for _ in range(50):
+                if len(mapped) == len(sessions):
+                    break
+                await asyncio.sleep(0.05)
+        finally:
+            await nc.close()
+    assert len(set(mapped.values())) > 6  # spread, so a constant answer would fail
+    assert mapped == {session: partition_of(session, 12) for session in sessions}
+
+
+def test_owners_and_the_nearest_action_around_a_time() -> None:
+    owners = OwnerLog()
+    owners.record(10.0, {0: "w0", 1: "w1"})
+    owners.record(10.5, {0: "w0", 1: "w1"})  # no change: not kept
+    owners.record(12.0, {1: "w1"})  # w0 killed, its lease expired
+    owners.record(15.0, {0: "w2", 1: "w1"})
+    assert owners.times == [10.0, 12.0, 15.0]
+    assert owners.owner_at(0, 9.0) is None and owners.owner_at(0, 11.0) == "w0"
+    assert owners.held_by(0, 11.0, 16.0) == ["w0", "-", "w2"]
+    assert owners.held_by(1, 11.0, 16.0) == ["w1"]
+    actions = [(11.0, "SIGKILL w0"), (14.0, "w2 ready")]
+    assert nearest(actions, 11.5, origin=1.0) == {
+        "action": "SIGKILL w0", "offset_s": 0.5, "at_s": 10.0,
+    }  # fmt: skip
+    assert nearest(actions, 13.0, origin=1.0)["offset_s"] == -1.0
+
+
+def test_the_report_names_each_lost_and_duplicate_final() -> None:
+    entry = {
+        "session": 3, "partition": 7, "utterance_id": 12, "calm_span_s": [40.1, 43.2],
+        "sent_s": 55.3, "words": "he hoped there would be stew", "owners": ["w0", "-", "w4"],
+        "nearest": {"action": "SIGKILL w0", "offset_s": 0.4, "at_s": 54.9},
+    }  # fmt: skip
+    assert table({"lost": [], "duplicates": []}) == []
+    (_, _, _, row) = table({"lost": [entry], "duplicates": []})
+    assert row.startswith("| lost | 3 (7) | 12 (40.1-43.2) | 55.3 | w0 -> - -> w4 |")
+    assert "SIGKILL w0 (+0.4 s)" in row

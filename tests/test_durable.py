@@ -14,6 +14,7 @@ import numpy as np
 import pytest
 
 from stt_worker.config import load_settings
+from stt_worker.runtime.delivery import ensure_work_queue
 from stt_worker.runtime.nats_server import NatsServer
 from stt_worker.runtime.publisher import StreamStats, publish_pcm, stream_file
 from stt_worker.runtime.worker import Worker
@@ -66,6 +67,27 @@ async def test_sigkill_mid_utterance_then_restart_the_final_still_arrives(js_url
     assert final["source_seq_last"] > partial["source_seq_last"]
     # A new incarnation of the session: ids restart (source_seq_* tell replays apart).
     assert final["utterance_id"] == 1
+
+
+async def test_a_stored_backlog_larger_than_the_sessions_inbox_is_slowed_down_not_lost(js_url):
+    """A worker that takes over stored audio (a partition moved, a restart) gets it all at
+    once, far faster than the session's task handles it: a full inbox waits for room, as the
+    stream holds the rest, instead of refusing (and acknowledging) audio nobody else has."""
+    nc = await nats.connect(js_url)
+    env = worker_env(js_url, STT_DURABLE="true", STT_SESSION_INBOX_MESSAGES="16")
+    session = f"backlog-{uuid.uuid4().hex[:8]}"
+    try:
+        await ensure_work_queue(nc.jetstream(), load_settings(durable=True))
+        inbox = await Inbox.open(nc, session)
+        stats = await stream_head(nc, session)  # the whole clip, stored before any worker
+        await stream_tail(nc, session, stats)
+        async with WorkerProcess(env):
+            messages = await inbox.until_closed(within_s=60)
+    finally:
+        await nc.close()
+    assert not [m for m in messages if m.get("type") == "error"], messages
+    text = " ".join(final["transcript"] for final in finals(messages))
+    assert wer(manifest_text(CLIP), text) <= 0.2, text
 
 
 async def test_sigterm_in_durable_mode_hands_the_session_on_to_the_next_worker(js_url):

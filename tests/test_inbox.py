@@ -96,6 +96,48 @@ async def test_a_full_inbox_refuses_that_sessions_messages_only_and_says_so_once
     assert len(recorder.handled["slow"]) == 16 and len(recorder.handled["other"]) == 1
 
 
+async def test_room_waits_while_the_session_takes_messages_and_not_for_a_stalled_one():
+    """Durable mode's wait for a full inbox (`room`): it returns once the session's task has
+    taken a message; a task that takes none within the patience is not waited for again (the
+    next message is refused at once) until it takes one."""
+    recorder = Recorder()
+    table = inboxes(recorder, max_messages=16)
+    seqs = iter(range(100))
+
+    async def fill() -> None:
+        """The inbox full, its task stuck on the message it took."""
+        for _ in range(18):  # one taken, 16 queued, one refused
+            verdict = offer(table, "slow", Chunk(audio=bytes(640), seq=next(seqs)))
+            await asyncio.sleep(0)  # the task's turn to take its first
+        assert verdict is not True and table.queued == 16
+
+    async with asyncio.TaskGroup() as group:
+        table.serve_in(group)
+        await fill()
+        waiting = asyncio.create_task(table.room("slow", message_on("slow"), patience_s=5))
+        await asyncio.sleep(0.1)
+        assert not waiting.done()
+        recorder.gate.set()
+        await asyncio.wait_for(waiting, 1)
+        await asyncio.wait_for(table.wait_served(), 5)
+
+        recorder.gate.clear()
+        await fill()
+        await asyncio.wait_for(table.room("slow", message_on("slow"), patience_s=0.2), 1)
+        started = asyncio.get_running_loop().time()
+        await table.room("slow", message_on("slow"), patience_s=5)  # stalled: no wait
+        assert asyncio.get_running_loop().time() - started < 0.1
+        recorder.gate.set()
+        await asyncio.wait_for(table.wait_served(), 5)
+        recorder.gate.clear()
+        await fill()  # it took messages again: waited for again
+        waiting = asyncio.create_task(table.room("slow", message_on("slow"), patience_s=5))
+        await asyncio.sleep(0.1)
+        assert not waiting.done()
+        recorder.gate.set()
+        await asyncio.wait_for(waiting, 1)
+
+
 async def test_the_bytes_bound_counts_too_and_frees_as_messages_are_handled():
     recorder = Recorder()
     table = inboxes(recorder, max_bytes=3 * 640)
@@ -156,3 +198,30 @@ async def test_a_session_s_clock_stays_at_its_oldest_queued_message_until_it_cat
         recorder.gate.set()
         await recorder.until("slow", 3)
         assert table.clock("slow", 31.0) == 31.0
+
+
+async def test_only_a_message_within_its_budgets_waits_for_room():
+    """Durable mode: `offer(may_wait=True)` answers None for a message its budgets admit but
+    its full inbox cannot hold, and `wait_for_room` queues it once the task takes one; a
+    message over its budgets is refused at once, however full the inbox."""
+    recorder = Recorder()
+    table = inboxes(recorder, RateLimits(max_audio_speed=1.0, audio_burst_s=1.0), max_messages=2)
+    second = Chunk(audio=bytes(32_000))  # 1 s of 16 kHz audio: the whole burst
+    async with asyncio.TaskGroup() as group:
+        table.serve_in(group)
+        for arrived in (0.0, 1.0, 2.0):  # one taken by the stuck task, two queued
+            assert offer(table, "slow", second, now=arrived) is True
+            await asyncio.sleep(0)
+        message = message_on("slow", 32_000)
+        within = table.offer("slow", second, message, 3.0, 3.0, may_wait=True)
+        assert within is None
+        over = table.offer("slow", second, message, 3.0, 3.0, may_wait=True)
+        assert over is not None and over is not True  # its budget is spent: refused
+        waiting = asyncio.create_task(
+            table.wait_for_room("slow", second, message, 3.0, 3.0, patience_s=5)
+        )
+        await asyncio.sleep(0.05)
+        assert not waiting.done()
+        recorder.gate.set()
+        assert await asyncio.wait_for(waiting, 1) is True
+        await recorder.until("slow", 4)

@@ -131,7 +131,8 @@ class ErrorCode(enum.StrEnum):
         "rate_limited",
         _W,
         "The session sends faster than its share (audio past `STT_MAX_AUDIO_SPEED`, control "
-        "messages, a full inbox); the refused messages are dropped, said at most once a second.",
+        "messages, a full inbox: durable mode first waits for room); the refused messages are "
+        "dropped, said at most once a second.",
     )
     SHUTTING_DOWN = (
         "shutting_down",

@@ -159,6 +159,7 @@ async def worker_process(
     *,
     env: Mapping[str, str] | None = None,
     cwd: Path | None = None,
+    log_path: Path | None = None,
 ) -> AsyncIterator[WorkerProcess]:
     """`stt-streaming serve` in its own process, as deployments run it: in this process the
     publisher and subscriber would share its CPU and GIL (measured: in-worker inference ~7%
@@ -168,7 +169,8 @@ async def worker_process(
     KIND``) and readiness line ("worker ready"). `env` is
     added last: variables a `Settings` of this checkout may not know yet (a worker ignores
     unknown ones). `cwd`: the checkout whose worker runs (`python -m` imports from there
-    first), to measure another commit beside this one in one run."""
+    first), to measure another commit beside this one in one run. `log_path`: a file that
+    keeps every log line (the handle keeps the last 40)."""
     # Probes on a free port unless asked otherwise: the harness must not need 8080.
     env = {"STT_HTTP_PORT": "0", **os.environ, **settings_env(settings), **(env or {})}
     process = await asyncio.create_subprocess_exec(
@@ -185,7 +187,7 @@ async def worker_process(
     )
     handle = WorkerProcess(process.pid, collections.deque(maxlen=40))
     ready = asyncio.Event()
-    reader = asyncio.create_task(_read_log(process, handle, ready))
+    reader = asyncio.create_task(_read_log(process, handle, ready, log_path))
     try:
         waiting = asyncio.create_task(ready.wait())
         exited = asyncio.create_task(process.wait())
@@ -202,17 +204,27 @@ async def worker_process(
 
 
 async def _read_log(
-    process: asyncio.subprocess.Process, handle: WorkerProcess, ready: asyncio.Event
+    process: asyncio.subprocess.Process,
+    handle: WorkerProcess,
+    ready: asyncio.Event,
+    log_path: Path | None,
 ) -> None:
     """Keep the worker's last log lines, note its probes URL, and see it become ready."""
     assert process.stderr is not None
     log = handle.log
-    async for line in process.stderr:
-        log.append(line.decode(errors="replace").rstrip())
-        if handle.probe_url is None and (found := _PROBE_URL.search(log[-1])):
-            handle.probe_url = found.group(1)
-        if "worker ready" in log[-1]:
-            ready.set()
+    # A harness's local file, written through a buffer: nothing a run waits on.
+    with open(log_path or os.devnull, "a", encoding="utf-8") as kept:  # noqa: ASYNC230
+        async for line in process.stderr:
+            log.append(line.decode(errors="replace").rstrip())
+            kept.write(log[-1] + "\n")
+            _note(log[-1], handle, ready)
+
+
+def _note(line: str, handle: WorkerProcess, ready: asyncio.Event) -> None:
+    if handle.probe_url is None and (found := _PROBE_URL.search(line)):
+        handle.probe_url = found.group(1)
+    if "worker ready" in line:
+        ready.set()
 
 
 async def _stop(process: asyncio.subprocess.Process) -> None:

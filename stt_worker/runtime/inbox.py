@@ -43,7 +43,16 @@ Handler = Callable[[str, ClientMessage, Msg, float], Awaitable[None]]
 
 
 class _Inbox:
-    __slots__ = ("admission", "drops", "handling_since", "queue", "queued_bytes", "task")
+    __slots__ = (
+        "admission",
+        "drops",
+        "handling_since",
+        "queue",
+        "queued_bytes",
+        "stuck",
+        "taken",
+        "task",
+    )
 
     def __init__(self, admission: Admission) -> None:
         self.admission = admission
@@ -53,6 +62,8 @@ class _Inbox:
         # When the message its task is handling now arrived (None between messages).
         self.handling_since: float | None = None
         self.task: asyncio.Task[None] | None = None
+        self.taken = asyncio.Event()  # set as the session's task takes a message
+        self.stuck = False  # a wait for room ran out; no more waits until it takes one
 
 
 class Inboxes:
@@ -90,11 +101,20 @@ class Inboxes:
                 self._start(session_id, inbox)
 
     def offer(
-        self, session_id: str, message: ClientMessage, msg: Msg, now: float, paced_at: float
-    ) -> Refusals | bool:
+        self,
+        session_id: str,
+        message: ClientMessage,
+        msg: Msg,
+        now: float,
+        paced_at: float,
+        *,
+        may_wait: bool = False,
+    ) -> Refusals | bool | None:
         """Admit a decoded message: True when queued for its session; else False, or the
         `Refusals` to tell the session now (at most once a second). `paced_at` is the clock
-        the budgets run on: now, or when a replayed message was first published."""
+        the budgets run on: now, or when a replayed message was first published. None
+        (`may_wait`, durable mode): within its budgets, but its inbox is full; the caller
+        waits for room (`wait_for_room`) instead of refusing it."""
         self._sweep(now)
         inbox = self._inboxes.get(session_id)
         if inbox is None:
@@ -106,20 +126,67 @@ class Inboxes:
             inbox = self._inboxes[session_id] = _Inbox(Admission(self._limits, paced_at))
         over = inbox.admission.check(message, paced_at)
         if over is None and not self._room(inbox, msg):
+            if may_wait and not inbox.stuck:
+                return None  # spent from its budget already: only the room is missing
             over = (Traffic.INBOX, 0.0)
         if over is not None:
-            kind, audio_s = over
-            self._metrics.rate_limited.labels(kind).inc()
-            self._metrics.rate_limited_audio.inc(audio_s)
-            report = inbox.admission.notice.refused(kind, audio_s, paced_at)
-            if report is None:
-                self._untold.add(session_id)
-            return report or False
-        inbox.queue.append((message, msg, now))
-        inbox.queued_bytes += len(msg.data)
+            return self._refused(session_id, inbox, over, paced_at)
+        self._queue(session_id, inbox, (message, msg, now))
+        return True
+
+    async def wait_for_room(
+        self,
+        session_id: str,
+        message: ClientMessage,
+        msg: Msg,
+        now: float,
+        paced_at: float,
+        patience_s: float,
+    ) -> Refusals | bool:
+        """Queue a message `offer` found within its budgets (it answered None) once its
+        session's inbox has room (`room`); refused as over the inbox's bounds if the
+        session's task stalls meanwhile. Only messages within budget wait: a flood is still
+        refused at once, so one session's excess never holds the subscription."""
+        await self.room(session_id, msg, patience_s)
+        inbox = self._inboxes.get(session_id)
+        if inbox is None:
+            return self.offer(session_id, message, msg, now, paced_at)  # forgotten: fresh
+        if not self._room(inbox, msg):
+            return self._refused(session_id, inbox, (Traffic.INBOX, 0.0), paced_at)
+        self._queue(session_id, inbox, (message, msg, now))
+        return True
+
+    def _refused(
+        self, session_id: str, inbox: _Inbox, over: tuple[Traffic, float], paced_at: float
+    ) -> Refusals | bool:
+        kind, audio_s = over
+        self._metrics.rate_limited.labels(kind).inc()
+        self._metrics.rate_limited_audio.inc(audio_s)
+        report = inbox.admission.notice.refused(kind, audio_s, paced_at)
+        if report is None:
+            self._untold.add(session_id)
+        return report or False
+
+    def _queue(
+        self, session_id: str, inbox: _Inbox, item: tuple[ClientMessage, Msg, float]
+    ) -> None:
+        inbox.queue.append(item)
+        inbox.queued_bytes += len(item[1].data)
         if inbox.task is None and self._group is not None:
             self._start(session_id, inbox)
-        return True
+
+    async def room(self, session_id: str, msg: Msg, patience_s: float) -> None:
+        """Wait until the session's inbox has room for `msg`, while its task takes a message
+        at least every `patience_s` (durable mode: what comes meanwhile waits in the stream,
+        so a replayed backlog is slowed down instead of refused and lost). A session whose
+        task stalls is not waited for again until it takes a message: `offer` refuses."""
+        inbox = self._inboxes.get(session_id)
+        while inbox is not None and not inbox.stuck and not self._room(inbox, msg):
+            inbox.taken.clear()
+            try:
+                await asyncio.wait_for(inbox.taken.wait(), patience_s)
+            except TimeoutError:
+                inbox.stuck = True
 
     def shed(self, session_id: str, messages: int, nbytes: int, now: float) -> None:
         """Messages of the session dropped unread (`shedding.Shedder`): told with its next
@@ -196,6 +263,8 @@ class Inboxes:
                 while inbox.queue and time.perf_counter() - sliced_at < SLICE_S:
                     message, msg, now = inbox.queue.popleft()
                     inbox.queued_bytes -= len(msg.data)
+                    inbox.stuck = False
+                    inbox.taken.set()
                     inbox.handling_since = now
                     try:
                         await self._handle(session_id, message, msg, now)

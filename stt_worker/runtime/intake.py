@@ -7,7 +7,10 @@ budgets and bounds); the worker's `_handle` does the rest in the session's own t
 session waits behind another's backlog. What is refused is answered here (a bad message at
 once, ``rate_limited`` at most once a second) and, in durable mode, acknowledged so it is not
 replayed; a session refused for its pace has its next messages shed unread for a moment
-(`shedding.Shedder`).
+(`shedding.Shedder`). Durable mode waits for room in a full inbox instead of refusing a
+message within its session's budgets, while the session's task keeps taking messages: a
+backlog the stream replays at once (a partition taken over) is slowed down, not lost, and
+JetStream holds the rest; a flood over its budgets is still refused at once.
 `Intake.dropped` answers the NATS client's slow-consumer reports, also at most once a second
 per session, since the client reports each dropped message on its read path.
 """
@@ -62,6 +65,9 @@ class Intake:
     ) -> None:
         self._max_session_id_chars = settings.max_session_id_chars
         self._delivery = delivery
+        # Durable mode waits for a full inbox (the stream holds what follows), up to this
+        # long per message the session takes; core NATS refuses at once.
+        self._patience_s = settings.ack_wait_s / 4 if settings.durable else None
         self._refuse = refuse
         self._limits = rate_limits(settings)
         self.shedder = Shedder(metrics)
@@ -86,11 +92,18 @@ class Intake:
         # The session id is the subject's last token, partitioned or not.
         session_id = msg.subject.rsplit(".", 1)[-1]
         now = time.time()
+        patience_s = self._patience_s
         try:
             check_session_id(session_id, self._max_session_id_chars)
             message = decode_client_message(msg.data)
             paced_at = self._delivery.paced_at(msg, now)
-            verdict = self.inboxes.offer(session_id, message, msg, now, paced_at)
+            verdict = self.inboxes.offer(
+                session_id, message, msg, now, paced_at, may_wait=patience_s is not None
+            )
+            if verdict is None and patience_s is not None:
+                verdict = await self.inboxes.wait_for_room(
+                    session_id, message, msg, now, paced_at, patience_s
+                )
         except Exception as exc:
             if isinstance(exc, SttError):
                 error = exc
@@ -115,6 +128,11 @@ class Intake:
             told = verdict.total + shed_messages
             error = SttError(text, code=ErrorCode.RATE_LIMITED, messages=told)
             await self._refuse(session_id, error, now, msg)
+
+    def stop_waiting(self) -> None:
+        """SIGTERM: a full inbox refuses again, so that draining the subscription (every
+        message it buffered through admission) cannot take as long as the backlog."""
+        self._patience_s = None
 
     async def tell_untold(self, now: float) -> None:
         """Send the ``rate_limited`` sums held back by their interval (every tick), so a

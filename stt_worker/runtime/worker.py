@@ -195,6 +195,7 @@ class Worker:
         self.ready.clear()
         self._draining = True
         logger.info("draining", extra={"sessions": len(self._sessions.live)})
+        self._intake.stop_waiting()
         await self._delivery.stop_taking(subs)
         await self._retire(lambda acks: True)
         await self._delivery.hand_over()
