@@ -14,10 +14,12 @@ rotation. Per sentence:
 - the gaps between partials that arrived while the sentence was still being spoken.
 
 Configurations are measured in one run, one after the other, on the same server: `old`
-(the fixed 500 ms endpoint, webrtcvad and a partial a second: the defaults before issue 16)
-and `new` (the defaults); `interval` is `new` with the partial cadence before its lead
-(`STT_PARTIAL_LEAD_MS=0`). A worker ignores environment variables it does not know, so `old`
-is the same command on any checkout.
+(the fixed 500 ms endpoint with its final decoded after it, webrtcvad and a partial a second:
+the defaults before issue 16) and `new` (the defaults); `interval` is `new` with the partial
+cadence before its lead (`STT_PARTIAL_LEAD_MS=0`), `unspeculated` `new` with the final
+decoded after the endpoint (`STT_ENDPOINT_SPECULATE_MS=0`), `turn` the opt-in turn mode. A
+worker ignores environment variables it does not know, so `old` is the same command on any
+checkout.
 
     .venv/bin/python -m bench.turn_latency [--sessions 1,16] [--configs old,new,interval] [--quick]
         [--baseline DIR] [--json PATH]     # writes bench/results/turn_latency.{md,json}
@@ -87,15 +89,19 @@ SENTENCES = (
 )
 QUICK_SENTENCES = SENTENCES[:2]
 CONFIGS: dict[str, dict[str, str]] = {
-    # The defaults before issue 16: fixed 500 ms endpoint, webrtcvad, a partial each second
-    # of audio (the first after a second too).
+    # The defaults before issue 16: fixed 500 ms endpoint with the final decoded after it,
+    # webrtcvad, a partial each second of audio (the first after a second too).
     "old": {
         "STT_ENDPOINT_MODE": "fixed",
+        "STT_ENDPOINT_SPECULATE_MS": "0",
         "STT_VAD_ENGINE": "webrtc",
         "STT_PARTIAL_INTERVAL_MS": "1000",
         "STT_PARTIAL_FIRST_MS": "1000",
+        "STT_PARTIAL_LEAD_MS": "0",
     },
     "new": {},
+    # The defaults with the final decoded after the endpoint, as before speculation.
+    "unspeculated": {"STT_ENDPOINT_SPECULATE_MS": "0"},
     # The defaults with the partial cadence before its lead: one partial every interval of
     # new audio, however the decodes land.
     "interval": {"STT_PARTIAL_LEAD_MS": "0"},

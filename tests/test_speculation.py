@@ -42,11 +42,11 @@ def test_a_pause_that_ends_the_utterance_publishes_the_speculation_as_its_final(
     decode = plan(job)
     assert decode.engine is EngineRole.FINAL and decode.lane is Lane.PARTIAL
     assert decode.options.full_window_retry and not decode.options.speech_heard
-    # It hears the pause so far, repeated up to the endpoint's length (10 frames): Whisper's
-    # window follows the audio's length, and the final it stands for hears that much pause.
+    # It hears the pause so far, then digital silence up to the endpoint's length (10
+    # frames): Whisper's window follows the audio's length, and the final it stands for
+    # hears that much pause. Its span is the audio received.
     assert len(job.pcm) == 23 + 10 and job.audio_end_s == pytest.approx(27 * 0.02)
-    pause = job.pcm[23:27]
-    assert all(frame is pause[index % 4] for index, frame in enumerate(job.pcm[23:]))
+    assert all(not frame.any() for frame in job.pcm[27:])
     (shown,) = published(answer(session, job, "Turn it off."), Transcription)
     assert shown.is_partial and shown.transcript == "Turn it off."
     ended = feed(session, "......")
@@ -64,6 +64,16 @@ def test_speech_after_the_speculation_leaves_the_final_to_its_own_decode():
     answer(session, job, "Turn it")
     (final,) = jobs(feed(session, "ssss" + ".........."), final=True)
     assert final.kind is JobKind.FINAL and final.audio_end_s == pytest.approx(41 * 0.02)
+
+
+def test_a_speculation_without_words_leaves_the_final_to_its_own_decode():
+    # A short phrase can decode to nothing early in the pause and to its words with the
+    # rest of it (JFK's "ask not"): no words is no answer.
+    session = new_session()
+    job = speculation(feed(session, "s" * 23 + "...."))
+    assert answer(session, job, "") == []
+    (final,) = jobs(feed(session, "......"), final=True)
+    assert final.kind is JobKind.FINAL
 
 
 def test_a_speculation_answered_after_the_end_is_only_a_stale_partial():

@@ -15,10 +15,15 @@ import dataclasses
 import itertools
 from dataclasses import dataclass
 
+import numpy as np
+
 from stt_worker.core.audio import SAMPLE_RATE_HZ
 from stt_worker.core.jobs import Decoded, Job
 from stt_worker.core.phases import Phase
 from stt_worker.core.utterance import Utterance
+from stt_worker.core.vad import FRAME_SAMPLES
+
+_SILENT_FRAME = np.zeros(FRAME_SAMPLES, dtype=np.int16)
 
 
 @dataclass(frozen=True, slots=True)
@@ -51,12 +56,12 @@ class Speculation:
         return True
 
     def padded(self, job: Job, utterance: Utterance) -> Job:
-        """`job` with the pause heard so far repeated up to the endpoint's length: the final
-        it stands for would hear that much pause, and Whisper's window (and with it the text)
-        follows the audio's length. Its span stays the audio received."""
-        pause = utterance.pcm[-utterance.silence_run :]
-        tail = itertools.islice(itertools.cycle(pause), self.endpoint_frames - len(pause))
-        return dataclasses.replace(job, pcm=(*job.pcm, *tail))
+        """`job` padded with digital silence up to the endpoint's pause: the final it stands
+        for would hear that much pause, and Whisper's window (and with it the text) follows
+        the audio's length. Zeros, as Whisper pads its own window. Its span stays the audio
+        received."""
+        missing = self.endpoint_frames - utterance.silence_run
+        return dataclasses.replace(job, pcm=(*job.pcm, *itertools.repeat(_SILENT_FRAME, missing)))
 
     @staticmethod
     def answered(utterance: Utterance | None, job: Job, decoded: Decoded) -> None:
@@ -65,5 +70,8 @@ class Speculation:
         if utterance is None or utterance.utterance_id != job.utterance_id:
             return
         asked_end_s = (utterance.start_sample + utterance.speculated_samples) / SAMPLE_RATE_HZ
-        if job.audio_end_s == asked_end_s:
+        # No words is no answer: a short phrase near Whisper's silence rule can decode to
+        # nothing early in the pause and to its words with the rest of it (JFK's "ask not":
+        # '' at 200 ms of pause, "ask not" at 500), so its final is decoded after the endpoint.
+        if job.audio_end_s == asked_end_s and decoded.text:
             utterance.ready = decoded
