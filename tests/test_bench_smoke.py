@@ -16,16 +16,22 @@ import pytest
 ROOT = Path(__file__).resolve().parents[1]
 
 
+def run_bench(command: list[str], timeout_s: float) -> None:
+    """`python -m` a bench from the repository root; it must succeed."""
+    command = [sys.executable, "-m", *command]
+    done = subprocess.run(command, cwd=ROOT, capture_output=True, text=True, timeout=timeout_s)
+    assert done.returncode == 0, done.stderr[-3000:]
+
+
 @pytest.mark.timeout(180)
 def test_capacity_bench_quick_run_compares_two_configurations(tmp_path: Path) -> None:
     path = tmp_path / "capacity.json"
-    command = [sys.executable, "-m", "bench.capacity", "--quick", "--json", str(path)]
+    command = ["bench.capacity", "--quick", "--json", str(path)]
     # Names that ask for the batching ratio; the variable is passed through whether or not
     # this checkout's worker knows it.
     for config in ("batched=STT_BATCH_MAX=4", "unbatched=STT_BATCH_MAX=1"):
         command += ["--compare", config]
-    done = subprocess.run(command, cwd=ROOT, capture_output=True, text=True, timeout=170)
-    assert done.returncode == 0, done.stderr[-3000:]
+    run_bench(command, 170)
 
     data = json.loads(path.read_text())
     assert data["meta"]["nproc"] >= 1 and data["meta"]["commit"]
@@ -55,14 +61,7 @@ def test_capacity_bench_quick_run_compares_two_configurations(tmp_path: Path) ->
 @pytest.mark.timeout(180)
 def test_neighbours_bench_quick_run_writes_its_outputs(tmp_path: Path) -> None:
     prefix = tmp_path / "neighbours"
-    done = subprocess.run(
-        [sys.executable, "-m", "bench.neighbours", "--quick", "--out", str(prefix)],
-        cwd=ROOT,
-        capture_output=True,
-        text=True,
-        timeout=170,
-    )
-    assert done.returncode == 0, done.stderr[-3000:]
+    run_bench(["bench.neighbours", "--quick", "--out", str(prefix)], 170)
 
     data = json.loads(prefix.with_suffix(".json").read_text())
     assert {"meta", "targets", "modes"} <= set(data)
@@ -96,14 +95,7 @@ def test_neighbours_bench_quick_run_writes_its_outputs(tmp_path: Path) -> None:
 @pytest.mark.timeout(120)
 def test_batch_profile_quick_run_splits_encoder_and_decoder_time(tmp_path: Path) -> None:
     prefix = tmp_path / "batch_profile"
-    done = subprocess.run(
-        [sys.executable, "-m", "bench.batch_profile", "--quick", "--out", str(prefix)],
-        cwd=ROOT,
-        capture_output=True,
-        text=True,
-        timeout=110,
-    )
-    assert done.returncode == 0, done.stderr[-3000:]
+    run_bench(["bench.batch_profile", "--quick", "--out", str(prefix)], 110)
     rows = json.loads(prefix.with_suffix(".json").read_text())["rows"]
     assert [(row["window_s"], row["batch"]) for row in rows] == [(2.0, 1), (2.0, 2)]
     for row in rows:
@@ -111,5 +103,10 @@ def test_batch_profile_quick_run_splits_encoder_and_decoder_time(tmp_path: Path)
         # own threads (a thread clock would read about 0).
         assert row["encode_ms_per_job"] > 0 and row["generate_ms_per_job"] > 0
         assert row["cpu_ms_per_job"] > 1.0
-    assert rows[0]["gain_per_job"] == 1.0 and rows[1]["cpu_gain_per_job"] > 0
+    lone, paired = rows
+    assert lone["gain_per_job"] == 1.0 and lone["cpu_gain_per_job"] == 1.0
+    # A gain is a lone job's time over a batched job's.
+    assert paired["cpu_gain_per_job"] == pytest.approx(
+        lone["cpu_ms_per_job"] / paired["cpu_ms_per_job"]
+    )
     assert "| 2 | 2 |" in prefix.with_suffix(".md").read_text()
