@@ -8,8 +8,9 @@ onto 12 partitions), real `stt-streaming serve` processes in elastic mode
 a disrupted run during which, as a Deployment would see them:
 
 - ``join``: one more worker starts (a scale-up);
-- ``term``: a replacement starts, and once it is ready the oldest worker gets SIGTERM (it
-  drains and hands over), as a rollout with no unavailable pod does;
+- ``term``: the oldest worker gets SIGTERM and leaves (a scale-down): it drains and hands
+  its partitions over to the others, so the fleet is back to its calm size, and the run
+  after the disruption is measured on as many workers as the calm run;
 - ``kill``: the oldest worker gets SIGKILL (its leases expire, its audio is replayed) and a
   replacement starts, as a crashed pod's; the next event does not wait for it;
 - ``roll``: every worker in turn is replaced, a new one ready before the old one gets SIGTERM
@@ -94,7 +95,7 @@ class Plan:
 
 
 FULL = Plan(
-    workers=3, sessions=24, run_s=180.0, ramp_s=10.0, grace_s=60.0, lease_s=6.0,
+    workers=3, sessions=24, run_s=240.0, ramp_s=10.0, grace_s=60.0, lease_s=6.0,
     events=((15.0, "join"), (35.0, "term"), (55.0, "kill"), (75.0, "roll")),
 )  # fmt: skip
 QUICK = Plan(
@@ -140,16 +141,16 @@ class Fleet:
         await asyncio.gather(*self._starting)
 
     async def disrupt(self, what: str) -> str:
-        """One event; returns what was done to whom. As a Deployment does it: a planned stop
-        (SIGTERM) once its replacement is ready; a killed worker's replacement starts after
-        the kill, and the next event does not wait for it."""
+        """One event; returns what was done to whom. As a Deployment and its autoscaler do
+        it: a scale-down stops a worker (SIGTERM) with no replacement; a killed worker's
+        replacement starts after the kill, and the next event does not wait for it; a
+        rollout starts each replacement before it stops the worker it replaces."""
         oldest = next(iter(self.live))
         if what == "join":
             return f"join {await self.start()}"
         if what == "term":
-            new = await self.start()
             await self.stop(oldest, signal.SIGTERM)
-            return f"term {oldest} ({new} ready first)"
+            return f"term {oldest} (leaves)"
         if what == "kill":
             await self.stop(oldest, signal.SIGKILL)
             replacement = asyncio.create_task(self.start())

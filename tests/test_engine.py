@@ -98,6 +98,21 @@ def test_the_decoder_scores_a_finished_sentence_above_one_cut_at_a_pause(
     assert tiny.transcribe_blocking(whole, DecodeOptions()).end_prob is None
 
 
+def test_a_short_phrase_doubted_in_a_short_window_is_decoded_again_at_30_s(
+    tiny: FasterWhisperEngine, jfk: np.ndarray
+) -> None:
+    # JFK's "ask not", cut as the worker's VAD cuts it, with its endpoint's pause. In the
+    # short window the decoder doubts it ("ask the", avg_logprob -1.33, no_speech_prob 0.33)
+    # and the hallucination rules blank it; a final is decoded again at 30 s and keeps it.
+    phrase = jfk[int(3.1 * SAMPLE_RATE_HZ) : int(4.3 * SAMPLE_RATE_HZ)]
+    audio = np.concatenate([phrase, np.zeros(SAMPLE_RATE_HZ // 2, dtype=np.float32)])
+    prompt = "And so my fellow Americans,"
+    partial = tiny.transcribe_blocking(audio, DecodeOptions(prompt=prompt, full_window_retry=False))
+    final = tiny.transcribe_blocking(audio, DecodeOptions(prompt=prompt))
+    assert partial.text == ""
+    assert "ask not" in final.text.lower()
+
+
 def test_silence_gives_empty_text(tiny: FasterWhisperEngine) -> None:
     result = tiny.transcribe_blocking(np.zeros(SAMPLE_RATE_HZ, np.float32), DecodeOptions())
     assert result.text == ""

@@ -18,6 +18,8 @@ class WindowResult:
     language: str
     end_prob: float | None = None
     words: tuple[Word, ...] = ()  # `word_timestamps`: from the window's start
+    # The decoder wrote words that the hallucination rules then took away (`text` is empty).
+    blanked: bool = False
 
 
 def window_transcript(windows: Sequence[tuple[int, int, WindowResult]]) -> Transcript:

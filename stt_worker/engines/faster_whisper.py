@@ -76,6 +76,11 @@ from stt_worker.engines.word_timing import align_words
 
 logger = logging.getLogger(__name__)
 
+# A final blanked as a hallucination in a short window is decoded again at 30 s unless the
+# decoder was this sure nobody spoke: what it writes on noise scores >= 0.95 (tiny.en's
+# "you" on room tone), a doubted short phrase 0.3-0.6.
+BLANKED_RETRY_MAX_NO_SPEECH = 0.8
+
 
 @dataclass(frozen=True, slots=True)
 class WindowPolicy:
@@ -230,15 +235,19 @@ class FasterWhisperEngine(LocalEngine):
         options: DecodeOptions,
         result: WindowResult,
     ) -> WindowResult:
-        """A window's result with its loops collapsed, decoded again at 30 s if it looped."""
-        if (
-            options.full_window_retry
-            and frames < WINDOW_FRAMES
-            and collapse_loops(result.text) != result.text
-        ):
-            # Short windows occasionally make Whisper re-read the utterance; the 30 s window
-            # it was trained on does not, so pay for it only then.
-            logger.debug("Decoding loop in a short window; retrying with 30 s")
+        """A window's result with its loops collapsed, decoded again at 30 s if it looped or
+        was blanked in doubt."""
+        if not options.full_window_retry or frames >= WINDOW_FRAMES:
+            return replace(result, text=collapse_loops(result.text))
+        # Short windows occasionally make Whisper re-read the utterance, or doubt a short
+        # phrase so much that the hallucination rules blank it (JFK's "ask not" in a 4 s
+        # window: avg_logprob -1.4 to -2.0; in 30 s: -0.5 to -0.7). The 30 s window it was
+        # trained on does neither, so pay for it only then, and not when the decoder itself
+        # heard no speech (a hallucination on noise: no_speech_prob >= 0.95).
+        looped = collapse_loops(result.text) != result.text
+        doubted = result.blanked and result.no_speech_prob < BLANKED_RETRY_MAX_NO_SPEECH
+        if looped or doubted:
+            logger.debug("%s in a short window; retrying with 30 s", "Loop" if looped else "Doubt")
             result = self._decode_frames(chunk, WINDOW_FRAMES, language, prompt, options)
         return replace(result, text=collapse_loops(result.text))
 
@@ -321,9 +330,10 @@ class FasterWhisperEngine(LocalEngine):
         avg_logprob = result.scores[0] * len(tokens) / (len(tokens) + 1)
         text = tokenizer.decode(tokens).strip()
         # Checked before `collapse_loops`: a loop's compression ratio is one of the signs.
-        if is_hallucination(
+        blanked = bool(text) and is_hallucination(
             text, result.no_speech_prob, avg_logprob, speech_heard=options.speech_heard
-        ):
+        )
+        if blanked:
             text = ""
         end_prob = None
         if options.end_probability and text:
@@ -338,6 +348,7 @@ class FasterWhisperEngine(LocalEngine):
             language=language,
             end_prob=end_prob,
             words=words,
+            blanked=blanked,
         )
 
     def prompt_tokens(self, language: str, task: Task, previous_text: str | None) -> list[int]:
