@@ -211,6 +211,22 @@ async def test_an_utterances_first_words_go_before_other_sessions_next_partials(
     runner.cancel()
 
 
+async def test_a_speculation_goes_before_first_words_and_partials_in_line():
+    # Its text may be the final, and only if it is decoded before its pause ends the turn.
+    engine = GatedEngine(parallelism=1)
+    results = Results()
+    scheduler = InferenceScheduler(engine, results.on_done, concurrency=1)
+    runner = asyncio.create_task(scheduler.run())
+    scheduler.submit("a", job(1, 1.0, final=False))
+    await engine.started_at_least(1)
+    scheduler.submit("b", job(1, 2.0, final=False))
+    scheduler.submit("c", dataclasses.replace(job(1, 3.0, final=False), first_words=True))
+    scheduler.submit("d", dataclasses.replace(job(1, 4.0, final=False), speculative=True))
+    await results.release_and_wait(engine, 4)
+    assert engine.started == [1.0, 4.0, 3.0, 2.0]
+    runner.cancel()
+
+
 async def test_partials_leave_one_slot_free_for_a_final():
     engine = GatedEngine(parallelism=2)
     results = Results()

@@ -259,8 +259,13 @@ class InferenceScheduler:
         waiting = [key for key in self._partials if key not in self._busy]
         if not waiting:
             return None
-        # An utterance's first words before other utterances' next partials; else in line.
-        key = next((k for k in waiting if self._partials[k].job.first_words), waiting[0])
+        # A speculation first: it is the final's decode done early, and useless once its
+        # pause has ended the utterance (300 ms by default). Then an utterance's first words
+        # before other utterances' next partials; else in line.
+        key = next(
+            (k for k in waiting if self._partials[k].job.speculative),
+            next((k for k in waiting if self._partials[k].job.first_words), waiting[0]),
+        )
         return self._partials.pop(key)
 
     def _take_final(self, key: Hashable) -> _Entry:
