@@ -243,9 +243,11 @@ async def run_load(
     stream_prefix: str = "ai.voice.stream",
     transcription_prefix: str = "ai.voice.transcription",
     results_grace_s: float = 5.0,
+    start: Start | None = None,
 ) -> LoadRun:
     """Stream every plan until `duration_s` after the first tick, then `end` each session
-    and collect what comes back until every session closed or `results_grace_s` passed."""
+    and collect what comes back until every session closed or `results_grace_s` passed.
+    `start`: what opens each session (its options), a bare `start` by default."""
     ticks = round(duration_s / CHUNK_S)
     run = LoadRun(plans, ticks)
     closed: set[str] = set()
@@ -263,7 +265,7 @@ async def run_load(
     sub = await nc.subscribe(f"{transcription_prefix}.>", cb=on_result, pending_msgs_limit=-1)
     await nc.flush()
     headers = [pub_header(f"{stream_prefix}.{plan.session_id}") for plan in plans]
-    start = encode_client_message(Start())
+    start_payload = encode_client_message(start or Start())
     silent = _silent_payloads()
     # Framed once per silent session: a tick of 1,000 silent sessions is then a join.
     silent_frames = [
@@ -292,7 +294,7 @@ async def run_load(
         tick_wall[tick] = now
         frames = []
         while active < len(order) and plans[order[active]].start_tick <= tick:
-            frames.append(frame(headers[order[active]], start))
+            frames.append(frame(headers[order[active]], start_payload))
             sent += 1
             active += 1
         for i in order[:active]:

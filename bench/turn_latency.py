@@ -11,14 +11,18 @@ rotation. Per sentence:
 - speech onset -> first partial: the first partial's arrival minus the moment the chunk
   holding the first word's start was published, and how much audio after the onset that
   partial had heard;
-- the gaps between partials that arrived while the sentence was still being spoken.
+- the gaps between partials that arrived while the sentence was still being spoken;
+- for configurations whose sessions ask for turn events (`START_OPTIONS`): end of speech ->
+  the first `eager_end_of_turn` covering the sentence's end, how long before its final it
+  came, and the share of the sentence's eager events a `turn_resumed` followed.
 
 Configurations are measured in one run, one after the other, on the same server: `old`
 (the fixed 500 ms endpoint with its final decoded after it, webrtcvad and a partial a second:
 the defaults before issue 16) and `new` (the defaults); `interval` is `new` with the partial
 cadence before its lead (`STT_PARTIAL_LEAD_MS=0`), `unspeculated` `new` with the final
-decoded after the endpoint (`STT_ENDPOINT_SPECULATE_MS=0`), `turn` the opt-in turn mode. A
-worker ignores environment variables it does not know, so `old` is the same command on any
+decoded after the endpoint (`STT_ENDPOINT_SPECULATE_MS=0`), `turn` the opt-in turn mode.
+`new`'s sessions also ask for turn events in their `start`. A worker ignores environment
+variables and start options it does not know, so `old` is the same command on any
 checkout.
 
     .venv/bin/python -m bench.turn_latency [--sessions 1,16] [--configs old,new,interval] [--quick]
@@ -51,7 +55,7 @@ from bench.loadgen import LoadRun, SessionPlan, plan_sessions, room_noise, run_l
 from bench.speech_marks import loud_frames, speech_span
 from stt_worker.config import load_settings
 from stt_worker.core.audio import SAMPLE_RATE_HZ
-from stt_worker.core.protocol import Transcription
+from stt_worker.core.protocol import EagerEndOfTurn, Start, Transcription, TurnResumed
 from stt_worker.core.vad import WebrtcDetector
 from stt_worker.evaluation.clips import load_clips
 from stt_worker.evaluation.results import DEFAULT_MANIFEST, ROOT, Clip, Stability
@@ -108,6 +112,8 @@ CONFIGS: dict[str, dict[str, str]] = {
     # The defaults with turn mode (Smart Turn and the decoder's end probability), opt-in.
     "turn": {"STT_ENDPOINT_MODE": "turn"},
 }
+# Start options of a configuration's sessions (the others send a bare `start`).
+START_OPTIONS: dict[str, dict[str, Any]] = {"new": {"turn_events": True}}
 # Issue 16's targets for the defaults (`new`): (sessions, metric, statistic, bound in ms).
 TARGETS = (
     (1, "eos_to_final_ms", "p50", 300.0),
@@ -156,6 +162,13 @@ class Utterance:
     partials: int = 0
     final_text: str = ""
     wer: float = 1.0
+    # Turn events (sessions that ask for them): end of speech -> the first eager event that
+    # covers the sentence's end, and how long before the final that covered it it came; the
+    # sentence's eager events and how many of them a `turn_resumed` followed.
+    eos_to_eager_ms: float | None = None
+    eager_lead_ms: float | None = None
+    eager_events: int = 0
+    eager_resumed: int = 0
 
 
 def sentences(names: Sequence[str]) -> list[Sentence]:
@@ -242,7 +255,47 @@ def measure_utterance(
         utterance.partial_timings, place.sentence.loud, place.sentence.onset_s, step_ms
     )
     utterance.partials = len(partials)
+    measure_turn_events(utterance, place, messages, end_sent, covering[-1] if covering else None)
     return utterance
+
+
+def resumed_eagers(messages: list[Any]) -> dict[int, bool]:
+    """Each `eager_end_of_turn` of a session (by `id` of its `Received`), and whether a
+    `turn_resumed` of its utterance followed it (before the next eager event)."""
+    outcome: dict[int, bool] = {}
+    pending: dict[int, Any] = {}  # utterance id -> its latest eager event
+    for item in messages:
+        message = item.message
+        if isinstance(message, EagerEndOfTurn):
+            outcome[id(item)] = False
+            pending[message.utterance_id] = item
+        elif isinstance(message, TurnResumed) and message.utterance_id in pending:
+            outcome[id(pending.pop(message.utterance_id))] = True
+    return outcome
+
+
+def measure_turn_events(
+    utterance: Utterance, place: Placement, messages: list[Any], end_sent: float, final: Any
+) -> None:
+    """The sentence's turn events: `final` is the `Received` final covering its end."""
+    resumed = resumed_eagers(messages)
+    mine = [
+        item
+        for item in messages
+        if isinstance(item.message, EagerEndOfTurn)
+        and item.message.audio_start_s < place.end_s
+        and item.message.audio_end_s > place.onset_s
+    ]
+    utterance.eager_events = len(mine)
+    utterance.eager_resumed = sum(resumed[id(item)] for item in mine)
+    covering = [
+        item for item in mine if item.message.audio_end_s >= place.end_s - COVER_TOLERANCE_S
+    ]
+    if covering:
+        first = covering[0]
+        utterance.eos_to_eager_ms = (first.received_at - end_sent) * 1000
+        if final is not None:
+            utterance.eager_lead_ms = (final.received_at - first.received_at) * 1000
 
 
 def timing(
@@ -292,6 +345,21 @@ def summarise(utterances: Sequence[Utterance]) -> dict[str, Any]:
     }
 
 
+def turn_events_summary(utterances: Sequence[Utterance]) -> dict[str, Any]:
+    """End of speech -> first eager event, its lead on the final, and how often the user
+    went on after one."""
+    events = sum(u.eager_events for u in utterances)
+    resumed = sum(u.eager_resumed for u in utterances)
+    return {
+        "eos_to_eager_ms": spread([v for u in utterances if (v := u.eos_to_eager_ms) is not None]),
+        "eager_lead_ms": spread([v for u in utterances if (v := u.eager_lead_ms) is not None]),
+        "eagers_missing": sum(u.eos_to_eager_ms is None for u in utterances),
+        "eager_events": events,
+        "resumed": resumed,
+        "resumed_share": round(resumed / events, 3) if events else None,
+    }
+
+
 async def measure_step(
     config: str, url: str, chosen: Sequence[Sentence], sessions: int
 ) -> tuple[dict[str, Any], list[Utterance]]:
@@ -303,8 +371,16 @@ async def measure_step(
     plans = plan_sessions(
         sessions, ramp_s, f"{config}{sessions}x{os.getpid()}", [a for a, _ in audio]
     )
+    options = START_OPTIONS.get(config.split("@")[0], {})
     async with connected(url) as nc:
-        run = await run_load(nc.results, nc.publisher, plans, duration_s, results_grace_s=30.0)
+        run = await run_load(
+            nc.results,
+            nc.publisher,
+            plans,
+            duration_s,
+            results_grace_s=30.0,
+            start=Start(**options),
+        )
     utterances, stability = [], Stability()
     step_ms = float(CONFIGS[config.split("@")[0]].get("STT_PARTIAL_INTERVAL_MS", DEFAULT_STEP_MS))
     for plan, (_, placements) in zip(plans, audio, strict=True):
@@ -321,6 +397,8 @@ async def measure_step(
         },
         "generator": run.lateness_summary(),
     }
+    if options.get("turn_events"):
+        summary["turn_events"] = turn_events_summary(utterances)
     summary["loadavg_1m"] = round(os.getloadavg()[0], 2)
     logger.info("%s N=%d: %s", config, sessions, json.dumps(summary))
     return summary, utterances
@@ -409,6 +487,41 @@ def gaps_report(results: dict[str, dict[str, Any]]) -> list[str]:
     return lines
 
 
+def turn_events_report(results: dict[str, dict[str, Any]]) -> list[str]:
+    """The turn events of the configurations whose sessions asked for them."""
+    rows = [
+        (config, sessions, s["turn_events"])
+        for config, steps in results.items()
+        for sessions, s in steps.items()
+        if "turn_events" in s
+    ]
+    if not rows:
+        return []
+    lines = [
+        "",
+        "## Turn events",
+        "",
+        f"Sessions of {', '.join(f'`{c}`' for c in START_OPTIONS)} ask for turn events. "
+        "*End of speech -> eager*: the first `eager_end_of_turn` covering the sentence's end; "
+        "*lead*: how long before the final it came; *resumed*: the share of eager events "
+        "(mid-sentence pauses included) a `turn_resumed` followed, the early answers an "
+        "assistant would have dropped.",
+        "",
+        "| config | sessions | end of speech -> eager p50 / p95 ms | lead on the final "
+        "p50 / p95 ms | sentences without one | eager events | resumed |",
+        "| --- | ---: | --- | --- | ---: | ---: | ---: |",
+    ]
+    for config, sessions, t in rows:
+        eager, lead = t["eos_to_eager_ms"], t["eager_lead_ms"]
+        share = "-" if t["resumed_share"] is None else f"{t['resumed_share']:.0%}"
+        lines.append(
+            f"| {config} | {sessions} | {_ms(eager, 'p50')} / {_ms(eager, 'p95')} "
+            f"| {_ms(lead, 'p50')} / {_ms(lead, 'p95')} | {t['eagers_missing']} "
+            f"| {t['eager_events']} | {share} ({t['resumed']}) |"
+        )
+    return lines
+
+
 def report(data: dict[str, Any]) -> str:
     meta = data["meta"]
     lines = [
@@ -419,7 +532,8 @@ def report(data: dict[str, Any]) -> str:
         f"{meta['date']}; load average at the start {meta['loadavg_start']}",
         "",
         f"Sentences: {', '.join(meta['sentences'])}; each cut at its last word, then "
-        f"{TRAIL_S} s of room noise. `old`: {CONFIGS['old']}; `new`: the defaults.",
+        f"{TRAIL_S} s of room noise. `old`: {CONFIGS['old']}; `new`: the defaults, its "
+        "sessions asking for turn events.",
         "",
         "| config | sessions | utterances | end of speech -> final p50 / p95 ms "
         "| onset -> first partial p50 / p95 ms | first partial heard p50 ms "
@@ -438,6 +552,7 @@ def report(data: dict[str, Any]) -> str:
                 f"| {s['loadavg_1m']} |"
             )
     lines += gaps_report(data["results"])
+    lines += turn_events_report(data["results"])
     lines += [
         "",
         "## Targets (issue 16, `new`)",
@@ -474,6 +589,7 @@ def main(argv: list[str] | None = None) -> int:
         "loadavg_start": loadavg_start,
         "sentences": [s.name for s in chosen],
         "configs": {c: CONFIGS[c] for c in configs},
+        "start_options": {c: START_OPTIONS[c] for c in configs if c in START_OPTIONS},
         "baseline": str(args.baseline) if args.baseline else None,
     }
     data = {

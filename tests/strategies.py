@@ -6,7 +6,15 @@ from __future__ import annotations
 import msgspec
 from hypothesis import strategies as st
 
-from stt_worker.core.protocol import Error, ErrorCode, Interrupt, SessionClosed, Transcription
+from stt_worker.core.protocol import (
+    EagerEndOfTurn,
+    Error,
+    ErrorCode,
+    Interrupt,
+    SessionClosed,
+    Transcription,
+    TurnResumed,
+)
 
 msgpack_values = st.recursive(
     st.none()
@@ -108,13 +116,46 @@ server_messages = (
         speaker_id=_speaker_ids,
         utterances=st.integers(0, 2**32),
     )
+    | st.builds(
+        EagerEndOfTurn,
+        session_id=st.text(max_size=12),
+        utterance_id=st.integers(0, 2**32),
+        sequence=st.integers(0, 2**32),
+        text=st.text(max_size=30),
+        timestamp=_finite,
+        speaker_id=_speaker_ids,
+        audio_start_s=_finite,
+        audio_end_s=_finite,
+        language=st.none() | st.sampled_from(["en", "de"]),
+        inference_ms=_finite,
+    )
+    | st.builds(
+        TurnResumed,
+        session_id=st.text(max_size=12),
+        utterance_id=st.integers(0, 2**32),
+        sequence=st.integers(0, 2**32),
+        timestamp=_finite,
+        speaker_id=_speaker_ids,
+        audio_start_s=_finite,
+        audio_end_s=_finite,
+    )
 )
 
 # Any value in any field of any output type (the seed's typeless result and an unknown one).
 server_maps = st.fixed_dictionaries(
     {},
     optional={
-        "type": st.sampled_from(["transcript", "interrupt", "error", "session_closed", "other"])
+        "type": st.sampled_from(
+            [
+                "transcript",
+                "interrupt",
+                "error",
+                "session_closed",
+                "eager_end_of_turn",
+                "turn_resumed",
+                "other",
+            ]
+        )
         | msgpack_values,
         "session_id": msgpack_values,
         "transcript": msgpack_values,
@@ -130,5 +171,7 @@ server_maps = st.fixed_dictionaries(
         "reason": msgpack_values,
         "utterances": msgpack_values,
         "end_reason": msgpack_values,
+        "utterance_id": msgpack_values,
+        "text": msgpack_values,
     },
 )

@@ -57,7 +57,18 @@ def test_turn_latency_quick_run_measures_both_configs(tmp_path: Path) -> None:
         assert all(0 < t["decode_ms"] <= t["latency_ms"] for t in timings), utterance
         assert len(utterance["gaps"]) == max(0, len(timings) - 1), utterance
     assert data["targets"][0]["target"].startswith("eos_to_final_ms p50")
+    # `new`'s sessions ask for turn events: an eager end of turn came for a sentence's end
+    # before its final; `old`'s do not.
+    assert "turn_events" not in data["results"]["old"]["1"]
+    events = data["results"]["new"]["1"]["turn_events"]
+    assert events["eager_events"] >= 1 and events["eos_to_eager_ms"]["n"] >= 1, events
+    assert 0 <= events["resumed"] <= events["eager_events"]
+    assert events["eager_lead_ms"]["p50"] > 0, events
+    for utterance in data["utterances"]:
+        if utterance["eos_to_eager_ms"] is not None:
+            assert utterance["eos_to_eager_ms"] < utterance["eos_to_final_ms"], utterance
 
     markdown = prefix.with_suffix(".md").read_text()
     assert "| old | 1 |" in markdown and "| new | 1 |" in markdown
     assert "## Targets" in markdown
+    assert "## Turn events" in markdown and "| new | 1 |" in markdown.split("## Turn events")[1]

@@ -6,7 +6,14 @@ from __future__ import annotations
 import msgspec
 
 from stt_worker.core.continuity import Continuation, SessionRecord
-from stt_worker.core.protocol import Error, Interrupt, SessionClosed, Transcription
+from stt_worker.core.protocol import (
+    EagerEndOfTurn,
+    Error,
+    Interrupt,
+    SessionClosed,
+    Transcription,
+    TurnResumed,
+)
 
 
 def transcript(
@@ -87,3 +94,13 @@ def test_an_error_without_known_audio_does_not_fix_the_numbering():
     # Utterance 1 was a replay after all; 2 is the first new one and takes the stored id.
     assert go_on.outgoing(transcript(1, 0, 60, 100, final=True)) is None
     assert go_on.outgoing(transcript(2, 1, 101, 130, final=True)).utterance_id == 5
+
+
+def test_turn_events_share_the_transcripts_numbering_and_replays():
+    go_on = Continuation(SessionRecord(next_utterance_id=5, next_sequence=10, last_final_seq=50))
+    # A replayed utterance's turn events are dropped with it (told apart by where it began).
+    assert go_on.outgoing(TurnResumed("s", 1, 0, 0.0), first_seq=40) is None
+    eager = go_on.outgoing(EagerEndOfTurn("s", 2, 3, "words", 0.0), first_seq=55)
+    assert (eager.utterance_id, eager.sequence) == (5, 10)
+    final = go_on.outgoing(transcript(2, 4, 55, 70, final=True))
+    assert (final.utterance_id, final.sequence) == (5, 11)

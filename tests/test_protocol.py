@@ -11,6 +11,7 @@ from hypothesis import strategies as st
 from stt_worker.core.errors import ProtocolError
 from stt_worker.core.protocol import (
     Chunk,
+    EagerEndOfTurn,
     End,
     Error,
     ErrorCode,
@@ -19,6 +20,7 @@ from stt_worker.core.protocol import (
     Start,
     StateChange,
     Transcription,
+    TurnResumed,
     chunk_pcm_bytes,
     decode_client_message,
     decode_server_message,
@@ -80,7 +82,9 @@ def _decode_server(payload: bytes) -> None:
     except ProtocolError as exc:
         assert exc.code in CODES and exc.message
         return
-    assert isinstance(message, Transcription | Interrupt | Error | SessionClosed)
+    assert isinstance(
+        message, Transcription | Interrupt | Error | SessionClosed | EagerEndOfTurn | TurnResumed
+    )
 
 
 @settings(max_examples=500, deadline=None)
@@ -186,3 +190,15 @@ def test_errors_echo_at_most_200_characters_of_input(message: object, code: str)
     longest = max(len(run) for run in text.replace("'", " ").replace('"', " ").split())
     assert longest <= 200 + len("..."), text[:400]
     assert len(text) < 600, text[:400]
+
+
+def test_turn_events_on_the_wire_dispatch_on_their_type():
+    eager = EagerEndOfTurn("s1", 2, 7, "Turn it off.", 1.5, "alice", 0.3, 1.9, "en", 81.2)
+    wire = msgpack.unpackb(encode_server_message(eager))
+    assert wire["type"] == "eager_end_of_turn" and wire["text"] == "Turn it off."
+    assert (wire["utterance_id"], wire["sequence"]) == (2, 7)
+    assert "is_final" not in wire and "transcript" not in wire  # no seed consumer's final
+    resumed = {"type": "turn_resumed", "session_id": "s1", "utterance_id": 2, "sequence": 8}
+    assert decode_server_message(msgpack.packb({**resumed, "timestamp": 2.0})) == TurnResumed(
+        "s1", 2, 8, 2.0
+    )

@@ -52,8 +52,9 @@ def test_every_option_is_laid_over_the_config():
         barge_in_mode="words",
         interrupt_min_speech_ms=300,
         barge_in_probe_ms=100,
+        turn_events=True,
     )
-    assert refused == []
+    assert refused == [] and config.turn_events
     assert (config.prompt, config.task) == ("Kubernetes, NATS, Whisper", "translate")
     assert (config.partials, config.word_timestamps) == (False, True)
     assert (config.endpoint_mode, config.endpoint_silence_ms) == ("adaptive", 700)
@@ -89,6 +90,7 @@ def test_barge_in_off_turns_interrupt_detection_off():
         ("barge_in_mode", "shout"),
         ("interrupt_min_speech_ms", 19),
         ("barge_in_probe_ms", 3001),
+        ("turn_events", "on"),
     ],
 )
 def test_a_bad_value_is_refused_naming_its_field_and_the_rest_still_apply(field, value):

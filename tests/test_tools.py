@@ -28,10 +28,12 @@ from nats.aio.msg import Msg
 from nats.aio.subscription import Subscription
 
 from stt_worker.core.protocol import (
+    EagerEndOfTurn,
     Error,
     Interrupt,
     SessionClosed,
     Transcription,
+    TurnResumed,
     decode_server_message,
     encode_server_message,
 )
@@ -335,6 +337,12 @@ def test_format_message_renders_each_type():
         session_id="s1", reason="end", timestamp=0.0, speaker_id=None, utterances=3
     )
     assert format_message(closed, color=False) == "[s1] ■ session closed  (end, 3 utterances)"
+    eager = EagerEndOfTurn("s1", 2, 5, " Turn it off.", 0.0, "ann")
+    assert format_message(eager, color=False) == (
+        "[s1] ⏵ eager end of turn: Turn it off.  (seq 5, utt 2, speaker ann)"
+    )
+    resumed = TurnResumed("s1", 2, 6, 0.0)
+    assert format_message(resumed, color=False) == "[s1] ↺ turn resumed  (seq 6, utt 2)"
     odd = {"type": "mystery", "session_id": "s1", "blob": b"\0" * 99, "note": "x" * 200}
     line = format_delivery(deliver("ai.voice.transcription.s1", msgpack.packb(odd)), color=False)
     assert line.startswith("[s1] ? mystery blob=<99 bytes> note='xxx") and len(line) < 120

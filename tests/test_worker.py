@@ -155,6 +155,39 @@ async def test_a_pause_s_speculation_is_its_final_with_no_decode_after_it(make_w
     assert "stt_final_latency_seconds_count 1.0" in metrics
 
 
+async def test_turn_events_announce_the_final_before_the_endpoint(make_worker, nc):
+    # As above; the session asks for turn events: the speculation's text comes as an
+    # `eager_end_of_turn` in the pause, and the final after the endpoint confirms it.
+    worker = await make_worker(endpoint_silence_ms=2000, endpoint_speculate_ms=200)
+    samples, rate = read_wav(SPEECH_DIR / "ls_1089-134691-0001.wav")
+    pause = np.zeros((3 * rate, *samples.shape[1:]), dtype=samples.dtype)
+    session = sid()
+    inbox = await Inbox.open(nc, session)
+    start = {"type": "start", "turn_events": True}
+    await nc.publish(f"ai.voice.stream.{session}", msgpack.packb(start))
+    audio = np.concatenate([samples, pause])
+    await publish_pcm(nc, session, audio, sample_rate_hz=rate, send_start=False)
+    messages = await inbox.until_closed(within_s=120)
+    (final,) = finals(messages)
+    at = messages.index(final)
+    kinds = [m["type"] for m in messages[:at]]
+    assert "eager_end_of_turn" in kinds, kinds
+    last = max(i for i, kind in enumerate(kinds) if kind == "eager_end_of_turn")
+    # No speech came after the last eager event: the final is its text, for its utterance.
+    assert "turn_resumed" not in kinds[last:], kinds
+    eager = messages[last]
+    assert eager["text"] == final["transcript"] and eager["utterance_id"] == final["utterance_id"]
+    assert eager["audio_end_s"] <= final["audio_end_s"] and eager["sequence"] < final["sequence"]
+    assert wer(manifest_text("ls_1089-134691-0001.wav"), eager["text"]) <= WER_BOUND
+    # Transcripts and turn events share the session's numbering.
+    numbered = [m["sequence"] for m in messages if "sequence" in m]
+    assert numbered == list(range(len(numbered)))
+    async with httpx.AsyncClient(base_url=worker.probe_url) as http:
+        metrics = (await http.get("/metrics")).text
+    eager_count = kinds.count("eager_end_of_turn")
+    assert f'stt_turn_events_total{{type="eager_end_of_turn"}} {eager_count}.0' in metrics
+
+
 async def test_two_utterances_separated_by_silence_give_two_finals(worker, nc):
     session = sid()
     inbox = await Inbox.open(nc, session)

@@ -42,6 +42,16 @@ class EndOfTurnFields(BaseModel):
         "for. 0 = off; ignored unless below `STT_ENDPOINT_SILENCE_MS`.",
         ge=0,
     )
+    turn_events: bool = setting(
+        False,
+        "STT_TURN_EVENTS",
+        group=Group.END_OF_TURN,
+        description="Sessions publish `eager_end_of_turn` when the speculation early in a "
+        "pause has the final's words (`STT_ENDPOINT_SPECULATE_MS`), and `turn_resumed` when "
+        "speech comes back after one, so an assistant can start its answer early and cancel "
+        "it. The default of the `turn_events` start option; off because a consumer written "
+        "for the seed protocol may take any message that is not a partial for a final.",
+    )
     endpoint_min_silence_ms: int = setting(
         300,
         "STT_ENDPOINT_MIN_SILENCE_MS",

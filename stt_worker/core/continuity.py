@@ -14,11 +14,12 @@ What a record adds is the numbering and what was already published:
 - A transcript made from audio the previous owner already covered with a published final
   (its `source_seq_first` lies before that final's `source_seq_last`; one shared boundary
   message is new, as in docs/operations.md) is a replay: it is not published again, nor
-  are the interrupts and errors of its utterance. An interrupt comes at speech onset, before
-  any transcript: it is told apart by the stream message its utterance began in.
+  are the interrupts, errors and turn events of its utterance. An interrupt comes at speech
+  onset, before any transcript: it is told apart by the stream message its utterance began
+  in, as are turn events.
 - The first utterance that is not a replay takes the record's next `utterance_id`, and the
-  first transcript the record's next `sequence`; later ones keep their local spacing. Only a
-  message whose audio is known fixes that offset.
+  first transcript or turn event the record's next `sequence`; later ones keep their local
+  spacing. Only a message whose audio is known fixes that offset.
 - A session closed by a drain (`shutdown`) is moving, not ending: its `session_closed` is
   not published. The next owner reopens it from its kept `start` and closes it for real
   (`end`, or `idle` when the publisher has stopped).
@@ -28,7 +29,15 @@ from __future__ import annotations
 
 import msgspec
 
-from stt_worker.core.protocol import Error, Interrupt, ServerMessage, SessionClosed, Transcription
+from stt_worker.core.protocol import (
+    EagerEndOfTurn,
+    Error,
+    Interrupt,
+    ServerMessage,
+    SessionClosed,
+    Transcription,
+    TurnResumed,
+)
 
 
 class SessionRecord(msgspec.Struct, frozen=True):
@@ -60,17 +69,24 @@ class Continuation:
         self, message: ServerMessage, first_seq: int | None = None
     ) -> ServerMessage | None:
         """`message` as consumers see it, or None for a replay of what they have. `first_seq`:
-        for an interrupt or error, the stream sequence its utterance began in, when known."""
+        for an interrupt, error or turn event, the stream sequence its utterance began in,
+        when known."""
         match message:
             case Transcription():
                 return self._transcription(message)
             case Interrupt(utterance_id=local) | Error(utterance_id=int(local)):
-                if first_seq is not None and first_seq < self._resumed.last_final_seq:
-                    self._replayed.add(local)
-                if local in self._replayed:
+                if self._replay(local, first_seq):
                     return None
                 utterance_id = self._utterance(local, fix=first_seq is not None)
                 return msgspec.structs.replace(message, utterance_id=utterance_id)
+            case EagerEndOfTurn(utterance_id=local) | TurnResumed(utterance_id=local):
+                if self._replay(local, first_seq):
+                    return None
+                utterance_id = self._utterance(local, fix=first_seq is not None)
+                sequence = self._sequence(message.sequence)
+                return msgspec.structs.replace(
+                    message, utterance_id=utterance_id, sequence=sequence
+                )
             case SessionClosed(reason="shutdown"):
                 return None
             case SessionClosed(utterances=count):
@@ -86,10 +102,8 @@ class Continuation:
         if isinstance(first, int) and first < self._resumed.last_final_seq:
             self._replayed.add(message.utterance_id)
             return None
-        if self._sequence_offset is None:
-            self._sequence_offset = self._resumed.next_sequence - message.sequence
         utterance_id = self._utterance(message.utterance_id)
-        sequence = message.sequence + self._sequence_offset
+        sequence = self._sequence(message.sequence)
         if message.is_final:
             last = message.source_seq_last
             self.record = SessionRecord(
@@ -98,6 +112,20 @@ class Continuation:
                 last_final_seq=last if isinstance(last, int) else self.record.last_final_seq,
             )
         return msgspec.structs.replace(message, utterance_id=utterance_id, sequence=sequence)
+
+    def _replay(self, local: int, first_seq: int | None) -> bool:
+        """Whether a message about local utterance `local` (which began in stream message
+        `first_seq`, when known) is a replay of what consumers have."""
+        if first_seq is not None and first_seq < self._resumed.last_final_seq:
+            self._replayed.add(local)
+        return local in self._replayed
+
+    def _sequence(self, local: int) -> int:
+        """The published `sequence` of local `local`: the first new message takes the
+        record's next one (transcripts and turn events share the count)."""
+        if self._sequence_offset is None:
+            self._sequence_offset = self._resumed.next_sequence - local
+        return local + self._sequence_offset
 
     def _utterance(self, local: int, *, fix: bool = True) -> int:
         """The published id of local utterance `local`; the first new one takes the record's

@@ -97,6 +97,7 @@ _OPTIONS: dict[str, tuple[Callable[[Any], Any], str | None]] = {
     "barge_in_mode": (_barge_in, None),
     "interrupt_min_speech_ms": (_ms(BARGE_IN_MS), "interrupt_min_speech_ms"),
     "barge_in_probe_ms": (_ms(BARGE_IN_MS), "probe_step_ms"),
+    "turn_events": (_flag, "turn_events"),
 }
 OPTION_NAMES = tuple(_OPTIONS)
 

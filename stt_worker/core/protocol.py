@@ -2,7 +2,8 @@
 
 Input on ``ai.voice.stream.{session_id}``: ``start``, ``chunk``, ``state_change``, ``end``.
 Output on ``ai.voice.transcription.{session_id}``: transcription results (the seed's fields
-plus additive ones), ``interrupt``, and the additive ``error`` and ``session_closed``.
+plus additive ones), ``interrupt``, the additive ``error`` and ``session_closed``, and the
+opt-in turn events ``eager_end_of_turn`` and ``turn_resumed``.
 Both ways are typed: the worker decodes input with `decode_client_message` and encodes
 output with `encode_server_message`; clients (the gateway, the tools, the evaluation) decode
 output with `decode_server_message`. Unknown extra fields are ignored both ways, so that
@@ -78,6 +79,7 @@ class Start(msgspec.Struct, tag="start", tag_field="type", frozen=True):
     barge_in_mode: Any = None
     interrupt_min_speech_ms: Any = None
     barge_in_probe_ms: Any = None
+    turn_events: Any = None
 
 
 class Chunk(msgspec.Struct, tag="chunk", tag_field="type", frozen=True):
@@ -389,7 +391,40 @@ class SessionClosed(msgspec.Struct, frozen=True):
     type: str = "session_closed"
 
 
-ServerMessage = Transcription | Interrupt | Error | SessionClosed
+class EagerEndOfTurn(msgspec.Struct, frozen=True):
+    """Opt-in (`turn_events`): the user paused and, if the pause goes on to the endpoint,
+    `text` is the final of `utterance_id` (Deepgram Flux's EagerEndOfTurn). An assistant may
+    start its answer on it; a `turn_resumed` cancels it, the final confirms it."""
+
+    session_id: str
+    utterance_id: int
+    sequence: int  # the session's numbering, shared with its transcripts
+    text: str
+    timestamp: float
+    speaker_id: SpeakerId = None
+    audio_start_s: float = 0.0
+    audio_end_s: float = 0.0  # the speech the text was decoded from ends here
+    language: str | None = None
+    inference_ms: float = 0.0
+    type: str = "eager_end_of_turn"
+
+
+class TurnResumed(msgspec.Struct, frozen=True):
+    """Opt-in (`turn_events`): speech came back in the utterance of the last
+    `eager_end_of_turn`, whose text is no longer its final (Flux's TurnResumed)."""
+
+    session_id: str
+    utterance_id: int
+    sequence: int
+    timestamp: float
+    speaker_id: SpeakerId = None
+    audio_start_s: float = 0.0
+    audio_end_s: float = 0.0  # the end of the voiced frame that resumed the turn
+    type: str = "turn_resumed"
+
+
+TurnEvent = EagerEndOfTurn | TurnResumed
+ServerMessage = Transcription | Interrupt | Error | SessionClosed | EagerEndOfTurn | TurnResumed
 
 _encoder = msgspec.msgpack.Encoder()
 
@@ -413,6 +448,8 @@ _server_decoders: dict[str | None, msgspec.msgpack.Decoder[Any]] = {
     "interrupt": msgspec.msgpack.Decoder(Interrupt),
     "error": msgspec.msgpack.Decoder(Error),
     "session_closed": msgspec.msgpack.Decoder(SessionClosed),
+    "eager_end_of_turn": msgspec.msgpack.Decoder(EagerEndOfTurn),
+    "turn_resumed": msgspec.msgpack.Decoder(TurnResumed),
 }
 _SERVER_TYPES = sorted(kind for kind in _server_decoders if kind is not None)
 
@@ -462,6 +499,7 @@ START_OPTIONS = (
     "barge_in_mode",
     "interrupt_min_speech_ms",
     "barge_in_probe_ms",
+    "turn_events",
 )
 
 

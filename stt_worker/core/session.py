@@ -35,7 +35,8 @@ from stt_worker.core.protocol import (
     Word,
 )
 from stt_worker.core.session_config import SessionConfig
-from stt_worker.core.speculation import ReadyFinal, Speculation
+from stt_worker.core.speculation import ReadyFinal
+from stt_worker.core.turn_events import Numbering, TurnEvents
 from stt_worker.core.vad import FRAME_SAMPLES, Frames
 
 __all__ = ["Session", "SessionConfig", "frames_of"]
@@ -62,7 +63,8 @@ class Session:
         self._listener = Listener(session_id, config, turn=Phase(state), language=language)
         self._life = Phase.OPEN
         self._close_reason: CloseReason | None = None
-        self._sequence = 0
+        self._numbering = Numbering()
+        self._turns = TurnEvents(session_id, config, self._listener.segmenter, self._numbering)
         self._opened_at = now
         self._last_audio_at = now
         self._last_activity_at = now
@@ -89,6 +91,7 @@ class Session:
             self._last_audio_at = now
         actions: list[Action] = []
         for index, is_speech in enumerate(frames.speech):
+            actions += self._turns.frame(is_speech, now, self.speaker_id)
             heard = self._listener.frame(frames.frame(index), is_speech, now)
             actions += self._carry_out(heard, now)
         return actions + self._listener.partial_due(partial_wait_s)
@@ -154,15 +157,14 @@ class Session:
             if promised is None:
                 return []  # its turn check's text was published for it already
             return self._final(job, decoded, promised, now)
-        if job.speculative:
-            Speculation.answered(self._listener.utterance, job, decoded)
-            if not self.config.partials:
-                return []  # asked for its text as a final, not to be shown
+        eager = self._turns.answered(job, decoded, now, self.speaker_id) if job.speculative else []
+        if job.speculative and not self.config.partials:
+            return eager  # asked for its text as a final, not to be shown
         partial = self._listener.partial(job, text)
         if partial is None:
-            return []
+            return eager
         stable = partial.stable_chars
-        return [self._transcription(job, partial.text, stable, now, language, inference_s)]
+        return [*eager, self._transcription(job, partial.text, stable, now, language, inference_s)]
 
     def failed(self, job: Job, error: SttError, *, now: float) -> list[Action]:
         """The engine failed on `job`: the client hears about it, the session goes on."""
@@ -321,7 +323,7 @@ class Session:
         message = Transcription(
             session_id=self.session_id,
             transcript=text,
-            sequence=self._sequence,
+            sequence=self._numbering.take(),
             is_partial=not job.is_final,
             is_final=job.is_final,
             timestamp=now,
@@ -338,7 +340,6 @@ class Session:
             backchannel=backchannel,
             words=words,
         )
-        self._sequence += 1
         return Publish(message)
 
 

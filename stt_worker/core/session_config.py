@@ -76,6 +76,10 @@ class SessionConfig:
     # Fixed mode: this far into a pause (0: never) the utterance so far is decoded as its
     # final would be; if the pause ends it with no speech since, that text is the final.
     speculate_ms: int = 0
+    # Publish `eager_end_of_turn` when a speculation answers with words, and `turn_resumed`
+    # when speech comes back after it (`core/turn_events.py`). Opt-in: a seed consumer may
+    # take any message that is not a partial for a final.
+    turn_events: bool = False
     # Per-session options (`core/options.py`): partials published at all; the session's own
     # prompt (hotwords, names), decoded before its recent finals; transcribe or translate
     # into English; finals with the time of each word.

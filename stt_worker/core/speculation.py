@@ -6,7 +6,8 @@ utterance so far is decoded early in each pause, as its final would be, in the p
 line (`Job.speculative`): if the pause goes on to end the utterance with no speech since,
 that text is the final at once (`ReadyFinal`). Speech in the pause makes it moot; the next
 pause asks again. A busy engine serves it late or not at all (a final of its session drops
-it unstarted), and the final is then decoded as before.
+it unstarted), and the final is then decoded as before. Sessions that ask are told when its
+text becomes the final-to-be, and when speech makes it moot (`core/turn_events.py`).
 """
 
 from __future__ import annotations

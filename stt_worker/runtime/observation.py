@@ -20,12 +20,14 @@ from opentelemetry.trace import Span, Status, StatusCode
 
 from stt_worker.core.jobs import Job
 from stt_worker.core.protocol import (
+    EagerEndOfTurn,
     Error,
     Interrupt,
     ServerMessage,
     SessionClosed,
     Start,
     Transcription,
+    TurnResumed,
 )
 from stt_worker.core.session import Session
 from stt_worker.engines.base import Engine, Transcript
@@ -217,6 +219,8 @@ class SessionObserver:
                     if span is not None:
                         span.set_status(Status(StatusCode.ERROR, code))
                     self._end_utterance(utterance_id)
+            case EagerEndOfTurn() | TurnResumed():
+                metrics.turn_events.labels(message.type).inc()
             case SessionClosed():
                 pass
 

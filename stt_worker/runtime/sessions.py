@@ -54,6 +54,7 @@ def session_config(settings: Settings) -> SessionConfig:
         enable_interrupt_detection=settings.enable_interrupt_detection,
         endpoint_silence_ms=settings.endpoint_silence_ms,
         speculate_ms=settings.endpoint_speculate_ms,
+        turn_events=settings.turn_events,
         partial_first_ms=settings.partial_first_ms,
         partial_interval_ms=settings.partial_interval_ms,
         partial_lead_ms=settings.partial_lead_ms,

@@ -1,9 +1,9 @@
 """One-line, human-readable rendering of the worker's output messages, for ``tail`` and ``demo``.
 
 `format_message` renders a typed message (`Transcription`, `Interrupt`, `Error`,
-`SessionClosed`). `format_delivery` renders whatever came off the bus: a message, or a
-compact generic line for a payload that is none (garbage, or a newer worker's new type),
-built from `unreadable_fields`.
+`SessionClosed`, the turn events `EagerEndOfTurn` and `TurnResumed`). `format_delivery`
+renders whatever came off the bus: a message, or a compact generic line for a payload that
+is none (garbage, or a newer worker's new type), built from `unreadable_fields`.
 """
 
 from __future__ import annotations
@@ -16,12 +16,15 @@ import msgspec
 
 from stt_worker.core.errors import ProtocolError
 from stt_worker.core.protocol import (
+    EagerEndOfTurn,
     Error,
     Interrupt,
     ServerMessage,
     SessionClosed,
     SpeakerId,
     Transcription,
+    TurnEvent,
+    TurnResumed,
 )
 from stt_worker.runtime.bus import Delivery
 
@@ -56,6 +59,8 @@ def format_message(
         case SessionClosed():
             details = f"({message.reason}, {message.utterances} utterances)"
             return f"{session} {paint('■ session closed', _CYAN)}  {paint(details, _DIM)}"
+        case EagerEndOfTurn() | TurnResumed():
+            return f"{session} {_turn_event(message, paint)}"
     assert_never(message)
 
 
@@ -66,6 +71,16 @@ def _transcription(message: Transcription, latency_s: float | None, paint: Paint
         details.append(f"{latency_s:.2f} s after last audio")
     text = message.transcript.strip() or "(no speech)"
     line = paint(f"✔ {text}", _BOLD_GREEN) if message.is_final else paint(f"… {text}", _DIM)
+    return f"{line}  {paint('(' + ', '.join(details) + ')', _DIM)}"
+
+
+def _turn_event(message: TurnEvent, paint: Painter) -> str:
+    details = [f"seq {message.sequence}", *_utterance(message.utterance_id)]
+    details += _speaker(message.speaker_id)
+    if isinstance(message, EagerEndOfTurn):
+        line = paint(f"⏵ eager end of turn: {message.text.strip()}", _CYAN)
+    else:
+        line = paint("↺ turn resumed", _CYAN)
     return f"{line}  {paint('(' + ', '.join(details) + ')', _DIM)}"
 
 

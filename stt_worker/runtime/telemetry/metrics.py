@@ -120,6 +120,13 @@ class Metrics:
             "(STT_ENDPOINT_SPECULATE_MS): published with no decode after the endpoint",
             registry=r,
         )
+        self.turn_events = Counter(
+            "stt_turn_events",
+            "Turn events published (sessions with turn_events), by type: eager_end_of_turn, "
+            "turn_resumed",
+            ["type"],
+            registry=r,
+        )
 
     def _count_refusals(self, r: CollectorRegistry) -> None:
         """Admission (`core/admission`): what sessions sent too fast, dropped unused."""
