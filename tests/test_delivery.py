@@ -76,7 +76,7 @@ async def test_what_a_session_held_is_acknowledged_when_it_closes(js_url):
         await acks.hold(Start(), msg, now=0.0, **FORMAT)
         await durable.delivery.sweep([acks], now=1e9)  # held long enough: reported in progress
         assert await durable.stored() == 1  # a held `start` stays until the session closes
-        await acks.release("end")
+        await acks.release("end", 0)
         await until(durable.empty, 10)  # acknowledged: the work queue lets it go
         assert durable.failures("ack") == 0
         assert durable.failures("in_progress") == 0
@@ -98,7 +98,7 @@ async def test_a_failed_acknowledgement_is_logged_and_counted(js_url, caplog):
         await durable.nc.close()
         with caplog.at_level(logging.WARNING, logger=LOGGER):
             await durable.delivery.sweep([acks], now=1e9)
-            await acks.release("end")
+            await acks.release("end", 0)
             await durable.delivery.reject(rejected)
     finally:
         await publisher.close()

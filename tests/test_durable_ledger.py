@@ -59,8 +59,19 @@ def test_start_and_turn_stay_until_close_and_a_drain_leaves_them_to_the_next_wor
     ledger.hold(chunk(320), Delivered("c"), 4, **opts)
     ledger.hold(End(), Delivered("end"), 5, **opts)
     assert names(ledger.settled(10**9)) == ["c"]  # `end` waits for the close
-    assert names(ledger.release_all(keep_config=True)) == ["end"]
-    assert names(ledger.release_all()) == ["start", "turn2"]
+    assert names(ledger.release_all()) == ["end", "start", "turn2"]
+
+
+def test_a_drain_leaves_the_open_utterances_audio_and_the_config_to_the_next_owner():
+    ledger = AckLedger()
+    opts = {"sample_rate_hz": 16_000, "channels": 1, "now": 0.0}
+    ledger.hold(Start(), Delivered("start"), 1, **opts)
+    ledger.hold(StateChange(state="listening"), Delivered("turn"), 2, **opts)
+    for seq, name in enumerate(("silence", "onset", "word"), start=3):
+        ledger.hold(chunk(320), Delivered(name), seq, **opts)  # each 320 samples
+    # The open utterance began at sample 400, inside "onset": only "silence" is settled.
+    assert names(ledger.hand_over(first_unsettled_sample=400)) == ["silence"]
+    assert len(ledger) == 0  # the rest is the next owner's, never acknowledged here
 
 
 def test_long_held_messages_are_reported_once_per_period():

@@ -9,6 +9,7 @@ import base64
 from collections.abc import AsyncIterator, Callable, Iterable
 from dataclasses import dataclass
 
+import msgspec
 import nats
 import pytest
 from nats.aio.client import Client
@@ -108,7 +109,7 @@ async def test_a_session_that_ends_with_a_final_leaves_no_record(js):
     `settle` after it must not write it back (a later session with the id would go on)."""
     store = await SessionStore.open(js.jetstream(), load_settings())
     acks, delivered = await held_session(js, store)
-    await acks.release("end")
+    await acks.release("end", 0)
     await acks.settle(Settled(first_unsettled_sample=2 * CHUNK_SAMPLES))
     assert await store.load(SESSION) is None
 
@@ -147,8 +148,7 @@ async def test_a_drained_session_saves_its_record_before_acknowledging_its_audio
     events: list[str] = []
     store = NotingStore(await SessionStore.open(js.jetstream(), load_settings()), events)
     acks, _ = await held_session(js, store, Noting(SETTINGS, events))
-    await acks.release("shutdown")
-    await acks.settle(Settled(first_unsettled_sample=2 * CHUNK_SAMPLES))
+    await acks.release("shutdown", 2 * CHUNK_SAMPLES)  # the final covered both chunks
     # The record, then the chunks' acknowledgements; the `start` is kept for the next owner.
     assert events == ["save", "ack 2", "ack 3"]
     record = await store.load(SESSION)
@@ -191,7 +191,7 @@ async def test_a_partition_is_given_up_only_once_its_sessions_records_are_writte
 
     async def retire(belongs: Callable[[SessionAcks], bool]) -> None:  # as the worker's
         assert belongs(acks)
-        closing.append(asyncio.create_task(acks.release("shutdown")))  # its `_apply` goes on
+        closing.append(asyncio.create_task(acks.release("shutdown", 0)))  # its `_apply` goes on
         await asyncio.sleep(0)  # the session left the table: the drain is over
 
     delivery = ElasticDelivery(SETTINGS, Metrics(), retire)
@@ -229,3 +229,31 @@ async def test_a_finals_record_is_written_beside_the_session_and_its_audio_acked
     assert events == ["save", "ack 2", "save", "ack 3"]  # utterance 2's record never written
     record = await store.load(SESSION)
     assert record == SessionRecord(next_utterance_id=4, next_sequence=3, last_final_seq=3)
+
+
+async def test_a_drain_leaves_the_open_utterances_audio_and_numbers_past_its_partials(js):
+    """A drain mid-utterance: the chunk a final covered is acknowledged, the open utterance's
+    chunk is left in the stream for the next owner, and the record numbers past the partial
+    already published for it, so the next owner reuses no `sequence`."""
+    events: list[str] = []
+    store = NotingStore(await SessionStore.open(js.jetstream(), load_settings()), events)
+    delivered = Delivered(js, Noting(SETTINGS, events))
+    messages: list[ClientMessage] = [Start(), chunk(), chunk()]
+    await delivered.start(messages)
+    acks = _ContinuedAcks(delivered.delivery, store)
+    for message, msg in zip(messages, delivered.msgs, strict=True):
+        await acks.hold(message, msg, sample_rate_hz=16_000, channels=1, now=0.0)
+    assert acks.stamp(final(1.0)) is not None  # utterance 1: the first chunk
+    partial = msgspec.structs.replace(
+        final(2.0, start_s=1.0, utterance_id=2), sequence=1, is_partial=True, is_final=False
+    )
+    assert acks.stamp(partial) is not None  # utterance 2, open in the second chunk
+    await acks.release("shutdown", CHUNK_SAMPLES)
+    assert events == ["save", "ack 2"]
+
+    async def left_for_the_next_owner() -> bool:  # the `start` and the open utterance's chunk
+        return await delivered.unacknowledged() == 2
+
+    await until(left_for_the_next_owner, 5)
+    record = await store.load(SESSION)
+    assert record == SessionRecord(next_utterance_id=2, next_sequence=2, last_final_seq=2)

@@ -21,8 +21,10 @@ What a record adds is the numbering and what was already published:
   first transcript or turn event the record's next `sequence`; later ones keep their local
   spacing. Only a message whose audio is known fixes that offset.
 - A session closed by a drain (`shutdown`) is moving, not ending: its `session_closed` is
-  not published. The next owner reopens it from its kept `start` and closes it for real
-  (`end`, or `idle` when the publisher has stopped).
+  not published, and the utterance it had open is left unfinished, its audio in the stream
+  for the next owner to transcribe whole under the same `utterance_id` (`moving` numbers
+  the record past the partials already published for it). The next owner reopens it from
+  its kept `start` and closes it for real (`end`, or `idle` when the publisher has stopped).
 """
 
 from __future__ import annotations
@@ -57,6 +59,7 @@ class Continuation:
         self._utterance_offset: int | None = None if record else 0
         self._sequence_offset: int | None = None if record else 0
         self._replayed: set[int] = set()  # local utterance ids found to be replays
+        self._next_sequence = self._resumed.next_sequence  # past every message published
         self.record = self._resumed
 
     def covers(self, stream_seq: int) -> bool:
@@ -125,7 +128,17 @@ class Continuation:
         record's next one (transcripts and turn events share the count)."""
         if self._sequence_offset is None:
             self._sequence_offset = self._resumed.next_sequence - local
-        return local + self._sequence_offset
+        published = local + self._sequence_offset
+        self._next_sequence = max(self._next_sequence, published + 1)
+        return published
+
+    def moving(self) -> SessionRecord:
+        """The record a drain leaves for the next owner: `record`, numbered past every
+        message published, the partials of the utterance the drain left open included, so
+        that the next owner, which transcribes that utterance again, reuses no `sequence`."""
+        if self._next_sequence <= self.record.next_sequence:
+            return self.record
+        return msgspec.structs.replace(self.record, next_sequence=self._next_sequence)
 
     def _utterance(self, local: int, *, fix: bool = True) -> int:
         """The published id of local utterance `local`; the first new one takes the record's

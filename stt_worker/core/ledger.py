@@ -10,7 +10,8 @@ A message is acknowledged only once nothing that may still be published depends 
   that cover it are published (or it was silence that can no longer join an utterance);
 - the session's latest ``start`` and ``state_change``, when the session closes: a replay must
   reopen the session with the publisher's format and turn, so they stay until nothing of the
-  session is left to replay (a drained worker leaves them to its successor);
+  session is left to replay (a drained worker leaves them to its successor, with the audio of
+  the utterance it left open);
 - ``end`` and everything else still held, when the session closes;
 - a message that was rejected, at once: replaying it would fail again.
 
@@ -124,15 +125,24 @@ class AckLedger:
             done.append(self._audio.popleft())
         return done
 
-    def release_all(self, *, keep_config: bool = False) -> list[Held]:
-        """The session is closed: everything, or with `keep_config` all but its ``start`` and
-        ``state_change`` (a drain hands those to the next worker for the session's rest)."""
-        done = [*self._audio, *self._until_close]
+    def release_all(self) -> list[Held]:
+        """The session is closed: everything."""
+        done = [*self._audio, *self._until_close, *self._config.values()]
         self._audio.clear()
         self._until_close.clear()
-        if not keep_config:
-            done += self._config.values()
-            self._config.clear()
+        self._config.clear()
+        return done
+
+    def hand_over(self, first_unsettled_sample: int) -> list[Held]:
+        """A drain moves the session to the next worker: its settled audio and its control
+        messages, to acknowledge. The rest stays in the stream for the next owner, which
+        replays it first: the ``start`` and ``state_change`` to reopen the session with, and
+        the audio no published result covers yet (the open utterance, left unfinished here),
+        to transcribe it whole rather than as a cut and a rest."""
+        done = [*self.settled(first_unsettled_sample), *self._until_close]
+        self._audio.clear()
+        self._until_close.clear()
+        self._config.clear()
         return done
 
     def source_seqs(self, start_sample: int, end_sample: int) -> tuple[int, int] | None:

@@ -106,12 +106,15 @@ class Session:
         self._listener.change_turn(event)
         return actions
 
-    def end(self, *, now: float, reason: CloseReason = "end") -> list[Action]:
-        """Flush: finalise what is open, then close once every final is published."""
+    def end(
+        self, *, now: float, reason: CloseReason = "end", finalise: bool = True
+    ) -> list[Action]:
+        """Finalise what is open (unless a drain leaves it to a next owner that replays its
+        audio: `finalise` false), then close once every final is published."""
         life = advance(self._life, Event.END)
         if life is self._life:
             return []  # ended already
-        actions = self._carry_out(self._listener.finalize(now, reason), now)
+        actions = self._carry_out(self._listener.finalize(now, reason), now) if finalise else []
         self._life, self._close_reason = life, reason
         return actions + self._maybe_close(now)
 

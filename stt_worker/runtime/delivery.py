@@ -83,8 +83,9 @@ class SessionAcks(Protocol):
     async def settle(self, session: Session) -> None:
         """Acknowledge what no result still to come depends on (call after publishing)."""
 
-    async def release(self, reason: CloseReason) -> None:
-        """The session closed: acknowledge what it held."""
+    async def release(self, reason: CloseReason, first_unsettled_sample: int) -> None:
+        """The session closed: acknowledge what it held; after a drain (`shutdown`) only the
+        audio before `first_unsettled_sample`, where `Delivery.replays`."""
 
     async def keep_alive(self, now: float, older_than_s: float) -> None:
         """Tell the server that messages held `older_than_s` are still being worked on."""
@@ -92,6 +93,10 @@ class SessionAcks(Protocol):
 
 class Delivery(Protocol):
     """Where the worker's messages come from, and what is acknowledged when."""
+
+    # Whether a drained session's unacknowledged audio comes again to its next owner: the
+    # drain then leaves the open utterance to it, whole, instead of cutting it.
+    replays: bool
 
     async def subscribe(
         self, nc: Client, subjects: list[str], on_message: MessageHandler
@@ -175,7 +180,7 @@ class _NoAcks:
     async def settle(self, session: Session) -> None:
         pass
 
-    async def release(self, reason: CloseReason) -> None:
+    async def release(self, reason: CloseReason, first_unsettled_sample: int) -> None:
         pass
 
     async def keep_alive(self, now: float, older_than_s: float) -> None:
@@ -187,6 +192,8 @@ _NO_ACKS = _NoAcks()
 
 class CoreDelivery:
     """Plain subscriptions: a message is handled once, and lost if the worker dies first."""
+
+    replays = False
 
     def __init__(self, settings: Settings) -> None:
         self._pending_msgs_limit = settings.pending_msgs_limit
@@ -270,6 +277,8 @@ class _Delivered:
 class DurableDelivery:
     """A JetStream work-queue stream keeps each audio message until we acknowledge it; our
     durable consumer delivers this worker's share of it."""
+
+    replays = True
 
     def __init__(self, settings: Settings, metrics: Metrics) -> None:
         self._settings = settings
@@ -424,11 +433,13 @@ class LedgerAcks:
         # connection, so the server sees it before these acknowledgements).
         await self._delivery.ack(self._ledger.settled(session.first_unsettled_sample))
 
-    async def release(self, reason: CloseReason) -> None:
-        # After a drain, the session's rest (if the publisher goes on) is the next worker's:
-        # it keeps the start and turn to reopen it with.
-        keep = reason == "shutdown"
-        await self._delivery.ack(self._ledger.release_all(keep_config=keep))
+    async def release(self, reason: CloseReason, first_unsettled_sample: int) -> None:
+        # After a drain, the session's rest is the next worker's: the start and turn to reopen
+        # it with, and the audio of the utterance left open, to transcribe whole.
+        if reason == "shutdown":
+            await self._delivery.ack(self._ledger.hand_over(first_unsettled_sample))
+        else:
+            await self._delivery.ack(self._ledger.release_all())
 
     async def keep_alive(self, now: float, older_than_s: float) -> None:
         for message in self._ledger.stale(now, older_than_s):

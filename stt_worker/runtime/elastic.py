@@ -234,23 +234,24 @@ class _ContinuedAcks(LedgerAcks):
         finally:
             self._writer = None
 
-    async def release(self, reason: CloseReason) -> None:
+    async def release(self, reason: CloseReason, first_unsettled_sample: int) -> None:
         self.released = asyncio.Event()
         try:
-            await self._release(reason)
+            await self._release(reason, first_unsettled_sample)
         finally:
             self.released.set()
 
-    async def _release(self, reason: CloseReason) -> None:
+    async def _release(self, reason: CloseReason, first_unsettled_sample: int) -> None:
         if self._writer is not None:  # none starts from here on: `settle` leaves it to us
             await self._writer
         if self._session_id is not None:
-            record = self._continuation.record
-            if reason != "shutdown":
+            moving = reason == "shutdown"
+            record = self._continuation.moving() if moving else self._continuation.record
+            if not moving:
                 await self._store.forget(self._session_id)  # over, not moving
             elif record is not self._saved:  # moving: the record first, then the audio's acks
                 await self._store.save(self._session_id, record)
             self._saved = record
         settled, self._unwritten = self._unwritten, []
         await self._delivery.ack(settled)
-        await super().release(reason)
+        await super().release(reason, first_unsettled_sample)

@@ -91,12 +91,9 @@ class Worker:
         self._sessions = Sessions(
             settings, self._observer, self._delivery, self._dsp, wait, engine.multilingual
         )
+        metrics = self.telemetry.metrics
         self._intake = Intake(
-            settings,
-            self._delivery,
-            self.telemetry.metrics,
-            handle=self._handle,
-            refuse=self._refuse,
+            settings, self._delivery, metrics, handle=self._handle, refuse=self._refuse
         )
         self._heap = HeapTrimmer()
         self._replies = ErrorReplies(settings, self._observer, self._publish)
@@ -209,12 +206,14 @@ class Worker:
         except TimeoutError:
             logger.error("drain timed out with messages still in sessions' inboxes")
         now = time.time()
-        ending = [s for s in self._sessions.streams.values() if belongs(s.acks)]
-        for stream in ending:
+        leaving = [s for s in self._sessions.streams.values() if belongs(s.acks)]
+        for stream in leaving:
             if stream.session.closing is None:
-                actions = stream.flush(now) + stream.session.end(now=now, reason="shutdown")
+                finalise = not self._delivery.replays  # one that replays gets the open utterance
+                actions = stream.flush(now)
+                actions += stream.session.end(now=now, reason="shutdown", finalise=finalise)
                 await self._apply(stream, actions)
-        await self._sessions.wait_closed(ending, self.settings.drain_timeout_s)
+        await self._sessions.wait_closed(leaving, self.settings.drain_timeout_s)
 
     async def _tick_forever(self) -> None:
         while True:
@@ -286,7 +285,7 @@ class Worker:
                     stream.observer.speculated(job)  # and the `Publish` after it answers it
                 case Close(reason=reason):
                     self._close(stream, reason)
-                    await stream.acks.release(reason)
+                    await stream.acks.release(reason, stream.session.first_unsettled_sample)
         if stream.session.closing is not None:
             self._sessions.unlist(stream)  # a new start may now open a fresh one
         # Every result this audio fed is out (published above): its audio may be settled.
