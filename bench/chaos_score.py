@@ -5,7 +5,8 @@ The calm run is the truth: its sessions never move, so each of its finals names 
 covers. A session that moves mid-run is renumbered on (`utterance_id`, `sequence`) but its
 `audio_*_s` count from the audio its new owner heard, so the disrupted run's finals are
 matched to the calm run's by their words instead: each session's words of both runs are
-aligned (`difflib`), and each calm utterance learns which disrupted finals hold its words.
+aligned (a longest common subsequence, `aligned`), and each calm utterance learns which
+disrupted finals hold its words.
 
 - lost: a calm utterance with words of which fewer than half are in the disrupted run, and
   no final in its place;
@@ -106,21 +107,44 @@ class Matching:
         return len(self.repeated)
 
 
+def aligned(a: Sequence[str], b: Sequence[str]) -> list[tuple[int, int]]:
+    """Index pairs of equal words of `a` and `b` along a longest common subsequence: the most
+    words matched in order. Not difflib's longest block first: a session loops the same clips,
+    and one word decoded differently early on (JFK's "s not" against "ask not") let its
+    longest block match the disrupted run a whole loop out of step with the calm one, so a
+    loop's worth of finals counted as lost and the next loop's as duplicates."""
+    n, m = len(a), len(b)
+    # longest[i][j]: the longest common subsequence of a[i:] and b[j:].
+    longest = [[0] * (m + 1) for _ in range(n + 1)]
+    for i in range(n - 1, -1, -1):
+        row, below, word = longest[i], longest[i + 1], a[i]
+        for j in range(m - 1, -1, -1):
+            row[j] = below[j + 1] + 1 if word == b[j] else max(below[j], row[j + 1])
+    pairs: list[tuple[int, int]] = []
+    i = j = 0
+    while i < n and j < m:
+        if a[i] == b[j] and longest[i][j] == longest[i + 1][j + 1] + 1:
+            pairs.append((i, j))
+            i, j = i + 1, j + 1
+        elif longest[i + 1][j] >= longest[i][j + 1]:
+            i += 1
+        else:
+            j += 1
+    return pairs
+
+
 def match(calm: Sequence[Heard], disrupted: Sequence[Heard]) -> Matching:
     calm_words = [(k, w) for k, final in enumerate(calm) for w in final.words]
     chaos_words = [(j, w) for j, final in enumerate(disrupted) for w in final.words]
-    matcher = difflib.SequenceMatcher(
-        None, [w for _, w in calm_words], [w for _, w in chaos_words], autojunk=False
-    )
     holders: list[set[int]] = [set() for _ in calm]
     matched_calm: dict[int, int] = defaultdict(int)
     matched_chaos: dict[int, int] = defaultdict(int)
-    for block in matcher.get_matching_blocks():
-        for offset in range(block.size):
-            k, j = calm_words[block.a + offset][0], chaos_words[block.b + offset][0]
-            holders[k].add(j)
-            matched_calm[k] += 1
-            matched_chaos[j] += 1
+    pairs = aligned([w for _, w in calm_words], [w for _, w in chaos_words])
+    for a, b in pairs:
+        k, j = calm_words[a][0], chaos_words[b][0]
+        holders[k].add(j)
+        matched_calm[k] += 1
+        matched_chaos[j] += 1
     heard = [
         not final.words or matched_calm[k] / len(final.words) >= MATCHED_ENOUGH
         for k, final in enumerate(calm)

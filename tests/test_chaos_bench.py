@@ -49,6 +49,23 @@ def heard(utterance_id: int, text: str) -> Heard:
 CALM = [heard(1, "he hoped there would be stew"), heard(2, "for dinner turnips and carrots")]
 
 
+def test_a_session_looping_its_clips_stays_aligned_when_an_early_word_differs() -> None:
+    # The shape of a real run: a session loops its clips, and the disrupted run decoded one
+    # short phrase differently twice. Aligned by difflib's longest block first, the runs
+    # slipped a whole loop out of step: a loop of finals lost, the next one duplicated.
+    loop = [
+        "and so my fellow americans", "s not", "what your country can do for you",
+        "ask what you can do for your country", "he could wait no longer",
+        "has never been surpassed",
+    ]  # fmt: skip
+    texts = loop * 3
+    calm = [heard(k, text) for k, text in enumerate(texts, start=1)]
+    changed = {1: "ask not", 7: "ask not"}
+    disrupted = [heard(k + 1, changed.get(k, text)) for k, text in enumerate(texts)]
+    matching = match(calm, disrupted)
+    assert (matching.lost, matching.duplicates) == (0, 0)
+
+
 def test_a_final_whose_words_never_came_is_lost_and_a_replayed_one_is_a_duplicate() -> None:
     assert match(CALM, CALM).lost == 0 and match(CALM, CALM).duplicates == 0
     # A drain cut the first utterance in two: nothing lost, nothing repeated.

@@ -112,9 +112,9 @@ def as_float32(pcm: np.ndarray) -> np.ndarray:
 
 ITEMS = sorted(NONSPEECH)
 
-# Both decode paths the worker uses: finals (with the 30 s loop retry) and partials.
+# Both decode paths the worker uses: finals (with the 30 s retries) and partials.
 OPTIONS = {
-    "final": DecodeOptions(),
+    "final": DecodeOptions(doubt_retry=True),
     "partial": DecodeOptions(full_window_retry=False),
 }
 

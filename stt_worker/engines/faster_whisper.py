@@ -245,7 +245,11 @@ class FasterWhisperEngine(LocalEngine):
         # trained on does neither, so pay for it only then, and not when the decoder itself
         # heard no speech (a hallucination on noise: no_speech_prob >= 0.95).
         looped = collapse_loops(result.text) != result.text
-        doubted = result.blanked and result.no_speech_prob < BLANKED_RETRY_MAX_NO_SPEECH
+        doubted = (
+            options.doubt_retry
+            and result.blanked
+            and result.no_speech_prob < BLANKED_RETRY_MAX_NO_SPEECH
+        )
         if looped or doubted:
             logger.debug("%s in a short window; retrying with 30 s", "Loop" if looped else "Doubt")
             result = self._decode_frames(chunk, WINDOW_FRAMES, language, prompt, options)

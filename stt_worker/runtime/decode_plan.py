@@ -50,9 +50,13 @@ def plan(job: Job) -> DecodePlan:
     )
     match job.kind:
         case JobKind.FINAL | JobKind.CANDIDATE_FINAL:
-            # A short window that loops is decoded again at 30 s: worth it for a final.
+            # A short window that loops, or doubts the words into a blank, is decoded again
+            # at 30 s: worth it for a final.
             final = dataclasses.replace(
-                options, full_window_retry=True, word_timestamps=job.word_timestamps
+                options,
+                full_window_retry=True,
+                doubt_retry=True,
+                word_timestamps=job.word_timestamps,
             )
             return DecodePlan(Lane.FINAL, EngineRole.FINAL, final, "final")
         case JobKind.PARTIAL if job.speculative:
