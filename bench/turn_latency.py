@@ -106,6 +106,8 @@ CONFIGS: dict[str, dict[str, str]] = {
     "new": {},
     # The defaults with the final decoded after the endpoint, as before speculation.
     "unspeculated": {"STT_ENDPOINT_SPECULATE_MS": "0"},
+    # The defaults without the 30 s decode of a final blanked in doubt.
+    "undoubted": {"WHISPER_DOUBT_RETRY": "false"},
     # The defaults with the partial cadence before its lead: one partial every interval of
     # new audio, however the decodes land.
     "interval": {"STT_PARTIAL_LEAD_MS": "0"},

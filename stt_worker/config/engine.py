@@ -115,6 +115,14 @@ class EngineFields(BaseModel):
         ge=0,
         le=30,
     )
+    whisper_doubt_retry: bool = setting(
+        True,
+        "WHISPER_DOUBT_RETRY",
+        group=Group.ENGINE,
+        description="A final whose short window Whisper doubts so much that the hallucination "
+        "rules blank it (no_speech_prob under 0.8) is decoded again in the 30 s window, which "
+        'keeps short phrases (JFK\'s "ask not"); costs a 30 s decode on those finals.',
+    )
     context_chars: int = setting(
         0,
         "STT_CONTEXT_CHARS",

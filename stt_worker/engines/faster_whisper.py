@@ -119,6 +119,7 @@ class FasterWhisperEngine(LocalEngine):
         self._window = window or WindowPolicy(pad_s=settings.whisper_window_pad_s)
         self._warmed = False
         self._beam_size = settings.whisper_beam_size
+        self._doubt_retry = settings.whisper_doubt_retry
         self._language = settings.whisper_language
         device = _pick_device(settings.whisper_device)
         compute_type = _pick_compute_type(settings.whisper_compute_type, device)
@@ -247,6 +248,7 @@ class FasterWhisperEngine(LocalEngine):
         looped = collapse_loops(result.text) != result.text
         doubted = (
             options.doubt_retry
+            and self._doubt_retry
             and result.blanked
             and result.no_speech_prob < BLANKED_RETRY_MAX_NO_SPEECH
         )
