@@ -570,7 +570,13 @@ def test_venv_cuda_torch_refuses_a_cpu_build(tmp_path: Path) -> None:
     # step must fail rather than leave an image whose decodes all run on the CPU.
     context = lay_out_build_context("Dockerfile.cuda", tmp_path / "src")
     venv = new_venv(tmp_path / "venv")
-    env = {**clean_env(), "TORCH_INDEX_URL": "https://download.pytorch.org/whl/cpu"}
+    # No retries: where that index is out of reach (CI's network is PyPI's), pip's five
+    # retries of it cost a minute and change nothing; the wheel comes from the cache.
+    env = {
+        **clean_env(),
+        "TORCH_INDEX_URL": "https://download.pytorch.org/whl/cpu",
+        "PIP_RETRIES": "0",
+    }
     result = subprocess.run(
         ["bash", INSTALL_SCRIPT, "cuda-torch", str(venv)],
         cwd=context,
