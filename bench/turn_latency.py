@@ -221,13 +221,7 @@ def measure_utterance(
 ) -> Utterance:
     """What came back for one placed sentence; `messages` are the session's `Received`,
     `step_ms` the configuration's audio between two partials."""
-    mine = [
-        item
-        for item in messages
-        if isinstance(item.message, Transcription)
-        and item.message.audio_start_s < place.end_s
-        and item.message.audio_end_s > place.onset_s
-    ]
+    mine = overlapping(messages, Transcription, place)
     finals = [item for item in mine if item.message.is_final]
     partials = [item for item in mine if not item.message.is_final]
     onset_sent = run.send_time(plan, place.onset_s)
@@ -261,6 +255,17 @@ def measure_utterance(
     return utterance
 
 
+def overlapping(messages: list[Any], kind: type, place: Placement) -> list[Any]:
+    """The session's `Received` messages of `kind` whose audio overlaps the placed sentence."""
+    return [
+        item
+        for item in messages
+        if isinstance(item.message, kind)
+        and item.message.audio_start_s < place.end_s
+        and item.message.audio_end_s > place.onset_s
+    ]
+
+
 def resumed_eagers(messages: list[Any]) -> dict[int, bool]:
     """Each `eager_end_of_turn` of a session (by `id` of its `Received`), and whether a
     `turn_resumed` of its utterance followed it (before the next eager event)."""
@@ -281,13 +286,7 @@ def measure_turn_events(
 ) -> None:
     """The sentence's turn events: `final` is the `Received` final covering its end."""
     resumed = resumed_eagers(messages)
-    mine = [
-        item
-        for item in messages
-        if isinstance(item.message, EagerEndOfTurn)
-        and item.message.audio_start_s < place.end_s
-        and item.message.audio_end_s > place.onset_s
-    ]
+    mine = overlapping(messages, EagerEndOfTurn, place)
     utterance.eager_events = len(mine)
     utterance.eager_resumed = sum(resumed[id(item)] for item in mine)
     covering = [

@@ -114,7 +114,7 @@ ITEMS = sorted(NONSPEECH)
 
 # Both decode paths the worker uses: finals (with the 30 s retries) and partials.
 OPTIONS = {
-    "final": DecodeOptions(doubt_retry=True),
+    "final": DecodeOptions(),
     "partial": DecodeOptions(full_window_retry=False),
 }
 

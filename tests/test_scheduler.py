@@ -196,35 +196,35 @@ async def test_partials_waiting_behind_a_busy_engine_raise_the_partial_wait():
     runner.cancel()
 
 
-async def test_an_utterances_first_words_go_before_other_sessions_next_partials():
+async def served_order(waiting: list[Job]) -> list[float]:
+    """The order one slot serves `waiting` (sessions b, c, ...) in, all queued while a partial
+    of session a holds it; each job is named by its audio length."""
     engine = GatedEngine(parallelism=1)
     results = Results()
     scheduler = InferenceScheduler(engine, results.on_done, concurrency=1)
     runner = asyncio.create_task(scheduler.run())
     scheduler.submit("a", job(1, 1.0, final=False))
     await engine.started_at_least(1)
-    scheduler.submit("b", job(1, 2.0, final=False))  # b's words are on show already
-    scheduler.submit("c", dataclasses.replace(job(1, 3.0, final=False), first_words=True))
-    scheduler.submit("d", job(1, 4.0, final=False))
-    await results.release_and_wait(engine, 4)
-    assert engine.started == [1.0, 3.0, 2.0, 4.0]
+    for key, queued in zip("bcdefgh", waiting, strict=False):
+        scheduler.submit(key, queued)
+    await results.release_and_wait(engine, 1 + len(waiting))
     runner.cancel()
+    return engine.started
+
+
+async def test_an_utterances_first_words_go_before_other_sessions_next_partials():
+    shown = job(1, 2.0, final=False)  # b's words are on show already
+    first_words = dataclasses.replace(job(1, 3.0, final=False), first_words=True)
+    order = await served_order([shown, first_words, job(1, 4.0, final=False)])
+    assert order == [1.0, 3.0, 2.0, 4.0]
 
 
 async def test_a_speculation_goes_before_first_words_and_partials_in_line():
     # Its text may be the final, and only if it is decoded before its pause ends the turn.
-    engine = GatedEngine(parallelism=1)
-    results = Results()
-    scheduler = InferenceScheduler(engine, results.on_done, concurrency=1)
-    runner = asyncio.create_task(scheduler.run())
-    scheduler.submit("a", job(1, 1.0, final=False))
-    await engine.started_at_least(1)
-    scheduler.submit("b", job(1, 2.0, final=False))
-    scheduler.submit("c", dataclasses.replace(job(1, 3.0, final=False), first_words=True))
-    scheduler.submit("d", dataclasses.replace(job(1, 4.0, final=False), speculative=True))
-    await results.release_and_wait(engine, 4)
-    assert engine.started == [1.0, 4.0, 3.0, 2.0]
-    runner.cancel()
+    first_words = dataclasses.replace(job(1, 3.0, final=False), first_words=True)
+    speculation = dataclasses.replace(job(1, 4.0, final=False), speculative=True)
+    order = await served_order([job(1, 2.0, final=False), first_words, speculation])
+    assert order == [1.0, 4.0, 3.0, 2.0]
 
 
 async def test_partials_leave_one_slot_free_for_a_final():

@@ -42,6 +42,7 @@ def test_a_pause_that_ends_the_utterance_publishes_the_speculation_as_its_final(
     decode = plan(job)
     assert decode.engine is EngineRole.FINAL and decode.lane is Lane.PARTIAL
     assert decode.options.full_window_retry and not decode.options.speech_heard
+    assert not decode.options.doubt_retry  # a blank in doubt leaves it to the final
     # It hears the pause so far, then digital silence up to the endpoint's length (10
     # frames): Whisper's window follows the audio's length, and the final it stands for
     # hears that much pause. Its span is the audio received.

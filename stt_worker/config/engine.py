@@ -119,7 +119,8 @@ class EngineFields(BaseModel):
         True,
         "WHISPER_DOUBT_RETRY",
         group=Group.ENGINE,
-        description="A final whose short window Whisper doubts so much that the hallucination "
+        description="A final (or a whisper-server transcription) whose short window Whisper "
+        "doubts so much that the hallucination "
         "rules blank it (no_speech_prob under 0.8) is decoded again in the 30 s window, which "
         'keeps short phrases (JFK\'s "ask not"); costs a 30 s decode on those finals.',
     )

@@ -128,9 +128,7 @@ class AckLedger:
     def release_all(self) -> list[Held]:
         """The session is closed: everything."""
         done = [*self._audio, *self._until_close, *self._config.values()]
-        self._audio.clear()
-        self._until_close.clear()
-        self._config.clear()
+        self._forget()
         return done
 
     def hand_over(self, first_unsettled_sample: int) -> list[Held]:
@@ -140,10 +138,13 @@ class AckLedger:
         the audio no published result covers yet (the open utterance, left unfinished here),
         to transcribe it whole rather than as a cut and a rest."""
         done = [*self.settled(first_unsettled_sample), *self._until_close]
+        self._forget()
+        return done
+
+    def _forget(self) -> None:
         self._audio.clear()
         self._until_close.clear()
         self._config.clear()
-        return done
 
     def source_seqs(self, start_sample: int, end_sample: int) -> tuple[int, int] | None:
         """Stream sequences of the first and last held message with audio in

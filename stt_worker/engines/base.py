@@ -106,9 +106,9 @@ class DecodeOptions:
     # partial that the next partial or the final replaces anyway.
     full_window_retry: bool = True
     # With `full_window_retry`, also a short window's text that the hallucination rules blank
-    # in doubt (not on noise) is decoded again at 30 s: for a final only, whose words would
-    # be lost. A speculation or turn check blanked so just leaves the final to be decoded.
-    doubt_retry: bool = False
+    # in doubt (not on noise) is decoded again at 30 s: a final's words would be lost. A
+    # speculation or turn check turns it off: blanked so, it just leaves the final to decode.
+    doubt_retry: bool = True
     # The caller's VAD already heard speech here (a barge-in probe). Whisper's plain silence
     # rule, made for windows of a long recording, then blanks short real words ("stop" over
     # cancelled echo: no_speech_prob 0.78, avg_logprob -1.04); the stricter rules still hold.

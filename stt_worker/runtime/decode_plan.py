@@ -53,17 +53,18 @@ def plan(job: Job) -> DecodePlan:
             # A short window that loops, or doubts the words into a blank, is decoded again
             # at 30 s: worth it for a final.
             final = dataclasses.replace(
-                options,
-                full_window_retry=True,
-                doubt_retry=True,
-                word_timestamps=job.word_timestamps,
+                options, full_window_retry=True, word_timestamps=job.word_timestamps
             )
             return DecodePlan(Lane.FINAL, EngineRole.FINAL, final, "final")
         case JobKind.PARTIAL if job.speculative:
             # Its text may be the final: the finals' engine and options, in the partials'
             # line (served when the engine has room; a final of its session drops it unstarted).
+            # No 30 s decode when it doubts the words into a blank: the final decodes them.
             final = dataclasses.replace(
-                options, full_window_retry=True, word_timestamps=job.word_timestamps
+                options,
+                full_window_retry=True,
+                doubt_retry=False,
+                word_timestamps=job.word_timestamps,
             )
             return DecodePlan(Lane.PARTIAL, EngineRole.FINAL, final, "partial")
         case JobKind.PARTIAL:
@@ -84,6 +85,7 @@ def plan(job: Job) -> DecodePlan:
             check = dataclasses.replace(
                 options,
                 full_window_retry=True,
+                doubt_retry=False,
                 end_probability=True,
                 turn_probability=True,
                 word_timestamps=job.word_timestamps,
