@@ -172,7 +172,10 @@ def lay_out_build_context(dockerfile: str, workdir: Path) -> Path:
 def clean_env() -> dict[str, str]:
     """This environment without what would point a child Python at the test run's venv."""
     unwanted = ("VIRTUAL_ENV", "PYTHONPATH", "PYTHONHOME", "PYTHONSTARTUP")
-    return {k: v for k, v in os.environ.items() if k not in unwanted}
+    kept = {k: v for k, v in os.environ.items() if k not in unwanted}
+    # No bytecode for the throwaway venvs: pip compiles every file it installs (torch has
+    # thousands), and nothing these tests check depends on it.
+    return {**kept, "PIP_NO_COMPILE": "1"}
 
 
 def execute(
@@ -463,12 +466,43 @@ def torch_version(venv: Path) -> str:
 
 
 @pytest.fixture(scope="module")
-def rocm_env(tmp_path_factory: pytest.TempPathFactory) -> RocmEnv:
-    # A venv that already holds a torch stands in for the rocm/pytorch image.
-    workdir = tmp_path_factory.mktemp("rocm-image")
+def cuda_torch_refusal(
+    tmp_path_factory: pytest.TempPathFactory,
+) -> tuple[Path, subprocess.CompletedProcess[str]]:
+    """Dockerfile.cuda's torch step pointed at PyTorch's CPU index, in a fresh venv: it
+    installs the pinned torch (a CPU build, from pip's cache) and must then refuse it. The
+    venv it leaves holds a torch, so it stands in for the rocm/pytorch image next: one torch
+    install (half a minute) serves both."""
+    workdir = tmp_path_factory.mktemp("cuda-image")
+    context = lay_out_build_context("Dockerfile.cuda", workdir / "src")
     venv = new_venv(workdir / "venv")
-    run([str(venv / "bin" / "python3"), "-m", "pip", "install", "-q", STAND_IN_TORCH])
+    # No retries: where that index is out of reach (CI's network is PyPI's), pip's five
+    # retries of it cost a minute and change nothing; the wheel comes from the cache.
+    env = {
+        **clean_env(),
+        "TORCH_INDEX_URL": "https://download.pytorch.org/whl/cpu",
+        "PIP_RETRIES": "0",
+    }
+    result = subprocess.run(
+        ["bash", INSTALL_SCRIPT, "cuda-torch", str(venv)],
+        cwd=context,
+        env=env,
+        capture_output=True,
+        text=True,
+        timeout=INSTALL_TIMEOUT_S,
+    )
+    return venv, result
+
+
+@pytest.fixture(scope="module")
+def rocm_env(
+    tmp_path_factory: pytest.TempPathFactory,
+    cuda_torch_refusal: tuple[Path, subprocess.CompletedProcess[str]],
+) -> RocmEnv:
+    # A venv that already holds a torch stands in for the rocm/pytorch image.
+    venv, _ = cuda_torch_refusal
     before = torch_version(venv)
+    workdir = tmp_path_factory.mktemp("rocm-image")
     return RocmEnv(install_variant("rocm", workdir, venv), before)
 
 
@@ -565,27 +599,14 @@ def test_venv_rocm_bake_refuses_names_it_cannot_serve(
 
 
 @pytest.mark.timeout(INSTALL_TIMEOUT_S)
-def test_venv_cuda_torch_refuses_a_cpu_build(tmp_path: Path) -> None:
-    # The CPU build of the pinned torch, from pip's cache, stands in for a wrong index: the
-    # step must fail rather than leave an image whose decodes all run on the CPU.
-    context = lay_out_build_context("Dockerfile.cuda", tmp_path / "src")
-    venv = new_venv(tmp_path / "venv")
-    # No retries: where that index is out of reach (CI's network is PyPI's), pip's five
-    # retries of it cost a minute and change nothing; the wheel comes from the cache.
-    env = {
-        **clean_env(),
-        "TORCH_INDEX_URL": "https://download.pytorch.org/whl/cpu",
-        "PIP_RETRIES": "0",
-    }
-    result = subprocess.run(
-        ["bash", INSTALL_SCRIPT, "cuda-torch", str(venv)],
-        cwd=context,
-        env=env,
-        capture_output=True,
-        text=True,
-        timeout=INSTALL_TIMEOUT_S,
-    )
+def test_venv_cuda_torch_refuses_a_cpu_build(
+    cuda_torch_refusal: tuple[Path, subprocess.CompletedProcess[str]],
+) -> None:
+    # The CPU build of the pinned torch stands in for a wrong index: the step must fail
+    # rather than leave an image whose decodes all run on the CPU.
+    venv, result = cuda_torch_refusal
     assert result.returncode != 0 and "is not a CUDA build" in result.stderr, result.stderr
+    assert torch_version(venv).startswith(STAND_IN_TORCH.split("==")[1])
 
 
 @pytest.mark.timeout(INSTALL_TIMEOUT_S)

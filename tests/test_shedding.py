@@ -116,6 +116,34 @@ async def test_large_shed_payloads_are_skipped_across_reads_and_the_rest_arrives
     assert reader._ps.buf == bytearray() and not reader._ps._skip
 
 
+@pytest.mark.parametrize("subject", [FLOODER, "ai.voice.stream.weekend"])
+async def test_runs_of_alike_messages_are_counted_exactly_and_an_end_among_them_passes(
+    subject: str,
+):
+    # Runs of one message shape are skipped in one match (`_repeats`): the counts must be
+    # what a message-by-message walk gives, however the reads cut them, and an `end` in a
+    # run of short payloads (any of which may be one) still reaches the worker, also when
+    # the subject itself has "end" in it.
+    reader, shedder, _ = installed(hold_s=60)
+    short, state = b"\xc1" * 10, msgpack.packb({"type": "state_change", "state": "listening"})
+    end = msgpack.packb({"type": "end"})
+    runs = [wire(subject, short) * 40, wire(subject, end), wire(subject, short) * 25]
+    runs += [wire(subject, state) * 300, wire(HONEST, {"type": "start"}), wire(subject, state)]
+    stream = b"".join(runs)
+    await reader._ps.parse(wire(subject, state))
+    shedder.shed(subject)
+    for step in (1, 13, 4096, len(stream)):
+        reader.processed.clear()
+        shedder.take(subject)
+        await feed(reader, stream, step)
+        assert [(s, d) for s, d, _ in reader.processed] == [
+            (subject.encode(), end),
+            (HONEST.encode(), msgpack.packb({"type": "start"})),
+        ], step
+        assert shedder.take(subject) == (65 + 301, 65 * len(short) + 301 * len(state)), step
+    assert reader._ps.buf == bytearray() and not reader._ps._skip
+
+
 @pytest.mark.parametrize("cut", ["control line", "payload"])
 async def test_nats_py_parser_is_taken_over_mid_message(cut: str):
     reader = Reader()

@@ -14,6 +14,7 @@ goes on as nats-py handles it. `python -m bench.shed_parser` measures it against
 
 from __future__ import annotations
 
+import re
 import time
 from typing import TYPE_CHECKING, Any
 
@@ -39,6 +40,8 @@ class ShedParser(Parser):
         # A shed message's control line (no CRLF): its subject, payload size and whether
         # the payload may be an `end` (looked at, never skipped blind).
         self._shed_lines: dict[bytes, tuple[bytes, int, bool]] = {}
+        # Per shed control line, a pattern matching a run of its messages (`_repeats`).
+        self._strides: dict[bytes, re.Pattern[bytes]] = {}
         super().__init__(nc)
 
     def reset(self) -> None:
@@ -118,7 +121,8 @@ class ShedParser(Parser):
         messages = nbytes = 0
         shed_lines, find, length = self._shed_lines, buf.find, len(buf)
         while (eol := find(_CRLF, pos)) >= 0:
-            shed = shed_lines.get(buf[pos:eol])
+            line = buf[pos:eol]
+            shed = shed_lines.get(line)
             if shed is None or shed[0] != subject:
                 break
             start, size = eol + 2, shed[1]
@@ -127,9 +131,36 @@ class ShedParser(Parser):
             messages += 1
             nbytes += size
             pos = start + size + 2
+            if buf.startswith(line, pos):
+                # The same message shape again: a flood's usual run, skipped in C.
+                repeats = self._repeats(buf, pos, line, size, shed[2])
+                messages += repeats
+                nbytes += repeats * size
+                pos += repeats * (len(line) + size + 4)
         if messages:
             self._shedder.count(subject, nbytes, messages)
         return pos
+
+    def _repeats(self, buf: bytes, pos: int, line: bytes, size: int, may_end: bool) -> int:
+        """How many whole messages from `pos` have control line `line` and a `size`-byte
+        payload: matched by one regular expression, not a Python step per message (a flood
+        of tiny messages cost ~700 ns each here that way, ~150 ns this way). Stops before a
+        payload that may be an `end`, which goes to the loop to be looked at."""
+        pattern = self._strides.get(line)
+        if pattern is None:
+            if len(self._strides) >= _MAX_SHED_LINES:
+                self._strides.clear()
+            body = re.escape(line + _CRLF) + b".{%d}" % size + re.escape(_CRLF)
+            pattern = self._strides[line] = re.compile(b"(?:" + body + b")++", re.DOTALL)
+        found = pattern.match(buf, pos)
+        if found is None:
+            return 0
+        unit, end = len(line) + size + 4, found.end()
+        if may_end and (hit := buf.find(b"end", pos, end)) >= 0:
+            # Stop before the message it is in: a payload to look at, or the first control
+            # line (a subject with "end" in it), when the loop goes on message by message.
+            end = pos + (hit - pos) // unit * unit
+        return (end - pos) // unit
 
     async def _control(self, line: bytes, now: float, *, probe: bool = False) -> int:
         """Take in a control line (without its CRLF): the bytes to skip when it begins a
