@@ -4,9 +4,10 @@ before: parse, copy, then drop in `_process_msg`), fed in the reads the worker's
 (`runtime/read_size.py`: 256 KiB).
 
 Targets, as ratios so that a loaded machine does not move them: tiny ``state_change``
-messages at least 3x nats-py's rate, garbage of 1-200 bytes (`bench.neighbours`' garbage
-flood) 2.5x, 256 KB chunks 10x (measured 3.6-5.6x, 2.9-3.2x and 20-25x on a loaded 2-core
-machine).
+messages at least 10x nats-py's rate (a run of them is one regular-expression match),
+garbage of 1-200 bytes (`bench.neighbours`' garbage flood; sizes vary, so runs are short)
+2.5x, 256 KB chunks 10x (measured 25.6x, 3.4x and 59.7x on a quiet 2-core AMD EPYC,
+2026-12-04; 3.6-5.6x, 2.9-3.2x and 20-25x on a loaded Xeon before runs were matched whole).
 
     .venv/bin/python -m bench.shed_parser [--seconds S]
 """
@@ -28,7 +29,7 @@ from stt_worker.runtime.shedding import Shedder
 from stt_worker.runtime.telemetry.metrics import Metrics
 
 SUBJECT = "ai.voice.stream.flood"
-TARGETS = {"state_change": 3.0, "garbage": 2.5, "chunk_256k": 10.0}
+TARGETS = {"state_change": 10.0, "garbage": 2.5, "chunk_256k": 10.0}
 ROUNDS = 8
 
 
