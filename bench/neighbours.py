@@ -129,11 +129,12 @@ class Transport:
     max_pending_mb: float | None = None
     durable: bool = False
     max_msgs_per_subject: int | None = None
+    session_connections: bool = False  # STT_SESSION_CONNECTIONS
 
     def overrides(self) -> dict[str, Any]:
         """The worker's settings for it."""
         if not self.durable:
-            return {}
+            return {"session_connections": True} if self.session_connections else {}
         if self.max_msgs_per_subject is None:
             return {"durable": True}
         return {"durable": True, "stream_max_msgs_per_subject": self.max_msgs_per_subject}
@@ -776,6 +777,7 @@ async def run_all(plan: Plan, transport: Transport | None = None) -> dict[str, A
         "max_pending_finals_per_session": settings.max_pending_finals_per_session,
         "endpoint_silence_ms": settings.endpoint_silence_ms,
         "durable": settings.durable,
+        "session_connections": settings.session_connections,
     }
     if settings.durable:
         meta["worker"]["stream_max_msgs_per_subject"] = settings.stream_max_msgs_per_subject
@@ -1088,6 +1090,11 @@ def main(argv: list[str] | None = None) -> int:
         "--durable", action="store_true", help="the worker in durable mode (JetStream)"
     )
     parser.add_argument(
+        "--session-connections",
+        action="store_true",
+        help="STT_SESSION_CONNECTIONS: sessions within their budgets on a second connection",
+    )
+    parser.add_argument(
         "--max-msgs-per-subject",
         type=int,
         help="durable mode: the stream's per-subject limit (0: none; default: the setting's)",
@@ -1112,7 +1119,9 @@ def main(argv: list[str] | None = None) -> int:
     plan = QUICK if args.quick else FULL
     if args.mode:
         plan = dataclasses.replace(plan, modes=tuple(args.mode))
-    transport = Transport(args.max_pending_mb, args.durable, args.max_msgs_per_subject)
+    transport = Transport(
+        args.max_pending_mb, args.durable, args.max_msgs_per_subject, args.session_connections
+    )
     result = asyncio.run(run_all(plan, transport))
     command = ".venv/bin/python -m bench.neighbours" + " ".join(["", *(argv or sys.argv[1:])])
     path = write_outputs(result, args.out, command)

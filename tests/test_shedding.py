@@ -144,6 +144,23 @@ async def test_runs_of_alike_messages_are_counted_exactly_and_an_end_among_them_
     assert reader._ps.buf == bytearray() and not reader._ps._skip
 
 
+async def test_a_handover_marker_on_a_shed_subject_is_never_skipped():
+    # A marker (core/handover.py) cuts a session's messages between two connections: one
+    # skipped would leave its session's move unfinished, so it passes like an `end`.
+    reader, shedder, _ = installed(hold_s=60)
+    state = wire(FLOODER, {"type": "state_change", "state": "listening"})
+    marker = wire(FLOODER, b"", headers=b"NATS/1.0\r\nStt-Handover: w:3\r\n\r\n")
+    forged = wire(FLOODER, b"x" * 300, headers=b"NATS/1.0\r\nStt-Handover: w:4\r\n\r\n")
+    await reader._ps.parse(state)
+    shedder.shed(FLOODER)
+    for step in (1, 9, 100_000):
+        reader.processed.clear()
+        await feed(reader, state * 50 + marker + state * 50 + forged + state, step)
+        assert [(s, h) for s, _, h in reader.processed] == [
+            (FLOODER.encode(), b"NATS/1.0\r\nStt-Handover: w:3\r\n\r\n")
+        ], step  # a large one is no marker: shed as its size says
+
+
 @pytest.mark.parametrize("cut", ["control line", "payload"])
 async def test_nats_py_parser_is_taken_over_mid_message(cut: str):
     reader = Reader()

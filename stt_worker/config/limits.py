@@ -137,6 +137,16 @@ class LimitFields(BaseModel):
         description="The NATS client's per-subscription buffer, in messages.",
         ge=64,
     )
+    session_connections: bool = setting(
+        False,
+        "STT_SESSION_CONNECTIONS",
+        group=Group.LIMITS,
+        description="Core NATS: take each session that keeps to its budgets from a second "
+        "connection subscribed to its own subject, so that a publisher flooding another "
+        "subject (whose messages fill nats-server's queue for the wildcard's connection) "
+        "does not delay it; a session refused for its pace goes back to the wildcard "
+        '(docs/operations.md, "Untrusted publishers").',
+    )
     drain_timeout_s: float = setting(
         25.0,
         "STT_DRAIN_TIMEOUT_S",

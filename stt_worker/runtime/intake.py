@@ -31,6 +31,7 @@ from stt_worker.core.errors import SttError
 from stt_worker.core.protocol import ErrorCode, check_session_id, decode_client_message
 from stt_worker.runtime.delivery import Delivery
 from stt_worker.runtime.inbox import Handler, Inboxes
+from stt_worker.runtime.own_connection import OwnConnection
 from stt_worker.runtime.shedding import Shedder
 from stt_worker.runtime.telemetry.metrics import Metrics
 
@@ -71,6 +72,11 @@ class Intake:
         self._refuse = refuse
         self._limits = rate_limits(settings)
         self.shedder = Shedder(metrics)
+        self.own: OwnConnection | None = None
+        if settings.session_connections:
+            if settings.durable:
+                raise ValueError("STT_SESSION_CONNECTIONS is for core NATS (STT_DURABLE=false)")
+            self.own = OwnConnection(settings, self._take)
         self.inboxes = Inboxes(
             self._limits,
             max_messages=settings.session_inbox_messages,
@@ -81,14 +87,36 @@ class Intake:
             metrics=metrics,
         )
 
-    async def subscribe(self, nc: Client, subjects: list[str]) -> list[Subscription]:
-        """Subscribe `on_message` to `subjects`, with the connection guarded from floods."""
+    async def subscribe(
+        self, nc: Client, subjects: list[str], reconnected: Callable[[], Awaitable[None]]
+    ) -> list[Subscription]:
+        """Subscribe `on_message` to `subjects`, with the connection guarded from floods (and
+        with ``STT_SESSION_CONNECTIONS`` the sessions' own connection made, `reconnected`
+        called when it comes back)."""
         self._delivery.guard(nc, self.shedder)
+        if self.own is not None:
+            await self.own.start(nc, self.shedder, reconnected)
         return await self._delivery.subscribe(nc, subjects, self.on_message)
+
+    async def stop_taking(self, subs: list[Subscription]) -> None:
+        """SIGTERM: handle what was received on every connection, take nothing more."""
+        await self._delivery.stop_taking(subs)
+        if self.own is not None:
+            await self.own.stop()
+
+    def closed(self, session_id: str) -> None:
+        if self.own is not None:
+            self.own.closed(session_id)
 
     async def on_message(self, msg: Msg) -> None:
         if not await self._delivery.admit(msg):
             return
+        if self.own is not None:
+            await self.own.from_wildcard(msg)  # taken here, or from the session's own
+        else:
+            await self._take(msg)
+
+    async def _take(self, msg: Msg) -> None:
         # The session id is the subject's last token, partitioned or not.
         session_id = msg.subject.rsplit(".", 1)[-1]
         now = time.time()
@@ -110,6 +138,8 @@ class Intake:
             else:
                 logger.exception("unexpected failure admitting a message")
                 error = SttError(f"internal error: {exc!r}", code=ErrorCode.INTERNAL_ERROR)
+            if self.own is not None:
+                self.own.refused(session_id, now)
             if not await self._refuse(session_id, error, now, msg):
                 # Past its share of error replies, the subject is flooding bad messages:
                 # shed its next ones unread, as for a session over its budget, so that the
@@ -119,7 +149,11 @@ class Intake:
             return
         if verdict is True:
             self.shedder.release(msg.subject)
+            if self.own is not None:
+                self.own.admitted(session_id, msg.subject, now)
             return
+        if self.own is not None:
+            self.own.refused(session_id, now)
         self.shedder.shed(msg.subject)  # its next messages go before they cost a callback
         await self._delivery.reject(msg)  # durable mode: a refused message is not replayed
         if verdict is not False:
@@ -134,9 +168,12 @@ class Intake:
         message it buffered through admission) cannot take as long as the backlog."""
         self._patience_s = None
 
-    async def tell_untold(self, now: float) -> None:
-        """Send the ``rate_limited`` sums held back by their interval (every tick), so a
-        flood that stops is still told of its last second."""
+    async def tick(self, now: float) -> None:
+        """Every tick: settle moves between connections whose marker was lost, and send the
+        ``rate_limited`` sums held back by their interval, so a flood that stops is still
+        told of its last second."""
+        if self.own is not None:
+            await self.own.tick(now)
         for subject, messages, nbytes in self.shedder.leftovers():
             self.inboxes.shed(subject.rsplit(".", 1)[-1], messages, nbytes, now)
         for session_id, report in self.inboxes.overdue(now):

@@ -21,12 +21,16 @@ from typing import TYPE_CHECKING, Any
 from nats.errors import ProtocolError
 from nats.protocol.parser import AWAITING_CONTROL_LINE, AWAITING_MSG_PAYLOAD, Parser
 
+from stt_worker.core.handover import MARKER_HEADER
 from stt_worker.runtime.nats_parser import HMSG_AT, MSG_AT
 
 if TYPE_CHECKING:
     from stt_worker.runtime.shedding import Shedder
 
 _CRLF = b"\r\n"
+_MARKER = MARKER_HEADER.encode()
+# A held message with headers and at most this many bytes may be a marker: looked at.
+_MARKER_BYTES = 256
 # Control lines of shed messages remembered for the fast path (a flood repeats a few).
 _MAX_SHED_LINES = 1024
 
@@ -126,7 +130,7 @@ class ShedParser(Parser):
             if shed is None or shed[0] != subject:
                 break
             start, size = eol + 2, shed[1]
-            if shed[2] and (start + size > length or find(b"end", start, start + size) >= 0):
+            if shed[2] and (start + size > length or _looked_at(buf, start, start + size) >= 0):
                 break
             messages += 1
             nbytes += size
@@ -156,7 +160,7 @@ class ShedParser(Parser):
         if found is None:
             return 0
         unit, end = len(line) + size + 4, found.end()
-        if may_end and (hit := buf.find(b"end", pos, end)) >= 0:
+        if may_end and (hit := _looked_at(buf, pos, end)) >= 0:
             # Stop before the message it is in: a payload to look at, or the first control
             # line (a subject with "end" in it), when the loop goes on message by message.
             end = pos + (hit - pos) // unit * unit
@@ -175,7 +179,7 @@ class ShedParser(Parser):
         if held:
             if len(self._shed_lines) >= _MAX_SHED_LINES:
                 self._shed_lines.clear()
-            small = self._shedder.maybe_end(needed)
+            small = self._shedder.maybe_end(needed) or (len(sizes) == 2 and needed <= _MARKER_BYTES)
             self._shed_lines[line] = (subject, needed, small)
             if not small:
                 self._shedder.count(subject, needed)
@@ -194,7 +198,7 @@ class ShedParser(Parser):
         self.state, self.header_needed = AWAITING_CONTROL_LINE, 0
         hdr = buf[pos : pos + headers] if headers else None
         payload = buf[pos + headers : pos + needed]
-        if arg["held"] and not self._shedder.is_end(payload):
+        if arg["held"] and not self._shedder.is_end(payload) and not _is_marker(hdr):
             self._shedder.count(arg["subject"], needed)
             return
         await self.nc._process_msg(arg["sid"], arg["subject"], arg["reply"], payload, hdr)
@@ -204,3 +208,14 @@ class ShedParser(Parser):
         self.buf = line
         await super().parse()
         self.buf = bytearray()
+
+
+def _looked_at(buf: bytes, start: int, end: int) -> int:
+    """Where in `buf[start:end]` a held message may be one never shed (an `end`, a marker of
+    `core/handover.py`), or -1."""
+    hits = [at for at in (buf.find(b"end", start, end), buf.find(_MARKER, start, end)) if at >= 0]
+    return min(hits, default=-1)
+
+
+def _is_marker(headers: bytes | None) -> bool:
+    return headers is not None and _MARKER in headers

@@ -167,7 +167,7 @@ class Worker:
             await engine.warmup()
         await self._checks.load()
         self._warmed = True
-        subs = await self._intake.subscribe(self._nc, self._subjects)
+        subs = await self._intake.subscribe(self._nc, self._subjects, self._on_reconnected)
         # SUB goes out asynchronously: ready means the server already routes audio to us.
         await self._nc.flush()
         logger.info(
@@ -193,7 +193,7 @@ class Worker:
         self._draining = True
         logger.info("draining", extra={"sessions": len(self._sessions.live)})
         self._intake.stop_waiting()
-        await self._delivery.stop_taking(subs)
+        await self._intake.stop_taking(subs)
         await self._retire(lambda acks: True)
         await self._delivery.hand_over()
 
@@ -222,7 +222,7 @@ class Worker:
             for stream in list(self._sessions.streams.values()):
                 at = self._intake.inboxes.clock(stream.session.session_id, now)
                 await self._apply(stream, stream.session.tick(now=at))
-            await self._intake.tell_untold(now)
+            await self._intake.tick(now)
             await self._replies.tell_held_back(now)
             streams = list(self._sessions.streams.values())
             await self._delivery.sweep((stream.acks for stream in streams), now)
@@ -301,6 +301,7 @@ class Worker:
 
     def _close(self, stream: Stream, reason: str) -> None:
         self._sessions.remove(stream)
+        self._intake.closed(stream.session.session_id)
         self._scheduler.forget(stream.key)
         stream.observer.closed(reason)
         self._heap.session_closed()

@@ -1,0 +1,76 @@
+"""``STT_SESSION_CONNECTIONS`` end to end (`runtime/own_connection.py`), on a real nats-server
+and the bundled model: a session that keeps to its budgets moves to its own subscription on a
+second connection mid-stream and every chunk is heard once (its words, its audio clock); a
+session refused for its pace goes back to the wildcard and is still heard to its `end`, while
+an honest one beside it keeps its own connection."""
+
+from __future__ import annotations
+
+import asyncio
+
+import msgpack
+import pytest
+
+from stt_worker.runtime.publisher import read_wav, stream_file
+from tests.helpers import SPEECH_DIR, Inbox, manifest_text, until
+from tests.test_worker import WER_BOUND, assert_sequences, final_text, finals, sid
+from tests.textnorm import wer
+
+CLIP = "lj_LJ001-0006.wav"
+
+
+def clip_seconds(name: str) -> float:
+    samples, rate = read_wav(SPEECH_DIR / name)
+    return len(samples) / rate
+
+
+async def test_a_session_moved_to_its_own_connection_hears_every_chunk_once(make_worker, nc):
+    worker = await make_worker(session_connections=True)
+    own = worker._intake.own
+    session = sid()
+    inbox = await Inbox.open(nc, session)
+    streaming = asyncio.create_task(stream_file(nc, session, SPEECH_DIR / CLIP, speed=2.0))
+    await until(lambda: own.sessions == 1, within_s=10)  # moved while it streams
+    await streaming
+    messages = await inbox.until_closed(within_s=60)
+    assert messages[-1]["reason"] == "end"
+    assert wer(manifest_text(CLIP), final_text(messages)) <= WER_BOUND
+    assert_sequences(messages)
+    # A chunk taken twice would push the audio clock past the clip; one lost would not be
+    # heard in the words.
+    assert max(m["audio_end_s"] for m in finals(messages)) <= clip_seconds(CLIP) + 0.05
+    await until(lambda: own.sessions == 0, within_s=5)  # its subscription went with it
+
+
+@pytest.mark.timeout(120)
+async def test_a_session_refused_for_its_pace_goes_back_to_the_wildcard_and_is_heard_out(
+    make_worker, nc
+):
+    worker = await make_worker(session_connections=True, max_control_per_s=20.0)
+    own = worker._intake.own
+    honest, flooder = sid(), sid()
+    inboxes = {s: await Inbox.open(nc, s) for s in (honest, flooder)}
+    streams = [
+        asyncio.create_task(stream_file(nc, s, SPEECH_DIR / CLIP, speed=2.0, send_end=False))
+        for s in (honest, flooder)
+    ]
+    await until(lambda: own.taken_from_own(honest) and own.taken_from_own(flooder), 10)
+    state = msgpack.packb({"type": "state_change", "state": "listening"})
+    for _ in range(2000):  # far past 20 a second: refused, and moved back
+        await nc.publish(f"ai.voice.stream.{flooder}", state)
+    told = await inboxes[flooder].until(lambda m: m.get("code") == "rate_limited", within_s=10)
+    assert told["type"] == "error"
+    await until(lambda: not own.taken_from_own(flooder), within_s=10)
+    assert own.taken_from_own(honest)
+    await asyncio.gather(*streams)
+    await asyncio.sleep(1.5)  # past the control messages' hold: the `end` is admitted
+    for s in (honest, flooder):
+        await nc.publish(f"ai.voice.stream.{s}", msgpack.packb({"type": "end"}))
+    for s in (honest, flooder):
+        closed = (await inboxes[s].until_closed(within_s=30))[-1]
+        assert closed["reason"] == "end", s  # its `end` was taken, from whichever connection
+        assert_sequences(inboxes[s].received)
+        assert final_text(inboxes[s].received), s
+    honest_messages = inboxes[honest].received
+    assert wer(manifest_text(CLIP), final_text(honest_messages)) <= WER_BOUND
+    assert not [m for m in honest_messages if m.get("type") == "error"]
