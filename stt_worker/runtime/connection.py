@@ -86,6 +86,14 @@ async def connect(
         raise ConnectError(f"cannot connect to NATS at {url}: {exc or type(exc).__name__}") from exc
 
 
+async def flush_in_order(nc: Client) -> None:
+    """`nc.flush()`, once the commands nats-py still buffers are written: its PING goes
+    straight to the socket, ahead of them, so its PONG alone would not prove a `SUB` or `PUB`
+    made just before it processed by the server."""
+    await nc._flush_pending(force_flush=True)  # returns once the flusher wrote them
+    await nc.flush()
+
+
 async def _log_error(exc: Exception) -> None:
     # nats-py's default error callback prints a traceback per failed attempt; one line is enough.
     logger.debug("nats: %r", exc)

@@ -41,6 +41,7 @@ logger = logging.getLogger(__name__)
 # the refused message (None for a drop), whose headers carry the publisher's trace. False
 # when the reply was held back: the session (or subject) is past its share of replies.
 Refuse = Callable[[str, SttError, float, Msg | None], Awaitable[bool]]
+Callback = Callable[[], Awaitable[None]]
 
 
 def rate_limits(settings: Settings) -> RateLimits:
@@ -88,14 +89,15 @@ class Intake:
         )
 
     async def subscribe(
-        self, nc: Client, subjects: list[str], reconnected: Callable[[], Awaitable[None]]
+        self, nc: Client, subjects: list[str], events: tuple[Callback, Callback]
     ) -> list[Subscription]:
         """Subscribe `on_message` to `subjects`, with the connection guarded from floods (and
-        with ``STT_SESSION_CONNECTIONS`` the sessions' own connection made, `reconnected`
-        called when it comes back)."""
+        with ``STT_SESSION_CONNECTIONS`` the sessions' own connection made, with `events`,
+        the worker's disconnected and reconnected callbacks: its sessions are told that
+        audio may be lost when it comes back, as for the first)."""
         self._delivery.guard(nc, self.shedder)
         if self.own is not None:
-            await self.own.start(nc, self.shedder, reconnected)
+            await self.own.start(nc, self.shedder, events)
         return await self._delivery.subscribe(nc, subjects, self.on_message)
 
     async def stop_taking(self, subs: list[Subscription]) -> None:

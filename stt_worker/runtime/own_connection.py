@@ -31,7 +31,7 @@ from nats.aio.subscription import Subscription
 
 from stt_worker.config import Settings
 from stt_worker.core.handover import MARKER_HEADER, Handover, Source
-from stt_worker.runtime.connection import connect
+from stt_worker.runtime.connection import connect, flush_in_order
 from stt_worker.runtime.delivery import drain_subscriptions
 from stt_worker.runtime.shedding import Shedder
 
@@ -70,14 +70,21 @@ class OwnConnection:
         self._moves: set[asyncio.Task[None]] = set()
 
     async def start(
-        self, wildcard: Client, shedder: Shedder, reconnected: Callable[[], Awaitable[None]]
+        self,
+        wildcard: Client,
+        shedder: Shedder,
+        events: tuple[Callable[[], Awaitable[None]], Callable[[], Awaitable[None]]],
     ) -> None:
         """Connect the second connection, on the wildcard's server."""
         # The same server as the wildcard's: a marker cuts two queues of one nats-server.
         server = wildcard.connected_url.geturl() if wildcard.connected_url else None
         settings = self._settings.model_copy(update={"nats_url": server or self._settings.nats_url})
+        disconnected, reconnected = events
         self._nc = nc = await connect(
-            settings, "stt-streaming-sessions", reconnected_cb=reconnected
+            settings,
+            "stt-streaming-sessions",
+            disconnected_cb=disconnected,
+            reconnected_cb=reconnected,
         )
         shedder.install(nc)  # a session over its pace on it is shed as on the first
 
@@ -199,14 +206,17 @@ class OwnConnection:
             await sub.unsubscribe()  # closed meanwhile
 
     async def _unsubscribe(self, sub: Subscription, marker: int | None = None) -> None:
+        assert self._nc is not None
         try:
             if marker is None:
                 await sub.unsubscribe()
                 return
             # The marker first, so nats-server routes it while we still listen; then a drain,
             # not an unsubscribe: nats-py would drop what arrives for a removed subscription,
-            # the marker with it, and a drain takes what the server routed before its UNSUB.
+            # the marker with it, and a drain takes what the server routed before its PONG
+            # (the marker, once written: the drain's PING would overtake it in nats-py).
             await self._publish_marker(sub.subject, marker)
+            await flush_in_order(self._nc)
             await sub.drain()
         except Exception:
             logger.exception("could not unsubscribe a session's own subscription")

@@ -36,7 +36,7 @@ from stt_worker.core.protocol import (
 from stt_worker.engines.base import Engine
 from stt_worker.engines.turn_check import TurnCheckEngine
 from stt_worker.runtime.asgi import serving_in_loop
-from stt_worker.runtime.connection import SERVICE, connect
+from stt_worker.runtime.connection import SERVICE, connect, flush_in_order
 from stt_worker.runtime.delivery import SessionAcks, delivery_for
 from stt_worker.runtime.intake import Intake
 from stt_worker.runtime.observation import Observer, trace_id_of
@@ -155,21 +155,22 @@ class Worker:
         logger.info("probes and metrics at %s", self.probe_url)
 
     async def _serve(self, stop: asyncio.Event) -> None:
+        events = (self._on_disconnected, self._on_reconnected)  # the sessions' connection too
         self._nc = await connect(
             self.settings,
             "stt-streaming",
             SERVICE,
             error_cb=self._on_nats_error,
-            disconnected_cb=self._on_disconnected,
-            reconnected_cb=self._on_reconnected,
+            disconnected_cb=events[0],
+            reconnected_cb=events[1],
         )
         for engine in self._engines():
             await engine.warmup()
         await self._checks.load()
         self._warmed = True
-        subs = await self._intake.subscribe(self._nc, self._subjects, self._on_reconnected)
+        subs = await self._intake.subscribe(self._nc, self._subjects, events)
         # SUB goes out asynchronously: ready means the server already routes audio to us.
-        await self._nc.flush()
+        await flush_in_order(self._nc)
         logger.info(
             "worker ready",
             extra={"subjects": ",".join(self._subjects), "engine": self.engine.info.name},
@@ -340,8 +341,7 @@ class Worker:
         lost_at, self._disconnected_at = self._disconnected_at, None
         if self.settings.durable or lost_at is None:
             return  # JetStream kept what was published meanwhile: nothing was lost
-        # Core NATS delivers nothing to a client that is away: whatever the sessions' publishers
-        # sent meanwhile is gone, and only the worker can tell them.
+        # Core NATS delivers nothing to a client away: only the worker can tell publishers.
         now = time.time()
         error = SttError(
             f"the worker's NATS connection was lost for {now - lost_at:.1f} s; audio published "
