@@ -144,7 +144,8 @@ class LimitFields(BaseModel):
         description="Core NATS: take each session that keeps to its budgets from a second "
         "connection subscribed to its own subject, so that a publisher flooding another "
         "subject (whose messages fill nats-server's queue for the wildcard's connection) "
-        "does not delay it; a session refused for its pace goes back to the wildcard "
+        "does not delay it; a session refused for its pace goes back to the wildcard. The "
+        "worker then publishes markers on the audio subjects and needs permission to "
         '(docs/operations.md, "Untrusted publishers").',
     )
     drain_timeout_s: float = setting(
