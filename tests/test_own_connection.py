@@ -9,9 +9,10 @@ from __future__ import annotations
 import asyncio
 
 import msgpack
+import numpy as np
 import pytest
 
-from stt_worker.runtime.publisher import read_wav, stream_file
+from stt_worker.runtime.publisher import publish_pcm, read_wav, stream_file
 from tests.helpers import SPEECH_DIR, Inbox, manifest_text, until
 from tests.test_worker import WER_BOUND, assert_sequences, final_text, finals, sid
 from tests.textnorm import wer
@@ -74,3 +75,32 @@ async def test_a_session_refused_for_its_pace_goes_back_to_the_wildcard_and_is_h
     honest_messages = inboxes[honest].received
     assert wer(manifest_text(CLIP), final_text(honest_messages)) <= WER_BOUND
     assert not [m for m in honest_messages if m.get("type") == "error"]
+
+
+async def test_the_wildcards_late_copies_of_a_closed_session_are_not_taken_again(make_worker, nc):
+    # Behind a flood on another subject the wildcard delivers a session's messages late:
+    # its own connection's `end` closes the session first, and the wildcard's copies that
+    # follow must not be taken again (an `end` for an unknown session, a ghost session).
+    worker = await make_worker(session_connections=True)
+    own = worker._intake.own
+    session, flooder = sid(), sid()
+    inbox = await Inbox.open(nc, session)
+    await stream_file(nc, session, SPEECH_DIR / CLIP, speed=2.0, send_end=False)
+    assert own.taken_from_own(session)
+    # Silence after the speech: its final is out before the `end`, which then closes the
+    # session at once (a final's decode would give the wildcard time to catch up).
+    silence = np.zeros(32_000, dtype=np.int16)
+    await publish_pcm(nc, session, silence, speed=2.0, send_start=False, send_end=False)
+    await inbox.until(lambda m: m.get("type") == "transcript" and m["is_final"], within_s=30)
+    await asyncio.sleep(1.0)
+    garbage = b"\xc1" * 100
+    for _ in range(200_000):  # ~30 MB queued for the wildcard's connection
+        await nc.publish(f"ai.voice.stream.{flooder}", garbage)
+    await nc.publish(f"ai.voice.stream.{session}", msgpack.packb({"type": "end"}))
+    await inbox.until_closed(within_s=60)
+    await nc.flush()
+    await asyncio.sleep(3.0)  # the wildcard's copies, the `end` last, arrive meanwhile
+    closes = [m for m in inbox.received if m.get("type") == "session_closed"]
+    errors = [m for m in inbox.received if m.get("type") == "error"]
+    assert len(closes) == 1 and not errors, (closes, errors)
+    assert wer(manifest_text(CLIP), final_text(inbox.received)) <= WER_BOUND

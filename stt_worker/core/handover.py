@@ -82,6 +82,15 @@ class Handover(Generic[M]):
         state = self._sessions.get(session)
         return state is not None and state.switch is not None
 
+    def switching_back(self, session: Hashable) -> bool:
+        """Whether `session` is moving back to the wildcard."""
+        state = self._sessions.get(session)
+        return (
+            state is not None
+            and state.switch is not None
+            and state.switch.target is Source.WILDCARD
+        )
+
     def switch(self, session: Hashable, target: Source, now: float) -> int | None:
         """Start moving `session` to `target`: the marker to publish once `target`'s
         subscription is in place (moving to `OWN`) or before it is removed (moving back), or

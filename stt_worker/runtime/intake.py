@@ -108,7 +108,7 @@ class Intake:
 
     def closed(self, session_id: str) -> None:
         if self.own is not None:
-            self.own.closed(session_id)
+            self.own.closed(session_id, time.time())
 
     async def on_message(self, msg: Msg) -> None:
         if not await self._delivery.admit(msg):

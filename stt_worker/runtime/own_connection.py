@@ -144,14 +144,22 @@ class OwnConnection:
         _bounded_put(self._refused, session_id, None, self._max_entries)
         self._move_back(session_id, now)
 
-    def closed(self, session_id: str) -> None:
+    def closed(self, session_id: str, now: float) -> None:
+        """The session closed. One taken from its own subscription moves back at a marker
+        like a refused one: the wildcard's copies of what it already handled are still on
+        their way (behind a flood, seconds late), and taken again they would open a ghost
+        session. One moving back finishes its move; any other is forgotten."""
         self._first_admitted.pop(session_id, None)
         self._refused.pop(session_id, None)
-        self._handover.forget(session_id)
+        handover = self._handover
+        if handover.source(session_id) is Source.OWN or handover.switching_back(session_id):
+            self._move_back(session_id, now)
+            return
+        handover.forget(session_id)
         self._markers = {m: s for m, s in self._markers.items() if s != session_id}
         sub = self._subs.pop(session_id, None)
         if sub is not None:
-            self._spawn(self._unsubscribe(sub))
+            self._spawn(self._unsubscribe(sub))  # closed while it was being made
 
     async def tick(self, now: float) -> None:
         for session_id, released in self._handover.expire(now, MARKER_WAIT_S):
