@@ -104,3 +104,19 @@ async def test_the_wildcards_late_copies_of_a_closed_session_are_not_taken_again
     errors = [m for m in inbox.received if m.get("type") == "error"]
     assert len(closes) == 1 and not errors, (closes, errors)
     assert wer(manifest_text(CLIP), final_text(inbox.received)) <= WER_BOUND
+
+
+async def test_sigterm_closes_a_session_on_its_own_connection_with_its_finals(
+    make_worker, nc, caplog
+):
+    worker, stop, task = await make_worker(session_connections=True, return_handles=True)
+    session = sid()
+    inbox = await Inbox.open(nc, session)
+    await stream_file(nc, session, SPEECH_DIR / CLIP, speed=2.0, send_end=False)
+    assert worker._intake.own.taken_from_own(session)
+    stop.set()
+    await asyncio.wait_for(task, 60)
+    closed = (await inbox.until_closed(within_s=10))[-1]
+    assert closed["reason"] == "shutdown"
+    assert wer(manifest_text(CLIP), final_text(inbox.received)) <= WER_BOUND
+    assert not [r for r in caplog.records if r.exc_info], "a clean drain of both connections"

@@ -68,6 +68,7 @@ class OwnConnection:
         self._first_admitted: dict[str, float] = {}
         self._refused: dict[str, None] = {}
         self._moves: set[asyncio.Task[None]] = set()
+        self._stopped = False
 
     async def start(
         self,
@@ -152,6 +153,9 @@ class OwnConnection:
         self._first_admitted.pop(session_id, None)
         self._refused.pop(session_id, None)
         handover = self._handover
+        if self._stopped:
+            handover.forget(session_id)  # SIGTERM: both connections are drained already
+            return
         if handover.source(session_id) is Source.OWN or handover.switching_back(session_id):
             self._move_back(session_id, now)
             return
@@ -182,6 +186,7 @@ class OwnConnection:
     async def stop(self) -> None:
         """SIGTERM, after the wildcard's subscriptions are drained: drain the sessions' own,
         then close the connection."""
+        self._stopped = True
         for task in list(self._moves):
             await task
         await drain_subscriptions(sub for sub in self._subs.values() if sub is not None)
