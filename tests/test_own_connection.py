@@ -30,7 +30,7 @@ async def test_a_session_moved_to_its_own_connection_hears_every_chunk_once(make
     own = worker._intake.own
     session = sid()
     inbox = await Inbox.open(nc, session)
-    streaming = asyncio.create_task(stream_file(nc, session, SPEECH_DIR / CLIP, speed=2.0))
+    streaming = asyncio.create_task(stream_file(nc, session, SPEECH_DIR / CLIP, speed=4.0))
     await until(lambda: own.sessions == 1, within_s=10)  # moved while it streams
     await streaming
     messages = await inbox.until_closed(within_s=60)
@@ -52,7 +52,7 @@ async def test_a_session_refused_for_its_pace_goes_back_to_the_wildcard_and_is_h
     honest, flooder = sid(), sid()
     inboxes = {s: await Inbox.open(nc, s) for s in (honest, flooder)}
     streams = [
-        asyncio.create_task(stream_file(nc, s, SPEECH_DIR / CLIP, speed=2.0, send_end=False))
+        asyncio.create_task(stream_file(nc, s, SPEECH_DIR / CLIP, speed=4.0, send_end=False))
         for s in (honest, flooder)
     ]
     await until(lambda: own.taken_from_own(honest) and own.taken_from_own(flooder), 10)
@@ -85,12 +85,12 @@ async def test_the_wildcards_late_copies_of_a_closed_session_are_not_taken_again
     own = worker._intake.own
     session, flooder = sid(), sid()
     inbox = await Inbox.open(nc, session)
-    await stream_file(nc, session, SPEECH_DIR / CLIP, speed=2.0, send_end=False)
+    await stream_file(nc, session, SPEECH_DIR / CLIP, speed=4.0, send_end=False)
     assert own.taken_from_own(session)
     # Silence after the speech: its final is out before the `end`, which then closes the
     # session at once (a final's decode would give the wildcard time to catch up).
     silence = np.zeros(32_000, dtype=np.int16)
-    await publish_pcm(nc, session, silence, speed=2.0, send_start=False, send_end=False)
+    await publish_pcm(nc, session, silence, speed=4.0, send_start=False, send_end=False)
     await inbox.until(lambda m: m.get("type") == "transcript" and m["is_final"], within_s=30)
     await asyncio.sleep(1.0)
     garbage = b"\xc1" * 100
@@ -112,7 +112,7 @@ async def test_sigterm_closes_a_session_on_its_own_connection_with_its_finals(
     worker, stop, task = await make_worker(session_connections=True, return_handles=True)
     session = sid()
     inbox = await Inbox.open(nc, session)
-    await stream_file(nc, session, SPEECH_DIR / CLIP, speed=2.0, send_end=False)
+    await stream_file(nc, session, SPEECH_DIR / CLIP, speed=4.0, send_end=False)
     assert worker._intake.own.taken_from_own(session)
     stop.set()
     await asyncio.wait_for(task, 60)
