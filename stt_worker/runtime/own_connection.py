@@ -153,8 +153,9 @@ class OwnConnection:
         self._first_admitted.pop(session_id, None)
         self._refused.pop(session_id, None)
         handover = self._handover
-        if self._stopped:
-            handover.forget(session_id)  # SIGTERM: both connections are drained already
+        if self._stopped:  # SIGTERM: both connections are drained already
+            handover.forget(session_id)
+            self._subs.pop(session_id, None)
             return
         if handover.source(session_id) is Source.OWN or handover.switching_back(session_id):
             self._move_back(session_id, now)
@@ -166,6 +167,8 @@ class OwnConnection:
             self._spawn(self._unsubscribe(sub))  # closed while it was being made
 
     async def tick(self, now: float) -> None:
+        if self._stopped:
+            return
         for session_id, released in self._handover.expire(now, MARKER_WAIT_S):
             logger.warning("session moved without its marker", extra={"session_id": session_id})
             for each in released.messages:
