@@ -13,12 +13,13 @@ import time
 import msgpack
 import numpy as np
 import pytest
+import soxr
 
 from stt_worker.core.audio import SAMPLE_RATE_HZ
 from stt_worker.core.jobs import Transcribe
 from stt_worker.core.session import Session, SessionConfig, frames_of
 from stt_worker.core.vad import FRAME_SAMPLES
-from stt_worker.runtime.publisher import stream_file
+from stt_worker.runtime.publisher import StreamStats, publish_pcm, read_wav, stream_file
 from tests.helpers import SPEECH_DIR, Inbox, manifest_text, until
 from tests.test_worker import WER_BOUND, final_text, finals, sid
 from tests.textnorm import wer
@@ -62,6 +63,42 @@ async def test_a_session_never_ended_is_closed_with_its_finals(make_worker, nc, 
     assert messages[-1]["reason"] == reason
     assert finals(messages)[-1]["end_reason"] == reason  # the utterance it cut short
     assert wer(manifest_text(clip), final_text(messages)) <= WER_BOUND
+
+
+async def test_audio_sent_after_an_idle_close_opens_the_session_again_as_it_was(make_worker, nc):
+    # A publisher that has not heard `session_closed` yet goes on sending: its chunks open the
+    # next session at its own rate, not the 16 kHz default (48 kHz speech taken as 16 kHz is
+    # three times too slow), and the close says which chunk was the last it took.
+    await make_worker(session_idle_timeout_s=0.5)
+    session = sid()
+    inbox = await Inbox.open(nc, session)
+    clip = "ls_1089-134691-0000.wav"
+    samples, rate = read_wav(SPEECH_DIR / clip)
+    pcm = soxr.resample(samples, rate, 48_000).astype(np.int16)
+    stats = StreamStats()
+    sent = {"sample_rate_hz": 48_000, "speed": 0, "stats": stats}
+    await publish_pcm(nc, session, pcm, send_end=False, **sent)
+    first = await inbox.until_closed()
+    assert first[-1]["reason"] == "idle" and first[-1]["last_seq"] == stats.chunks - 1
+    await publish_pcm(nc, session, pcm, send_start=False, **sent)
+    second = await inbox.until_closed()
+    assert not [m for m in second if m.get("type") == "error"], second
+    for messages in (first, second):
+        assert wer(manifest_text(clip), final_text(messages)) <= WER_BOUND, final_text(messages)
+
+
+async def test_a_repeated_start_begins_the_chunk_count_again(make_worker, nc):
+    await make_worker()
+    session = sid()
+    inbox = await Inbox.open(nc, session)
+    clip = "ls_1089-134691-0000.wav"
+    samples, rate = read_wav(SPEECH_DIR / clip)
+    silence = np.zeros(rate // 2, np.int16)
+    await publish_pcm(nc, session, silence, sample_rate_hz=rate, send_end=False)
+    await publish_pcm(nc, session, samples, sample_rate_hz=rate, speed=0)  # seq from 0 again
+    messages = await inbox.until_closed()
+    assert not [m for m in messages if m.get("type") == "error"], messages
+    assert wer(manifest_text(clip), final_text(messages)) <= WER_BOUND, final_text(messages)
 
 
 async def test_endless_speech_is_held_at_most_one_utterance_bound_at_a_time(make_worker, nc):

@@ -153,9 +153,10 @@ class Handover(Generic[M]):
                 released.append((session, self._settle(session, state)))
         return released
 
-    def awaits(self, marker: int) -> bool:
-        """Whether `marker`'s switch is still under way."""
-        return marker in self._switches
+    def moves(self, marker: int) -> Hashable | None:
+        """The session whose switch under way `marker` cuts, or None (an aborted or finished
+        switch, or a marker that was never this one's)."""
+        return self._switches.get(marker)
 
     def forget(self, session: Hashable) -> None:
         state = self._sessions.pop(session, None)

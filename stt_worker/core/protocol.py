@@ -389,6 +389,10 @@ class SessionClosed(msgspec.Struct, frozen=True):
     speaker_id: SpeakerId
     utterances: int
     type: str = "session_closed"
+    # The last chunk `seq` the session took (None: no numbered chunk). A publisher whose
+    # later chunks reached the worker after it ended the session on its own (`idle`,
+    # `max_duration`) learns from it that they opened the session again.
+    last_seq: int | None = None
 
 
 class EagerEndOfTurn(msgspec.Struct, frozen=True):

@@ -78,10 +78,20 @@ class WorkerSession:
         self, deliveries: AsyncIterator[bus.Delivery]
     ) -> AsyncIterator[ServerMessage | ProtocolError]:
         async for delivery in deliveries:
-            if isinstance(delivery.message, SessionClosed):
+            message = delivery.message
+            if isinstance(message, SessionClosed) and not self._went_on(message):
                 self.is_open = False
                 self._closed.set()
-            yield delivery.message
+            yield message
+
+    def _went_on(self, closed: SessionClosed) -> bool:
+        """Whether chunks sent after the last one the closed session took opened the next
+        session already: the worker ended it on its own (idle, age) while they were on their
+        way, and opens the next like it (format, options), so no new `start` is due. After a
+        drain they went to another worker: a `start` is due (it restarts the `seq` count)."""
+        last = closed.last_seq
+        went_on = closed.reason in ("idle", "max_duration")
+        return went_on and last is not None and self._seq > last
 
     async def open(self, start: Start) -> None:
         """Send `start`: a new worker session, whose chunks count from 1 again."""

@@ -59,7 +59,6 @@ class OwnConnection:
         self._take = take  # admission of a message, from whichever connection it is taken
         self._handover: Handover[Msg] = Handover(max_held=settings.session_inbox_messages)
         self._worker = uuid.uuid4().hex  # whose markers: another's are not ours to take
-        self._markers: dict[int, str] = {}  # marker -> the session it moves
         self._nc: Client | None = None
         # Per session on (or moving to) its own subscription: it, or None while it is made.
         self._subs: dict[str, Subscription | None] = {}
@@ -115,11 +114,10 @@ class OwnConnection:
         # Ours, and for this session: a publisher cannot move another session.
         if worker != self._worker or not number.isdigit():
             return
-        if self._markers.get(int(number)) != session_id:
+        if self._handover.moves(int(number)) != session_id:
             return
         released = self._handover.marker(source, int(number))
         if released is not None:
-            self._markers.pop(int(number), None)
             for each in released.messages:
                 await self._take(each)
 
@@ -136,7 +134,6 @@ class OwnConnection:
             return
         marker = self._handover.switch(session_id, Source.OWN, now)
         if marker is not None:
-            self._markers[marker] = session_id
             self._subs[session_id] = None  # being made
             self._spawn(self._subscribe(session_id, subject, marker))
 
@@ -161,7 +158,6 @@ class OwnConnection:
             self._move_back(session_id, now)
             return
         handover.forget(session_id)
-        self._markers = {m: s for m, s in self._markers.items() if s != session_id}
         sub = self._subs.pop(session_id, None)
         if sub is not None:
             self._spawn(self._unsubscribe(sub))  # closed while it was being made
@@ -174,7 +170,6 @@ class OwnConnection:
             for each in released.messages:
                 await self._take(each)
         handover = self._handover
-        self._markers = {m: s for m, s in self._markers.items() if handover.awaits(m)}
         for session_id, sub in list(self._subs.items()):
             if sub is None or handover.switching(session_id):
                 continue
@@ -203,7 +198,6 @@ class OwnConnection:
         marker = self._handover.switch(session_id, Source.WILDCARD, now)
         if marker is None:
             return  # a move under way: the next tick tries again
-        self._markers[marker] = session_id
         del self._subs[session_id]
         self._spawn(self._unsubscribe(sub, marker))
 

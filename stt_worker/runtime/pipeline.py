@@ -80,7 +80,7 @@ class AudioPipeline:
         self._normalizer = AudioNormalizer(sample_rate_hz, channels)
         self._vad = VoiceActivityDetector(detector())
         self._dsp = dsp
-        self._last_seq: int | None = None
+        self.last_seq: int | None = None
         # From the first `playback`: the assistant's audio, and its echo taken out of the mic.
         self._echo: EchoCanceller | None = None
         self._playback: AudioNormalizer | None = None
@@ -102,12 +102,12 @@ class AudioPipeline:
         """Take a chunk's `seq`: a repeated or late one is refused (unnumbered ones pass)."""
         if seq is None:
             return
-        if self._last_seq is not None and seq <= self._last_seq:
+        if self.last_seq is not None and seq <= self.last_seq:
             raise ProtocolError(
-                f"chunk seq {seq} after seq {self._last_seq}: repeated or late, not used",
+                f"chunk seq {seq} after seq {self.last_seq}: repeated or late, not used",
                 code=ErrorCode.CHUNK_OUT_OF_ORDER,
             )
-        self._last_seq = seq
+        self.last_seq = seq
 
     async def frames(self, pcm: bytes) -> Frames:
         """A chunk's microphone audio as VAD frames."""

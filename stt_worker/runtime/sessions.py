@@ -13,10 +13,12 @@ from __future__ import annotations
 import asyncio
 import itertools
 import logging
+import time
 from collections.abc import Callable, Hashable
 from concurrent.futures import Executor
 from dataclasses import dataclass
 
+import msgspec
 from nats.aio.msg import Msg
 from opentelemetry.context import Context
 
@@ -32,7 +34,10 @@ from stt_worker.core.protocol import (
     End,
     ErrorCode,
     Playback,
+    ServerMessage,
+    SessionClosed,
     Start,
+    State,
     StateChange,
     whisper_language,
 )
@@ -45,6 +50,9 @@ from stt_worker.runtime.pipeline import AudioPipeline, checked_pcm, speech_detec
 from stt_worker.runtime.scheduler import Outcome
 
 logger = logging.getLogger(__name__)
+
+# How long a session the worker ended on its own is remembered by its id (see `Ended`).
+ENDED_KEPT_S = 30.0
 
 
 def session_config(settings: Settings) -> SessionConfig:
@@ -127,6 +135,13 @@ class Stream:
         logger.error("transcription failed: %s", outcome.message, extra={"code": outcome.code})
         return self.session.failed(job, outcome, now=now)
 
+    def stamp(self, message: ServerMessage, start_sample: int | None) -> ServerMessage | None:
+        """`message` as published (`SessionAcks.stamp`; None: a replay's, not published), a
+        `session_closed` with the last chunk taken."""
+        if isinstance(message, SessionClosed):
+            message = msgspec.structs.replace(message, last_seq=self.audio.last_seq)
+        return self.acks.stamp(message, start_sample)
+
     def flush(self, now: float) -> list[Action]:
         """Push the resampler tail and the last partial frame into the session."""
         return [
@@ -134,6 +149,29 @@ class Stream:
             for frames in self.audio.flush()
             for action in self.session.audio(frames, now=now)
         ]
+
+
+@dataclass(slots=True, frozen=True)
+class Ended:
+    """A session the worker ended on its own (idle, age, drain): a chunk its publisher sent
+    before it heard `session_closed` opens the next one with the same format and options, not
+    the defaults (48 kHz audio taken as 16 kHz is speech three times too slow)."""
+
+    start: Start
+    config: SessionConfig
+    at: float
+
+    @classmethod
+    def of(cls, stream: Stream, at: float) -> Ended:
+        session, audio = stream.session, stream.audio
+        start = Start(
+            sample_rate=audio.sample_rate_hz,
+            channels=audio.channels,
+            state=session.state,
+            speaker_id=session.speaker_id,
+            language=session.language,
+        )
+        return cls(start, session.config, at)
 
 
 class Sessions:
@@ -162,6 +200,7 @@ class Sessions:
         self._detectors = speech_detectors(settings)
         self.live: dict[str, Stream] = {}  # session id -> stream still taking audio
         self.streams: dict[Hashable, Stream] = {}  # key -> stream, closing ones included
+        self._ended: dict[str, Ended] = {}  # session id -> the last one ended, oldest first
         self._keys = itertools.count(1)
 
     async def route(
@@ -176,6 +215,7 @@ class Sessions:
         where the message may; returns the session and the actions it answered with."""
         match message:
             case Start():
+                self._ended.pop(session_id, None)  # the publisher says what it sends now
                 return self._start(session_id, stream, message, now, parent)
             case Chunk():
                 return await self._chunk(session_id, stream, message, now, parent)
@@ -183,8 +223,7 @@ class Sessions:
                 return self._playback(session_id, stream, message, now, parent), []
             case StateChange(state=state):
                 if stream is None:
-                    logger.info("state_change opened a session")
-                    return self._open(session_id, Start(state=state), now, parent), []
+                    return self._reopen(session_id, now, parent, "state_change", state), []
                 return stream, stream.session.change_state(state, now=now)
             case End():
                 if stream is None:
@@ -196,8 +235,15 @@ class Sessions:
 
     def unlist(self, stream: Stream) -> None:
         """The session is closing: a new ``start`` for its id may now open a fresh one."""
-        if self.live.get(stream.session.session_id) is stream:
-            del self.live[stream.session.session_id]
+        session_id = stream.session.session_id
+        if self.live.get(session_id) is not stream:
+            return
+        del self.live[session_id]
+        if stream.session.closing not in (None, "end"):
+            self._ended.pop(session_id, None)
+            self._ended[session_id] = Ended.of(stream, time.time())
+            while len(self._ended) > self._settings.max_sessions:
+                del self._ended[next(iter(self._ended))]
 
     def remove(self, stream: Stream) -> None:
         """The session closed."""
@@ -239,6 +285,7 @@ class Sessions:
         if stream is None:
             return self._open_with_options(session_id, start, now, parent)
         logger.info("repeated start updates the session")
+        stream.audio.last_seq = None  # the publisher may number its chunks from 1 again
         actions: list[Action] = []
         for frames in stream.audio.reformat(start.sample_rate, start.channels):
             actions += stream.session.audio(frames, now=now)
@@ -261,8 +308,7 @@ class Sessions:
         pcm = checked_pcm(chunk, self._settings.max_chunk_bytes)
         self._observer.chunk_received(len(pcm))
         if stream is None:
-            logger.info("chunk without start: opening with defaults")
-            stream = self._open(session_id, Start(), now, parent)
+            stream = self._reopen(session_id, now, parent, "chunk")
         stream.audio.check_order(chunk.seq)
         self._observer.audio_received(stream.audio.duration_s(pcm))
         frames = await stream.audio.frames(pcm)
@@ -279,9 +325,27 @@ class Sessions:
         """The assistant's audio: the echo reference for this session's mic."""
         pcm = checked_pcm(playback, self._settings.max_chunk_bytes)
         if stream is None:
-            stream = self._open(session_id, Start(state="responding"), now, parent)
+            stream = self._reopen(session_id, now, parent, "playback", "responding")
         stream.audio.playback(playback, pcm)
         return stream
+
+    def _reopen(
+        self,
+        session_id: str,
+        now: float,
+        parent: Context | None,
+        kind: str,
+        state: State | None = None,
+    ) -> Stream:
+        """Open a session for a message that is not a `start`: like the one the worker ended
+        on its own moments ago, else with the defaults."""
+        ended = self._ended.pop(session_id, None)
+        if ended is None or now - ended.at > ENDED_KEPT_S:
+            logger.info("%s without start: opening with defaults", kind)
+            return self._open(session_id, Start(state=state or "listening"), now, parent)
+        logger.info("audio after the worker ended the session: opening it again as it was")
+        start = ended.start if state is None else msgspec.structs.replace(ended.start, state=state)
+        return self._open(session_id, start, now, parent, ended.config)
 
     def _open_with_options(
         self, session_id: str, start: Start, now: float, parent: Context | None

@@ -213,8 +213,11 @@ class ShedParser(Parser):
 def _looked_at(buf: bytes, start: int, end: int) -> int:
     """Where in `buf[start:end]` a held message may be one never shed (an `end`, a marker of
     `core/handover.py`), or -1."""
-    hits = [at for at in (buf.find(b"end", start, end), buf.find(_MARKER, start, end)) if at >= 0]
-    return min(hits, default=-1)
+    end_at = buf.find(b"end", start, end)
+    marker_at = buf.find(_MARKER, start, end)
+    if end_at < 0 or 0 <= marker_at < end_at:
+        return marker_at
+    return end_at
 
 
 def _is_marker(headers: bytes | None) -> bool:

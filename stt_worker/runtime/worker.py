@@ -277,7 +277,7 @@ class Worker:
         for action in actions:
             match action:
                 case Publish(message=message, start_sample=start):
-                    if (out := stream.acks.stamp(message, start)) is not None:  # None: a replay
+                    if (out := stream.stamp(message, start)) is not None:  # None: a replay
                         await self._publish(stream.subject, out, stream.observer.span_for(out))
                         stream.observer.published(out, job)
                 case Transcribe(job=queued):
