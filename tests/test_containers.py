@@ -21,6 +21,7 @@ import subprocess
 import sys
 import threading
 from collections.abc import Iterator
+from concurrent.futures import Future, ThreadPoolExecutor
 from dataclasses import dataclass
 from pathlib import Path
 
@@ -443,18 +444,6 @@ def test_install_script_rejects_bad_calls(tmp_path: Path) -> None:
         assert result.returncode != 0 and message in result.stderr, (args, result.stderr)
 
 
-@pytest.fixture(scope="module")
-def http_venv(tmp_path_factory: pytest.TempPathFactory) -> Path:
-    workdir = tmp_path_factory.mktemp("http-image")
-    return install_variant("http", workdir, new_venv(workdir / "venv"))
-
-
-@pytest.fixture(scope="module")
-def cpu_venv(tmp_path_factory: pytest.TempPathFactory) -> Path:
-    workdir = tmp_path_factory.mktemp("cpu-image")
-    return install_variant("cpu", workdir, new_venv(workdir / "venv"))
-
-
 @dataclass(frozen=True)
 class RocmEnv:
     venv: Path
@@ -465,15 +454,19 @@ def torch_version(venv: Path) -> str:
     return python_in(venv, "import importlib.metadata as m; print(m.version('torch'))").strip()
 
 
-@pytest.fixture(scope="module")
-def cuda_torch_refusal(
-    tmp_path_factory: pytest.TempPathFactory,
-) -> tuple[Path, subprocess.CompletedProcess[str]]:
+def build_http(workdir: Path) -> Path:
+    return install_variant("http", workdir, new_venv(workdir / "venv"))
+
+
+def build_cpu(workdir: Path) -> Path:
+    return install_variant("cpu", workdir, new_venv(workdir / "venv"))
+
+
+def build_cuda_torch(workdir: Path) -> tuple[Path, subprocess.CompletedProcess[str]]:
     """Dockerfile.cuda's torch step pointed at PyTorch's CPU index, in a fresh venv: it
     installs the pinned torch (a CPU build, from pip's cache) and must then refuse it. The
     venv it leaves holds a torch, so it stands in for the rocm/pytorch image next: one torch
     install (half a minute) serves both."""
-    workdir = tmp_path_factory.mktemp("cuda-image")
     context = lay_out_build_context("Dockerfile.cuda", workdir / "src")
     venv = new_venv(workdir / "venv")
     # No retries: where that index is out of reach (CI's network is PyPI's), pip's five
@@ -492,6 +485,36 @@ def cuda_torch_refusal(
         timeout=INSTALL_TIMEOUT_S,
     )
     return venv, result
+
+
+@pytest.fixture(scope="module")
+def venv_builds(tmp_path_factory: pytest.TempPathFactory) -> Iterator[dict[str, Future]]:
+    """The three image venvs, built side by side: each install is mostly one process
+    unpacking wheels (torch alone takes a minute), so together they take about as long as
+    the torch one, not the sum (about 3 minutes) of a CI run's time."""
+    builders = {"http": build_http, "cpu": build_cpu, "cuda-torch": build_cuda_torch}
+    with ThreadPoolExecutor(max_workers=len(builders)) as pool:
+        yield {
+            name: pool.submit(build, tmp_path_factory.mktemp(f"{name}-image"))
+            for name, build in builders.items()
+        }
+
+
+@pytest.fixture(scope="module")
+def http_venv(venv_builds: dict[str, Future]) -> Path:
+    return venv_builds["http"].result()
+
+
+@pytest.fixture(scope="module")
+def cpu_venv(venv_builds: dict[str, Future]) -> Path:
+    return venv_builds["cpu"].result()
+
+
+@pytest.fixture(scope="module")
+def cuda_torch_refusal(
+    venv_builds: dict[str, Future],
+) -> tuple[Path, subprocess.CompletedProcess[str]]:
+    return venv_builds["cuda-torch"].result()
 
 
 @pytest.fixture(scope="module")
