@@ -8,12 +8,14 @@ transcribes it with the bundled multilingual base model (faster-whisper, English
 no VAD filter). That text is silver, not a human reference, and the manifest says so
 (`text_source`).
 
-`ends_sentence` is whether that transcript ends with `.`, `!` or `?`, the test the pause set
-applies to LJ's punctuated reference text; the pause set reads the flag, so a person who
-checks a clip corrects it there. Decoded alone, a clip nearly always gets a full stop, so
-the flag overcounts; `ends_sentence_in_context` is the same test on the clip's last word
-when the next utterance follows it (null for the last clip: the mirror has no LJ001-0033),
-for whoever checks. `--calibrate` scores both against the eight reference transcripts.
+`ends_sentence_alone` is whether that transcript ends with `.`, `!` or `?`, the test the
+pause set applies to LJ's punctuated reference text. Decoded alone, a clip nearly always gets
+a full stop, so that flag overcounts; `ends_sentence_in_context` is the same test on the
+clip's last word when the next utterance follows it (null for the last clip: the mirror has
+no LJ001-0033). The pause set reads `ends_sentence`, both flags true: a sentence end counted
+in the latency figures must be one by either reading (a doubtful clip still serves for
+cut-offs), and a person who checks a clip corrects it there. `--calibrate` scores the
+flags against the eight reference transcripts.
 
     .venv/bin/python -m bench.lj_extra              # -> bench/data/lj_extra/, mirror at
                                                     #    $LJ_MIRROR or DEFAULT_MIRROR
@@ -71,7 +73,8 @@ class Clip:
     text: str
     seconds: float
     source: str
-    ends_sentence: bool
+    ends_sentence: bool  # what the pause set reads: both flags below
+    ends_sentence_alone: bool
     ends_sentence_in_context: bool | None
     text_source: str = TEXT_SOURCE
     licence: str = LICENCE
@@ -187,7 +190,9 @@ def build(mirror: Path, out: Path = OUT, commit: str = COMMIT) -> list[Clip]:
         in_context = None if following is None else model.ends_in_context(samples, audio[following])
         source = f"{REPO}:{WAVS}/{utterance}.wav @ {commit}"
         seconds = round(samples.size / RATE, 3)
-        made.append(Clip(file, text, seconds, source, ends_sentence(text), in_context))
+        alone = ends_sentence(text)
+        ends = alone and bool(in_context)
+        made.append(Clip(file, text, seconds, source, ends, alone, in_context))
     write_manifest(out, made)
     (out / "SOURCE_COMMIT").write_text(f"{REPO} {commit}\n")
     return made
@@ -230,12 +235,12 @@ def load(directory: Path = OUT) -> list[Clip]:
 
 def table(clips: Iterable[Clip]) -> str:
     rows = [
-        "| clip | seconds | ends_sentence | in context | text (last 40 chars) |",
-        "| --- | ---: | --- | --- | --- |",
+        "| clip | seconds | ends_sentence | alone | in context | text (last 40 chars) |",
+        "| --- | ---: | --- | --- | --- | --- |",
     ]
     rows += [
-        f"| {c.name} | {c.seconds:.2f} | {c.ends_sentence} | {c.ends_sentence_in_context} "
-        f"| {c.text[-40:]} |"
+        f"| {c.name} | {c.seconds:.2f} | {c.ends_sentence} | {c.ends_sentence_alone} "
+        f"| {c.ends_sentence_in_context} | {c.text[-40:]} |"
         for c in clips
     ]
     return "\n".join(rows)
@@ -264,9 +269,10 @@ def main() -> None:
         raise SystemExit(f"bench.lj_extra: {exc}") from exc
     print(table(clips))
     ends = sum(c.ends_sentence for c in clips)
+    alone = sum(c.ends_sentence_alone for c in clips)
     in_context = sum(bool(c.ends_sentence_in_context) for c in clips)
     print(
-        f"{len(clips)} clips, {ends} ending a sentence ({in_context} in context) "
+        f"{len(clips)} clips, {ends} ending a sentence ({alone} alone, {in_context} in context) "
         f"-> {args.out / 'manifest.jsonl'}"
     )
 

@@ -47,7 +47,7 @@ def test_a_missing_mirror_says_where_it_looked(tmp_path: Path) -> None:
 
 
 def test_the_manifest_round_trips_and_a_missing_one_says_how_to_build_it(tmp_path: Path) -> None:
-    clip = lj_extra.Clip("ljx_X.wav", "Not done yet,", 1.5, "repo:path @ abc", False, None)
+    clip = lj_extra.Clip("ljx_X.wav", "Not done yet.", 1.5, "repo:path @ abc", False, True, None)
     lj_extra.write_manifest(tmp_path, [clip])
     assert lj_extra.load(tmp_path) == [clip]
     with pytest.raises(FileNotFoundError, match=r"python -m bench\.lj_extra"):
@@ -64,7 +64,9 @@ def test_the_committed_clips_match_their_manifest() -> None:
         assert clip.seconds == round(samples.shape[0] / rate, 3)
         assert clip.source.endswith(f"/{clip.name.removeprefix('ljx_')}.wav @ {commit}")
         assert clip.text and clip.text_source == lj_extra.TEXT_SOURCE
-        assert isinstance(clip.ends_sentence, bool)
+        # A sentence end by both readings of the silver text, or none.
+        both = clip.ends_sentence_alone and clip.ends_sentence_in_context
+        assert clip.ends_sentence is bool(both)
 
 
 @pytest.mark.skipif(
