@@ -20,6 +20,10 @@ reruns only replay the rules (delete it to measure the decode times again).
     .venv/bin/python -m bench.endpointing            # bench/results/endpointing.{md,json,png}
     .venv/bin/python -m bench.endpointing --quick --out /tmp/ep   # 3 sentences, 2 lengths
     .venv/bin/python -m bench.endpointing --time-scale 0.3   # model calls 0.3x as long
+    .venv/bin/python -m bench.endpointing --extra lj --out bench/results/endpointing-lj
+
+`--extra lj` adds `bench.lj_extra`'s LJ Speech clips to the set (`bench.pauses`), dealt
+into the halves after the shared sentences, whose halves do not move.
 
 `--time-scale` replays the cached model times scaled: the times were measured on whatever
 machine filled the cache (a loaded one is slower, and a slow verdict that lands after speech
@@ -252,14 +256,14 @@ def shipped(settings: Settings) -> list[Rule]:
     ]
 
 
-def run(quick: bool, out: Path, time_scale: float = 1.0) -> dict:
+def run(quick: bool, out: Path, time_scale: float = 1.0, extra: Sequence[str] = ()) -> dict:
     settings = load_settings()
     names = QUICK_SENTENCES if quick else None
     lengths = QUICK_PAUSES_MS if quick else pause_set.PAUSES_MS
     detector = speech_detectors(settings)
     measurer = Measurer(settings, lambda: VoiceActivityDetector(detector()))
     started = time.perf_counter()
-    sentences = pause_set.sentences(names)
+    sentences = pause_set.sentences(names, extra)
     half = halves(
         {s.name: len(pause_set.word_gaps(s)) for s in sentences},
         {s.name: s.complete for s in sentences},
@@ -276,7 +280,7 @@ def run(quick: bool, out: Path, time_scale: float = 1.0) -> dict:
         measurer.close()
     measured = [p.timed(time_scale) for p in measured]
     data = {
-        "meta": _meta(settings, quick, time_scale, time.perf_counter() - started),
+        "meta": _meta(settings, quick, time_scale, extra, time.perf_counter() - started),
         "pause_lengths_ms": list(lengths),
         "halves": half,
         "counts": {h: _counts([p for p in measured if p.half == h]) for h in (HELD_OUT, TUNE)},
@@ -314,14 +318,17 @@ def _describe(p: PauseFeatures) -> dict:
     }
 
 
-def _meta(settings: Settings, quick: bool, time_scale: float, seconds: float) -> dict:
+def _meta(
+    settings: Settings, quick: bool, time_scale: float, extra: Sequence[str], seconds: float
+) -> dict:
     commit = subprocess.run(
         ["git", "rev-parse", "--short", "HEAD"], cwd=ROOT, capture_output=True, text=True
     ).stdout.strip()
     return {
         "command": "python -m bench.endpointing"
         + (" --quick" if quick else "")
-        + (f" --time-scale {time_scale}" if time_scale != 1 else ""),
+        + (f" --time-scale {time_scale}" if time_scale != 1 else "")
+        + "".join(f" --extra {source}" for source in extra),
         "time_scale": time_scale,
         "date": datetime.now(UTC).isoformat(timespec="seconds"),
         "commit": commit,
@@ -345,8 +352,9 @@ def main() -> None:
         "--time-scale", type=float, default=1.0, help="multiply the cached model times by this"
     )
     parser.add_argument("--out", type=Path, default=OUT, help="output prefix (.md/.json/.png)")
+    pause_set.extra_option(parser)
     args = parser.parse_args()
-    run(args.quick, args.out, args.time_scale)
+    run(args.quick, args.out, args.time_scale, args.extra)
     print(args.out.with_suffix(".md"))
 
 

@@ -4,7 +4,12 @@ Sentences come from ../shared/speech: LibriSpeech speaker 1089 (male), LJ Speech
 `long_lj_LJ001-0001_to_0005.wav` split into its five utterances at its 0.35 s silences) and
 the noisy LJ clip (`jfk.wav` is left out: its one sentence pauses 0.66-1.18 s between
 its clauses, longer than any rule holds, and the conversational clips repeat these
-sentences). A word gap is a boundary between two of Whisper's word timestamps
+sentences). `--extra lj` adds `bench.lj_extra`'s 24 further LJ Speech utterances
+(LJ001-0009..0032, bench/data/lj_extra/, speaker "female, LJ extra"): their text is
+whisper-base's (silver), and whether each ends a sentence is its manifest's
+`ends_sentence`. Without `--extra` the set, its clip names and its halves are as before; with
+it, the shared sentences' room tone and halves stay the same too (`recording`,
+`bench.pause_halves`). A word gap is a boundary between two of Whisper's word timestamps
 (tiny.en, offline, cached) where the audio really falls quiet: a run of 10 ms frames below
 `speech_marks`' speech level within `SEARCH_S` of the boundary, holding the quietest frame
 there, at most `MAX_GAP_MS` long; every such gap of a sentence is used. The pause fills the
@@ -15,25 +20,33 @@ Every sentence also appears with no inserted pause: its own pauses must never en
 After its last word each clip carries `TAIL_S` of room tone, so a rule can end the turn.
 
     .venv/bin/python -m bench.pauses                  # -> .cache/pauses/manifest.jsonl
+    .venv/bin/python -m bench.lj_extra                # once: the extra clips (committed)
+    .venv/bin/python -m bench.pauses --extra lj       # the set with them
     STT_ENDPOINT_MODE=adaptive .venv/bin/stt-streaming eval .cache/pauses/manifest.jsonl \\
         --speed 1 --out bench/results/pauses-adaptive
 
+It prints, per speaker, the sentences, how many end a sentence and the usable word gaps.
 A clip whose sentence comes back as more than one final was cut at its pause.
-`bench.endpointing` scores endpoint rules on the same set without a worker.
+`bench.endpointing` scores endpoint rules on the same set without a worker (`--extra lj`
+there too).
 """
 
 from __future__ import annotations
 
+import argparse
 import hashlib
 import itertools
 import json
 import re
 import wave
+from collections.abc import Sequence
 from dataclasses import dataclass
 from pathlib import Path
+from typing import NamedTuple
 
 import numpy as np
 
+from bench import lj_extra
 from bench.speech_marks import FRAME_S, frame_db, loud_frames, speech_span
 from stt_worker.runtime.publisher import read_wav
 
@@ -52,6 +65,8 @@ WHOLE = (
     ("lj_LJ001-0008.wav", "female"),
     ("noisy10db_lj_LJ001-0004.wav", "female, pink noise 10 dB"),
 )
+EXTRAS = ("lj",)  # opt-in sources: `bench.lj_extra`'s 24 LJ Speech utterances
+EXTRA_LJ_SPEAKER = "female, LJ extra"
 LONG = "long_lj_LJ001-0001_to_0005.wav"
 # How the long clip's text starts each of its five utterances (LJ001-0001..0005).
 LONG_STARTS = ("Printing", "in being", "For although", "produced the", "the invention")
@@ -74,11 +89,16 @@ class Sentence:
     text: str
     samples: np.ndarray  # int16, ending TAIL_S after the last word
     tone: np.ndarray  # the recording's quietest stretch
+    ends_sentence: bool | None = None  # what a source's manifest says; None: read the text
 
     @property
     def complete(self) -> bool:
         """Whether the text ends a sentence: LJ utterances may stop mid-sentence (their
-        text is punctuated); LibriSpeech's (upper case, unpunctuated) are sentences."""
+        text is punctuated); LibriSpeech's (upper case, unpunctuated) are sentences. The
+        extra LJ clips' manifest says (`bench.lj_extra`: the same test on silver text, which
+        a person may have corrected)."""
+        if self.ends_sentence is not None:
+            return self.ends_sentence
         return self.text.isupper() or self.text.rstrip().endswith((".", "?", "!"))
 
     @property
@@ -175,36 +195,71 @@ def with_tail(samples: np.ndarray, tone: np.ndarray) -> np.ndarray:
     return insert(samples[:end], end, tone, round(TAIL_S * RATE))
 
 
-def sentences(names: tuple[str, ...] | None = None) -> list[Sentence]:
-    """The sentences, each with room tone: its own quietest stretch, or the quietest of
-    its recording's other clips where its own is `TONE_SPREAD_DB` louder than that."""
+class Spoken(NamedTuple):
+    """A sentence as its source has it, before room tone is added."""
+
+    name: str
+    speaker: str
+    text: str
+    samples: np.ndarray
+    ends_sentence: bool | None = None
+
+
+def sentences(names: tuple[str, ...] | None = None, extra: Sequence[str] = ()) -> list[Sentence]:
+    """The sentences (the shared speech's, then each `EXTRAS` source asked for), each with
+    room tone: its own quietest stretch, or the quietest of its recording's other clips where
+    its own is `TONE_SPREAD_DB` louder than that."""
+    spoken = shared_spoken()
+    if "lj" in extra:
+        spoken += lj_extra_spoken()
+    tones = [room_tone(s.samples) for s in spoken]
+    quietest: dict[str, np.ndarray] = {}
+    for s, tone in zip(spoken, tones, strict=True):
+        known = quietest.get(recording(s.name))
+        if known is None or loudest_db(tone) < loudest_db(known):
+            quietest[recording(s.name)] = tone
+    found = []
+    for s, tone in zip(spoken, tones, strict=True):
+        floor = quietest[recording(s.name)]
+        if loudest_db(tone) > loudest_db(floor) + TONE_SPREAD_DB:
+            tone = floor  # only the fading end of a word: the clip was trimmed to its words
+        lead = max(0.0, LEAD_S - speech_span(s.samples, RATE).start_s)
+        samples = insert(s.samples, 0, tone, round(lead * RATE))
+        tail = with_tail(samples, tone)
+        found.append(Sentence(s.name, s.speaker, s.text, tail, tone, s.ends_sentence))
+    return [s for s in found if names is None or s.name in names]
+
+
+def shared_spoken() -> list[Spoken]:
+    """The sentences of ../shared/speech: `WHOLE`, then the long LJ clip's five."""
     texts = {
         entry["file"]: entry["text"]
         for entry in map(json.loads, (SPEECH / "manifest.jsonl").read_text().splitlines())
     }
     spoken = [
-        (file.removesuffix(".wav"), speaker, texts[file], read_wav(SPEECH / file)[0].reshape(-1))
-        for file, speaker in WHOLE
+        Spoken(file.removesuffix(".wav"), who, texts[file], read_wav(SPEECH / file)[0].ravel())
+        for file, who in WHOLE
     ]
-    spoken += long_parts(texts[LONG])
-    tones = [room_tone(samples) for *_, samples in spoken]
-    quietest: dict[str, np.ndarray] = {}
-    for (name, *_), tone in zip(spoken, tones, strict=True):
-        known = quietest.get(recording(name))
-        if known is None or loudest_db(tone) < loudest_db(known):
-            quietest[recording(name)] = tone
-    found = []
-    for (name, speaker, text, samples), tone in zip(spoken, tones, strict=True):
-        floor = quietest[recording(name)]
-        if loudest_db(tone) > loudest_db(floor) + TONE_SPREAD_DB:
-            tone = floor  # only the fading end of a word: the clip was trimmed to its words
-        lead = max(0.0, LEAD_S - speech_span(samples, RATE).start_s)
-        samples = insert(samples, 0, tone, round(lead * RATE))
-        found.append(Sentence(name, speaker, text, with_tail(samples, tone), tone))
-    return [s for s in found if names is None or s.name in names]
+    return spoken + long_parts(texts[LONG])
 
 
-def long_parts(text: str) -> list[tuple[str, str, str, np.ndarray]]:
+def lj_extra_spoken(directory: Path = lj_extra.OUT) -> list[Spoken]:
+    """`bench.lj_extra`'s clips, with their silver text and its `ends_sentence` flag. Their
+    names (`ljx_...`) make them a recording of their own: the shared clips' room tone and
+    halves do not change when they are added."""
+    return [
+        Spoken(
+            clip.name,
+            EXTRA_LJ_SPEAKER,
+            clip.text,
+            read_wav(directory / clip.file)[0].ravel(),
+            clip.ends_sentence,
+        )
+        for clip in lj_extra.load(directory)
+    ]
+
+
+def long_parts(text: str) -> list[Spoken]:
     """The long LJ clip's five utterances, split at its joins of digital zero (dropped)."""
     samples = read_wav(SPEECH / LONG)[0].reshape(-1)
     zero = np.concatenate([[False], samples == 0, [False]])
@@ -220,12 +275,13 @@ def long_parts(text: str) -> list[tuple[str, str, str, np.ndarray]]:
         nonzero = np.flatnonzero(samples[a:b])
         part = samples[a + nonzero[0] : a + nonzero[-1] + 1]
         words = text[starts[i] : starts[i + 1]].strip()
-        parts.append((f"lj_LJ001-000{i + 1}", "female", words, part))
+        parts.append(Spoken(f"lj_LJ001-000{i + 1}", "female", words, part))
     return parts
 
 
 def recording(name: str) -> str:
-    """The recording a clip was cut from: LibriSpeech chapter, LJ Speech, or the noisy LJ."""
+    """The recording a clip was cut from: LibriSpeech chapter, LJ Speech, the noisy LJ, or
+    the extra LJ clips (`ljx_`: a source of their own, though the same reader)."""
     return name.rsplit("-", 1)[0]
 
 
@@ -306,16 +362,18 @@ def clips(sentence: Sentence, pauses_ms: tuple[int, ...] = PAUSES_MS) -> list[Pa
 
 
 def pause_set(
-    names: tuple[str, ...] | None = None, pauses_ms: tuple[int, ...] = PAUSES_MS
+    names: tuple[str, ...] | None = None,
+    pauses_ms: tuple[int, ...] = PAUSES_MS,
+    extra: Sequence[str] = (),
 ) -> list[PauseClip]:
-    return [clip for sentence in sentences(names) for clip in clips(sentence, pauses_ms)]
+    return [clip for sentence in sentences(names, extra) for clip in clips(sentence, pauses_ms)]
 
 
-def build(out: Path = OUT) -> Path:
+def build(out: Path = OUT, extra: Sequence[str] = ()) -> Path:
     """Every clip as a WAV, and a manifest for `stt-streaming eval`."""
     out.mkdir(parents=True, exist_ok=True)
     lines = []
-    for clip in pause_set():
+    for clip in pause_set(extra=extra):
         path = out / f"{clip.name}.wav"
         with wave.open(str(path), "wb") as wav:
             wav.setnchannels(1)
@@ -329,5 +387,43 @@ def build(out: Path = OUT) -> Path:
     return manifest
 
 
+def summary(extra: Sequence[str] = ()) -> str:
+    """Sentences, sentence ends and usable word gaps per speaker (word times are cached)."""
+    rows = [
+        "| speaker | sentences | ending a sentence | word gaps |",
+        "| --- | ---: | ---: | ---: |",
+    ]
+    found = sentences(extra=extra)
+    for who in dict.fromkeys(s.speaker for s in found):
+        mine = [s for s in found if s.speaker == who]
+        gaps = sum(len(word_gaps(s)) for s in mine)
+        rows.append(f"| {who} | {len(mine)} | {sum(s.complete for s in mine)} | {gaps} |")
+    return "\n".join(rows)
+
+
+def extra_option(parser: argparse.ArgumentParser) -> None:
+    """`--extra SOURCE`, repeatable: the opt-in sources to add to the shared speech."""
+    parser.add_argument(
+        "--extra",
+        action="append",
+        choices=EXTRAS,
+        default=[],
+        help="add a source: lj = the 24 LJ Speech clips of bench.lj_extra (bench/data/lj_extra)",
+    )
+
+
+def main() -> None:
+    parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
+    extra_option(parser)
+    parser.add_argument("--out", type=Path, default=OUT, help="folder for the clips")
+    args = parser.parse_args()
+    try:
+        manifest = build(args.out, args.extra)
+    except FileNotFoundError as exc:
+        raise SystemExit(f"bench.pauses: {exc}") from exc
+    print(summary(args.extra))
+    print(manifest)
+
+
 if __name__ == "__main__":
-    print(build())
+    main()
