@@ -112,6 +112,23 @@ async def test_native_start_and_end(worker, make_gateway) -> None:
     assert final["audio_end_s"] > 0
 
 
+async def test_speech_after_the_worker_idled_the_session_out_is_heard(make_worker, make_gateway):
+    # A client quiet for longer than STT_SESSION_IDLE_TIMEOUT_S (a muted microphone) speaks
+    # again: the worker closed its session meanwhile, and the next words open a new one.
+    await make_worker(session_idle_timeout_s=1.0)
+    gateway = await make_gateway()
+    async with connect(f"{gateway.ws_url}?session_id={sid()}") as ws:
+        await send_audio(ws, pcm(CLIP))
+        first = await frames_until(ws, of_type("session_closed"))
+        assert first[-1]["reason"] == "idle"
+        await send_audio(ws, pcm(CLIP_2))
+        await ws.send(json.dumps({"type": "end"}))
+        second = await frames_until(ws, of_type("session_closed"))
+        assert await close_code(ws) == 1000
+    assert wer(manifest_text(CLIP), final_text(first)) <= WER_BOUND, first
+    assert wer(manifest_text(CLIP_2), final_text(second)) <= WER_BOUND, second
+
+
 async def test_a_browser_start_carries_per_session_options(worker, make_gateway) -> None:
     """The start options (docs/protocol.md) pass through the gateway: words come back."""
     gateway = await make_gateway()

@@ -395,6 +395,16 @@ class SessionClosed(msgspec.Struct, frozen=True):
     last_seq: int | None = None
 
 
+def went_on(closed: SessionClosed, last_sent_seq: int | None) -> bool:
+    """Whether a publisher whose last chunk had `last_sent_seq` still holds an open session
+    after `closed`: the worker ended the session on its own (idle, age) while later chunks
+    were on their way, and those opened the next one as it was (format, options). After a
+    drain (`shutdown`) they went to another worker, and after `end` there is no next one."""
+    last = closed.last_seq
+    on_its_own = closed.reason in ("idle", "max_duration")
+    return on_its_own and last is not None and last_sent_seq is not None and last_sent_seq > last
+
+
 class EagerEndOfTurn(msgspec.Struct, frozen=True):
     """Opt-in (`turn_events`): the user paused and, if the pause goes on to the endpoint,
     `text` is the final of `utterance_id` (Deepgram Flux's EagerEndOfTurn). An assistant may

@@ -31,7 +31,7 @@ from starlette.websockets import WebSocket, WebSocketDisconnect
 from stt_worker.core import protocol
 from stt_worker.core.audio import check_format
 from stt_worker.core.errors import ErrorCode, OverloadedError, ProtocolError
-from stt_worker.core.protocol import ServerMessage, SessionClosed, Transcription
+from stt_worker.core.protocol import ServerMessage, SessionClosed, Transcription, went_on
 from stt_worker.gateway.close_codes import (
     CLOSE_GOING_AWAY,
     CLOSE_INTERNAL_ERROR,
@@ -326,6 +326,13 @@ class Bridge:
         if not isinstance(message, SessionClosed):
             self._queue(message)
             return
+        if segment is self._segments.current:
+            # The worker ended the open session on its own (idle, age): audio the client
+            # sent meanwhile opened it again as it was, and the client's session goes on;
+            # else the next audio opens a new one, not a closed one nobody reads.
+            if went_on(message, segment.next_seq - 1):
+                return
+            self._segments.end_current()
         for _ in range(segment.owed_finals):
             self._queue(EmptyFinal(session_id=segment.client_id))
         self._queue(message)

@@ -24,6 +24,7 @@ from stt_worker.core.protocol import (
     SessionClosed,
     Start,
     check_session_id,
+    went_on,
 )
 from stt_worker.runtime import bus
 from stt_worker.runtime.connection import TOOL, Reconnect, connect
@@ -79,19 +80,10 @@ class WorkerSession:
     ) -> AsyncIterator[ServerMessage | ProtocolError]:
         async for delivery in deliveries:
             message = delivery.message
-            if isinstance(message, SessionClosed) and not self._went_on(message):
+            if isinstance(message, SessionClosed) and not went_on(message, self._seq):
                 self.is_open = False
                 self._closed.set()
             yield message
-
-    def _went_on(self, closed: SessionClosed) -> bool:
-        """Whether chunks sent after the last one the closed session took opened the next
-        session already: the worker ended it on its own (idle, age) while they were on their
-        way, and opens the next like it (format, options), so no new `start` is due. After a
-        drain they went to another worker: a `start` is due (it restarts the `seq` count)."""
-        last = closed.last_seq
-        went_on = closed.reason in ("idle", "max_duration")
-        return went_on and last is not None and self._seq > last
 
     async def open(self, start: Start) -> None:
         """Send `start`: a new worker session, whose chunks count from 1 again."""
