@@ -73,8 +73,7 @@ async def test_audio_sent_after_an_idle_close_opens_the_session_again_as_it_was(
     session = sid()
     inbox = await Inbox.open(nc, session)
     clip = "ls_1089-134691-0000.wav"
-    samples, rate = read_wav(SPEECH_DIR / clip)
-    pcm = soxr.resample(samples, rate, 48_000).astype(np.int16)
+    pcm = at_48_khz(clip)
     stats = StreamStats()
     sent = {"sample_rate_hz": 48_000, "speed": 0, "stats": stats}
     await publish_pcm(nc, session, pcm, send_end=False, **sent)
@@ -85,6 +84,34 @@ async def test_audio_sent_after_an_idle_close_opens_the_session_again_as_it_was(
     assert not [m for m in second if m.get("type") == "error"], second
     for messages in (first, second):
         assert wer(manifest_text(clip), final_text(messages)) <= WER_BOUND, final_text(messages)
+
+
+async def test_a_start_sent_after_the_close_joins_the_session_its_chunks_reopened(make_worker, nc):
+    # The adapters' way: chunks on their way when the worker idled the session out reopen it
+    # as it was, and the `start` the publisher sends once it reads `session_closed` (its
+    # chunks counted from 0 again) joins that session without cutting its utterance.
+    await make_worker(session_idle_timeout_s=0.5)
+    session = sid()
+    inbox = await Inbox.open(nc, session)
+    first_clip, clip = "ls_1089-134691-0000.wav", "lj_LJ001-0008.wav"
+    sent = {"sample_rate_hz": 48_000, "speed": 0}
+    stats = StreamStats()
+    await publish_pcm(nc, session, at_48_khz(first_clip), send_end=False, stats=stats, **sent)
+    assert (await inbox.until_closed())[-1]["reason"] == "idle"
+    pcm = at_48_khz(clip)
+    half = len(pcm) // 2 // 960 * 960  # mid-word, on a 20 ms chunk
+    on_the_way = {"send_start": False, "send_end": False, "stats": stats}
+    await publish_pcm(nc, session, pcm[:half], **on_the_way, **sent)
+    await publish_pcm(nc, session, pcm[half:], **sent)
+    messages = await inbox.until_closed()
+    assert not [m for m in messages if m.get("type") == "error"], messages
+    assert [m["end_reason"] for m in finals(messages)] == ["end"], finals(messages)
+    assert wer(manifest_text(clip), final_text(messages)) <= WER_BOUND, final_text(messages)
+
+
+def at_48_khz(clip: str) -> np.ndarray:
+    samples, rate = read_wav(SPEECH_DIR / clip)
+    return soxr.resample(samples, rate, 48_000).astype(np.int16)
 
 
 async def test_a_repeated_start_begins_the_chunk_count_again(make_worker, nc):

@@ -327,12 +327,13 @@ class Bridge:
             self._queue(message)
             return
         if segment is self._segments.current:
-            # The worker ended the open session on its own (idle, age): audio the client
-            # sent meanwhile opened it again as it was, and the client's session goes on;
-            # else the next audio opens a new one, not a closed one nobody reads.
-            if went_on(message, segment.next_seq - 1):
-                return
+            # The worker ended the open session on its own (idle, age): the next audio opens
+            # a new one, not goes to a closed one nobody reads.
             self._segments.end_current()
+            if went_on(message, segment.next_seq - 1):
+                # Frames sent while it closed reopened it on the worker: they are not read.
+                late = segment.next_seq - 1 - (message.last_seq or 0)
+                logger.warning("gateway: %d audio frames came after the worker closed", late)
         for _ in range(segment.owed_finals):
             self._queue(EmptyFinal(session_id=segment.client_id))
         self._queue(message)

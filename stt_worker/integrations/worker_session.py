@@ -24,7 +24,6 @@ from stt_worker.core.protocol import (
     SessionClosed,
     Start,
     check_session_id,
-    went_on,
 )
 from stt_worker.runtime import bus
 from stt_worker.runtime.connection import TOOL, Reconnect, connect
@@ -79,8 +78,10 @@ class WorkerSession:
         self, deliveries: AsyncIterator[bus.Delivery]
     ) -> AsyncIterator[ServerMessage | ProtocolError]:
         async for delivery in deliveries:
+            # Closed, also on the worker's own account (idle, age): the next audio sends
+            # `start` again, which joins the session chunks already on their way reopened.
             message = delivery.message
-            if isinstance(message, SessionClosed) and not went_on(message, self._seq):
+            if isinstance(message, SessionClosed):
                 self.is_open = False
                 self._closed.set()
             yield message

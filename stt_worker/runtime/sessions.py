@@ -107,6 +107,9 @@ class Stream:
     audio: AudioPipeline
     observer: SessionObserver
     acks: SessionAcks
+    # Opened by audio after the worker ended the session on its own (`Ended`), before the
+    # publisher heard of it: the `start` it sends next joins this session, not cuts it.
+    reopened: bool = False
 
     @property
     def trace_id(self) -> str | None:
@@ -226,6 +229,7 @@ class Sessions:
                     return self._reopen(session_id, now, parent, "state_change", state), []
                 return stream, stream.session.change_state(state, now=now)
             case End():
+                self._ended.pop(session_id, None)  # chunks after `end` get the defaults
                 if stream is None:
                     raise ProtocolError(
                         f"'end' for unknown session {session_id!r}", code=ErrorCode.UNKNOWN_SESSION
@@ -284,18 +288,19 @@ class Sessions:
         check_format(start.sample_rate, start.channels)
         if stream is None:
             return self._open_with_options(session_id, start, now, parent)
-        logger.info("repeated start updates the session")
+        joins, stream.reopened = stream.reopened, False
+        logger.info("start joins the reopened session" if joins else "repeated start")
         stream.audio.last_seq = None  # the publisher may number its chunks from 1 again
         actions: list[Action] = []
         for frames in stream.audio.reformat(start.sample_rate, start.channels):
             actions += stream.session.audio(frames, now=now)
-        actions += stream.session.update(
-            now=now,
-            state=start.state,
-            speaker_id=start.speaker_id,
-            language=whisper_language(start.language),
-        )
-        return stream, actions
+        session, language = stream.session, whisper_language(start.language)
+        if not joins:
+            return stream, actions + session.update(
+                now=now, state=start.state, speaker_id=start.speaker_id, language=language
+            )
+        session.speaker_id, session.language = start.speaker_id, language  # its utterance goes on
+        return stream, actions + session.change_state(start.state, now=now)
 
     async def _chunk(
         self,
@@ -339,13 +344,16 @@ class Sessions:
     ) -> Stream:
         """Open a session for a message that is not a `start`: like the one the worker ended
         on its own moments ago, else with the defaults."""
-        ended = self._ended.pop(session_id, None)
+        ended = self._ended.get(session_id)
         if ended is None or now - ended.at > ENDED_KEPT_S:
             logger.info("%s without start: opening with defaults", kind)
             return self._open(session_id, Start(state=state or "listening"), now, parent)
         logger.info("audio after the worker ended the session: opening it again as it was")
         start = ended.start if state is None else msgspec.structs.replace(ended.start, state=state)
-        return self._open(session_id, start, now, parent, ended.config)
+        stream = self._open(session_id, start, now, parent, ended.config)  # may be refused
+        del self._ended[session_id]
+        stream.reopened = True
+        return stream
 
     def _open_with_options(
         self, session_id: str, start: Start, now: float, parent: Context | None
