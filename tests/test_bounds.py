@@ -19,6 +19,8 @@ from stt_worker.core.audio import SAMPLE_RATE_HZ
 from stt_worker.core.jobs import Transcribe
 from stt_worker.core.session import Session, SessionConfig, frames_of
 from stt_worker.core.vad import FRAME_SAMPLES
+from stt_worker.runtime import worker as worker_module
+from stt_worker.runtime.pipeline import AudioPipeline
 from stt_worker.runtime.publisher import StreamStats, publish_pcm, read_wav, stream_file
 from tests.helpers import SPEECH_DIR, Inbox, manifest_text, until
 from tests.test_worker import WER_BOUND, final_text, finals, sid
@@ -107,6 +109,47 @@ async def test_a_start_sent_after_the_close_joins_the_session_its_chunks_reopene
     assert not [m for m in messages if m.get("type") == "error"], messages
     assert [m["end_reason"] for m in finals(messages)] == ["end"], finals(messages)
     assert wer(manifest_text(clip), final_text(messages)) <= WER_BOUND, final_text(messages)
+
+
+async def test_a_chunk_worked_on_while_its_session_idles_out_opens_the_next(
+    make_worker, nc, monkeypatch
+):
+    # A chunk that arrives just past the idle deadline, before the tick sees it, is on a DSP
+    # thread when the tick ends the session: its frames open the next session, not vanish
+    # into the closing one.
+    monkeypatch.setattr(worker_module, "TICK_S", 3.0)  # the idle check comes late
+    gate, held, gated = asyncio.Event(), asyncio.Event(), [False]
+    made = AudioPipeline.frames
+
+    async def frames(self: AudioPipeline, pcm: bytes):
+        if gated[0]:
+            held.set()
+            await gate.wait()
+        return await made(self, pcm)
+
+    monkeypatch.setattr(AudioPipeline, "frames", frames)
+    await make_worker(session_idle_timeout_s=0.5)
+    session = sid()
+    inbox = await Inbox.open(nc, session)
+    stats = StreamStats()
+    first, clip = read_wav(SPEECH_DIR / "ls_1089-134691-0000.wav")[0], "lj_LJ001-0008.wav"
+    await publish_pcm(nc, session, first, speed=0, send_end=False, stats=stats)
+    await asyncio.sleep(0.55)
+    if inbox.received and inbox.received[-1].get("type") == "session_closed":
+        pytest.skip("the tick ended the session before the chunk came (a 2% chance)")
+    gated[0] = True
+    pcm = read_wav(SPEECH_DIR / clip)[0]  # one chunk: lost whole if it vanished
+    sending = asyncio.create_task(
+        publish_pcm(nc, session, pcm, speed=0, send_start=False, stats=stats, chunk_ms=5000)
+    )
+    await held.wait()
+    assert (await inbox.until_closed())[-1]["reason"] == "idle"
+    gated[0] = False
+    gate.set()
+    await sending
+    messages = await inbox.until_closed()
+    assert not [m for m in messages if m.get("type") == "error"], messages
+    assert wer(manifest_text(clip), final_text(messages)) <= WER_BOUND, messages
 
 
 def at_48_khz(clip: str) -> np.ndarray:

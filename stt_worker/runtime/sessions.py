@@ -317,6 +317,12 @@ class Sessions:
         stream.audio.check_order(chunk.seq)
         self._observer.audio_received(stream.audio.duration_s(pcm))
         frames = await stream.audio.frames(pcm)
+        if stream.session.closing in ("idle", "max_duration"):
+            # A tick ended the session while these frames were made (they arrived just past
+            # its deadline): they open the next one, as the chunks after them will. (After a
+            # drain or a partition's hand-over the next owner has them.)
+            stream = self._open_as(session_id, Ended.of(stream, now), now, parent)
+            stream.audio.last_seq = chunk.seq
         return stream, stream.session.audio(frames, now=now, partial_wait_s=self._partial_wait_s())
 
     def _playback(
@@ -348,10 +354,21 @@ class Sessions:
         if ended is None or now - ended.at > ENDED_KEPT_S:
             logger.info("%s without start: opening with defaults", kind)
             return self._open(session_id, Start(state=state or "listening"), now, parent)
+        stream = self._open_as(session_id, ended, now, parent, state)  # may be refused
+        del self._ended[session_id]
+        return stream
+
+    def _open_as(
+        self,
+        session_id: str,
+        ended: Ended,
+        now: float,
+        parent: Context | None,
+        state: State | None = None,
+    ) -> Stream:
         logger.info("audio after the worker ended the session: opening it again as it was")
         start = ended.start if state is None else msgspec.structs.replace(ended.start, state=state)
-        stream = self._open(session_id, start, now, parent, ended.config)  # may be refused
-        del self._ended[session_id]
+        stream = self._open(session_id, start, now, parent, ended.config)
         stream.reopened = True
         return stream
 
