@@ -12,6 +12,8 @@ from pathlib import Path
 import msgpack
 from nats.aio.client import Client
 
+from stt_worker.runtime.connection import flush_in_order
+
 REPO = Path(__file__).resolve().parent.parent
 # STT_SPEECH_DIR: for a checkout whose parent has no shared/ (bench/gpu_check.sh sets it).
 SPEECH_DIR = Path(os.environ.get("STT_SPEECH_DIR") or REPO.parent / "shared" / "speech")
@@ -47,7 +49,7 @@ class Inbox:
             inbox._queue.put_nowait(message)
 
         await nc.subscribe(f"ai.voice.transcription.{session_id}", cb=on_message)
-        await nc.flush()
+        await flush_in_order(nc)  # the SUB reached the server: nothing published later is missed
         return inbox
 
     async def until(self, predicate: Callable[[dict], bool], within_s: float = 30) -> dict:

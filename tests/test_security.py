@@ -26,7 +26,7 @@ from cryptography.x509.oid import NameOID
 from nats.aio.client import Client
 
 from stt_worker.config import load_settings
-from stt_worker.runtime.connection import connect_options, redact_url
+from stt_worker.runtime.connection import connect_options, flush_in_order, redact_url
 from stt_worker.runtime.nats_server import NatsServer
 from stt_worker.runtime.publisher import stream_file
 from stt_worker.runtime.worker import Worker
@@ -304,16 +304,16 @@ async def test_k8s_accounts_conf_lets_each_user_touch_only_its_subjects(
         publisher = await connect(server.url, **publisher_user)
         as_worker = await connect(server.url, error_cb=on_error, **worker_user)
         heard = await as_worker.subscribe("ai.voice.partitioned.>")  # allowed
-        await as_worker.flush()
+        await flush_in_order(as_worker)  # the SUB reached the server, not only a PING
         await publisher.publish("ai.voice.stream.probe", b"audio")  # allowed
         assert (await heard.next_msg(timeout=5)).data == b"audio"
         answers = await publisher.subscribe("ai.voice.transcription.probe")  # allowed
-        await publisher.flush()
+        await flush_in_order(publisher)
         assert await delivered(as_worker, "ai.voice.transcription.probe", answers), violations
 
         await as_worker.publish("ai.voice.stream.forged", b"audio")  # denied
         await as_worker.subscribe("ai.voice.transcription.>")  # denied
-        await as_worker.flush()
+        await flush_in_order(as_worker)
         async with asyncio.timeout(5):
             denied = {await violations.get(), await violations.get()}
         assert any("publish" in v and "ai.voice.partitioned" in v for v in denied), denied
