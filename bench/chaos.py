@@ -46,6 +46,7 @@ import sys
 import tempfile
 import time
 import uuid
+from collections.abc import AsyncIterator, Callable
 from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
@@ -109,9 +110,14 @@ class Fleet:
     and the replacements still starting."""
 
     def __init__(
-        self, settings: dict[str, Any], stack: contextlib.AsyncExitStack, logs: Path
+        self,
+        settings: dict[str, Any],
+        stack: contextlib.AsyncExitStack,
+        logs: Path,
+        env: dict[str, str] | None = None,
     ) -> None:
         self._settings = settings  # `load_settings` overrides, the worker id aside
+        self._env = env  # environment variables on top (a configuration under test)
         self._stack = stack
         self._logs = logs  # each worker's whole log, `{name}.log`
         self._numbers = iter(range(1000))
@@ -122,7 +128,8 @@ class Fleet:
     async def start(self) -> str:
         name = f"w{next(self._numbers)}"
         settings = load_settings(**self._settings, worker_id=name)
-        process = worker_process(settings, "faster-whisper", log_path=self._logs / f"{name}.log")
+        log = self._logs / f"{name}.log"
+        process = worker_process(settings, "faster-whisper", env=self._env, log_path=log)
         self.live[name] = await self._stack.enter_async_context(process)
         self.actions.append((time.time(), f"{name} ready"))
         return name
@@ -211,13 +218,19 @@ async def watch_owners(bench: Bench) -> None:
         await asyncio.sleep(0.25)
 
 
-async def stream(bench: Bench, label: str, events: bool) -> tuple[LoadRun, list[dict[str, Any]]]:
-    """One run of every session's audio; with `events`, the plan's disruptions meanwhile."""
+async def stream(
+    bench: Bench, label: str, events: bool, ids: Callable[[str, int], list[str]] | None = None
+) -> tuple[LoadRun, list[dict[str, Any]]]:
+    """One run of every session's audio; with `events`, the plan's disruptions meanwhile;
+    `ids(prefix, count)` names the sessions (default ``prefix-0000`` on)."""
     plan, js = bench.plan, bench.nc.results.jetstream()
     await bench.fleet.started()
     await settled(js, bench.settings.ownership_bucket, bench.fleet)
     audio = [bench.timelines(i) for i in range(plan.sessions)]
-    plans = plan_sessions(plan.sessions, plan.ramp_s, f"{label}-{uuid.uuid4().hex[:6]}", audio)
+    prefix = f"{label}-{uuid.uuid4().hex[:6]}"
+    plans = plan_sessions(plan.sessions, plan.ramp_s, prefix, audio)
+    for session, name in zip(plans, ids(prefix, plan.sessions) if ids else (), strict=False):
+        session.session_id = name
     done: list[dict[str, Any]] = []
 
     async def disrupt(started: float) -> None:
@@ -338,14 +351,13 @@ def _unclosed(run: LoadRun) -> int:
     return sum(plan.session_id not in closed for plan in run.plans)
 
 
-async def bench_all(plan: Plan) -> dict[str, Any]:
-    meta = machine_info() | {"loadavg_start": [round(x, 2) for x in os.getloadavg()]}
-    started = time.monotonic()
-    detector = speech_detectors(load_settings())
-    clips = [c for c in load_clips(DEFAULT_MANIFEST, detector) if c.duration_s <= MAX_LOOP_CLIP_S]
-    timelines = Timelines(clips, plan.run_s, detector)
-    logs = Path(tempfile.mkdtemp(prefix="chaos-logs-"))  # kept, to grep after the run
-    logger.info("worker logs in %s", logs)
+@contextlib.asynccontextmanager
+async def fleet_bench(
+    plan: Plan, timelines: Timelines, logs: Path, env: dict[str, str] | None = None
+) -> AsyncIterator[Bench]:
+    """A nats-server with JetStream and the shipped partition mapping, `plan.workers` ready
+    elastic workers (`env` on top of their settings, each one's log in `logs`) and the
+    bench's connections; all stopped on exit."""
     with tempfile.TemporaryDirectory() as store:
         config = Path(store) / "nats.conf"
         config.write_text(
@@ -358,14 +370,24 @@ async def bench_all(plan: Plan) -> dict[str, Any]:
                 nats_url=server.url, otel_enabled=False, http_port=0, durable=True,
                 elastic=True, partitions=PARTITIONS, lease_s=plan.lease_s,
             )  # fmt: skip
-            settings = load_settings(**overrides)
             async with contextlib.AsyncExitStack() as stack:
-                fleet = Fleet(overrides, stack, logs)
+                fleet = Fleet(overrides, stack, logs, env)
                 await asyncio.gather(*(fleet.start() for _ in range(plan.workers)))
                 nc = await stack.enter_async_context(connected(server.url))
-                bench = Bench(plan, settings, fleet, nc, timelines)
-                calm, _ = await stream(bench, "calm", events=False)
-                chaos, events = await stream(bench, "chaos", events=True)
+                yield Bench(plan, load_settings(**overrides), fleet, nc, timelines)
+
+
+async def bench_all(plan: Plan) -> dict[str, Any]:
+    meta = machine_info() | {"loadavg_start": [round(x, 2) for x in os.getloadavg()]}
+    started = time.monotonic()
+    detector = speech_detectors(load_settings())
+    clips = [c for c in load_clips(DEFAULT_MANIFEST, detector) if c.duration_s <= MAX_LOOP_CLIP_S]
+    timelines = Timelines(clips, plan.run_s, detector)
+    logs = Path(tempfile.mkdtemp(prefix="chaos-logs-"))  # kept, to grep after the run
+    logger.info("worker logs in %s", logs)
+    async with fleet_bench(plan, timelines, logs) as bench:
+        calm, _ = await stream(bench, "calm", events=False)
+        chaos, events = await stream(bench, "chaos", events=True)
     result = score(bench, calm, chaos, events, {c.name: c for c in clips})
     # Every final of both runs beside the logs, to read what came instead of a lost one.
     heard = {
@@ -378,11 +400,24 @@ async def bench_all(plan: Plan) -> dict[str, Any]:
         "wall_s": round(time.monotonic() - started, 1),
         "plan": dataclasses.asdict(plan),
         "clips": [c.name for c in clips],
-        "model": settings.whisper_model_size,
-        "endpoint_silence_ms": settings.endpoint_silence_ms,
+        "model": bench.settings.whisper_model_size,
+        "endpoint_silence_ms": bench.settings.endpoint_silence_ms,
         "worker_logs": str(logs),
     }
     return {**result, "targets": TARGETS, "meta": meta}
+
+
+def heading(title: str, meta: dict[str, Any], command: str) -> list[str]:
+    """A fleet bench report's title, command and machine lines, and a blank one."""
+    return [
+        f"# {title}",
+        "",
+        f"Command: `{command}`  ",
+        f"Machine: {meta['cpu']}, {meta['nproc']} CPUs; {meta['date']}, commit "
+        f"`{meta['commit']}`, {meta['wall_s']} s; load average {meta['loadavg_start']} -> "
+        f"{meta['loadavg_end']}",
+        "",
+    ]
 
 
 def markdown(result: dict[str, Any], command: str) -> str:
@@ -397,13 +432,9 @@ def markdown(result: dict[str, Any], command: str) -> str:
         ("p95_after_s", result["p95_after_s"]),
     ]
     lines = [
-        "# Chaos: elastic workers join, drain, die and roll under live speech",
-        "",
-        f"Command: `{command}`  ",
-        f"Machine: {meta['cpu']}, {meta['nproc']} CPUs; {meta['date']}, commit "
-        f"`{meta['commit']}`, {meta['wall_s']} s; load average {meta['loadavg_start']} -> "
-        f"{meta['loadavg_end']}",
-        "",
+        *heading(
+            "Chaos: elastic workers join, drain, die and roll under live speech", meta, command
+        ),
         f"{plan['workers']} workers (`stt-streaming serve`, {meta['model']}, elastic mode, "
         f"{PARTITIONS} partitions, `STT_LEASE_S={plan['lease_s']}`), {plan['sessions']} "
         f"sessions of the shared speech at real time, {plan['run_s']:.0f} s each, calm run "

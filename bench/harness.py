@@ -14,7 +14,7 @@ import contextlib
 import itertools
 import os
 import time
-from collections.abc import AsyncIterator, Sequence
+from collections.abc import AsyncIterator, Collection, Sequence
 from dataclasses import dataclass, field
 from typing import Any
 
@@ -146,12 +146,14 @@ WATCHED = {
 }
 
 
-def parse_metrics(text: str) -> dict[str, float]:
+def parse_metrics(text: str, watched: Collection[str] | None = None) -> dict[str, float]:
+    """`watched` samples (default `WATCHED`; empty: all), keyed ``name:label:label``."""
+    watched = WATCHED if watched is None else watched
     values = {}
     for family in text_string_to_metric_families(text):
         for sample in family.samples:
             key = sample.name + "".join(f":{v}" for v in sample.labels.values())
-            if key in WATCHED:
+            if key in watched or not watched:
                 values[key] = sample.value
     return values
 

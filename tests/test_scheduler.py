@@ -243,3 +243,25 @@ async def test_partials_leave_one_slot_free_for_a_final():
     await results.release_and_wait(engine, 3)
     assert engine.started == [1.0, 3.0, 2.0] and engine.most_running == 2
     runner.cancel()
+
+
+async def test_with_a_background_slot_partials_take_only_it_and_finals_every_other():
+    engine = GatedEngine(parallelism=2)
+    engine.background_slots = 1
+    results = Results()
+    scheduler = InferenceScheduler(engine, results.on_done, concurrency=2)
+    runner = asyncio.create_task(scheduler.run())
+    for session, seconds in (("a", 1.0), ("b", 2.0)):
+        scheduler.submit(session, job(1, seconds, final=False))
+    await engine.started_at_least(1)
+    await asyncio.sleep(0.05)
+    assert engine.started == [1.0]  # b's partial waits for the one background slot
+    for session, seconds in (("c", 3.0), ("d", 4.0), ("e", 5.0)):
+        scheduler.submit(session, job(1, seconds, final=True))
+    await engine.started_at_least(3)
+    await asyncio.sleep(0.05)
+    # Both foreground slots took finals beside the partial; e's final waits for one of them.
+    assert engine.started == [1.0, 3.0, 4.0] and engine.most_running == 3
+    await results.release_and_wait(engine, 5)
+    assert sorted(engine.started[3:]) == [2.0, 5.0] and engine.most_running == 3
+    runner.cancel()

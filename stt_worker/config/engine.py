@@ -55,6 +55,18 @@ class EngineFields(BaseModel):
         description="Threads per decode; 0 = cores / `STT_MAX_CONCURRENT_INFERENCES`.",
         ge=0,
     )
+    whisper_partial_nice: int = setting(
+        0,
+        "WHISPER_PARTIAL_NICE",
+        group=Group.ENGINE,
+        description="Above 0 (CPU engine, 2+ slots): partials get a slot of their own on a "
+        "second copy of the model whose threads run this much nicer (lower CPU priority), so "
+        "they yield to finals, this worker's and other workers' on shared cores. For several "
+        "workers sharing cores (bench/results/shared_cores.md); costs 150-290 MB (tiny.en, "
+        "base); 0 = one copy, one priority.",
+        ge=0,
+        le=19,
+    )
     max_concurrent_inferences: int = setting(
         2,
         "STT_MAX_CONCURRENT_INFERENCES",

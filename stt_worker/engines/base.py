@@ -125,6 +125,9 @@ class DecodeOptions:
     task: Task = "transcribe"
     # Report `Transcript.words`; the alignment costs decode time, so only when asked.
     word_timestamps: bool = False
+    # Work that can wait (partials): decoded at a lower CPU priority where the engine can
+    # (`engines/ct2_replicas`), so that it yields the CPU to finals.
+    background: bool = False
 
 
 @dataclass(frozen=True, slots=True)
@@ -173,6 +176,10 @@ class Engine(abc.ABC):
     # How many `transcribe` calls make progress at once; the scheduler runs exactly this many
     # so that its finals-first order is the order work really starts in.
     parallelism: int = 1
+    # Slots beside those for background calls (`DecodeOptions.background`: partials), which
+    # the engine runs at a lower CPU priority (`engines/ct2_replicas`); 0: none, partials
+    # share the `parallelism` slots.
+    background_slots: int = 0
     # Requests to a backend that were retried (HTTP engine), for the metrics.
     retries: int = 0
     # Whether the model can translate and hear other languages than English; None when
@@ -229,10 +236,12 @@ class Engine(abc.ABC):
 class LocalEngine(Engine):
     """An engine whose model runs in this process, on its own executor."""
 
-    def __init__(self, parallelism: int = 1) -> None:
+    def __init__(self, parallelism: int = 1, background_slots: int = 0) -> None:
         self.parallelism = parallelism
+        self.background_slots = background_slots
         self._executor = concurrent.futures.ThreadPoolExecutor(
-            max_workers=parallelism, thread_name_prefix=f"engine-{type(self).__name__}"
+            max_workers=parallelism + background_slots,
+            thread_name_prefix=f"engine-{type(self).__name__}",
         )
 
     @abc.abstractmethod

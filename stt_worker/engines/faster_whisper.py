@@ -61,6 +61,7 @@ from stt_worker.engines.base import (
     is_inaudible,
 )
 from stt_worker.engines.ct2_batch import decode_batch
+from stt_worker.engines.ct2_replicas import Replicas
 from stt_worker.engines.ct2_windows import WindowResult, window_transcript
 from stt_worker.engines.decoding import (
     FRAMES_PER_S,
@@ -115,31 +116,27 @@ class FasterWhisperEngine(LocalEngine):
     ) -> None:
         # Measured here (bench/concurrency.py): two decodes with one thread each carry 1.6x the
         # audio of one decode on two threads, and a lone decode is no slower on one thread.
-        super().__init__(parallelism=settings.max_concurrent_inferences)
+        slots = settings.max_concurrent_inferences
+        device = _pick_device(settings.whisper_device)
+        # On a CPU with 2+ slots, partials get a slot of their own at a lower priority.
+        nice = settings.whisper_partial_nice if device == "cpu" and slots >= 2 else 0
+        super().__init__(parallelism=slots, background_slots=1 if nice else 0)
         self._window = window or WindowPolicy(pad_s=settings.whisper_window_pad_s)
         self._warmed = False
         self._beam_size = settings.whisper_beam_size
         self._doubt_retry = settings.whisper_doubt_retry
         self._language = settings.whisper_language
-        device = _pick_device(settings.whisper_device)
-        compute_type = _pick_compute_type(settings.whisper_compute_type, device)
         path = model_path or resolve_model_path(
             settings.whisper_model_size, settings.whisper_model_cache_dir
         )
+        self._replicas = _load(settings, path, device, slots, nice)
         try:
-            self._model = ctranslate2.models.Whisper(
-                str(path),
-                device=device,
-                compute_type=compute_type,
-                inter_threads=self.parallelism,
-                intra_threads=settings.whisper_cpu_threads
-                or max(1, (os.cpu_count() or 1) // self.parallelism),
-            )
             self._hf_tokenizer = tokenizers.Tokenizer.from_file(str(path / "tokenizer.json"))
         except (RuntimeError, ValueError, OSError) as exc:
             raise EngineError(f"Cannot load Whisper model from {str(path)!r}: {exc}") from exc
-        self._multilingual = self.multilingual = self._model.is_multilingual
-        self._features = FeatureExtractor(feature_size=self._model.n_mels)
+        model = self._replicas.foreground
+        self._multilingual = self.multilingual = model.is_multilingual
+        self._features = FeatureExtractor(feature_size=model.n_mels)
         self._tokenizers: dict[tuple[str, Task], tuple[Tokenizer, list[int]]] = {}
         # The scheduler keys every job by its prompt's length, and a session sends one prompt
         # (its recent finals) with many jobs: tokenize each once, holding only recent ones.
@@ -148,12 +145,19 @@ class FasterWhisperEngine(LocalEngine):
             name="faster-whisper",
             model=settings.whisper_model_size,
             device=device,
-            extra={"compute_type": self._model.compute_type, "window": repr(self._window)},
+            extra={"compute_type": model.compute_type, "window": repr(self._window)}
+            | {"partial_nice": str(nice)},
         )
 
     def close(self) -> None:
         super().close()
-        self._model.unload_model()
+        for model in self._replicas.each():
+            model.unload_model()
+
+    @property
+    def _model(self) -> ctranslate2.models.Whisper:
+        """The model copy of the decode running on this thread (`engines/ct2_replicas`)."""
+        return self._replicas.current
 
     async def warmup(self) -> None:
         """Decode once per window size: CTranslate2's first run at a new input shape costs
@@ -162,20 +166,23 @@ class FasterWhisperEngine(LocalEngine):
             return
         loop = asyncio.get_running_loop()
         sizes = sorted({self._window.frames(frames) for frames in range(1, WINDOW_FRAMES + 1)})
-        # Each executor thread is warmed (inter_threads replicas keep their own buffers).
-        # `_decode_audio`, not `_decode`: the latter skips silence without decoding.
+        # Each executor thread is warmed (inter_threads replicas keep their own buffers), the
+        # background copy's too.
+        backgrounds = [False] * self.parallelism + [True] * self.background_slots
         for frames in sizes:
             audio = np.zeros(
                 max(HOP_SAMPLES, frames * HOP_SAMPLES - round(self._window.pad_s * SAMPLE_RATE_HZ)),
                 dtype=np.float32,
             )
             await asyncio.gather(
-                *(
-                    loop.run_in_executor(self._executor, self._decode_audio, audio, DecodeOptions())
-                    for _ in range(self.parallelism)
-                )
+                *(loop.run_in_executor(self._executor, self._warm, audio, b) for b in backgrounds)
             )
         self._warmed = True
+
+    def _warm(self, silence: Audio, background: bool) -> None:
+        # `_decode_audio`, not `_decode`: the latter skips silence without decoding.
+        with self._replicas.hold(background):
+            self._decode_audio(silence, DecodeOptions())
 
     def _decode(self, audio: Audio, options: DecodeOptions) -> Transcript:
         # No decode for audio too quiet to hold speech: Whisper would write words for it.
@@ -184,10 +191,13 @@ class FasterWhisperEngine(LocalEngine):
             return Transcript(
                 text="", language=language if self._multilingual else "en", no_speech_prob=1.0
             )
-        return self._decode_audio(audio, options)
+        with self._replicas.hold(options.background):
+            return self._decode_audio(audio, options)
 
     def _decode_batch(self, jobs: Sequence[tuple[Audio, DecodeOptions]]) -> list[Transcript]:
-        return decode_batch(self, jobs, self._decode)
+        # A batch with a final in it is a final's: it runs at the finals' priority.
+        with self._replicas.hold(all(options.background for _, options in jobs)):
+            return decode_batch(self, jobs, self._decode)
 
     def batch_key(self, samples: int, options: DecodeOptions) -> Hashable:
         # How `ct2_batch` groups, one generate call a group: the window, the prompt's token
@@ -407,6 +417,29 @@ TRAILING_MARKS = frozenset({".", "?", "!", ",", "...", "\u2026", ";", ":", "-"})
 @functools.cache
 def _sentence_marks(tokenizer: Tokenizer) -> list[int]:
     return [tokenizer.eot, *(tokenizer.encode(mark)[0] for mark in (".", "?", "!"))]
+
+
+def _load(
+    settings: Settings, path: Path, device: str, slots: int, nice: int
+) -> Replicas[ctranslate2.models.Whisper]:
+    """The model's copies (`engines/ct2_replicas`): a second one, `nice` nicer, for partials
+    when `nice` is above 0."""
+    compute_type = _pick_compute_type(settings.whisper_compute_type, device)
+    threads = settings.whisper_cpu_threads or max(1, (os.cpu_count() or 1) // slots)
+
+    def load(replicas: int) -> ctranslate2.models.Whisper:
+        return ctranslate2.models.Whisper(
+            str(path),
+            device=device,
+            compute_type=compute_type,
+            inter_threads=replicas,
+            intra_threads=threads,
+        )
+
+    try:
+        return Replicas(load, slots, nice)
+    except (RuntimeError, ValueError, OSError) as exc:
+        raise EngineError(f"Cannot load Whisper model from {str(path)!r}: {exc}") from exc
 
 
 def _pick_device(device: str) -> str:

@@ -60,6 +60,7 @@ def plan(job: Job) -> DecodePlan:
             # Its text may be the final: the finals' engine and options, in the partials'
             # line (served when the engine has room; a final of its session drops it unstarted).
             # No 30 s decode when it doubts the words into a blank: the final decodes them.
+            # Not background work: the final waits for it at the endpoint.
             final = dataclasses.replace(
                 options,
                 full_window_retry=True,
@@ -69,7 +70,7 @@ def plan(job: Job) -> DecodePlan:
             return DecodePlan(Lane.PARTIAL, EngineRole.FINAL, final, "partial")
         case JobKind.PARTIAL:
             # Speech the VAD heard: the first partial's short word is not blanked as silence.
-            partial = dataclasses.replace(options, speech_heard=job.speech_heard)
+            partial = dataclasses.replace(options, speech_heard=job.speech_heard, background=True)
             return DecodePlan(Lane.PARTIAL, EngineRole.PARTIAL, partial, "partial")
         case JobKind.BARGE_IN_PROBE:
             # Speech was heard (Whisper's silence rule would blank a short word), and only

@@ -15,7 +15,9 @@
 - Partials are served in line, except that a partial of an utterance with no words shown
   yet goes before the others (the first words are what a voice assistant waits for).
 - Partials never take the last free slot when there are two or more: a final or a turn
-  check arriving then starts at once instead of waiting out a partial's decode.
+  check arriving then starts at once instead of waiting out a partial's decode. An engine
+  with background slots (`Engine.background_slots`: partials at a lower CPU priority) gets
+  partials there only, and every other job in its `parallelism` slots.
 - How long partials wait for a slot, smoothed (`partial_wait_s`, from a session's first
   pending request, not from the latest that replaced it), is what sessions stretch their
   partial cadence by: a busy engine is asked for fewer partials, not more.
@@ -77,6 +79,49 @@ class _Entry:
     turn_prob: float | None = None  # Smart Turn's, heard before the decode
 
 
+@dataclass(slots=True)
+class _Slots:
+    """The decode slots and what runs in them. Partials may hold `partial_slots` at once:
+    the engine's background slots where it has them (partials at a lower CPU priority,
+    beside `concurrency` slots for the rest), else all but one, so finals never wait."""
+
+    concurrency: int
+    background: int
+    running: int = 0
+    running_partials: int = 0
+
+    @property
+    def partial_slots(self) -> int:
+        return self.background or max(1, self.concurrency - 1)
+
+    @property
+    def partials_full(self) -> bool:
+        return self.running_partials >= self.partial_slots
+
+    def take(self, partial: bool) -> None:
+        self.running += 1
+        self.running_partials += partial
+
+    def give_back(self, partial: bool) -> None:
+        self.running -= 1
+        self.running_partials -= partial
+
+    def free(self, partial: bool, others_waiting: bool) -> int:
+        """Slots besides a batch lead's (a partial or not) that would take a job now, when
+        jobs other than partials wait (`others_waiting`) or not: no batch while one would."""
+        partials_free = self.partial_slots - self.running_partials
+        if self.background:
+            if partial:
+                return partials_free
+            return self.concurrency - (self.running - self.running_partials)
+        free = self.concurrency - self.running
+        if not others_waiting:
+            # Only partials wait, and the slot kept for finals would not take one: to them
+            # it is not free, so they batch rather than queue one by one behind the lead.
+            free = min(free, partials_free)
+        return free
+
+
 class InferenceScheduler:
     """Runs jobs on one engine; results go to `on_done(key, job, outcome, queue_wait_s)`."""
 
@@ -95,7 +140,6 @@ class InferenceScheduler:
         self._engine = engine
         self._partial_engine = partial_engine or engine
         self._on_done = on_done
-        self._concurrency = concurrency
         self._max_pending_finals = max_pending_finals
         self._max_session_finals = max_pending_finals_per_session
         # Session -> its finals in order; the sessions in the order of their next turn.
@@ -106,10 +150,7 @@ class InferenceScheduler:
         self._partials: collections.OrderedDict[Hashable, _Entry] = collections.OrderedDict()
         self._probes: collections.OrderedDict[Hashable, _Entry] = collections.OrderedDict()
         self._wakeup = asyncio.Event()
-        self._running = 0
-        self._running_partials = 0
-        # Slots partials may hold at once: all but one, so finals never wait for a slot.
-        self._partial_slots = max(1, concurrency - 1)
+        self._slots = _Slots(concurrency, engine.background_slots)
         self._busy: set[Hashable] = set()
         self._idle = asyncio.Event()
         self._idle.set()
@@ -201,20 +242,21 @@ class InferenceScheduler:
 
     async def run(self) -> None:
         async with asyncio.TaskGroup() as group:
-            for index in range(self._concurrency):
-                group.create_task(self._serve(), name=f"inference-{index}")
+            for index in range(self._slots.concurrency):
+                group.create_task(self._serve(False), name=f"inference-{index}")
+            for index in range(self._slots.background):
+                group.create_task(self._serve(True), name=f"inference-background-{index}")
 
-    async def _serve(self) -> None:
+    async def _serve(self, background: bool) -> None:
         while True:
-            entry = self._next()
+            entry = self._next(background)
             if entry is None:
                 self._update_idle()  # `_next` may have shed the last partials
                 self._wakeup.clear()
                 await self._wakeup.wait()
                 continue
             partial = entry.plan.lane is Lane.PARTIAL
-            self._running += 1
-            self._running_partials += partial
+            self._slots.take(partial)
             self._busy.add(entry.key)
             batch = [entry]
             try:
@@ -228,13 +270,21 @@ class InferenceScheduler:
                     else:
                         await self._run_batch(batch)
             finally:
-                self._running -= 1
-                self._running_partials -= partial
+                self._slots.give_back(partial)
                 self._busy.difference_update(queued.key for queued in batch)
                 self._wakeup.set()  # that session's next job may run now
                 self._update_idle()
 
-    def _next(self) -> _Entry | None:
+    def _next(self, background: bool) -> _Entry | None:
+        """The next job for a slot; a background slot takes partials only, and where there
+        are background slots the others take no partials."""
+        if not background:
+            entry = self._next_due()
+            if entry is not None or self._slots.background:
+                return entry
+        return self._next_partial()
+
+    def _next_due(self) -> _Entry | None:
         # One job per session at a time: its results then arrive in utterance order, and one
         # talkative session cannot hold every slot.
         for key, entry in self._probes.items():
@@ -250,11 +300,14 @@ class InferenceScheduler:
             if key not in self._busy:
                 del self._screening[key]
                 return entry
+        return None
+
+    def _next_partial(self) -> _Entry | None:
         if self._partials and not self._engine.healthy:
             # A failing backend gets only finals: partials are the work we can lose.
             logger.warning("engine unhealthy: shedding %d partials", len(self._partials))
             self._partials.clear()
-        if self._running_partials >= self._partial_slots:
+        if self._slots.partials_full:
             return None
         waiting = [key for key in self._partials if key not in self._busy]
         if not waiting:
@@ -297,11 +350,8 @@ class InferenceScheduler:
             waiting = [self._waiting(queued[0]) for queued in self._finals.values()]
             if self._engine.healthy:  # else partials are shed (`_next`)
                 waiting += [self._waiting(entry) for entry in self._partials.values()]
-            free = self._concurrency - self._running
-            if not (self._finals or self._probes or self._screening):
-                # Only partials wait, and the slot kept for finals would not take one: to them
-                # it is not free, so they batch rather than queue one by one behind the lead.
-                free = min(free, self._partial_slots - self._running_partials)
+            others = bool(self._finals or self._probes or self._screening)
+            free = self._slots.free(lead.plan.lane is Lane.PARTIAL, others)
             chosen = rule.companions(self._waiting(lead), waiting, self._busy, free)
             waited_s = time.perf_counter() - started
             left_s = rule.wait_left_s(1 + len(chosen), waited_s, bool(self._probes), free)
@@ -339,7 +389,7 @@ class InferenceScheduler:
         try:
             # Joining and scaling up to 30 s of samples is CPU work: keep it off the loop.
             audio = await asyncio.to_thread(pcm16_to_float32, entry.job.pcm)
-            outcome = await self._transcribe(entry, audio)
+            outcome = await _transcribe(self.engine_for(entry.plan.engine), entry, audio)
             if entry.turn_prob is not None:
                 outcome = dataclasses.replace(outcome, turn_prob=entry.turn_prob)
         except asyncio.CancelledError:
@@ -359,20 +409,21 @@ class InferenceScheduler:
         except Exception:
             logger.exception("result handler failed")
 
-    async def _transcribe(self, entry: _Entry, audio: Audio) -> Transcript:
-        engine = self.engine_for(entry.plan.engine)
-        if entry.trace_context is None:
-            return await engine.transcribe(audio, entry.plan.options)
-        token = otel_context.attach(entry.trace_context)
-        try:
-            return await engine.transcribe(audio, entry.plan.options)
-        finally:
-            otel_context.detach(token)
-
     def _update_idle(self) -> None:
         queued = self._finals or self._partials or self._probes or self._screening
-        if not queued and self._running == 0:
+        if not queued and self._slots.running == 0:
             self._idle.set()
+
+
+async def _transcribe(engine: Engine, entry: _Entry, audio: Audio) -> Transcript:
+    """`entry`'s decode on `engine`, in the trace context it was submitted under."""
+    if entry.trace_context is None:
+        return await engine.transcribe(audio, entry.plan.options)
+    token = otel_context.attach(entry.trace_context)
+    try:
+        return await engine.transcribe(audio, entry.plan.options)
+    finally:
+        otel_context.detach(token)
 
 
 def scheduler_for(
