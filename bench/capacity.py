@@ -113,6 +113,9 @@ def parse_config(text: str) -> Config:
     name, sep, rest = text.partition("=")
     if not sep or not name:
         raise argparse.ArgumentTypeError(f"{text!r}: expected NAME=ENV=VAL,ENV=VAL")
+    if not all(c.isalnum() or c in "-_" for c in name):
+        # Session ids start with the name, and a '.' would split their subject's token.
+        raise argparse.ArgumentTypeError(f"{name!r}: a name of letters, digits, '-' and '_'")
     env = {}
     for pair in filter(None, rest.split(",")):
         key, sep, value = pair.partition("=")

@@ -50,8 +50,9 @@ logger = logging.getLogger("bench.shared_cores")
 
 DEFAULT_JSON = ROOT / "bench" / "results" / "shared_cores.json"
 DEFAULT_CONFIGS = (
-    Config("one-priority", {}),
-    Config("partials-nice-10", {"WHISPER_PARTIAL_NICE": "10"}),
+    Config("unpaced", {"STT_PARTIAL_CPU_WAIT": "0"}),
+    Config("paced", {}),  # the defaults: partials paced by CPU wait (`core/partial_pace`)
+    Config("paced-nice-10", {"WHISPER_PARTIAL_NICE": "10"}),
 )
 
 

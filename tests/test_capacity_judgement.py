@@ -134,6 +134,6 @@ def test_compare_configurations_parse_names_and_environment() -> None:
     assert batched.name == "batched"
     assert batched.env == {"STT_BATCH_MAX": "8", "STT_BATCH_WAIT_MS": "3"}
     assert parse_config("default=").env == {}
-    for bad in ("nothing", "=STT_X=1", "name=STT_X"):
+    for bad in ("nothing", "=STT_X=1", "name=STT_X", "wait-0.5=STT_X=1"):
         with pytest.raises(argparse.ArgumentTypeError):
             parse_config(bad)

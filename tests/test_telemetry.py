@@ -246,6 +246,9 @@ async def test_metrics_and_probes_follow_a_session(make_worker, nc):
     assert value("stt_final_latency_seconds_count") == 1
     assert value("stt_inference_queue_depth", kind="final") == 0
     assert value("stt_nats_connected") == 1 and value("stt_ready") == 1
+    # The partials' pacing by CPU wait (`core/partial_pace`): reported, within its range.
+    assert 0.1 <= values[("stt_partial_duty", ())] <= 1.0
+    assert 0.0 <= values[("stt_cpu_wait_share", ())] <= 1.0
     # Which build this is, and the standard process collectors.
     assert value("stt_build_info", version=__version__, commit="feedc0de") == 1
     assert value("process_cpu_seconds_total") > 0 and value("process_open_fds") > 0

@@ -52,6 +52,19 @@ class UtteranceFields(BaseModel):
         "queue.",
         ge=100,
     )
+    partial_cpu_wait: float = setting(
+        0.5,
+        "STT_PARTIAL_CPU_WAIT",
+        group=Group.UTTERANCES,
+        description="Partials pace themselves while this process's threads wait for a CPU "
+        "more than this share of the time they are runnable (cores shared with other "
+        "workers or pods, a CPU limit): their duty cycle shrinks each second the wait is "
+        "over it and grows back each second it is under, so finals get the cores. On cores "
+        "of its own a worker waits less (0.4 at 24 sessions here) and paces nothing. 0 or 1: "
+        "never paced.",
+        ge=0.0,
+        le=1.0,
+    )
     partial_lead_ms: int = setting(
         100,
         "STT_PARTIAL_LEAD_MS",

@@ -81,6 +81,16 @@ class Observer:
             },
             label="kind",
         )
+        metrics.watch(
+            "stt_partial_duty",
+            "Share of time partials may decode (1: unpaced; less while threads wait for a CPU)",
+            lambda: scheduler.pace.duty,
+        )
+        metrics.watch(
+            "stt_cpu_wait_share",
+            "Share of runnable time this process's threads last waited for a CPU",
+            lambda: scheduler.pace.wait_share or 0.0,
+        )
         engines = list(engines)
         metrics.watch(
             "stt_backend_retries",

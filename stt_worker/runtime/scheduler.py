@@ -18,6 +18,10 @@
   check arriving then starts at once instead of waiting out a partial's decode. An engine
   with background slots (`Engine.background_slots`: partials at a lower CPU priority) gets
   partials there only, and every other job in its `parallelism` slots.
+- Plain partials take turns with rests while this process's threads wait for a CPU (cores
+  shared with other workers, a CPU limit): `core/partial_pace.PartialPace` sets a duty cycle
+  from that wait (`runtime/cpu_wait`), and after a partial's decode partials rest for the
+  share of time the duty leaves. Speculations and everything else never rest.
 - How long partials wait for a slot, smoothed (`partial_wait_s`, from a session's first
   pending request, not from the latest that replaced it), is what sessions stretch their
   partial cadence by: a busy engine is asked for fewer partials, not more.
@@ -54,9 +58,11 @@ from stt_worker.core.audio import SAMPLE_RATE_HZ, pcm16_to_float32
 from stt_worker.core.batching import BatchRule, Waiting
 from stt_worker.core.errors import EngineError, OverloadedError, SttError
 from stt_worker.core.jobs import Job
+from stt_worker.core.partial_pace import PartialPace
 from stt_worker.engines.base import Audio, Engine, Transcript
 from stt_worker.engines.turn_check import TurnCheckEngine
 from stt_worker.runtime.batch_decode import decode_batch
+from stt_worker.runtime.cpu_wait import keep_paced
 from stt_worker.runtime.decode_plan import DecodePlan, EngineRole, Lane, plan
 
 logger = logging.getLogger(__name__)
@@ -87,6 +93,7 @@ class _Slots:
 
     concurrency: int
     background: int
+    pace: PartialPace = field(default_factory=lambda: PartialPace(0.0))
     running: int = 0
     running_partials: int = 0
 
@@ -102,9 +109,12 @@ class _Slots:
         self.running += 1
         self.running_partials += partial
 
-    def give_back(self, partial: bool) -> None:
+    def give_back(self, partial: bool, paced_since: float | None = None) -> float:
+        """A job ended; one `paced_since` a time (a plain partial) sets the partials' rest:
+        how long, in seconds, is returned."""
         self.running -= 1
         self.running_partials -= partial
+        return 0.0 if paced_since is None else self.pace.ran(paced_since, time.monotonic())
 
     def free(self, partial: bool, others_waiting: bool) -> int:
         """Slots besides a batch lead's (a partial or not) that would take a job now, when
@@ -136,6 +146,7 @@ class InferenceScheduler:
         partial_engine: Engine | None = None,
         batch: BatchRule | None = None,
         screen: TurnCheckEngine | None = None,
+        pace: PartialPace | None = None,
     ) -> None:
         self._engine = engine
         self._partial_engine = partial_engine or engine
@@ -150,7 +161,8 @@ class InferenceScheduler:
         self._partials: collections.OrderedDict[Hashable, _Entry] = collections.OrderedDict()
         self._probes: collections.OrderedDict[Hashable, _Entry] = collections.OrderedDict()
         self._wakeup = asyncio.Event()
-        self._slots = _Slots(concurrency, engine.background_slots)
+        self.pace = pace or PartialPace(0.0)  # the partials' duty cycle (`core/partial_pace`)
+        self._slots = _Slots(concurrency, engine.background_slots, self.pace)
         self._busy: set[Hashable] = set()
         self._idle = asyncio.Event()
         self._idle.set()
@@ -246,6 +258,8 @@ class InferenceScheduler:
                 group.create_task(self._serve(False), name=f"inference-{index}")
             for index in range(self._slots.background):
                 group.create_task(self._serve(True), name=f"inference-background-{index}")
+            if self._slots.pace.enabled:
+                group.create_task(keep_paced(self._slots.pace), name="partial-pace")
 
     async def _serve(self, background: bool) -> None:
         while True:
@@ -256,6 +270,7 @@ class InferenceScheduler:
                 await self._wakeup.wait()
                 continue
             partial = entry.plan.lane is Lane.PARTIAL
+            paced_since = time.monotonic() if partial and not entry.job.speculative else None
             self._slots.take(partial)
             self._busy.add(entry.key)
             batch = [entry]
@@ -270,7 +285,8 @@ class InferenceScheduler:
                     else:
                         await self._run_batch(batch)
             finally:
-                self._slots.give_back(partial)
+                if rest_s := self._slots.give_back(partial, paced_since):
+                    asyncio.get_running_loop().call_later(rest_s, self._wakeup.set)
                 self._busy.difference_update(queued.key for queued in batch)
                 self._wakeup.set()  # that session's next job may run now
                 self._update_idle()
@@ -319,6 +335,8 @@ class InferenceScheduler:
             (k for k in waiting if self._partials[k].job.speculative),
             next((k for k in waiting if self._partials[k].job.first_words), waiting[0]),
         )
+        if self._slots.pace.resting(time.monotonic()) and not self._partials[key].job.speculative:
+            return None  # the cores are short (`core/partial_pace`): plain partials wait
         return self._partials.pop(key)
 
     def _take_final(self, key: Hashable) -> _Entry:
@@ -440,4 +458,5 @@ def scheduler_for(
         partial_engine=partial_engine,
         batch=BatchRule(settings.batch_max, settings.batch_wait_ms / 1000),
         screen=partial_engine if isinstance(partial_engine, TurnCheckEngine) else None,
+        pace=PartialPace(settings.partial_cpu_wait),
     )
