@@ -74,6 +74,7 @@ logger = logging.getLogger("bench.chaos")
 DEFAULT_JSON = ROOT / "bench" / "results" / "chaos.json"
 PARTITIONS = 12  # as k8s/nats/nats.conf maps them
 SETTLE_WITHIN_S = 60.0
+SLOW_DISRUPTED_S = 2.5  # p95_disrupted_s's target: the latencies over it are listed
 TARGETS = {
     "lost_finals": "0",
     "duplicate_finals": "0",
@@ -322,6 +323,14 @@ def score(bench: Bench, calm: LoadRun, chaos: LoadRun, events: list[dict[str, An
             for i, p in enumerate(per)
             for j in p.duplicates
         ],
+        # The disruption's latencies over its target, each by the fleet action nearest to
+        # its end of speech: which event the p95 pays for.
+        "slow_disrupted": [
+            {"session": i, "latency_s": round(latency, 2), **context.around(chaos.plans[i], at, at)}
+            for i, p in enumerate(per)
+            for at, latency in p.disrupted_latency
+            if first <= at <= last and latency > SLOW_DISRUPTED_S
+        ],
         # Heard, but decoded differently: (session, calm words, disrupted words).
         "reworded": [
             [i, " ".join(calm_finals[i][k].words), " ".join(chaos_finals[i][j].words)]
@@ -455,9 +464,24 @@ def markdown(result: dict[str, Any], command: str) -> str:
         "",
         f"Latencies counted: {json.dumps(result['latency_counts'])}; sessions left unclosed: "
         f"{json.dumps(result['unclosed'])}; errors published: {json.dumps(result['errors'])}.",
+        *slow_lines(result.get("slow_disrupted", [])),
         *table(result),
     ]
     return "\n".join(lines) + "\n"
+
+
+def slow_lines(slow: list[dict[str, Any]]) -> list[str]:
+    """The disruption's latencies over its target, counted by the nearest fleet action."""
+    if not slow:
+        return []
+    by_action = collections.Counter(entry["nearest"]["action"] for entry in slow)
+    counts = ", ".join(f"{what}: {count}" for what, count in by_action.most_common())
+    worst = max(entry["latency_s"] for entry in slow)
+    return [
+        "",
+        f"Disrupted latencies over {SLOW_DISRUPTED_S} s: {len(slow)} (worst {worst} s), by the "
+        f"fleet action nearest to their end of speech: {counts} (`slow_disrupted` in the JSON).",
+    ]
 
 
 def main(argv: list[str] | None = None) -> int:

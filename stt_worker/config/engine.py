@@ -61,9 +61,9 @@ class EngineFields(BaseModel):
         group=Group.ENGINE,
         description="Above 0 (CPU engine, 2+ slots): partials get a slot of their own on a "
         "second copy of the model whose threads run this much nicer (lower CPU priority), so "
-        "they yield to finals, this worker's and other workers' on shared cores. For several "
-        "workers sharing cores (bench/results/shared_cores.md); costs 150-290 MB (tiny.en, "
-        "base); 0 = one copy, one priority.",
+        "they yield to finals, this worker's and other workers' on shared cores. Beside "
+        "`STT_PARTIAL_CPU_WAIT` it adds little (bench/results/shared_cores.md); costs "
+        "150-290 MB (tiny.en, base); 0 = one copy, one priority.",
         ge=0,
         le=19,
     )
