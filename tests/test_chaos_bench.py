@@ -14,12 +14,20 @@ from pathlib import Path
 import nats
 import pytest
 
+from bench.chaos import slow_lines
 from bench.chaos_attribution import OwnerLog, nearest, partition_of, table
 from bench.chaos_score import Heard, match, words
 from stt_worker.runtime.nats_server import NatsServer
 
 ROOT = Path(__file__).resolve().parents[1]
-KEYS = {"lost_finals", "duplicate_finals", "wer_ratio", "p95_disrupted_s", "p95_calm_s"}
+KEYS = {
+    "lost_finals",
+    "duplicate_finals",
+    "wer_ratio",
+    "p95_disrupted_s",
+    "p95_calm_s",
+    "slow_disrupted",
+}
 
 
 @pytest.mark.timeout(420)
@@ -163,3 +171,14 @@ def test_the_report_names_each_lost_and_duplicate_final() -> None:
     (_, _, _, row) = table({"lost": [entry], "duplicates": []})
     assert row.startswith("| lost | 3 (7) | 12 (40.1-43.2) | 55.3 | w0 -> - -> w4 |")
     assert "SIGKILL w0 (+0.4 s)" in row
+
+
+def test_the_report_counts_the_slow_disrupted_latencies_by_their_nearest_action() -> None:
+    def slow(action: str, latency_s: float) -> dict:
+        return {"latency_s": latency_s, "nearest": {"action": action, "offset_s": 1.0}}
+
+    assert slow_lines([]) == []
+    entries = [slow("SIGKILL w0", 6.1), slow("w3 ready", 2.7), slow("SIGKILL w0", 4.0)]
+    line = slow_lines(entries)[-1]
+    assert "over 2.5 s: 3 (worst 6.1 s)" in line
+    assert "SIGKILL w0: 2, w3 ready: 1" in line
