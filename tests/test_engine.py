@@ -102,15 +102,24 @@ def test_a_short_phrase_doubted_in_a_short_window_is_decoded_again_at_30_s(
     tiny: FasterWhisperEngine, jfk: np.ndarray
 ) -> None:
     # JFK's "ask not", cut as the worker's VAD cuts it, with its endpoint's pause. In the
-    # short window the decoder doubts it ("ask the", avg_logprob -1.33, no_speech_prob 0.33)
-    # and the hallucination rules blank it; a final is decoded again at 30 s and keeps it.
-    phrase = jfk[int(3.1 * SAMPLE_RATE_HZ) : int(4.3 * SAMPLE_RATE_HZ)]
-    audio = np.concatenate([phrase, np.zeros(SAMPLE_RATE_HZ // 2, dtype=np.float32)])
+    # short window the decoder may doubt it ("ask the", avg_logprob -1.33, no_speech_prob
+    # 0.33) and the hallucination rules blank it; a final is then decoded again at 30 s and
+    # keeps it. Which cuts are doubted moves with the CPU's int8 kernels (one VM blanked
+    # 3.10-4.30 s, the next kept it), so a few cuts are tried: at least one must be doubted.
     prompt = "And so my fellow Americans,"
-    speculation = tiny.transcribe_blocking(audio, DecodeOptions(prompt=prompt, doubt_retry=False))
-    final = tiny.transcribe_blocking(audio, DecodeOptions(prompt=prompt))
-    assert speculation.text == ""
-    assert "ask not" in final.text.lower()
+    doubted = 0
+    for start_s, end_s in ((3.1, 4.3), (3.1, 4.28), (3.05, 4.25), (3.08, 4.3)):
+        phrase = jfk[int(start_s * SAMPLE_RATE_HZ) : int(end_s * SAMPLE_RATE_HZ)]
+        audio = np.concatenate([phrase, np.zeros(SAMPLE_RATE_HZ // 2, dtype=np.float32)])
+        speculation = tiny.transcribe_blocking(
+            audio, DecodeOptions(prompt=prompt, doubt_retry=False)
+        )
+        if speculation.text:
+            continue
+        doubted += 1
+        final = tiny.transcribe_blocking(audio, DecodeOptions(prompt=prompt))
+        assert "ask not" in final.text.lower(), (start_s, end_s, final.text)
+    assert doubted
 
 
 def test_silence_gives_empty_text(tiny: FasterWhisperEngine) -> None:
