@@ -16,6 +16,7 @@ import pytest
 
 from stt_worker.config import Settings
 from stt_worker.core.partial_pace import DECREASE, INCREASE, MIN_DUTY, PartialPace
+from stt_worker.runtime import cpu_wait
 from stt_worker.runtime.cpu_wait import CpuWait
 from stt_worker.runtime.scheduler import InferenceScheduler
 from tests.test_scheduler import GatedEngine, Results, job
@@ -150,3 +151,42 @@ async def test_unpaced_partials_follow_each_other_at_once():
     assert not scheduler.pace.enabled and scheduler.pace.rest_until <= time.monotonic()
     await results.release_and_wait(engine, 2)
     runner.cancel()
+
+
+class _Waits:
+    """A `CpuWait` that gives the shares it was handed, then repeats the last."""
+
+    def __init__(self, *shares: float | None) -> None:
+        self.shares = list(shares)
+
+    def sample(self) -> float | None:
+        return self.shares.pop(0) if len(self.shares) > 1 else self.shares[0]
+
+
+@pytest.mark.parametrize("bound", [0.0, 0.5])
+async def test_the_wait_is_sampled_every_interval_paced_or_not(
+    bound: float, monkeypatch: pytest.MonkeyPatch
+):
+    monkeypatch.setattr(cpu_wait, "PACE_INTERVAL_S", 0.01)
+    pace = PartialPace(bound)
+    task = asyncio.create_task(cpu_wait.keep_paced(pace, _Waits(0.0, 0.9)))  # type: ignore[arg-type]
+    await asyncio.sleep(0.3)
+    task.cancel()
+    assert pace.wait_share == 0.9  # reported on /metrics either way
+    assert pace.duty == (MIN_DUTY if pace.enabled else 1.0)
+
+
+async def test_without_statistics_the_wait_is_never_sampled_again():
+    pace = PartialPace(0.5)
+    await asyncio.wait_for(cpu_wait.keep_paced(pace, _Waits(None)), 1.0)  # type: ignore[arg-type]
+    assert pace.wait_share is None and pace.duty == 1.0
+
+
+@pytest.mark.skipif(not Path("/proc/self/task").exists(), reason="Linux only")
+async def test_a_scheduler_measures_the_wait_with_pacing_off(monkeypatch: pytest.MonkeyPatch):
+    monkeypatch.setattr(cpu_wait, "PACE_INTERVAL_S", 0.01)
+    scheduler = InferenceScheduler(GatedEngine(parallelism=1), Results().on_done)
+    runner = asyncio.create_task(scheduler.run())
+    await asyncio.sleep(0.3)
+    runner.cancel()
+    assert not scheduler.pace.enabled and scheduler.pace.wait_share is not None

@@ -60,14 +60,15 @@ class CpuWait:
 
 
 async def keep_paced(pace: PartialPace, wait: CpuWait | None = None) -> None:
-    """Every `PACE_INTERVAL_S`, tell `pace` the share of the interval the threads waited."""
+    """Every `PACE_INTERVAL_S`, tell `pace` the share of the interval the threads waited
+    (`pace` only records it when pacing is off)."""
     wait = wait or CpuWait()
-    if wait.sample() is None:
+    # A few dozen procfs reads, about 1 ms: file I/O, so off the loop.
+    if await asyncio.to_thread(wait.sample) is None:
         logger.info("no per-thread CPU statistics here: partials are not paced by CPU wait")
         return
     while True:
         await asyncio.sleep(PACE_INTERVAL_S)
-        # A few dozen small procfs reads, about 1 ms a second: cheap enough for the loop.
-        share = wait.sample()
+        share = await asyncio.to_thread(wait.sample)
         if share is not None:
             pace.observe(share)

@@ -93,7 +93,7 @@ class _Slots:
 
     concurrency: int
     background: int
-    pace: PartialPace = field(default_factory=lambda: PartialPace(0.0))
+    pace: PartialPace
     running: int = 0
     running_partials: int = 0
 
@@ -258,8 +258,8 @@ class InferenceScheduler:
                 group.create_task(self._serve(False), name=f"inference-{index}")
             for index in range(self._slots.background):
                 group.create_task(self._serve(True), name=f"inference-background-{index}")
-            if self._slots.pace.enabled:
-                group.create_task(keep_paced(self._slots.pace), name="partial-pace")
+            # Measured even when pacing is off: `stt_cpu_wait_share` still tells the operator.
+            group.create_task(keep_paced(self._slots.pace), name="cpu-wait")
 
     async def _serve(self, background: bool) -> None:
         while True:
