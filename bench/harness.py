@@ -12,10 +12,12 @@ from __future__ import annotations
 import asyncio
 import contextlib
 import itertools
+import json
 import os
 import time
 from collections.abc import AsyncIterator, Collection, Sequence
 from dataclasses import dataclass, field
+from pathlib import Path
 from typing import Any
 
 import httpx
@@ -144,6 +146,17 @@ WATCHED = {
     "stt_inference_queue_depth:partial",
     "stt_chunks_received_total",
 }
+
+
+def write_results(
+    out: Path, data: dict[str, Any], text: str, json_path: Path | None = None
+) -> None:
+    """A benchmark's outputs: `data` as JSON (`json_path`, else `out`.json) and `text` as
+    `out`.md, which is printed too."""
+    out.parent.mkdir(parents=True, exist_ok=True)
+    (json_path or out.with_suffix(".json")).write_text(json.dumps(data, indent=1) + "\n")
+    out.with_suffix(".md").write_text(text)
+    print(text)
 
 
 def parse_metrics(text: str, watched: Collection[str] | None = None) -> dict[str, float]:

@@ -99,11 +99,17 @@ class Sentence:
         a person may have corrected)."""
         if self.ends_sentence is not None:
             return self.ends_sentence
-        return self.text.isupper() or self.text.rstrip().endswith((".", "?", "!"))
+        return ends_a_sentence(self.text)
 
     @property
     def speech_end_s(self) -> float:
         return speech_span(self.samples, RATE).end_s
+
+
+def ends_a_sentence(text: str) -> bool:
+    """A reference text that ends a sentence: LibriSpeech's (upper case, unpunctuated) are
+    whole sentences; a punctuated one must end with a full stop, question or exclamation."""
+    return text.isupper() or text.rstrip().endswith((".", "?", "!"))
 
 
 @dataclass(frozen=True)

@@ -21,7 +21,7 @@ def test_turn_latency_quick_run_measures_both_configs(tmp_path: Path) -> None:
     done = subprocess.run(
         [
             sys.executable,
-            *("-m", "bench.turn_latency", "--quick", "--configs", "old,new"),
+            *("-m", "bench.turn_latency", "--quick", "--configs", "old,new", "--rounds", "2"),
             *("--out", str(prefix), "--json", str(json_path)),
         ],
         cwd=ROOT,
@@ -35,9 +35,13 @@ def test_turn_latency_quick_run_measures_both_configs(tmp_path: Path) -> None:
     assert not prefix.with_suffix(".json").exists()  # --json chose the path
     assert set(data["results"]) == {"old", "new"}
     sentences = data["meta"]["sentences"]
+    assert data["meta"]["rounds"] == 2
     for config, steps in data["results"].items():
         step = steps["1"]
-        assert step["utterances"] == len(sentences), config
+        # One session twice, each round its own session (its own room noise).
+        assert step["utterances"] == 2 * len(sentences) and step["rounds"] == 2, config
+        mine = [u for u in data["utterances"] if u["config"] == config]
+        assert len({u["session"] for u in mine}) == 2, config
         # Every sentence was heard and ended: a final covering its last word, the words
         # right, a partial before it.
         assert step["finals_missing"] == 0 and step["first_partials_missing"] == 0, config
@@ -56,7 +60,12 @@ def test_turn_latency_quick_run_measures_both_configs(tmp_path: Path) -> None:
         timings = utterance["partial_timings"]
         assert all(0 < t["decode_ms"] <= t["latency_ms"] for t in timings), utterance
         assert len(utterance["gaps"]) == max(0, len(timings) - 1), utterance
-    assert data["targets"][0]["target"].startswith("eos_to_final_ms p50")
+    # Both quick sentences end a sentence: the targets' latency counts each of them.
+    assert data["targets"][0]["target"].startswith("eos_to_final_sentence_ms p50")
+    for config, steps in data["results"].items():
+        ends, every = steps["1"]["eos_to_final_sentence_ms"], steps["1"]["eos_to_final_ms"]
+        assert ends == every and ends["n"] == 2 * len(sentences), config
+    assert all(u["ends_sentence"] for u in data["utterances"])
     # `new`'s sessions ask for turn events: an eager end of turn came for a sentence's end
     # before its final; `old`'s do not.
     assert "turn_events" not in data["results"]["old"]["1"]
@@ -72,3 +81,19 @@ def test_turn_latency_quick_run_measures_both_configs(tmp_path: Path) -> None:
     assert "| old | 1 |" in markdown and "| new | 1 |" in markdown
     assert "## Targets" in markdown
     assert "## Turn events" in markdown and "| new | 1 |" in markdown.split("## Turn events")[1]
+
+
+def test_the_latency_counts_the_ends_of_sentences_not_clips_that_stop_at_a_comma() -> None:
+    from bench.turn_latency import SENTENCES, Utterance, sentences, summarise
+
+    ends = {s.name: s.ends_sentence for s in sentences(SENTENCES)}
+    # LJ001-0004 and -0006 stop mid-sentence, at a comma; LibriSpeech's and JFK's end one.
+    assert {n for n, e in ends.items() if not e} == {
+        "noisy10db_lj_LJ001-0004.wav",
+        "lj_LJ001-0006.wav",
+    }
+    held = Utterance("c", 1, "s", "lj_LJ001-0006.wav", False, 1200.0, None, None)
+    quick = Utterance("c", 1, "s", "jfk.wav", True, 250.0, None, None)
+    summary = summarise([held, quick])
+    assert summary["eos_to_final_sentence_ms"] == {"n": 1, "p50": 250.0, "p95": 250.0}
+    assert summary["eos_to_final_ms"]["n"] == 2
