@@ -77,14 +77,50 @@ def test_a_speculation_without_words_leaves_the_final_to_its_own_decode():
     assert final.kind is JobKind.FINAL
 
 
-def test_a_speculation_answered_after_the_end_is_only_a_stale_partial():
+def test_a_speculation_answered_after_the_end_is_the_final_its_own_decode_is_dropped():
+    # Under load the speculation may still decode when its pause ends the utterance; the
+    # final's decode waits behind it (one job per session), so its text is the final, sooner.
     session = new_session()
     job = speculation(feed(session, "s" * 23 + "...."))
     (final,) = jobs(feed(session, "......"), final=True)  # the engine was busy
-    assert answer(session, job, "Turn it off.") == []
-    published_final = session.result(final, "Turn it off.", now=1.5, language="en", inference_s=0.2)
-    (message,) = published(published_final, Transcription)
+    (message,) = published(answer(session, job, "Turn it off."), Transcription)
+    assert message.is_final and message.transcript == "Turn it off."
+    assert message.end_reason == "silence" and message.inference_ms == 123.0
+    assert message.audio_end_s == pytest.approx(final.audio_end_s)  # the final's own span
+    assert session.pending_finals == 0
+    # The final's own decode, when it comes, is not published again (nor its failure).
+    assert session.result(final, "Turn it off.", now=1.5, language="en", inference_s=0.2) == []
+
+
+def test_a_late_speculation_without_words_or_after_speech_leaves_the_final_to_its_decode():
+    session = new_session()
+    job = speculation(feed(session, "s" * 23 + "...."))
+    (final,) = jobs(feed(session, "......"), final=True)
+    assert answer(session, job, "") == []  # no words is no answer
+    (message,) = published(
+        session.result(final, "Turn it off.", now=1.5, language="en", inference_s=0.2),
+        Transcription,
+    )
     assert message.is_final and message.inference_ms == 200.0
+    session = new_session()
+    job = speculation(feed(session, "s" * 23 + "...."))
+    feed(session, "ss")  # speech since it, then the client ends the session at once
+    (final,) = jobs(session.end(now=1.0), final=True)
+    assert published(answer(session, job, "Turn it"), Transcription) == []
+
+
+def test_an_older_pause_s_late_speculation_is_not_the_final():
+    session = new_session()
+    first = speculation(feed(session, "s" * 23 + "...."))
+    second = speculation(feed(session, "sss" + "...."))  # asked; the first still decodes
+    (final,) = jobs(feed(session, "......"), final=True)  # and the second is dropped unstarted
+    assert published(answer(session, first, "Turn"), Transcription) == []
+    (message,) = published(
+        session.result(final, "Turn it off.", now=1.5, language="en", inference_s=0.2),
+        Transcription,
+    )
+    assert message.is_final and message.transcript == "Turn it off."
+    assert second.audio_end_s > first.audio_end_s
 
 
 def test_an_earlier_pause_s_speculation_is_not_the_final_of_a_later_one():

@@ -95,8 +95,10 @@ def test_speech_before_the_answer_makes_it_no_eager_end_of_turn():
 def test_an_answer_after_the_end_is_no_eager_end_of_turn():
     session = new_session()
     job = speculation(feed(session, "s" * 23 + "...."))
-    feed(session, "......")  # the engine was busy: the final is decoded on its own
-    assert answer(session, job, "Turn it off.") == []
+    feed(session, "......")  # the engine was busy: the final waits behind the speculation
+    # Its text is the final now (`core/speculation.Speculation.late`), with no eager event.
+    (final,) = published(answer(session, job, "Turn it off."), EagerEndOfTurn | Transcription)
+    assert isinstance(final, Transcription) and final.is_final
 
 
 def test_a_session_without_partials_still_gets_its_eager_end_of_turn():

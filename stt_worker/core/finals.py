@@ -9,6 +9,10 @@ Each keeps the phase its utterance ended in (`phases.TRANSITIONS`, after the end
   decode the same words, so whichever answers first is the final and the other is dropped.
 - `ANSWERED_BY_CHECK`: the check won; the final's own decode is dropped when it comes.
 
+A fixed-mode speculation (`core/speculation.py`) still decoding when its pause ended the
+utterance, with no speech since, races the final the same way: the final waits behind it
+(one job per session runs at a time), and its text is the final's (`speculation_won`).
+
 An entry leaves when its final's decode comes back (result or failure). No I/O.
 """
 
@@ -16,6 +20,7 @@ from __future__ import annotations
 
 from dataclasses import dataclass
 
+from stt_worker.core.jobs import Job
 from stt_worker.core.phases import AWAITING_FINAL, Event, Phase, advance
 
 
@@ -24,6 +29,8 @@ class _Final:
     start_sample: int
     promised: bool  # a partial went out: the final is published even when empty
     phase: Phase
+    # A speculation racing the final: the final's job, and the audio end (s) it was asked at.
+    racing: tuple[Job, float] | None = None
 
 
 class Finals:
@@ -32,8 +39,19 @@ class Finals:
     def __init__(self) -> None:
         self._finals: dict[int, _Final] = {}
 
-    def ask(self, utterance_id: int, start_sample: int, *, promised: bool, phase: Phase) -> None:
-        self._finals[utterance_id] = _Final(start_sample, promised, phase)
+    def ask(
+        self,
+        utterance_id: int,
+        start_sample: int,
+        *,
+        promised: bool,
+        phase: Phase,
+        racing: tuple[Job, float] | None = None,
+    ) -> None:
+        """`racing`: a speculation still out for the pause that ended it (the final's job,
+        the audio end the speculation heard); its phase is then `RACING_CHECK`."""
+        phase = Phase.RACING_CHECK if racing and phase is Phase.FINAL_OUT else phase
+        self._finals[utterance_id] = _Final(start_sample, promised, phase, racing)
 
     def returned(self, utterance_id: int) -> bool | None:
         """The final's own decode came back. None: the turn check's text was published
@@ -55,6 +73,17 @@ class Finals:
         before = final.phase
         final.phase = advance(before, Event.CHECK_WON)
         return final.promised if final.phase is not before else None
+
+    def speculation_won(self, utterance_id: int, audio_end_s: float) -> tuple[Job, bool] | None:
+        """A speculation heard up to `audio_end_s` answered with words after its utterance
+        ended. The final's job and whether a partial promised it when that final raced this
+        very speculation and has not answered; else None (an older pause's speculation, or
+        the final came first)."""
+        final = self._finals.get(utterance_id)
+        if final is None or final.racing is None or final.racing[1] != audio_end_s:
+            return None
+        promised = self.check_won(utterance_id)
+        return None if promised is None else (final.racing[0], promised)
 
     def aside_failed(self, utterance_id: int) -> None:
         """A turn check (or probe) of this utterance failed: its final decides alone."""

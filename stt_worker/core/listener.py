@@ -320,6 +320,7 @@ class Listener:
             utterance.start_sample,
             promised=utterance.promised,
             phase=utterance.phase,
+            racing=Speculation.racing(job, utterance),
         )
         return [Transcribe(job)]
 

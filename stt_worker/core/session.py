@@ -35,7 +35,7 @@ from stt_worker.core.protocol import (
     Word,
 )
 from stt_worker.core.session_config import SessionConfig
-from stt_worker.core.speculation import ReadyFinal
+from stt_worker.core.speculation import ReadyFinal, Speculation
 from stt_worker.core.turn_events import Numbering, TurnEvents
 from stt_worker.core.vad import FRAME_SAMPLES, Frames
 
@@ -78,8 +78,7 @@ class Session:
         actions = self._carry_out(self._listener.finalize(now, "restart"), now)
         self.speaker_id = speaker_id
         self.language = language
-        actions += self.change_state(state, now=now)
-        return actions
+        return actions + self.change_state(state, now=now)
 
     def audio(self, frames: Frames, *, now: float, partial_wait_s: float = 0.0) -> list[Action]:
         """Classified 20 ms frames of the stream, in order. `partial_wait_s`: how long
@@ -119,8 +118,7 @@ class Session:
         return actions + self._maybe_close(now)
 
     def tick(self, *, now: float) -> list[Action]:
-        """Timeouts: a publisher that stops sending mid-utterance, goes away entirely, or
-        never ends its session."""
+        """Timeouts: a publisher stops mid-utterance, goes away, or never ends its session."""
         if self._life is not Phase.OPEN:
             return []
         if now - self._last_activity_at >= self.config.idle_timeout_s:
@@ -160,6 +158,8 @@ class Session:
             if promised is None:
                 return []  # its turn check's text was published for it already
             return self._final(job, decoded, promised, now)
+        if job.speculative and (late := _late_final(self._listener, job, text)):
+            return self._final(late[0], decoded, late[1], now)  # its final waits behind it
         eager = self._turns.answered(job, decoded, now, self.speaker_id) if job.speculative else []
         if job.speculative and not self.config.partials:
             return eager  # asked for its text as a final, not to be shown
@@ -367,3 +367,10 @@ def frames_of(samples: Pcm16, speech: Sequence[bool]) -> Frames:
     if samples.size != len(speech) * FRAME_SAMPLES:
         raise ValueError("samples must hold exactly len(speech) frames")
     return Frames(samples, tuple(speech))
+
+
+def _late_final(listener: Listener, job: Job, text: str) -> tuple[Job, bool] | None:
+    """`Speculation.late` for a speculation of the listener's session that answered now."""
+    open_ = listener.utterance
+    ended = open_ is None or open_.utterance_id != job.utterance_id
+    return Speculation.late(listener.finals, job, text, ended)

@@ -5,9 +5,12 @@ for its final, so the user waited the pause and a decode. With `speculate_ms` se
 utterance so far is decoded early in each pause, as its final would be, in the partials'
 line (`Job.speculative`): if the pause goes on to end the utterance with no speech since,
 that text is the final at once (`ReadyFinal`). Speech in the pause makes it moot; the next
-pause asks again. A busy engine serves it late or not at all (a final of its session drops
-it unstarted), and the final is then decoded as before. Sessions that ask are told when its
-text becomes the final-to-be, and when speech makes it moot (`core/turn_events.py`).
+pause asks again. A busy engine serves it late or not at all: a final of its session drops
+it unstarted, and the final is then decoded as before; one still decoding when the pause
+ends the utterance, with no speech since, answers for the final (`late`), which waits
+behind it anyway (one job per session runs at a time; `core/finals`). Sessions that ask are
+told when its text becomes the final-to-be, and when speech makes it moot
+(`core/turn_events.py`).
 """
 
 from __future__ import annotations
@@ -18,7 +21,7 @@ from dataclasses import dataclass
 
 import numpy as np
 
-from stt_worker.core.audio import SAMPLE_RATE_HZ
+from stt_worker.core.finals import Finals
 from stt_worker.core.jobs import Decoded, Job
 from stt_worker.core.phases import Phase
 from stt_worker.core.utterance import Utterance
@@ -65,12 +68,30 @@ class Speculation:
         return dataclasses.replace(job, pcm=(*job.pcm, *itertools.repeat(_SILENT_FRAME, missing)))
 
     @staticmethod
+    def racing(final: Job, utterance: Utterance) -> tuple[Job, float] | None:
+        """At the end of `utterance`, whose `final` is to be decoded: a speculation of this
+        pause still out, with no speech since (its final's job, the audio end it heard)."""
+        if not utterance.speculating or utterance.unconfirmed:
+            return None
+        return final, utterance.speculated_end_s
+
+    @staticmethod
+    def late(finals: Finals, job: Job, text: str, ended: bool) -> tuple[Job, bool] | None:
+        """A speculation that answered after its utterance `ended`: the final's job and
+        whether a partial promised it, when that final raced it (no speech since it was
+        asked) and still waits, behind it (one job per session runs at a time). No words is
+        no answer, as before the end."""
+        if not text or not ended:
+            return None
+        return finals.speculation_won(job.utterance_id, job.audio_end_s)
+
+    @staticmethod
     def answered(utterance: Utterance | None, job: Job, decoded: Decoded) -> None:
         """A speculation's text: kept for `utterance` if it is the one asked last (speech
         since is checked when the utterance ends: `Utterance.ready_final`)."""
         if utterance is None or utterance.utterance_id != job.utterance_id:
             return
-        asked_end_s = (utterance.start_sample + utterance.speculated_samples) / SAMPLE_RATE_HZ
+        asked_end_s = utterance.speculated_end_s
         # No words is no answer: a short phrase near Whisper's silence rule can decode to
         # nothing early in the pause and to its words with the rest of it (JFK's "ask not":
         # '' at 200 ms of pause, "ask not" at 500), so its final is decoded after the endpoint.

@@ -51,6 +51,17 @@ class Utterance:
     ready: Decoded | None = None
 
     @property
+    def speculated_end_s(self) -> float:
+        """Where the audio the last speculation heard ends, in seconds of the session."""
+        return (self.start_sample + self.speculated_samples) / SAMPLE_RATE_HZ
+
+    @property
+    def speculating(self) -> bool:
+        """A speculation was asked in this pause, no speech came since, and it has not
+        answered with words: it may yet, after the utterance ended."""
+        return self.ready is None and self.voiced_frames == self.speculated_voiced
+
+    @property
     def ready_final(self) -> Decoded | None:
         """The speculation's text, while no speech came since it was asked for."""
         return self.ready if self.voiced_frames == self.speculated_voiced else None
