@@ -11,7 +11,7 @@ import dataclasses
 
 import pytest
 
-from stt_worker.core.jobs import JobKind
+from stt_worker.core.jobs import JobKind, Speculated
 from stt_worker.core.protocol import Transcription
 from stt_worker.core.session import Session
 from stt_worker.runtime.decode_plan import EngineRole, Lane, plan
@@ -83,7 +83,12 @@ def test_a_speculation_answered_after_the_end_is_the_final_its_own_decode_is_dro
     session = new_session()
     job = speculation(feed(session, "s" * 23 + "...."))
     (final,) = jobs(feed(session, "......"), final=True)  # the engine was busy
-    (message,) = published(answer(session, job, "Turn it off."), Transcription)
+    actions = answer(session, job, "Turn it off.")
+    # Counted as a speculative final, against the final's job (its end times the latency);
+    # `late`: the final was counted as asked for when it was queued.
+    (speculated,) = [a for a in actions if isinstance(a, Speculated)]
+    assert speculated.job is final and speculated.late and final.ended_at is not None
+    (message,) = published(actions, Transcription)
     assert message.is_final and message.transcript == "Turn it off."
     assert message.end_reason == "silence" and message.inference_ms == 123.0
     assert message.audio_end_s == pytest.approx(final.audio_end_s)  # the final's own span

@@ -106,9 +106,11 @@ class Publish:
 @dataclass(frozen=True, slots=True)
 class Speculated:
     """The final of `job` is its speculation's text (`core/speculation.py`): no decode; the
-    runtime counts it as a final asked for and answered now, before the `Publish` after it."""
+    runtime counts it as a final asked for and answered now, before the `Publish` after it.
+    `late`: the final was asked for already and waited behind its speculation (counted then)."""
 
     job: Job
+    late: bool = False
 
 
 @dataclass(frozen=True, slots=True)

@@ -159,7 +159,7 @@ class Session:
                 return []  # its turn check's text was published for it already
             return self._final(job, decoded, promised, now)
         if job.speculative and (late := _late_final(self._listener, job, text)):
-            return self._final(late[0], decoded, late[1], now)  # its final waits behind it
+            return [Speculated(late[0], True), *self._final(late[0], decoded, late[1], now)]
         eager = self._turns.answered(job, decoded, now, self.speaker_id) if job.speculative else []
         if job.speculative and not self.config.partials:
             return eager  # asked for its text as a final, not to be shown

@@ -22,7 +22,7 @@ from dataclasses import dataclass
 import numpy as np
 
 from stt_worker.core.finals import Finals
-from stt_worker.core.jobs import Decoded, Job
+from stt_worker.core.jobs import Decoded, Job, JobKind
 from stt_worker.core.phases import Phase
 from stt_worker.core.utterance import Utterance
 from stt_worker.core.vad import FRAME_SAMPLES
@@ -71,8 +71,8 @@ class Speculation:
     def racing(final: Job, utterance: Utterance) -> tuple[Job, float] | None:
         """At the end of `utterance`, whose `final` is to be decoded: a speculation of this
         pause still out, with no speech since (its final's job, the audio end it heard)."""
-        if not utterance.speculating or utterance.unconfirmed:
-            return None
+        if not utterance.speculating or final.kind is not JobKind.FINAL:
+            return None  # none out, or a candidate heard over the assistant
         return final, utterance.speculated_end_s
 
     @staticmethod

@@ -201,10 +201,12 @@ class SessionObserver:
             span.set_attribute("stt.end_reason", job.end_reason or "unknown")
         return self._utterances[job.utterance_id]
 
-    def speculated(self, job: Job) -> None:
+    def speculated(self, job: Job, asked: bool = False) -> None:
         """A final answered by its speculation: counted as asked for (its utterance, its end
-        reason), with no engine call of its own."""
-        self.submitted(job)
+        reason) unless it was (`asked`: it waited behind the speculation), with no engine
+        call of its own."""
+        if not asked:
+            self.submitted(job)
         self._metrics.speculative_finals.inc()
 
     def published(self, message: ServerMessage, job: Job | None) -> None:

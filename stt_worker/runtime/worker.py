@@ -282,8 +282,8 @@ class Worker:
                         stream.observer.published(out, job)
                 case Transcribe(job=queued):
                     await self._submit(stream, queued)
-                case Speculated(job=job):
-                    stream.observer.speculated(job)  # and the `Publish` after it answers it
+                case Speculated(job=job, late=late):  # `job`: what the `Publish` after answers
+                    stream.observer.speculated(job, asked=late)
                 case Close(reason=reason):
                     self._close(stream, reason)
                     await stream.acks.release(reason, stream.session.first_unsettled_sample)
