@@ -14,9 +14,10 @@ from pathlib import Path
 import nats
 import pytest
 
-from bench.chaos import slow_lines
+from bench.chaos import slow_lines, twins_of
 from bench.chaos_attribution import OwnerLog, nearest, partition_of, table
 from bench.chaos_score import Heard, match, words
+from bench.loadgen import LoadRun, SessionPlan
 from stt_worker.runtime.nats_server import NatsServer
 
 ROOT = Path(__file__).resolve().parents[1]
@@ -182,3 +183,13 @@ def test_the_report_counts_the_slow_disrupted_latencies_by_their_nearest_action(
     line = slow_lines(entries)[-1]
     assert "over 2.5 s: 3 (worst 6.1 s)" in line
     assert "SIGKILL w0: 2, w3 ready: 1" in line
+
+
+def test_each_disrupted_session_is_named_onto_its_calm_twins_partition() -> None:
+    calm = LoadRun([SessionPlan(str(uuid.uuid4()), i, None) for i in range(24)], ticks=100)
+    names = twins_of(calm)("chaos-ab12cd", 24)
+
+    assert len(set(names)) == 24 and all(n.startswith("chaos-ab12cd-") for n in names)
+    assert [partition_of(n, 12) for n in names] == [
+        partition_of(plan.session_id, 12) for plan in calm.plans
+    ]
