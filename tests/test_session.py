@@ -9,9 +9,12 @@ import pytest
 
 from stt_worker.core.errors import EngineError
 from stt_worker.core.jobs import Close, Job, JobKind, Publish, Transcribe
+from stt_worker.core.phases import Phase
 from stt_worker.core.protocol import Error, Interrupt, SessionClosed, Transcription
 from stt_worker.core.session import Session, SessionConfig, frames_of
+from stt_worker.core.streaming import Partial
 from stt_worker.core.turns import Commands
+from stt_worker.core.utterance import Utterance
 from stt_worker.core.vad import FRAME_SAMPLES
 from stt_worker.runtime.decode_plan import plan
 
@@ -102,7 +105,7 @@ def test_partials_follow_the_cadence_and_results_get_sequences():
     ]
 
 
-def test_the_same_text_again_is_published_only_when_more_of_it_became_stable():
+def test_the_same_text_again_is_published_at_the_cadence_with_its_stable_words():
     session = new_session()
     partials = jobs(feed(session, "s" * 70), final=False)  # 0.4, 0.8, 1.2 s
     assert len(partials) == 3
@@ -110,8 +113,18 @@ def test_the_same_text_again_is_published_only_when_more_of_it_became_stable():
     for job in partials:
         out += session.result(job, "hello world", now=1.5, language="en", inference_s=0.1)
     # The second agrees with the first: its words are now stable, which the client hears;
-    # the third adds nothing.
-    assert [m.stable_chars for m in published(out, Transcription)] == [0, len("hello world")]
+    # the third repeats it an interval of speech later, so the client hears the words stand.
+    assert [m.stable_chars for m in published(out, Transcription)] == [0, 11, 11]
+
+
+def test_a_repeated_partial_waits_for_half_an_interval_of_audio_more_stability_does_not():
+    utterance = Utterance(utterance_id=1, start_sample=0, phase=Phase.SPEAKING)
+    said, surer = Partial("hello world", 0), Partial("hello world", 6)
+    assert utterance.shows(said, 0.4, repeat_after_s=0.15)
+    assert not utterance.shows(said, 0.5, repeat_after_s=0.15)  # 100 ms more: held back
+    assert utterance.shows(surer, 0.52, repeat_after_s=0.15)  # more of it stable: at once
+    assert not utterance.shows(surer, 0.6, repeat_after_s=0.15)
+    assert utterance.shows(surer, 0.67, repeat_after_s=0.15)  # 150 ms after the last shown
 
 
 def test_no_partial_is_asked_for_during_a_pause():

@@ -185,7 +185,7 @@ class Listener:
         # Stable: agreed with a hypothesis at least an interval of audio earlier.
         apart_s = self.config.partial_interval_ms / 1000
         partial = utterance.agreement.update(text, at_s=job.audio_end_s, apart_s=apart_s)
-        return partial if utterance.shows(partial) else None
+        return partial if utterance.shows(partial, job.audio_end_s, apart_s / 2) else None
 
     # ------------------------------------------------------------ barge-in
 

@@ -35,6 +35,7 @@ class Utterance:
     agreement: LocalAgreement = field(default_factory=LocalAgreement)
     published: str | None = None  # the last partial text sent for this utterance
     published_stable: int = 0  # and its `stable_chars`
+    published_end_s: float = 0.0  # and the end of the audio it covered
     wordless_partial: bool = False  # the last partial answered had no word in it
     # Word mode: voiced frames when the last probe was sent, and that probe's last word.
     voiced_at_last_probe: int = 0
@@ -102,13 +103,18 @@ class Utterance:
         """A partial went out: its final is published even when empty."""
         return self.published is not None
 
-    def shows(self, partial: Partial) -> bool:
-        """Whether `partial` is news to the client, noted as published if so: new text, or
-        the same text with more of it stable (the client may now act on those words, and
-        hears from the session within the partial interval)."""
-        if (partial.text, partial.stable_chars) == (self.published, self.published_stable):
+    def shows(self, partial: Partial, audio_end_s: float, repeat_after_s: float) -> bool:
+        """Whether `partial` (of the audio up to `audio_end_s`) goes out, noted as published
+        if so: new text, more of it stable (the client may now act on those words), or the
+        same words over at least `repeat_after_s` more audio. Partials are asked for about
+        every 200 ms of speech; holding back one that repeats the last left the client
+        without a word from the session for 400 ms, where it was promised one at least every
+        interval while speech goes on: the repeat says the words still stand, more heard."""
+        same = (partial.text, partial.stable_chars) == (self.published, self.published_stable)
+        if same and audio_end_s - self.published_end_s < repeat_after_s:
             return False
         self.published, self.published_stable = partial.text, partial.stable_chars
+        self.published_end_s = audio_end_s
         return True
 
     def job(
