@@ -174,7 +174,7 @@ class Listener:
         return [Transcribe(self._job(utterance, JobKind.PARTIAL))]
 
     def partial(self, job: Job, text: str) -> Partial | None:
-        """A partial's text: what to publish, or None (stale, empty, or nothing new)."""
+        """A partial's text: what to publish, or None (stale, empty, or a repeat too soon)."""
         utterance = self._open(job.utterance_id)
         if utterance is None:
             return None  # that utterance was finalised meanwhile
