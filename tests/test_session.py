@@ -125,6 +125,9 @@ def test_a_repeated_partial_waits_for_half_an_interval_of_audio_more_stability_d
     assert utterance.shows(surer, 0.52, repeat_after_s=0.15)  # more of it stable: at once
     assert not utterance.shows(surer, 0.6, repeat_after_s=0.15)
     assert utterance.shows(surer, 0.67, repeat_after_s=0.15)  # 150 ms after the last shown
+    # Exactly the step, however the float sum rounds (2.15 - 2.0 < 0.15 in binary).
+    utterance.shows(surer, 2.0, repeat_after_s=0.15)
+    assert utterance.shows(surer, 2.15, repeat_after_s=0.15)
 
 
 def test_no_partial_is_asked_for_during_a_pause():

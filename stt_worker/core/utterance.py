@@ -111,7 +111,9 @@ class Utterance:
         without a word from the session for 400 ms, where it was promised one at least every
         interval while speech goes on: the repeat says the words still stand, more heard."""
         same = (partial.text, partial.stable_chars) == (self.published, self.published_stable)
-        if same and audio_end_s - self.published_end_s < repeat_after_s:
+        # Audio ends are sums of 20 ms frames: a step of exactly `repeat_after_s` may fall
+        # a rounding error short of it.
+        if same and audio_end_s - self.published_end_s + 1e-6 < repeat_after_s:
             return False
         self.published, self.published_stable = partial.text, partial.stable_chars
         self.published_end_s = audio_end_s
