@@ -52,7 +52,8 @@ class EngineFields(BaseModel):
         0,
         "WHISPER_CPU_THREADS",
         group=Group.ENGINE,
-        description="Threads per decode; 0 = cores / `STT_MAX_CONCURRENT_INFERENCES`.",
+        description="Threads per decode; 0 = the CPUs the process may use (its affinity set, "
+        "capped by its cgroup CPU limit) / `STT_MAX_CONCURRENT_INFERENCES`.",
         ge=0,
     )
     whisper_partial_nice: int = setting(

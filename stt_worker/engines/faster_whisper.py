@@ -35,7 +35,6 @@ import asyncio
 import functools
 import logging
 import math
-import os
 from collections.abc import Callable, Hashable, Sequence
 from dataclasses import dataclass, replace
 from pathlib import Path
@@ -60,6 +59,7 @@ from stt_worker.engines.base import (
     is_hallucination,
     is_inaudible,
 )
+from stt_worker.engines.cpus import usable_cpus
 from stt_worker.engines.ct2_batch import decode_batch
 from stt_worker.engines.ct2_replicas import Replicas
 from stt_worker.engines.ct2_windows import WindowResult, window_transcript
@@ -425,7 +425,7 @@ def _load(
     """The model's copies (`engines/ct2_replicas`): a second one, `nice` nicer, for partials
     when `nice` is above 0."""
     compute_type = _pick_compute_type(settings.whisper_compute_type, device)
-    threads = settings.whisper_cpu_threads or max(1, (os.cpu_count() or 1) // slots)
+    threads = settings.whisper_cpu_threads or max(1, usable_cpus() // slots)
 
     def load(replicas: int) -> ctranslate2.models.Whisper:
         return ctranslate2.models.Whisper(
