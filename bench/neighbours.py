@@ -41,6 +41,11 @@ beside nats-server's queue (an honest message waits behind both), and
 
     .venv/bin/python -m bench.neighbours [--quick] [--out PREFIX] [--mode MODE ...]
         [--max-pending-mb MiB] [--durable [--max-msgs-per-subject N]]
+        [--session-connections] [--worker-cpus LIST] [--sessions N]
+
+``--worker-cpus`` runs the worker alone on those CPUs and nats-server, the load generator,
+the abuser and the sink on the others: what a node whose worker has cores of its own (a
+Guaranteed pod under the static CPU manager, nats-server elsewhere) would see.
 
 writes ``<out>.md`` and ``<out>.json`` (default ``bench/results/neighbours``).
 """
@@ -736,9 +741,37 @@ def server_args(monitor_port: int, transport: Transport, folder: Path) -> tuple[
     return (*args, "-c", str(config))
 
 
-async def run_all(plan: Plan, transport: Transport | None = None) -> dict[str, Any]:
-    """Every mode of `plan`, alone and beside its abuser, on one server and one worker."""
+def cpu_list(text: str) -> frozenset[int]:
+    """A CPU list as `taskset -c` takes it: "1", "0-3", "0,2-3"."""
+    cpus: set[int] = set()
+    for part in text.split(","):
+        first, _, last = part.strip().partition("-")
+        cpus.update(range(int(first), int(last or first) + 1))
+    if not cpus:
+        raise ValueError(f"no CPU in {text!r}")
+    return frozenset(cpus)
+
+
+def pin_others(worker_cpus: frozenset[int]) -> frozenset[int]:
+    """Keep this process (the load generator) and whatever it starts from now on
+    (nats-server, the abuser, the sink) off `worker_cpus`; the CPUs they keep to."""
+    allowed = frozenset(os.sched_getaffinity(0))
+    others = allowed - worker_cpus
+    if not worker_cpus <= allowed or not others:
+        raise ValueError(f"worker CPUs {sorted(worker_cpus)} must be a part of {sorted(allowed)}")
+    for task in os.listdir("/proc/self/task"):
+        os.sched_setaffinity(int(task), others)
+    return others
+
+
+async def run_all(
+    plan: Plan, transport: Transport | None = None, worker_cpus: frozenset[int] | None = None
+) -> dict[str, Any]:
+    """Every mode of `plan`, alone and beside its abuser, on one server and one worker;
+    with `worker_cpus`, the worker alone on those CPUs and everything else on the rest."""
     meta = machine_info()
+    if worker_cpus is not None:
+        meta["cpus"] = {"worker": sorted(worker_cpus), "others": sorted(pin_others(worker_cpus))}
     meta["loadavg_start"] = [round(x, 2) for x in os.getloadavg()]
     detector = speech_detectors(load_settings())
     clips = [c for c in load_clips(DEFAULT_MANIFEST, detector) if c.duration_s <= plan.clip_max_s]
@@ -756,10 +789,15 @@ async def run_all(plan: Plan, transport: Transport | None = None) -> dict[str, A
                     nats_url=server.url, otel_enabled=False, http_port=0, **transport.overrides()
                 ),
                 "faster-whisper",
+                cpus=worker_cpus,
             ) as worker,
             connected(server.url) as nc,
         ):
             bench = Bench(server, monitor_port, worker, nc, settings, timelines, plan)
+            if worker_cpus is not None:
+                # As the kernel has them: the pinning took, for the worker and what it spares.
+                meta["cpus"]["worker_seen"] = sorted(os.sched_getaffinity(worker.pid))
+                meta["cpus"]["others_seen"] = sorted(os.sched_getaffinity(0))
             for number, mode in enumerate(plan.modes):
                 modes.append(await measure_mode(bench, mode, abused_first=number % 2 == 0))
     meta["loadavg_end"] = [round(x, 2) for x in os.getloadavg()]
@@ -810,6 +848,7 @@ def markdown(result: dict[str, Any], command: str) -> str:
         "the order alternating by mode. Worker: `stt-streaming serve`, shipped defaults "
         f"({json.dumps(meta['worker'])}); nats-server's max_pending: "
         f"{meta.get('server_max_pending_mb') or 'its default, 64'} MiB.",
+        *_pinning(meta),
         "",
         "## Targets",
         "",
@@ -970,6 +1009,18 @@ DURABLE_REMEDY = (
 )
 
 
+def _pinning(meta: dict[str, Any]) -> list[str]:
+    if "cpus" not in meta:
+        return []
+    cpus = meta["cpus"]
+    return [
+        "",
+        f"CPUs: the worker alone on {cpus['worker']}; nats-server, the load generator, the "
+        f"abuser and the sink on {cpus['others']} (`--worker-cpus`): a flood's cost to the "
+        "machine stays off the worker's cores, as on a node with cores of its own.",
+    ]
+
+
 def mechanism_of(mode: str, worker: dict[str, Any]) -> str | None:
     """What the abuser of `mode` costs the others, by transport."""
     if not worker.get("durable"):
@@ -1095,6 +1146,12 @@ def main(argv: list[str] | None = None) -> int:
         help="STT_SESSION_CONNECTIONS: sessions within their budgets on a second connection",
     )
     parser.add_argument(
+        "--worker-cpus",
+        type=cpu_list,
+        help="pin the worker to these CPUs (taskset's list: 1, 2-5) and all else to the rest",
+    )
+    parser.add_argument("--sessions", type=int, help="honest sessions (default: the plan's)")
+    parser.add_argument(
         "--max-msgs-per-subject",
         type=int,
         help="durable mode: the stream's per-subject limit (0: none; default: the setting's)",
@@ -1119,10 +1176,12 @@ def main(argv: list[str] | None = None) -> int:
     plan = QUICK if args.quick else FULL
     if args.mode:
         plan = dataclasses.replace(plan, modes=tuple(args.mode))
+    if args.sessions:
+        plan = dataclasses.replace(plan, sessions=args.sessions)
     transport = Transport(
         args.max_pending_mb, args.durable, args.max_msgs_per_subject, args.session_connections
     )
-    result = asyncio.run(run_all(plan, transport))
+    result = asyncio.run(run_all(plan, transport, args.worker_cpus))
     command = ".venv/bin/python -m bench.neighbours" + " ".join(["", *(argv or sys.argv[1:])])
     path = write_outputs(result, args.out, command)
     print(path.read_text())

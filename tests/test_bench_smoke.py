@@ -7,6 +7,7 @@ Checks that the outputs exist and are well-formed.
 from __future__ import annotations
 
 import json
+import os
 import subprocess
 import sys
 from pathlib import Path
@@ -61,11 +62,17 @@ def test_capacity_bench_quick_run_compares_two_configurations(tmp_path: Path) ->
 @pytest.mark.timeout(180)
 def test_neighbours_bench_quick_run_writes_its_outputs(tmp_path: Path) -> None:
     prefix = tmp_path / "neighbours"
-    run_bench(["bench.neighbours", "--quick", "--out", str(prefix)], 170)
+    cpus = sorted(os.sched_getaffinity(0))
+    # With two CPUs or more, the worker alone on the last one and the rest on the others.
+    pin = ["--worker-cpus", str(cpus[-1])] if len(cpus) > 1 else []
+    run_bench(["bench.neighbours", "--quick", "--out", str(prefix), *pin], 170)
 
     data = json.loads(prefix.with_suffix(".json").read_text())
     assert {"meta", "targets", "modes"} <= set(data)
     assert len(data["meta"]["loadavg_start"]) == 3 and data["meta"]["commit"]
+    if pin:
+        seen = data["meta"]["cpus"]
+        assert seen["worker_seen"] == [cpus[-1]] and seen["others_seen"] == cpus[:-1]
     assert list(data["modes"]) == ["audio_200x_1s", "garbage_flood"]
     for mode in data["modes"].values():
         assert {"honest_p95_ratio", "honest_missing", "honest_dropped", "abuser_codes"} <= set(mode)
@@ -110,3 +117,13 @@ def test_batch_profile_quick_run_splits_encoder_and_decoder_time(tmp_path: Path)
         lone["cpu_ms_per_job"] / paired["cpu_ms_per_job"]
     )
     assert "| 2 | 2 |" in prefix.with_suffix(".md").read_text()
+
+
+def test_cpu_lists_read_as_taskset_writes_them() -> None:
+    from bench.neighbours import cpu_list
+
+    assert cpu_list("1") == {1}
+    assert cpu_list("0-3") == {0, 1, 2, 3}
+    assert cpu_list("0, 2-3,5") == {0, 2, 3, 5}
+    with pytest.raises(ValueError):
+        cpu_list("a-b")

@@ -5,6 +5,7 @@ from __future__ import annotations
 import asyncio
 import collections
 import contextlib
+import functools
 import logging
 import math
 import os
@@ -160,6 +161,7 @@ async def worker_process(
     env: Mapping[str, str] | None = None,
     cwd: Path | None = None,
     log_path: Path | None = None,
+    cpus: frozenset[int] | None = None,
 ) -> AsyncIterator[WorkerProcess]:
     """`stt-streaming serve` in its own process, as deployments run it: in this process the
     publisher and subscriber would share its CPU and GIL (measured: in-worker inference ~7%
@@ -170,7 +172,8 @@ async def worker_process(
     added last: variables a `Settings` of this checkout may not know yet (a worker ignores
     unknown ones). `cwd`: the checkout whose worker runs (`python -m` imports from there
     first), to measure another commit beside this one in one run. `log_path`: a file that
-    keeps every log line (the handle keeps the last 40)."""
+    keeps every log line (the handle keeps the last 40). `cpus`: the only CPUs it may run on
+    (set before it starts, so every thread it makes keeps to them)."""
     # Probes on a free port unless asked otherwise: the harness must not need 8080.
     env = {"STT_HTTP_PORT": "0", **os.environ, **settings_env(settings), **(env or {})}
     process = await asyncio.create_subprocess_exec(
@@ -184,6 +187,7 @@ async def worker_process(
         cwd=cwd,
         stdin=asyncio.subprocess.DEVNULL,
         stderr=asyncio.subprocess.PIPE,
+        preexec_fn=None if cpus is None else functools.partial(os.sched_setaffinity, 0, cpus),
     )
     handle = WorkerProcess(process.pid, collections.deque(maxlen=40))
     ready = asyncio.Event()
