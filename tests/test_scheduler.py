@@ -267,3 +267,28 @@ async def test_with_a_background_slot_partials_take_only_it_and_finals_every_oth
     await results.release_and_wait(engine, 5)
     assert sorted(engine.started[3:]) == [2.0, 5.0] and engine.most_running == 3
     runner.cancel()
+
+
+async def test_a_queued_final_withdrawn_never_decodes_and_a_running_one_cannot_be():
+    engine = GatedEngine(parallelism=1)
+    results = Results()
+    scheduler = InferenceScheduler(engine, results.on_done, concurrency=1)
+    runner = asyncio.create_task(scheduler.run())
+    speculation = dataclasses.replace(job(1, 1.0, final=False), speculative=True)
+    final, other = job(1, 2.0, final=True), job(1, 3.0, final=True)
+    scheduler.submit("a", speculation)
+    await engine.started_at_least(1)
+    scheduler.submit("a", final)  # behind the speculation: one job per session at a time
+    scheduler.submit("b", other)  # another session's final takes the next turn
+    assert scheduler.pending_finals == 2
+    # The speculation answered for `final`: its decode is taken out of line, unrun.
+    assert scheduler.withdraw("a", final)
+    assert scheduler.pending_finals == 1 and not scheduler.withdraw("a", final)
+    await results.release_and_wait(engine, 1)
+    await engine.started_at_least(2)
+    assert not scheduler.withdraw("b", other)  # decoding: it cannot be
+    await results.release_and_wait(engine, 2)
+    await asyncio.wait_for(scheduler.wait_idle(), 5)
+    runner.cancel()
+    assert engine.started == [1.0, 3.0]
+    assert [(key, end) for key, end, _ in results.done] == [("a", 1.0), ("b", 3.0)]

@@ -377,7 +377,7 @@ def test_adaptive_endpoint_a_late_turn_check_still_gives_the_final_sooner():
         assert message.is_final and message.end_reason == "silence"
         assert message.utterance_id == final.utterance_id and message.transcript == text
         assert session.result(second, text, now=5.1, language=None, inference_s=0.1) == []
-        assert session.pending_finals == 0
+        assert session.finals.pending == 0
     # A check that fails leaves the final to its own decode.
     session = new_session(config)
     (check,) = turn_checks(feed(session, "s" * 30 + "." * 10))

@@ -75,7 +75,7 @@ def an_utterance_then_the_end():
     (final,) = jobs(feed(session, "s" * 10 + "." * 10), final=True)
     assert session.end(now=1.0) == [] and session.closing == "end" and not session.closed
     assert published(answer(session, final, "Hello."), Transcription)
-    assert session.closed and session.pending_finals == 0
+    assert session.closed and session.finals.pending == 0
 
 
 @walks(
@@ -300,7 +300,7 @@ def a_check_races_the_fixed_endpoints_final():
             continue
         first, second = (check, final) if ending == "check first" else (final, check)
         assert published(answer(session, first, "Text."), Transcription)
-        assert answer(session, second, "Text.") == [] and session.pending_finals == 0
+        assert answer(session, second, "Text.") == [] and session.finals.pending == 0
 
 
 @walks((Phase.CHECKING, Event.ASIDE_FAILED))

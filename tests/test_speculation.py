@@ -56,7 +56,7 @@ def test_a_pause_that_ends_the_utterance_publishes_the_speculation_as_its_final(
     assert final.is_final and final.transcript == "Turn it off."
     assert final.end_reason == "silence" and final.inference_ms == 123.0
     assert final.audio_end_s == pytest.approx(33 * 0.02)  # the whole utterance and pause
-    assert session.pending_finals == 0
+    assert session.finals.pending == 0
 
 
 def test_speech_after_the_speculation_leaves_the_final_to_its_own_decode():
@@ -92,7 +92,7 @@ def test_a_speculation_answered_after_the_end_is_the_final_its_own_decode_is_dro
     assert message.is_final and message.transcript == "Turn it off."
     assert message.end_reason == "silence" and message.inference_ms == 123.0
     assert message.audio_end_s == pytest.approx(final.audio_end_s)  # the final's own span
-    assert session.pending_finals == 0
+    assert session.finals.pending == 0
     # The final's own decode, when it comes, is not published again (nor its failure).
     assert session.result(final, "Turn it off.", now=1.5, language="en", inference_s=0.2) == []
 
@@ -157,3 +157,20 @@ def test_a_session_without_partials_still_speculates_but_shows_nothing():
     assert answer(session, job, "Turn it off.") == []
     (final,) = published(feed(session, "......"), Transcription)
     assert final.is_final and final.transcript == "Turn it off."
+
+
+def test_a_late_speculations_final_withdrawn_unrun_leaves_no_entry_behind():
+    # The runtime took the final's queued decode out of line (`InferenceScheduler.withdraw`):
+    # none will come back, so the entry, which holds the final's job and audio, goes now.
+    session = new_session()
+    job = speculation(feed(session, "s" * 23 + "...."))
+    (final,) = jobs(feed(session, "......"), final=True)
+    answer(session, job, "Turn it off.")
+    assert session.finals.returned(final.utterance_id) is None  # held: answered already
+    session = new_session()
+    job = speculation(feed(session, "s" * 23 + "...."))
+    (final,) = jobs(feed(session, "......"), final=True)
+    answer(session, job, "Turn it off.")
+    session.finals.withdrawn(final.utterance_id)
+    assert session.finals.returned(final.utterance_id) is False  # no entry left
+    assert session.finals.pending == 0 and session.closing is None

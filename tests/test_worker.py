@@ -155,6 +155,38 @@ async def test_a_pause_s_speculation_is_its_final_with_no_decode_after_it(make_w
     assert "stt_final_latency_seconds_count 1.0" in metrics
 
 
+async def test_a_late_speculation_answers_and_its_finals_queued_decode_never_runs(make_worker, nc):
+    # The endpoint 20 ms after the speculation is asked: the pause ends the utterance while
+    # the speculation still decodes, so the final's decode queues behind it (one job per
+    # session); the speculation's text answers, and that queued decode is withdrawn unrun.
+    worker = await make_worker(endpoint_silence_ms=220, endpoint_speculate_ms=200)
+    samples, rate = read_wav(SPEECH_DIR / "ls_1089-134691-0001.wav")
+    pause = np.zeros((rate, *samples.shape[1:]), dtype=samples.dtype)
+    session = sid()
+    inbox = await Inbox.open(nc, session)
+    # No partials: none of the session's own decodes runs when the speculation is asked.
+    start = {"type": "start", "partials": False, "sample_rate": rate}
+    await nc.publish(f"ai.voice.stream.{session}", msgpack.packb(start))
+    audio = np.concatenate([samples, pause])
+    await publish_pcm(nc, session, audio, sample_rate_hz=rate, send_start=False)
+    messages = await inbox.until_closed(within_s=120)
+    texts = " ".join(m["transcript"] for m in finals(messages))
+    assert wer(manifest_text("ls_1089-134691-0001.wav"), texts) <= WER_BOUND, texts
+    async with httpx.AsyncClient(base_url=worker.probe_url) as http:
+        metrics = (await http.get("/metrics")).text
+    # At least the sentence's end was answered so; each withdrawn decode's final went out
+    # once, with the speculation's text (a final whose speculation heard no words, or
+    # speech after it, still decodes).
+    (withdrawn,) = [
+        float(line.split()[-1])
+        for line in metrics.splitlines()
+        if line.startswith("stt_final_decodes_withdrawn_total ")
+    ]
+    assert withdrawn >= 1
+    ids = [m["utterance_id"] for m in finals(messages)]
+    assert len(ids) == len(set(ids))
+
+
 async def test_turn_events_announce_the_final_before_the_endpoint(make_worker, nc):
     # As above; the session asks for turn events: the speculation's text comes as an
     # `eager_end_of_turn` in the pause, and the final after the endpoint confirms it.

@@ -13,7 +13,8 @@ A fixed-mode speculation (`core/speculation.py`) still decoding when its pause e
 utterance, with no speech since, races the final the same way: the final waits behind it
 (one job per session runs at a time), and its text is the final's (`speculation_won`).
 
-An entry leaves when its final's decode comes back (result or failure). No I/O.
+An entry leaves when its final's decode comes back (result or failure), or when that decode
+is withdrawn from the queue unrun (`withdrawn`). No I/O.
 """
 
 from __future__ import annotations
@@ -84,6 +85,12 @@ class Finals:
             return None
         promised = self.check_won(utterance_id)
         return None if promised is None else (final.racing[0], promised)
+
+    def withdrawn(self, utterance_id: int) -> None:
+        """The final's decode was taken out of the queue before it ran (its speculation
+        answered for it): none will come back, so its entry, and the job with the
+        utterance's audio that it holds, goes now."""
+        self._finals.pop(utterance_id, None)
 
     def aside_failed(self, utterance_id: int) -> None:
         """A turn check (or probe) of this utterance failed: its final decides alone."""

@@ -21,6 +21,7 @@ import msgspec
 
 from stt_worker.core.audio import SAMPLE_RATE_HZ, Pcm16
 from stt_worker.core.errors import SttError
+from stt_worker.core.finals import Finals
 from stt_worker.core.jobs import Action, Close, Decoded, Job, JobKind, Publish, Speculated
 from stt_worker.core.listener import BargeIn, Heard, Listener
 from stt_worker.core.phases import Event, Phase, advance
@@ -212,8 +213,8 @@ class Session:
         return self._life is Phase.CLOSED
 
     @property
-    def pending_finals(self) -> int:
-        return self._listener.finals.pending
+    def finals(self) -> Finals:
+        return self._listener.finals
 
     @property
     def in_utterance(self) -> bool:

@@ -209,6 +209,10 @@ class SessionObserver:
             self.submitted(job)
         self._metrics.speculative_finals.inc()
 
+    def withdrawn(self) -> None:
+        """A final's queued decode was taken out unrun: its speculation answered for it."""
+        self._metrics.withdrawn_finals.inc()
+
     def published(self, message: ServerMessage, job: Job | None) -> None:
         """Count what went out; a final (or its error) also closes its utterance span."""
         metrics = self._metrics

@@ -2,11 +2,13 @@
 
 - Barge-in probes (a quick transcription of speech heard while the assistant talks) go
   first: at most one per session, short audio, and a turn decision waits on each.
-- Finals wait in one FIFO per session, served round-robin by session: a session with many
-  queued finals takes one turn in each round, so it never delays another's first. A session
-  may have `max_pending_finals_per_session` queued, all of them together
-  `max_pending_finals`; past either bound `submit` raises `OverloadedError` at once, so the
-  session can tell its client, and a session that sends too much loses its own finals only.
+- Finals wait in one FIFO per session, served round-robin by session
+  (`core/final_queue.FinalQueue`): a session with many queued finals takes one turn in each
+  round, so it never delays another's first. A session may have
+  `max_pending_finals_per_session` queued, all of them together `max_pending_finals`; past
+  either bound `submit` raises `OverloadedError` at once, so the session can tell its
+  client, and a session that sends too much loses its own finals only. A queued final whose
+  answer came another way (a late speculation) is `withdraw`n unrun.
 - Partials are at most one per session: a newer partial replaces the stale one in place
   (keeping its place in line, so a chatty session cannot starve the others), and a final
   for the session drops its pending partial.
@@ -56,7 +58,8 @@ from opentelemetry.context import Context
 from stt_worker.config import Settings
 from stt_worker.core.audio import SAMPLE_RATE_HZ, pcm16_to_float32
 from stt_worker.core.batching import BatchRule, Waiting
-from stt_worker.core.errors import EngineError, OverloadedError, SttError
+from stt_worker.core.errors import EngineError, SttError
+from stt_worker.core.final_queue import FinalQueue
 from stt_worker.core.jobs import Job
 from stt_worker.core.partial_pace import PartialPace
 from stt_worker.engines.base import Audio, Engine, Transcript
@@ -151,13 +154,9 @@ class InferenceScheduler:
         self._engine = engine
         self._partial_engine = partial_engine or engine
         self._on_done = on_done
-        self._max_pending_finals = max_pending_finals
-        self._max_session_finals = max_pending_finals_per_session
-        # Session -> its finals in order; the sessions in the order of their next turn.
-        self._finals: collections.OrderedDict[Hashable, collections.deque[_Entry]] = (
-            collections.OrderedDict()
+        self._finals: FinalQueue[_Entry] = FinalQueue(
+            overall=max_pending_finals, per_session=max_pending_finals_per_session
         )
-        self._final_count = 0
         self._partials: collections.OrderedDict[Hashable, _Entry] = collections.OrderedDict()
         self._probes: collections.OrderedDict[Hashable, _Entry] = collections.OrderedDict()
         self._wakeup = asyncio.Event()
@@ -182,7 +181,7 @@ class InferenceScheduler:
         elif entry.plan.lane is Lane.URGENT:
             self._probes[key] = entry  # a newer probe of the same speech replaces the old
         elif entry.plan.lane is Lane.FINAL:
-            self._queue_final(key, entry)
+            self._finals.put(key, entry, job.utterance_id)
             self._partials.pop(key, None)
         else:
             stale = self._partials.get(key)
@@ -192,23 +191,6 @@ class InferenceScheduler:
         self._idle.clear()
         self._wakeup.set()
         self._arrived.set()
-
-    def _queue_final(self, key: Hashable, entry: _Entry) -> None:
-        queued = self._finals.get(key)
-        utterance = f"utterance {entry.job.utterance_id} was not transcribed"
-        if queued is not None and len(queued) >= self._max_session_finals:
-            raise OverloadedError(
-                f"this session has {len(queued)} finals queued "
-                f"(STT_MAX_PENDING_FINALS_PER_SESSION); {utterance}"
-            )
-        if self._final_count >= self._max_pending_finals:
-            raise OverloadedError(
-                f"{self._final_count} finals already queued (STT_MAX_PENDING_FINALS); {utterance}"
-            )
-        if queued is None:
-            queued = self._finals[key] = collections.deque()
-        queued.append(entry)
-        self._final_count += 1
 
     async def _hear(self, entry: _Entry, screen: TurnCheckEngine) -> None:
         """A turn check's slot while Smart Turn hears it: answered here when that alone
@@ -240,13 +222,21 @@ class InferenceScheduler:
         """How long partials have lately waited for a slot, in seconds (smoothed)."""
         return self._partial_wait_s
 
+    def withdraw(self, key: Hashable, job: Job) -> bool:
+        """Take `job`, a final of session `key` still queued, out of line: its answer came
+        another way (a late speculation). False: it is decoding or was never queued."""
+        if self._finals.withdraw(key, lambda entry: entry.job is job) is None:
+            return False
+        self._update_idle()
+        return True
+
     @property
     def pending_finals(self) -> int:
-        return self._final_count
+        return len(self._finals)
 
     @property
     def pending(self) -> int:
-        return self._final_count + len(self._partials) + len(self._probes) + len(self._screening)
+        return len(self._finals) + len(self._partials) + len(self._probes) + len(self._screening)
 
     async def wait_idle(self) -> None:
         """Until nothing is queued or running (used by drain)."""
@@ -307,9 +297,9 @@ class InferenceScheduler:
             if key not in self._busy:
                 del self._probes[key]
                 return entry
-        for key in self._finals:
+        for key in self._finals.sessions():
             if key not in self._busy:
-                return self._take_final(key)
+                return self._finals.take(key)
         # Turn checks after due finals: a check may end a turn, a final has; checks come at
         # nearly every pause, and served first they starved finals on an overloaded machine.
         for key, entry in self._screening.items():
@@ -339,16 +329,6 @@ class InferenceScheduler:
             return None  # the cores are short (`core/partial_pace`): plain partials wait
         return self._partials.pop(key)
 
-    def _take_final(self, key: Hashable) -> _Entry:
-        queued = self._finals[key]
-        entry = queued.popleft()
-        self._final_count -= 1
-        if queued:
-            self._finals.move_to_end(key)  # its next final waits for the next round
-        else:
-            del self._finals[key]
-        return entry
-
     def _group(self, entry: _Entry) -> Hashable | None:
         if self._batch.max_size == 1 or entry.plan.lane is Lane.URGENT:
             return None  # probes and turn checks are never batched
@@ -365,7 +345,7 @@ class InferenceScheduler:
         """Waiting jobs of other sessions to decode with `lead`, taken off their queues."""
         rule, started = self._batch, time.perf_counter()
         while True:
-            waiting = [self._waiting(queued[0]) for queued in self._finals.values()]
+            waiting = [self._waiting(entry) for entry in self._finals.heads()]
             if self._engine.healthy:  # else partials are shed (`_next`)
                 waiting += [self._waiting(entry) for entry in self._partials.values()]
             others = bool(self._finals or self._probes or self._screening)
@@ -380,7 +360,7 @@ class InferenceScheduler:
                 await asyncio.wait_for(self._arrived.wait(), left_s)
         for job in chosen:
             if job.final:
-                self._take_final(job.session)
+                self._finals.take(job.session)
             else:
                 del self._partials[job.session]
             self._busy.add(job.session)

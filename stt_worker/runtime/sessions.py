@@ -47,7 +47,7 @@ from stt_worker.engines.base import Transcript
 from stt_worker.runtime.delivery import Delivery, SessionAcks
 from stt_worker.runtime.observation import Observer, SessionObserver
 from stt_worker.runtime.pipeline import AudioPipeline, checked_pcm, speech_detectors
-from stt_worker.runtime.scheduler import Outcome
+from stt_worker.runtime.scheduler import InferenceScheduler, Outcome
 
 logger = logging.getLogger(__name__)
 
@@ -137,6 +137,15 @@ class Stream:
             )
         logger.error("transcription failed: %s", outcome.message, extra={"code": outcome.code})
         return self.session.failed(job, outcome, now=now)
+
+    def speculated(self, job: Job, late: bool, scheduler: InferenceScheduler) -> None:
+        """`job`'s final is its speculation's text. `late`: `job` was queued behind the
+        speculation; its decode is withdrawn if it has not started (a slot saved under load),
+        else its result is dropped when it comes (`Finals.returned`)."""
+        self.observer.speculated(job, asked=late)
+        if late and scheduler.withdraw(self.key, job):
+            self.session.finals.withdrawn(job.utterance_id)
+            self.observer.withdrawn()
 
     def stamp(self, message: ServerMessage, start_sample: int | None) -> ServerMessage | None:
         """`message` as published (`SessionAcks.stamp`; None: a replay's, not published), a

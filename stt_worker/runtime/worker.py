@@ -283,7 +283,7 @@ class Worker:
                 case Transcribe(job=queued):
                     await self._submit(stream, queued)
                 case Speculated(job=job, late=late):  # `job`: what the `Publish` after answers
-                    stream.observer.speculated(job, asked=late)
+                    stream.speculated(job, late, self._scheduler)
                 case Close(reason=reason):
                     self._close(stream, reason)
                     await stream.acks.release(reason, stream.session.first_unsettled_sample)

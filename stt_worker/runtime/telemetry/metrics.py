@@ -120,6 +120,12 @@ class Metrics:
             "(STT_ENDPOINT_SPECULATE_MS): published with no decode after the endpoint",
             registry=r,
         )
+        self.withdrawn_finals = Counter(
+            "stt_final_decodes_withdrawn",
+            "Final decodes taken out of the queue unrun: the pause's speculation, still "
+            "decoding when the pause ended the utterance, answered for them (under load)",
+            registry=r,
+        )
         self.turn_events = Counter(
             "stt_turn_events",
             "Turn events published (sessions with turn_events), by type: eager_end_of_turn, "
