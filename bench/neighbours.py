@@ -752,13 +752,22 @@ def cpu_list(text: str) -> frozenset[int]:
     return frozenset(cpus)
 
 
+def _positive(text: str) -> int:
+    value = int(text)
+    if value < 1:
+        raise argparse.ArgumentTypeError(f"{value}: at least 1")
+    return value
+
+
 def pin_others(worker_cpus: frozenset[int]) -> frozenset[int]:
     """Keep this process (the load generator) and whatever it starts from now on
     (nats-server, the abuser, the sink) off `worker_cpus`; the CPUs they keep to."""
     allowed = frozenset(os.sched_getaffinity(0))
     others = allowed - worker_cpus
     if not worker_cpus <= allowed or not others:
-        raise ValueError(f"worker CPUs {sorted(worker_cpus)} must be a part of {sorted(allowed)}")
+        raise ValueError(
+            f"worker CPUs {sorted(worker_cpus)} must be some, not all, of {sorted(allowed)}"
+        )
     for task in os.listdir("/proc/self/task"):
         os.sched_setaffinity(int(task), others)
     return others
@@ -1150,7 +1159,7 @@ def main(argv: list[str] | None = None) -> int:
         type=cpu_list,
         help="pin the worker to these CPUs (taskset's list: 1, 2-5) and all else to the rest",
     )
-    parser.add_argument("--sessions", type=int, help="honest sessions (default: the plan's)")
+    parser.add_argument("--sessions", type=_positive, help="honest sessions (default: the plan's)")
     parser.add_argument(
         "--max-msgs-per-subject",
         type=int,
@@ -1176,7 +1185,7 @@ def main(argv: list[str] | None = None) -> int:
     plan = QUICK if args.quick else FULL
     if args.mode:
         plan = dataclasses.replace(plan, modes=tuple(args.mode))
-    if args.sessions:
+    if args.sessions is not None:
         plan = dataclasses.replace(plan, sessions=args.sessions)
     transport = Transport(
         args.max_pending_mb, args.durable, args.max_msgs_per_subject, args.session_connections

@@ -5,15 +5,24 @@ from __future__ import annotations
 import os
 from pathlib import Path
 
-from stt_worker.engines.cpus import quota_cpus, usable_cpus
+from stt_worker.engines.cpus import own_cpu_max, quota_cpus, usable_cpus
 
 
-def test_a_cgroup_v2_limit_rounds_up_to_whole_cpus(tmp_path: Path) -> None:
+def test_a_cgroup_v2_limit_rounds_down_to_whole_cpus_and_at_least_one(tmp_path: Path) -> None:
     v2 = tmp_path / "cpu.max"
-    v2.write_text("150000 100000\n")
+    v2.write_text("250000 100000\n")
     assert quota_cpus(v2, tmp_path / "none") == 2
     v2.write_text("50000 100000\n")
     assert quota_cpus(v2, tmp_path / "none") == 1
+
+
+def test_the_limit_is_read_from_the_process_own_cgroup(tmp_path: Path) -> None:
+    proc = tmp_path / "cgroup"
+    proc.write_text("0::/kubepods/pod1/worker\n")
+    assert own_cpu_max(tmp_path, proc) == tmp_path / "kubepods/pod1/worker/cpu.max"
+    proc.write_text("0::/\n")  # its own cgroup namespace: the mount's root
+    assert own_cpu_max(tmp_path, proc) == tmp_path / "cpu.max"
+    assert own_cpu_max(tmp_path, tmp_path / "missing") == tmp_path / "cpu.max"
 
 
 def test_no_limit_leaves_the_affinity_set(tmp_path: Path) -> None:

@@ -70,11 +70,13 @@ class FinalQueue(Generic[T]):
     def withdraw(self, key: Hashable, match: Callable[[T], bool]) -> T | None:
         """Take `key`'s queued final that `match`es out of line (its answer came another
         way); None when none is queued (it is decoding, or was never queued)."""
-        queued = self._queues.get(key)
-        found = next((item for item in queued or () if match(item)), None)
-        if queued is None or found is None:
+        queued = self._queues.get(key) or collections.deque()
+        # By position: `deque.remove` would compare items by value (their audio, too).
+        at = next((index for index, item in enumerate(queued) if match(item)), None)
+        if at is None:
             return None
-        queued.remove(found)
+        found = queued[at]
+        del queued[at]
         self._count -= 1
         if not queued:
             del self._queues[key]

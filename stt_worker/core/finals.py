@@ -89,8 +89,11 @@ class Finals:
     def withdrawn(self, utterance_id: int) -> None:
         """The final's decode was taken out of the queue before it ran (its speculation
         answered for it): none will come back, so its entry, and the job with the
-        utterance's audio that it holds, goes now."""
-        self._finals.pop(utterance_id, None)
+        utterance's audio that it holds, goes now. Only an answered final's: one still
+        to be published keeps its entry (its decode decides)."""
+        final = self._finals.get(utterance_id)
+        if final is not None and final.phase is Phase.ANSWERED_BY_CHECK:
+            del self._finals[utterance_id]
 
     def aside_failed(self, utterance_id: int) -> None:
         """A turn check (or probe) of this utterance failed: its final decides alone."""

@@ -140,8 +140,9 @@ class Stream:
 
     def speculated(self, job: Job, late: bool, scheduler: InferenceScheduler) -> None:
         """`job`'s final is its speculation's text. `late`: `job` was queued behind the
-        speculation; its decode is withdrawn if it has not started (a slot saved under load),
-        else its result is dropped when it comes (`Finals.returned`)."""
+        speculation (whose result this is, delivered while it still holds its session's
+        turn), so its decode is withdrawn unrun: a slot saved under load. Should it have
+        started after all, its result is dropped when it comes (`Finals.returned`)."""
         self.observer.speculated(job, asked=late)
         if late and scheduler.withdraw(self.key, job):
             self.session.finals.withdrawn(job.utterance_id)
