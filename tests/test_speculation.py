@@ -174,3 +174,14 @@ def test_a_late_speculations_final_withdrawn_unrun_leaves_no_entry_behind():
     session.finals.withdrawn(final.utterance_id)
     assert session.finals.returned(final.utterance_id) is False  # no entry left
     assert session.finals.pending == 0 and session.closing is None
+
+
+def test_a_final_still_to_be_published_keeps_its_entry_when_withdrawn():
+    # Only an answered final's entry may go: one whose decode must still publish it stays.
+    session = new_session()
+    job = speculation(feed(session, "s" * 23 + "...."))
+    (final,) = jobs(feed(session, "......"), final=True)
+    session.finals.withdrawn(final.utterance_id)
+    assert session.finals.pending == 1
+    (message,) = published(answer(session, job, "Turn it off."), Transcription)
+    assert message.is_final  # the late speculation still answers for it
