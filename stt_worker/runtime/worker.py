@@ -21,7 +21,6 @@ from collections.abc import Callable, Hashable, Iterable
 from nats.aio.client import Client
 from nats.aio.msg import Msg
 from nats.aio.subscription import Subscription
-from nats.errors import SlowConsumerError
 from opentelemetry.trace import Span, set_span_in_context
 
 from stt_worker.config import Settings
@@ -37,6 +36,7 @@ from stt_worker.engines.base import Engine
 from stt_worker.engines.turn_check import TurnCheckEngine
 from stt_worker.runtime.asgi import serving_in_loop
 from stt_worker.runtime.connection import SERVICE, connect, flush_in_order
+from stt_worker.runtime.connection_events import ConnectionEvents
 from stt_worker.runtime.delivery import SessionAcks, delivery_for
 from stt_worker.runtime.intake import Intake
 from stt_worker.runtime.observation import Observer, trace_id_of
@@ -78,8 +78,6 @@ class Worker:
         self._warmed = False
         self._draining = False
         self._nc: Client | None = None
-        self._closing = False
-        self._disconnected_at: float | None = None
         # Turn checks run on the partials' engine; in turn mode they also ask Smart Turn.
         turn_mode, hold_below = settings.endpoint_mode == "turn", settings.turn_hold_prob
         self._checks = TurnCheckEngine(partial_engine or engine, turn_mode, hold_below)
@@ -97,6 +95,13 @@ class Worker:
         )
         self._heap = HeapTrimmer()
         self._replies = ErrorReplies(settings, self._observer, self._publish)
+        self._events = ConnectionEvents(
+            durable=settings.durable,
+            observer=self._observer,
+            live_sessions=lambda: self._sessions.live,
+            refuse=self._refuse,
+            dropped=self._intake.dropped,
+        )
         self._observer.watch(
             sessions=lambda: self.session_count,
             scheduler=self._scheduler,
@@ -155,12 +160,13 @@ class Worker:
         logger.info("probes and metrics at %s", self.probe_url)
 
     async def _serve(self, stop: asyncio.Event) -> None:
-        events = (self._on_disconnected, self._on_reconnected)  # the sessions' connection too
+        # The sessions' own connection (STT_SESSION_CONNECTIONS) reports to them too.
+        events = (self._events.disconnected, self._events.reconnected)
         self._nc = await connect(
             self.settings,
             "stt-streaming",
             SERVICE,
-            error_cb=self._on_nats_error,
+            error_cb=self._events.error,
             disconnected_cb=events[0],
             reconnected_cb=events[1],
         )
@@ -185,7 +191,7 @@ class Worker:
             scheduler.cancel()
             ticker.cancel()
             self._intake.inboxes.cancel()
-        self._closing = True
+        self._events.closing = True
         await self._nc.drain()  # flushes every publish, then closes
 
     async def _drain(self, subs: list[Subscription]) -> None:
@@ -327,32 +333,3 @@ class Worker:
         except Exception:
             # While NATS is away the client buffers; past its limit we can only log.
             logger.exception("publish failed", extra={"subject": subject})
-
-    # ------------------------------------------------------------ NATS connection events
-
-    async def _on_disconnected(self) -> None:
-        self._disconnected_at = self._disconnected_at or time.time()
-        if not self._closing:  # nats-py reports its own close() as a disconnect too
-            logger.warning("disconnected from NATS; reconnecting")
-
-    async def _on_reconnected(self) -> None:
-        self._observer.reconnected()
-        logger.warning("reconnected to NATS")
-        lost_at, self._disconnected_at = self._disconnected_at, None
-        if self.settings.durable or lost_at is None:
-            return  # JetStream kept what was published meanwhile: nothing was lost
-        # Core NATS delivers nothing to a client away: only the worker can tell publishers.
-        now = time.time()
-        error = SttError(
-            f"the worker's NATS connection was lost for {now - lost_at:.1f} s; audio published "
-            "meanwhile was not received",
-            code=ErrorCode.AUDIO_DROPPED,
-        )
-        for session_id in list(self._sessions.live):
-            await self._refuse(session_id, error, now, None)
-
-    async def _on_nats_error(self, exc: Exception) -> None:
-        if isinstance(exc, SlowConsumerError):
-            await self._intake.dropped(exc.subject)
-            return
-        logger.warning("NATS error: %r", exc)
