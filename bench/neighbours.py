@@ -74,6 +74,7 @@ import numpy as np
 from bench.harness import (
     MAX_LOOP_CLIP_S,
     Connections,
+    Final,
     Sampler,
     Timelines,
     connected,
@@ -604,6 +605,8 @@ async def honest_run(
         "abuser_told": dict(abuser.told) if abuser else {},
         "abuser_finals": abuser.finals_summary() if abuser else {},
         "spans": _finals(run),
+        # The slowest endpointed finals: which session, where in its audio, how late.
+        "slowest": _slowest(step.final_list, run),
     }
     logger.info(
         "%s %s: p95 %s ms, finals %d, errors %s, abuser told %s, load %.2f",
@@ -619,6 +622,28 @@ async def honest_run(
 
 
 Spans = list[list[tuple[float, float]]]  # by session number: its finals' audio spans
+
+
+SLOWEST = 5  # finals listed per run in `slowest`
+
+
+def _slowest(finals: list[Final], run: LoadRun) -> list[dict[str, Any]]:
+    """The `SLOWEST` endpointed finals by end of speech -> final: their session number, the
+    audio they span, when their speech ended after the run began, and their decode."""
+    index = {plan.session_id: i for i, plan in enumerate(run.plans)}
+    slowest = sorted(
+        (f for f in finals if f.ended_by == "silence"), key=lambda f: -f.eos_latency_ms
+    )[:SLOWEST]
+    return [
+        {
+            "session": index.get(f.session),
+            "audio_s": [round(f.start_s, 2), round(f.end_s, 2)],
+            "speech_ended_at_s": round(f.sent_at - run.started_at, 2),
+            "latency_ms": round(f.eos_latency_ms),
+            "inference_ms": f.inference_ms,
+        }
+        for f in slowest
+    ]
 
 
 def _round(value: float | None, digits: int) -> float | None:

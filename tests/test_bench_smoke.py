@@ -80,6 +80,8 @@ def test_neighbours_bench_quick_run_writes_its_outputs(tmp_path: Path) -> None:
         for run in (mode["alone"], mode["beside"]):
             assert run["worker_rss_mb_max"] > 0 and run["generator"]["ticks"] > 0
             assert {"worker_cores", "loadavg_max", "server"} <= set(run)
+            for final in run["slowest"]:  # the tail's finals, slowest first
+                assert final["latency_ms"] > 0 and final["session"] in range(2)
         assert mode["alone"]["finals"] > 0  # the honest load itself was transcribed
         assert mode["beside"]["abuser_sent"]["messages"] > 0
     # A flood also runs as a control: the same flood drained by a sink, not the worker.
