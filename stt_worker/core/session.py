@@ -35,6 +35,7 @@ from stt_worker.core.protocol import (
     Transcription,
     Word,
 )
+from stt_worker.core.session_clock import SessionClock
 from stt_worker.core.session_config import SessionConfig
 from stt_worker.core.speculation import ReadyFinal, Speculation
 from stt_worker.core.turn_events import Numbering, TurnEvents
@@ -43,6 +44,8 @@ from stt_worker.core.vad import FRAME_SAMPLES, Frames
 __all__ = ["Session", "SessionConfig", "frames_of"]
 
 logger = logging.getLogger(__name__)
+
+_ENDING = {"idle": "session idle, evicting", "max_duration": "session too old, ending"}
 
 
 class Session:
@@ -66,9 +69,9 @@ class Session:
         self._close_reason: CloseReason | None = None
         self._numbering = Numbering()
         self._turns = TurnEvents(session_id, config, self._listener.segmenter, self._numbering)
-        self._opened_at = now
-        self._last_audio_at = now
-        self._last_activity_at = now
+        self._clock = SessionClock(
+            config.idle_timeout_s, config.max_session_s, config.chunk_timeout_s, now
+        )
 
     # ------------------------------------------------------------ events
 
@@ -84,11 +87,7 @@ class Session:
     def audio(self, frames: Frames, *, now: float, partial_wait_s: float = 0.0) -> list[Action]:
         """Classified 20 ms frames of the stream, in order. `partial_wait_s`: how long
         partials wait for the engine now, which stretches their cadence."""
-        self._last_activity_at = now
-        if frames.speech:
-            # Only audio keeps an utterance open: empty chunks (or ones too short to finish
-            # a frame) would otherwise hold it, and its memory, past the chunk timeout.
-            self._last_audio_at = now
+        self._clock.heard(now, audio=bool(frames.speech))
         actions: list[Action] = []
         for index, is_speech in enumerate(frames.speech):
             actions += self._turns.frame(is_speech, now, self.speaker_id)
@@ -97,7 +96,7 @@ class Session:
         return actions + self._listener.partial_due(partial_wait_s)
 
     def change_state(self, state: State, *, now: float) -> list[Action]:
-        self._last_activity_at = now
+        self._clock.heard(now)
         event = Event.TO_RESPONDING if state == "responding" else Event.TO_LISTENING
         actions: list[Action] = []
         if event is Event.TO_RESPONDING:
@@ -122,15 +121,13 @@ class Session:
         """Timeouts: a publisher stops mid-utterance, goes away, or never ends its session."""
         if self._life is not Phase.OPEN:
             return []
-        if now - self._last_activity_at >= self.config.idle_timeout_s:
-            logger.info("session idle, evicting", extra={"session_id": self.session_id})
-            return self.end(now=now, reason="idle")
-        if now - self._opened_at >= self.config.max_session_s:
-            logger.info("session too old, ending", extra={"session_id": self.session_id})
-            return self.end(now=now, reason="max_duration")
-        if self.in_utterance and now - self._last_audio_at >= self.config.chunk_timeout_s:
+        due = self._clock.due(now, in_utterance=self.in_utterance)
+        if due is None:
+            return []
+        if due == "timeout":
             return self._carry_out(self._listener.finalize(now, "timeout"), now)
-        return []
+        logger.info(_ENDING[due], extra={"session_id": self.session_id})
+        return self.end(now=now, reason=due)
 
     def result(
         self,
