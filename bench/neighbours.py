@@ -630,7 +630,7 @@ SLOWEST = 5  # finals listed per run in `slowest`
 def _slowest(finals: list[Final], run: LoadRun) -> list[dict[str, Any]]:
     """The `SLOWEST` endpointed finals by end of speech -> final: their session number, the
     audio they span, when their speech ended after the run began, and their decode."""
-    index = {plan.session_id: i for i, plan in enumerate(run.plans)}
+    index = _numbers(run)
     slowest = sorted(
         (f for f in finals if f.ended_by == "silence"), key=lambda f: -f.eos_latency_ms
     )[:SLOWEST]
@@ -650,9 +650,14 @@ def _round(value: float | None, digits: int) -> float | None:
     return None if value is None else round(value, digits)
 
 
+def _numbers(run: LoadRun) -> dict[str, int]:
+    """Each honest session's number by its id (the ids differ from run to run)."""
+    return {plan.session_id: i for i, plan in enumerate(run.plans)}
+
+
 def _finals(run: LoadRun) -> Spans:
     """Each honest session's finals as audio spans, by session number (ids differ by run)."""
-    index = {plan.session_id: i for i, plan in enumerate(run.plans)}
+    index = _numbers(run)
     spans: Spans = [[] for _ in run.plans]
     for item in run.received:
         message = item.message

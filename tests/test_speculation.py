@@ -11,7 +11,7 @@ import dataclasses
 
 import pytest
 
-from stt_worker.core.jobs import JobKind, Speculated
+from stt_worker.core.jobs import Job, JobKind, Speculated
 from stt_worker.core.protocol import Transcription
 from stt_worker.core.session import Session
 from stt_worker.runtime.decode_plan import EngineRole, Lane, plan
@@ -159,17 +159,22 @@ def test_a_session_without_partials_still_speculates_but_shows_nothing():
     assert final.is_final and final.transcript == "Turn it off."
 
 
+def ended_behind_its_speculation() -> tuple[Session, Job, Job]:
+    """A session whose pause ended the utterance while its speculation still decoded: the
+    session, the speculation and the final queued behind it."""
+    session = new_session()
+    job = speculation(feed(session, "s" * 23 + "...."))
+    (final,) = jobs(feed(session, "......"), final=True)
+    return session, job, final
+
+
 def test_a_late_speculations_final_withdrawn_unrun_leaves_no_entry_behind():
     # The runtime took the final's queued decode out of line (`InferenceScheduler.withdraw`):
     # none will come back, so the entry, which holds the final's job and audio, goes now.
-    session = new_session()
-    job = speculation(feed(session, "s" * 23 + "...."))
-    (final,) = jobs(feed(session, "......"), final=True)
+    session, job, final = ended_behind_its_speculation()
     answer(session, job, "Turn it off.")
     assert session.finals.returned(final.utterance_id) is None  # held: answered already
-    session = new_session()
-    job = speculation(feed(session, "s" * 23 + "...."))
-    (final,) = jobs(feed(session, "......"), final=True)
+    session, job, final = ended_behind_its_speculation()
     answer(session, job, "Turn it off.")
     session.finals.withdrawn(final.utterance_id)
     assert session.finals.returned(final.utterance_id) is False  # no entry left
@@ -178,9 +183,7 @@ def test_a_late_speculations_final_withdrawn_unrun_leaves_no_entry_behind():
 
 def test_a_final_still_to_be_published_keeps_its_entry_when_withdrawn():
     # Only an answered final's entry may go: one whose decode must still publish it stays.
-    session = new_session()
-    job = speculation(feed(session, "s" * 23 + "...."))
-    (final,) = jobs(feed(session, "......"), final=True)
+    session, job, final = ended_behind_its_speculation()
     session.finals.withdrawn(final.utterance_id)
     assert session.finals.pending == 1
     (message,) = published(answer(session, job, "Turn it off."), Transcription)

@@ -155,7 +155,9 @@ async def test_a_pause_s_speculation_is_its_final_with_no_decode_after_it(make_w
     assert "stt_final_latency_seconds_count 1.0" in metrics
 
 
-async def test_a_late_speculation_answers_and_its_finals_queued_decode_never_runs(make_worker, nc):
+async def test_a_late_speculation_answers_and_its_finals_queued_decode_is_withdrawn(
+    make_worker, nc
+):
     # The endpoint 20 ms after the speculation is asked: the pause ends the utterance while
     # the speculation still decodes, so the final's decode queues behind it (one job per
     # session); the speculation's text answers, and that queued decode is withdrawn unrun.
