@@ -41,7 +41,7 @@ beside nats-server's queue (an honest message waits behind both), and
 
     .venv/bin/python -m bench.neighbours [--quick] [--out PREFIX] [--mode MODE ...]
         [--max-pending-mb MiB] [--durable [--max-msgs-per-subject N]]
-        [--session-connections] [--worker-cpus LIST] [--sessions N]
+        [--session-connections true|false] [--worker-cpus LIST] [--sessions N]
 
 ``--worker-cpus`` runs the worker alone on those CPUs and nats-server, the load generator,
 the abuser and the sink on the others: what a node whose worker has cores of its own (a
@@ -135,12 +135,14 @@ class Transport:
     max_pending_mb: float | None = None
     durable: bool = False
     max_msgs_per_subject: int | None = None
-    session_connections: bool = False  # STT_SESSION_CONNECTIONS
+    session_connections: bool | None = None  # STT_SESSION_CONNECTIONS; None: its default
 
     def overrides(self) -> dict[str, Any]:
         """The worker's settings for it."""
         if not self.durable:
-            return {"session_connections": True} if self.session_connections else {}
+            if self.session_connections is None:
+                return {}
+            return {"session_connections": self.session_connections}
         if self.max_msgs_per_subject is None:
             return {"durable": True}
         return {"durable": True, "stream_max_msgs_per_subject": self.max_msgs_per_subject}
@@ -854,7 +856,7 @@ async def run_all(
         "max_pending_finals_per_session": settings.max_pending_finals_per_session,
         "endpoint_silence_ms": settings.endpoint_silence_ms,
         "durable": settings.durable,
-        "session_connections": settings.session_connections,
+        "session_connections": settings.takes_session_connections(),
     }
     if settings.durable:
         meta["worker"]["stream_max_msgs_per_subject"] = settings.stream_max_msgs_per_subject
@@ -1181,8 +1183,9 @@ def main(argv: list[str] | None = None) -> int:
     )
     parser.add_argument(
         "--session-connections",
-        action="store_true",
-        help="STT_SESSION_CONNECTIONS: sessions within their budgets on a second connection",
+        choices=("true", "false"),
+        help="STT_SESSION_CONNECTIONS: sessions within their budgets on a second connection "
+        "(default: the setting's, on in core NATS)",
     )
     parser.add_argument(
         "--worker-cpus",
@@ -1217,9 +1220,8 @@ def main(argv: list[str] | None = None) -> int:
         plan = dataclasses.replace(plan, modes=tuple(args.mode))
     if args.sessions is not None:
         plan = dataclasses.replace(plan, sessions=args.sessions)
-    transport = Transport(
-        args.max_pending_mb, args.durable, args.max_msgs_per_subject, args.session_connections
-    )
+    own = None if args.session_connections is None else args.session_connections == "true"
+    transport = Transport(args.max_pending_mb, args.durable, args.max_msgs_per_subject, own)
     result = asyncio.run(run_all(plan, transport, args.worker_cpus))
     command = ".venv/bin/python -m bench.neighbours" + " ".join(["", *(argv or sys.argv[1:])])
     path = write_outputs(result, args.out, command)

@@ -7,11 +7,14 @@ an honest one beside it keeps its own connection."""
 from __future__ import annotations
 
 import asyncio
+import logging
 
 import msgpack
+import nats
 import numpy as np
 import pytest
 
+from stt_worker.runtime.nats_server import NatsServer
 from stt_worker.runtime.publisher import publish_pcm, read_wav, stream_file
 from tests.helpers import SPEECH_DIR, Inbox, manifest_text, until
 from tests.test_worker import WER_BOUND, assert_sequences, final_text, finals, sid
@@ -120,3 +123,51 @@ async def test_sigterm_closes_a_session_on_its_own_connection_with_its_finals(
     assert closed["reason"] == "shutdown"
     assert wer(manifest_text(CLIP), final_text(inbox.received)) <= WER_BOUND
     assert not [r for r in caplog.records if r.exc_info], "a clean drain of both connections"
+
+
+async def test_a_worker_denied_its_markers_says_so_once_and_keeps_sessions_on_the_wildcard(
+    make_worker, tmp_path, caplog
+):
+    # A NATS user that may read the audio but publish only transcripts (the k8s example's
+    # worker before markers): every move's marker is refused by the server.
+    config = tmp_path / "nats.conf"
+    config.write_text(
+        """authorization { users = [
+          { user: worker, password: w, permissions: {
+              subscribe: { allow: ["ai.voice.stream.>"] }
+              publish: { allow: ["ai.voice.transcription.>"] } } }
+          { user: client, password: c }
+        ] }"""
+    )
+    async with NatsServer(extra_args=("-c", str(config))) as server:
+        worker, stop, task = await make_worker(
+            nats_url=server.url, nats_user="worker", nats_password="w", return_handles=True
+        )
+        own = worker._intake.own
+        client = await nats.connect(server.url, user="client", password="c")
+        sessions = [sid() for _ in range(2)]
+        inboxes = {s: await Inbox.open(client, s) for s in sessions}
+        moving = []  # the sessions taken (or being taken) from own subscriptions, sampled
+
+        async def sample() -> None:
+            while True:
+                moving.append(own.sessions)
+                await asyncio.sleep(0.05)
+
+        for s in sessions:  # one after the other: the second starts after the denial
+            moving.clear()
+            sampler = asyncio.create_task(sample())
+            await stream_file(client, s, SPEECH_DIR / CLIP, speed=2.0)
+            messages = await inboxes[s].until_closed(within_s=60)
+            sampler.cancel()
+            assert max(moving) == (1 if s == sessions[0] else 0)  # tried once, then never
+            assert messages[-1]["reason"] == "end"
+            assert wer(manifest_text(CLIP), final_text(messages)) <= WER_BOUND
+            assert_sequences(messages)
+            assert max(m["audio_end_s"] for m in finals(messages)) <= clip_seconds(CLIP) + 0.05
+            assert not own.taken_from_own(s)
+        said = [r for r in caplog.records if "denies this worker publishing" in r.getMessage()]
+        assert len(said) == 1 and said[0].levelno == logging.ERROR, said
+        await client.close()
+        stop.set()
+        await asyncio.wait_for(task, 60)

@@ -26,3 +26,35 @@ def test_documented_variables_and_keyword_names_still_configure(monkeypatch: pyt
     assert settings.durable is True and str(settings.nats_creds_file) == __file__
     assert GatewaySettings().port == 9999
     assert load_settings(durable=False).durable is False  # code may still name fields
+
+
+@pytest.mark.parametrize(
+    ("value", "durable", "taken"),
+    [
+        (None, False, True),  # auto: on in core NATS
+        (None, True, False),  # ... and off in durable mode
+        ("auto", False, True),
+        ("false", False, False),
+        ("0", False, False),
+        ("true", False, True),  # the opt-in of earlier releases still reads
+    ],
+)
+def test_session_connections_auto_follows_the_nats_mode(
+    monkeypatch: pytest.MonkeyPatch, value: str | None, durable: bool, taken: bool
+):
+    if value is not None:
+        monkeypatch.setenv("STT_SESSION_CONNECTIONS", value)
+    monkeypatch.setenv("STT_DURABLE", str(durable).lower())
+    assert load_settings().takes_session_connections() is taken
+
+
+def test_session_connections_asked_for_in_durable_mode_is_an_error(
+    monkeypatch: pytest.MonkeyPatch,
+):
+    monkeypatch.setenv("STT_SESSION_CONNECTIONS", "true")
+    monkeypatch.setenv("STT_DURABLE", "true")
+    with pytest.raises(ValueError, match="core NATS"):
+        load_settings().takes_session_connections()
+    monkeypatch.setenv("STT_SESSION_CONNECTIONS", "maybe")
+    with pytest.raises(ValueError, match="STT_SESSION_CONNECTIONS"):
+        load_settings()

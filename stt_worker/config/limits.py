@@ -2,6 +2,8 @@
 
 from __future__ import annotations
 
+from typing import Literal
+
 from pydantic import BaseModel
 
 from stt_worker.config.fields import Group, setting
@@ -137,16 +139,18 @@ class LimitFields(BaseModel):
         description="The NATS client's per-subscription buffer, in messages.",
         ge=64,
     )
-    session_connections: bool = setting(
-        False,
+    session_connections: Literal["auto"] | bool = setting(
+        "auto",
         "STT_SESSION_CONNECTIONS",
         group=Group.LIMITS,
         description="Core NATS: take each session that keeps to its budgets from a second "
         "connection subscribed to its own subject, so that a publisher flooding another "
         "subject (whose messages fill nats-server's queue for the wildcard's connection) "
         "does not delay it; a session refused for its pace goes back to the wildcard. The "
-        "worker then publishes markers on the audio subjects and needs permission to "
-        '(docs/operations.md, "Untrusted publishers").',
+        "worker publishes markers on the audio subjects and needs permission to; denied, it "
+        'logs so once and keeps every session on the wildcard (docs/operations.md, "Untrusted '
+        'publishers"). `auto`: on in core NATS, off in durable mode (`STT_DURABLE`), where '
+        "`true` is an error.",
     )
     drain_timeout_s: float = setting(
         25.0,

@@ -62,6 +62,14 @@ class Settings(
             for partition in range(index, self.partitions, replicas)
         ]
 
+    def takes_session_connections(self) -> bool:
+        """Whether sessions get their own subscriptions (`STT_SESSION_CONNECTIONS`)."""
+        if self.session_connections == "auto":
+            return not self.durable
+        if self.session_connections and self.durable:
+            raise ValueError("STT_SESSION_CONNECTIONS is for core NATS (STT_DURABLE=false)")
+        return self.session_connections
+
     def _check_elastic(self) -> None:
         """Elastic mode moves partitions between durable consumers: it needs both."""
         if not (self.durable and self.partitions):

@@ -66,7 +66,7 @@ async def connect(
     logger.info("connecting to NATS at %s (%s)", url, describe(settings))
     nats_parser.harden()  # before any message can arrive: see nats_parser.py
     read_size.widen()  # before the socket's stream reader is made: see read_size.py
-    callbacks: dict[str, Any] = {"error_cb": error_cb or _log_error}
+    callbacks: dict[str, Any] = {"error_cb": error_cb or log_error}
     if disconnected_cb is not None:
         callbacks["disconnected_cb"] = disconnected_cb
     if reconnected_cb is not None:
@@ -94,7 +94,7 @@ async def flush_in_order(nc: Client) -> None:
     await nc.flush()
 
 
-async def _log_error(exc: Exception) -> None:
+async def log_error(exc: Exception) -> None:
     # nats-py's default error callback prints a traceback per failed attempt; one line is enough.
     logger.debug("nats: %r", exc)
 

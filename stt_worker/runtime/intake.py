@@ -74,9 +74,7 @@ class Intake:
         self._limits = rate_limits(settings)
         self.shedder = Shedder(metrics)
         self.own: OwnConnection | None = None
-        if settings.session_connections:
-            if settings.durable:
-                raise ValueError("STT_SESSION_CONNECTIONS is for core NATS (STT_DURABLE=false)")
+        if settings.takes_session_connections():
             self.own = OwnConnection(settings, self._take)
         self.inboxes = Inboxes(
             self._limits,

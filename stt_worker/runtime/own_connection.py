@@ -31,7 +31,7 @@ from nats.aio.subscription import Subscription
 
 from stt_worker.config import Settings
 from stt_worker.core.handover import MARKER_HEADER, Handover, Source
-from stt_worker.runtime.connection import connect, flush_in_order
+from stt_worker.runtime.connection import connect, flush_in_order, log_error
 from stt_worker.runtime.delivery import drain_subscriptions
 from stt_worker.runtime.shedding import Shedder
 
@@ -43,6 +43,8 @@ SETTLE_S = 1.0
 # A move whose marker has not come through both connections by then is settled without it
 # (lost with a reconnect): see `Handover.expire`.
 MARKER_WAIT_S = 10.0
+# nats-py's words for the server's -ERR on a publish this connection may not make.
+_PUBLISH_DENIED = "permissions violation for publish"
 
 Take = Callable[[Msg], Awaitable[None]]
 
@@ -68,6 +70,7 @@ class OwnConnection:
         self._refused: dict[str, None] = {}
         self._moves: set[asyncio.Task[None]] = set()
         self._stopped = False
+        self._denied = False  # NATS refuses this worker's markers: no more moves
 
     async def start(
         self,
@@ -83,10 +86,26 @@ class OwnConnection:
         self._nc = nc = await connect(
             settings,
             "stt-streaming-sessions",
+            error_cb=self._error,
             disconnected_cb=disconnected,
             reconnected_cb=reconnected,
         )
         shedder.install(nc)  # a session over its pace on it is shed as on the first
+
+    async def _error(self, exc: Exception) -> None:
+        # Without publish permission on the audio subjects no marker is routed and every move
+        # would wait its MARKER_WAIT_S and be tried again, each logging a violation. Moves
+        # stop instead; those under way expire onto the wildcard, which has every message.
+        if _PUBLISH_DENIED in str(exc).lower() and not self._denied:
+            self._denied = True
+            logger.error(
+                "sessions stay on the wildcard subscription: NATS denies this worker publishing "
+                "its handover markers on the audio subjects (%s). Grant it publish there, or "
+                "set STT_SESSION_CONNECTIONS=false (docs/operations.md)",
+                exc,
+            )
+            return
+        await log_error(exc)
 
     @property
     def sessions(self) -> int:
@@ -124,7 +143,9 @@ class OwnConnection:
     def admitted(self, session_id: str, subject: str, now: float) -> None:
         """A message of `session_id` (on `subject`) was admitted: once the session has kept to
         its budgets for `SETTLE_S`, move it to its own subscription."""
-        if self._nc is None or session_id in self._subs or session_id in self._refused:
+        if self._nc is None or self._denied:
+            return
+        if session_id in self._subs or session_id in self._refused:
             return
         first = self._first_admitted.get(session_id)
         if first is None:
