@@ -7,6 +7,7 @@ through again (its followers held until it is admitted)."""
 from __future__ import annotations
 
 import asyncio
+import random
 
 import msgpack
 import pytest
@@ -141,6 +142,32 @@ async def test_runs_of_alike_messages_are_counted_exactly_and_an_end_among_them_
             (HONEST.encode(), msgpack.packb({"type": "start"})),
         ], step
         assert shedder.take(subject) == (65 + 301, 65 * len(short) + 301 * len(state)), step
+    assert reader._ps.buf == bytearray() and not reader._ps._skip
+
+
+@pytest.mark.parametrize("seed", [1, 2])
+async def test_runs_of_mixed_shapes_are_counted_exactly_and_no_end_is_skipped(seed: int):
+    # A flood of many sizes (`shed_runs`: one pattern for a run of any learned shape): the
+    # counts are exact, and an `end`, or a short payload with "end" in it, is never inside
+    # a run, wherever it falls and however the reads cut the stream.
+    rng = random.Random(seed)
+    reader, shedder, _ = installed(hold_s=60)
+    end = msgpack.packb({"type": "end"})
+    payloads = [rng.randbytes(rng.randint(1, 199)).replace(b"end", b"EnD") for _ in range(3000)]
+    payloads[rng.randrange(3000)] = b"\x01end\x02"  # looked at, shed: not an `end`
+    at = sorted(rng.sample(range(3000), 3))
+    for index in at:
+        payloads[index] = end
+    stream = b"".join(wire(FLOODER, payload) for payload in payloads)
+    await reader._ps.parse(wire(FLOODER, b"\xc1" * 40))
+    shedder.shed(FLOODER)
+    shed = [p for p in payloads if p != end]
+    for step in (4096, 65536, 262144, 7, len(stream)):
+        reader.processed.clear()
+        shedder.take(FLOODER)
+        await feed(reader, stream, step)
+        assert [d for _, d, _ in reader.processed] == [end] * 3, step
+        assert shedder.take(FLOODER) == (len(shed), sum(map(len, shed))), step
     assert reader._ps.buf == bytearray() and not reader._ps._skip
 
 

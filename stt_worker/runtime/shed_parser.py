@@ -5,16 +5,16 @@ Why not nats-py's own parser: per message it matches the control line at the buf
 trims the buffer, copies the payload and awaits the client's `_process_msg`, which builds a
 `Msg`. At a flood's rate (hundreds of thousands a second, or hundreds of MB/s of maximal
 chunks) that per-message work is what the worker's one event loop spends its time on, and
-the honest sessions' messages wait behind it (bench/results/neighbours.md). Here a held
-subject's message costs a dictionary lookup of its control line once that line has been seen
-(a flood repeats a few); a large payload is dropped as it arrives, never buffered; the buffer
-is trimmed once per read, not per message. Everything else (honest messages, PING, INFO, ...)
+the honest sessions' messages wait behind it (bench/results/neighbours.md). Here a run of a
+held subject's messages in shapes seen before is one regular-expression match
+(`shed_runs.Runs`), a message outside one a dictionary lookup of its control line; a large
+payload is dropped as it arrives, never buffered; the buffer is trimmed once per read, not
+per message. Everything else (honest messages, PING, INFO, ...)
 goes on as nats-py handles it. `python -m bench.shed_parser` measures it against nats-py's.
 """
 
 from __future__ import annotations
 
-import re
 import time
 from typing import TYPE_CHECKING, Any
 
@@ -23,6 +23,7 @@ from nats.protocol.parser import AWAITING_CONTROL_LINE, AWAITING_MSG_PAYLOAD, Pa
 
 from stt_worker.core.handover import MARKER_HEADER
 from stt_worker.runtime.nats_parser import HMSG_AT, MSG_AT
+from stt_worker.runtime.shed_runs import Runs
 
 if TYPE_CHECKING:
     from stt_worker.runtime.shedding import Shedder
@@ -44,8 +45,7 @@ class ShedParser(Parser):
         # A shed message's control line (no CRLF): its subject, payload size and whether
         # the payload may be an `end` (looked at, never skipped blind).
         self._shed_lines: dict[bytes, tuple[bytes, int, bool]] = {}
-        # Per shed control line, a pattern matching a run of its messages (`_repeats`).
-        self._strides: dict[bytes, re.Pattern[bytes]] = {}
+        self._runs = Runs()  # per shed subject, runs of its messages matched in C
         super().__init__(nc)
 
     def reset(self) -> None:
@@ -117,14 +117,20 @@ class ShedParser(Parser):
 
     def _skip_run(self, buf: bytes, pos: int, subject: bytes) -> int:
         """A flood's fast path: the messages of held `subject` back to back from `pos` whose
-        control lines were seen shed before, skipped with one lookup each and counted at
-        once; where the run ends (past `buf` by what is left of a payload). A payload that
-        may be an `end` ends the run, to be looked at whole."""
-        # The loop a flood's every message goes through: locals only, no call but `find`
+        control lines were seen shed before, skipped and counted at once; where the run
+        ends (past `buf` by what is left of a payload). A payload that may be an `end` ends
+        the run, to be looked at whole."""
+        # The loop a flood's every message may go through: locals only, no call but `find`
         # and the lookup (measured ~25% faster than asking the shedder per message).
         messages = nbytes = 0
-        shed_lines, find, length = self._shed_lines, buf.find, len(buf)
-        while (eol := find(_CRLF, pos)) >= 0:
+        shed_lines, find, length, runs = self._shed_lines, buf.find, len(buf), self._runs
+        while True:
+            # Runs of learned shapes in C (`shed_runs`); what they leave, one by one.
+            pos, many, many_bytes = runs.match(subject, buf, pos)
+            messages += many
+            nbytes += many_bytes
+            if (eol := find(_CRLF, pos)) < 0:
+                break
             line = buf[pos:eol]
             shed = shed_lines.get(line)
             if shed is None or shed[0] != subject:
@@ -135,36 +141,9 @@ class ShedParser(Parser):
             messages += 1
             nbytes += size
             pos = start + size + 2
-            if buf.startswith(line, pos):
-                # The same message shape again: a flood's usual run, skipped in C.
-                repeats = self._repeats(buf, pos, line, size, shed[2])
-                messages += repeats
-                nbytes += repeats * size
-                pos += repeats * (len(line) + size + 4)
         if messages:
             self._shedder.count(subject, nbytes, messages)
         return pos
-
-    def _repeats(self, buf: bytes, pos: int, line: bytes, size: int, may_end: bool) -> int:
-        """How many whole messages from `pos` have control line `line` and a `size`-byte
-        payload: matched by one regular expression, not a Python step per message (a flood
-        of tiny messages cost ~700 ns each here that way, ~150 ns this way). Stops before a
-        payload that may be an `end`, which goes to the loop to be looked at."""
-        pattern = self._strides.get(line)
-        if pattern is None:
-            if len(self._strides) >= _MAX_SHED_LINES:
-                self._strides.clear()
-            body = re.escape(line + _CRLF) + b".{%d}" % size + re.escape(_CRLF)
-            pattern = self._strides[line] = re.compile(b"(?:" + body + b")++", re.DOTALL)
-        found = pattern.match(buf, pos)
-        if found is None:
-            return 0
-        unit, end = len(line) + size + 4, found.end()
-        if may_end and (hit := _looked_at(buf, pos, end)) >= 0:
-            # Stop before the message it is in: a payload to look at, or the first control
-            # line (a subject with "end" in it), when the loop goes on message by message.
-            end = pos + (hit - pos) // unit * unit
-        return (end - pos) // unit
 
     async def _control(self, line: bytes, now: float, *, probe: bool = False) -> int:
         """Take in a control line (without its CRLF): the bytes to skip when it begins a
@@ -179,8 +158,10 @@ class ShedParser(Parser):
         if held:
             if len(self._shed_lines) >= _MAX_SHED_LINES:
                 self._shed_lines.clear()
+                self._runs.clear()
             small = self._shedder.maybe_end(needed) or (len(sizes) == 2 and needed <= _MARKER_BYTES)
             self._shed_lines[line] = (subject, needed, small)
+            self._runs.learn(subject, line, needed, small)
             if not small:
                 self._shedder.count(subject, needed)
                 return needed + len(_CRLF)
