@@ -999,7 +999,35 @@ MECHANISMS = {
     "with the played voice, has no pauses, so its utterances run long and each final is one "
     "long decode that honest finals queued behind it wait for (no decode is preempted)",
 }
+# The floods with `STT_SESSION_CONNECTIONS` (the default in core NATS): no honest queue
+# behind them after a session's first second, so what is left is CPU.
+OWN_CONNECTIONS = (
+    "after its first second each honest session is taken from its own subscription on the "
+    "worker's second connection (`STT_SESSION_CONNECTIONS`), so nats-server's queue for the "
+    "wildcard's connection (the queue column) delays only that first second; what the flood "
+    "still costs the honest sessions is CPU: the worker's event loop reads it as fast as "
+    "nats-server sends it (skipped unread: stt_worker/runtime/shed_parser.py, runs of alike "
+    "messages in one match by shed_runs.py), and nats-server, the abuser and the load take "
+    "the same two cores as the decodes (the worker's cores beside against alone)"
+)
+MECHANISMS_OWN = {
+    "garbage_flood": OWN_CONNECTIONS,
+    "state_change_flood": OWN_CONNECTIONS,
+    "max_chunks_192k_8ch": OWN_CONNECTIONS + "; and the abuser's admitted audio (2x real time, "
+    "legal) makes long finals, each one decode on one of the engine's two slots",
+}
 # What the control runs say, and what would reach the target (after the misses).
+REMEDY_OWN = (
+    "A control ratio over the target means the machine alone misses: on one 2-core machine "
+    "the worker shares its CPUs with nats-server (0.5-0.8 cores beside a flood), the abuser "
+    "and the load generator, which production does not ask of it. With "
+    "`STT_SESSION_CONNECTIONS` no honest message waits behind the flood after its session's "
+    "first second, so what the worker pays itself (the real ratio less the control's) is the "
+    "CPU its event loop spends reading the flood, taken from decodes on shared cores. What "
+    "would reach the target: the worker on CPUs of its own with nats-server on other nodes "
+    "(bench/results/neighbours-pinned.md), and publishers that are not trusted behind the "
+    "gateway or on a NATS account with its own limits."
+)
 REMEDY = (
     "A control ratio over the target means the machine alone misses: on one 2-core machine "
     "the worker shares its CPUs with nats-server (0.2-0.6 cores beside a flood), the abuser "
@@ -1064,13 +1092,17 @@ def _pinning(meta: dict[str, Any]) -> list[str]:
 
 def mechanism_of(mode: str, worker: dict[str, Any]) -> str | None:
     """What the abuser of `mode` costs the others, by transport."""
+    if worker.get("session_connections"):
+        return MECHANISMS_OWN.get(mode, MECHANISMS.get(mode))
     if not worker.get("durable"):
         return MECHANISMS.get(mode)
     return DURABLE_LIMITED if worker.get("stream_max_msgs_per_subject") else DURABLE_UNLIMITED
 
 
 def remedy(worker: dict[str, Any]) -> str:
-    return DURABLE_REMEDY if worker.get("durable") else REMEDY
+    if worker.get("durable"):
+        return DURABLE_REMEDY
+    return REMEDY_OWN if worker.get("session_connections") else REMEDY
 
 
 def _stored(run: dict[str, Any]) -> str:
@@ -1116,10 +1148,11 @@ def diagnosis(mode: dict[str, Any], worker: dict[str, Any]) -> str:
             f"{queue['max_mb']} MB)"
         )
     elif queue.get("mean_mb") is not None and rate:
+        who = "a session's first second" if worker.get("session_connections") else "an honest chunk"
         facts.append(
             f"nats-server held {queue['mean_mb']} MB for the worker on average (at most "
-            f"{queue['max_mb']} MB): at the {rate} MB/s the worker took in, an honest chunk "
-            f"published meanwhile reached it about {1000 * queue['mean_mb'] / rate:.0f} ms late"
+            f"{queue['max_mb']} MB): at the {rate} MB/s the worker took in, {who} published "
+            f"meanwhile reached it about {1000 * queue['mean_mb'] / rate:.0f} ms late"
         )
     finals = beside["abuser_finals"]
     if finals.get("finals"):

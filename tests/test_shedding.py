@@ -75,7 +75,7 @@ async def test_a_shed_subject_is_dropped_in_the_reader_for_the_hold_and_end_pass
     assert reader.subjects == [FLOODER.encode(), HONEST.encode(), FLOODER.encode()]
     assert shedder.shed_count == 200
     assert metrics.registry.get_sample_value("stt_shed_messages_total") == 200
-    assert shedder.take(FLOODER) == (200, 200 * len(payload))
+    assert shedder.take(FLOODER) == (200, 200 * len(state))  # bytes on the wire
     await asyncio.sleep(0.25)  # the hold is over: the next one goes to admission again...
     await reader._ps.parse(state * 50)
     assert reader.subjects[-1] == FLOODER.encode() and len(reader.processed) == 4
@@ -141,7 +141,8 @@ async def test_runs_of_alike_messages_are_counted_exactly_and_an_end_among_them_
             (subject.encode(), end),
             (HONEST.encode(), msgpack.packb({"type": "start"})),
         ], step
-        assert shedder.take(subject) == (65 + 301, 65 * len(short) + 301 * len(state)), step
+        shed = 65 * len(wire(subject, short)) + 301 * len(wire(subject, state))  # on the wire
+        assert shedder.take(subject) == (65 + 301, shed), step
     assert reader._ps.buf == bytearray() and not reader._ps._skip
 
 
@@ -161,7 +162,7 @@ async def test_runs_of_mixed_shapes_are_counted_exactly_and_no_end_is_skipped(se
     stream = b"".join(wire(FLOODER, payload) for payload in payloads)
     await reader._ps.parse(wire(FLOODER, b"\xc1" * 40))
     shedder.shed(FLOODER)
-    shed = [p for p in payloads if p != end]
+    shed = [wire(FLOODER, p) for p in payloads if p != end]
     for step in (4096, 65536, 262144, 7, len(stream)):
         reader.processed.clear()
         shedder.take(FLOODER)

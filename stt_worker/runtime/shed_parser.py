@@ -139,7 +139,7 @@ class ShedParser(Parser):
             if shed[2] and (start + size > length or _looked_at(buf, start, start + size) >= 0):
                 break
             messages += 1
-            nbytes += size
+            nbytes += start + size + 2 - pos  # its bytes on the wire, as a run's
             pos = start + size + 2
         if messages:
             self._shedder.count(subject, nbytes, messages)
@@ -163,12 +163,13 @@ class ShedParser(Parser):
             self._shed_lines[line] = (subject, needed, small)
             self._runs.learn(subject, line, needed, small)
             if not small:
-                self._shedder.count(subject, needed)
+                self._shedder.count(subject, len(line) + needed + 4)
                 return needed + len(_CRLF)
         if not sid.isdigit():
             # As nats-py says it: the client reconnects, where a ValueError would end its reads.
             raise ProtocolError("nats: malformed MSG")
         self.msg_arg = {"subject": subject, "sid": int(sid), "reply": reply or b"", "held": held}
+        self.msg_arg["wire"] = len(line) + needed + 4  # its bytes on the wire, if shed
         self.needed, self.header_needed = needed, int(sizes[0]) if len(sizes) == 2 else 0
         self.state = AWAITING_MSG_PAYLOAD
         return 0
@@ -180,7 +181,7 @@ class ShedParser(Parser):
         hdr = buf[pos : pos + headers] if headers else None
         payload = buf[pos + headers : pos + needed]
         if arg["held"] and not self._shedder.is_end(payload) and not _is_marker(hdr):
-            self._shedder.count(arg["subject"], needed)
+            self._shedder.count(arg["subject"], arg["wire"])
             return
         await self.nc._process_msg(arg["sid"], arg["subject"], arg["reply"], payload, hdr)
 

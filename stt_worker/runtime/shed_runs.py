@@ -3,11 +3,15 @@
 A flood repeats a few message shapes (`MSG <subject> <sid> <size>`), not always one: a
 `state_change` flood alternates two sizes, garbage takes a hundred and more. `Runs` learns a
 held subject's shapes and compiles one regular expression that matches a whole run of them
-back to back (`match`), and one that gives each message's size, so a run costs two C calls
-and no Python step per message (~200 ns a message, against ~700 stepping through alike
-shapes one by one). Plain ``MSG`` lines only (no headers, so no handover marker); a payload
-short enough to be an `end` matches only without the bytes "end" in it, so an `end` is
-never in a run: it is left to the parser, to be looked at.
+back to back, so that a run costs one match and one count in C, no Python step per message
+(~130 ns a message for a hundred sizes, against ~700 stepping through them one by one).
+Plain ``MSG`` lines without a reply subject only (no headers, so no handover marker); a
+payload short enough to be an `end` matches only without the bytes "end" in it, so an `end`
+is never in a run: it is left to the parser, to be looked at.
+
+A run's messages are counted by their control lines (CRLF, then the line up to its size):
+exact unless a payload in it holds its own subject's control line, which can only raise the
+count of the flood that sent it. Its bytes are the run's bytes on the wire.
 """
 
 from __future__ import annotations
@@ -16,11 +20,10 @@ import re
 import time
 from dataclasses import dataclass, field
 
-# Shapes one subject's pattern holds at most: a flood of more distinct sizes has its others
+# Sizes one subject's pattern holds at most: a flood of more distinct sizes has its others
 # stepped through one by one (compiling grows with the count: ~3 ms for 170 sizes).
 MAX_SIZES = 256
-# Control-line prefixes (sid, reply subject) per subject at most; a flood that varies its
-# reply subject per message is stepped through.
+# Subscriptions (sids) per subject at most, each a control-line prefix of its own.
 MAX_PREFIXES = 4
 # While a flood shows new shapes its pattern is compiled again once as long as the last
 # compile took has passed this many times over: compiling takes at most a tenth of the time
@@ -32,17 +35,16 @@ RECOMPILE_WAIT = 10.0
 class _Shapes:
     prefixes: set[bytes] = field(default_factory=set)
     sizes: dict[int, bool] = field(default_factory=dict)  # size: whether it may be an `end`
-    whole: re.Pattern[bytes] | None = None
-    each: re.Pattern[bytes] | None = None
+    run: re.Pattern[bytes] | None = None
+    lines: tuple[bytes, ...] = ()  # what begins each message after a run's first: CRLF, prefix
     shortest: int = 0  # the bytes of the shortest message: fewer left, no run to match
-    # One shape only: its length and payload size, so that a run is counted by arithmetic.
-    alike: tuple[int, int] | None = None
+    alike: int = 0  # one shape only: its bytes, so a run is counted without a scan
     stale: bool = False
     compilable_at: float = float("-inf")
 
 
 class Runs:
-    """Per held subject, its learned shapes and the patterns of a run of them."""
+    """Per held subject, its learned shapes and the pattern of a run of them."""
 
     def __init__(self) -> None:
         self._subjects: dict[bytes, _Shapes] = {}
@@ -53,7 +55,8 @@ class Runs:
     def learn(self, subject: bytes, line: bytes, size: int, may_end: bool) -> None:
         """`line` (a control line without CRLF) begins a shed message of `size` bytes, one
         that `may_end` when short enough to be an `end`: a shape for `subject`'s runs."""
-        if not line.startswith(b"MSG ") or size <= 0:
+        # "MSG <subject> <sid> <size>": with a reply subject one prefix would begin another.
+        if not line.startswith(b"MSG ") or line.count(b" ") != 3 or size <= 0:
             return
         prefix = line.rpartition(b" ")[0]
         shapes = self._subjects.get(subject)
@@ -70,7 +73,7 @@ class Runs:
 
     def match(self, subject: bytes, buf: bytes, pos: int) -> tuple[int, int, int]:
         """The run of `subject`'s learned shapes at `pos` in `buf`, whole messages only:
-        where it ends, its messages and their payload bytes (`pos`, 0, 0 if none)."""
+        where it ends, its messages and their bytes on the wire (`pos`, 0, 0 if none)."""
         shapes = self._subjects.get(subject)
         if shapes is None:
             return pos, 0, 0
@@ -79,34 +82,30 @@ class Runs:
             done = time.monotonic()
             shapes.compilable_at = done + RECOMPILE_WAIT * (done - now)
         # A large payload not all in `buf` would cost the pattern a scan to the end.
-        if shapes.whole is None or shapes.each is None or len(buf) - pos < shapes.shortest:
+        if shapes.run is None or len(buf) - pos < shapes.shortest:
             return pos, 0, 0
-        found = shapes.whole.match(buf, pos)
+        found = shapes.run.match(buf, pos)
         if found is None:
             return pos, 0, 0
         end = found.end()
-        if shapes.alike is not None:  # a flood's usual run: ~40 ns a message, ~200 by `each`
-            length, size = shapes.alike
-            messages = (end - pos) // length
-            return end, messages, messages * size
-        sizes = shapes.each.findall(buf, pos, end)
-        return end, len(sizes), sum(map(int, sizes))
+        if shapes.alike:
+            return end, (end - pos) // shapes.alike, end - pos
+        count = buf.count
+        return end, 1 + sum(count(line, pos, end) for line in shapes.lines), end - pos
 
 
 def _compile(shapes: _Shapes) -> None:
-    """A pattern for a run of messages, and one for each message that gives its size: a
-    control line of one of the prefixes and one of the sizes, then that many bytes. The sizes
-    are a trie on their digits, so a message tries at most eleven branches a digit."""
+    """The pattern of a run: messages back to back, each a control line of one of the
+    prefixes and one of the sizes, then that many bytes. The sizes are a trie on their
+    digits, so a message tries at most eleven branches a digit."""
     prefixes, sizes = sorted(shapes.prefixes), sorted(shapes.sizes)
     lines = b"(?:" + b"|".join(re.escape(p) for p in prefixes) + b") "
-    payloads = _trie(b"", [b"%d" % size for size in sizes], shapes.sizes) + b"\r\n"
-    shapes.whole = re.compile(b"(?:" + lines + payloads + b")++", re.DOTALL)
-    # The size read by a lookahead: `findall` then returns those digits alone, never a copy
-    # of the payload. Within a run found by `whole`, its matches are the run's messages.
-    shapes.each = re.compile(lines + rb"(?=(\d+)\r\n)" + payloads, re.DOTALL)
-    lengths = {len(p) + len(b" %d\r\n\r\n" % size) + size for p in prefixes for size in sizes}
+    payloads = _trie(b"", [b"%d" % size for size in sizes], shapes.sizes)
+    shapes.run = re.compile(b"(?:" + lines + payloads + b"\r\n)++", re.DOTALL)
+    shapes.lines = tuple(b"\r\n" + prefix + b" " for prefix in prefixes)
+    lengths = {len(p) + len(b" %d\r\n\r\n" % s) + s for p in prefixes for s in sizes}
     shapes.shortest = min(lengths)
-    shapes.alike = (lengths.pop(), sizes[0]) if len(prefixes) == len(sizes) == 1 else None
+    shapes.alike = lengths.pop() if len(lengths) == 1 else 0
     shapes.stale = False
 
 
@@ -116,7 +115,8 @@ def _trie(done: bytes, tails: list[bytes], may_end: dict[int, bool]) -> bytes:
     if b"" in tails:
         size = int(done)
         # Byte by byte, none starting "end": ~15 ns a byte, for payloads of 32 bytes at most.
-        branches.append(rb"\r\n(?:(?!end).){%d}" % size if may_end[size] else rb"\r\n.{%d}" % size)
+        payload = rb"(?:(?!end).){%d}" if may_end[size] else rb".{%d}"
+        branches.append(rb"\r\n" + payload % size)
     for digit in sorted({tail[:1] for tail in tails if tail}):
         rest = [tail[1:] for tail in tails if tail[:1] == digit]
         branches.append(digit + _trie(done + digit, rest, may_end))

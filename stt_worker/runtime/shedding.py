@@ -67,7 +67,8 @@ class Shedder:
         self._until[subject.encode()] = time.monotonic() + self._hold_s
 
     def take(self, subject: str) -> tuple[int, int]:
-        """Messages and bytes of `subject` shed since the last call (for its next notice)."""
+        """Messages and bytes (on the wire: control lines and payloads) of `subject` shed
+        since the last call (for its next notice)."""
         counts = self._shed.pop(subject.encode(), None)
         return (counts[0], counts[1]) if counts else (0, 0)
 
@@ -119,8 +120,8 @@ class Shedder:
             return False
 
     def count(self, subject: bytes, nbytes: int, messages: int = 1) -> None:
-        """`messages` of `nbytes` in all on `subject` shed: in the metric and its next
-        notice."""
+        """`messages` of `nbytes` in all (on the wire) on `subject` shed: in the metric and
+        its next notice."""
         self.shed_count += messages
         counts = self._shed.get(subject)
         if counts is None and len(self._shed) < _MAX_SUBJECTS:
