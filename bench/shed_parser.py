@@ -7,8 +7,10 @@ Targets, as ratios so that a loaded machine does not move them: tiny ``state_cha
 messages at least 10x nats-py's rate, the two states in turn as `bench.neighbours` floods
 them 10x (a run of them is one regular-expression match, `runtime/shed_runs.py`, however
 many sizes), garbage of 1-200 bytes (`bench.neighbours`' garbage flood, a hundred and more
-sizes) 5x, 256 KB chunks 10x. Measured on a quiet 2-core AMD EPYC, 2026-12-05: 23.8x,
-17.8x (3.7x when only runs of one shape were matched whole), 8.5x (3.3x) and 2.8-47x:
+sizes) 5x, the same garbage over 16 session ids interleaved 1x (runs of one message, more
+control lines than one subject's), 256 KB chunks 10x. Measured on a quiet 2-core AMD EPYC,
+2026-12-05: 23.8x, 17.8x (3.7x when only runs of one shape were matched whole), 8.5x
+(3.3x), 1.0x (0.7x) and 2.8-47x:
 nats-py's own rate on 256 KB chunks varies between runs from 4,600 to 75,000 a second (the
 shedding parser's stays at ~210,000), so that row's ratio says more about nats-py than
 about shedding.
@@ -33,7 +35,16 @@ from stt_worker.runtime.shedding import Shedder
 from stt_worker.runtime.telemetry.metrics import Metrics
 
 SUBJECT = "ai.voice.stream.flood"
-TARGETS = {"state_change": 10.0, "state_change_two": 10.0, "garbage": 5.0, "chunk_256k": 10.0}
+# A garbage flood over many session ids at once, interleaved: runs of one message, and more
+# control lines than the parser remembers (`_MAX_SHED_LINES`).
+SUBJECTS = [SUBJECT, *(f"{SUBJECT}-{n}" for n in range(1, 16))]
+TARGETS = {
+    "state_change": 10.0,
+    "state_change_two": 10.0,
+    "garbage": 5.0,
+    "garbage_16_subjects": 1.0,
+    "chunk_256k": 10.0,
+}
 ROUNDS = 8
 
 
@@ -47,8 +58,8 @@ class Sink:
         self.handed += 1
 
 
-def wire(payload: bytes, copies: int) -> bytes:
-    return b"MSG %s 1 %d\r\n%s\r\n" % (SUBJECT.encode(), len(payload), payload) * copies
+def wire(payload: bytes, copies: int, subject: str = SUBJECT) -> bytes:
+    return b"MSG %s 1 %d\r\n%s\r\n" % (subject.encode(), len(payload), payload) * copies
 
 
 async def rate(parser: Parser, data: bytes, messages: int, seconds: float) -> float:
@@ -66,7 +77,8 @@ def shedding_parser() -> tuple[Parser, Sink]:
     sink._ps = Parser(sink)  # type: ignore[attr-defined]
     shedder = Shedder(Metrics(), hold_s=3600)
     shedder.install(sink)  # type: ignore[arg-type]
-    shedder.shed(SUBJECT)
+    for subject in SUBJECTS:
+        shedder.shed(subject)
     return sink._ps, sink  # type: ignore[attr-defined]
 
 
@@ -83,6 +95,13 @@ async def measure(seconds: float) -> dict[str, tuple[float, float]]:
         "state_change": (wire(state, 1000), 1000),
         "state_change_two": (b"".join(wire(s, 1) for s in states) * 500, 1000),
         "garbage": (garbage, 1000),
+        "garbage_16_subjects": (
+            b"".join(
+                wire(rng.randbytes(rng.randint(1, 199)), 1, rng.choice(SUBJECTS))
+                for _ in range(4000)
+            ),
+            4000,
+        ),
         "chunk_256k": (wire(bytes(256_000), 4), 4),
     }
     rates = {}

@@ -319,12 +319,14 @@ async def test_k8s_accounts_conf_lets_each_user_touch_only_its_subjects(
         assert await delivered(as_worker, "ai.voice.transcription.probe", answers), violations
 
         await publisher.publish("ai.voice.transcription.forged", b"text")  # denied
+        await as_worker.publish("ai.voice.elsewhere", b"text")  # denied
         await as_worker.subscribe("ai.voice.transcription.>")  # denied
         await flush_in_order(as_worker)
         await flush_in_order(publisher)
         async with asyncio.timeout(5):
-            denied = {await violations.get(), await violations.get()}
+            denied = {await violations.get() for _ in range(3)}
         assert any("publish" in v and "ai.voice.transcription.forged" in v for v in denied)
+        assert any("publish" in v and "ai.voice.elsewhere" in v for v in denied)
         assert any("subscription" in v and "ai.voice.transcription.>" in v for v in denied)
         for client in (publisher, as_worker):
             await client.close()

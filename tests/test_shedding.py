@@ -209,3 +209,30 @@ async def test_a_malformed_sid_is_a_protocol_error_so_the_client_reconnects():
 
 def test_the_hardened_patterns_are_in_place_for_the_parser():
     assert nats_parser.harden()
+
+
+async def test_floods_of_many_subjects_interleaved_are_counted_exactly_per_subject():
+    # More subjects than get a pattern (`shed_runs.MAX_SUBJECTS`), two subscriptions of one
+    # ("1" begins "12"), runs of one message: what each is told it lost is still exact.
+    rng = random.Random(5)
+    reader, shedder, _ = installed(hold_s=60)
+    subjects = [f"{FLOODER}-{n}" for n in range(20)]
+    end = msgpack.packb({"type": "end"})
+    stream, shed = [], {s: [0, 0] for s in subjects}
+    for index in range(6000):
+        subject = rng.choice(subjects)
+        payload = end if index in (100, 4000) else rng.randbytes(rng.randint(1, 199))
+        payload = payload if payload == end else payload.replace(b"end", b"EnD")
+        sid = b"12" if subject == subjects[0] and index % 2 else b"1"
+        line = b"MSG %s %s %d\r\n" % (subject.encode(), sid, len(payload))
+        stream.append(line + payload + b"\r\n")
+        if payload != end:
+            shed[subject][0] += 1
+            shed[subject][1] += len(stream[-1])
+    for subject in subjects:
+        await reader._ps.parse(wire(subject, b"\xc1" * 40))
+        shedder.shed(subject)
+        shedder.take(subject)
+    await feed(reader, b"".join(stream), 65536)
+    assert [d for _, d, _ in reader.processed[20:]] == [end, end]
+    assert {s: list(shedder.take(s)) for s in subjects} == shed

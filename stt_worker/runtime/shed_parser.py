@@ -32,8 +32,12 @@ _CRLF = b"\r\n"
 _MARKER = MARKER_HEADER.encode()
 # A held message with headers and at most this many bytes may be a marker: looked at.
 _MARKER_BYTES = 256
-# Control lines of shed messages remembered for the fast path (a flood repeats a few).
-_MAX_SHED_LINES = 1024
+# Control lines of shed messages remembered for the fast path (a flood repeats a few; a
+# garbage flood over 16 session ids, some 3,200: ~150 bytes each).
+_MAX_SHED_LINES = 8192
+# Messages taken one by one after runs were looked for in vain, before the next look: twice
+# as many after each look in vain, up to this many.
+_MAX_STEPS_AFTER_MISS = 64
 
 
 class ShedParser(Parser):
@@ -46,6 +50,7 @@ class ShedParser(Parser):
         # the payload may be an `end` (looked at, never skipped blind).
         self._shed_lines: dict[bytes, tuple[bytes, int, bool]] = {}
         self._runs = Runs()  # per shed subject, runs of its messages matched in C
+        self._misses = self._pause = 0  # looks for a run in vain lately, and their pause
         super().__init__(nc)
 
     def reset(self) -> None:
@@ -125,10 +130,20 @@ class ShedParser(Parser):
         messages = nbytes = 0
         shed_lines, find, length, runs = self._shed_lines, buf.find, len(buf), self._runs
         while True:
-            # Runs of learned shapes in C (`shed_runs`); what they leave, one by one.
-            pos, many, many_bytes = runs.match(subject, buf, pos)
-            messages += many
-            nbytes += many_bytes
+            # Runs of learned shapes in C (`shed_runs`); what they leave, one by one. After
+            # a look in vain (no run of two), more messages go one by one before the next,
+            # up to `_MAX_STEPS_AFTER_MISS` (floods of subjects interleaved make runs of one).
+            if self._pause:
+                self._pause -= 1
+            else:
+                pos, many, many_bytes = runs.match(subject, buf, pos)
+                messages += many
+                nbytes += many_bytes
+                if many > 1:
+                    self._misses = 0
+                else:  # a run of one is no better than a step
+                    self._misses = min(2 * self._misses or 1, _MAX_STEPS_AFTER_MISS)
+                    self._pause = self._misses
             if (eol := find(_CRLF, pos)) < 0:
                 break
             line = buf[pos:eol]
@@ -158,7 +173,6 @@ class ShedParser(Parser):
         if held:
             if len(self._shed_lines) >= _MAX_SHED_LINES:
                 self._shed_lines.clear()
-                self._runs.clear()
             small = self._shedder.maybe_end(needed) or (len(sizes) == 2 and needed <= _MARKER_BYTES)
             self._shed_lines[line] = (subject, needed, small)
             self._runs.learn(subject, line, needed, small)

@@ -25,9 +25,13 @@ from dataclasses import dataclass, field
 MAX_SIZES = 256
 # Subscriptions (sids) per subject at most, each a control-line prefix of its own.
 MAX_PREFIXES = 4
-# While a flood shows new shapes its pattern is compiled again once as long as the last
-# compile took has passed this many times over: compiling takes at most a tenth of the time
-# (a first read of a hundred new sizes would otherwise compile a hundred times).
+# Subjects with a pattern at most (the newest kept): a flood over more session ids has the
+# others stepped through one by one.
+MAX_SUBJECTS = 16
+# After a compile, none (of any subject) until this many times as long as it took has
+# passed: compiling takes at most a tenth of the parser's time however many subjects and
+# sizes a flood shows (a first read of a hundred new sizes would otherwise compile a
+# hundred times).
 RECOMPILE_WAIT = 10.0
 
 
@@ -40,7 +44,6 @@ class _Shapes:
     shortest: int = 0  # the bytes of the shortest message: fewer left, no run to match
     alike: int = 0  # one shape only: its bytes, so a run is counted without a scan
     stale: bool = False
-    compilable_at: float = float("-inf")
 
 
 class Runs:
@@ -48,19 +51,26 @@ class Runs:
 
     def __init__(self) -> None:
         self._subjects: dict[bytes, _Shapes] = {}
-
-    def clear(self) -> None:
-        self._subjects.clear()
+        self._compilable_at = float("-inf")  # one budget for every subject
+        self._learned: set[bytes] = set()  # lines taken in (or passed over) already
+        self.compiles = 0
 
     def learn(self, subject: bytes, line: bytes, size: int, may_end: bool) -> None:
         """`line` (a control line without CRLF) begins a shed message of `size` bytes, one
         that `may_end` when short enough to be an `end`: a shape for `subject`'s runs."""
+        if line in self._learned:
+            return
+        if len(self._learned) >= MAX_SUBJECTS * MAX_SIZES * MAX_PREFIXES:
+            self._learned.clear()
+        self._learned.add(line)
         # "MSG <subject> <sid> <size>": with a reply subject one prefix would begin another.
         if not line.startswith(b"MSG ") or line.count(b" ") != 3 or size <= 0:
             return
         prefix = line.rpartition(b" ")[0]
         shapes = self._subjects.get(subject)
         if shapes is None:
+            if len(self._subjects) >= MAX_SUBJECTS:
+                del self._subjects[next(iter(self._subjects))]
             shapes = self._subjects[subject] = _Shapes()
         if prefix not in shapes.prefixes:
             if len(shapes.prefixes) >= MAX_PREFIXES:
@@ -77,10 +87,11 @@ class Runs:
         shapes = self._subjects.get(subject)
         if shapes is None:
             return pos, 0, 0
-        if shapes.stale and (now := time.monotonic()) >= shapes.compilable_at:
+        if shapes.stale and (now := time.monotonic()) >= self._compilable_at:
             _compile(shapes)
+            self.compiles += 1
             done = time.monotonic()
-            shapes.compilable_at = done + RECOMPILE_WAIT * (done - now)
+            self._compilable_at = done + RECOMPILE_WAIT * (done - now)
         # A large payload not all in `buf` would cost the pattern a scan to the end.
         if shapes.run is None or len(buf) - pos < shapes.shortest:
             return pos, 0, 0
