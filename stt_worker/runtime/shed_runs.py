@@ -52,17 +52,11 @@ class Runs:
     def __init__(self) -> None:
         self._subjects: dict[bytes, _Shapes] = {}
         self._compilable_at = float("-inf")  # one budget for every subject
-        self._learned: set[bytes] = set()  # lines taken in (or passed over) already
         self.compiles = 0
 
     def learn(self, subject: bytes, line: bytes, size: int, may_end: bool) -> None:
         """`line` (a control line without CRLF) begins a shed message of `size` bytes, one
         that `may_end` when short enough to be an `end`: a shape for `subject`'s runs."""
-        if line in self._learned:
-            return
-        if len(self._learned) >= MAX_SUBJECTS * MAX_SIZES * MAX_PREFIXES:
-            self._learned.clear()
-        self._learned.add(line)
         # "MSG <subject> <sid> <size>": with a reply subject one prefix would begin another.
         if not line.startswith(b"MSG ") or line.count(b" ") != 3 or size <= 0:
             return
