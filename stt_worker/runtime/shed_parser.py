@@ -68,6 +68,15 @@ class ShedParser(Parser):
         new.header_needed, new.msg_arg = old.header_needed, {"held": False, **old.msg_arg}
         return new
 
+    def dropping(self) -> int:
+        """Bytes still to come of a shed payload: a transport may drop them unread
+        (`shed_transport.ShedTransport`)."""
+        return self._skip
+
+    def dropped(self, nbytes: int) -> None:
+        """`nbytes` of them were dropped before `parse` saw them."""
+        self._skip -= nbytes
+
     async def parse(self, data: bytes = b"") -> None:
         if self._skip:
             if len(data) <= self._skip:

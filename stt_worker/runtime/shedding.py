@@ -23,10 +23,12 @@ import logging
 import time
 
 from nats.aio.client import Client
+from nats.aio.transport import TcpTransport
 
 from stt_worker.core.errors import ProtocolError
 from stt_worker.core.protocol import End, decode_client_message
 from stt_worker.runtime.shed_parser import ShedParser
+from stt_worker.runtime.shed_transport import ShedTransport
 from stt_worker.runtime.telemetry.metrics import Metrics
 
 logger = logging.getLogger(__name__)
@@ -131,5 +133,8 @@ class Shedder:
             counts[1] += nbytes
 
     def install(self, nc: Client) -> None:
-        """Put a `ShedParser` in place of the client's protocol parser."""
-        nc._ps = ShedParser.replacing(nc._ps, self)
+        """Put a `ShedParser` in place of the client's protocol parser, and a transport that
+        drops its shed payloads unread in place of nats-py's TCP one."""
+        nc._ps = parser = ShedParser.replacing(nc._ps, self)
+        if type(getattr(nc, "_transport", None)) is TcpTransport:
+            nc._transport = ShedTransport.replacing(nc._transport, parser)
