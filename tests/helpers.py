@@ -79,3 +79,16 @@ async def _holds(condition: Callable[[], object]) -> bool:
     if asyncio.iscoroutine(result):
         result = await result
     return bool(result)
+
+
+def count_reads(client: Client) -> list[int]:
+    """The sizes of the reads `client`'s protocol parser is fed from now on, as they come."""
+    reads: list[int] = []
+    parse = client._ps.parse
+
+    async def counted(data: bytes = b"") -> None:
+        reads.append(len(data))
+        await parse(data)
+
+    client._ps.parse = counted  # type: ignore[method-assign]
+    return reads

@@ -11,6 +11,7 @@ import nats
 from stt_worker.config import load_settings
 from stt_worker.runtime.connection import TOOL, connect
 from stt_worker.runtime.read_size import READ_BYTES
+from tests.helpers import count_reads
 
 NATS_PY_READ_BYTES = 32 * 1024
 
@@ -19,14 +20,7 @@ async def test_a_backlog_reaches_the_parser_in_reads_wider_than_nats_py_makes(na
     client = await connect(load_settings(nats_url=nats_url), "pytest-read-size", TOOL)
     publisher = await nats.connect(nats_url, name="pytest-read-size-publisher")
     try:
-        reads: list[int] = []
-        parse = client._ps.parse
-
-        async def counted(data: bytes = b"") -> None:
-            reads.append(len(data))
-            await parse(data)
-
-        client._ps.parse = counted
+        reads = count_reads(client)
         received: list[int] = []
 
         async def on_message(msg) -> None:

@@ -136,5 +136,8 @@ class Shedder:
         """Put a `ShedParser` in place of the client's protocol parser, and a transport that
         drops its shed payloads unread in place of nats-py's TCP one."""
         nc._ps = parser = ShedParser.replacing(nc._ps, self)
-        if type(getattr(nc, "_transport", None)) is TcpTransport:
-            nc._transport = ShedTransport.replacing(nc._transport, parser)
+        transport = getattr(nc, "_transport", None)
+        if isinstance(transport, ShedTransport):
+            transport.parser = parser  # installed again: the new parser says what to drop
+        elif type(transport) is TcpTransport:
+            nc._transport = ShedTransport.replacing(transport, parser)
