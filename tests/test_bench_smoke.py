@@ -129,3 +129,32 @@ def test_cpu_lists_read_as_taskset_writes_them() -> None:
     assert cpu_list("0, 2-3,5") == {0, 2, 3, 5}
     with pytest.raises(ValueError):
         cpu_list("a-b")
+
+
+def test_rounds_of_a_mode_are_judged_on_all_their_finals() -> None:
+    from bench.neighbours import judged, pooled
+
+    def run(latencies: list[float]) -> dict:
+        return {"latencies_ms": latencies, "p95_ms": max(latencies), "errors": {}}
+
+    def one_round(alone: list[float], beside: list[float], order: str, missing: int) -> dict:
+        runs = {"alone": run(alone), "beside": run(beside), "control": None}
+        counts = {
+            "honest_missing": missing,
+            "honest_dropped": 0,
+            "honest_refused_messages": 0,
+            "honest_unclosed": 0,
+        }
+        return judged("max_chunks_192k_8ch", order, runs, counts, {"rate_limited": 2})
+
+    # One bad round alone would miss (its p95 its worst final); all 40 finals together meet.
+    calm = one_round([500.0] * 20, [520.0] * 20, "beside first", 0)
+    rough = one_round([500.0] * 20, [510.0] * 19 + [900.0], "alone first", 1)
+    assert not rough["met"] and calm["met"]
+    mode = pooled([calm, rough])
+    assert mode["beside"]["latency_ms"]["n"] == 40
+    assert mode["honest_p95_ratio"] == round(mode["honest_p95_ms"] / 500.0, 3) < 1.25
+    assert mode["honest_missing"] == 1 and not mode["met"]  # a final lost in any round counts
+    assert mode["abuser_codes"] == {"rate_limited": 4}
+    assert [r["order"] for r in mode["rounds"]] == ["beside first", "alone first"]
+    assert mode["rounds"][1]["honest_p95_ratio"] == 1.8
