@@ -1085,8 +1085,16 @@ OWN_CONNECTIONS = (
 MECHANISMS_OWN = {
     "garbage_flood": OWN_CONNECTIONS,
     "state_change_flood": OWN_CONNECTIONS,
-    "max_chunks_192k_8ch": OWN_CONNECTIONS + "; and the abuser's admitted audio (2x real time, "
-    "legal) makes long finals, each one decode on one of the engine's two slots",
+    "max_chunks_192k_8ch": "after its first second each honest session is taken from its own "
+    "subscription on the worker's second connection (`STT_SESSION_CONNECTIONS`), and the "
+    "flood's payloads are discarded in the kernel as they arrive "
+    "(stt_worker/runtime/shed_transport.py: the event loop sat idle two thirds of the time "
+    "beside this flood, py-spy); what is left is CPU on the shared cores: nats-server takes "
+    "0.8-0.9 cores to send 1.1 GB/s to the worker (0.8 per GB/s, against 0.55-0.6 to the "
+    "sink: not explained yet; the worker's reads, a 4 KiB line then a discard, may make its "
+    "TCP windows smaller), the abuser 0.2, and the abuser's admitted audio (2x real time, "
+    "legal) makes finals of up to 16 s, each one decode of about a second on one of the "
+    "engine's two slots",
 }
 # What the control runs say, and what would reach the target (after the misses).
 REMEDY_OWN = (
@@ -1094,11 +1102,13 @@ REMEDY_OWN = (
     "the worker shares its CPUs with nats-server (0.5-0.8 cores beside a flood), the abuser "
     "and the load generator, which production does not ask of it. With "
     "`STT_SESSION_CONNECTIONS` no honest message waits behind the flood after its session's "
-    "first second, so what the worker pays itself (the real ratio less the control's) is the "
-    "CPU its event loop spends reading the flood, taken from decodes on shared cores. What "
-    "would reach the target: the worker on CPUs of its own with nats-server on other nodes "
-    "(bench/results/neighbours-pinned.md), and publishers that are not trusted behind the "
-    "gateway or on a NATS account with its own limits."
+    "first second, so what the worker pays itself (the real ratio less the control's) is CPU "
+    "taken from decodes on shared cores: its event loop's reading of the flood (a shed "
+    "payload is discarded in the kernel, shed_transport.py), nats-server's sending to it, "
+    "and the abuser's admitted audio. What would reach the target: the worker on CPUs of its "
+    "own with nats-server on other nodes (bench/results/neighbours-pinned.md), and "
+    "publishers that are not trusted behind the gateway or on a NATS account with its own "
+    "limits."
 )
 REMEDY = (
     "A control ratio over the target means the machine alone misses: on one 2-core machine "
