@@ -206,8 +206,16 @@ async def test_audio_a_published_final_covered_is_not_heard_again_by_the_next_ow
     try:
         await ensure_work_queue(js, settings)
         stats = await stream_head(nc, session, speaker_id="alice", subject_prefix=prefix)
-        # What the previous owner's final covered: the head, up to its last chunk.
-        covered_to = (await js.stream_info(settings.jetstream_stream)).state.last_seq
+        # What the previous owner's final covered: the head, up to its last chunk, once the
+        # stream holds it all (it stores what core NATS delivers asynchronously: read at once,
+        # the last sequence could fall short and the head's end be heard again).
+        subject = f"{prefix}.{session}"
+        for _ in range(200):
+            info = await js.stream_info(settings.jetstream_stream, subjects_filter=subject)
+            if (info.state.subjects or {}).get(subject, 0) >= stats.chunks + 1:  # + start
+                break
+            await asyncio.sleep(0.05)
+        covered_to = info.state.last_seq
         store = await SessionStore.open(js, settings)
         await store.save(session, SessionRecord(2, 7, covered_to))
         await stream_tail(nc, session, stats, subject_prefix=prefix)

@@ -8,7 +8,8 @@ callbacks on this machine (docs/operations.md), so the worker cannot afford even
 admission for each message of a flood. Once `Intake` refuses a session's message for its
 budget, that subject is `shed` for `hold_s`: the client's protocol parser skips its next
 messages by offset (`shed_parser.ShedParser`: no bytes, message object, queue or callback;
-a large payload is dropped as it arrives), counted in
+a large payload is dropped as it arrives, in the kernel on a plain connection:
+`shed_transport.ShedTransport`), counted in
 `stt_shed_messages_total` and summed in the session's next ``rate_limited``. The first message
 after the hold goes through admission again, which sheds anew while the session is still over
 budget (its next messages wait shed for that verdict, so a flood does not pour through
