@@ -1085,16 +1085,17 @@ OWN_CONNECTIONS = (
 MECHANISMS_OWN = {
     "garbage_flood": OWN_CONNECTIONS,
     "state_change_flood": OWN_CONNECTIONS,
-    "max_chunks_192k_8ch": "after its first second each honest session is taken from its own "
-    "subscription on the worker's second connection (`STT_SESSION_CONNECTIONS`), and the "
-    "flood's payloads are discarded in the kernel as they arrive "
+    "max_chunks_192k_8ch": "after its first second each honest session is taken from its "
+    "own subscription on the worker's second connection (`STT_SESSION_CONNECTIONS`), and "
+    "the flood's payloads are discarded in the kernel as they arrive "
     "(stt_worker/runtime/shed_transport.py: the event loop sat idle two thirds of the time "
     "beside this flood, py-spy); what is left is CPU on the shared cores: nats-server takes "
-    "0.8-0.9 cores to send 1.1 GB/s to the worker (0.8 per GB/s, against 0.55-0.6 to the "
-    "sink: not explained yet; the worker's reads, a 4 KiB line then a discard, may make its "
-    "TCP windows smaller), the abuser 0.2, and the abuser's admitted audio (2x real time, "
-    "legal) makes finals of up to 16 s, each one decode of about a second on one of the "
-    "engine's two slots",
+    "0.8-0.9 cores to send 1.1 GB/s to the worker: it holds a publisher back only near "
+    "`max_pending`, so the flood goes as fast as the worker discards it, and a cheaper "
+    "discard makes it faster (alone with nats-server, 1.5-1.9 GB/s into the worker against "
+    "0.9-1.3 into the sink, at about the same CPU per GB: bench/flood_reader.py); the "
+    "abuser takes 0.2, and its admitted audio (2x real time, legal) makes finals of up to "
+    "16 s, each one decode of about a second on one of the engine's two slots",
 }
 # What the control runs say, and what would reach the target (after the misses).
 REMEDY_OWN = (

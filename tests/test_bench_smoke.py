@@ -158,3 +158,14 @@ def test_rounds_of_a_mode_are_judged_on_all_their_finals() -> None:
     assert mode["abuser_codes"] == {"rate_limited": 4}
     assert [r["order"] for r in mode["rounds"]] == ["beside first", "alone first"]
     assert mode["rounds"][1]["honest_p95_ratio"] == 1.8
+
+
+@pytest.mark.timeout(120)
+async def test_flood_reader_measures_nats_server_behind_each_reader() -> None:
+    from bench.flood_reader import READERS, measure
+
+    for reader in READERS:
+        row = await measure(reader, seconds=1.0)
+        assert row["reader"] == reader and row["flood_mb_per_s"] > 0
+        # The reader took in the flood, and nats-server's CPU sending it was counted.
+        assert row["read_gb"] > 0.01 and row["nats_server_cpu_ms_per_gb"] > 0, row
