@@ -1086,16 +1086,14 @@ MECHANISMS_OWN = {
     "garbage_flood": OWN_CONNECTIONS,
     "state_change_flood": OWN_CONNECTIONS,
     "max_chunks_192k_8ch": "after its first second each honest session is taken from its "
-    "own subscription on the worker's second connection (`STT_SESSION_CONNECTIONS`), and "
-    "the flood's payloads are discarded in the kernel as they arrive "
-    "(stt_worker/runtime/shed_transport.py: the event loop sat idle two thirds of the time "
-    "beside this flood, py-spy); what is left is CPU on the shared cores: nats-server takes "
-    "0.8-0.9 cores to send 1.1 GB/s to the worker: it holds a publisher back only near "
-    "`max_pending`, so the flood goes as fast as the worker discards it, and a cheaper "
-    "discard makes it faster (alone with nats-server, 1.5-1.9 GB/s into the worker against "
-    "0.9-1.3 into the sink, at about the same CPU per GB: bench/flood_reader.py); the "
-    "abuser takes 0.2, and its admitted audio (2x real time, legal) makes finals of up to "
-    "16 s, each one decode of about a second on one of the engine's two slots",
+    "own subscription on the worker's second connection (`STT_SESSION_CONNECTIONS`), the "
+    "flood's payloads are discarded in the kernel as they arrive "
+    "(stt_worker/runtime/shed_transport.py), and after 3 s the abuser's audio is all "
+    "refused as a flood (`STT_FLOOD_FACTOR`), so no decode of it competes with the honest "
+    "ones (before that rule its admitted 2x real time made 16 s utterances of random slices "
+    "and was what this mode cost: bench/results/neighbours-flood.md); what is left is CPU "
+    "on the shared cores: nats-server takes 0.8-0.9 cores to send 1.1 GB/s to the worker "
+    "and the abuser 0.2, as in the control",
 }
 # What the control runs say, and what would reach the target (after the misses).
 REMEDY_OWN = (

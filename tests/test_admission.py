@@ -3,9 +3,12 @@ and the one-a-second refusal notice (`core/admission.py`)."""
 
 from __future__ import annotations
 
+import dataclasses
+
 import pytest
 
 from stt_worker.core.admission import (
+    FLOOD_SECONDS,
     Admission,
     RateLimits,
     RefusalNotice,
@@ -55,11 +58,63 @@ def test_audio_up_to_the_speed_limit_passes(speed: float):
     assert all(admission.admit(Traffic.AUDIO, 1.0, now=i / speed) for i in range(600))
 
 
+def _at_50x(admission: Admission, chunks: int) -> list[bool]:
+    """20 ms chunks sent at 50x real time from t = 0: which were admitted."""
+    return [admission.admit(Traffic.AUDIO, 0.02, now=i * 0.02 / 50) for i in range(chunks)]
+
+
 def test_audio_at_50x_passes_its_burst_then_twice_real_time():
-    admission = Admission(LIMITS, now=0.0)
-    passed = sum(admission.admit(Traffic.AUDIO, 0.02, now=i * 0.02 / 50) for i in range(50_000))
+    admission = Admission(dataclasses.replace(LIMITS, flood_factor=0), now=0.0)
+    passed = sum(_at_50x(admission, 50_000))
     wall_s = 50_000 * 0.02 / 50
     assert passed * 0.02 == pytest.approx(10.0 + 2.0 * wall_s, abs=0.05)
+
+
+def test_a_flood_gets_its_burst_and_pace_for_three_seconds_then_no_audio():
+    admission = Admission(LIMITS, now=0.0)
+    verdicts = _at_50x(admission, 50_000)  # 20 s of wall time, 50 s of audio a second
+    assert sum(verdicts) * 0.02 == pytest.approx(10.0 + 2.0 * FLOOD_SECONDS, abs=0.05)
+    from_fourth_s = FLOOD_SECONDS * 50 * 50  # chunks sent before t = 3 s
+    assert not any(verdicts[from_fourth_s:])
+    assert any(verdicts[from_fourth_s - 100 : from_fourth_s])
+
+
+def test_a_flood_that_slows_to_real_time_is_heard_again_after_one_calm_second():
+    admission = Admission(LIMITS, now=0.0)
+    _at_50x(admission, 50 * 50 * 4)  # flooding from t = 3 s, sent until t = 4 s
+    # Real time from t = 4 s: the second 4-5 counts no more; 20 ms chunks from then.
+    heard = [admission.admit(Traffic.AUDIO, 0.02, now=4.0 + i * 0.02) for i in range(150)]
+    assert not any(heard[:50])  # 4-5 s: the seconds 1-3 were all over the limit
+    assert all(heard[50:])  # 5-7 s: the second 4-5 brought 1 s of audio
+
+
+def test_a_backlog_sent_at_once_after_a_stall_is_not_a_flood():
+    admission = Admission(LIMITS, now=0.0)
+    backlog = [admission.admit(Traffic.AUDIO, 0.02, now=0.5) for _ in range(1_500)]  # 30 s
+    assert sum(backlog) * 0.02 == pytest.approx(10.0, abs=0.03)  # the burst; the rest refused
+    live = [admission.admit(Traffic.AUDIO, 0.02, now=1.0 + i * 0.02) for i in range(1_000)]
+    assert all(live)  # then real time, every chunk, for 20 s
+
+
+def test_three_times_real_time_keeps_twice_real_time_below_the_flood_limit():
+    admission = Admission(LIMITS, now=0.0)
+    sent = [admission.admit(Traffic.AUDIO, 0.03, now=i * 0.01) for i in range(3_000)]  # 30 s
+    assert sum(sent) * 0.03 == pytest.approx(10.0 + 2.0 * 30.0, abs=0.1)
+
+
+def test_bytes_shed_unread_count_towards_a_flood_in_the_sessions_format():
+    admission = Admission(LIMITS, now=0.0)
+    assert admission.check(Start(sample_rate=48_000, channels=2), now=0.0) is None
+    for second in range(FLOOD_SECONDS):
+        admission.shed(48_000 * 2 * 2 * 5, now=second + 0.5)  # 5 s of audio a second: over 4
+    chunk = Chunk(audio=bytes(1_920))  # 10 ms at 48 kHz stereo
+    assert admission.check(chunk, now=FLOOD_SECONDS + 0.1) == (Traffic.AUDIO, 0.01)
+    assert not admission.idle(now=FLOOD_SECONDS + 0.2)  # forgetting it would end the flood
+    # 4 s of audio a second is not over the limit.
+    calm = Admission(LIMITS, now=0.0)
+    for second in range(FLOOD_SECONDS):
+        calm.shed(16_000 * 2 * 4, now=second + 0.5)
+    assert calm.admit(Traffic.AUDIO, 0.02, now=FLOOD_SECONDS + 0.1)
 
 
 def test_playback_and_control_have_their_own_budgets():
@@ -99,6 +154,8 @@ def test_refusals_describe_how_much_and_the_limits():
     text = report.describe(LIMITS)
     assert "1 messages refused (1 audio; 1.25 s of audio)" in text
     assert "at most 2x after a 10 s burst" in text and "STT_MAX_AUDIO_SPEED" in text
+    assert "after 3 s in a row past 4x, no audio is taken" in text and "STT_FLOOD_FACTOR" in text
+    assert "STT_FLOOD_FACTOR" not in report.describe(dataclasses.replace(LIMITS, flood_factor=0))
 
 
 def test_admission_is_idle_once_its_budgets_refill_and_it_has_told_all():

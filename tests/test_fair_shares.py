@@ -16,6 +16,7 @@ import msgpack
 import nats
 
 from stt_worker.config import load_settings
+from stt_worker.core.admission import FLOOD_SECONDS
 from stt_worker.runtime.nats_server import NatsServer
 from stt_worker.runtime.publisher import stream_file
 from stt_worker.runtime.worker import Worker
@@ -78,6 +79,29 @@ async def test_an_audio_flood_is_rate_limited_beside_an_honest_session(make_work
     # refused or shed chunk is in some notice.
     await until(lambda: told(inboxes[abuser].received) >= refused_count(worker, "audio") + shed, 5)
     assert told(inboxes[abuser].received) == refused_count(worker, "audio") + shed
+
+
+async def test_a_sustained_flood_gets_no_audio_until_it_slows_down(make_worker, nc):
+    # A budget of real time after a 1 s burst; past 2x for 3 whole seconds in a row, a flood.
+    worker = await make_worker(max_audio_speed=1.0, audio_burst_s=1.0, flood_factor=2.0)
+    session = sid()
+    inbox = await Inbox.open(nc, session)
+    started = time.monotonic()
+    await stream_file(nc, session, SPEECH_DIR / LONG_CLIP, speed=4.0)  # 35.9 s in 9 s
+    sent_s = time.monotonic() - started
+    messages = await inbox.until_closed(within_s=60)
+    assert {e["code"] for e in errors(messages)} == {"rate_limited"}
+    registry = worker.telemetry.metrics.registry
+    heard_s = registry.get_sample_value("stt_audio_received_seconds_total")
+    # Its burst and at most 1x for the first FLOOD_SECONDS (+1: the first, partial second),
+    # then nothing; the budget alone would have let in 1 s + 1x for all `sent_s`.
+    assert 1.0 <= heard_s <= 1.0 + (FLOOD_SECONDS + 1) + 0.1
+    assert sent_s > FLOOD_SECONDS + 3  # so the budget alone admits 3 s more than that
+    # A session at real time on the same worker keeps every word.
+    honest = sid()
+    honest_inbox = await Inbox.open(nc, honest)
+    await stream_file(nc, honest, SPEECH_DIR / HONEST_CLIP, speed=1.0)
+    await assert_honest(honest_inbox)
 
 
 def told(messages: list[dict]) -> int:

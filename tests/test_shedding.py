@@ -76,6 +76,9 @@ async def test_a_shed_subject_is_dropped_in_the_reader_for_the_hold_and_end_pass
     assert shedder.shed_count == 200
     assert metrics.registry.get_sample_value("stt_shed_messages_total") == 200
     assert shedder.take(FLOODER) == (200, 200 * len(state))  # bytes on the wire
+    # The flood meter's count is apart from the notice's, and taken every tick.
+    assert shedder.arrivals() == [(FLOODER, 200 * len(state))]
+    assert shedder.arrivals() == []
     await asyncio.sleep(0.25)  # the hold is over: the next one goes to admission again...
     await reader._ps.parse(state * 50)
     assert reader.subjects[-1] == FLOODER.encode() and len(reader.processed) == 4

@@ -108,6 +108,16 @@ class LimitFields(BaseModel):
         "network stall, or a short file sent whole) before `STT_MAX_AUDIO_SPEED` applies.",
         gt=0,
     )
+    flood_factor: float = setting(
+        2.0,
+        "STT_FLOOD_FACTOR",
+        group=Group.LIMITS,
+        description="A session whose audio keeps arriving faster than this many times "
+        "`STT_MAX_AUDIO_SPEED` (3 whole seconds in a row, refused and shed audio counted) gets "
+        "none of it taken until a second brings less: what its budget would let through is "
+        "random slices of a flood. 0 turns it off (the budget alone applies).",
+        ge=0,
+    )
     max_control_per_s: float = setting(
         20.0,
         "STT_MAX_CONTROL_PER_S",

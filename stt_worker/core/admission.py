@@ -11,6 +11,15 @@ session's three buckets and its `RefusalNotice`:
 - control messages (``start``, ``state_change``) in messages per second,
   ``STT_MAX_CONTROL_PER_S``, with as many up front. ``end`` is never refused: it closes.
 
+A session that keeps sending far past its budget is flooding (`FloodMeter`): once each of
+`FLOOD_SECONDS` whole seconds in a row brought more than ``STT_FLOOD_FACTOR`` times what its
+audio budget allows (audio admitted, refused or shed unread alike), none of its audio is
+admitted until a second brings less. What a flood's budget lets through is random slices of
+its audio, which decode into nothing worth publishing, and those decodes were what a flood of
+maximal chunks cost the honest sessions beside it on a shared CPU (bench/results/
+neighbours-flood.md). A client catching up after a stall sends its backlog in one second, not
+three, so it is never taken for a flood.
+
 A refused message is dropped whole (a chunk is never cut) and summed; the session hears of it
 at most once per `notice_interval_s` (one ``rate_limited`` error that says how much was refused
 since the last). Everything here takes `now` from its caller and does no I/O; a caller that
@@ -20,6 +29,7 @@ is measured at the pace it was sent.
 
 from __future__ import annotations
 
+import math
 from dataclasses import dataclass, field
 from enum import StrEnum
 
@@ -59,6 +69,41 @@ class TokenBucket:
         self._level = min(self.capacity, self._level + elapsed * self.rate)
 
 
+# Whole seconds in a row over the flood limit before a session's audio is all refused.
+FLOOD_SECONDS = 3
+
+
+class FloodMeter:
+    """Seconds of audio that arrived in each whole second of the clock (`add`): the session is
+    `flooding` while each of the last `FLOOD_SECONDS` whole seconds (the current one, not
+    over yet, aside) brought more than `limit_s`."""
+
+    __slots__ = ("_seconds", "limit_s")
+
+    def __init__(self, limit_s: float) -> None:
+        self.limit_s = limit_s
+        self._seconds: dict[int, float] = {}  # whole second -> audio seconds; a few kept
+
+    def add(self, audio_s: float, now: float) -> None:
+        second = math.floor(now)
+        self._seconds[second] = self._seconds.get(second, 0.0) + audio_s
+        if len(self._seconds) > FLOOD_SECONDS + 1:
+            for old in [s for s in self._seconds if s < second - FLOOD_SECONDS]:
+                del self._seconds[old]
+
+    def calm(self, now: float) -> bool:
+        """No second that counts now was over the limit: a fresh meter would say the same."""
+        since = math.floor(now) - FLOOD_SECONDS
+        return all(v <= self.limit_s for s, v in self._seconds.items() if s >= since)
+
+    def flooding(self, now: float) -> bool:
+        second = math.floor(now)
+        return all(
+            self._seconds.get(second - back, 0.0) > self.limit_s
+            for back in range(1, FLOOD_SECONDS + 1)
+        )
+
+
 class Traffic(StrEnum):
     """What a message spends: the `kind` label of `stt_rate_limited_total`."""
 
@@ -76,6 +121,15 @@ class RateLimits:
     audio_burst_s: float = 10.0
     max_control_per_s: float = 20.0
     notice_interval_s: float = 1.0
+    # Times the audio budget (`max_audio_speed`) past which seconds count as a flood; 0: none.
+    flood_factor: float = 2.0
+
+    @property
+    def flood_limit_s(self) -> float | None:
+        """Seconds of audio one second may bring before it counts towards a flood."""
+        if self.max_audio_speed <= 0 or self.flood_factor <= 0:
+            return None
+        return self.flood_factor * self.max_audio_speed
 
 
 @dataclass(frozen=True, slots=True)
@@ -112,7 +166,17 @@ class Refusals:
             f"{limits.max_audio_speed:g}x after a {limits.audio_burst_s:g} s burst "
             f"(STT_MAX_AUDIO_SPEED, STT_AUDIO_BURST_S), control messages at most "
             f"{limits.max_control_per_s:g} a second (STT_MAX_CONTROL_PER_S)"
+            f"{_flood_rule(limits)}"
         )
+
+
+def _flood_rule(limits: RateLimits) -> str:
+    if limits.flood_limit_s is None:
+        return ""
+    return (
+        f"; after {FLOOD_SECONDS} s in a row past {limits.flood_limit_s:g}x, no audio is "
+        f"taken until a second brings less (STT_FLOOD_FACTOR)"
+    )
 
 
 @dataclass(slots=True)
@@ -179,6 +243,7 @@ class Admission:
     __slots__ = (
         "_audio",
         "_control",
+        "_flood",
         "_playback",
         "channels",
         "limits",
@@ -196,6 +261,8 @@ class Admission:
         self._playback = TokenBucket(speed, limits.audio_burst_s, now) if speed > 0 else None
         per_s = limits.max_control_per_s
         self._control = TokenBucket(per_s, per_s, now) if per_s > 0 else None
+        limit_s = limits.flood_limit_s
+        self._flood = FloodMeter(limit_s) if limit_s is not None else None
         self.notice = RefusalNotice(limits.notice_interval_s)
 
     def check(self, message: ClientMessage, now: float) -> tuple[Traffic, float] | None:
@@ -218,17 +285,32 @@ class Admission:
         return None
 
     def admit(self, kind: Traffic, audio_s: float, now: float) -> bool:
-        """Whether a message of `kind` (with `audio_s` seconds of audio) is within budget."""
+        """Whether a message of `kind` (with `audio_s` seconds of audio) is within budget;
+        no audio is while the session floods."""
         bucket = self._bucket(kind)
         if bucket is None:
             return True
-        return bucket.take(1.0 if kind is Traffic.CONTROL else audio_s, now)
+        if kind is Traffic.CONTROL:
+            return bucket.take(1.0, now)
+        if self._flood is not None:
+            self._flood.add(audio_s, now)
+            if self._flood.flooding(now):
+                return False
+        return bucket.take(audio_s, now)
+
+    def shed(self, nbytes: int, now: float) -> None:
+        """`nbytes` of the session's messages were dropped unread: they arrived all the same,
+        so they count towards a flood, as audio in its format."""
+        if self._flood is not None:
+            per_s = max(self.sample_rate_hz, 1) * max(self.channels, 1) * BYTES_PER_SAMPLE
+            self._flood.add(nbytes / per_s, now)
 
     def idle(self, now: float) -> bool:
         """Every budget full and nothing to report: the same as a fresh `Admission`, so the
         caller may forget it."""
         buckets = (self._audio, self._playback, self._control)
-        return self.notice.quiet(now) and all(b is None or b.full(now) for b in buckets)
+        calm = self._flood is None or self._flood.calm(now)
+        return calm and self.notice.quiet(now) and all(b is None or b.full(now) for b in buckets)
 
     def _bucket(self, kind: Traffic) -> TokenBucket | None:
         if kind is Traffic.AUDIO:

@@ -199,6 +199,13 @@ class Inboxes:
         inbox.admission.notice.shed(messages, nbytes)
         self._untold.add(session_id)
 
+    def arrived_unread(self, session_id: str, nbytes: int, now: float) -> None:
+        """`nbytes` of the session's messages were just dropped unread: they count towards
+        a flood all the same (`Admission.shed`). A subject with no session is left alone."""
+        inbox = self._inboxes.get(session_id)
+        if inbox is not None:
+            inbox.admission.shed(nbytes, now)
+
     def overdue(self, now: float) -> list[tuple[str, Refusals]]:
         """Sums of refusals whose notice was held back and may go out now: a flood that
         stopped still hears what was refused in its last second."""

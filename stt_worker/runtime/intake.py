@@ -49,6 +49,7 @@ def rate_limits(settings: Settings) -> RateLimits:
         max_audio_speed=settings.max_audio_speed,
         audio_burst_s=settings.audio_burst_s,
         max_control_per_s=settings.max_control_per_s,
+        flood_factor=settings.flood_factor,
     )
 
 
@@ -174,6 +175,8 @@ class Intake:
         told of its last second."""
         if self.own is not None:
             await self.own.tick(now)
+        for subject, nbytes in self.shedder.arrivals():
+            self.inboxes.arrived_unread(subject.rsplit(".", 1)[-1], nbytes, now)
         for subject, messages, nbytes in self.shedder.leftovers():
             self.inboxes.shed(subject.rsplit(".", 1)[-1], messages, nbytes, now)
         for session_id, report in self.inboxes.overdue(now):

@@ -51,6 +51,9 @@ class Shedder:
         self._until: dict[bytes, float] = {}
         # Per subject: messages and bytes shed since `take` last reported them.
         self._shed: dict[bytes, list[int]] = {}
+        # Per subject: bytes shed since `arrivals` last took them (every tick, for the flood
+        # meter, which must see them in the second they came, not with the next notice).
+        self._arrived: dict[bytes, int] = {}
         self.shed_count = 0
         metrics.watch(
             "stt_shed_messages",
@@ -85,6 +88,11 @@ class Shedder:
             messages, nbytes = self._shed.pop(subject)
             told.append((subject.decode(errors="replace"), messages, nbytes))
         return told
+
+    def arrivals(self) -> list[tuple[str, int]]:
+        """Subjects with bytes shed since the last call, and how many."""
+        arrived, self._arrived = self._arrived, {}
+        return [(subject.decode(errors="replace"), n) for subject, n in arrived.items()]
 
     def holds(self, subject: bytes, now: float) -> bool:
         """Whether the message of `subject` at hand is shed at `now`."""
@@ -132,6 +140,8 @@ class Shedder:
         if counts is not None:
             counts[0] += messages
             counts[1] += nbytes
+        if subject in self._arrived or len(self._arrived) < _MAX_SUBJECTS:
+            self._arrived[subject] = self._arrived.get(subject, 0) + nbytes
 
     def install(self, nc: Client) -> None:
         """Put a `ShedParser` in place of the client's protocol parser, and a transport that
