@@ -108,7 +108,7 @@ def test_bytes_shed_unread_count_towards_a_flood_in_the_sessions_format():
     for second in range(FLOOD_SECONDS):
         admission.shed(48_000 * 2 * 2 * 5, now=second + 0.5)  # 5 s of audio a second: over 4
     chunk = Chunk(audio=bytes(1_920))  # 10 ms at 48 kHz stereo
-    assert admission.check(chunk, now=FLOOD_SECONDS + 0.1) == (Traffic.AUDIO, 0.01)
+    assert admission.check(chunk, now=FLOOD_SECONDS + 0.1) == (Traffic.FLOOD, 0.01)
     assert not admission.idle(now=FLOOD_SECONDS + 0.2)  # forgetting it would end the flood
     # 4 s of audio a second is not over the limit.
     calm = Admission(LIMITS, now=0.0)

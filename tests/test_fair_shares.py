@@ -91,6 +91,8 @@ async def test_a_sustained_flood_gets_no_audio_until_it_slows_down(make_worker, 
     sent_s = time.monotonic() - started
     messages = await inbox.until_closed(within_s=60)
     assert {e["code"] for e in errors(messages)} == {"rate_limited"}
+    assert any(" flood;" in e["message"] for e in errors(messages))  # told why
+    assert refused_count(worker, "flood") > 0 and refused_count(worker, "audio") > 0
     registry = worker.telemetry.metrics.registry
     heard_s = registry.get_sample_value("stt_audio_received_seconds_total")
     # Its burst and at most 1x for the first FLOOD_SECONDS (+1: the first, partial second),

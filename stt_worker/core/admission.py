@@ -111,6 +111,7 @@ class Traffic(StrEnum):
     PLAYBACK = "playback"
     CONTROL = "control"
     INBOX = "inbox"  # refused because the session's inbox was full, not by a bucket
+    FLOOD = "flood"  # audio of a session that floods (`FloodMeter`), whatever its budget
 
 
 @dataclass(frozen=True, slots=True)
@@ -279,7 +280,7 @@ class Admission:
             case _:
                 return None
         if not self.admit(kind, audio_s, now):
-            return kind, audio_s
+            return (Traffic.FLOOD if self.flooding(now) else kind), audio_s
         if isinstance(message, Start):
             self.sample_rate_hz, self.channels = message.sample_rate, message.channels
         return None
@@ -297,6 +298,10 @@ class Admission:
             if self._flood.flooding(now):
                 return False
         return bucket.take(audio_s, now)
+
+    def flooding(self, now: float) -> bool:
+        """Whether the session's audio is all refused as a flood now."""
+        return self._flood is not None and self._flood.flooding(now)
 
     def shed(self, nbytes: int, now: float) -> None:
         """`nbytes` of the session's messages were dropped unread: they arrived all the same,

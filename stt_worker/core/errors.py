@@ -132,7 +132,8 @@ class ErrorCode(enum.StrEnum):
         _W,
         "The session sends faster than its share (audio past `STT_MAX_AUDIO_SPEED`, control "
         "messages, a full inbox: durable mode first waits for room); the refused messages are "
-        "dropped, said at most once a second.",
+        "dropped, said at most once a second. A session that keeps sending audio past "
+        "`STT_FLOOD_FACTOR` times its budget for 3 s gets none taken until it slows down.",
     )
     SHUTTING_DOWN = (
         "shutting_down",

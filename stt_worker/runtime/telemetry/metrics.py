@@ -139,7 +139,7 @@ class Metrics:
         self.rate_limited = Counter(
             "stt_rate_limited",
             "Messages refused because their session sent too fast, by kind (audio, playback, "
-            "control, inbox)",
+            "control, inbox, flood)",
             ["kind"],
             registry=r,
         )
