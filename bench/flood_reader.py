@@ -37,6 +37,10 @@ from stt_worker.runtime.telemetry.metrics import Metrics
 
 SUBJECT = "ai.voice.stream.flood"
 READERS = ("shedding client", "sink")
+# A reader outlasts the flood by this much; the sink, which cannot be told when it ends,
+# also by the abuser's start (a Python process importing the bench: seconds on a loaded CI).
+DRAIN_S = 0.5
+STARTUP_S = 10.0
 
 
 async def _module(*args: str) -> asyncio.subprocess.Process:
@@ -49,8 +53,9 @@ async def _ignore(msg: Msg) -> None:
     pass
 
 
-async def shedding_client(url: str, ready: asyncio.Event, seconds: float) -> int:
-    """The worker's kind of connection with the flood's subject held: bytes it shed."""
+async def shedding_client(url: str, ready: asyncio.Event, done: asyncio.Event) -> int:
+    """The worker's kind of connection with the flood's subject held: bytes it shed, until
+    `done` (the flood is over)."""
     client = await connect(load_settings(nats_url=url), "stt-flood-reader", TOOL)
     shedder = Shedder(Metrics(), hold_s=3600)
     shedder.install(client)
@@ -60,7 +65,8 @@ async def shedding_client(url: str, ready: asyncio.Event, seconds: float) -> int
     await client.flush()
     shedder.shed(SUBJECT)
     ready.set()
-    await asyncio.sleep(seconds)
+    await done.wait()
+    await asyncio.sleep(DRAIN_S)  # what nats-server still had queued
     await client.close()
     return shedder.take(SUBJECT)[1]
 
@@ -70,8 +76,8 @@ async def measure(reader: str, seconds: float) -> dict[str, Any]:
         process = server._process
         assert process is not None
         nats_server = psutil.Process(process.pid)
-        ready = asyncio.Event()
-        lasting = seconds + 1.5  # the reader outlasts the flood
+        ready, done = asyncio.Event(), asyncio.Event()
+        lasting = seconds + STARTUP_S + DRAIN_S
         sink = client = None
         if reader == "sink":
             where = ("--url", server.url, "--subject", SUBJECT, "--seconds", str(lasting))
@@ -79,7 +85,7 @@ async def measure(reader: str, seconds: float) -> dict[str, Any]:
             assert sink.stdout is not None
             await sink.stdout.readline()  # "sinking"
         else:
-            client = asyncio.create_task(shedding_client(server.url, ready, lasting))
+            client = asyncio.create_task(shedding_client(server.url, ready, done))
             await ready.wait()
         cpu_before, started = nats_server.cpu_times(), time.monotonic()
         abuser = await _module(
@@ -89,6 +95,7 @@ async def measure(reader: str, seconds: float) -> dict[str, Any]:
         )
         out, _ = await abuser.communicate()
         cpu_after, elapsed = nats_server.cpu_times(), time.monotonic() - started
+        done.set()
         sent = json.loads(out.decode().strip().splitlines()[-1])
         if sink is not None:
             out, _ = await sink.communicate()

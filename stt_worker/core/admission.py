@@ -16,9 +16,9 @@ A session that keeps sending far past its budget is flooding (`FloodMeter`): onc
 audio budget allows (audio admitted, refused or shed unread alike), none of its audio is
 admitted until a second brings less. What a flood's budget lets through is random slices of
 its audio, which decode into nothing worth publishing, and those decodes were what a flood of
-maximal chunks cost the honest sessions beside it on a shared CPU (bench/results/
-neighbours-flood.md). A client catching up after a stall sends its backlog in one second, not
-three, so it is never taken for a flood.
+maximal chunks cost the honest sessions beside it on a shared CPU
+(bench/results/neighbours-flood.md). A client catching up after a stall sends its backlog in
+one second, not three, so it is never taken for a flood.
 
 A refused message is dropped whole (a chunk is never cut) and summed; the session hears of it
 at most once per `notice_interval_s` (one ``rate_limited`` error that says how much was refused
